@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` and `make test`.
+VENV   := .venv
+PYTHON ?= python3
+CARGO  ?= cargo
+
+.PHONY: all build emulator test demo lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+# The emulator (moto) lives in a project-local virtualenv; nothing is installed system-wide.
+$(VENV)/.installed: tests/harness/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/harness/requirements.txt
+	touch $@
+
+emulator: $(VENV)/.installed
+
+# Unit tests, then end-to-end tests of the real binary against the emulator.
+test: $(VENV)/.installed
+	$(CARGO) test --no-fail-fast
+
+# The full life of a stack against a local emulator: up -> status -> up (converged) -> down.
+demo: $(VENV)/.installed build
+	scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	rm -rf $(VENV) target

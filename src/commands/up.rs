@@ -1,0 +1,136 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::{UserError, context, stack_config};
+use crate::cli::{GlobalArgs, UpArgs};
+use crate::engine::{self, RunError, RunReport};
+use crate::printer::Printer;
+use crate::state::{self, LockedState, State, StateHandle};
+use crate::steps::{self, Kinds};
+
+/// How many steps (and deletes) run at once; AWS's per-account API rates are the real limit.
+pub const MAX_PARALLEL: usize = 8;
+
+pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
+    let cfg = stack_config(global, args.settings)?;
+    // An existing stack stays in its region unless the user names one.
+    let recorded = state::read(&global.state_dir, &cfg.stack)?;
+    let region = cfg
+        .region
+        .clone()
+        .or_else(|| recorded.as_ref().map(|s| s.region.clone()));
+    let ctx = context(&cfg.stack, region.as_deref(), global.profile.as_deref()).await?;
+    let region = ctx.aws.region.clone();
+
+    let locked = LockedState::open(&global.state_dir, &cfg.stack, &region, "up")?;
+    let fixed = steps::fixed_settings(&cfg, &region);
+    refuse_replacements(locked.state(), &fixed)?;
+    let state = StateHandle::new(locked);
+    state.set_fixed(fixed)?;
+
+    let steps = steps::build(&cfg);
+    let owned = steps::owned_keys(&steps);
+    let printer = Arc::new(Printer::new(global.verbose > 0));
+    eprintln!(
+        "gitlab-provision up: stack {} in {region}, {} steps",
+        cfg.stack,
+        steps.len()
+    );
+
+    let result = engine::run(
+        steps,
+        ctx.clone(),
+        state.clone(),
+        printer.clone(),
+        MAX_PARALLEL,
+    )
+    .await;
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => {
+            if let (Some(path), RunError::Failed { report, .. }) = (&args.timings, &error) {
+                write_timings(path, report)?;
+            }
+            let state_file = state::state_path(&global.state_dir, &cfg.stack);
+            return Err(anyhow::Error::new(error).context(format!(
+                "up did not finish; everything it created is recorded in {}\n    help: fix the cause and run `gitlab-provision up` again to resume, or `gitlab-provision down` to remove what was created",
+                state_file.display()
+            )));
+        }
+    };
+
+    // Resources from an earlier configuration (e.g. a NAT gateway replaced by a NAT instance)
+    // go only now, after their replacements are in place.
+    let stale: BTreeSet<String> = state
+        .snapshot()
+        .resources
+        .into_keys()
+        .filter(|k| !owned.contains(k))
+        .collect();
+    if !stale.is_empty() {
+        eprintln!(
+            "removing what the configuration no longer has: {}",
+            stale.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        engine::teardown(
+            ctx.clone(),
+            state.clone(),
+            Arc::new(Kinds),
+            printer,
+            Some(stale),
+            MAX_PARALLEL,
+        )
+        .await?;
+    }
+    if let Some(path) = &args.timings {
+        write_timings(path, &report)?;
+    }
+    let snapshot = state.snapshot();
+    println!(
+        "stack {} is up in {region}: {} resources recorded in {}",
+        cfg.stack,
+        snapshot.resources.len(),
+        state::state_path(&global.state_dir, &cfg.stack).display()
+    );
+    if let Some(vpc) = snapshot.resources.get(steps::network::KEY_VPC) {
+        println!("VPC: {}", vpc.id.as_deref().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+/// Changing these on an existing stack would mean replacing the network and everything in it.
+fn refuse_replacements(state: &State, wanted: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    if state.resources.is_empty() {
+        return Ok(());
+    }
+    let keys: BTreeSet<&String> = state.fixed.keys().chain(wanted.keys()).collect();
+    let problems: Vec<String> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let (before, after) = (state.fixed.get(key), wanted.get(key));
+            (before != after).then(|| {
+                format!(
+                    "  - {key}: the stack has {}, the configuration says {}",
+                    before.map_or("none", String::as_str),
+                    after.map_or("none", String::as_str)
+                )
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(UserError(format!(
+        "stack {} cannot take this change in place:\n{}\n    help: these can only change by replacing the whole stack; keep the old value, or use another --stack name (or `gitlab-provision down` first, which deletes it)",
+        state.stack,
+        problems.join("\n")
+    ))
+    .into())
+}
+
+fn write_timings(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("writing timings to {}", path.display()))
+}

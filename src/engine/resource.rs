@@ -1,0 +1,409 @@
+//! A resource's life as the engine sees it: ensure (reuse, adopt, converge or create, with the
+//! intent on disk before the create call) and teardown (reverse dependency order).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::task::JoinSet;
+
+use super::{Event, Observer, StepScope};
+use crate::state::{RecordStatus, ResourceRecord, StateHandle};
+
+/// What a live read found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// It exists; `drift` lists what differs from the record (empty when all is as recorded).
+    Present {
+        summary: String,
+        drift: Vec<String>,
+    },
+    Missing,
+}
+
+/// Read, find and delete for one kind of resource. Create lives with the step that knows
+/// the inputs; these three only need the record.
+#[async_trait]
+pub trait ResourceOps<C>: Send + Sync {
+    /// A short noun for messages: "VPC", "NAT gateway".
+    fn noun(&self) -> &'static str;
+    async fn read(&self, ctx: &C, record: &ResourceRecord) -> anyhow::Result<Live>;
+    /// Finds a resource that a run created but could not record (crash between the create call
+    /// and the save), by tag, name or idempotency token. Returns its id.
+    async fn find(
+        &self,
+        ctx: &C,
+        key: &str,
+        record: &ResourceRecord,
+    ) -> anyhow::Result<Option<String>>;
+    /// Deletes it and waits until dependents can go; "not found" is success.
+    async fn delete(
+        &self,
+        ctx: &C,
+        record: &ResourceRecord,
+        scope: &StepScope,
+    ) -> anyhow::Result<()>;
+}
+
+/// Maps a record's kind to its operations.
+pub trait Catalog<C>: Send + Sync {
+    fn ops(&self, kind: &str) -> Option<&dyn ResourceOps<C>>;
+}
+
+/// What a step wants to exist under a key.
+pub struct Desired {
+    pub key: String,
+    pub kind: String,
+    pub depends_on: Vec<String>,
+    /// Settings that, when they differ from the record, make `ensure` converge the resource.
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// What a create-or-converge call produced.
+pub struct Created {
+    pub id: String,
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// The id the apply function should converge instead of creating: present when the resource
+/// exists (adopted after a crash, or drifted from the desired settings).
+pub struct Found {
+    pub id: String,
+}
+
+pub enum Ensured {
+    Reused(ResourceRecord),
+    Converged(ResourceRecord),
+    Created(ResourceRecord),
+}
+
+impl Ensured {
+    pub fn record(&self) -> &ResourceRecord {
+        match self {
+            Ensured::Reused(r) | Ensured::Converged(r) | Ensured::Created(r) => r,
+        }
+    }
+    pub fn id(&self) -> &str {
+        self.record().id.as_deref().unwrap_or_default()
+    }
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Ensured::Reused(_) => "kept",
+            Ensured::Converged(_) => "updated",
+            Ensured::Created(_) => "created",
+        }
+    }
+}
+
+impl StepScope {
+    /// Makes `desired` exist, calling `apply(existing, token)` only when needed:
+    /// - recorded and live with the desired settings: reused, one read call, nothing changed;
+    /// - recorded and live but different, or pending and found after a crash: `apply(Some(id))`
+    ///   converges it in place;
+    /// - recorded but gone, or never created: the intent is saved as pending first, then
+    ///   `apply(None, token)` creates it (the token is deterministic for this stack and key).
+    pub async fn ensure<C, F, Fut>(
+        &self,
+        ctx: &C,
+        ops: &dyn ResourceOps<C>,
+        desired: Desired,
+        apply: F,
+    ) -> anyhow::Result<Ensured>
+    where
+        F: FnOnce(Option<Found>, String) -> Fut,
+        Fut: Future<Output = anyhow::Result<Created>>,
+    {
+        let existing = self.state.get(&desired.key);
+        let mut generation = 0;
+        let mut found = None;
+        if let Some(record) = &existing {
+            generation = record.generation;
+            match record.status {
+                RecordStatus::Imported => return Ok(Ensured::Reused(record.clone())),
+                RecordStatus::Created => match ops.read(ctx, record).await? {
+                    Live::Present { mut drift, .. } => {
+                        drift.extend(
+                            desired
+                                .attrs
+                                .iter()
+                                .filter(|(k, v)| record.attrs.get(*k) != Some(v))
+                                .map(|(k, v)| {
+                                    format!(
+                                        "{k}: {} -> {v}",
+                                        record.attrs.get(k).map(String::as_str).unwrap_or("unset")
+                                    )
+                                }),
+                        );
+                        if drift.is_empty() && record.depends_on == desired.depends_on {
+                            return Ok(Ensured::Reused(record.clone()));
+                        }
+                        if !drift.is_empty() {
+                            self.progress(format!(
+                                "updating {} {}: {}",
+                                ops.noun(),
+                                record.id.as_deref().unwrap_or("?"),
+                                drift.join("; ")
+                            ));
+                        }
+                        found = record.id.clone().map(|id| Found { id });
+                    }
+                    Live::Missing => {
+                        self.progress(format!(
+                            "{} {} no longer exists (deleted outside gitlab-provision); creating it again",
+                            ops.noun(),
+                            record.id.as_deref().unwrap_or("?")
+                        ));
+                        generation += 1;
+                    }
+                },
+                RecordStatus::Pending => {
+                    if let Some(id) = ops.find(ctx, &desired.key, record).await? {
+                        self.progress(format!(
+                            "found {} {id} created by an interrupted run; adopting it",
+                            ops.noun()
+                        ));
+                        found = Some(Found { id });
+                    }
+                }
+            }
+        }
+        let adopted = found.is_some();
+        let record_now = |status, id, attrs| ResourceRecord {
+            kind: desired.kind.clone(),
+            step: self.step.clone(),
+            status,
+            id,
+            depends_on: desired.depends_on.clone(),
+            attrs,
+            generation,
+            updated_at: String::new(),
+        };
+        if !adopted {
+            self.state.put(
+                &desired.key,
+                record_now(RecordStatus::Pending, None, desired.attrs.clone()),
+            )?;
+        }
+        let lineage = self.state.lineage();
+        let token = idempotency_token(&lineage, &desired.key, generation);
+        let created = apply(found, token).await?;
+        let mut attrs = desired.attrs.clone();
+        attrs.extend(created.attrs);
+        let record = record_now(RecordStatus::Created, Some(created.id), attrs);
+        self.state.put(&desired.key, record.clone())?;
+        Ok(
+            if adopted && existing.is_some_and(|r| r.status == RecordStatus::Created) {
+                Ensured::Converged(record)
+            } else {
+                Ensured::Created(record)
+            },
+        )
+    }
+}
+
+/// At most 64 ASCII characters, as EC2's ClientToken allows.
+fn idempotency_token(lineage: &str, key: &str, generation: u32) -> String {
+    let mut token = format!("gp-{lineage}-{key}-{generation}");
+    token.truncate(64);
+    token
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.failures, .blocked))]
+pub struct TeardownError {
+    pub failures: Vec<(String, anyhow::Error)>,
+    pub blocked: Vec<String>,
+}
+
+fn describe(failures: &[(String, anyhow::Error)], blocked: &[String]) -> String {
+    let mut text = failures
+        .iter()
+        .map(|(key, e)| format!("deleting {key} failed: {e:#}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !blocked.is_empty() {
+        text.push_str(&format!(
+            "\nkept because something depending on them is still there: {}",
+            blocked.join(", ")
+        ));
+    }
+    text
+}
+
+/// Deletes the recorded resources (all, or the keys in `only`) in reverse dependency order,
+/// concurrently where independent. Keeps going past failures: independent branches are still
+/// deleted and every failure is reported at the end. Imported resources are released, not deleted.
+/// Returns the number of records removed.
+pub async fn teardown<C: Send + Sync + 'static>(
+    ctx: Arc<C>,
+    state: StateHandle,
+    catalog: Arc<dyn Catalog<C>>,
+    observer: Arc<dyn Observer>,
+    only: Option<BTreeSet<String>>,
+    max_parallel: usize,
+) -> Result<usize, TeardownError> {
+    let records: BTreeMap<String, ResourceRecord> = state
+        .snapshot()
+        .resources
+        .into_iter()
+        .filter(|(k, _)| only.as_ref().is_none_or(|o| o.contains(k)))
+        .collect();
+    // A record may go once nothing that depends on it is left.
+    let mut dependents: BTreeMap<String, BTreeSet<String>> = records
+        .keys()
+        .map(|k| (k.clone(), BTreeSet::new()))
+        .collect();
+    for (key, record) in &records {
+        for dep in &record.depends_on {
+            if let Some(set) = dependents.get_mut(dep) {
+                set.insert(key.clone());
+            }
+        }
+    }
+    let mut pending: BTreeMap<String, ResourceRecord> = records;
+    let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut removed = 0;
+    let mut failures = Vec::new();
+    let mut running: JoinSet<(String, Instant, anyhow::Result<()>)> = JoinSet::new();
+
+    loop {
+        let ready: Vec<String> = pending
+            .keys()
+            .filter(|k| {
+                dependents[*k].iter().all(|d| {
+                    !pending.contains_key(d) && !in_flight.contains(d) && !failed.contains(d)
+                })
+            })
+            .take(max_parallel.saturating_sub(running.len()))
+            .cloned()
+            .collect();
+        for key in ready {
+            let record = pending.remove(&key).expect("ready key is pending");
+            in_flight.insert(key.clone());
+            let (ctx, state, catalog, observer) = (
+                ctx.clone(),
+                state.clone(),
+                catalog.clone(),
+                observer.clone(),
+            );
+            running.spawn(async move {
+                let started = Instant::now();
+                let result = delete_one(&*ctx, &state, &*catalog, observer, &key, &record).await;
+                (key, started, result)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (key, started, result) = match joined {
+            Ok(outcome) => outcome,
+            Err(panic) => (
+                "<panicked>".to_string(),
+                Instant::now(),
+                Err(anyhow::anyhow!("delete panicked: {panic}")),
+            ),
+        };
+        in_flight.remove(&key);
+        match result {
+            Ok(()) => removed += 1,
+            Err(error) => {
+                observer.event(Event::Failed {
+                    step: key.clone(),
+                    elapsed: started.elapsed(),
+                    error: format!("{error:#}"),
+                });
+                failed.insert(key.clone());
+                failures.push((key, error));
+            }
+        }
+    }
+    let blocked: Vec<String> = pending.into_keys().collect();
+    for key in &blocked {
+        observer.event(Event::Skipped {
+            step: key.clone(),
+            reason: "a resource depending on it could not be deleted".into(),
+        });
+    }
+    if failures.is_empty() && blocked.is_empty() {
+        Ok(removed)
+    } else {
+        Err(TeardownError { failures, blocked })
+    }
+}
+
+async fn delete_one<C>(
+    ctx: &C,
+    state: &StateHandle,
+    catalog: &dyn Catalog<C>,
+    observer: Arc<dyn Observer>,
+    key: &str,
+    record: &ResourceRecord,
+) -> anyhow::Result<()> {
+    let ops = catalog.ops(&record.kind).ok_or_else(|| {
+        anyhow::anyhow!("unknown resource kind {:?} in the state file", record.kind)
+    })?;
+    let scope = StepScope::new(key, state.clone(), observer.clone());
+    let id = record.id.as_deref().unwrap_or("(not recorded)");
+    let (description, summary) = match record.status {
+        RecordStatus::Imported => (
+            format!("release {} {id} (imported: left in place)", ops.noun()),
+            "released",
+        ),
+        _ => (format!("delete {} {id}", ops.noun()), "deleted"),
+    };
+    observer.event(Event::Started {
+        step: key.to_string(),
+        description,
+    });
+    match record.status {
+        RecordStatus::Imported => {}
+        RecordStatus::Created => ops.delete(ctx, record, &scope).await?,
+        RecordStatus::Pending => {
+            // The create call may have gone through before the crash that left this intent.
+            if let Some(found) = ops.find(ctx, key, record).await? {
+                let adopted = ResourceRecord {
+                    id: Some(found),
+                    ..record.clone()
+                };
+                ops.delete(ctx, &adopted, &scope).await?;
+            }
+        }
+    }
+    state.remove(key)?;
+    observer.event(Event::Finished {
+        step: key.to_string(),
+        elapsed: scope.elapsed(),
+        summary: summary.to_string(),
+    });
+    Ok(())
+}
+
+/// Reads every given record's live state at once (for `status` and `plan`).
+pub async fn observe<C: Send + Sync + 'static>(
+    ctx: Arc<C>,
+    catalog: Arc<dyn Catalog<C>>,
+    records: BTreeMap<String, ResourceRecord>,
+) -> BTreeMap<String, anyhow::Result<Live>> {
+    let mut reads = JoinSet::new();
+    for (key, record) in records {
+        let (ctx, catalog) = (ctx.clone(), catalog.clone());
+        reads.spawn(async move {
+            let live = match (catalog.ops(&record.kind), record.status, &record.id) {
+                (None, ..) => Err(anyhow::anyhow!("unknown resource kind {:?}", record.kind)),
+                (Some(_), RecordStatus::Pending, None) => Ok(Live::Missing),
+                (Some(ops), ..) => ops.read(&*ctx, &record).await,
+            };
+            (key, live)
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(joined) = reads.join_next().await {
+        if let Ok((key, live)) = joined {
+            out.insert(key, live);
+        }
+    }
+    out
+}

@@ -1,0 +1,304 @@
+//! Security groups: created with their ingress rules, converged when the rules change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup};
+
+use super::Ctx;
+use super::network::{KEY_VPC, attrs, delete_retrying_in_use, required_id};
+use crate::aws::{AwsError, AwsResultExt, found};
+use crate::engine::{Created, Desired, Live, ResourceOps, StepAction, StepScope};
+use crate::state::ResourceRecord;
+
+pub const SECURITY_GROUP: &str = "ec2:security-group";
+
+/// One ingress rule from a CIDR. `ports: None` means every protocol and port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IngressRule {
+    pub ports: Option<(i32, i32)>,
+    pub cidr: String,
+    pub description: String,
+}
+
+impl IngressRule {
+    /// The form rules are compared in, and recorded as.
+    fn canonical(&self) -> String {
+        match self.ports {
+            None => format!("all:{}", self.cidr),
+            Some((from, to)) => format!("tcp:{from}-{to}:{}", self.cidr),
+        }
+    }
+
+    fn permission(&self) -> IpPermission {
+        let range = IpRange::builder()
+            .cidr_ip(&self.cidr)
+            .description(&self.description)
+            .build();
+        let builder = match self.ports {
+            None => IpPermission::builder().ip_protocol("-1"),
+            Some((from, to)) => IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(from)
+                .to_port(to),
+        };
+        builder.ip_ranges(range).build()
+    }
+}
+
+/// The rules a live group has, in canonical form.
+fn live_rules(group: &SecurityGroup) -> BTreeSet<String> {
+    group
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| {
+            let prefix = match p.ip_protocol() {
+                Some("-1") | Some("all") => "all".to_string(),
+                Some(proto) => format!(
+                    "{proto}:{}-{}",
+                    p.from_port().unwrap_or(-1),
+                    p.to_port().unwrap_or(-1)
+                ),
+                None => "?".to_string(),
+            };
+            p.ip_ranges()
+                .iter()
+                .filter_map(move |r| r.cidr_ip().map(|c| format!("{prefix}:{c}")))
+        })
+        .collect()
+}
+
+fn recorded_rules(record: &ResourceRecord) -> BTreeSet<String> {
+    record
+        .attr("ingress")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+pub struct SecurityGroupStep {
+    pub key: &'static str,
+    pub description: String,
+    pub rules: Vec<IngressRule>,
+}
+
+#[async_trait]
+impl StepAction<Ctx> for SecurityGroupStep {
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
+        let vpc_id = required_id(KEY_VPC, scope)?;
+        let wanted: BTreeMap<String, &IngressRule> =
+            self.rules.iter().map(|r| (r.canonical(), r)).collect();
+        let desired = Desired {
+            key: self.key.into(),
+            kind: SECURITY_GROUP.into(),
+            depends_on: vec![KEY_VPC.into()],
+            attrs: attrs([(
+                "ingress",
+                wanted.keys().cloned().collect::<Vec<_>>().join(";"),
+            )]),
+        };
+        let ec2 = &ctx.aws.ec2;
+        let (key, vpc, wanted) = (self.key, vpc_id.as_str(), &wanted);
+        let ensured = scope
+            .ensure(
+                ctx,
+                &SecurityGroupOps,
+                desired,
+                |existing, _token| async move {
+                    let group_id = match existing {
+                        Some(found) => found.id,
+                        None => ec2
+                            .create_security_group()
+                            // Group names are unique per VPC, which also guards against a twin.
+                            .group_name(ctx.tags.name(key))
+                            .description(&self.description)
+                            .vpc_id(vpc)
+                            .tag_specifications(ctx.tags.ec2(ResourceType::SecurityGroup, key))
+                            .send()
+                            .await
+                            .or_aws(|| {
+                                format!("creating security group {} in {vpc}", ctx.tags.name(key))
+                            })?
+                            .group_id()
+                            .context("CreateSecurityGroup returned no id")?
+                            .to_string(),
+                    };
+                    let group = describe(ctx, &group_id)
+                        .await?
+                        .with_context(|| format!("security group {group_id} vanished"))?;
+                    let live = live_rules(&group);
+                    for (canonical, rule) in wanted.iter().filter(|(c, _)| !live.contains(*c)) {
+                        let result = ec2
+                            .authorize_security_group_ingress()
+                            .group_id(&group_id)
+                            .ip_permissions(rule.permission())
+                            .send()
+                            .await;
+                        match result.or_aws(|| format!("adding rule {canonical} to {group_id}")) {
+                            Err(e) if e.is_code(&["InvalidPermission.Duplicate"]) => {}
+                            other => {
+                                other?;
+                            }
+                        }
+                    }
+                    for stale in live.iter().filter(|c| !wanted.contains_key(*c)) {
+                        if let Some(rule) = parse_canonical(stale) {
+                            found(
+                                ec2.revoke_security_group_ingress()
+                                    .group_id(&group_id)
+                                    .ip_permissions(rule.permission())
+                                    .send()
+                                    .await
+                                    .or_aws(|| format!("removing rule {stale} from {group_id}")),
+                            )?;
+                        }
+                    }
+                    Ok(Created {
+                        id: group_id,
+                        attrs: BTreeMap::new(),
+                    })
+                },
+            )
+            .await?;
+        Ok(format!(
+            "{} {} ({} rules)",
+            ensured.verb(),
+            ensured.id(),
+            self.rules.len()
+        ))
+    }
+}
+
+fn parse_canonical(text: &str) -> Option<IngressRule> {
+    let mut parts = text.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("all"), Some(cidr), None) => Some(IngressRule {
+            ports: None,
+            cidr: cidr.to_string(),
+            description: String::new(),
+        }),
+        (Some("tcp"), Some(range), Some(cidr)) => {
+            let (from, to) = range.split_once('-')?;
+            Some(IngressRule {
+                ports: Some((from.parse().ok()?, to.parse().ok()?)),
+                cidr: cidr.to_string(),
+                description: String::new(),
+            })
+        }
+        _ => None,
+    }
+}
+
+async fn describe(ctx: &Ctx, id: &str) -> Result<Option<SecurityGroup>, AwsError> {
+    let out = found(
+        ctx.aws
+            .ec2
+            .describe_security_groups()
+            .group_ids(id)
+            .send()
+            .await
+            .or_aws(|| format!("reading security group {id}")),
+    )?;
+    Ok(out.and_then(|o| o.security_groups.and_then(|v| v.into_iter().next())))
+}
+
+pub struct SecurityGroupOps;
+
+#[async_trait]
+impl ResourceOps<Ctx> for SecurityGroupOps {
+    fn noun(&self) -> &'static str {
+        "security group"
+    }
+
+    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let id = record.id.as_deref().context("no id")?;
+        let Some(group) = describe(ctx, id).await? else {
+            return Ok(Live::Missing);
+        };
+        let live = live_rules(&group);
+        let recorded = recorded_rules(record);
+        let mut drift: Vec<String> = recorded
+            .difference(&live)
+            .map(|r| format!("rule {r} is missing"))
+            .collect();
+        drift.extend(
+            live.difference(&recorded)
+                .map(|r| format!("unexpected rule {r}")),
+        );
+        Ok(Live::Present {
+            summary: format!(
+                "{} ({} ingress rules)",
+                group.group_name().unwrap_or_default(),
+                live.len()
+            ),
+            drift,
+        })
+    }
+
+    async fn find(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        _record: &ResourceRecord,
+    ) -> anyhow::Result<Option<String>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_security_groups()
+            .set_filters(Some(ctx.tags.ec2_filters(key)))
+            .send()
+            .await
+            .or_aws(|| format!("looking for the security group tagged {key}"))?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .find_map(|g| g.group_id().map(str::to_string)))
+    }
+
+    async fn delete(
+        &self,
+        ctx: &Ctx,
+        record: &ResourceRecord,
+        _scope: &StepScope,
+    ) -> anyhow::Result<()> {
+        let id = record.id.as_deref().context("no id")?;
+        delete_retrying_in_use(|| async {
+            ctx.aws
+                .ec2
+                .delete_security_group()
+                .group_id(id)
+                .send()
+                .await
+                .map(|_| ())
+                .or_aws(|| format!("deleting security group {id}"))
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_rules_round_trip() {
+        for rule in [
+            IngressRule {
+                ports: None,
+                cidr: "10.0.0.0/16".into(),
+                description: String::new(),
+            },
+            IngressRule {
+                ports: Some((443, 443)),
+                cidr: "203.0.113.0/24".into(),
+                description: String::new(),
+            },
+        ] {
+            assert_eq!(parse_canonical(&rule.canonical()), Some(rule));
+        }
+    }
+}

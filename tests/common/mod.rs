@@ -1,0 +1,346 @@
+//! Test harness: an emulator per test (moto behind a recording, fault-injecting proxy, see
+//! harness/emulator.py), the real binary run against it, and EC2 read-back straight from moto.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub const REGION: &str = "us-east-1";
+
+pub fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run `make test` (it installs moto into .venv)",
+        venv.display()
+    );
+    venv
+}
+
+pub struct Emulator {
+    child: Child,
+    _stdin: ChildStdin,
+    /// What the tool is pointed at (the proxy).
+    pub endpoint: String,
+    /// moto itself, for read-back that should not be recorded.
+    pub moto: String,
+    pub dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub service: String,
+    pub action: String,
+    pub mutating: bool,
+}
+
+impl Emulator {
+    pub fn start() -> Emulator {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/emulator.py"))
+            .arg("--capture")
+            .arg(dir.path().join("capture.jsonl"))
+            .arg("--faults")
+            .arg(dir.path().join("faults.json"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the emulator");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("emulator banner");
+        let banner: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad emulator banner {line:?}: {e}"));
+        Emulator {
+            child,
+            _stdin: stdin,
+            endpoint: banner["endpoint"].as_str().expect("endpoint").to_string(),
+            moto: banner["moto"].as_str().expect("moto").to_string(),
+            dir,
+        }
+    }
+
+    /// The calls the tool made through the proxy so far.
+    pub fn calls(&self) -> Vec<Call> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("capture.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| Call {
+                service: v["service"].as_str().unwrap_or_default().to_string(),
+                action: v["action"].as_str().unwrap_or_default().to_string(),
+                mutating: v["mutating"].as_bool().unwrap_or(true),
+            })
+            .collect()
+    }
+
+    pub fn clear_calls(&self) {
+        std::fs::write(self.dir.path().join("capture.jsonl"), "").expect("clear capture");
+    }
+
+    /// Replaces the fault rules (see harness/emulator.py).
+    pub fn set_faults(&self, rules: Value) {
+        let path = self.dir.path().join("faults.json");
+        let tmp = self.dir.path().join("faults.json.tmp");
+        std::fs::write(&tmp, rules.to_string()).expect("write faults");
+        std::fs::rename(tmp, path).expect("install faults");
+    }
+
+    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new(REGION))
+            .endpoint_url(&self.moto)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A working directory for the tool (its ./state lives there) pointed at an endpoint.
+pub struct Tool {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl Tool {
+    pub fn new(endpoint: &str) -> Tool {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Empty AWS config files: tests must never pick up a developer's real profile.
+        std::fs::write(dir.path().join("aws-config"), "").expect("aws config");
+        Tool {
+            dir,
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitlab-provision"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("aws-config"),
+            )
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("run gitlab-provision");
+        Run::from(output)
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        let mut f = std::fs::File::create(path).expect("create file");
+        f.write_all(text.as_bytes()).expect("write file");
+    }
+
+    pub fn state_path(&self, stack: &str) -> PathBuf {
+        self.dir.path().join("state").join(format!("{stack}.json"))
+    }
+
+    pub fn state(&self, stack: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.state_path(stack)).ok()?;
+        Some(serde_json::from_str(&text).expect("state is JSON"))
+    }
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn fails_with(self, code: i32) -> Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Everything in the emulator tagged with the stack, by type (alive only: a deleted NAT
+/// gateway or terminated instance does not count).
+pub async fn tagged_leftovers(ec2: &aws_sdk_ec2::Client, stack: &str) -> Vec<String> {
+    use aws_sdk_ec2::types::Filter;
+    let f = || {
+        Filter::builder()
+            .name("tag:gitlab-provision:stack")
+            .values(stack)
+            .build()
+    };
+    let mut left = Vec::new();
+    for v in ec2
+        .describe_vpcs()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .vpcs()
+    {
+        left.push(format!("vpc {}", v.vpc_id().unwrap_or_default()));
+    }
+    for s in ec2
+        .describe_subnets()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .subnets()
+    {
+        left.push(format!("subnet {}", s.subnet_id().unwrap_or_default()));
+    }
+    for g in ec2
+        .describe_internet_gateways()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .internet_gateways()
+    {
+        left.push(format!(
+            "igw {}",
+            g.internet_gateway_id().unwrap_or_default()
+        ));
+    }
+    for t in ec2
+        .describe_route_tables()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .route_tables()
+    {
+        left.push(format!(
+            "route table {}",
+            t.route_table_id().unwrap_or_default()
+        ));
+    }
+    for a in ec2
+        .describe_addresses()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .addresses()
+    {
+        left.push(format!("eip {}", a.allocation_id().unwrap_or_default()));
+    }
+    for n in ec2
+        .describe_nat_gateways()
+        .filter(f())
+        .send()
+        .await
+        .unwrap()
+        .nat_gateways()
+    {
+        if n.state().map(|s| s.as_str()) != Some("deleted") {
+            left.push(format!("nat {}", n.nat_gateway_id().unwrap_or_default()));
+        }
+    }
+    for g in ec2
+        .describe_security_groups()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+    {
+        left.push(format!("sg {}", g.group_id().unwrap_or_default()));
+    }
+    for r in ec2
+        .describe_instances()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+    {
+        for i in r.instances() {
+            if i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated") {
+                left.push(format!("instance {}", i.instance_id().unwrap_or_default()));
+            }
+        }
+    }
+    left
+}
+
+/// How many live resources of each kind carry the stack tag (to catch twins).
+pub async fn count_tagged(
+    ec2: &aws_sdk_ec2::Client,
+    stack: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for item in tagged_leftovers(ec2, stack).await {
+        let kind = item
+            .rsplit_once(' ')
+            .map(|(k, _)| k.to_string())
+            .unwrap_or(item);
+        *counts.entry(kind).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,168 @@
+"""Test harness: moto (the AWS emulator) behind a recording, fault-injecting proxy.
+
+Started by the Rust tests, one per test. Prints one JSON line with the endpoints, then serves
+until its stdin closes (so it dies with the test that started it).
+
+    python emulator.py --capture FILE [--faults FILE]
+
+- Every request through the proxy is appended to --capture as a JSON line:
+  {"service", "action", "method", "path", "mutating"}.
+- --faults names a JSON file, re-read whenever it changes, holding a list of rules:
+  {"action": "CreateVpc", "status": 403, "code": "UnauthorizedOperation", "times": 1,
+   "when": "before" | "after", "delay": 0.0}
+  "before" answers with the error instead of forwarding; "after" forwards (so the resource is
+  created) and then answers with the error: a lost response. "delay" sleeps before answering.
+The product never knows any of this: it only sees AWS_ENDPOINT_URL.
+"""
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+from moto.server import ThreadedMotoServer
+
+READ_PREFIXES = ("Describe", "Get", "List", "Head", "Check")
+
+
+def classify(headers, body, method, path):
+    auth = headers.get("Authorization", "")
+    m = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", auth)
+    service = m.group(1) if m else "unknown"
+    target = headers.get("X-Amz-Target")
+    if target:
+        action = target.split(".")[-1]
+    else:
+        action = None
+        if body and "x-www-form-urlencoded" in headers.get("Content-Type", ""):
+            action = parse_qs(body.decode("utf-8", "replace")).get("Action", [None])[0]
+        if action is None:
+            action = f"{method} {path.split('?')[0]}"
+    if action.startswith(("GET ", "HEAD ")):
+        mutating = False
+    elif " " in action:
+        mutating = True
+    else:
+        mutating = not action.startswith(READ_PREFIXES)
+    return service, action, mutating
+
+
+class Faults:
+    def __init__(self, path):
+        self.path = path
+        self.mtime = None
+        self.rules = []
+        self.used = []
+        self.lock = threading.Lock()
+
+    def match(self, action):
+        """The rule that applies to this call, counting it; None when none applies."""
+        if not self.path:
+            return None
+        with self.lock:
+            try:
+                mtime = os.stat(self.path).st_mtime_ns
+            except FileNotFoundError:
+                self.rules, self.used, self.mtime = [], [], None
+                return None
+            if mtime != self.mtime:
+                with open(self.path) as f:
+                    self.rules = json.load(f)
+                self.used = [0] * len(self.rules)
+                self.mtime = mtime
+            for i, rule in enumerate(self.rules):
+                if rule.get("action") not in (action, "*"):
+                    continue
+                times = rule.get("times")
+                if times is not None and self.used[i] >= times:
+                    continue
+                self.used[i] += 1
+                return rule
+        return None
+
+
+def make_handler(moto_port, capture_path, faults, capture_lock):
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def handle_any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            service, action, mutating = classify(self.headers, body, self.command, self.path)
+            with capture_lock, open(capture_path, "a") as f:
+                f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating}) + "\n")
+            rule = faults.match(action)
+            if rule and rule.get("delay"):
+                time.sleep(rule["delay"])
+            if rule and rule.get("status") and rule.get("when", "before") == "before":
+                return self.fail(rule)
+            conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if rule and rule.get("status"):
+                return self.fail(rule)
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        def fail(self, rule):
+            code = rule.get("code", "InternalError")
+            message = rule.get("message", "injected by the test harness")
+            if "json" in self.headers.get("Content-Type", ""):
+                content_type = "application/x-amz-json-1.1"
+                body = json.dumps({"__type": code, "message": message}).encode()
+            else:
+                content_type = "text/xml"
+                body = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message></Error></Errors><RequestID>harness</RequestID></Response>"
+                ).encode()
+            self.send_response(int(rule["status"]))
+            self.send_header("Content-Type", content_type)
+            self.send_header("x-amzn-ErrorType", code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = handle_any
+
+    return Proxy
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--capture", required=True)
+    parser.add_argument("--faults")
+    args = parser.parse_args()
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    _, moto_port = moto.get_host_and_port()
+    open(args.capture, "w").close()
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock()))
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    print(json.dumps({"endpoint": f"http://127.0.0.1:{proxy.server_address[1]}", "moto": f"http://127.0.0.1:{moto_port}"}), flush=True)
+    sys.stdin.read()  # until the test closes our stdin or exits
+
+
+if __name__ == "__main__":
+    main()
