@@ -52,6 +52,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Show what `up` would create or change, changing nothing
     Plan(PlanArgs),
+    /// Print GitLab's root password (and nothing else), for scripts
+    Password,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +63,9 @@ pub struct UpArgs {
     /// Write per-step start/finish times as JSON to this file
     #[arg(long, value_name = "FILE")]
     pub timings: Option<PathBuf>,
+    /// Also wait until GitLab has booted and the load balancer reports it healthy
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]

@@ -110,10 +110,7 @@ pub enum ConfigError {
     )]
     Missing(PathBuf),
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(
         "config file {path} is not valid: {message}\n    help: keys are listed in the README under \"Configuration\""
     )]
@@ -123,11 +120,7 @@ pub enum ConfigError {
 }
 
 fn list(problems: &[Invalid]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads the config file: the explicit one (which must exist) or `./gitlab-provision.toml` if present.
@@ -143,10 +136,7 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
             default
         }
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
     parse_toml(&text).map_err(|message| ConfigError::Parse { path, message })
 }
 
@@ -193,29 +183,17 @@ pub struct StackConfig {
 pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
     let mut problems = Vec::new();
     let mut bad = |key: &str, problem: String, help: &str| {
-        problems.push(Invalid {
-            key: key.to_string(),
-            problem,
-            help: help.to_string(),
-        })
+        problems.push(Invalid { key: key.to_string(), problem, help: help.to_string() })
     };
 
     let stack = s.stack.clone().unwrap_or_else(|| DEFAULT_STACK.to_string());
     if let Err(problem) = check_stack_name(&stack) {
-        bad(
-            "stack",
-            problem,
-            "use 1-32 characters of a-z, 0-9 and '-', starting with a letter, e.g. gitlab-ml",
-        );
+        bad("stack", problem, "use 1-32 characters of a-z, 0-9 and '-', starting with a letter, e.g. gitlab-ml");
     }
     if let Some(region) = &s.region
         && !is_region(region)
     {
-        bad(
-            "region",
-            format!("{region:?} is not an AWS region name"),
-            "write it like eu-west-1 or us-east-1",
-        );
+        bad("region", format!("{region:?} is not an AWS region name"), "write it like eu-west-1 or us-east-1");
     }
 
     let mut allowed_cidrs = Vec::new();
@@ -263,9 +241,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
                     "remove use_nat_instance, or remove vpc_id to create a new VPC",
                 );
             }
-            NetworkConfig::Import {
-                vpc_id: vpc_id.clone(),
-            }
+            NetworkConfig::Import { vpc_id: vpc_id.clone() }
         }
         None => {
             let text = s.vpc_cidr.as_deref().unwrap_or(DEFAULT_VPC_CIDR);
@@ -273,10 +249,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
                 Ok(net) if net.prefix_len() < 16 || net.prefix_len() > 28 => {
                     bad(
                         "vpc_cidr",
-                        format!(
-                            "{net} has a /{} prefix; AWS accepts VPC CIDRs from /16 to /28",
-                            net.prefix_len()
-                        ),
+                        format!("{net} has a /{} prefix; AWS accepts VPC CIDRs from /16 to /28", net.prefix_len()),
                         "use a prefix between /16 and /26, e.g. 10.0.0.0/16",
                     );
                     net
@@ -295,11 +268,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
                     Ipv4Net::default()
                 }
             };
-            let nat = if s.use_nat_instance.unwrap_or(false) {
-                NatKind::Instance
-            } else {
-                NatKind::Gateway
-            };
+            let nat = if s.use_nat_instance.unwrap_or(false) { NatKind::Instance } else { NatKind::Gateway };
             NetworkConfig::Create { vpc_cidr, nat }
         }
     };
@@ -335,15 +304,12 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
             })
         }
         _ => {
-            let missing: Vec<&str> = [
-                ("domain_name", &s.domain_name),
-                ("sub_domain", &s.sub_domain),
-                ("hosted_zone_id", &s.hosted_zone_id),
-            ]
-            .into_iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(k, _)| k)
-            .collect();
+            let missing: Vec<&str> =
+                [("domain_name", &s.domain_name), ("sub_domain", &s.sub_domain), ("hosted_zone_id", &s.hosted_zone_id)]
+                    .into_iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| k)
+                    .collect();
             bad(
                 &missing.join(", "),
                 "missing: domain_name, sub_domain and hosted_zone_id go together (HTTPS needs all three)".into(),
@@ -353,10 +319,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
         }
     };
 
-    let gitlab_root_email = s
-        .gitlab_root_email
-        .clone()
-        .unwrap_or_else(|| DEFAULT_ROOT_EMAIL.to_string());
+    let gitlab_root_email = s.gitlab_root_email.clone().unwrap_or_else(|| DEFAULT_ROOT_EMAIL.to_string());
     if !is_email(&gitlab_root_email) {
         bad(
             "gitlab_root_email",
@@ -365,10 +328,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
         );
     }
 
-    let gitlab_image_tag = s
-        .gitlab_image_tag
-        .clone()
-        .unwrap_or_else(|| DEFAULT_GITLAB_IMAGE_TAG.to_string());
+    let gitlab_image_tag = s.gitlab_image_tag.clone().unwrap_or_else(|| DEFAULT_GITLAB_IMAGE_TAG.to_string());
     if !is_pinned_ce_tag(&gitlab_image_tag) {
         bad(
             "gitlab_image_tag",
@@ -399,9 +359,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
         ),
         Some(_) if task_memory_mib < GITLAB_MIN_MEMORY_MIB => bad(
             "task_memory_mib",
-            format!(
-                "{task_memory_mib} MiB is below GitLab's minimum of {GITLAB_MIN_MEMORY_MIB} MiB"
-            ),
+            format!("{task_memory_mib} MiB is below GitLab's minimum of {GITLAB_MIN_MEMORY_MIB} MiB"),
             "use at least 4096 (the default 6144 suits a small team)",
         ),
         Some(_) => {}
@@ -433,14 +391,14 @@ pub fn check_stack_name(name: &str) -> Result<(), String> {
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err(format!("{name:?} must start with a lower-case letter"));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
         return Err(format!("{name:?} may only contain a-z, 0-9 and '-'"));
     }
     if name.ends_with('-') {
         return Err(format!("{name:?} must not end with '-'"));
+    }
+    if name.starts_with("internal-") {
+        return Err(format!("{name:?} must not start with 'internal-' (AWS reserves it for load balancer names)"));
     }
     Ok(())
 }
@@ -454,22 +412,15 @@ fn parse_cidr(text: &str) -> Result<Ipv4Net, (String, String)> {
             format!("add one, e.g. {text}/32 for a single address"),
         ));
     };
-    let addr: Ipv4Addr = addr
+    let addr: Ipv4Addr = addr.parse().map_err(|_| (format!("{text:?} is not an IPv4 CIDR"), example.clone()))?;
+    let prefix: u8 = prefix
         .parse()
-        .map_err(|_| (format!("{text:?} is not an IPv4 CIDR"), example.clone()))?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| {
-        (
-            format!("{text:?} has a prefix length outside 0-32"),
-            example.clone(),
-        )
-    })?;
-    let net = Ipv4Net::new(addr, prefix)
-        .map_err(|_| (format!("{text:?} is not an IPv4 CIDR"), example))?;
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| (format!("{text:?} has a prefix length outside 0-32"), example.clone()))?;
+    let net = Ipv4Net::new(addr, prefix).map_err(|_| (format!("{text:?} is not an IPv4 CIDR"), example))?;
     if net.trunc() != net {
-        return Err((
-            format!("{text:?} has host bits set"),
-            format!("did you mean {}?", net.trunc()),
-        ));
+        return Err((format!("{text:?} has host bits set"), format!("did you mean {}?", net.trunc())));
     }
     Ok(net)
 }
@@ -494,19 +445,14 @@ fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
         && parts[0].len() == 2
-        && parts[..parts.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
         && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
         && !parts[parts.len() - 1].is_empty()
 }
 
 fn is_vpc_id(s: &str) -> bool {
     s.strip_prefix("vpc-").is_some_and(|hex| {
-        (hex.len() == 8 || hex.len() == 17)
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
     })
 }
 
@@ -514,8 +460,7 @@ fn is_hosted_zone_id(s: &str) -> bool {
     s.len() >= 2
         && s.len() <= 32
         && s.starts_with('Z')
-        && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 fn is_dns_name(s: &str) -> bool {
@@ -549,10 +494,7 @@ fn is_pinned_ce_tag(s: &str) -> bool {
     };
     let numbers: Vec<&str> = version.split('.').collect();
     numbers.len() == 3
-        && numbers
-            .iter()
-            .chain(std::iter::once(&build))
-            .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        && numbers.iter().chain(std::iter::once(&build)).all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -560,10 +502,7 @@ mod tests {
     use super::*;
 
     fn base() -> Settings {
-        Settings {
-            allowed_cidrs: Some(vec!["203.0.113.0/24".into()]),
-            ..Default::default()
-        }
+        Settings { allowed_cidrs: Some(vec!["203.0.113.0/24".into()]), ..Default::default() }
     }
 
     #[test]
@@ -572,10 +511,7 @@ mod tests {
         assert_eq!(cfg.stack, "gitlab");
         assert_eq!(
             cfg.network,
-            NetworkConfig::Create {
-                vpc_cidr: "10.0.0.0/16".parse().unwrap(),
-                nat: NatKind::Gateway
-            }
+            NetworkConfig::Create { vpc_cidr: "10.0.0.0/16".parse().unwrap(), nat: NatKind::Gateway }
         );
         assert_eq!((cfg.task_cpu, cfg.task_memory_mib), (2048, 6144));
         assert_ne!(cfg.gitlab_image_tag, "latest");
@@ -592,48 +528,19 @@ mod tests {
             ("stack", Box::new(|s| s.stack = Some("ab_c".into()))),
             ("region", Box::new(|s| s.region = Some("moon-1".into()))),
             ("allowed_cidrs", Box::new(|s| s.allowed_cidrs = None)),
-            (
-                "allowed_cidrs",
-                Box::new(|s| s.allowed_cidrs = Some(vec![])),
-            ),
+            ("allowed_cidrs", Box::new(|s| s.allowed_cidrs = Some(vec![]))),
             (
                 "allowed_cidrs[1]",
-                Box::new(|s| {
-                    s.allowed_cidrs = Some(vec!["10.0.0.0/8".into(), "10.0.0.300/32".into()])
-                }),
+                Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.0/8".into(), "10.0.0.300/32".into()])),
             ),
-            (
-                "allowed_cidrs[0]",
-                Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.1/24".into()])),
-            ),
-            (
-                "allowed_cidrs[0]",
-                Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.1".into()])),
-            ),
-            (
-                "allowed_cidrs[0]",
-                Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.0/33".into()])),
-            ),
-            (
-                "allowed_cidrs[0]",
-                Box::new(|s| s.allowed_cidrs = Some(vec!["2001:db8::/32".into()])),
-            ),
-            (
-                "vpc_cidr",
-                Box::new(|s| s.vpc_cidr = Some("10.0.0.0/8".into())),
-            ),
-            (
-                "vpc_cidr",
-                Box::new(|s| s.vpc_cidr = Some("10.0.0.0/27".into())),
-            ),
-            (
-                "vpc_cidr",
-                Box::new(|s| s.vpc_cidr = Some("10.0.0.0".into())),
-            ),
-            (
-                "vpc_cidr",
-                Box::new(|s| s.vpc_cidr = Some("10.1.2.3/16".into())),
-            ),
+            ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.1/24".into()]))),
+            ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.1".into()]))),
+            ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.0/33".into()]))),
+            ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["2001:db8::/32".into()]))),
+            ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.0.0.0/8".into()))),
+            ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.0.0.0/27".into()))),
+            ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.0.0.0".into()))),
+            ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.1.2.3/16".into()))),
             ("vpc_id", Box::new(|s| s.vpc_id = Some("vpc-xyz".into()))),
             (
                 "vpc_cidr",
@@ -649,10 +556,7 @@ mod tests {
                     s.use_nat_instance = Some(true)
                 }),
             ),
-            (
-                "sub_domain, hosted_zone_id",
-                Box::new(|s| s.domain_name = Some("example.com".into())),
-            ),
+            ("sub_domain, hosted_zone_id", Box::new(|s| s.domain_name = Some("example.com".into()))),
             (
                 "domain_name",
                 Box::new(|s| {
@@ -684,31 +588,13 @@ mod tests {
                     s.hosted_zone_id = Some("zone1".into())
                 }),
             ),
-            (
-                "gitlab_root_email",
-                Box::new(|s| s.gitlab_root_email = Some("admin".into())),
-            ),
-            (
-                "gitlab_root_email",
-                Box::new(|s| s.gitlab_root_email = Some("admin@localhost".into())),
-            ),
-            (
-                "gitlab_image_tag",
-                Box::new(|s| s.gitlab_image_tag = Some("latest".into())),
-            ),
-            (
-                "gitlab_image_tag",
-                Box::new(|s| s.gitlab_image_tag = Some("19.4.1-ee.0".into())),
-            ),
-            (
-                "gitlab_image_tag",
-                Box::new(|s| s.gitlab_image_tag = Some("19.4".into())),
-            ),
+            ("gitlab_root_email", Box::new(|s| s.gitlab_root_email = Some("admin".into()))),
+            ("gitlab_root_email", Box::new(|s| s.gitlab_root_email = Some("admin@localhost".into()))),
+            ("gitlab_image_tag", Box::new(|s| s.gitlab_image_tag = Some("latest".into()))),
+            ("gitlab_image_tag", Box::new(|s| s.gitlab_image_tag = Some("19.4.1-ee.0".into()))),
+            ("gitlab_image_tag", Box::new(|s| s.gitlab_image_tag = Some("19.4".into()))),
             ("task_cpu", Box::new(|s| s.task_cpu = Some(3000))),
-            (
-                "task_memory_mib",
-                Box::new(|s| s.task_memory_mib = Some(3000)),
-            ),
+            ("task_memory_mib", Box::new(|s| s.task_memory_mib = Some(3000))),
             (
                 "task_memory_mib",
                 Box::new(|s| {
@@ -734,8 +620,7 @@ mod tests {
 
     #[test]
     fn unknown_and_mistyped_keys_are_rejected() {
-        let err = parse_toml("allowed_cidrs = [\"10.0.0.0/8\"]\nvpc_cdir = \"10.0.0.0/16\"\n")
-            .unwrap_err();
+        let err = parse_toml("allowed_cidrs = [\"10.0.0.0/8\"]\nvpc_cdir = \"10.0.0.0/16\"\n").unwrap_err();
         assert!(err.contains("vpc_cdir"), "{err}");
         let err = parse_toml("task_cpu = \"2048\"\n").unwrap_err();
         assert!(err.contains("task_cpu"), "{err}");
@@ -743,12 +628,8 @@ mod tests {
 
     #[test]
     fn flags_override_file() {
-        let file =
-            parse_toml("allowed_cidrs = [\"10.0.0.0/8\"]\nvpc_cidr = \"10.1.0.0/16\"\n").unwrap();
-        let flags = Settings {
-            vpc_cidr: Some("10.2.0.0/16".into()),
-            ..Default::default()
-        };
+        let file = parse_toml("allowed_cidrs = [\"10.0.0.0/8\"]\nvpc_cidr = \"10.1.0.0/16\"\n").unwrap();
+        let flags = Settings { vpc_cidr: Some("10.2.0.0/16".into()), ..Default::default() };
         let merged = file.overlay(flags);
         assert_eq!(merged.vpc_cidr.as_deref(), Some("10.2.0.0/16"));
         assert_eq!(merged.allowed_cidrs, Some(vec!["10.0.0.0/8".to_string()]));

@@ -20,15 +20,10 @@ fn main() -> ExitCode {
         _ => "gitlab_provision=debug,info",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -39,18 +34,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if is_user_error(&error) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            if is_user_error(&error) { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
 
 /// Usage and configuration mistakes exit 2; failures while working exit 1.
 fn is_user_error(error: &anyhow::Error) -> bool {
-    error.is::<config::ConfigError>()
-        || error.is::<commands::UserError>()
-        || error.is::<aws::NoRegion>()
+    error.is::<config::ConfigError>() || error.is::<commands::UserError>() || error.is::<aws::NoRegion>()
 }

@@ -24,23 +24,16 @@ impl Printer {
     /// Bars only on an interactive stderr and when logs are not being shown (they would tear
     /// the bars apart).
     pub fn new(verbose: bool) -> Self {
-        let interactive =
-            std::io::stderr().is_terminal() && !verbose && std::env::var_os("CI").is_none();
+        let interactive = std::io::stderr().is_terminal() && !verbose && std::env::var_os("CI").is_none();
         let bars = interactive.then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             by_step: Mutex::new(HashMap::new()),
         });
-        Printer {
-            started: Instant::now(),
-            bars,
-        }
+        Printer { started: Instant::now(), bars }
     }
 
     fn line(&self, step: &str, text: &str) {
-        eprintln!(
-            "[{:>6.1}s] {step:<22} {text}",
-            self.started.elapsed().as_secs_f64()
-        );
+        eprintln!("[{:>6.1}s] {step:<22} {text}", self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -52,20 +45,14 @@ impl Observer for Printer {
     fn event(&self, event: Event) {
         let Some(bars) = &self.bars else {
             match event {
-                Event::Started { step, description } => {
-                    self.line(&step, &format!("started: {description}"))
-                }
+                Event::Started { step, description } => self.line(&step, &format!("started: {description}")),
                 Event::Progress { step, message } => self.line(&step, &message),
-                Event::Finished {
-                    step,
-                    elapsed,
-                    summary,
-                } => self.line(&step, &format!("done in {}: {summary}", secs(elapsed))),
-                Event::Failed {
-                    step,
-                    elapsed,
-                    error,
-                } => self.line(&step, &format!("FAILED after {}: {error}", secs(elapsed))),
+                Event::Finished { step, elapsed, summary } => {
+                    self.line(&step, &format!("done in {}: {summary}", secs(elapsed)))
+                }
+                Event::Failed { step, elapsed, error } => {
+                    self.line(&step, &format!("FAILED after {}: {error}", secs(elapsed)))
+                }
                 Event::Skipped { step, reason } => self.line(&step, &format!("not run: {reason}")),
             }
             return;
@@ -88,32 +75,21 @@ impl Observer for Printer {
                     bar.set_message(message);
                 }
             }
-            Event::Finished {
-                step,
-                elapsed,
-                summary,
-            } => finish(
+            Event::Finished { step, elapsed, summary } => finish(
                 &bars.multi,
                 by_step.remove(&step),
                 &step,
                 &format!("✓ {step:<22} {summary} ({})", secs(elapsed)),
             ),
-            Event::Failed {
-                step,
-                elapsed,
-                error,
-            } => finish(
+            Event::Failed { step, elapsed, error } => finish(
                 &bars.multi,
                 by_step.remove(&step),
                 &step,
                 &format!("✗ {step:<22} FAILED after {}: {error}", secs(elapsed)),
             ),
-            Event::Skipped { step, reason } => finish(
-                &bars.multi,
-                by_step.remove(&step),
-                &step,
-                &format!("- {step:<22} not run: {reason}"),
-            ),
+            Event::Skipped { step, reason } => {
+                finish(&bars.multi, by_step.remove(&step), &step, &format!("- {step:<22} not run: {reason}"))
+            }
         }
     }
 }
@@ -121,10 +97,7 @@ impl Observer for Printer {
 fn finish(multi: &MultiProgress, bar: Option<ProgressBar>, _step: &str, text: &str) {
     match bar {
         Some(bar) => {
-            bar.set_style(
-                ProgressStyle::with_template("{msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
+            bar.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
             bar.finish_with_message(text.to_string());
         }
         None => {

@@ -79,31 +79,14 @@ pub enum StateError {
         "state file {path} has version {found}, this build knows version {STATE_VERSION}; it was left untouched\n    help: use the gitlab-provision release that wrote it"
     )]
     UnknownVersion { path: PathBuf, found: u64 },
-    #[error(
-        "state file {path} belongs to stack {found:?}, not {expected:?}; it was left untouched"
-    )]
-    WrongStack {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
+    #[error("state file {path} belongs to stack {found:?}, not {expected:?}; it was left untouched")]
+    WrongStack { path: PathBuf, found: String, expected: String },
     #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
 }
 
-fn io<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> StateError + use<'a> {
-    move |source| StateError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + use<'a> {
+    move |source| StateError::Io { action, path: path.to_path_buf(), source }
 }
 
 pub fn state_path(dir: &Path, stack: &str) -> PathBuf {
@@ -123,32 +106,20 @@ pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("reading", &path)(e)),
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     let version = value.get("version").and_then(serde_json::Value::as_u64);
     match version {
         Some(v) if v == u64::from(STATE_VERSION) => {}
         Some(found) => return Err(StateError::UnknownVersion { path, found }),
         None => {
-            return Err(StateError::Corrupt {
-                path,
-                reason: "no \"version\" field".into(),
-            });
+            return Err(StateError::Corrupt { path, reason: "no \"version\" field".into() });
         }
     }
-    let state: State = serde_json::from_value(value).map_err(|e| StateError::Corrupt {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let state: State =
+        serde_json::from_value(value).map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     if state.stack != stack {
-        return Err(StateError::WrongStack {
-            path,
-            found: state.stack,
-            expected: stack.to_string(),
-        });
+        return Err(StateError::WrongStack { path, found: state.stack, expected: stack.to_string() });
     }
     Ok(Some(state))
 }
@@ -184,16 +155,10 @@ impl StackLock {
             Err(fs::TryLockError::WouldBlock) => {
                 let _ = file.read_to_string(&mut previous);
                 let holder = match serde_json::from_str::<LockInfo>(&previous) {
-                    Ok(info) => format!(
-                        "process {} ({} since {})",
-                        info.pid, info.operation, info.since
-                    ),
+                    Ok(info) => format!("process {} ({} since {})", info.pid, info.operation, info.since),
                     Err(_) => "another process".to_string(),
                 };
-                return Err(StateError::Locked {
-                    stack: stack.to_string(),
-                    holder,
-                });
+                return Err(StateError::Locked { stack: stack.to_string(), holder });
             }
             Err(fs::TryLockError::Error(e)) => return Err(io("locking", &path)(e)),
         }
@@ -206,11 +171,7 @@ impl StackLock {
                 info.since
             );
         }
-        let info = LockInfo {
-            pid: std::process::id(),
-            operation: operation.to_string(),
-            since: now_rfc3339(),
-        };
+        let info = LockInfo { pid: std::process::id(), operation: operation.to_string(), since: now_rfc3339() };
         let text = serde_json::to_string(&info).unwrap_or_default();
         file.set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
@@ -240,12 +201,7 @@ pub struct LockedState {
 impl LockedState {
     /// Locks the stack and reads its state; a stack without a file starts empty (nothing is
     /// written until the first change).
-    pub fn open(
-        dir: &Path,
-        stack: &str,
-        region: &str,
-        operation: &str,
-    ) -> Result<LockedState, StateError> {
+    pub fn open(dir: &Path, stack: &str, region: &str, operation: &str) -> Result<LockedState, StateError> {
         let lock = StackLock::acquire(dir, stack, operation)?;
         let state = read(dir, stack)?.unwrap_or_else(|| State {
             version: STATE_VERSION,
@@ -256,12 +212,7 @@ impl LockedState {
             fixed: BTreeMap::new(),
             resources: BTreeMap::new(),
         });
-        Ok(LockedState {
-            dir: dir.to_path_buf(),
-            path: state_path(dir, stack),
-            state,
-            _lock: lock,
-        })
+        Ok(LockedState { dir: dir.to_path_buf(), path: state_path(dir, stack), state, _lock: lock })
     }
 
     pub fn state(&self) -> &State {
@@ -276,17 +227,11 @@ impl LockedState {
     /// `.backup`, rename over the old file, fsync the directory.
     pub fn save(&mut self) -> Result<(), StateError> {
         self.state.serial += 1;
-        let json = serde_json::to_vec_pretty(&self.state).map_err(|e| StateError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: e.to_string() })?;
         if self.path.exists() {
             let backup = self.path.with_extension("json.backup");
-            write_atomic(
-                &self.dir,
-                &backup,
-                &fs::read(&self.path).map_err(io("reading", &self.path))?,
-            )?;
+            write_atomic(&self.dir, &backup, &fs::read(&self.path).map_err(io("reading", &self.path))?)?;
         }
         write_atomic(&self.dir, &self.path, &json)
     }
@@ -311,18 +256,12 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StateError>
         .map_err(io("creating a temp file in", dir))?;
     tmp.write_all(bytes).map_err(io("writing", tmp.path()))?;
     tmp.as_file().sync_all().map_err(io("syncing", path))?;
-    tmp.persist(path).map_err(|e| StateError::Io {
-        action: "replacing",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
+    tmp.persist(path).map_err(|e| StateError::Io { action: "replacing", path: path.to_path_buf(), source: e.error })?;
     sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
 }
 
 /// Shared, mutation-ordered access to a locked state for concurrently running steps.
@@ -337,10 +276,7 @@ impl StateHandle {
 
     fn with<T>(&self, f: impl FnOnce(&mut LockedState) -> T) -> T {
         // A panic while holding the lock cannot leave a half-written file (saves are atomic).
-        let mut guard = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     }
 
@@ -353,9 +289,7 @@ impl StateHandle {
     }
 
     pub fn id_of(&self, key: &str) -> Option<String> {
-        self.get(key)
-            .filter(|r| r.status != RecordStatus::Pending)
-            .and_then(|r| r.id)
+        self.get(key).filter(|r| r.status != RecordStatus::Pending).and_then(|r| r.id)
     }
 
     pub fn lineage(&self) -> String {
@@ -371,13 +305,7 @@ impl StateHandle {
     }
 
     pub fn remove(&self, key: &str) -> Result<(), StateError> {
-        self.with(|s| {
-            if s.state_mut().resources.remove(key).is_some() {
-                s.save()
-            } else {
-                Ok(())
-            }
-        })
+        self.with(|s| if s.state_mut().resources.remove(key).is_some() { s.save() } else { Ok(()) })
     }
 
     pub fn set_fixed(&self, fixed: BTreeMap<String, String>) -> Result<(), StateError> {
@@ -419,23 +347,15 @@ mod tests {
     #[test]
     fn save_is_readable_and_keeps_a_backup() {
         let dir = tempfile::tempdir().unwrap();
-        let handle =
-            StateHandle::new(LockedState::open(dir.path(), "s1", "us-east-1", "up").unwrap());
+        let handle = StateHandle::new(LockedState::open(dir.path(), "s1", "us-east-1", "up").unwrap());
         handle.put("vpc", record("ec2:vpc")).unwrap();
         handle.put("igw", record("ec2:internet-gateway")).unwrap();
         let state = read(dir.path(), "s1").unwrap().unwrap();
         assert_eq!(state.resources.len(), 2);
         assert_eq!(state.serial, 2);
-        let backup: State =
-            serde_json::from_slice(&fs::read(dir.path().join("s1.json.backup")).unwrap()).unwrap();
+        let backup: State = serde_json::from_slice(&fs::read(dir.path().join("s1.json.backup")).unwrap()).unwrap();
         assert_eq!(backup.resources.len(), 1);
-        assert!(
-            fs::read_dir(dir.path()).unwrap().all(|e| !e
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".tmp"))
-        );
+        assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
     }
 
     #[test]
@@ -443,10 +363,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _held = StackLock::acquire(dir.path(), "s1", "up").unwrap();
         match StackLock::acquire(dir.path(), "s1", "down") {
-            Err(StateError::Locked { holder, .. }) => assert!(
-                holder.contains(&std::process::id().to_string()) && holder.contains("up"),
-                "{holder}"
-            ),
+            Err(StateError::Locked { holder, .. }) => {
+                assert!(holder.contains(&std::process::id().to_string()) && holder.contains("up"), "{holder}")
+            }
             other => panic!("expected Locked, got {:?}", other.err()),
         }
         assert!(StackLock::acquire(dir.path(), "other", "up").is_ok());
@@ -463,19 +382,10 @@ mod tests {
     fn corrupt_or_future_files_are_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = state_path(dir.path(), "s1");
-        for (bytes, expect_version) in [
-            (&b"{not json"[..], false),
-            (&br#"{"version": 99, "stack": "s1"}"#[..], true),
-        ] {
+        for (bytes, expect_version) in [(&b"{not json"[..], false), (&br#"{"version": 99, "stack": "s1"}"#[..], true)] {
             fs::write(&path, bytes).unwrap();
-            let err = LockedState::open(dir.path(), "s1", "us-east-1", "up")
-                .err()
-                .expect("refused");
-            assert_eq!(
-                matches!(err, StateError::UnknownVersion { .. }),
-                expect_version,
-                "{err}"
-            );
+            let err = LockedState::open(dir.path(), "s1", "us-east-1", "up").err().expect("refused");
+            assert_eq!(matches!(err, StateError::UnknownVersion { .. }), expect_version, "{err}");
             assert_eq!(fs::read(&path).unwrap(), bytes);
         }
     }

@@ -34,143 +34,41 @@ fn bad_configs_and_flags_are_refused_before_any_call() {
     let rows: Vec<(Option<&str>, Vec<&str>, &str)> = vec![
         (None, vec!["up"], "allowed_cidrs"),
         (Some("allowed_cidrs = []\n"), vec!["up"], "allowed_cidrs"),
-        (
-            Some("allowed_cidrs = \"10.0.0.0/8\"\n"),
-            vec!["up"],
-            "allowed_cidrs",
-        ),
-        (
-            Some("allowed_cidrs = [\"10.0.0.300/32\"]\n"),
-            vec!["up"],
-            "allowed_cidrs[0]",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--allowed-cidr", "10.0.0.1/8"],
-            "did you mean 10.0.0.0/8",
-        ),
-        (
-            Some("allowed_cidrs = [\"203.0.113.0/24\"]\nvpc_cdir = \"10.0.0.0/16\"\n"),
-            vec!["up"],
-            "vpc_cdir",
-        ),
-        (
-            Some("allowed_cidrs = [\"203.0.113.0/24\"\n"),
-            vec!["up"],
-            "not valid",
-        ),
-        (
-            Some("allowed_cidrs = [\"203.0.113.0/24\"]\ntask_cpu = \"2048\"\n"),
-            vec!["up"],
-            "task_cpu",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--vpc-cidr", "10.0.0.0/8"],
-            "vpc_cidr",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--vpc-cidr", "10.0.0.0/27"],
-            "vpc_cidr",
-        ),
+        (Some("allowed_cidrs = \"10.0.0.0/8\"\n"), vec!["up"], "allowed_cidrs"),
+        (Some("allowed_cidrs = [\"10.0.0.300/32\"]\n"), vec!["up"], "allowed_cidrs[0]"),
+        (Some(OK_CIDR), vec!["up", "--allowed-cidr", "10.0.0.1/8"], "did you mean 10.0.0.0/8"),
+        (Some("allowed_cidrs = [\"203.0.113.0/24\"]\nvpc_cdir = \"10.0.0.0/16\"\n"), vec!["up"], "vpc_cdir"),
+        (Some("allowed_cidrs = [\"203.0.113.0/24\"\n"), vec!["up"], "not valid"),
+        (Some("allowed_cidrs = [\"203.0.113.0/24\"]\ntask_cpu = \"2048\"\n"), vec!["up"], "task_cpu"),
+        (Some(OK_CIDR), vec!["up", "--vpc-cidr", "10.0.0.0/8"], "vpc_cidr"),
+        (Some(OK_CIDR), vec!["up", "--vpc-cidr", "10.0.0.0/27"], "vpc_cidr"),
         (Some(OK_CIDR), vec!["up", "--vpc-cidr", "ten"], "vpc_cidr"),
         (Some(OK_CIDR), vec!["up", "--stack", "Bad_Name"], "stack"),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--stack", "a-very-long-stack-name-that-is-over-32"],
-            "stack",
-        ),
-        (
-            Some("stack = \"9lives\"\nallowed_cidrs = [\"203.0.113.0/24\"]\n"),
-            vec!["up"],
-            "stack",
-        ),
+        (Some(OK_CIDR), vec!["up", "--stack", "a-very-long-stack-name-that-is-over-32"], "stack"),
+        (Some("stack = \"9lives\"\nallowed_cidrs = [\"203.0.113.0/24\"]\n"), vec!["up"], "stack"),
         (Some(OK_CIDR), vec!["up", "--region", "nowhere"], "region"),
         (Some(OK_CIDR), vec!["up", "--vpc-id", "vpc-12"], "vpc_id"),
+        (Some(OK_CIDR), vec!["up", "--vpc-id", "vpc-0123456789abcdef0", "--vpc-cidr", "10.0.0.0/16"], "vpc_cidr"),
+        (Some(OK_CIDR), vec!["up", "--domain-name", "example.com"], "hosted_zone_id"),
         (
             Some(OK_CIDR),
-            vec![
-                "up",
-                "--vpc-id",
-                "vpc-0123456789abcdef0",
-                "--vpc-cidr",
-                "10.0.0.0/16",
-            ],
-            "vpc_cidr",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--domain-name", "example.com"],
-            "hosted_zone_id",
-        ),
-        (
-            Some(OK_CIDR),
-            vec![
-                "up",
-                "--domain-name",
-                "example",
-                "--sub-domain",
-                "git",
-                "--hosted-zone-id",
-                "Z1",
-            ],
+            vec!["up", "--domain-name", "example", "--sub-domain", "git", "--hosted-zone-id", "Z1"],
             "domain_name",
         ),
         (
             Some(OK_CIDR),
-            vec![
-                "up",
-                "--domain-name",
-                "example.com",
-                "--sub-domain",
-                "git",
-                "--hosted-zone-id",
-                "zone",
-            ],
+            vec!["up", "--domain-name", "example.com", "--sub-domain", "git", "--hosted-zone-id", "zone"],
             "hosted_zone_id",
         ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--gitlab-root-email", "root"],
-            "gitlab_root_email",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--gitlab-image-tag", "latest"],
-            "gitlab_image_tag",
-        ),
+        (Some(OK_CIDR), vec!["up", "--gitlab-root-email", "root"], "gitlab_root_email"),
+        (Some(OK_CIDR), vec!["up", "--gitlab-image-tag", "latest"], "gitlab_image_tag"),
         (Some(OK_CIDR), vec!["up", "--task-cpu", "1000"], "task_cpu"),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--task-memory-mib", "100000"],
-            "task_memory_mib",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--task-cpu", "512", "--task-memory-mib", "2048"],
-            "task_memory_mib",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--task-cpu", "lots"],
-            "--task-cpu",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--no-such-flag"],
-            "--no-such-flag",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["up", "--config", "missing.toml"],
-            "missing.toml",
-        ),
-        (
-            Some(OK_CIDR),
-            vec!["plan", "--vpc-cidr", "10.0.0.0/8"],
-            "vpc_cidr",
-        ),
+        (Some(OK_CIDR), vec!["up", "--task-memory-mib", "100000"], "task_memory_mib"),
+        (Some(OK_CIDR), vec!["up", "--task-cpu", "512", "--task-memory-mib", "2048"], "task_memory_mib"),
+        (Some(OK_CIDR), vec!["up", "--task-cpu", "lots"], "--task-cpu"),
+        (Some(OK_CIDR), vec!["up", "--no-such-flag"], "--no-such-flag"),
+        (Some(OK_CIDR), vec!["up", "--config", "missing.toml"], "missing.toml"),
+        (Some(OK_CIDR), vec!["plan", "--vpc-cidr", "10.0.0.0/8"], "vpc_cidr"),
         (Some(OK_CIDR), vec!["down", "--stack", "UPPER"], "stack"),
         (Some(OK_CIDR), vec!["status", "--stack=-x"], "stack"),
     ];
@@ -181,28 +79,16 @@ fn bad_configs_and_flags_are_refused_before_any_call() {
             tool.write("gitlab-provision.toml", text);
         }
         let run = tool.run(&flags);
-        assert_eq!(
-            run.code,
-            Some(2),
-            "{flags:?} with {config:?} should exit 2\nstderr: {}",
-            run.stderr
-        );
+        assert_eq!(run.code, Some(2), "{flags:?} with {config:?} should exit 2\nstderr: {}", run.stderr);
         assert!(
             run.stderr.contains(expected),
             "{flags:?} with {config:?}: error does not name {expected:?}:\n{}",
             run.stderr
         );
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-        assert!(
-            !tool.dir.path().join("state").exists(),
-            "{flags:?}: state was written"
-        );
+        assert!(!tool.dir.path().join("state").exists(), "{flags:?}: state was written");
     }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "a bad input reached the endpoint"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "a bad input reached the endpoint");
 }
 
 #[test]
@@ -212,21 +98,8 @@ fn plan_for_a_new_stack_needs_no_aws_and_lists_every_step() {
     tool.write("gitlab-provision.toml", OK_CIDR);
     let run = tool.run(&["plan", "--json"]).ok();
     let plan = run.json();
-    let steps: Vec<&str> = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
-    for step in [
-        "vpc",
-        "subnets",
-        "internet-gateway",
-        "public-routes",
-        "nat-eip",
-        "nat-gateway",
-        "private-routes",
-    ] {
+    let steps: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    for step in ["vpc", "subnets", "internet-gateway", "public-routes", "nat-eip", "nat-gateway", "private-routes"] {
         assert!(steps.contains(&step), "{step} missing from {steps:?}");
     }
     assert!(
@@ -238,11 +111,7 @@ fn plan_for_a_new_stack_needs_no_aws_and_lists_every_step() {
             .all(|r| r["action"] == "create")
     );
     let text = tool.run(&["plan"]).ok();
-    assert!(
-        text.stdout.contains("nat-gateway") && text.stdout.contains("create"),
-        "{}",
-        text.stdout
-    );
+    assert!(text.stdout.contains("nat-gateway") && text.stdout.contains("create"), "{}", text.stdout);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert!(!tool.dir.path().join("state").exists());
 }
@@ -251,10 +120,7 @@ fn plan_for_a_new_stack_needs_no_aws_and_lists_every_step() {
 fn status_and_down_of_an_unknown_stack_succeed_without_calls() {
     let (endpoint, calls) = counting_endpoint();
     let tool = Tool::new(&endpoint);
-    let status = tool
-        .run(&["status", "--stack", "nothing", "--json"])
-        .ok()
-        .json();
+    let status = tool.run(&["status", "--stack", "nothing", "--json"]).ok().json();
     assert_eq!(status["resources"].as_array().unwrap().len(), 0);
     let down = tool.run(&["down", "--stack", "nothing"]).ok();
     assert!(down.stdout.contains("nothing to delete"), "{}", down.stdout);

@@ -12,31 +12,23 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
     let (stack, region) = stack_name(global)?;
     let recorded = state::read(&global.state_dir, &stack)?;
     let Some(recorded) = recorded.filter(|s| !s.resources.is_empty()) else {
-        println!(
-            "stack {stack}: nothing recorded in {}, nothing to delete",
-            global.state_dir.display()
-        );
+        println!("stack {stack}: nothing recorded in {}, nothing to delete", global.state_dir.display());
         return Ok(());
     };
     if let Some(region) = region.filter(|r| *r != recorded.region) {
-        return Err(UserError(format!("stack {stack} lives in {}, not {region}\n    help: drop --region (down uses the stack's own region)", recorded.region)).into());
+        return Err(UserError(format!(
+            "stack {stack} lives in {}, not {region}\n    help: drop --region (down uses the stack's own region)",
+            recorded.region
+        ))
+        .into());
     }
     if !args.yes {
         confirm(&stack, recorded.resources.len())?;
     }
     let ctx = context(&stack, Some(&recorded.region), global.profile.as_deref()).await?;
-    let state = StateHandle::new(LockedState::open(
-        &global.state_dir,
-        &stack,
-        &recorded.region,
-        "down",
-    )?);
+    let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &recorded.region, "down")?);
     let printer = Arc::new(Printer::new(global.verbose > 0));
-    eprintln!(
-        "gitlab-provision down: stack {stack} in {}, {} resources",
-        recorded.region,
-        recorded.resources.len()
-    );
+    eprintln!("gitlab-provision down: stack {stack} in {}, {} resources", recorded.region, recorded.resources.len());
     let removed = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, None, MAX_PARALLEL).await.map_err(|e| {
         anyhow::Error::new(e).context("down did not finish; what is left is still recorded\n    help: fix the cause and run `gitlab-provision down` again")
     })?;

@@ -1,6 +1,7 @@
 //! One file per subcommand; shared helpers here.
 
 pub mod down;
+pub mod password;
 pub mod plan;
 pub mod status;
 pub mod up;
@@ -25,17 +26,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down(args) => down::run(&global, args).await,
         Command::Status(args) => status::run(&global, args).await,
         Command::Plan(args) => plan::run(&global, args).await,
+        Command::Password => password::run(&global).await,
     }
 }
 
 /// The config file, with the global flags on top.
 fn file_settings(global: &GlobalArgs) -> Result<Settings, ConfigError> {
     let file = config::load_file(global.config.as_deref())?;
-    Ok(file.overlay(Settings {
-        stack: global.stack.clone(),
-        region: global.region.clone(),
-        ..Default::default()
-    }))
+    Ok(file.overlay(Settings { stack: global.stack.clone(), region: global.region.clone(), ..Default::default() }))
 }
 
 /// The full configuration for `up` and `plan`: file, global flags, then the command's flags.
@@ -46,9 +44,7 @@ fn stack_config(global: &GlobalArgs, flags: Settings) -> Result<StackConfig, Con
 /// Only the stack name (and an explicit region), for commands that work from the state.
 fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigError> {
     let settings = file_settings(global)?;
-    let stack = settings
-        .stack
-        .unwrap_or_else(|| config::DEFAULT_STACK.to_string());
+    let stack = settings.stack.unwrap_or_else(|| config::DEFAULT_STACK.to_string());
     config::check_stack_name(&stack).map_err(|problem| {
         ConfigError::Invalid(vec![config::Invalid {
             key: "stack".into(),
@@ -59,18 +55,18 @@ fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigErr
     Ok((stack, settings.region))
 }
 
-async fn context(
-    stack: &str,
-    region: Option<&str>,
-    profile: Option<&str>,
-) -> anyhow::Result<Arc<Ctx>> {
+async fn context(stack: &str, region: Option<&str>, profile: Option<&str>) -> anyhow::Result<Arc<Ctx>> {
     let clients = aws::load(region, profile).await?;
-    Ok(Arc::new(Ctx {
-        aws: clients,
-        tags: Tags {
-            stack: stack.to_string(),
-        },
-    }))
+    Ok(Arc::new(Ctx { aws: clients, tags: Tags { stack: stack.to_string() } }))
+}
+
+/// Where users reach GitLab, from what the state records.
+pub fn gitlab_url(records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>) -> Option<String> {
+    use crate::steps::{dns::KEY_ALIAS_RECORD, load_balancer::KEY_LOAD_BALANCER};
+    if let Some(name) = records.get(KEY_ALIAS_RECORD).and_then(|r| r.attr("name")) {
+        return Some(format!("https://{}", name.trim_end_matches('.')));
+    }
+    records.get(KEY_LOAD_BALANCER).and_then(|r| r.attr("dns_name")).map(|dns| format!("http://{dns}"))
 }
 
 /// A plain text table: columns padded to their widest cell.
@@ -83,11 +79,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(header.to_vec());

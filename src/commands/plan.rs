@@ -44,10 +44,7 @@ impl fmt::Display for PlanReport {
             f,
             "plan for stack {}{}",
             self.stack,
-            self.region
-                .as_ref()
-                .map(|r| format!(" in {r}"))
-                .unwrap_or_default()
+            self.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default()
         )?;
         for problem in &self.refused {
             writeln!(f, "REFUSED: {problem}")?;
@@ -65,24 +62,11 @@ impl fmt::Display for PlanReport {
             }
         }
         for r in &self.removals {
-            rows.push(vec![
-                "(cleanup)".into(),
-                r.action.to_string(),
-                r.key.clone(),
-                r.kind.clone(),
-                r.detail.clone(),
-            ]);
+            rows.push(vec!["(cleanup)".into(), r.action.to_string(), r.key.clone(), r.kind.clone(), r.detail.clone()]);
         }
-        write!(
-            f,
-            "{}",
-            table(&["STEP", "ACTION", "RESOURCE", "KIND", "DETAIL"], &rows)
-        )?;
+        write!(f, "{}", table(&["STEP", "ACTION", "RESOURCE", "KIND", "DETAIL"], &rows))?;
         let changes = rows.iter().filter(|r| r[1] != "keep").count();
-        writeln!(
-            f,
-            "{changes} change(s); steps run in dependency order, independent ones at the same time"
-        )
+        writeln!(f, "{changes} change(s); steps run in dependency order, independent ones at the same time")
     }
 }
 
@@ -117,34 +101,22 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
     let planned = |key: &str, kind: &str| {
         let (action, detail) = match (records.get(key), live.get(key)) {
             (None, _) => ("create", String::new()),
-            (Some(r), _) if r.status == RecordStatus::Pending => (
-                "resume",
-                "an earlier run started it; up adopts it if it exists".to_string(),
-            ),
-            (Some(r), Some(Ok(Live::Present { summary, drift }))) if drift.is_empty() => (
-                "keep",
-                format!("{} {summary}", r.id.as_deref().unwrap_or("")),
-            ),
-            (Some(r), Some(Ok(Live::Present { drift, .. }))) => (
-                "update",
-                format!("{}: {}", r.id.as_deref().unwrap_or(""), drift.join("; ")),
-            ),
-            (Some(r), Some(Ok(Live::Missing))) => (
-                "re-create",
-                format!(
-                    "{} was deleted outside gitlab-provision",
-                    r.id.as_deref().unwrap_or("")
-                ),
-            ),
+            (Some(r), _) if r.status == RecordStatus::Pending => {
+                ("resume", "an earlier run started it; up adopts it if it exists".to_string())
+            }
+            (Some(r), Some(Ok(Live::Present { summary, drift }))) if drift.is_empty() => {
+                ("keep", format!("{} {summary}", r.id.as_deref().unwrap_or("")))
+            }
+            (Some(r), Some(Ok(Live::Present { drift, .. }))) => {
+                ("update", format!("{}: {}", r.id.as_deref().unwrap_or(""), drift.join("; ")))
+            }
+            (Some(r), Some(Ok(Live::Missing))) => {
+                ("re-create", format!("{} was deleted outside gitlab-provision", r.id.as_deref().unwrap_or("")))
+            }
             (Some(_), Some(Err(e))) => ("keep", format!("could not read it: {e:#}")),
             (Some(_), None) => ("keep", String::new()),
         };
-        PlannedResource {
-            key: key.to_string(),
-            kind: kind.to_string(),
-            action,
-            detail,
-        }
+        PlannedResource { key: key.to_string(), kind: kind.to_string(), action, detail }
     };
     let planned_steps = steps
         .iter()
@@ -152,11 +124,7 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
             step: s.name.clone(),
             after: s.deps.clone(),
             description: s.description.clone(),
-            resources: s
-                .resources
-                .iter()
-                .map(|(k, kind)| planned(k, kind))
-                .collect(),
+            resources: s.resources.iter().map(|(k, kind)| planned(k, kind)).collect(),
         })
         .collect();
     let stale: BTreeSet<&String> = records.keys().filter(|k| !owned.contains(*k)).collect();
@@ -169,13 +137,7 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
             detail: "no longer in the configuration".into(),
         })
         .collect();
-    let report = PlanReport {
-        stack: cfg.stack.clone(),
-        region,
-        refused,
-        steps: planned_steps,
-        removals,
-    };
+    let report = PlanReport { stack: cfg.stack.clone(), region, refused, steps: planned_steps, removals };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

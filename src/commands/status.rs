@@ -3,11 +3,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{context, stack_name, table};
+use super::{context, gitlab_url, stack_name, table};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::engine::{self, Live};
 use crate::state::{self, RecordStatus};
 use crate::steps::Kinds;
+use crate::steps::service::{Health, KEY_SERVICE, health};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -15,6 +16,9 @@ pub struct StatusReport {
     pub region: Option<String>,
     pub state_file: String,
     pub resources: Vec<ResourceStatus>,
+    /// The running GitLab, when the stack has a service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gitlab: Option<Health>,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,19 +35,9 @@ pub struct ResourceStatus {
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.resources.is_empty() {
-            return writeln!(
-                f,
-                "stack {}: nothing recorded in {}",
-                self.stack, self.state_file
-            );
+            return writeln!(f, "stack {}: nothing recorded in {}", self.stack, self.state_file);
         }
-        writeln!(
-            f,
-            "stack {} in {} ({})",
-            self.stack,
-            self.region.as_deref().unwrap_or("?"),
-            self.state_file
-        )?;
+        writeln!(f, "stack {} in {} ({})", self.stack, self.region.as_deref().unwrap_or("?"), self.state_file)?;
         let rows: Vec<Vec<String>> = self
             .resources
             .iter()
@@ -62,45 +56,67 @@ impl fmt::Display for StatusReport {
                 ]
             })
             .collect();
-        write!(
-            f,
-            "{}",
-            table(
-                &["RESOURCE", "KIND", "ID", "RECORDED", "LIVE", "DETAIL"],
-                &rows
-            )
-        )
+        write!(f, "{}", table(&["RESOURCE", "KIND", "ID", "RECORDED", "LIVE", "DETAIL"], &rows))?;
+        if let Some(g) = &self.gitlab {
+            let count = |v: Option<i32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+            writeln!(f, "\nGitLab")?;
+            writeln!(f, "  url:            {}", g.url.as_deref().unwrap_or("?"))?;
+            writeln!(
+                f,
+                "  service:        desired {} running {} pending {}, rollout {}",
+                count(g.desired),
+                count(g.running),
+                count(g.pending),
+                g.rollout.as_deref().unwrap_or("?")
+            )?;
+            writeln!(
+                f,
+                "  target health:  {}",
+                if g.target_health.is_empty() {
+                    "no targets registered".to_string()
+                } else {
+                    g.target_health.join(", ")
+                }
+            )?;
+            writeln!(f, "  task:           {}", g.last_task_status.as_deref().unwrap_or("none"))?;
+            if let Some(event) = &g.last_event {
+                writeln!(f, "  last event:     {event}")?;
+            }
+        }
+        Ok(())
     }
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
     let (stack, _) = stack_name(global)?;
-    let state_file = state::state_path(&global.state_dir, &stack)
-        .display()
-        .to_string();
+    let state_file = state::state_path(&global.state_dir, &stack).display().to_string();
     let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
     let report = match recorded {
-        None => StatusReport {
-            stack,
-            region: None,
-            state_file,
-            resources: vec![],
-        },
+        None => StatusReport { stack, region: None, state_file, resources: vec![], gitlab: None },
         Some(recorded) => {
             let ctx = context(&stack, Some(&recorded.region), global.profile.as_deref()).await?;
-            let mut live = engine::observe(ctx, Arc::new(Kinds), recorded.resources.clone()).await;
+            let has_service = recorded.resources.contains_key(KEY_SERVICE);
+            let url = gitlab_url(&recorded.resources);
+            let (mut live, gitlab) =
+                tokio::join!(engine::observe(ctx.clone(), Arc::new(Kinds), recorded.resources.clone()), async {
+                    if has_service { Some(health(&ctx, &recorded.resources, url.clone()).await) } else { None }
+                });
+            let gitlab = match gitlab {
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    Some(Health { url, last_event: Some(format!("could not read: {e:#}")), ..Default::default() })
+                }
+                None => None,
+            };
             let resources = recorded
                 .resources
                 .into_iter()
                 .map(|(key, record)| {
                     let (live, detail) = match live.remove(&key) {
-                        _ if record.status == RecordStatus::Pending && record.id.is_none() => (
-                            "pending",
-                            "create was started but never confirmed".to_string(),
-                        ),
-                        Some(Ok(Live::Present { summary, drift })) if drift.is_empty() => {
-                            ("ok", summary)
+                        _ if record.status == RecordStatus::Pending && record.id.is_none() => {
+                            ("pending", "create was started but never confirmed".to_string())
                         }
+                        Some(Ok(Live::Present { summary, drift })) if drift.is_empty() => ("ok", summary),
                         Some(Ok(Live::Present { summary, drift })) => {
                             ("changed", format!("{summary}; {}", drift.join("; ")))
                         }
@@ -108,22 +124,10 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
                         Some(Err(e)) => ("unknown", format!("{e:#}")),
                         None => ("unknown", "not read".to_string()),
                     };
-                    ResourceStatus {
-                        key,
-                        kind: record.kind,
-                        id: record.id,
-                        recorded: record.status,
-                        live,
-                        detail,
-                    }
+                    ResourceStatus { key, kind: record.kind, id: record.id, recorded: record.status, live, detail }
                 })
                 .collect();
-            StatusReport {
-                stack,
-                region: Some(recorded.region),
-                state_file,
-                resources,
-            }
+            StatusReport { stack, region: Some(recorded.region), state_file, resources, gitlab }
         }
     };
     if args.json {

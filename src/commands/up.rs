@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use super::{UserError, context, stack_config};
 use crate::cli::{GlobalArgs, UpArgs};
-use crate::engine::{self, RunError, RunReport};
+use crate::engine::{self, Event, Observer, RunError, RunReport, StepScope};
 use crate::printer::Printer;
 use crate::state::{self, LockedState, State, StateHandle};
 use crate::steps::{self, Kinds};
@@ -17,10 +17,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let cfg = stack_config(global, args.settings)?;
     // An existing stack stays in its region unless the user names one.
     let recorded = state::read(&global.state_dir, &cfg.stack)?;
-    let region = cfg
-        .region
-        .clone()
-        .or_else(|| recorded.as_ref().map(|s| s.region.clone()));
+    let region = cfg.region.clone().or_else(|| recorded.as_ref().map(|s| s.region.clone()));
     let ctx = context(&cfg.stack, region.as_deref(), global.profile.as_deref()).await?;
     let region = ctx.aws.region.clone();
 
@@ -33,20 +30,9 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let steps = steps::build(&cfg);
     let owned = steps::owned_keys(&steps);
     let printer = Arc::new(Printer::new(global.verbose > 0));
-    eprintln!(
-        "gitlab-provision up: stack {} in {region}, {} steps",
-        cfg.stack,
-        steps.len()
-    );
+    eprintln!("gitlab-provision up: stack {} in {region}, {} steps", cfg.stack, steps.len());
 
-    let result = engine::run(
-        steps,
-        ctx.clone(),
-        state.clone(),
-        printer.clone(),
-        MAX_PARALLEL,
-    )
-    .await;
+    let result = engine::run(steps, ctx.clone(), state.clone(), printer.clone(), MAX_PARALLEL).await;
     let report = match result {
         Ok(report) => report,
         Err(error) => {
@@ -63,29 +49,27 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
 
     // Resources from an earlier configuration (e.g. a NAT gateway replaced by a NAT instance)
     // go only now, after their replacements are in place.
-    let stale: BTreeSet<String> = state
-        .snapshot()
-        .resources
-        .into_keys()
-        .filter(|k| !owned.contains(k))
-        .collect();
+    let stale: BTreeSet<String> = state.snapshot().resources.into_keys().filter(|k| !owned.contains(k)).collect();
     if !stale.is_empty() {
         eprintln!(
             "removing what the configuration no longer has: {}",
             stale.iter().cloned().collect::<Vec<_>>().join(", ")
         );
-        engine::teardown(
-            ctx.clone(),
-            state.clone(),
-            Arc::new(Kinds),
-            printer,
-            Some(stale),
-            MAX_PARALLEL,
-        )
-        .await?;
+        engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), Some(stale), MAX_PARALLEL)
+            .await?;
     }
     if let Some(path) = &args.timings {
         write_timings(path, &report)?;
+    }
+    if args.wait {
+        let scope = StepScope::new("gitlab-healthy", state.clone(), printer.clone());
+        printer.event(Event::Started { step: scope.step.clone(), description: "wait until GitLab has booted".into() });
+        steps::service::wait_healthy(&ctx, &scope).await?;
+        printer.event(Event::Finished {
+            step: scope.step.clone(),
+            elapsed: scope.elapsed(),
+            summary: "the load balancer reports GitLab healthy".into(),
+        });
     }
     let snapshot = state.snapshot();
     println!(
@@ -94,8 +78,15 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         snapshot.resources.len(),
         state::state_path(&global.state_dir, &cfg.stack).display()
     );
-    if let Some(vpc) = snapshot.resources.get(steps::network::KEY_VPC) {
-        println!("VPC: {}", vpc.id.as_deref().unwrap_or("?"));
+    if let Some(url) = super::gitlab_url(&snapshot.resources) {
+        println!("GitLab:   {url}");
+        println!("user:     root ({})", cfg.gitlab_root_email);
+        println!("password: gitlab-provision password --stack {}", cfg.stack);
+        if !args.wait {
+            println!(
+                "GitLab's first boot takes 5-6 minutes; `gitlab-provision status` shows its progress (or use up --wait)"
+            );
+        }
     }
     Ok(())
 }

@@ -49,20 +49,13 @@ pub fn order<C>(steps: &[Step<C>]) -> Result<Vec<String>, GraphError> {
         indegree.entry(&s.name).or_insert(0);
         for d in &s.deps {
             if !names.contains(d) {
-                return Err(GraphError::UnknownDependency {
-                    step: s.name.clone(),
-                    missing: d.clone(),
-                });
+                return Err(GraphError::UnknownDependency { step: s.name.clone(), missing: d.clone() });
             }
             *indegree.entry(&s.name).or_insert(0) += 1;
             dependents.entry(d).or_default().push(&s.name);
         }
     }
-    let mut ready: VecDeque<&str> = indegree
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(k, _)| *k)
-        .collect();
+    let mut ready: VecDeque<&str> = indegree.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k).collect();
     let mut out = Vec::new();
     while let Some(name) = ready.pop_front() {
         out.push(name.to_string());
@@ -75,11 +68,7 @@ pub fn order<C>(steps: &[Step<C>]) -> Result<Vec<String>, GraphError> {
         }
     }
     if out.len() != steps.len() {
-        let stuck = steps
-            .iter()
-            .filter(|s| !out.contains(&s.name))
-            .map(|s| s.name.clone())
-            .collect();
+        let stuck = steps.iter().filter(|s| !out.contains(&s.name)).map(|s| s.name.clone()).collect();
         return Err(GraphError::Cycle(stuck));
     }
     Ok(out)
@@ -104,24 +93,13 @@ pub enum RunError {
     #[error(transparent)]
     Graph(#[from] GraphError),
     #[error("{}", describe_failures(.failures, .not_started))]
-    Failed {
-        failures: Vec<(String, anyhow::Error)>,
-        not_started: Vec<String>,
-        report: RunReport,
-    },
+    Failed { failures: Vec<(String, anyhow::Error)>, not_started: Vec<String>, report: RunReport },
 }
 
 fn describe_failures(failures: &[(String, anyhow::Error)], not_started: &[String]) -> String {
-    let mut text = failures
-        .iter()
-        .map(|(step, e)| format!("step {step} failed: {e:#}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut text = failures.iter().map(|(step, e)| format!("step {step} failed: {e:#}")).collect::<Vec<_>>().join("\n");
     if !not_started.is_empty() {
-        text.push_str(&format!(
-            "\nnot started (upstream failed): {}",
-            not_started.join(", ")
-        ));
+        text.push_str(&format!("\nnot started (upstream failed): {}", not_started.join(", ")));
     }
     text
 }
@@ -138,8 +116,7 @@ pub async fn run<C: Send + Sync + 'static>(
 ) -> Result<RunReport, RunError> {
     order(&steps)?;
     let run_start = Instant::now();
-    let mut waiting: BTreeMap<String, Step<C>> =
-        steps.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut waiting: BTreeMap<String, Step<C>> = steps.into_iter().map(|s| (s.name.clone(), s)).collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut running: JoinSet<(String, f64, anyhow::Result<String>)> = JoinSet::new();
     let mut failures = Vec::new();
@@ -155,10 +132,7 @@ pub async fn run<C: Send + Sync + 'static>(
                 .collect();
             for name in ready {
                 let step = waiting.remove(&name).expect("ready step is waiting");
-                observer.event(Event::Started {
-                    step: name.clone(),
-                    description: step.description.clone(),
-                });
+                observer.event(Event::Started { step: name.clone(), description: step.description.clone() });
                 let scope = StepScope::new(&name, state.clone(), observer.clone());
                 let ctx = ctx.clone();
                 let start = run_start.elapsed().as_secs_f64();
@@ -173,35 +147,18 @@ pub async fn run<C: Send + Sync + 'static>(
         };
         let (name, start, result) = match joined {
             Ok(outcome) => outcome,
-            Err(panic) => (
-                "<panicked step>".to_string(),
-                0.0,
-                Err(anyhow::anyhow!("step panicked: {panic}")),
-            ),
+            Err(panic) => ("<panicked step>".to_string(), 0.0, Err(anyhow::anyhow!("step panicked: {panic}"))),
         };
         let finish = run_start.elapsed().as_secs_f64();
         let elapsed = Duration::from_secs_f64((finish - start).max(0.0));
         match result {
             Ok(summary) => {
-                observer.event(Event::Finished {
-                    step: name.clone(),
-                    elapsed,
-                    summary: summary.clone(),
-                });
-                report.timings.push(StepTiming {
-                    step: name.clone(),
-                    start,
-                    finish,
-                    summary,
-                });
+                observer.event(Event::Finished { step: name.clone(), elapsed, summary: summary.clone() });
+                report.timings.push(StepTiming { step: name.clone(), start, finish, summary });
                 done.insert(name);
             }
             Err(error) => {
-                observer.event(Event::Failed {
-                    step: name.clone(),
-                    elapsed,
-                    error: format!("{error:#}"),
-                });
+                observer.event(Event::Failed { step: name.clone(), elapsed, error: format!("{error:#}") });
                 failures.push((name, error));
             }
         }
@@ -212,16 +169,9 @@ pub async fn run<C: Send + Sync + 'static>(
     }
     let not_started: Vec<String> = waiting.into_keys().collect();
     for step in &not_started {
-        observer.event(Event::Skipped {
-            step: step.clone(),
-            reason: "upstream failed".into(),
-        });
+        observer.event(Event::Skipped { step: step.clone(), reason: "upstream failed".into() });
     }
-    Err(RunError::Failed {
-        failures,
-        not_started,
-        report,
-    })
+    Err(RunError::Failed { failures, not_started, report })
 }
 
 #[cfg(test)]
@@ -249,11 +199,7 @@ mod tests {
     impl StepAction<()> for Sleep {
         async fn apply(&self, _: &(), _: &StepScope) -> anyhow::Result<String> {
             tokio::time::sleep(Duration::from_millis(self.0)).await;
-            if self.1 {
-                anyhow::bail!("boom")
-            } else {
-                Ok("ok".into())
-            }
+            if self.1 { anyhow::bail!("boom") } else { Ok("ok".into()) }
         }
     }
 
@@ -269,31 +215,17 @@ mod tests {
 
     fn harness() -> (tempfile::TempDir, StateHandle, Arc<Recorder>) {
         let dir = tempfile::tempdir().unwrap();
-        let state =
-            StateHandle::new(LockedState::open(dir.path(), "t", "us-east-1", "test").unwrap());
+        let state = StateHandle::new(LockedState::open(dir.path(), "t", "us-east-1", "test").unwrap());
         (dir, state, Arc::new(Recorder(Mutex::new(vec![]))))
     }
 
     #[tokio::test]
     async fn independent_steps_overlap_and_deps_are_respected() {
         let (_d, state, rec) = harness();
-        let steps = vec![
-            step("a", &[], 200, false),
-            step("b", &[], 200, false),
-            step("c", &["a", "b"], 10, false),
-        ];
-        let report = run(steps, Arc::new(()), state, rec.clone(), 8)
-            .await
-            .unwrap();
-        let t: BTreeMap<_, _> = report
-            .timings
-            .iter()
-            .map(|t| (t.step.clone(), t.clone()))
-            .collect();
-        assert!(
-            t["b"].start < t["a"].finish && t["a"].start < t["b"].finish,
-            "a and b overlap: {t:?}"
-        );
+        let steps = vec![step("a", &[], 200, false), step("b", &[], 200, false), step("c", &["a", "b"], 10, false)];
+        let report = run(steps, Arc::new(()), state, rec.clone(), 8).await.unwrap();
+        let t: BTreeMap<_, _> = report.timings.iter().map(|t| (t.step.clone(), t.clone())).collect();
+        assert!(t["b"].start < t["a"].finish && t["a"].start < t["b"].finish, "a and b overlap: {t:?}");
         assert!(t["c"].start >= t["a"].finish && t["c"].start >= t["b"].finish);
     }
 
@@ -306,23 +238,11 @@ mod tests {
             step("after", &["fails"], 1, false),
             step("after-slow", &["slow"], 1, false),
         ];
-        let err = run(steps, Arc::new(()), state, rec.clone(), 8)
-            .await
-            .unwrap_err();
-        let RunError::Failed {
-            failures,
-            not_started,
-            ..
-        } = err
-        else {
-            panic!("expected Failed")
-        };
+        let err = run(steps, Arc::new(()), state, rec.clone(), 8).await.unwrap_err();
+        let RunError::Failed { failures, not_started, .. } = err else { panic!("expected Failed") };
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].0, "fails");
-        assert_eq!(
-            not_started,
-            vec!["after".to_string(), "after-slow".to_string()]
-        );
+        assert_eq!(not_started, vec!["after".to_string(), "after-slow".to_string()]);
         let log = rec.0.lock().unwrap().clone();
         assert!(log.contains(&"done slow".to_string()), "{log:?}");
         assert!(!log.contains(&"start after-slow".to_string()), "{log:?}");
@@ -330,17 +250,11 @@ mod tests {
 
     #[test]
     fn bad_graphs_are_refused() {
-        assert!(matches!(
-            order(&[step("a", &["x"], 0, false)]),
-            Err(GraphError::UnknownDependency { .. })
-        ));
+        assert!(matches!(order(&[step("a", &["x"], 0, false)]), Err(GraphError::UnknownDependency { .. })));
         assert!(matches!(
             order(&[step("a", &["b"], 0, false), step("b", &["a"], 0, false)]),
             Err(GraphError::Cycle(_))
         ));
-        assert!(matches!(
-            order(&[step("a", &[], 0, false), step("a", &[], 0, false)]),
-            Err(GraphError::Duplicate(_))
-        ));
+        assert!(matches!(order(&[step("a", &[], 0, false), step("a", &[], 0, false)]), Err(GraphError::Duplicate(_))));
     }
 }

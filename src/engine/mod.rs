@@ -5,6 +5,8 @@ mod graph;
 mod resource;
 mod wait;
 
+#[cfg(test)]
+pub use graph::order as run_order;
 pub use graph::{RunError, RunReport, Step, StepAction, run};
 pub use resource::{Catalog, Created, Desired, Live, ResourceOps, observe, teardown};
 pub use wait::{Poll, RetryPolicy, WaitPolicy, retry_while, wait_until};
@@ -17,28 +19,11 @@ use crate::state::StateHandle;
 /// What the engine reports while it works; a printer turns these into lines or bars.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started {
-        step: String,
-        description: String,
-    },
-    Progress {
-        step: String,
-        message: String,
-    },
-    Finished {
-        step: String,
-        elapsed: Duration,
-        summary: String,
-    },
-    Failed {
-        step: String,
-        elapsed: Duration,
-        error: String,
-    },
-    Skipped {
-        step: String,
-        reason: String,
-    },
+    Started { step: String, description: String },
+    Progress { step: String, message: String },
+    Finished { step: String, elapsed: Duration, summary: String },
+    Failed { step: String, elapsed: Duration, error: String },
+    Skipped { step: String, reason: String },
 }
 
 pub trait Observer: Send + Sync {
@@ -56,19 +41,11 @@ pub struct StepScope {
 
 impl StepScope {
     pub fn new(step: &str, state: StateHandle, observer: Arc<dyn Observer>) -> Self {
-        StepScope {
-            step: step.to_string(),
-            state,
-            observer,
-            started: Instant::now(),
-        }
+        StepScope { step: step.to_string(), state, observer, started: Instant::now() }
     }
 
     pub fn progress(&self, message: impl Into<String>) {
-        self.observer.event(Event::Progress {
-            step: self.step.clone(),
-            message: message.into(),
-        });
+        self.observer.event(Event::Progress { step: self.step.clone(), message: message.into() });
     }
 
     pub fn elapsed(&self) -> Duration {

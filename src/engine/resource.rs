@@ -31,20 +31,10 @@ pub trait ResourceOps<C>: Send + Sync {
     fn noun(&self) -> &'static str;
     async fn read(&self, ctx: &C, record: &ResourceRecord) -> anyhow::Result<Live>;
     /// Finds a resource that a run created but could not record (crash between the create call
-    /// and the save), by tag, name or idempotency token. Returns its id.
-    async fn find(
-        &self,
-        ctx: &C,
-        key: &str,
-        record: &ResourceRecord,
-    ) -> anyhow::Result<Option<String>>;
+    /// and the save), by tag, name or the idempotency `token` it was created with. Returns its id.
+    async fn find(&self, ctx: &C, key: &str, record: &ResourceRecord, token: &str) -> anyhow::Result<Option<String>>;
     /// Deletes it and waits until dependents can go; "not found" is success.
-    async fn delete(
-        &self,
-        ctx: &C,
-        record: &ResourceRecord,
-        scope: &StepScope,
-    ) -> anyhow::Result<()>;
+    async fn delete(&self, ctx: &C, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()>;
 }
 
 /// Maps a record's kind to its operations.
@@ -124,18 +114,11 @@ impl StepScope {
                 RecordStatus::Imported => return Ok(Ensured::Reused(record.clone())),
                 RecordStatus::Created => match ops.read(ctx, record).await? {
                     Live::Present { mut drift, .. } => {
-                        drift.extend(
-                            desired
-                                .attrs
-                                .iter()
-                                .filter(|(k, v)| record.attrs.get(*k) != Some(v))
-                                .map(|(k, v)| {
-                                    format!(
-                                        "{k}: {} -> {v}",
-                                        record.attrs.get(k).map(String::as_str).unwrap_or("unset")
-                                    )
-                                }),
-                        );
+                        drift.extend(desired.attrs.iter().filter(|(k, v)| record.attrs.get(*k) != Some(v)).map(
+                            |(k, v)| {
+                                format!("{k}: {} -> {v}", record.attrs.get(k).map(String::as_str).unwrap_or("unset"))
+                            },
+                        ));
                         if drift.is_empty() && record.depends_on == desired.depends_on {
                             return Ok(Ensured::Reused(record.clone()));
                         }
@@ -159,11 +142,9 @@ impl StepScope {
                     }
                 },
                 RecordStatus::Pending => {
-                    if let Some(id) = ops.find(ctx, &desired.key, record).await? {
-                        self.progress(format!(
-                            "found {} {id} created by an interrupted run; adopting it",
-                            ops.noun()
-                        ));
+                    let token = idempotency_token(&self.state.lineage(), &desired.key, generation);
+                    if let Some(id) = ops.find(ctx, &desired.key, record, &token).await? {
+                        self.progress(format!("found {} {id} created by an interrupted run; adopting it", ops.noun()));
                         found = Some(Found { id });
                     }
                 }
@@ -181,10 +162,7 @@ impl StepScope {
             updated_at: String::new(),
         };
         if !adopted {
-            self.state.put(
-                &desired.key,
-                record_now(RecordStatus::Pending, None, desired.attrs.clone()),
-            )?;
+            self.state.put(&desired.key, record_now(RecordStatus::Pending, None, desired.attrs.clone()))?;
         }
         let lineage = self.state.lineage();
         let token = idempotency_token(&lineage, &desired.key, generation);
@@ -193,18 +171,16 @@ impl StepScope {
         attrs.extend(created.attrs);
         let record = record_now(RecordStatus::Created, Some(created.id), attrs);
         self.state.put(&desired.key, record.clone())?;
-        Ok(
-            if adopted && existing.is_some_and(|r| r.status == RecordStatus::Created) {
-                Ensured::Converged(record)
-            } else {
-                Ensured::Created(record)
-            },
-        )
+        Ok(if adopted && existing.is_some_and(|r| r.status == RecordStatus::Created) {
+            Ensured::Converged(record)
+        } else {
+            Ensured::Created(record)
+        })
     }
 }
 
 /// At most 64 ASCII characters, as EC2's ClientToken allows.
-fn idempotency_token(lineage: &str, key: &str, generation: u32) -> String {
+pub fn idempotency_token(lineage: &str, key: &str, generation: u32) -> String {
     let mut token = format!("gp-{lineage}-{key}-{generation}");
     token.truncate(64);
     token
@@ -218,16 +194,10 @@ pub struct TeardownError {
 }
 
 fn describe(failures: &[(String, anyhow::Error)], blocked: &[String]) -> String {
-    let mut text = failures
-        .iter()
-        .map(|(key, e)| format!("deleting {key} failed: {e:#}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut text =
+        failures.iter().map(|(key, e)| format!("deleting {key} failed: {e:#}")).collect::<Vec<_>>().join("\n");
     if !blocked.is_empty() {
-        text.push_str(&format!(
-            "\nkept because something depending on them is still there: {}",
-            blocked.join(", ")
-        ));
+        text.push_str(&format!("\nkept because something depending on them is still there: {}", blocked.join(", ")));
     }
     text
 }
@@ -244,17 +214,11 @@ pub async fn teardown<C: Send + Sync + 'static>(
     only: Option<BTreeSet<String>>,
     max_parallel: usize,
 ) -> Result<usize, TeardownError> {
-    let records: BTreeMap<String, ResourceRecord> = state
-        .snapshot()
-        .resources
-        .into_iter()
-        .filter(|(k, _)| only.as_ref().is_none_or(|o| o.contains(k)))
-        .collect();
+    let records: BTreeMap<String, ResourceRecord> =
+        state.snapshot().resources.into_iter().filter(|(k, _)| only.as_ref().is_none_or(|o| o.contains(k))).collect();
     // A record may go once nothing that depends on it is left.
-    let mut dependents: BTreeMap<String, BTreeSet<String>> = records
-        .keys()
-        .map(|k| (k.clone(), BTreeSet::new()))
-        .collect();
+    let mut dependents: BTreeMap<String, BTreeSet<String>> =
+        records.keys().map(|k| (k.clone(), BTreeSet::new())).collect();
     for (key, record) in &records {
         for dep in &record.depends_on {
             if let Some(set) = dependents.get_mut(dep) {
@@ -273,9 +237,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
         let ready: Vec<String> = pending
             .keys()
             .filter(|k| {
-                dependents[*k].iter().all(|d| {
-                    !pending.contains_key(d) && !in_flight.contains(d) && !failed.contains(d)
-                })
+                dependents[*k].iter().all(|d| !pending.contains_key(d) && !in_flight.contains(d) && !failed.contains(d))
             })
             .take(max_parallel.saturating_sub(running.len()))
             .cloned()
@@ -283,12 +245,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
         for key in ready {
             let record = pending.remove(&key).expect("ready key is pending");
             in_flight.insert(key.clone());
-            let (ctx, state, catalog, observer) = (
-                ctx.clone(),
-                state.clone(),
-                catalog.clone(),
-                observer.clone(),
-            );
+            let (ctx, state, catalog, observer) = (ctx.clone(), state.clone(), catalog.clone(), observer.clone());
             running.spawn(async move {
                 let started = Instant::now();
                 let result = delete_one(&*ctx, &state, &*catalog, observer, &key, &record).await;
@@ -300,11 +257,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
         };
         let (key, started, result) = match joined {
             Ok(outcome) => outcome,
-            Err(panic) => (
-                "<panicked>".to_string(),
-                Instant::now(),
-                Err(anyhow::anyhow!("delete panicked: {panic}")),
-            ),
+            Err(panic) => ("<panicked>".to_string(), Instant::now(), Err(anyhow::anyhow!("delete panicked: {panic}"))),
         };
         in_flight.remove(&key);
         match result {
@@ -327,11 +280,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
             reason: "a resource depending on it could not be deleted".into(),
         });
     }
-    if failures.is_empty() && blocked.is_empty() {
-        Ok(removed)
-    } else {
-        Err(TeardownError { failures, blocked })
-    }
+    if failures.is_empty() && blocked.is_empty() { Ok(removed) } else { Err(TeardownError { failures, blocked }) }
 }
 
 async fn delete_one<C>(
@@ -342,42 +291,30 @@ async fn delete_one<C>(
     key: &str,
     record: &ResourceRecord,
 ) -> anyhow::Result<()> {
-    let ops = catalog.ops(&record.kind).ok_or_else(|| {
-        anyhow::anyhow!("unknown resource kind {:?} in the state file", record.kind)
-    })?;
+    let ops = catalog
+        .ops(&record.kind)
+        .ok_or_else(|| anyhow::anyhow!("unknown resource kind {:?} in the state file", record.kind))?;
     let scope = StepScope::new(key, state.clone(), observer.clone());
     let id = record.id.as_deref().unwrap_or("(not recorded)");
     let (description, summary) = match record.status {
-        RecordStatus::Imported => (
-            format!("release {} {id} (imported: left in place)", ops.noun()),
-            "released",
-        ),
+        RecordStatus::Imported => (format!("release {} {id} (imported: left in place)", ops.noun()), "released"),
         _ => (format!("delete {} {id}", ops.noun()), "deleted"),
     };
-    observer.event(Event::Started {
-        step: key.to_string(),
-        description,
-    });
+    observer.event(Event::Started { step: key.to_string(), description });
     match record.status {
         RecordStatus::Imported => {}
         RecordStatus::Created => ops.delete(ctx, record, &scope).await?,
         RecordStatus::Pending => {
             // The create call may have gone through before the crash that left this intent.
-            if let Some(found) = ops.find(ctx, key, record).await? {
-                let adopted = ResourceRecord {
-                    id: Some(found),
-                    ..record.clone()
-                };
+            let token = idempotency_token(&state.lineage(), key, record.generation);
+            if let Some(found) = ops.find(ctx, key, record, &token).await? {
+                let adopted = ResourceRecord { id: Some(found), ..record.clone() };
                 ops.delete(ctx, &adopted, &scope).await?;
             }
         }
     }
     state.remove(key)?;
-    observer.event(Event::Finished {
-        step: key.to_string(),
-        elapsed: scope.elapsed(),
-        summary: summary.to_string(),
-    });
+    observer.event(Event::Finished { step: key.to_string(), elapsed: scope.elapsed(), summary: summary.to_string() });
     Ok(())
 }
 

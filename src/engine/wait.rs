@@ -25,22 +25,14 @@ impl WaitPolicy {
     /// Starts polling fast (most things are ready within seconds of the expected time) and
     /// backs off to `max_delay` so a long wait costs few calls.
     pub const fn up_to(timeout: Duration) -> Self {
-        WaitPolicy {
-            first_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(10),
-            timeout,
-        }
+        WaitPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10), timeout }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
     #[error("timed out after {}s waiting for {what} (last state: {last})", .waited.as_secs())]
-    Timeout {
-        what: String,
-        waited: Duration,
-        last: String,
-    },
+    Timeout { what: String, waited: Duration, last: String },
     #[error("{what} failed: {reason}")]
     Failed { what: String, reason: String },
     #[error("while waiting for {what}: {source:#}")]
@@ -66,10 +58,7 @@ where
         match probe().await {
             Ok(Poll::Ready(value)) => return Ok(value),
             Ok(Poll::Failed(reason)) => {
-                return Err(WaitError::Failed {
-                    what: what.to_string(),
-                    reason,
-                });
+                return Err(WaitError::Failed { what: what.to_string(), reason });
             }
             Ok(Poll::Pending(state)) => {
                 if state != last {
@@ -78,19 +67,12 @@ where
                 }
             }
             Err(source) => {
-                return Err(WaitError::Probe {
-                    what: what.to_string(),
-                    source,
-                });
+                return Err(WaitError::Probe { what: what.to_string(), source });
             }
         }
         let waited = started.elapsed();
         if waited >= policy.timeout {
-            return Err(WaitError::Timeout {
-                what: what.to_string(),
-                waited,
-                last,
-            });
+            return Err(WaitError::Timeout { what: what.to_string(), waited, last });
         }
         tokio::time::sleep(delay.min(policy.timeout - waited)).await;
         delay = (delay * 3 / 2).min(policy.max_delay);
@@ -108,19 +90,12 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// About a minute in all: long enough for AWS's usual propagation delays.
-    pub const EVENTUAL_CONSISTENCY: RetryPolicy = RetryPolicy {
-        attempts: 10,
-        first_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(10),
-    };
+    pub const EVENTUAL_CONSISTENCY: RetryPolicy =
+        RetryPolicy { attempts: 10, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) };
 }
 
 /// Retries `op` while `retryable` says so, with exponential backoff and full jitter.
-pub async fn retry_while<T, E, F, Fut>(
-    policy: RetryPolicy,
-    retryable: impl Fn(&E) -> bool,
-    mut op: F,
-) -> Result<T, E>
+pub async fn retry_while<T, E, F, Fut>(policy: RetryPolicy, retryable: impl Fn(&E) -> bool, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -129,10 +104,7 @@ where
     loop {
         match op().await {
             Err(e) if attempt < policy.attempts && retryable(&e) => {
-                let ceiling = policy
-                    .first_delay
-                    .saturating_mul(1 << (attempt - 1).min(16))
-                    .min(policy.max_delay);
+                let ceiling = policy.first_delay.saturating_mul(1 << (attempt - 1).min(16)).min(policy.max_delay);
                 tokio::time::sleep(ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
                 attempt += 1;
             }
@@ -156,8 +128,7 @@ mod tests {
 
     fn scope() -> (tempfile::TempDir, StepScope) {
         let dir = tempfile::tempdir().unwrap();
-        let state =
-            StateHandle::new(LockedState::open(dir.path(), "t", "us-east-1", "test").unwrap());
+        let state = StateHandle::new(LockedState::open(dir.path(), "t", "us-east-1", "test").unwrap());
         (dir, StepScope::new("t", state, Arc::new(Quiet)))
     }
 
@@ -172,38 +143,24 @@ mod tests {
         };
         let v = wait_until(&scope, "thing", policy, || async {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            Ok(if n >= 3 {
-                Poll::Ready(n)
-            } else {
-                Poll::Pending("pending".into())
-            })
+            Ok(if n >= 3 { Poll::Ready(n) } else { Poll::Pending("pending".into()) })
         })
         .await
         .unwrap();
         assert_eq!(v, 3);
 
-        let policy = WaitPolicy {
-            timeout: Duration::from_millis(30),
-            ..policy
-        };
-        let err = wait_until(&scope, "NAT gateway nat-1", policy, || async {
-            Ok(Poll::<()>::Pending("pending".into()))
-        })
-        .await
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("NAT gateway nat-1") && err.to_string().contains("pending"),
-            "{err}"
-        );
+        let policy = WaitPolicy { timeout: Duration::from_millis(30), ..policy };
+        let err =
+            wait_until(&scope, "NAT gateway nat-1", policy, || async { Ok(Poll::<()>::Pending("pending".into())) })
+                .await
+                .unwrap_err();
+        assert!(err.to_string().contains("NAT gateway nat-1") && err.to_string().contains("pending"), "{err}");
     }
 
     #[tokio::test]
     async fn retry_stops_on_a_non_retryable_error_and_after_the_budget() {
-        let policy = RetryPolicy {
-            attempts: 4,
-            first_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(2),
-        };
+        let policy =
+            RetryPolicy { attempts: 4, first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2) };
         let calls = AtomicU32::new(0);
         let r: Result<(), &str> = retry_while(
             policy,

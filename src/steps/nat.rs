@@ -7,22 +7,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    DomainType, HttpTokensState, InstanceMetadataOptionsRequest,
-    InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, NatGatewayState,
-    ResourceType,
+    DomainType, HttpTokensState, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
+    InstanceStateName, InstanceType, NatGatewayState, ResourceType,
 };
 use base64::Engine as _;
 use ipnet::Ipv4Net;
 
 use super::Ctx;
-use super::network::{
-    KEY_INTERNET_GATEWAY, attrs, bool_value, delete_retrying_in_use, required_id,
-};
-use super::security_group::{IngressRule, SecurityGroupStep};
+use super::network::{KEY_INTERNET_GATEWAY, attrs, bool_value, delete_retrying_in_use, required_id};
+use super::security_group::{IngressRule, SecurityGroupStep, Source};
 use crate::aws::{AwsResultExt, found};
-use crate::engine::{
-    Created, Desired, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
-};
+use crate::engine::{Created, Desired, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until};
 use crate::state::ResourceRecord;
 
 pub const ELASTIC_IP: &str = "ec2:elastic-ip";
@@ -48,20 +43,13 @@ pub struct AllocateNatEip;
 #[async_trait]
 impl StepAction<Ctx> for AllocateNatEip {
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let desired = Desired {
-            key: KEY_EIP.into(),
-            kind: ELASTIC_IP.into(),
-            depends_on: vec![],
-            attrs: BTreeMap::new(),
-        };
+        let desired =
+            Desired { key: KEY_EIP.into(), kind: ELASTIC_IP.into(), depends_on: vec![], attrs: BTreeMap::new() };
         let ec2 = &ctx.aws.ec2;
         let ensured = scope
             .ensure(ctx, &ElasticIpOps, desired, |existing, _token| async move {
                 if let Some(found) = existing {
-                    return Ok(Created {
-                        id: found.id,
-                        attrs: BTreeMap::new(),
-                    });
+                    return Ok(Created { id: found.id, attrs: BTreeMap::new() });
                 }
                 let out = ec2
                     .allocate_address()
@@ -70,22 +58,11 @@ impl StepAction<Ctx> for AllocateNatEip {
                     .send()
                     .await
                     .or_aws(|| format!("allocating an Elastic IP ({})", ctx.aws.region))?;
-                let id = out
-                    .allocation_id()
-                    .context("AllocateAddress returned no allocation id")?
-                    .to_string();
-                Ok(Created {
-                    id,
-                    attrs: attrs([("public_ip", out.public_ip().unwrap_or_default().to_string())]),
-                })
+                let id = out.allocation_id().context("AllocateAddress returned no allocation id")?.to_string();
+                Ok(Created { id, attrs: attrs([("public_ip", out.public_ip().unwrap_or_default().to_string())]) })
             })
             .await?;
-        Ok(format!(
-            "{} {} ({})",
-            ensured.verb(),
-            ensured.id(),
-            ensured.record().attr("public_ip").unwrap_or("?")
-        ))
+        Ok(format!("{} {} ({})", ensured.verb(), ensured.id(), ensured.record().attr("public_ip").unwrap_or("?")))
     }
 }
 
@@ -111,10 +88,7 @@ impl ResourceOps<Ctx> for ElasticIpOps {
         let Some(address) = out.and_then(|o| o.addresses.and_then(|v| v.into_iter().next())) else {
             return Ok(Live::Missing);
         };
-        Ok(Live::Present {
-            summary: address.public_ip().unwrap_or_default().to_string(),
-            drift: vec![],
-        })
+        Ok(Live::Present { summary: address.public_ip().unwrap_or_default().to_string(), drift: vec![] })
     }
 
     async fn find(
@@ -122,6 +96,7 @@ impl ResourceOps<Ctx> for ElasticIpOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let out = ctx
             .aws
@@ -131,18 +106,10 @@ impl ResourceOps<Ctx> for ElasticIpOps {
             .send()
             .await
             .or_aws(|| format!("looking for the Elastic IP tagged {key}"))?;
-        Ok(out
-            .addresses()
-            .iter()
-            .find_map(|a| a.allocation_id().map(str::to_string)))
+        Ok(out.addresses().iter().find_map(|a| a.allocation_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        _scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id.as_deref().context("no id")?;
         delete_retrying_in_use(|| async {
             ctx.aws
@@ -164,10 +131,7 @@ impl ResourceOps<Ctx> for ElasticIpOps {
 
 pub struct CreateNatGateway;
 
-async fn nat_gateway_state(
-    ctx: &Ctx,
-    id: &str,
-) -> anyhow::Result<Option<(NatGatewayState, String)>> {
+async fn nat_gateway_state(ctx: &Ctx, id: &str) -> anyhow::Result<Option<(NatGatewayState, String)>> {
     let out = found(
         ctx.aws
             .ec2
@@ -177,14 +141,9 @@ async fn nat_gateway_state(
             .await
             .or_aws(|| format!("reading NAT gateway {id}")),
     )?;
-    Ok(out
-        .and_then(|o| o.nat_gateways.and_then(|v| v.into_iter().next()))
-        .map(|g| {
-            (
-                g.state().cloned().unwrap_or(NatGatewayState::Pending),
-                g.failure_message().unwrap_or_default().to_string(),
-            )
-        }))
+    Ok(out.and_then(|o| o.nat_gateways.and_then(|v| v.into_iter().next())).map(|g| {
+        (g.state().cloned().unwrap_or(NatGatewayState::Pending), g.failure_message().unwrap_or_default().to_string())
+    }))
 }
 
 #[async_trait]
@@ -195,15 +154,8 @@ impl StepAction<Ctx> for CreateNatGateway {
         let desired = Desired {
             key: KEY_NAT_GATEWAY.into(),
             kind: NAT_GATEWAY.into(),
-            depends_on: vec![
-                NAT_SUBNET.into(),
-                KEY_EIP.into(),
-                KEY_INTERNET_GATEWAY.into(),
-            ],
-            attrs: attrs([
-                ("subnet_id", subnet_id.clone()),
-                ("allocation_id", allocation_id.clone()),
-            ]),
+            depends_on: vec![NAT_SUBNET.into(), KEY_EIP.into(), KEY_INTERNET_GATEWAY.into()],
+            attrs: attrs([("subnet_id", subnet_id.clone()), ("allocation_id", allocation_id.clone())]),
         };
         let ec2 = &ctx.aws.ec2;
         let (subnet, allocation) = (subnet_id.as_str(), allocation_id.as_str());
@@ -221,41 +173,25 @@ impl StepAction<Ctx> for CreateNatGateway {
                         .tag_specifications(ctx.tags.ec2(ResourceType::Natgateway, KEY_NAT_GATEWAY))
                         .send()
                         .await
-                        .or_aws(|| {
-                            format!("creating NAT gateway in {subnet} ({})", ctx.aws.region)
-                        })?
+                        .or_aws(|| format!("creating NAT gateway in {subnet} ({})", ctx.aws.region))?
                         .nat_gateway()
                         .and_then(|g| g.nat_gateway_id())
                         .context("CreateNatGateway returned no id")?
                         .to_string(),
                 };
-                wait_until(
-                    scope,
-                    &format!("NAT gateway {id} to become available"),
-                    NAT_WAIT,
-                    || async {
-                        Ok(match nat_gateway_state(ctx, &id).await? {
-                            Some((NatGatewayState::Available, _)) => Poll::Ready(()),
-                            Some((NatGatewayState::Pending, _)) => Poll::Pending("pending".into()),
-                            Some((state, message)) => {
-                                Poll::Failed(format!("{} {message}", state.as_str()))
-                            }
-                            None => Poll::Pending("not visible yet".into()),
-                        })
-                    },
-                )
-                .await?;
-                Ok(Created {
-                    id,
-                    attrs: BTreeMap::new(),
+                wait_until(scope, &format!("NAT gateway {id} to become available"), NAT_WAIT, || async {
+                    Ok(match nat_gateway_state(ctx, &id).await? {
+                        Some((NatGatewayState::Available, _)) => Poll::Ready(()),
+                        Some((NatGatewayState::Pending, _)) => Poll::Pending("pending".into()),
+                        Some((state, message)) => Poll::Failed(format!("{} {message}", state.as_str())),
+                        None => Poll::Pending("not visible yet".into()),
+                    })
                 })
+                .await?;
+                Ok(Created { id, attrs: BTreeMap::new() })
             })
             .await?;
-        Ok(format!(
-            "{} {} in {subnet_id}",
-            ensured.verb(),
-            ensured.id()
-        ))
+        Ok(format!("{} {} in {subnet_id}", ensured.verb(), ensured.id()))
     }
 }
 
@@ -271,15 +207,10 @@ impl ResourceOps<Ctx> for NatGatewayOps {
         let id = record.id.as_deref().context("no id")?;
         Ok(match nat_gateway_state(ctx, id).await? {
             // A deleted gateway stays visible for about an hour in state "deleted".
-            None
-            | Some((
-                NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed,
-                _,
-            )) => Live::Missing,
-            Some((state, _)) => Live::Present {
-                summary: state.as_str().to_string(),
-                drift: vec![],
-            },
+            None | Some((NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed, _)) => {
+                Live::Missing
+            }
+            Some((state, _)) => Live::Present { summary: state.as_str().to_string(), drift: vec![] },
         })
     }
 
@@ -288,15 +219,10 @@ impl ResourceOps<Ctx> for NatGatewayOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let mut filters = ctx.tags.ec2_filters(key);
-        filters.push(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("state")
-                .values("pending")
-                .values("available")
-                .build(),
-        );
+        filters.push(aws_sdk_ec2::types::Filter::builder().name("state").values("pending").values("available").build());
         let out = ctx
             .aws
             .ec2
@@ -305,18 +231,10 @@ impl ResourceOps<Ctx> for NatGatewayOps {
             .send()
             .await
             .or_aws(|| format!("looking for the NAT gateway tagged {key}"))?;
-        Ok(out
-            .nat_gateways()
-            .iter()
-            .find_map(|g| g.nat_gateway_id().map(str::to_string)))
+        Ok(out.nat_gateways().iter().find_map(|g| g.nat_gateway_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id.as_deref().context("no id")?;
         found(
             ctx.aws
@@ -328,17 +246,12 @@ impl ResourceOps<Ctx> for NatGatewayOps {
                 .or_aws(|| format!("deleting NAT gateway {id}")),
         )?;
         // Its Elastic IP cannot be released, nor the internet gateway detached, until it is gone.
-        wait_until(
-            scope,
-            &format!("NAT gateway {id} to be deleted"),
-            NAT_WAIT,
-            || async {
-                Ok(match nat_gateway_state(ctx, id).await? {
-                    None | Some((NatGatewayState::Deleted, _)) => Poll::Ready(()),
-                    Some((state, _)) => Poll::Pending(state.as_str().to_string()),
-                })
-            },
-        )
+        wait_until(scope, &format!("NAT gateway {id} to be deleted"), NAT_WAIT, || async {
+            Ok(match nat_gateway_state(ctx, id).await? {
+                None | Some((NatGatewayState::Deleted, _)) => Poll::Ready(()),
+                Some((state, _)) => Poll::Pending(state.as_str().to_string()),
+            })
+        })
         .await?;
         Ok(())
     }
@@ -348,8 +261,7 @@ impl ResourceOps<Ctx> for NatGatewayOps {
 // NAT instance
 
 /// The Amazon Linux 2023 arm64 image, from AWS's public SSM parameter (always current).
-const AL2023_ARM64_PARAMETER: &str =
-    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64";
+const AL2023_ARM64_PARAMETER: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64";
 
 /// Turns the instance into a router: forwarding on, masquerade out of its primary interface,
 /// both persistent across reboots.
@@ -373,9 +285,10 @@ pub fn nat_security_group(vpc_cidr: Ipv4Net) -> SecurityGroupStep {
         description: "gitlab-provision NAT instance: all traffic from the VPC".into(),
         rules: vec![IngressRule {
             ports: None,
-            cidr: vpc_cidr.to_string(),
+            source: Source::Cidr(vpc_cidr.to_string()),
             description: "all traffic from the VPC".into(),
         }],
+        outlives: vec![],
     }
 }
 
@@ -389,30 +302,13 @@ struct InstanceView {
 
 async fn describe_instance(ctx: &Ctx, id: &str) -> anyhow::Result<Option<InstanceView>> {
     let out = found(
-        ctx.aws
-            .ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading instance {id}")),
+        ctx.aws.ec2.describe_instances().instance_ids(id).send().await.or_aws(|| format!("reading instance {id}")),
     )?;
-    let instance = out.and_then(|o| {
-        o.reservations.and_then(|r| {
-            r.into_iter()
-                .flat_map(|r| r.instances.unwrap_or_default())
-                .next()
-        })
-    });
+    let instance = out
+        .and_then(|o| o.reservations.and_then(|r| r.into_iter().flat_map(|r| r.instances.unwrap_or_default()).next()));
     Ok(instance.map(|i| InstanceView {
-        state: i
-            .state()
-            .and_then(|s| s.name().cloned())
-            .unwrap_or(InstanceStateName::Pending),
-        eni: i
-            .network_interfaces()
-            .iter()
-            .find_map(|n| n.network_interface_id().map(str::to_string)),
+        state: i.state().and_then(|s| s.name().cloned()).unwrap_or(InstanceStateName::Pending),
+        eni: i.network_interfaces().iter().find_map(|n| n.network_interface_id().map(str::to_string)),
         source_dest_check: i.source_dest_check(),
     }))
 }
@@ -425,15 +321,8 @@ impl StepAction<Ctx> for CreateNatInstance {
         let desired = Desired {
             key: KEY_NAT_INSTANCE.into(),
             kind: INSTANCE.into(),
-            depends_on: vec![
-                NAT_SUBNET.into(),
-                KEY_NAT_SECURITY_GROUP.into(),
-                KEY_INTERNET_GATEWAY.into(),
-            ],
-            attrs: attrs([
-                ("subnet_id", subnet_id.clone()),
-                ("instance_type", "t4g.nano".into()),
-            ]),
+            depends_on: vec![NAT_SUBNET.into(), KEY_NAT_SECURITY_GROUP.into(), KEY_INTERNET_GATEWAY.into()],
+            attrs: attrs([("subnet_id", subnet_id.clone()), ("instance_type", "t4g.nano".into())]),
         };
         let ec2 = &ctx.aws.ec2;
         let (subnet, group) = (subnet_id.as_str(), group_id.as_str());
@@ -449,9 +338,7 @@ impl StepAction<Ctx> for CreateNatInstance {
                             .name(AL2023_ARM64_PARAMETER)
                             .send()
                             .await
-                            .or_aws(|| {
-                                format!("reading {AL2023_ARM64_PARAMETER} ({})", ctx.aws.region)
-                            })?
+                            .or_aws(|| format!("reading {AL2023_ARM64_PARAMETER} ({})", ctx.aws.region))?
                             .parameter()
                             .and_then(|p| p.value())
                             .context("the Amazon Linux 2023 image parameter has no value")?
@@ -469,24 +356,15 @@ impl StepAction<Ctx> for CreateNatInstance {
                             .max_count(1)
                             .client_token(token)
                             .network_interfaces(interface)
-                            .user_data(
-                                base64::engine::general_purpose::STANDARD.encode(NAT_USER_DATA),
-                            )
+                            .user_data(base64::engine::general_purpose::STANDARD.encode(NAT_USER_DATA))
                             .metadata_options(
                                 InstanceMetadataOptionsRequest::builder()
                                     .http_tokens(HttpTokensState::Required)
                                     .build(),
                             )
-                            .tag_specifications(
-                                ctx.tags.ec2(ResourceType::Instance, KEY_NAT_INSTANCE),
-                            )
-                            .tag_specifications(
-                                ctx.tags.ec2(ResourceType::Volume, KEY_NAT_INSTANCE),
-                            )
-                            .tag_specifications(
-                                ctx.tags
-                                    .ec2(ResourceType::NetworkInterface, KEY_NAT_INSTANCE),
-                            )
+                            .tag_specifications(ctx.tags.ec2(ResourceType::Instance, KEY_NAT_INSTANCE))
+                            .tag_specifications(ctx.tags.ec2(ResourceType::Volume, KEY_NAT_INSTANCE))
+                            .tag_specifications(ctx.tags.ec2(ResourceType::NetworkInterface, KEY_NAT_INSTANCE))
                             .send()
                             .await
                             .or_aws(|| format!("launching the NAT instance ({image}) in {subnet}"))?
@@ -497,23 +375,14 @@ impl StepAction<Ctx> for CreateNatInstance {
                             .to_string()
                     }
                 };
-                let view = wait_until(
-                    scope,
-                    &format!("NAT instance {id} to be running"),
-                    NAT_WAIT,
-                    || async {
-                        Ok(match describe_instance(ctx, &id).await? {
-                            Some(view) if view.state == InstanceStateName::Running => {
-                                Poll::Ready(view)
-                            }
-                            Some(view) if view.state == InstanceStateName::Pending => {
-                                Poll::Pending("pending".into())
-                            }
-                            Some(view) => Poll::Failed(format!("it is {}", view.state.as_str())),
-                            None => Poll::Pending("not visible yet".into()),
-                        })
-                    },
-                )
+                let view = wait_until(scope, &format!("NAT instance {id} to be running"), NAT_WAIT, || async {
+                    Ok(match describe_instance(ctx, &id).await? {
+                        Some(view) if view.state == InstanceStateName::Running => Poll::Ready(view),
+                        Some(view) if view.state == InstanceStateName::Pending => Poll::Pending("pending".into()),
+                        Some(view) => Poll::Failed(format!("it is {}", view.state.as_str())),
+                        None => Poll::Pending("not visible yet".into()),
+                    })
+                })
                 .await?;
                 if view.source_dest_check != Some(false) {
                     // A router forwards packets that are neither from nor to itself.
@@ -524,20 +393,11 @@ impl StepAction<Ctx> for CreateNatInstance {
                         .await
                         .or_aws(|| format!("turning off source/destination check on {id}"))?;
                 }
-                let eni = view
-                    .eni
-                    .context("the NAT instance has no network interface")?;
-                Ok(Created {
-                    id,
-                    attrs: attrs([("eni", eni)]),
-                })
+                let eni = view.eni.context("the NAT instance has no network interface")?;
+                Ok(Created { id, attrs: attrs([("eni", eni)]) })
             })
             .await?;
-        Ok(format!(
-            "{} {} in {subnet_id}",
-            ensured.verb(),
-            ensured.id()
-        ))
+        Ok(format!("{} {} in {subnet_id}", ensured.verb(), ensured.id()))
     }
 }
 
@@ -553,12 +413,7 @@ impl ResourceOps<Ctx> for InstanceOps {
         let id = record.id.as_deref().context("no id")?;
         Ok(match describe_instance(ctx, id).await? {
             None => Live::Missing,
-            Some(view)
-                if matches!(
-                    view.state,
-                    InstanceStateName::Terminated | InstanceStateName::ShuttingDown
-                ) =>
-            {
+            Some(view) if matches!(view.state, InstanceStateName::Terminated | InstanceStateName::ShuttingDown) => {
                 Live::Missing
             }
             Some(view) => {
@@ -567,10 +422,7 @@ impl ResourceOps<Ctx> for InstanceOps {
                 } else {
                     vec![]
                 };
-                Live::Present {
-                    summary: view.state.as_str().to_string(),
-                    drift,
-                }
+                Live::Present { summary: view.state.as_str().to_string(), drift }
             }
         })
     }
@@ -580,6 +432,7 @@ impl ResourceOps<Ctx> for InstanceOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let mut filters = ctx.tags.ec2_filters(key);
         filters.push(
@@ -599,19 +452,10 @@ impl ResourceOps<Ctx> for InstanceOps {
             .send()
             .await
             .or_aws(|| format!("looking for the instance tagged {key}"))?;
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| i.instance_id().map(str::to_string)))
+        Ok(out.reservations().iter().flat_map(|r| r.instances()).find_map(|i| i.instance_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id.as_deref().context("no id")?;
         found(
             ctx.aws
@@ -623,18 +467,13 @@ impl ResourceOps<Ctx> for InstanceOps {
                 .or_aws(|| format!("terminating instance {id}")),
         )?;
         // Its network interface holds the security group and subnet until it is terminated.
-        wait_until(
-            scope,
-            &format!("instance {id} to terminate"),
-            NAT_WAIT,
-            || async {
-                Ok(match describe_instance(ctx, id).await? {
-                    None => Poll::Ready(()),
-                    Some(view) if view.state == InstanceStateName::Terminated => Poll::Ready(()),
-                    Some(view) => Poll::Pending(view.state.as_str().to_string()),
-                })
-            },
-        )
+        wait_until(scope, &format!("instance {id} to terminate"), NAT_WAIT, || async {
+            Ok(match describe_instance(ctx, id).await? {
+                None => Poll::Ready(()),
+                Some(view) if view.state == InstanceStateName::Terminated => Poll::Ready(()),
+                Some(view) => Poll::Pending(view.state.as_str().to_string()),
+            })
+        })
         .await?;
         Ok(())
     }

@@ -4,18 +4,14 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable,
-};
+use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable};
 use ipnet::Ipv4Net;
 
 use super::Ctx;
 use super::nat;
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::config::NatKind;
-use crate::engine::{
-    Created, Desired, Live, ResourceOps, RetryPolicy, StepAction, StepScope, retry_while,
-};
+use crate::engine::{Created, Desired, Live, ResourceOps, RetryPolicy, StepAction, StepScope, retry_while};
 use crate::state::{RecordStatus, ResourceRecord};
 
 pub const VPC: &str = "ec2:vpc";
@@ -27,12 +23,7 @@ pub const KEY_VPC: &str = "vpc";
 pub const KEY_INTERNET_GATEWAY: &str = "internet-gateway";
 pub const KEY_PUBLIC_ROUTES: &str = "route-table-public";
 pub const KEY_PRIVATE_ROUTES: &str = "route-table-private";
-pub const SUBNET_KEYS: [&str; 4] = [
-    "subnet-public-a",
-    "subnet-public-b",
-    "subnet-private-a",
-    "subnet-private-b",
-];
+pub const SUBNET_KEYS: [&str; 4] = ["subnet-public-a", "subnet-public-b", "subnet-private-a", "subnet-private-b"];
 pub const PUBLIC_SUBNETS: [&str; 2] = ["subnet-public-a", "subnet-public-b"];
 pub const PRIVATE_SUBNETS: [&str; 2] = ["subnet-private-a", "subnet-private-b"];
 
@@ -48,9 +39,10 @@ pub(crate) fn bool_value(value: bool) -> AttributeBooleanValue {
 }
 
 pub(crate) fn required_id(state_key: &str, scope: &StepScope) -> anyhow::Result<String> {
-    scope.state.id_of(state_key).with_context(|| {
-        format!("{state_key} is not recorded in the state; its step must run first")
-    })
+    scope
+        .state
+        .id_of(state_key)
+        .with_context(|| format!("{state_key} is not recorded in the state; its step must run first"))
 }
 
 fn id_of(record: &ResourceRecord) -> anyhow::Result<&str> {
@@ -62,13 +54,7 @@ where
     F: FnMut() -> Fut + 'a,
     Fut: std::future::Future<Output = Result<(), AwsError>> + 'a,
 {
-    match retry_while(
-        RetryPolicy::EVENTUAL_CONSISTENCY,
-        |e: &AwsError| e.is_code(STILL_IN_USE),
-        op,
-    )
-    .await
-    {
+    match retry_while(RetryPolicy::EVENTUAL_CONSISTENCY, |e: &AwsError| e.is_code(STILL_IN_USE), op).await {
         Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
@@ -122,18 +108,10 @@ impl StepAction<Ctx> for CreateVpc {
                     .send()
                     .await
                     .or_aws(|| format!("enabling DNS hostnames on {vpc_id}"))?;
-                Ok(Created {
-                    id: vpc_id,
-                    attrs: BTreeMap::new(),
-                })
+                Ok(Created { id: vpc_id, attrs: BTreeMap::new() })
             })
             .await?;
-        Ok(format!(
-            "{} {} ({})",
-            ensured.verb(),
-            ensured.id(),
-            self.cidr
-        ))
+        Ok(format!("{} {} ({})", ensured.verb(), ensured.id(), self.cidr))
     }
 }
 
@@ -147,15 +125,7 @@ impl ResourceOps<Ctx> for VpcOps {
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
         let id = id_of(record)?;
-        let out = found(
-            ctx.aws
-                .ec2
-                .describe_vpcs()
-                .vpc_ids(id)
-                .send()
-                .await
-                .or_aws(|| format!("reading VPC {id}")),
-        )?;
+        let out = found(ctx.aws.ec2.describe_vpcs().vpc_ids(id).send().await.or_aws(|| format!("reading VPC {id}")))?;
         let Some(vpc) = out.and_then(|o| o.vpcs.and_then(|v| v.into_iter().next())) else {
             return Ok(Live::Missing);
         };
@@ -166,10 +136,7 @@ impl ResourceOps<Ctx> for VpcOps {
         {
             drift.push(format!("CIDR is {cidr}, recorded {recorded}"));
         }
-        Ok(Live::Present {
-            summary: format!("{cidr}, {}", vpc.state().map(|s| s.as_str()).unwrap_or("?")),
-            drift,
-        })
+        Ok(Live::Present { summary: format!("{cidr}, {}", vpc.state().map(|s| s.as_str()).unwrap_or("?")), drift })
     }
 
     async fn find(
@@ -177,6 +144,7 @@ impl ResourceOps<Ctx> for VpcOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let out = ctx
             .aws
@@ -186,28 +154,13 @@ impl ResourceOps<Ctx> for VpcOps {
             .send()
             .await
             .or_aws(|| format!("looking for the VPC tagged {key}"))?;
-        Ok(out
-            .vpcs()
-            .iter()
-            .find_map(|v| v.vpc_id().map(str::to_string)))
+        Ok(out.vpcs().iter().find_map(|v| v.vpc_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        _scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = id_of(record)?;
         delete_retrying_in_use(|| async {
-            ctx.aws
-                .ec2
-                .delete_vpc()
-                .vpc_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .or_aws(|| format!("deleting VPC {id}"))
+            ctx.aws.ec2.delete_vpc().vpc_id(id).send().await.map(|_| ()).or_aws(|| format!("deleting VPC {id}"))
         })
         .await?;
         Ok(())
@@ -224,16 +177,9 @@ pub struct SubnetPlan {
 
 impl SubnetPlan {
     pub fn new(vpc: Ipv4Net) -> Self {
-        let quarters: Vec<Ipv4Net> = vpc
-            .subnets(vpc.prefix_len() + 2)
-            .map(|s| s.collect())
-            .unwrap_or_default();
-        let subnets = SUBNET_KEYS
-            .iter()
-            .zip(quarters)
-            .enumerate()
-            .map(|(i, (key, cidr))| (*key, cidr, i < 2, i % 2))
-            .collect();
+        let quarters: Vec<Ipv4Net> = vpc.subnets(vpc.prefix_len() + 2).map(|s| s.collect()).unwrap_or_default();
+        let subnets =
+            SUBNET_KEYS.iter().zip(quarters).enumerate().map(|(i, (key, cidr))| (*key, cidr, i < 2, i % 2)).collect();
         SubnetPlan { subnets }
     }
 
@@ -257,27 +203,15 @@ async fn two_zones(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
         .ec2
         .describe_availability_zones()
         .filters(Filter::builder().name("state").values("available").build())
-        .filters(
-            Filter::builder()
-                .name("zone-type")
-                .values("availability-zone")
-                .build(),
-        )
+        .filters(Filter::builder().name("zone-type").values("availability-zone").build())
         .send()
         .await
         .or_aws(|| format!("listing availability zones in {}", ctx.aws.region))?;
-    let mut zones: Vec<String> = out
-        .availability_zones()
-        .iter()
-        .filter_map(|z| z.zone_name().map(str::to_string))
-        .collect();
+    let mut zones: Vec<String> =
+        out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
     zones.sort();
     zones.truncate(2);
-    anyhow::ensure!(
-        zones.len() == 2,
-        "region {} has fewer than two available zones",
-        ctx.aws.region
-    );
+    anyhow::ensure!(zones.len() == 2, "region {} has fewer than two available zones", ctx.aws.region);
     Ok(zones)
 }
 
@@ -296,11 +230,7 @@ impl CreateSubnets {
             key: key.into(),
             kind: SUBNET.into(),
             depends_on: vec![KEY_VPC.into()],
-            attrs: attrs([
-                ("cidr", cidr.to_string()),
-                ("az", az.clone()),
-                ("public", public.to_string()),
-            ]),
+            attrs: attrs([("cidr", cidr.to_string()), ("az", az.clone()), ("public", public.to_string())]),
         };
         let ec2 = &ctx.aws.ec2;
         let ensured = scope
@@ -329,10 +259,7 @@ impl CreateSubnets {
                         .await
                         .or_aws(|| format!("enabling public IPs on {subnet_id}"))?;
                 }
-                Ok(Created {
-                    id: subnet_id,
-                    attrs: BTreeMap::new(),
-                })
+                Ok(Created { id: subnet_id, attrs: BTreeMap::new() })
             })
             .await?;
         Ok(format!("{} {}", ensured.verb(), ensured.id()))
@@ -343,12 +270,11 @@ impl CreateSubnets {
 impl StepAction<Ctx> for CreateSubnets {
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
         let vpc_id = required_id(KEY_VPC, scope)?;
-        let needs_zones = self.plan.subnets.iter().any(|(key, ..)| {
-            scope
-                .state
-                .get(key)
-                .is_none_or(|r| r.status != RecordStatus::Created)
-        });
+        let needs_zones = self
+            .plan
+            .subnets
+            .iter()
+            .any(|(key, ..)| scope.state.get(key).is_none_or(|r| r.status != RecordStatus::Created));
         let zones = if needs_zones {
             two_zones(ctx).await?
         } else {
@@ -356,17 +282,11 @@ impl StepAction<Ctx> for CreateSubnets {
             self.plan.subnets[..2]
                 .iter()
                 .map(|(key, ..)| {
-                    scope
-                        .state
-                        .get(key)
-                        .and_then(|r| r.attr("az").map(str::to_string))
-                        .unwrap_or_default()
+                    scope.state.get(key).and_then(|r| r.attr("az").map(str::to_string)).unwrap_or_default()
                 })
                 .collect()
         };
-        let [a, b, c, d] = &self.plan.subnets[..] else {
-            anyhow::bail!("a subnet plan has four subnets")
-        };
+        let [a, b, c, d] = &self.plan.subnets[..] else { anyhow::bail!("a subnet plan has four subnets") };
         let (a, b, c, d) = tokio::try_join!(
             self.ensure_one(ctx, scope, &vpc_id, &zones, a),
             self.ensure_one(ctx, scope, &vpc_id, &zones, b),
@@ -388,13 +308,7 @@ impl ResourceOps<Ctx> for SubnetOps {
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
         let id = id_of(record)?;
         let out = found(
-            ctx.aws
-                .ec2
-                .describe_subnets()
-                .subnet_ids(id)
-                .send()
-                .await
-                .or_aws(|| format!("reading subnet {id}")),
+            ctx.aws.ec2.describe_subnets().subnet_ids(id).send().await.or_aws(|| format!("reading subnet {id}")),
         )?;
         let Some(subnet) = out.and_then(|o| o.subnets.and_then(|v| v.into_iter().next())) else {
             return Ok(Live::Missing);
@@ -411,10 +325,7 @@ impl ResourceOps<Ctx> for SubnetOps {
         {
             drift.push("public IPs on launch are off".into());
         }
-        Ok(Live::Present {
-            summary: format!("{cidr} in {az}"),
-            drift,
-        })
+        Ok(Live::Present { summary: format!("{cidr} in {az}"), drift })
     }
 
     async fn find(
@@ -422,6 +333,7 @@ impl ResourceOps<Ctx> for SubnetOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let out = ctx
             .aws
@@ -431,18 +343,10 @@ impl ResourceOps<Ctx> for SubnetOps {
             .send()
             .await
             .or_aws(|| format!("looking for the subnet tagged {key}"))?;
-        Ok(out
-            .subnets()
-            .iter()
-            .find_map(|s| s.subnet_id().map(str::to_string)))
+        Ok(out.subnets().iter().find_map(|s| s.subnet_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        _scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = id_of(record)?;
         delete_retrying_in_use(|| async {
             ctx.aws
@@ -477,72 +381,50 @@ impl StepAction<Ctx> for CreateInternetGateway {
         };
         let vpc = vpc_id.as_str();
         let ensured = scope
-            .ensure(
-                ctx,
-                &InternetGatewayOps,
-                desired,
-                |existing, _token| async move {
-                    let (igw_id, attached) = match existing {
-                        Some(found) => {
-                            let igw = describe_internet_gateway(ctx, &found.id)
-                                .await?
-                                .with_context(|| {
-                                    format!("internet gateway {} vanished", found.id)
-                                })?;
-                            (found.id, attached_vpc(&igw))
-                        }
-                        None => {
-                            let out = ec2
-                                .create_internet_gateway()
-                                .tag_specifications(
-                                    ctx.tags
-                                        .ec2(ResourceType::InternetGateway, KEY_INTERNET_GATEWAY),
-                                )
-                                .send()
-                                .await
-                                .or_aws(|| {
-                                    format!("creating internet gateway ({})", ctx.aws.region)
-                                })?;
-                            (
-                                out.internet_gateway()
-                                    .and_then(|g| g.internet_gateway_id())
-                                    .context("CreateInternetGateway returned no id")?
-                                    .to_string(),
-                                None,
-                            )
-                        }
-                    };
-                    match attached {
-                        Some(other) if other == vpc => {}
-                        Some(other) => anyhow::bail!(
-                            "internet gateway {igw_id} is attached to {other}, not {vpc}"
-                        ),
-                        None => {
-                            ec2.attach_internet_gateway()
-                                .internet_gateway_id(&igw_id)
-                                .vpc_id(vpc)
-                                .send()
-                                .await
-                                .or_aws(|| {
-                                    format!("attaching internet gateway {igw_id} to {vpc}")
-                                })?;
-                        }
+            .ensure(ctx, &InternetGatewayOps, desired, |existing, _token| async move {
+                let (igw_id, attached) = match existing {
+                    Some(found) => {
+                        let igw = describe_internet_gateway(ctx, &found.id)
+                            .await?
+                            .with_context(|| format!("internet gateway {} vanished", found.id))?;
+                        (found.id, attached_vpc(&igw))
                     }
-                    Ok(Created {
-                        id: igw_id,
-                        attrs: BTreeMap::new(),
-                    })
-                },
-            )
+                    None => {
+                        let out = ec2
+                            .create_internet_gateway()
+                            .tag_specifications(ctx.tags.ec2(ResourceType::InternetGateway, KEY_INTERNET_GATEWAY))
+                            .send()
+                            .await
+                            .or_aws(|| format!("creating internet gateway ({})", ctx.aws.region))?;
+                        (
+                            out.internet_gateway()
+                                .and_then(|g| g.internet_gateway_id())
+                                .context("CreateInternetGateway returned no id")?
+                                .to_string(),
+                            None,
+                        )
+                    }
+                };
+                match attached {
+                    Some(other) if other == vpc => {}
+                    Some(other) => anyhow::bail!("internet gateway {igw_id} is attached to {other}, not {vpc}"),
+                    None => {
+                        ec2.attach_internet_gateway()
+                            .internet_gateway_id(&igw_id)
+                            .vpc_id(vpc)
+                            .send()
+                            .await
+                            .or_aws(|| format!("attaching internet gateway {igw_id} to {vpc}"))?;
+                    }
+                }
+                Ok(Created { id: igw_id, attrs: BTreeMap::new() })
+            })
             .await?;
         Ok(format!("{} {} on {vpc_id}", ensured.verb(), ensured.id()))
     }
 }
 
-async fn describe_internet_gateway(
-    ctx: &Ctx,
-    id: &str,
-) -> Result<Option<InternetGateway>, AwsError> {
+async fn describe_internet_gateway(ctx: &Ctx, id: &str) -> Result<Option<InternetGateway>, AwsError> {
     let out = found(
         ctx.aws
             .ec2
@@ -556,9 +438,7 @@ async fn describe_internet_gateway(
 }
 
 fn attached_vpc(igw: &InternetGateway) -> Option<String> {
-    igw.attachments()
-        .iter()
-        .find_map(|a| a.vpc_id().map(str::to_string))
+    igw.attachments().iter().find_map(|a| a.vpc_id().map(str::to_string))
 }
 
 pub struct InternetGatewayOps;
@@ -573,11 +453,7 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
         let Some(igw) = describe_internet_gateway(ctx, id_of(record)?).await? else {
             return Ok(Live::Missing);
         };
-        let attached: Vec<&str> = igw
-            .attachments()
-            .iter()
-            .filter_map(|a| a.vpc_id())
-            .collect();
+        let attached: Vec<&str> = igw.attachments().iter().filter_map(|a| a.vpc_id()).collect();
         let mut drift = Vec::new();
         if let Some(vpc) = record.attr("vpc_id")
             && !attached.contains(&vpc)
@@ -587,11 +463,7 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
         Ok(Live::Present {
             summary: format!(
                 "attached to {}",
-                if attached.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    attached.join(", ")
-                }
+                if attached.is_empty() { "nothing".to_string() } else { attached.join(", ") }
             ),
             drift,
         })
@@ -602,6 +474,7 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let out = ctx
             .aws
@@ -611,18 +484,10 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
             .send()
             .await
             .or_aws(|| format!("looking for the internet gateway tagged {key}"))?;
-        Ok(out
-            .internet_gateways()
-            .iter()
-            .find_map(|g| g.internet_gateway_id().map(str::to_string)))
+        Ok(out.internet_gateways().iter().find_map(|g| g.internet_gateway_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        _scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = id_of(record)?;
         let ec2 = &ctx.aws.ec2;
         let Some(igw) = describe_internet_gateway(ctx, id).await? else {
@@ -673,45 +538,25 @@ pub struct RouteTableStep {
 
 impl RouteTableStep {
     pub fn public() -> Self {
-        RouteTableStep {
-            key: KEY_PUBLIC_ROUTES,
-            subnets: PUBLIC_SUBNETS,
-            target: RouteTarget::InternetGateway,
-        }
+        RouteTableStep { key: KEY_PUBLIC_ROUTES, subnets: PUBLIC_SUBNETS, target: RouteTarget::InternetGateway }
     }
 
     pub fn private(nat: NatKind) -> Self {
-        RouteTableStep {
-            key: KEY_PRIVATE_ROUTES,
-            subnets: PRIVATE_SUBNETS,
-            target: RouteTarget::Nat(nat),
-        }
+        RouteTableStep { key: KEY_PRIVATE_ROUTES, subnets: PRIVATE_SUBNETS, target: RouteTarget::Nat(nat) }
     }
 
     /// The state key the default route goes to, and the id to route to.
     fn target(&self, scope: &StepScope) -> anyhow::Result<(&'static str, String)> {
         Ok(match self.target {
-            RouteTarget::InternetGateway => (
-                KEY_INTERNET_GATEWAY,
-                required_id(KEY_INTERNET_GATEWAY, scope)?,
-            ),
-            RouteTarget::Nat(NatKind::Gateway) => (
-                nat::KEY_NAT_GATEWAY,
-                required_id(nat::KEY_NAT_GATEWAY, scope)?,
-            ),
+            RouteTarget::InternetGateway => (KEY_INTERNET_GATEWAY, required_id(KEY_INTERNET_GATEWAY, scope)?),
+            RouteTarget::Nat(NatKind::Gateway) => (nat::KEY_NAT_GATEWAY, required_id(nat::KEY_NAT_GATEWAY, scope)?),
             // Routing to the instance's network interface keeps working if the instance is
             // replaced with the same interface, and is what the API wants for one-ENI instances.
             RouteTarget::Nat(NatKind::Instance) => {
-                let record = scope
-                    .state
-                    .get(nat::KEY_NAT_INSTANCE)
-                    .context("the NAT instance is not recorded")?;
+                let record = scope.state.get(nat::KEY_NAT_INSTANCE).context("the NAT instance is not recorded")?;
                 (
                     nat::KEY_NAT_INSTANCE,
-                    record
-                        .attr("eni")
-                        .context("the NAT instance record has no network interface")?
-                        .to_string(),
+                    record.attr("eni").context("the NAT instance record has no network interface")?.to_string(),
                 )
             }
         })
@@ -721,17 +566,9 @@ impl RouteTableStep {
 const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 
 fn default_route_target(table: &RouteTable) -> Option<String> {
-    table
-        .routes()
-        .iter()
-        .filter(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
-        .find_map(|r| {
-            r.gateway_id()
-                .or(r.nat_gateway_id())
-                .or(r.network_interface_id())
-                .or(r.instance_id())
-                .map(str::to_string)
-        })
+    table.routes().iter().filter(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE)).find_map(|r| {
+        r.gateway_id().or(r.nat_gateway_id()).or(r.network_interface_id()).or(r.instance_id()).map(str::to_string)
+    })
 }
 
 #[async_trait]
@@ -739,25 +576,17 @@ impl StepAction<Ctx> for RouteTableStep {
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
         let vpc_id = required_id(KEY_VPC, scope)?;
         let (target_key, target) = self.target(scope)?;
-        let subnet_ids = self
-            .subnets
-            .iter()
-            .map(|k| required_id(k, scope))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let subnet_ids = self.subnets.iter().map(|k| required_id(k, scope)).collect::<anyhow::Result<Vec<_>>>()?;
         let mut depends_on = vec![KEY_VPC.to_string(), target_key.to_string()];
         depends_on.extend(self.subnets.iter().map(|s| s.to_string()));
         let desired = Desired {
             key: self.key.into(),
             kind: ROUTE_TABLE.into(),
             depends_on,
-            attrs: attrs([
-                ("route_target", target.clone()),
-                ("subnets", subnet_ids.join(",")),
-            ]),
+            attrs: attrs([("route_target", target.clone()), ("subnets", subnet_ids.join(","))]),
         };
         let ec2 = &ctx.aws.ec2;
-        let (key, vpc, target_ref, subnets) =
-            (self.key, vpc_id.as_str(), target.as_str(), &subnet_ids);
+        let (key, vpc, target_ref, subnets) = (self.key, vpc_id.as_str(), target.as_str(), &subnet_ids);
         let ensured = scope
             .ensure(ctx, &RouteTableOps, desired, |existing, token| async move {
                 let table_id = match existing {
@@ -781,29 +610,21 @@ impl StepAction<Ctx> for RouteTableStep {
                 match default_route_target(&table) {
                     Some(current) if current == target_ref => {}
                     Some(_) => {
-                        let req = ec2
-                            .replace_route()
-                            .route_table_id(&table_id)
-                            .destination_cidr_block(DEFAULT_ROUTE);
-                        route_to(req, target_ref).send().await.or_aws(|| {
-                            format!("pointing {table_id}'s default route at {target_ref}")
-                        })?;
+                        let req = ec2.replace_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
+                        route_to(req, target_ref)
+                            .send()
+                            .await
+                            .or_aws(|| format!("pointing {table_id}'s default route at {target_ref}"))?;
                     }
                     None => {
-                        let req = ec2
-                            .create_route()
-                            .route_table_id(&table_id)
-                            .destination_cidr_block(DEFAULT_ROUTE);
-                        route_to(req, target_ref).send().await.or_aws(|| {
-                            format!("adding a default route via {target_ref} to {table_id}")
-                        })?;
+                        let req = ec2.create_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
+                        route_to(req, target_ref)
+                            .send()
+                            .await
+                            .or_aws(|| format!("adding a default route via {target_ref} to {table_id}"))?;
                     }
                 }
-                let associated: Vec<&str> = table
-                    .associations()
-                    .iter()
-                    .filter_map(|a| a.subnet_id())
-                    .collect();
+                let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();
                 for subnet in subnets.iter().filter(|s| !associated.contains(&s.as_str())) {
                     ec2.associate_route_table()
                         .route_table_id(&table_id)
@@ -812,17 +633,10 @@ impl StepAction<Ctx> for RouteTableStep {
                         .await
                         .or_aws(|| format!("associating route table {table_id} with {subnet}"))?;
                 }
-                Ok(Created {
-                    id: table_id,
-                    attrs: BTreeMap::new(),
-                })
+                Ok(Created { id: table_id, attrs: BTreeMap::new() })
             })
             .await?;
-        Ok(format!(
-            "{} {} (0.0.0.0/0 -> {target})",
-            ensured.verb(),
-            ensured.id()
-        ))
+        Ok(format!("{} {} (0.0.0.0/0 -> {target})", ensured.verb(), ensured.id()))
     }
 }
 
@@ -887,36 +701,20 @@ impl ResourceOps<Ctx> for RouteTableOps {
             return Ok(Live::Missing);
         };
         let target = default_route_target(&table);
-        let associated: Vec<&str> = table
-            .associations()
-            .iter()
-            .filter_map(|a| a.subnet_id())
-            .collect();
+        let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();
         let mut drift = Vec::new();
         if let Some(want) = record.attr("route_target")
             && target.as_deref() != Some(want)
         {
-            drift.push(format!(
-                "default route goes to {}, not {want}",
-                target.as_deref().unwrap_or("nothing")
-            ));
+            drift.push(format!("default route goes to {}, not {want}", target.as_deref().unwrap_or("nothing")));
         }
-        for subnet in record
-            .attr("subnets")
-            .unwrap_or_default()
-            .split(',')
-            .filter(|s| !s.is_empty())
-        {
+        for subnet in record.attr("subnets").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
             if !associated.contains(&subnet) {
                 drift.push(format!("{subnet} is not associated"));
             }
         }
         Ok(Live::Present {
-            summary: format!(
-                "0.0.0.0/0 -> {}, {} subnets",
-                target.as_deref().unwrap_or("nothing"),
-                associated.len()
-            ),
+            summary: format!("0.0.0.0/0 -> {}, {} subnets", target.as_deref().unwrap_or("nothing"), associated.len()),
             drift,
         })
     }
@@ -926,6 +724,7 @@ impl ResourceOps<Ctx> for RouteTableOps {
         ctx: &Ctx,
         key: &str,
         _record: &ResourceRecord,
+        _token: &str,
     ) -> anyhow::Result<Option<String>> {
         let out = ctx
             .aws
@@ -935,27 +734,15 @@ impl ResourceOps<Ctx> for RouteTableOps {
             .send()
             .await
             .or_aws(|| format!("looking for the route table tagged {key}"))?;
-        Ok(out
-            .route_tables()
-            .iter()
-            .find_map(|t| t.route_table_id().map(str::to_string)))
+        Ok(out.route_tables().iter().find_map(|t| t.route_table_id().map(str::to_string)))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx,
-        record: &ResourceRecord,
-        _scope: &StepScope,
-    ) -> anyhow::Result<()> {
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = id_of(record)?;
         let Some(table) = describe_route_table(ctx, id).await? else {
             return Ok(());
         };
-        for association in table
-            .associations()
-            .iter()
-            .filter(|a| a.main() != Some(true))
-        {
+        for association in table.associations().iter().filter(|a| a.main() != Some(true)) {
             if let Some(association_id) = association.route_table_association_id() {
                 let result = ctx
                     .aws
@@ -1004,45 +791,28 @@ impl StepAction<Ctx> for ImportVpc {
         let ec2 = &ctx.aws.ec2;
         let vpc_id = &self.vpc_id;
         let region = &ctx.aws.region;
-        let vpcs = found(
-            ec2.describe_vpcs()
-                .vpc_ids(vpc_id)
-                .send()
-                .await
-                .or_aws(|| format!("reading VPC {vpc_id}")),
-        )?;
+        let vpcs = found(ec2.describe_vpcs().vpc_ids(vpc_id).send().await.or_aws(|| format!("reading VPC {vpc_id}")))?;
         let Some(vpc) = vpcs.and_then(|o| o.vpcs.and_then(|v| v.into_iter().next())) else {
             anyhow::bail!(
                 "vpc_id = {vpc_id}: no such VPC in {region}\n    help: check the id and the region, or remove vpc_id to create a new VPC"
             );
         };
         let by_vpc = || Filter::builder().name("vpc-id").values(vpc_id).build();
-        let subnets = ec2
-            .describe_subnets()
-            .filters(by_vpc())
-            .send()
-            .await
-            .or_aws(|| format!("listing subnets of {vpc_id}"))?;
+        let subnets =
+            ec2.describe_subnets().filters(by_vpc()).send().await.or_aws(|| format!("listing subnets of {vpc_id}"))?;
         let tables = ec2
             .describe_route_tables()
             .filters(by_vpc())
             .send()
             .await
             .or_aws(|| format!("listing route tables of {vpc_id}"))?;
-        let main_table = tables
-            .route_tables()
-            .iter()
-            .find(|t| t.associations().iter().any(|a| a.main() == Some(true)));
+        let main_table = tables.route_tables().iter().find(|t| t.associations().iter().any(|a| a.main() == Some(true)));
         // A subnet without an explicit association uses the VPC's main route table.
         let table_of = |subnet: &str| {
             tables
                 .route_tables()
                 .iter()
-                .find(|t| {
-                    t.associations()
-                        .iter()
-                        .any(|a| a.subnet_id() == Some(subnet))
-                })
+                .find(|t| t.associations().iter().any(|a| a.subnet_id() == Some(subnet)))
                 .or(main_table)
         };
         let mut public = Vec::new();
@@ -1060,15 +830,9 @@ impl StepAction<Ctx> for ImportVpc {
                 cidr: s.cidr_block().unwrap_or_default().to_string(),
                 public: target.starts_with("igw-"),
             };
-            if subnet.public {
-                public.push(subnet)
-            } else {
-                private.push(subnet)
-            }
+            if subnet.public { public.push(subnet) } else { private.push(subnet) }
         }
-        let pick = |mut list: Vec<ImportedSubnet>,
-                    what: &str|
-         -> anyhow::Result<Vec<ImportedSubnet>> {
+        let pick = |mut list: Vec<ImportedSubnet>, what: &str| -> anyhow::Result<Vec<ImportedSubnet>> {
             list.sort_by(|a, b| (&a.az, &a.id).cmp(&(&b.az, &b.id)));
             let mut chosen: Vec<ImportedSubnet> = Vec::new();
             for s in list {
@@ -1104,10 +868,7 @@ impl StepAction<Ctx> for ImportVpc {
         };
         scope.state.put(
             KEY_VPC,
-            ResourceRecord {
-                kind: VPC.into(),
-                ..imported(vpc_id, vec![], attrs([("cidr", cidr.clone())]))
-            },
+            ResourceRecord { kind: VPC.into(), ..imported(vpc_id, vec![], attrs([("cidr", cidr.clone())])) },
         )?;
         for (key, subnet) in SUBNET_KEYS.iter().zip(public.iter().chain(private.iter())) {
             let a = attrs([
@@ -1115,26 +876,14 @@ impl StepAction<Ctx> for ImportVpc {
                 ("az", subnet.az.clone()),
                 ("public", subnet.public.to_string()),
             ]);
-            scope.state.put(
-                key,
-                ResourceRecord {
-                    kind: SUBNET.into(),
-                    ..imported(&subnet.id, vec![KEY_VPC.into()], a)
-                },
-            )?;
+            scope
+                .state
+                .put(key, ResourceRecord { kind: SUBNET.into(), ..imported(&subnet.id, vec![KEY_VPC.into()], a) })?;
         }
         Ok(format!(
             "imported {vpc_id} ({cidr}): public {}, private {}",
-            public
-                .iter()
-                .map(|s| s.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            private
-                .iter()
-                .map(|s| s.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            public.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
+            private.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
         ))
     }
 }
@@ -1146,29 +895,12 @@ mod tests {
     #[test]
     fn subnet_plan_quarters_the_vpc() {
         let plan = SubnetPlan::new("10.20.0.0/16".parse().unwrap());
-        let cidrs: Vec<String> = plan
-            .subnets
-            .iter()
-            .map(|(_, c, _, _)| c.to_string())
-            .collect();
-        assert_eq!(
-            cidrs,
-            [
-                "10.20.0.0/18",
-                "10.20.64.0/18",
-                "10.20.128.0/18",
-                "10.20.192.0/18"
-            ]
-        );
+        let cidrs: Vec<String> = plan.subnets.iter().map(|(_, c, _, _)| c.to_string()).collect();
+        assert_eq!(cidrs, ["10.20.0.0/18", "10.20.64.0/18", "10.20.128.0/18", "10.20.192.0/18"]);
         assert_eq!(
             plan.subnets.iter().map(|s| (s.2, s.3)).collect::<Vec<_>>(),
             [(true, 0), (true, 1), (false, 0), (false, 1)]
         );
-        assert_eq!(
-            SubnetPlan::new("10.0.0.0/26".parse().unwrap()).subnets[3]
-                .1
-                .to_string(),
-            "10.0.0.48/28"
-        );
+        assert_eq!(SubnetPlan::new("10.0.0.0/26".parse().unwrap()).subnets[3].1.to_string(), "10.0.0.48/28");
     }
 }

@@ -12,11 +12,7 @@ pub const REGION: &str = "us-east-1";
 
 pub fn python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run `make test` (it installs moto into .venv)",
-        venv.display()
-    );
+    assert!(venv.exists(), "{} is missing: run `make test` (it installs moto into .venv)", venv.display());
     venv
 }
 
@@ -53,11 +49,8 @@ impl Emulator {
             .expect("start the emulator");
         let stdin = child.stdin.take().expect("stdin");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("emulator banner");
-        let banner: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("bad emulator banner {line:?}: {e}"));
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("emulator banner");
+        let banner: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad emulator banner {line:?}: {e}"));
         Emulator {
             child,
             _stdin: stdin,
@@ -69,8 +62,7 @@ impl Emulator {
 
     /// The calls the tool made through the proxy so far.
     pub fn calls(&self) -> Vec<Call> {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("capture.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.path().join("capture.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .map(|v| Call {
@@ -94,16 +86,65 @@ impl Emulator {
     }
 
     pub async fn ec2(&self) -> aws_sdk_ec2::Client {
-        let config = aws_sdk_ec2::Config::builder()
-            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-            .region(aws_sdk_ec2::config::Region::new(REGION))
-            .endpoint_url(&self.moto)
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .build();
-        aws_sdk_ec2::Client::from_conf(config)
+        self.clients().ec2
     }
+
+    /// SDK clients pointed straight at moto (their calls are not recorded).
+    pub fn clients(&self) -> Clients {
+        macro_rules! client {
+            ($krate:ident) => {{
+                let config = $krate::Config::builder()
+                    .behavior_version($krate::config::BehaviorVersion::latest())
+                    .region($krate::config::Region::new(REGION))
+                    .endpoint_url(&self.moto)
+                    .credentials_provider($krate::config::Credentials::new("test", "test", None, None, "tests"))
+                    .build();
+                $krate::Client::from_conf(config)
+            }};
+        }
+        Clients {
+            acm: client!(aws_sdk_acm),
+            ec2: client!(aws_sdk_ec2),
+            ecs: client!(aws_sdk_ecs),
+            efs: client!(aws_sdk_efs),
+            elb: client!(aws_sdk_elasticloadbalancingv2),
+            iam: client!(aws_sdk_iam),
+            lambda: client!(aws_sdk_lambda),
+            logs: client!(aws_sdk_cloudwatchlogs),
+            route53: client!(aws_sdk_route53),
+            secrets: client!(aws_sdk_secretsmanager),
+            ssm: client!(aws_sdk_ssm),
+        }
+    }
+
+    /// The directory the harness uses as the EFS file system's content.
+    pub fn efs_root(&self) -> PathBuf {
+        self.dir.path().join("efs")
+    }
+
+    /// The bodies of the captured calls of one action (for parameters moto drops).
+    pub fn bodies(&self, action: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("capture.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["action"] == action)
+            .filter_map(|v| serde_json::from_str(v["body"].as_str().unwrap_or_default()).ok())
+            .collect()
+    }
+}
+
+pub struct Clients {
+    pub acm: aws_sdk_acm::Client,
+    pub ec2: aws_sdk_ec2::Client,
+    pub ecs: aws_sdk_ecs::Client,
+    pub efs: aws_sdk_efs::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub lambda: aws_sdk_lambda::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub route53: aws_sdk_route53::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub ssm: aws_sdk_ssm::Client,
 }
 
 impl Drop for Emulator {
@@ -124,10 +165,7 @@ impl Tool {
         let dir = tempfile::tempdir().expect("temp dir");
         // Empty AWS config files: tests must never pick up a developer's real profile.
         std::fs::write(dir.path().join("aws-config"), "").expect("aws config");
-        Tool {
-            dir,
-            endpoint: endpoint.to_string(),
-        }
+        Tool { dir, endpoint: endpoint.to_string() }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -143,10 +181,7 @@ impl Tool {
             .env("AWS_REGION", REGION)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.path().join("aws-config"),
-            )
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
             .stdin(Stdio::null());
         cmd
     }
@@ -195,31 +230,18 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "expected success\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
+        assert_eq!(self.code, Some(0), "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 
     #[track_caller]
     pub fn fails_with(self, code: i32) -> Run {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
+        assert_eq!(self.code, Some(code), "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -227,99 +249,32 @@ impl Run {
 /// gateway or terminated instance does not count).
 pub async fn tagged_leftovers(ec2: &aws_sdk_ec2::Client, stack: &str) -> Vec<String> {
     use aws_sdk_ec2::types::Filter;
-    let f = || {
-        Filter::builder()
-            .name("tag:gitlab-provision:stack")
-            .values(stack)
-            .build()
-    };
+    let f = || Filter::builder().name("tag:gitlab-provision:stack").values(stack).build();
     let mut left = Vec::new();
-    for v in ec2
-        .describe_vpcs()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .vpcs()
-    {
+    for v in ec2.describe_vpcs().filters(f()).send().await.unwrap().vpcs() {
         left.push(format!("vpc {}", v.vpc_id().unwrap_or_default()));
     }
-    for s in ec2
-        .describe_subnets()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .subnets()
-    {
+    for s in ec2.describe_subnets().filters(f()).send().await.unwrap().subnets() {
         left.push(format!("subnet {}", s.subnet_id().unwrap_or_default()));
     }
-    for g in ec2
-        .describe_internet_gateways()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .internet_gateways()
-    {
-        left.push(format!(
-            "igw {}",
-            g.internet_gateway_id().unwrap_or_default()
-        ));
+    for g in ec2.describe_internet_gateways().filters(f()).send().await.unwrap().internet_gateways() {
+        left.push(format!("igw {}", g.internet_gateway_id().unwrap_or_default()));
     }
-    for t in ec2
-        .describe_route_tables()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .route_tables()
-    {
-        left.push(format!(
-            "route table {}",
-            t.route_table_id().unwrap_or_default()
-        ));
+    for t in ec2.describe_route_tables().filters(f()).send().await.unwrap().route_tables() {
+        left.push(format!("route table {}", t.route_table_id().unwrap_or_default()));
     }
-    for a in ec2
-        .describe_addresses()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .addresses()
-    {
+    for a in ec2.describe_addresses().filters(f()).send().await.unwrap().addresses() {
         left.push(format!("eip {}", a.allocation_id().unwrap_or_default()));
     }
-    for n in ec2
-        .describe_nat_gateways()
-        .filter(f())
-        .send()
-        .await
-        .unwrap()
-        .nat_gateways()
-    {
+    for n in ec2.describe_nat_gateways().filter(f()).send().await.unwrap().nat_gateways() {
         if n.state().map(|s| s.as_str()) != Some("deleted") {
             left.push(format!("nat {}", n.nat_gateway_id().unwrap_or_default()));
         }
     }
-    for g in ec2
-        .describe_security_groups()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .security_groups()
-    {
+    for g in ec2.describe_security_groups().filters(f()).send().await.unwrap().security_groups() {
         left.push(format!("sg {}", g.group_id().unwrap_or_default()));
     }
-    for r in ec2
-        .describe_instances()
-        .filters(f())
-        .send()
-        .await
-        .unwrap()
-        .reservations()
-    {
+    for r in ec2.describe_instances().filters(f()).send().await.unwrap().reservations() {
         for i in r.instances() {
             if i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated") {
                 left.push(format!("instance {}", i.instance_id().unwrap_or_default()));
@@ -329,17 +284,70 @@ pub async fn tagged_leftovers(ec2: &aws_sdk_ec2::Client, stack: &str) -> Vec<Str
     left
 }
 
+/// Everything of the stack outside EC2: by tag where the service lists tags, else by the
+/// names the tool gives (roles, log groups, secrets, functions, clusters, task definitions).
+pub async fn stack_leftovers(c: &Clients, stack: &str) -> Vec<String> {
+    let mut left = tagged_leftovers(&c.ec2, stack).await;
+    for fs in c.efs.describe_file_systems().send().await.unwrap().file_systems() {
+        if fs.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == stack) {
+            left.push(format!("file system {}", fs.file_system_id()));
+        }
+    }
+    for lb in c.elb.describe_load_balancers().send().await.unwrap().load_balancers() {
+        if lb.load_balancer_name() == Some(stack) {
+            left.push(format!("load balancer {}", stack));
+        }
+    }
+    for tg in c.elb.describe_target_groups().send().await.unwrap().target_groups() {
+        if tg.target_group_name().is_some_and(|n| n.starts_with(stack)) {
+            left.push(format!("target group {}", tg.target_group_name().unwrap()));
+        }
+    }
+    for cl in c.ecs.describe_clusters().clusters(stack).send().await.unwrap().clusters() {
+        if cl.status() == Some("ACTIVE") {
+            left.push(format!("cluster {stack}"));
+        }
+    }
+    for status in [aws_sdk_ecs::types::TaskDefinitionStatus::Active, aws_sdk_ecs::types::TaskDefinitionStatus::Inactive] {
+        let out = c.ecs.list_task_definitions().family_prefix(format!("{stack}-gitlab")).status(status).send().await.unwrap();
+        for arn in out.task_definition_arns() {
+            left.push(format!("task definition {arn}"));
+        }
+    }
+    for role in c.iam.list_roles().send().await.unwrap().roles() {
+        if role.role_name().starts_with(&format!("{stack}-")) {
+            left.push(format!("role {}", role.role_name()));
+        }
+    }
+    let prefix = format!("/gitlab-provision/{stack}/");
+    for g in c.logs.describe_log_groups().log_group_name_prefix(&prefix).send().await.unwrap().log_groups() {
+        left.push(format!("log group {}", g.log_group_name().unwrap_or_default()));
+    }
+    for s in c.secrets.list_secrets().send().await.unwrap().secret_list() {
+        if s.name().is_some_and(|n| n.starts_with(&format!("gitlab-provision/{stack}/"))) && s.deleted_date().is_none() {
+            left.push(format!("secret {}", s.name().unwrap()));
+        }
+    }
+    for f in c.lambda.list_functions().send().await.unwrap().functions() {
+        if f.function_name().is_some_and(|n| n.starts_with(&format!("{stack}-"))) {
+            left.push(format!("function {}", f.function_name().unwrap()));
+        }
+    }
+    for cert in c.acm.list_certificates().send().await.unwrap().certificate_summary_list() {
+        let arn = cert.certificate_arn().unwrap();
+        let tags = c.acm.list_tags_for_certificate().certificate_arn(arn).send().await.unwrap();
+        if tags.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == Some(stack)) {
+            left.push(format!("certificate {arn}"));
+        }
+    }
+    left
+}
+
 /// How many live resources of each kind carry the stack tag (to catch twins).
-pub async fn count_tagged(
-    ec2: &aws_sdk_ec2::Client,
-    stack: &str,
-) -> std::collections::BTreeMap<String, usize> {
+pub async fn count_tagged(ec2: &aws_sdk_ec2::Client, stack: &str) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for item in tagged_leftovers(ec2, stack).await {
-        let kind = item
-            .rsplit_once(' ')
-            .map(|(k, _)| k.to_string())
-            .unwrap_or(item);
+        let kind = item.rsplit_once(' ').map(|(k, _)| k.to_string()).unwrap_or(item);
         *counts.entry(kind).or_insert(0) += 1;
     }
     counts

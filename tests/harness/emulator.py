@@ -12,6 +12,11 @@ until its stdin closes (so it dies with the test that started it).
    "when": "before" | "after", "delay": 0.0}
   "before" answers with the error instead of forwarding; "after" forwards (so the resource is
   created) and then answers with the error: a lost response. "delay" sleeps before answering.
+- Lambda: moto cannot run functions here (no Docker), so an Invoke of a function whose name
+  ends in "-efs-init" runs the real lambda-efs-init/handler.py in this process, against a
+  directory standing in for the EFS file system (--efs-root), and answers as Lambda would,
+  including X-Amz-Function-Error when the handler raises.
+- The request body is captured too (as "body"), for parameters moto accepts but drops.
 The product never knows any of this: it only sees AWS_ENDPOINT_URL.
 """
 
@@ -27,7 +32,18 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from moto.server import ThreadedMotoServer
+# What moto needs before it is imported: AWS-managed IAM policies, certificates that become
+# ISSUED after a second of "validation", ECS services that report a running task.
+os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+os.environ.setdefault("MOTO_ACM_VALIDATION_WAIT", "1")
+os.environ.setdefault("MOTO_ECS_SERVICE_RUNNING", "1")
+
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lambda-efs-init"))
+import handler as efs_init  # noqa: E402
+
+INVOKE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations")
 
 READ_PREFIXES = ("Describe", "Get", "List", "Head", "Check")
 
@@ -88,7 +104,17 @@ class Faults:
         return None
 
 
-def make_handler(moto_port, capture_path, faults, capture_lock):
+def run_initializer(body, efs_root):
+    """Runs the real initializer as Lambda would: (status, headers, payload)."""
+    try:
+        event = json.loads(body or b"{}")
+        result = efs_init.prepare(efs_root, event.get("base", efs_init.DEFAULT_BASE), event.get("directories", efs_init.DEFAULT_DIRECTORIES))
+        return {}, json.dumps(result).encode()
+    except Exception as e:  # Lambda reports any exception as a function error
+        return {"X-Amz-Function-Error": "Unhandled"}, json.dumps({"errorMessage": str(e), "errorType": type(e).__name__}).encode()
+
+
+def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -100,7 +126,8 @@ def make_handler(moto_port, capture_path, faults, capture_lock):
             body = self.rfile.read(length) if length else b""
             service, action, mutating = classify(self.headers, body, self.command, self.path)
             with capture_lock, open(capture_path, "a") as f:
-                f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating}) + "\n")
+                text = body[:20000].decode("utf-8", "replace")
+                f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating, "body": text}) + "\n")
             rule = faults.match(action)
             if rule and rule.get("delay"):
                 time.sleep(rule["delay"])
@@ -113,6 +140,18 @@ def make_handler(moto_port, capture_path, faults, capture_lock):
             data = resp.read()
             if rule and rule.get("status"):
                 return self.fail(rule)
+            invoke = INVOKE.match(self.path)
+            if invoke and resp.status == 200 and invoke.group(1).endswith("-efs-init"):
+                extra, data = run_initializer(body, efs_root)
+                self.send_response(200)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+                return
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
@@ -150,14 +189,22 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--capture", required=True)
     parser.add_argument("--faults")
+    parser.add_argument("--efs-root", help="directory standing in for the EFS file system")
     args = parser.parse_args()
+    efs_root = args.efs_root or os.path.join(os.path.dirname(os.path.abspath(args.capture)), "efs")
+    os.makedirs(efs_root, exist_ok=True)
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     _, moto_port = moto.get_host_and_port()
+    # No Docker engine here: moto must not try to run functions in containers.
+    conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=30)
+    conn.request("POST", "/moto-api/config", body=json.dumps({"lambda": {"use_docker": False}}), headers={"Content-Type": "application/json"})
+    conn.getresponse().read()
+    conn.close()
     open(args.capture, "w").close()
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock()))
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock(), efs_root))
     proxy.daemon_threads = True
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     print(json.dumps({"endpoint": f"http://127.0.0.1:{proxy.server_address[1]}", "moto": f"http://127.0.0.1:{moto_port}"}), flush=True)
