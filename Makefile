@@ -18,8 +18,10 @@ $(VENV)/.installed: tests/harness/requirements.txt
 
 emulator: $(VENV)/.installed
 
-# Unit tests, then end-to-end tests of the real binary against the emulator.
+# The initializer's own tests (on a temporary directory), then the Rust unit tests and the
+# end-to-end tests of the real binary against the emulator.
 test: $(VENV)/.installed
+	cd lambda-efs-init && ../$(VENV)/bin/python -m unittest -v test_handler 2>&1
 	$(CARGO) test --no-fail-fast
 
 # The full life of a stack against a local emulator: up -> status -> up (converged) -> down.

@@ -456,11 +456,10 @@ fn is_vpc_id(s: &str) -> bool {
     })
 }
 
+/// Route 53 ids are upper-case letters and digits (AWS's own start with Z, but that is not
+/// documented, so it is not required).
 fn is_hosted_zone_id(s: &str) -> bool {
-    s.len() >= 2
-        && s.len() <= 32
-        && s.starts_with('Z')
-        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 fn is_dns_name(s: &str) -> bool {

@@ -9,11 +9,14 @@ use aws_sdk_ec2::types::{Filter, VpcAttributeName};
 use common::{Emulator, Tool, count_tagged, stack_leftovers};
 
 /// What changing a VPC looks like: these verbs on these objects.
-const NETWORK_ACTIONS: &[&str] = &["Create", "Delete", "Modify", "Associate", "Disassociate", "Attach", "Detach", "Replace", "Allocate", "Release"];
+const NETWORK_ACTIONS: &[&str] =
+    &["Create", "Delete", "Modify", "Associate", "Disassociate", "Attach", "Detach", "Replace", "Allocate", "Release"];
 
 /// Security groups are not the VPC's own: the stack adds its groups to an imported VPC.
 fn network_object(action: &str) -> bool {
-    ["Vpc", "Subnet", "RouteTable", "Route", "InternetGateway", "NatGateway", "Address"].iter().any(|o| action.ends_with(o) || action.contains(&format!("{o}Attribute")))
+    ["Vpc", "Subnet", "RouteTable", "Route", "InternetGateway", "NatGateway", "Address"]
+        .iter()
+        .any(|o| action.ends_with(o) || action.contains(&format!("{o}Attribute")))
 }
 use serde_json::json;
 
@@ -222,107 +225,11 @@ fn base64_decode(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(text.trim()).expect("base64")
 }
 
-/// Builds a VPC the way a user's existing one might look: two public subnets routed to an
-/// internet gateway, two private ones routed to a NAT gateway (optional), distinct zones.
-async fn existing_vpc(ec2: &aws_sdk_ec2::Client, with_nat: bool) -> (String, Vec<String>) {
-    let vpc =
-        ec2.create_vpc().cidr_block("172.31.0.0/16").send().await.unwrap().vpc().unwrap().vpc_id().unwrap().to_string();
-    let igw = ec2
-        .create_internet_gateway()
-        .send()
-        .await
-        .unwrap()
-        .internet_gateway()
-        .unwrap()
-        .internet_gateway_id()
-        .unwrap()
-        .to_string();
-    ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
-    let mut subnets = Vec::new();
-    for (i, (cidr, az)) in [
-        ("172.31.0.0/20", "us-east-1a"),
-        ("172.31.16.0/20", "us-east-1b"),
-        ("172.31.32.0/20", "us-east-1a"),
-        ("172.31.48.0/20", "us-east-1b"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let _ = i;
-        let s = ec2.create_subnet().vpc_id(&vpc).cidr_block(*cidr).availability_zone(*az).send().await.unwrap();
-        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-    }
-    let public_rt = ec2
-        .create_route_table()
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .route_table()
-        .unwrap()
-        .route_table_id()
-        .unwrap()
-        .to_string();
-    ec2.create_route()
-        .route_table_id(&public_rt)
-        .destination_cidr_block("0.0.0.0/0")
-        .gateway_id(&igw)
-        .send()
-        .await
-        .unwrap();
-    let private_rt = ec2
-        .create_route_table()
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .route_table()
-        .unwrap()
-        .route_table_id()
-        .unwrap()
-        .to_string();
-    if with_nat {
-        let eip = ec2
-            .allocate_address()
-            .domain(aws_sdk_ec2::types::DomainType::Vpc)
-            .send()
-            .await
-            .unwrap()
-            .allocation_id()
-            .unwrap()
-            .to_string();
-        let nat = ec2
-            .create_nat_gateway()
-            .subnet_id(&subnets[0])
-            .allocation_id(eip)
-            .send()
-            .await
-            .unwrap()
-            .nat_gateway()
-            .unwrap()
-            .nat_gateway_id()
-            .unwrap()
-            .to_string();
-        ec2.create_route()
-            .route_table_id(&private_rt)
-            .destination_cidr_block("0.0.0.0/0")
-            .nat_gateway_id(nat)
-            .send()
-            .await
-            .unwrap();
-    }
-    for (i, s) in subnets.iter().enumerate() {
-        let rt = if i < 2 { &public_rt } else { &private_rt };
-        ec2.associate_route_table().route_table_id(rt).subnet_id(s).send().await.unwrap();
-    }
-    (vpc, subnets)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn imported_vpc_is_used_and_never_modified() {
     let emu = Emulator::start();
     let ec2 = emu.ec2().await;
-    let (vpc, subnets) = existing_vpc(&ec2, true).await;
+    let (vpc, subnets) = common::existing_vpc(&ec2, true).await;
     let vpcs_before = ec2.describe_vpcs().send().await.unwrap().vpcs().len();
     let tool = Tool::new(&emu.endpoint);
 
@@ -343,7 +250,9 @@ async fn imported_vpc_is_used_and_never_modified() {
     let touching_the_vpc = |calls: Vec<common::Call>| -> Vec<String> {
         calls
             .into_iter()
-            .filter(|c| c.mutating && NETWORK_ACTIONS.iter().any(|a| c.action.starts_with(a)) && network_object(&c.action))
+            .filter(|c| {
+                c.mutating && NETWORK_ACTIONS.iter().any(|a| c.action.starts_with(a)) && network_object(&c.action)
+            })
             .map(|c| c.action)
             .collect()
     };
@@ -364,7 +273,7 @@ async fn imported_vpc_is_used_and_never_modified() {
 async fn imported_vpc_without_private_egress_is_refused_before_creating_anything() {
     let emu = Emulator::start();
     let ec2 = emu.ec2().await;
-    let (vpc, _) = existing_vpc(&ec2, false).await;
+    let (vpc, _) = common::existing_vpc(&ec2, false).await;
     let tool = Tool::new(&emu.endpoint);
     let run = tool.run(&args(&["up", "--stack", "imp2", "--vpc-id", &vpc], CIDRS)).fails_with(1);
     assert!(run.stderr.contains("vpc_id") && run.stderr.contains("private"), "{}", run.stderr);
@@ -447,8 +356,12 @@ async fn a_concurrent_run_on_the_same_stack_is_refused() {
     let emu = Emulator::start();
     let tool = Tool::new(&emu.endpoint);
     emu.set_faults(json!([{"action": "CreateVpc", "delay": 4.0}]));
-    let mut first =
-        tool.command(&args(&["up", "--stack", "busy"], CIDRS)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut first = tool
+        .command(&args(&["up", "--stack", "busy"], CIDRS))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let lock = tool.dir.path().join("state/busy.lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::fs::read_to_string(&lock).unwrap_or_default().is_empty() {

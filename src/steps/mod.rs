@@ -98,7 +98,13 @@ pub fn build(cfg: &StackConfig) -> Vec<Step<Ctx>> {
         gates.push("vpc");
     }
     if let Some(domain) = &cfg.domain {
-        g.add("preflight", &[], format!("check hosted zone {} serves {}", domain.hosted_zone_id, domain.domain_name), &[], dns::CheckHostedZone { domain: domain.clone() });
+        g.add(
+            "preflight",
+            &[],
+            format!("check hosted zone {} serves {}", domain.hosted_zone_id, domain.domain_name),
+            &[],
+            dns::CheckHostedZone { domain: domain.clone() },
+        );
         gates.push("preflight");
     }
     for step in g.steps.iter_mut().filter(|s| s.deps.is_empty() && !gates.contains(&s.name.as_str())) {

@@ -266,8 +266,10 @@ pub async fn tagged_leftovers(ec2: &aws_sdk_ec2::Client, stack: &str) -> Vec<Str
     for a in ec2.describe_addresses().filters(f()).send().await.unwrap().addresses() {
         left.push(format!("eip {}", a.allocation_id().unwrap_or_default()));
     }
+    // The emulator ignores tag filters on NAT gateways: check the tags here.
     for n in ec2.describe_nat_gateways().filter(f()).send().await.unwrap().nat_gateways() {
-        if n.state().map(|s| s.as_str()) != Some("deleted") {
+        let tagged = n.tags().iter().any(|t| t.key() == Some("gitlab-provision:stack") && t.value() == Some(stack));
+        if tagged && n.state().map(|s| s.as_str()) != Some("deleted") {
             left.push(format!("nat {}", n.nat_gateway_id().unwrap_or_default()));
         }
     }
@@ -308,8 +310,10 @@ pub async fn stack_leftovers(c: &Clients, stack: &str) -> Vec<String> {
             left.push(format!("cluster {stack}"));
         }
     }
-    for status in [aws_sdk_ecs::types::TaskDefinitionStatus::Active, aws_sdk_ecs::types::TaskDefinitionStatus::Inactive] {
-        let out = c.ecs.list_task_definitions().family_prefix(format!("{stack}-gitlab")).status(status).send().await.unwrap();
+    for status in [aws_sdk_ecs::types::TaskDefinitionStatus::Active, aws_sdk_ecs::types::TaskDefinitionStatus::Inactive]
+    {
+        let out =
+            c.ecs.list_task_definitions().family_prefix(format!("{stack}-gitlab")).status(status).send().await.unwrap();
         for arn in out.task_definition_arns() {
             left.push(format!("task definition {arn}"));
         }
@@ -324,7 +328,8 @@ pub async fn stack_leftovers(c: &Clients, stack: &str) -> Vec<String> {
         left.push(format!("log group {}", g.log_group_name().unwrap_or_default()));
     }
     for s in c.secrets.list_secrets().send().await.unwrap().secret_list() {
-        if s.name().is_some_and(|n| n.starts_with(&format!("gitlab-provision/{stack}/"))) && s.deleted_date().is_none() {
+        if s.name().is_some_and(|n| n.starts_with(&format!("gitlab-provision/{stack}/"))) && s.deleted_date().is_none()
+        {
             left.push(format!("secret {}", s.name().unwrap()));
         }
     }
@@ -351,4 +356,100 @@ pub async fn count_tagged(ec2: &aws_sdk_ec2::Client, stack: &str) -> std::collec
         *counts.entry(kind).or_insert(0) += 1;
     }
     counts
+}
+
+/// Builds a VPC the way a user's existing one might look: two public subnets routed to an
+/// internet gateway, two private ones routed to a NAT gateway (optional), distinct zones.
+pub async fn existing_vpc(ec2: &aws_sdk_ec2::Client, with_nat: bool) -> (String, Vec<String>) {
+    let vpc =
+        ec2.create_vpc().cidr_block("172.31.0.0/16").send().await.unwrap().vpc().unwrap().vpc_id().unwrap().to_string();
+    let igw = ec2
+        .create_internet_gateway()
+        .send()
+        .await
+        .unwrap()
+        .internet_gateway()
+        .unwrap()
+        .internet_gateway_id()
+        .unwrap()
+        .to_string();
+    ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
+    let mut subnets = Vec::new();
+    for (i, (cidr, az)) in [
+        ("172.31.0.0/20", "us-east-1a"),
+        ("172.31.16.0/20", "us-east-1b"),
+        ("172.31.32.0/20", "us-east-1a"),
+        ("172.31.48.0/20", "us-east-1b"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = i;
+        let s = ec2.create_subnet().vpc_id(&vpc).cidr_block(*cidr).availability_zone(*az).send().await.unwrap();
+        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    let public_rt = ec2
+        .create_route_table()
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .route_table()
+        .unwrap()
+        .route_table_id()
+        .unwrap()
+        .to_string();
+    ec2.create_route()
+        .route_table_id(&public_rt)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&igw)
+        .send()
+        .await
+        .unwrap();
+    let private_rt = ec2
+        .create_route_table()
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .route_table()
+        .unwrap()
+        .route_table_id()
+        .unwrap()
+        .to_string();
+    if with_nat {
+        let eip = ec2
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .send()
+            .await
+            .unwrap()
+            .allocation_id()
+            .unwrap()
+            .to_string();
+        let nat = ec2
+            .create_nat_gateway()
+            .subnet_id(&subnets[0])
+            .allocation_id(eip)
+            .send()
+            .await
+            .unwrap()
+            .nat_gateway()
+            .unwrap()
+            .nat_gateway_id()
+            .unwrap()
+            .to_string();
+        ec2.create_route()
+            .route_table_id(&private_rt)
+            .destination_cidr_block("0.0.0.0/0")
+            .nat_gateway_id(nat)
+            .send()
+            .await
+            .unwrap();
+    }
+    for (i, s) in subnets.iter().enumerate() {
+        let rt = if i < 2 { &public_rt } else { &private_rt };
+        ec2.associate_route_table().route_table_id(rt).subnet_id(s).send().await.unwrap();
+    }
+    (vpc, subnets)
 }

@@ -1,0 +1,576 @@
+//! The whole GitLab stack end to end: every property read back from the emulator's AWS API,
+//! or from the captured request where the emulator drops a parameter.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Emulator, Tool, stack_leftovers};
+use serde_json::{Value, json};
+
+fn id(state: &Value, key: &str) -> String {
+    state["resources"][key]["id"].as_str().unwrap_or_else(|| panic!("{key} has no id")).to_string()
+}
+
+fn set<T: Ord, I: IntoIterator<Item = T>>(items: I) -> BTreeSet<T> {
+    items.into_iter().collect()
+}
+
+/// The ingress rules of a security group as (port, source) pairs.
+async fn ingress(ec2: &aws_sdk_ec2::Client, group: &str) -> BTreeSet<(i32, String)> {
+    let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
+    let mut rules = BTreeSet::new();
+    for p in out.security_groups()[0].ip_permissions() {
+        let port = p.from_port().unwrap_or(-1);
+        for r in p.ip_ranges() {
+            rules.insert((port, r.cidr_ip().unwrap().to_string()));
+        }
+        for g in p.user_id_group_pairs() {
+            rules.insert((port, g.group_id().unwrap().to_string()));
+        }
+    }
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_stack_has_every_property_aws_would_show() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    let up = tool
+        .run(&["up", "--stack", "web", "--allowed-cidr", "203.0.113.0/24", "--allowed-cidr", "198.51.100.7/32"])
+        .ok();
+    let state = tool.state("web").unwrap();
+    let private = set([id(&state, "subnet-private-a"), id(&state, "subnet-private-b")]);
+    let public = set([id(&state, "subnet-public-a"), id(&state, "subnet-public-b")]);
+
+    // Root credentials: generated, in Secrets Manager only.
+    let secret = c.secrets.get_secret_value().secret_id(id(&state, "root-secret")).send().await.unwrap();
+    let value: Value = serde_json::from_str(secret.secret_string().unwrap()).unwrap();
+    assert_eq!(value["email"], "admin@example.com");
+    let password = value["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 20, "{} characters", password.len());
+    let state_text = std::fs::read_to_string(tool.state_path("web")).unwrap();
+    let status_text = tool.run(&["status", "--stack", "web"]).ok();
+    for (what, text) in
+        [("up stdout", &up.stdout), ("up stderr", &up.stderr), ("state", &state_text), ("status", &status_text.stdout)]
+    {
+        assert!(!text.contains(&password), "the password leaked into {what}");
+    }
+    let printed = tool.run(&["password", "--stack", "web"]).ok();
+    assert_eq!(printed.stdout, format!("{password}\n"));
+
+    // EFS: encrypted, elastic, backed up, a mount target in each private subnet.
+    let fs_id = id(&state, "file-system");
+    let fs = c.efs.describe_file_systems().file_system_id(&fs_id).send().await.unwrap().file_systems()[0].clone();
+    assert_eq!(fs.encrypted(), Some(true));
+    assert_eq!(fs.throughput_mode().map(|m| m.as_str()), Some("elastic"));
+    let backup = c.efs.describe_backup_policy().file_system_id(&fs_id).send().await.unwrap();
+    assert_eq!(backup.backup_policy().map(|p| p.status().as_str()), Some("ENABLED"));
+    let mounts = c.efs.describe_mount_targets().file_system_id(&fs_id).send().await.unwrap();
+    assert_eq!(set(mounts.mount_targets().iter().map(|m| m.subnet_id().to_string())), private);
+    let efs_group = id(&state, "efs-security-group");
+    for m in mounts.mount_targets() {
+        let groups =
+            c.efs.describe_mount_target_security_groups().mount_target_id(m.mount_target_id()).send().await.unwrap();
+        assert_eq!(groups.security_groups(), std::slice::from_ref(&efs_group));
+    }
+    // NFS only from GitLab's and the initializer's groups.
+    assert_eq!(
+        ingress(&c.ec2, &efs_group).await,
+        set([(2049, id(&state, "service-security-group")), (2049, id(&state, "init-security-group"))])
+    );
+    assert_eq!(
+        ingress(&c.ec2, &id(&state, "service-security-group")).await,
+        set([(80, id(&state, "alb-security-group"))])
+    );
+    assert_eq!(ingress(&c.ec2, &id(&state, "init-security-group")).await, set([]));
+
+    // Load balancer: internet-facing, public subnets, listener ports from allowed_cidrs only.
+    let lb_arn = id(&state, "load-balancer");
+    let lb =
+        c.elb.describe_load_balancers().load_balancer_arns(&lb_arn).send().await.unwrap().load_balancers()[0].clone();
+    assert_eq!(lb.scheme().map(|s| s.as_str()), Some("internet-facing"));
+    assert_eq!(set(lb.availability_zones().iter().map(|z| z.subnet_id().unwrap().to_string())), public);
+    assert_eq!(
+        ingress(&c.ec2, &id(&state, "alb-security-group")).await,
+        set([(80, "203.0.113.0/24".to_string()), (80, "198.51.100.7/32".to_string())])
+    );
+    let attributes = c.elb.describe_load_balancer_attributes().load_balancer_arn(&lb_arn).send().await.unwrap();
+    let attr = |k: &str| {
+        attributes.attributes().iter().find(|a| a.key() == Some(k)).and_then(|a| a.value()).map(str::to_string)
+    };
+    assert!(attr("idle_timeout.timeout_seconds").unwrap().parse::<u32>().unwrap() >= 300);
+    assert_eq!(attr("routing.http.drop_invalid_header_fields.enabled").as_deref(), Some("true"));
+    let tg = c
+        .elb
+        .describe_target_groups()
+        .target_group_arns(id(&state, "target-group"))
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .clone();
+    assert_eq!(tg.target_type().map(|t| t.as_str()), Some("ip"));
+    assert_eq!((tg.protocol().map(|p| p.as_str()), tg.port()), (Some("HTTP"), Some(80)));
+    assert_eq!(tg.health_check_path(), Some("/-/readiness"));
+    let unhealthy_after = tg.health_check_interval_seconds().unwrap() * tg.unhealthy_threshold_count().unwrap();
+    assert!(unhealthy_after >= 300, "a slow GitLab is declared unhealthy after {unhealthy_after}s");
+    let listeners = c.elb.describe_listeners().load_balancer_arn(&lb_arn).send().await.unwrap();
+    assert_eq!(listeners.listeners().len(), 1);
+    let http = &listeners.listeners()[0];
+    assert_eq!((http.port(), http.protocol().map(|p| p.as_str())), (Some(80), Some("HTTP")));
+    assert_eq!(http.default_actions()[0].target_group_arn(), tg.target_group_arn());
+
+    // IAM scoped to this stack's ARNs.
+    let policy = |role: &str| {
+        let iam = c.iam.clone();
+        let role = role.to_string();
+        async move {
+            let out = iam.get_role_policy().role_name(&role).policy_name("gitlab-provision").send().await.unwrap();
+            let doc = out.policy_document().to_string();
+            urlencoding_decode(&doc)
+        }
+    };
+    let execution = policy("web-execution-role").await;
+    assert!(
+        execution.contains(&id(&state, "root-secret")) && execution.contains("/gitlab-provision/web/gitlab"),
+        "{execution}"
+    );
+    assert!(!execution.contains("\"Resource\":\"*\""), "{execution}");
+    let task = policy("web-task-role").await;
+    assert!(
+        task.contains(fs.file_system_arn().unwrap())
+            && task.contains("ClientRootAccess")
+            && task.contains("ssmmessages:CreateControlChannel"),
+        "{task}"
+    );
+    let attached = c.iam.list_attached_role_policies().role_name("web-init-role").send().await.unwrap();
+    assert!(attached.attached_policies().iter().any(|p| p.policy_name() == Some("AWSLambdaVPCAccessExecutionRole")));
+
+    // Logs with a retention period.
+    let groups = c.logs.describe_log_groups().log_group_name_prefix("/gitlab-provision/web/").send().await.unwrap();
+    assert_eq!(groups.log_groups()[0].retention_in_days(), Some(30));
+
+    // ECS: cluster, task definition, service.
+    let cluster = c
+        .ecs
+        .describe_clusters()
+        .clusters("web")
+        .include(aws_sdk_ecs::types::ClusterField::Settings)
+        .send()
+        .await
+        .unwrap()
+        .clusters()[0]
+        .clone();
+    assert!(
+        cluster
+            .settings()
+            .iter()
+            .any(|s| s.name().map(|n| n.as_str()) == Some("containerInsights") && s.value() == Some("enabled"))
+    );
+    let td = c
+        .ecs
+        .describe_task_definition()
+        .task_definition(id(&state, "task-definition"))
+        .send()
+        .await
+        .unwrap()
+        .task_definition
+        .unwrap();
+    assert_eq!((td.cpu(), td.memory()), (Some("2048"), Some("6144")));
+    assert_eq!(td.network_mode().map(|m| m.as_str()), Some("awsvpc"));
+    let container = &td.container_definitions()[0];
+    assert_eq!(container.image(), Some("gitlab/gitlab-ce:19.4.1-ce.0"));
+    let env: Vec<&str> = container.environment().iter().filter_map(|e| e.name()).collect();
+    assert_eq!(env, ["GITLAB_OMNIBUS_CONFIG"], "the password must come from the secret, not the environment");
+    let omnibus = container.environment()[0].value().unwrap();
+    assert!(omnibus.contains(&format!("external_url 'http://{}'", lb.dns_name().unwrap())), "{omnibus}");
+    assert!(omnibus.contains("monitoring_whitelist'] = ['127.0.0.0/8', '10.0.0.0/16']"), "{omnibus}");
+    let secrets: Vec<(&str, &str)> = container.secrets().iter().map(|s| (s.name(), s.value_from())).collect();
+    let secret_arn = id(&state, "root-secret");
+    assert!(secrets.contains(&("GITLAB_ROOT_PASSWORD", &format!("{secret_arn}:password::"))), "{secrets:?}");
+    assert!(secrets.contains(&("GITLAB_ROOT_EMAIL", &format!("{secret_arn}:email::"))), "{secrets:?}");
+    let mounts: BTreeSet<(String, String)> = container
+        .mount_points()
+        .iter()
+        .map(|m| (m.source_volume().unwrap().to_string(), m.container_path().unwrap().to_string()))
+        .collect();
+    let volumes: BTreeSet<(String, String)> = td
+        .volumes()
+        .iter()
+        .map(|v| {
+            let efs = v.efs_volume_configuration().expect("an EFS volume");
+            assert_eq!(efs.file_system_id(), fs_id);
+            assert_eq!(efs.transit_encryption().map(|t| t.as_str()), Some("ENABLED"));
+            let auth = efs.authorization_config().expect("authorization config");
+            assert_eq!(auth.iam().map(|i| i.as_str()), Some("ENABLED"));
+            assert!(auth.access_point_id().is_none(), "GitLab mounts without an access point");
+            (v.name().unwrap().to_string(), efs.root_directory().unwrap().to_string())
+        })
+        .collect();
+    let paths: BTreeSet<(String, String)> = volumes
+        .iter()
+        .map(|(name, root)| (root.clone(), mounts.iter().find(|(v, _)| v == name).unwrap().1.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        set([
+            ("/srv/gitlab/config".to_string(), "/etc/gitlab".to_string()),
+            ("/srv/gitlab/data".to_string(), "/var/opt/gitlab".to_string()),
+            ("/srv/gitlab/logs".to_string(), "/var/log/gitlab".to_string()),
+        ])
+    );
+
+    let service =
+        c.ecs.describe_services().cluster("web").services("gitlab").send().await.unwrap().services()[0].clone();
+    assert_eq!(service.desired_count(), 1);
+    assert_eq!(service.launch_type().map(|l| l.as_str()), Some("FARGATE"));
+    let vpc_conf = service.network_configuration().unwrap().awsvpc_configuration().unwrap();
+    assert_eq!(set(vpc_conf.subnets().iter().cloned()), private);
+    assert_eq!(vpc_conf.assign_public_ip().map(|a| a.as_str()), Some("DISABLED"));
+    assert_eq!(service.load_balancers()[0].target_group_arn(), tg.target_group_arn());
+    // The emulator drops these; the request the tool sent must carry them.
+    let created = emu.bodies("CreateService");
+    assert_eq!(created.len(), 1);
+    let deployment = &created[0]["deploymentConfiguration"];
+    assert_eq!(
+        (deployment["minimumHealthyPercent"].as_i64(), deployment["maximumPercent"].as_i64()),
+        (Some(0), Some(100))
+    );
+    assert_eq!(deployment["deploymentCircuitBreaker"], json!({"enable": true, "rollback": true}));
+    assert!(created[0]["healthCheckGracePeriodSeconds"].as_i64().unwrap() >= 540);
+    assert_eq!(created[0]["enableExecuteCommand"], true);
+
+    // The initializer ran the real handler on the (emulated) file system, then was deleted.
+    for dir in ["data", "logs", "config"] {
+        assert!(emu.efs_root().join("srv/gitlab").join(dir).is_dir(), "{dir} not created");
+    }
+    assert!(
+        c.lambda.get_function().function_name("web-efs-init").send().await.is_err(),
+        "the initializer should be deleted"
+    );
+    let function = &emu.bodies("POST /2015-03-31/functions")[0];
+    assert!(function["Runtime"].as_str().unwrap().starts_with("python3.1"), "{}", function["Runtime"]);
+    assert_eq!(
+        set(function["VpcConfig"]["SubnetIds"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string())),
+        private
+    );
+    let access_point = c
+        .efs
+        .describe_access_points()
+        .access_point_id(id(&state, "init-access-point"))
+        .send()
+        .await
+        .unwrap()
+        .access_points()[0]
+        .clone();
+    assert_eq!(function["FileSystemConfigs"][0]["Arn"].as_str(), access_point.access_point_arn());
+    assert_eq!(access_point.posix_user().map(|u| u.uid()), Some(0));
+    assert_eq!(access_point.root_directory().and_then(|r| r.path()), Some("/"));
+
+    // status for an operator.
+    let status = tool.run(&["status", "--stack", "web", "--json"]).ok().json();
+    assert!(status["resources"].as_array().unwrap().iter().all(|r| r["live"] == "ok"), "{status:#}");
+    assert_eq!(status["gitlab"]["url"], format!("http://{}", lb.dns_name().unwrap()));
+    assert_eq!(status["gitlab"]["desired"], 1);
+
+    // Converged: nothing changes on a second up.
+    emu.clear_calls();
+    tool.run(&["up", "--stack", "web", "--allowed-cidr", "203.0.113.0/24", "--allowed-cidr", "198.51.100.7/32"]).ok();
+    let mutating: Vec<String> = emu.calls().into_iter().filter(|c| c.mutating).map(|c| c.action).collect();
+    assert_eq!(mutating, Vec::<String>::new());
+
+    tool.run(&["down", "--stack", "web", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
+}
+
+/// IAM returns policy documents URL-encoded.
+fn urlencoding_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 3 <= bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn hosted_zone(c: &common::Clients, name: &str) -> String {
+    let out = c.route53.create_hosted_zone().name(name).caller_reference(format!("test-{name}")).send().await.unwrap();
+    out.hosted_zone().unwrap().id().trim_start_matches("/hostedzone/").to_string()
+}
+
+async fn records(c: &common::Clients, zone: &str) -> Vec<(String, String)> {
+    let out = c.route53.list_resource_record_sets().hosted_zone_id(zone).send().await.unwrap();
+    out.resource_record_sets().iter().map(|r| (r.name().to_string(), r.r#type().as_str().to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_stack_validates_a_certificate_and_points_dns_at_the_load_balancer() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let zone = hosted_zone(&c, "example.com").await;
+    let tool = Tool::new(&emu.endpoint);
+    let domain = ["--domain-name", "example.com", "--sub-domain", "git", "--hosted-zone-id", &zone];
+    let mut up = vec!["up", "--stack", "sec", "--allowed-cidr", "203.0.113.0/24"];
+    up.extend(domain);
+    tool.run(&up).ok();
+    let state = tool.state("sec").unwrap();
+
+    let cert_arn = id(&state, "certificate");
+    let cert = c.acm.describe_certificate().certificate_arn(&cert_arn).send().await.unwrap().certificate.unwrap();
+    assert_eq!(cert.domain_name(), Some("git.example.com"));
+    assert_eq!(cert.status().map(|s| s.as_str()), Some("ISSUED"));
+    let validation = cert.domain_validation_options()[0].resource_record().unwrap();
+    let names = records(&c, &zone).await;
+    assert!(names.contains(&(validation.name().to_string(), "CNAME".to_string())), "{names:?}");
+
+    let lb_arn = id(&state, "load-balancer");
+    let lb =
+        c.elb.describe_load_balancers().load_balancer_arns(&lb_arn).send().await.unwrap().load_balancers()[0].clone();
+    let alias = c
+        .route53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .start_record_name("git.example.com.")
+        .start_record_type(aws_sdk_route53::types::RrType::A)
+        .send()
+        .await
+        .unwrap();
+    let a = alias
+        .resource_record_sets()
+        .iter()
+        .find(|r| r.name() == "git.example.com." && r.r#type().as_str() == "A")
+        .expect("alias record");
+    assert!(a.alias_target().unwrap().dns_name().contains(lb.dns_name().unwrap()), "{a:?}");
+
+    let listeners = c.elb.describe_listeners().load_balancer_arn(&lb_arn).send().await.unwrap();
+    let by_port = |port: i32| listeners.listeners().iter().find(|l| l.port() == Some(port)).unwrap().clone();
+    let https = by_port(443);
+    assert_eq!(https.protocol().map(|p| p.as_str()), Some("HTTPS"));
+    assert!(https.ssl_policy().unwrap().starts_with("ELBSecurityPolicy-TLS13-"), "{:?}", https.ssl_policy());
+    assert_eq!(https.certificates()[0].certificate_arn(), Some(cert_arn.as_str()));
+    assert_eq!(https.default_actions()[0].target_group_arn(), Some(id(&state, "target-group").as_str()));
+    let http = by_port(80);
+    let redirect = http.default_actions()[0].redirect_config().expect("a redirect");
+    assert_eq!((redirect.protocol(), redirect.port()), (Some("HTTPS"), Some("443")));
+    assert_eq!(redirect.status_code().map(|s| s.as_str()), Some("HTTP_301"));
+    assert_eq!(
+        ingress(&c.ec2, &id(&state, "alb-security-group")).await,
+        set([(80, "203.0.113.0/24".to_string()), (443, "203.0.113.0/24".to_string())])
+    );
+
+    let td = c
+        .ecs
+        .describe_task_definition()
+        .task_definition(id(&state, "task-definition"))
+        .send()
+        .await
+        .unwrap()
+        .task_definition
+        .unwrap();
+    let omnibus = td.container_definitions()[0].environment()[0].value().unwrap().to_string();
+    for line in ["external_url 'https://git.example.com'", "nginx['listen_port'] = 80", "nginx['listen_https'] = false"]
+    {
+        assert!(omnibus.contains(line), "{line} missing from {omnibus}");
+    }
+    let status = tool.run(&["status", "--stack", "sec", "--json"]).ok().json();
+    assert_eq!(status["gitlab"]["url"], "https://git.example.com");
+
+    tool.run(&["down", "--stack", "sec", "--yes"]).ok();
+    let left: Vec<(String, String)> =
+        records(&c, &zone).await.into_iter().filter(|(_, t)| t != "NS" && t != "SOA").collect();
+    assert_eq!(left, Vec::<(String, String)>::new(), "down must remove the records it wrote");
+    assert_eq!(stack_leftovers(&c, "sec").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hosted_zone_that_does_not_serve_the_domain_is_refused_before_anything_is_created() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let other = hosted_zone(&c, "other.org").await;
+    let tool = Tool::new(&emu.endpoint);
+    for (zone, expected) in [(other.as_str(), "serves other.org"), ("Z0000000000000000000A", "no such hosted zone")] {
+        let run = tool
+            .run(&[
+                "up",
+                "--stack",
+                "zone",
+                "--allowed-cidr",
+                "203.0.113.0/24",
+                "--domain-name",
+                "example.com",
+                "--sub-domain",
+                "git",
+                "--hosted-zone-id",
+                zone,
+            ])
+            .fails_with(1);
+        assert!(run.stderr.contains("hosted_zone_id") && run.stderr.contains(expected), "{}", run.stderr);
+    }
+    let mutating: Vec<String> = emu.calls().into_iter().filter(|c| c.mutating).map(|c| c.action).collect();
+    assert_eq!(mutating, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_tag_size_and_cidr_changes_converge_in_place() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&["up", "--stack", "chg", "--allowed-cidr", "203.0.113.0/24"]).ok();
+    let before = tool.state("chg").unwrap();
+    emu.clear_calls();
+    tool.run(&[
+        "up",
+        "--stack",
+        "chg",
+        "--allowed-cidr",
+        "192.0.2.0/24",
+        "--gitlab-image-tag",
+        "19.4.2-ce.0",
+        "--task-memory-mib",
+        "8192",
+    ])
+    .ok();
+    let after = tool.state("chg").unwrap();
+
+    for key in ["file-system", "root-secret", "load-balancer", "cluster"] {
+        assert_eq!(id(&before, key), id(&after, key), "{key} must not be replaced");
+    }
+    let actions: Vec<String> = emu.calls().into_iter().filter(|c| c.mutating).map(|c| c.action).collect();
+    for forbidden in ["CreateFileSystem", "DeleteFileSystem", "CreateSecret", "DeleteSecret", "PutSecretValue"] {
+        assert!(!actions.iter().any(|a| a == forbidden), "{forbidden} in {actions:?}");
+    }
+    let td_arn = id(&after, "task-definition");
+    assert_ne!(td_arn, id(&before, "task-definition"));
+    let td = c.ecs.describe_task_definition().task_definition(&td_arn).send().await.unwrap().task_definition.unwrap();
+    assert_eq!(td.container_definitions()[0].image(), Some("gitlab/gitlab-ce:19.4.2-ce.0"));
+    assert_eq!(td.memory(), Some("8192"));
+    let service =
+        c.ecs.describe_services().cluster("chg").services("gitlab").send().await.unwrap().services()[0].clone();
+    assert_eq!(service.task_definition(), Some(td_arn.as_str()));
+    let updated = emu.bodies("UpdateService");
+    assert_eq!(
+        updated[0]["deploymentConfiguration"]["maximumPercent"], 100,
+        "a deploy must never run two GitLabs on one file system"
+    );
+    assert_eq!(ingress(&c.ec2, &id(&after, "alb-security-group")).await, set([(80, "192.0.2.0/24".to_string())]));
+
+    tool.run(&["down", "--stack", "chg", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "chg").await, Vec::<String>::new(), "every task definition revision goes too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stack_runs_in_an_imported_vpc_and_leaves_it_behind() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let (vpc, subnets) = common::existing_vpc(&c.ec2, true).await;
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&["up", "--stack", "imp", "--allowed-cidr", "203.0.113.0/24", "--vpc-id", &vpc]).ok();
+    let state = tool.state("imp").unwrap();
+    let lb = c
+        .elb
+        .describe_load_balancers()
+        .load_balancer_arns(id(&state, "load-balancer"))
+        .send()
+        .await
+        .unwrap()
+        .load_balancers()[0]
+        .clone();
+    assert_eq!(lb.vpc_id(), Some(vpc.as_str()));
+    assert_eq!(
+        set(lb.availability_zones().iter().map(|z| z.subnet_id().unwrap().to_string())),
+        set(subnets[..2].iter().cloned())
+    );
+    let mounts = c.efs.describe_mount_targets().file_system_id(id(&state, "file-system")).send().await.unwrap();
+    assert_eq!(
+        set(mounts.mount_targets().iter().map(|m| m.subnet_id().to_string())),
+        set(subnets[2..].iter().cloned())
+    );
+    let td = c
+        .ecs
+        .describe_task_definition()
+        .task_definition(id(&state, "task-definition"))
+        .send()
+        .await
+        .unwrap()
+        .task_definition
+        .unwrap();
+    assert!(
+        td.container_definitions()[0].environment()[0].value().unwrap().contains("'172.31.0.0/16'"),
+        "the imported VPC's CIDR is whitelisted"
+    );
+
+    tool.run(&["down", "--stack", "imp", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "imp").await, Vec::<String>::new());
+    assert_eq!(c.ec2.describe_vpcs().vpc_ids(&vpc).send().await.unwrap().vpcs().len(), 1);
+    assert_eq!(c.ec2.describe_subnets().subnet_ids(&subnets[3]).send().await.unwrap().subnets().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_initializer_error_fails_the_step_with_the_functions_message_and_up_resumes() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    // A file where the initializer must create a directory.
+    std::fs::create_dir_all(emu.efs_root().join("srv/gitlab")).unwrap();
+    std::fs::write(emu.efs_root().join("srv/gitlab/data"), "not a directory").unwrap();
+    let tool = Tool::new(&emu.endpoint);
+    let run = tool.run(&["up", "--stack", "init", "--allowed-cidr", "203.0.113.0/24"]).fails_with(1);
+    assert!(run.stderr.contains("the EFS initializer failed") && run.stderr.contains("File exists"), "{}", run.stderr);
+    let state = tool.state("init").unwrap();
+    assert!(state["resources"].get("service").is_none(), "GitLab must not start on an unprepared file system");
+    assert!(state["resources"].get("efs-prepared").is_none());
+
+    std::fs::remove_file(emu.efs_root().join("srv/gitlab/data")).unwrap();
+    tool.run(&["up", "--stack", "init", "--allowed-cidr", "203.0.113.0/24"]).ok();
+    assert!(emu.efs_root().join("srv/gitlab/data").is_dir());
+    let state = tool.state("init").unwrap();
+    // The failed run stopped at data; this one creates all three.
+    assert_eq!(
+        state["resources"]["efs-prepared"]["attrs"]["created"],
+        "srv/gitlab/data,srv/gitlab/logs,srv/gitlab/config"
+    );
+    tool.run(&["down", "--stack", "init", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "init").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn down_waits_out_and_removes_lingering_lambda_interfaces() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&["up", "--stack", "eni", "--allowed-cidr", "203.0.113.0/24"]).ok();
+    let state = tool.state("eni").unwrap();
+    // What Lambda leaves behind in a VPC for many minutes after the function is gone.
+    let eni = c
+        .ec2
+        .create_network_interface()
+        .subnet_id(id(&state, "subnet-private-a"))
+        .groups(id(&state, "init-security-group"))
+        .description("AWS Lambda VPC ENI-eni-efs-init-0000")
+        .send()
+        .await
+        .unwrap()
+        .network_interface()
+        .unwrap()
+        .network_interface_id()
+        .unwrap()
+        .to_string();
+    let down = tool.run(&["down", "--stack", "eni", "--yes"]).ok();
+    assert!(down.stderr.contains("Lambda network interface"), "{}", down.stderr);
+    assert!(
+        c.ec2.describe_network_interfaces().network_interface_ids(&eni).send().await.is_err(),
+        "the interface should be gone"
+    );
+    assert_eq!(stack_leftovers(&c, "eni").await, Vec::<String>::new());
+}
