@@ -68,8 +68,15 @@ pub fn family(ctx: &Ctx) -> String {
 pub struct CreateCluster;
 
 async fn describe_cluster(ctx: &Ctx, name: &str) -> anyhow::Result<Option<aws_sdk_ecs::types::Cluster>> {
-    let out =
-        ctx.aws.ecs.describe_clusters().clusters(name).send().await.or_aws(|| format!("reading cluster {name}"))?;
+    let out = ctx
+        .aws
+        .ecs
+        .describe_clusters()
+        .clusters(name)
+        .include(aws_sdk_ecs::types::ClusterField::Settings)
+        .send()
+        .await
+        .or_aws(|| format!("reading cluster {name}"))?;
     Ok(out.clusters.unwrap_or_default().into_iter().find(|c| c.status() == Some("ACTIVE")))
 }
 
@@ -91,12 +98,19 @@ impl StepAction<Ctx> for CreateCluster {
                     ClusterSetting::builder().name(ClusterSettingName::ContainerInsights).value("enabled").build();
                 let arn = match existing {
                     Some(found) => {
-                        ecs.update_cluster_settings()
-                            .cluster(&found.id)
-                            .settings(insights)
-                            .send()
-                            .await
-                            .or_aws(|| format!("updating cluster {name_ref}"))?;
+                        let on = describe_cluster(ctx, &found.id).await?.is_some_and(|c| {
+                            c.settings().iter().any(|s| {
+                                s.name() == Some(&ClusterSettingName::ContainerInsights) && s.value() == Some("enabled")
+                            })
+                        });
+                        if !on {
+                            ecs.update_cluster_settings()
+                                .cluster(&found.id)
+                                .settings(insights)
+                                .send()
+                                .await
+                                .or_aws(|| format!("turning on Container Insights for {name_ref}"))?;
+                        }
                         found.id
                     }
                     // CreateCluster with an existing name returns that cluster.

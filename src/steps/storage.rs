@@ -109,14 +109,28 @@ impl StepAction<Ctx> for CreateFileSystem {
                 })
                 .await?;
                 if existing.is_some() {
-                    // Converging an adopted or changed file system: backups on.
-                    let policy = BackupPolicy::builder().status(Status::Enabled).build().context("backup policy")?;
-                    efs.put_backup_policy()
+                    // Converging an adopted or changed file system: backups on, if they are not.
+                    let current = efs
+                        .describe_backup_policy()
                         .file_system_id(&id)
-                        .backup_policy(policy)
                         .send()
                         .await
-                        .or_aws(|| format!("turning on backups for {id}"))?;
+                        .or_aws(|| format!("reading the backup policy of {id}"));
+                    let enabled = match current {
+                        Ok(out) => out.backup_policy().is_some_and(|p| p.status() == &Status::Enabled),
+                        Err(e) if e.is_code(&["PolicyNotFound"]) => false,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !enabled {
+                        let policy =
+                            BackupPolicy::builder().status(Status::Enabled).build().context("backup policy")?;
+                        efs.put_backup_policy()
+                            .file_system_id(&id)
+                            .backup_policy(policy)
+                            .send()
+                            .await
+                            .or_aws(|| format!("turning on backups for {id}"))?;
+                    }
                 }
                 let arn = describe_file_system(ctx, &id).await?.and_then(|fs| fs.file_system_arn).unwrap_or_default();
                 Ok(Created { id, attrs: attrs([("arn", arn)]) })

@@ -8,10 +8,12 @@ until its stdin closes (so it dies with the test that started it).
 - Every request through the proxy is appended to --capture as a JSON line:
   {"service", "action", "method", "path", "mutating"}.
 - --faults names a JSON file, re-read whenever it changes, holding a list of rules:
-  {"action": "CreateVpc", "status": 403, "code": "UnauthorizedOperation", "times": 1,
-   "when": "before" | "after", "delay": 0.0}
+  {"action": "CreateVpc" | "*", "service": "ec2", "status": 403, "code": "UnauthorizedOperation",
+   "times": 1, "probability": 0.2, "when": "before" | "after", "delay": 0.0, "drop": false}
   "before" answers with the error instead of forwarding; "after" forwards (so the resource is
-  created) and then answers with the error: a lost response. "delay" sleeps before answering.
+  created) and then answers with the error: a lost response. "delay" sleeps before answering;
+  "drop" closes the connection without an answer. "probability" applies the rule to that share
+  of matching calls (seeded, so a run is repeatable); "times" caps how often it applies.
 - Lambda: moto cannot run functions here (no Docker), so an Invoke of a function whose name
   ends in "-efs-init" runs the real lambda-efs-init/handler.py in this process, against a
   directory standing in for the EFS file system (--efs-root), and answers as Lambda would,
@@ -25,6 +27,7 @@ import http.client
 import json
 import logging
 import os
+import random
 import re
 import sys
 import threading
@@ -77,8 +80,9 @@ class Faults:
         self.rules = []
         self.used = []
         self.lock = threading.Lock()
+        self.random = random.Random(1234)
 
-    def match(self, action):
+    def match(self, service, action):
         """The rule that applies to this call, counting it; None when none applies."""
         if not self.path:
             return None
@@ -94,10 +98,12 @@ class Faults:
                 self.used = [0] * len(self.rules)
                 self.mtime = mtime
             for i, rule in enumerate(self.rules):
-                if rule.get("action") not in (action, "*"):
+                if rule.get("action", "*") not in (action, "*") or rule.get("service", service) != service:
                     continue
                 times = rule.get("times")
                 if times is not None and self.used[i] >= times:
+                    continue
+                if "probability" in rule and self.random.random() >= rule["probability"]:
                     continue
                 self.used[i] += 1
                 return rule
@@ -128,9 +134,13 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
             with capture_lock, open(capture_path, "a") as f:
                 text = body[:20000].decode("utf-8", "replace")
                 f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating, "body": text}) + "\n")
-            rule = faults.match(action)
+            rule = faults.match(service, action)
             if rule and rule.get("delay"):
                 time.sleep(rule["delay"])
+            if rule and rule.get("drop"):
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if rule and rule.get("status") and rule.get("when", "before") == "before":
                 return self.fail(rule)
             conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=60)
@@ -164,15 +174,23 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
         def fail(self, rule):
             code = rule.get("code", "InternalError")
             message = rule.get("message", "injected by the test harness")
-            if "json" in self.headers.get("Content-Type", ""):
-                content_type = "application/x-amz-json-1.1"
-                body = json.dumps({"__type": code, "message": message}).encode()
-            else:
+            service, _, _ = classify(self.headers, b"", self.command, self.path)
+            if service == "ec2":
                 content_type = "text/xml"
                 body = (
                     f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
                     f"<Message>{message}</Message></Error></Errors><RequestID>harness</RequestID></Response>"
                 ).encode()
+            elif "xml" in self.headers.get("Content-Type", "") or "x-www-form-urlencoded" in self.headers.get("Content-Type", "") or service == "route53":
+                # The query protocol (IAM, ELB) and REST-XML (Route 53).
+                content_type = "text/xml"
+                body = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>'
+                    f"<Message>{message}</Message></Error><RequestId>harness</RequestId></ErrorResponse>"
+                ).encode()
+            else:
+                content_type = "application/x-amz-json-1.1"
+                body = json.dumps({"__type": code, "message": message}).encode()
             self.send_response(int(rule["status"]))
             self.send_header("Content-Type", content_type)
             self.send_header("x-amzn-ErrorType", code)

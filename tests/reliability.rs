@@ -1,0 +1,235 @@
+//! Faults, crashes and mistakes: transient errors are absorbed, a killed run resumes without
+//! twins, and the root password shows up nowhere but `password`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Clients, Emulator, Tool, count_tagged, stack_leftovers};
+use serde_json::json;
+
+const UP: &[&str] = &["up", "--allowed-cidr", "203.0.113.0/24"];
+
+fn with_stack<'a>(args: &[&'a str], stack: &'a str) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    v.extend(["--stack", stack]);
+    v
+}
+
+/// How many of each resource the stack has, across services: a twin shows up as a 2.
+async fn inventory(c: &Clients, stack: &str) -> BTreeMap<String, usize> {
+    let mut counts = count_tagged(&c.ec2, stack).await;
+    for item in stack_leftovers(c, stack).await {
+        let kind = item.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        if !["vpc", "subnet", "igw", "route", "eip", "nat", "sg", "instance"].iter().any(|k| kind.starts_with(k)) {
+            *counts.entry(kind).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn expected_inventory() -> BTreeMap<String, usize> {
+    [
+        ("vpc", 1),
+        ("subnet", 4),
+        ("igw", 1),
+        ("route table", 2),
+        ("eip", 1),
+        ("nat", 1),
+        ("sg", 4),
+        ("file system", 1),
+        ("load balancer", 1),
+        ("target group", 1),
+        ("cluster web", 1),
+        ("role web-execution-role", 1),
+        ("role web-task-role", 1),
+        ("role web-init-role", 1),
+        ("log group", 1),
+        ("secret gitlab-provision/web/root", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Every resource once; task definition revisions may be several (each `up` that had to
+/// register one adds a revision, which is how ECS works), the cluster is named after the stack.
+fn without_revisions(mut counts: BTreeMap<String, usize>, stack: &str) -> BTreeMap<String, usize> {
+    counts.retain(|k, _| !k.starts_with("task definition"));
+    counts
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.replace(&format!("cluster {stack}"), "cluster web")
+                    .replace(&format!("role {stack}-"), "role web-")
+                    .replace(&format!("/{stack}/"), "/web/"),
+                v,
+            )
+        })
+        .collect()
+}
+
+async fn storm(rules: serde_json::Value, label: &str) {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    emu.set_faults(rules);
+    let started = Instant::now();
+    tool.run(&with_stack(UP, "web")).ok();
+    tool.run(&["status", "--stack", "web", "--json"]).ok();
+    let status = tool.run(&["status", "--stack", "web", "--json"]).ok().json();
+    assert!(status["resources"].as_array().unwrap().iter().all(|r| r["live"] == "ok"), "{status:#}");
+    assert_eq!(without_revisions(inventory(&c, "web").await, "web"), expected_inventory());
+    tool.run(&["down", "--stack", "web", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
+    let calls = emu.calls().len();
+    eprintln!(
+        "{label}: up, status x2, down completed through {calls} calls in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttling_storm_is_absorbed() {
+    storm(
+        json!([{"action": "*", "status": 400, "code": "Throttling", "message": "Rate exceeded", "probability": 0.2}]),
+        "throttling 20%",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_and_dropped_connections_are_absorbed() {
+    storm(
+        json!([
+            {"action": "*", "status": 503, "code": "ServiceUnavailable", "probability": 0.1},
+            {"action": "*", "drop": true, "probability": 0.05}
+        ]),
+        "5xx 10% + dropped 5%",
+    )
+    .await;
+}
+
+/// Runs the tool until the emulator has seen `calls` requests, then SIGKILLs it.
+fn kill_after(emu: &Emulator, tool: &Tool, args: &[&str], calls: usize) -> bool {
+    emu.clear_calls();
+    let mut child =
+        tool.command(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false; // finished before the kill point
+        }
+        if emu.calls().len() >= calls {
+            child.kill().unwrap(); // SIGKILL: no cleanup of any kind
+            child.wait().unwrap();
+            return true;
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_up_or_down_anywhere_loses_nothing_and_duplicates_nothing() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    // A little latency per call spreads the kill points over the whole run.
+    emu.set_faults(json!([{"action": "*", "delay": 0.01}]));
+    emu.clear_calls();
+    tool.run(&with_stack(UP, "web")).ok();
+    let calls_per_up = emu.calls().len();
+    emu.clear_calls();
+    tool.run(&["down", "--stack", "web", "--yes"]).ok();
+    let calls_per_down = emu.calls().len();
+
+    let mut tried = 0;
+    let mut clean = 0;
+    for point in (3..calls_per_up).step_by((calls_per_up / 12).max(1)) {
+        let stack = format!("k{point}");
+        if !kill_after(&emu, &tool, &with_stack(UP, &stack), point) {
+            continue;
+        }
+        tried += 1;
+        tool.run(&with_stack(UP, &stack)).ok();
+        let found = without_revisions(inventory(&c, &stack).await, &stack);
+        assert_eq!(found, expected_inventory(), "twins or gaps after killing up at call {point}");
+        tool.run(&["down", "--stack", &stack, "--yes"]).ok();
+        assert_eq!(
+            stack_leftovers(&c, &stack).await,
+            Vec::<String>::new(),
+            "leftovers after killing up at call {point}"
+        );
+        clean += 1;
+    }
+    for point in (2..calls_per_down).step_by((calls_per_down / 6).max(1)) {
+        let stack = format!("d{point}");
+        tool.run(&with_stack(UP, &stack)).ok();
+        if !kill_after(&emu, &tool, &["down", "--stack", &stack, "--yes"], point) {
+            continue;
+        }
+        tried += 1;
+        let status = tool.run(&["status", "--stack", &stack, "--json"]).ok().json();
+        assert!(status["resources"].as_array().is_some(), "the state stays readable after a kill");
+        tool.run(&["down", "--stack", &stack, "--yes"]).ok();
+        assert_eq!(
+            stack_leftovers(&c, &stack).await,
+            Vec::<String>::new(),
+            "leftovers after killing down at call {point}"
+        );
+        clean += 1;
+    }
+    eprintln!(
+        "kill points: {tried} tried ({calls_per_up} calls per up, {calls_per_down} per down), {clean} ended clean"
+    );
+    assert!(tried >= 12, "only {tried} kill points were reached");
+    assert_eq!(tried, clean);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_appears_only_where_asked_at_any_verbosity() {
+    let emu = Emulator::start();
+    let tool = Tool::new(&emu.endpoint);
+    let mut outputs = Vec::new();
+    let up = tool
+        .command(&with_stack(&["up", "-vv", "--allowed-cidr", "203.0.113.0/24"], "web"))
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    outputs.push((
+        "up -vv with RUST_LOG=trace",
+        String::from_utf8_lossy(&up.stdout).to_string() + &String::from_utf8_lossy(&up.stderr),
+    ));
+    for args in [
+        vec!["status", "--stack", "web", "-vv"],
+        vec!["status", "--stack", "web", "--json"],
+        vec!["plan", "--stack", "web", "--allowed-cidr", "203.0.113.0/24", "-v"],
+    ] {
+        let run = tool.run(&args).ok();
+        outputs.push(("status/plan", run.stdout + &run.stderr));
+    }
+    let password = tool.run(&["password", "--stack", "web"]).ok().stdout.trim().to_string();
+    assert!(password.len() >= 20);
+    outputs.push(("state file", std::fs::read_to_string(tool.state_path("web")).unwrap()));
+    outputs
+        .push(("state backup", std::fs::read_to_string(tool.state_path("web").with_extension("json.backup")).unwrap()));
+    // The task definition carries a reference to the secret, never its value.
+    let state = tool.state("web").unwrap();
+    let td = emu
+        .clients()
+        .ecs
+        .describe_task_definition()
+        .task_definition(state["resources"]["task-definition"]["id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    outputs.push(("task definition", format!("{:?}", td.task_definition)));
+    let down = tool.command(&["down", "--stack", "web", "--yes", "-vv"]).env("RUST_LOG", "trace").output().unwrap();
+    outputs.push(("down -vv", String::from_utf8_lossy(&down.stderr).to_string()));
+    for (what, text) in outputs {
+        assert!(!text.contains(&password), "the root password appears in {what}");
+    }
+}
