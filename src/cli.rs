@@ -73,6 +73,9 @@ pub struct DownArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal)
     #[arg(long)]
     pub yes: bool,
+    /// Keep the file system (with its backups) and the root secret; a later `up` attaches them
+    #[arg(long)]
+    pub keep_data: bool,
 }
 
 #[derive(Debug, Args)]

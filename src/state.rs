@@ -38,6 +38,9 @@ pub enum RecordStatus {
     Created,
     /// Owned by the user (e.g. an existing VPC): read, never modified or deleted.
     Imported,
+    /// Kept by `down --keep-data` (the file system, the root secret): the next `up` attaches it
+    /// again, a plain `down` deletes it.
+    Retained,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

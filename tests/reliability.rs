@@ -233,3 +233,57 @@ async fn the_password_appears_only_where_asked_at_any_verbosity() {
         assert!(!text.contains(&password), "the root password appears in {what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn down_keep_data_keeps_repositories_and_password_for_the_next_up() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&with_stack(UP, "web")).ok();
+    let before = tool.state("web").unwrap();
+    let fs = before["resources"]["file-system"]["id"].as_str().unwrap().to_string();
+    let secret = before["resources"]["root-secret"]["id"].as_str().unwrap().to_string();
+    let password = tool.run(&["password", "--stack", "web"]).ok().stdout;
+
+    let down = tool.run(&["down", "--stack", "web", "--yes", "--keep-data"]).ok();
+    assert!(down.stdout.contains(&format!("kept file-system: {fs}")), "{}", down.stdout);
+    // The network, load balancer and service are gone; the data is not.
+    let left = stack_leftovers(&c, "web").await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().any(|l| l.starts_with("file system")) && left.iter().any(|l| l.starts_with("secret")),
+        "{left:?}"
+    );
+    let state = tool.state("web").expect("the state keeps the retained records");
+    assert_eq!(state["resources"]["file-system"]["status"], "retained");
+    let plan = tool.run(&with_stack(&["plan", "--json", "--allowed-cidr", "203.0.113.0/24"], "web")).ok().json();
+    let fs_plan = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["resources"].as_array().unwrap().clone())
+        .find(|r| r["key"] == "file-system")
+        .unwrap();
+    assert_eq!(fs_plan["action"], "attach");
+
+    // The network may even be built differently now: only the data is kept.
+    tool.run(&with_stack(&["up", "--allowed-cidr", "203.0.113.0/24", "--vpc-cidr", "10.9.0.0/16"], "web")).ok();
+    let after = tool.state("web").unwrap();
+    assert_eq!(after["resources"]["file-system"]["id"], fs.as_str(), "same file system: same repositories");
+    assert_eq!(after["resources"]["root-secret"]["id"], secret.as_str());
+    assert_eq!(after["resources"]["file-system"]["status"], "created");
+    assert_eq!(tool.run(&["password", "--stack", "web"]).ok().stdout, password, "same root password");
+    let mounts = c.efs.describe_mount_targets().file_system_id(&fs).send().await.unwrap();
+    let subnets: BTreeMap<String, ()> = ["subnet-private-a", "subnet-private-b"]
+        .iter()
+        .map(|k| (after["resources"][*k]["id"].as_str().unwrap().to_string(), ()))
+        .collect();
+    assert!(
+        mounts.mount_targets().iter().all(|m| subnets.contains_key(m.subnet_id())),
+        "mount targets in the new subnets"
+    );
+
+    tool.run(&["down", "--stack", "web", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
+    assert!(tool.state("web").is_none());
+}

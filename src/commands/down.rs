@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{UserError, context, stack_name, up::MAX_PARALLEL};
 use crate::cli::{DownArgs, GlobalArgs};
-use crate::engine;
+use crate::engine::{self, Teardown};
 use crate::printer::Printer;
 use crate::state::{self, LockedState, StateHandle};
 use crate::steps::Kinds;
@@ -22,25 +22,40 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let keep: std::collections::BTreeSet<String> = if args.keep_data {
+        recorded.resources.iter().filter(|(_, r)| crate::steps::is_data(&r.kind)).map(|(k, _)| k.clone()).collect()
+    } else {
+        Default::default()
+    };
     if !args.yes {
-        confirm(&stack, recorded.resources.len())?;
+        confirm(&stack, recorded.resources.len() - keep.len(), !keep.is_empty())?;
     }
     let ctx = context(&stack, Some(&recorded.region), global.profile.as_deref()).await?;
     let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &recorded.region, "down")?);
     let printer = Arc::new(Printer::new(global.verbose > 0));
     eprintln!("gitlab-provision down: stack {stack} in {}, {} resources", recorded.region, recorded.resources.len());
-    let removed = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, None, MAX_PARALLEL).await.map_err(|e| {
+    let plan = Teardown { only: None, keep: keep.clone(), max_parallel: MAX_PARALLEL };
+    let removed = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, plan).await.map_err(|e| {
         anyhow::Error::new(e).context("down did not finish; what is left is still recorded\n    help: fix the cause and run `gitlab-provision down` again")
     })?;
     if state.is_empty() {
         state.remove_file()?;
     }
     println!("stack {stack} is down: {removed} resources removed");
+    if !keep.is_empty() {
+        let kept = state.snapshot().resources;
+        for (key, record) in kept.iter().filter(|(k, _)| keep.contains(*k)) {
+            println!("kept {key}: {}", record.id.as_deref().unwrap_or("?"));
+        }
+        println!(
+            "`gitlab-provision up` attaches them again (same repositories, same root password); `gitlab-provision down` deletes them"
+        );
+    }
     Ok(())
 }
 
 /// Deleting a stack deletes its data: ask for the stack name, and never assume a yes.
-fn confirm(stack: &str, count: usize) -> anyhow::Result<()> {
+fn confirm(stack: &str, count: usize, keeping_data: bool) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(UserError(format!(
@@ -48,9 +63,12 @@ fn confirm(stack: &str, count: usize) -> anyhow::Result<()> {
         ))
         .into());
     }
-    eprint!(
-        "This deletes the {count} resources of stack {stack}, with any data in them. Type the stack name to confirm: "
-    );
+    let data = if keeping_data {
+        "keeping the file system and the root secret"
+    } else {
+        "with the Git repositories and all other data"
+    };
+    eprint!("This deletes {count} resources of stack {stack}, {data}. Type the stack name to confirm: ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;

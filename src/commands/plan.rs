@@ -33,7 +33,7 @@ pub struct PlannedStep {
 pub struct PlannedResource {
     pub key: String,
     pub kind: String,
-    /// create, keep, update, re-create, resume or delete.
+    /// create, keep, attach, update, re-create, resume or delete.
     pub action: &'static str,
     pub detail: String,
 }
@@ -101,6 +101,9 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
     let planned = |key: &str, kind: &str| {
         let (action, detail) = match (records.get(key), live.get(key)) {
             (None, _) => ("create", String::new()),
+            (Some(r), Some(Ok(Live::Present { .. }))) if r.status == RecordStatus::Retained => {
+                ("attach", format!("{} kept by down --keep-data", r.id.as_deref().unwrap_or("")))
+            }
             (Some(r), _) if r.status == RecordStatus::Pending => {
                 ("resume", "an earlier run started it; up adopts it if it exists".to_string())
             }

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use super::{UserError, context, stack_config};
 use crate::cli::{GlobalArgs, UpArgs};
-use crate::engine::{self, Event, Observer, RunError, RunReport, StepScope};
+use crate::engine::{self, Event, Observer, RunError, RunReport, StepScope, Teardown};
 use crate::printer::Printer;
 use crate::state::{self, LockedState, State, StateHandle};
 use crate::steps::{self, Kinds};
@@ -55,8 +55,14 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             "removing what the configuration no longer has: {}",
             stale.iter().cloned().collect::<Vec<_>>().join(", ")
         );
-        engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), Some(stale), MAX_PARALLEL)
-            .await?;
+        engine::teardown(
+            ctx.clone(),
+            state.clone(),
+            Arc::new(Kinds),
+            printer.clone(),
+            Teardown { only: Some(stale), keep: Default::default(), max_parallel: MAX_PARALLEL },
+        )
+        .await?;
     }
     if let Some(path) = &args.timings {
         write_timings(path, &report)?;
@@ -96,7 +102,10 @@ fn refuse_replacements(state: &State, wanted: &BTreeMap<String, String>) -> anyh
     if state.resources.is_empty() {
         return Ok(());
     }
-    let keys: BTreeSet<&String> = state.fixed.keys().chain(wanted.keys()).collect();
+    // After `down --keep-data` only data is left: the network may then be built differently.
+    let has_network = state.resources.contains_key(steps::network::KEY_VPC);
+    let keys: BTreeSet<&String> =
+        state.fixed.keys().chain(wanted.keys()).filter(|k| has_network || k.as_str() == "region").collect();
     let problems: Vec<String> = keys
         .into_iter()
         .filter_map(|key| {

@@ -112,7 +112,7 @@ impl StepScope {
             generation = record.generation;
             match record.status {
                 RecordStatus::Imported => return Ok(Ensured::Reused(record.clone())),
-                RecordStatus::Created => match ops.read(ctx, record).await? {
+                RecordStatus::Created | RecordStatus::Retained => match ops.read(ctx, record).await? {
                     Live::Present { mut drift, .. } => {
                         drift.extend(desired.attrs.iter().filter(|(k, v)| record.attrs.get(*k) != Some(v)).map(
                             |(k, v)| {
@@ -120,6 +120,17 @@ impl StepScope {
                             },
                         ));
                         if drift.is_empty() && record.depends_on == desired.depends_on {
+                            if record.status == RecordStatus::Retained {
+                                // Kept by an earlier `down --keep-data`: part of the stack again.
+                                self.progress(format!(
+                                    "attaching the kept {} {}",
+                                    ops.noun(),
+                                    record.id.as_deref().unwrap_or("?")
+                                ));
+                                let attached = ResourceRecord { status: RecordStatus::Created, ..record.clone() };
+                                self.state.put(&desired.key, attached.clone())?;
+                                return Ok(Ensured::Reused(attached));
+                            }
                             return Ok(Ensured::Reused(record.clone()));
                         }
                         if !drift.is_empty() {
@@ -171,7 +182,7 @@ impl StepScope {
         attrs.extend(created.attrs);
         let record = record_now(RecordStatus::Created, Some(created.id), attrs);
         self.state.put(&desired.key, record.clone())?;
-        Ok(if adopted && existing.is_some_and(|r| r.status == RecordStatus::Created) {
+        Ok(if adopted && existing.is_some_and(|r| matches!(r.status, RecordStatus::Created | RecordStatus::Retained)) {
             Ensured::Converged(record)
         } else {
             Ensured::Created(record)
@@ -202,18 +213,28 @@ fn describe(failures: &[(String, anyhow::Error)], blocked: &[String]) -> String 
     text
 }
 
-/// Deletes the recorded resources (all, or the keys in `only`) in reverse dependency order,
-/// concurrently where independent. Keeps going past failures: independent branches are still
-/// deleted and every failure is reported at the end. Imported resources are released, not deleted.
-/// Returns the number of records removed.
+/// Which records a teardown touches, and which of those it keeps.
+#[derive(Default)]
+pub struct Teardown {
+    /// Only these keys (all when `None`).
+    pub only: Option<BTreeSet<String>>,
+    /// Mark these as retained instead of deleting them (`down --keep-data`).
+    pub keep: BTreeSet<String>,
+    pub max_parallel: usize,
+}
+
+/// Deletes the recorded resources in reverse dependency order, concurrently where independent.
+/// Keeps going past failures: independent branches are still deleted and every failure is
+/// reported at the end. Imported resources are released, not deleted; kept ones are marked
+/// retained. Returns the number of records deleted.
 pub async fn teardown<C: Send + Sync + 'static>(
     ctx: Arc<C>,
     state: StateHandle,
     catalog: Arc<dyn Catalog<C>>,
     observer: Arc<dyn Observer>,
-    only: Option<BTreeSet<String>>,
-    max_parallel: usize,
+    plan: Teardown,
 ) -> Result<usize, TeardownError> {
+    let Teardown { only, keep, max_parallel } = plan;
     let records: BTreeMap<String, ResourceRecord> =
         state.snapshot().resources.into_iter().filter(|(k, _)| only.as_ref().is_none_or(|o| o.contains(k))).collect();
     // A record may go once nothing that depends on it is left.
@@ -231,7 +252,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut removed = 0;
     let mut failures = Vec::new();
-    let mut running: JoinSet<(String, Instant, anyhow::Result<()>)> = JoinSet::new();
+    let mut running: JoinSet<(String, Instant, anyhow::Result<bool>)> = JoinSet::new();
 
     loop {
         let ready: Vec<String> = pending
@@ -246,9 +267,10 @@ pub async fn teardown<C: Send + Sync + 'static>(
             let record = pending.remove(&key).expect("ready key is pending");
             in_flight.insert(key.clone());
             let (ctx, state, catalog, observer) = (ctx.clone(), state.clone(), catalog.clone(), observer.clone());
+            let retain = keep.contains(&key);
             running.spawn(async move {
                 let started = Instant::now();
-                let result = delete_one(&*ctx, &state, &*catalog, observer, &key, &record).await;
+                let result = delete_one(&*ctx, &state, &*catalog, observer, &key, &record, retain).await;
                 (key, started, result)
             });
         }
@@ -261,7 +283,8 @@ pub async fn teardown<C: Send + Sync + 'static>(
         };
         in_flight.remove(&key);
         match result {
-            Ok(()) => removed += 1,
+            Ok(true) => removed += 1,
+            Ok(false) => {}
             Err(error) => {
                 observer.event(Event::Failed {
                     step: key.clone(),
@@ -290,12 +313,23 @@ async fn delete_one<C>(
     observer: Arc<dyn Observer>,
     key: &str,
     record: &ResourceRecord,
-) -> anyhow::Result<()> {
+    retain: bool,
+) -> anyhow::Result<bool> {
     let ops = catalog
         .ops(&record.kind)
         .ok_or_else(|| anyhow::anyhow!("unknown resource kind {:?} in the state file", record.kind))?;
     let scope = StepScope::new(key, state.clone(), observer.clone());
     let id = record.id.as_deref().unwrap_or("(not recorded)");
+    if retain && record.status == RecordStatus::Created {
+        observer.event(Event::Started { step: key.to_string(), description: format!("keep {} {id}", ops.noun()) });
+        state.put(key, ResourceRecord { status: RecordStatus::Retained, ..record.clone() })?;
+        observer.event(Event::Finished {
+            step: key.to_string(),
+            elapsed: scope.elapsed(),
+            summary: "kept (--keep-data): `up` attaches it again".into(),
+        });
+        return Ok(false);
+    }
     let (description, summary) = match record.status {
         RecordStatus::Imported => (format!("release {} {id} (imported: left in place)", ops.noun()), "released"),
         _ => (format!("delete {} {id}", ops.noun()), "deleted"),
@@ -303,7 +337,7 @@ async fn delete_one<C>(
     observer.event(Event::Started { step: key.to_string(), description });
     match record.status {
         RecordStatus::Imported => {}
-        RecordStatus::Created => ops.delete(ctx, record, &scope).await?,
+        RecordStatus::Created | RecordStatus::Retained => ops.delete(ctx, record, &scope).await?,
         RecordStatus::Pending => {
             // The create call may have gone through before the crash that left this intent.
             let token = idempotency_token(&state.lineage(), key, record.generation);
@@ -315,7 +349,7 @@ async fn delete_one<C>(
     }
     state.remove(key)?;
     observer.event(Event::Finished { step: key.to_string(), elapsed: scope.elapsed(), summary: summary.to_string() });
-    Ok(())
+    Ok(true)
 }
 
 /// Reads every given record's live state at once (for `status` and `plan`).

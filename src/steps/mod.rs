@@ -487,6 +487,12 @@ fn add_gitlab(
     );
 }
 
+/// What `down --keep-data` keeps: the repositories and the root credentials they go with (and
+/// the note that the file system is prepared).
+pub fn is_data(kind: &str) -> bool {
+    matches!(kind, storage::FILE_SYSTEM | secret::SECRET | efs_init::MARKER)
+}
+
 /// Record keys the steps own; a recorded key outside this set is left over from an earlier
 /// configuration (e.g. NAT gateway -> NAT instance) and is removed after a successful `up`.
 pub fn owned_keys(steps: &[Step<Ctx>]) -> BTreeSet<String> {
