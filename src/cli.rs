@@ -76,6 +76,10 @@ pub struct DownArgs {
     /// Keep the file system (with its backups) and the root secret; a later `up` attaches them
     #[arg(long)]
     pub keep_data: bool,
+    /// Also find and delete what carries the stack's tags or names but the state does not record
+    /// (a lost state file, a crash)
+    #[arg(long)]
+    pub discover: bool,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +87,9 @@ pub struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Also list what carries the stack's tags or names but the state does not record (orphans)
+    #[arg(long)]
+    pub discover: bool,
 }
 
 #[derive(Debug, Args)]

@@ -287,3 +287,82 @@ async fn down_keep_data_keeps_repositories_and_password_for_the_next_up() {
     assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
     assert!(tool.state("web").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_state_file_is_recoverable_by_discovery() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&with_stack(UP, "web")).ok();
+    let recorded = tool.state("web").unwrap()["resources"].as_object().unwrap().len();
+    std::fs::remove_file(tool.state_path("web")).unwrap();
+    std::fs::remove_file(tool.state_path("web").with_extension("json.backup")).unwrap();
+
+    let status = tool.run(&["status", "--stack", "web", "--discover", "--json"]).ok().json();
+    let orphans = status["resources"].as_array().unwrap();
+    assert!(orphans.iter().all(|r| r["live"] == "orphan" && r["recorded"].is_null()), "{status:#}");
+    let keys: Vec<&str> = orphans.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    for key in [
+        "vpc",
+        "nat-gateway",
+        "file-system",
+        "root-secret",
+        "load-balancer",
+        "service",
+        "execution-role",
+        "task-definition",
+    ] {
+        assert!(keys.contains(&key), "{key} not discovered: {keys:?}");
+    }
+    // Mount targets, listeners, the access point and the marker are found through their owners.
+    assert!(orphans.len() + 6 >= recorded, "{} found of {recorded}", orphans.len());
+
+    // up would make twins: it refuses and says what to do.
+    emu.clear_calls();
+    let refused = tool.run(&with_stack(UP, "web")).fails_with(2);
+    assert!(
+        refused.stderr.contains("no state file") && refused.stderr.contains("down --discover"),
+        "{}",
+        refused.stderr
+    );
+    assert!(emu.calls().iter().all(|c| !c.mutating));
+
+    tool.run(&["down", "--stack", "web", "--discover", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unrecorded_resource_of_the_stack_shows_as_an_orphan_and_down_discover_removes_it() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&with_stack(UP, "web")).ok();
+    let vpc = tool.state("web").unwrap()["resources"]["vpc"]["id"].as_str().unwrap().to_string();
+    // A twin security group, as a crash between create and record could leave.
+    let tags = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::SecurityGroup)
+        .tags(aws_sdk_ec2::types::Tag::builder().key("gitlab-provision:stack").value("web").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key("gitlab-provision:resource").value("alb-security-group").build())
+        .build();
+    let twin = c
+        .ec2
+        .create_security_group()
+        .group_name("twin")
+        .description("twin")
+        .vpc_id(&vpc)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap();
+    let twin = twin.group_id().unwrap().to_string();
+
+    let status = tool.run(&["status", "--stack", "web", "--discover", "--json"]).ok().json();
+    let orphans: Vec<&serde_json::Value> =
+        status["resources"].as_array().unwrap().iter().filter(|r| r["live"] == "orphan").collect();
+    assert_eq!(orphans.len(), 1, "{status:#}");
+    assert_eq!(orphans[0]["id"], twin.as_str());
+    assert_eq!(orphans[0]["key"], format!("alb-security-group~{twin}"));
+
+    tool.run(&["down", "--stack", "web", "--discover", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
+}

@@ -10,30 +10,46 @@ use crate::steps::Kinds;
 
 pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
     let (stack, region) = stack_name(global)?;
-    let recorded = state::read(&global.state_dir, &stack)?;
-    let Some(recorded) = recorded.filter(|s| !s.resources.is_empty()) else {
+    let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
+    if recorded.is_none() && !args.discover {
         println!("stack {stack}: nothing recorded in {}, nothing to delete", global.state_dir.display());
         return Ok(());
-    };
-    if let Some(region) = region.filter(|r| *r != recorded.region) {
+    }
+    if let (Some(recorded), Some(region)) = (&recorded, &region)
+        && recorded.region != *region
+    {
         return Err(UserError(format!(
             "stack {stack} lives in {}, not {region}\n    help: drop --region (down uses the stack's own region)",
             recorded.region
         ))
         .into());
     }
+    let region = recorded.as_ref().map(|s| s.region.clone()).or(region);
+    let records = recorded.map(|s| s.resources).unwrap_or_default();
+    let ctx = context(&stack, region.as_deref(), global.profile.as_deref()).await?;
+    let region = ctx.aws.region.clone();
+    let orphans =
+        if args.discover { engine::discover_orphans(ctx.clone(), Arc::new(Kinds), &records).await? } else { vec![] };
+    if records.is_empty() && orphans.is_empty() {
+        println!("stack {stack}: nothing recorded and nothing found in {region}, nothing to delete");
+        return Ok(());
+    }
+    for orphan in &orphans {
+        eprintln!("found {} {} ({}), not in the state", orphan.kind, orphan.found.id, orphan.key);
+    }
     let keep: std::collections::BTreeSet<String> = if args.keep_data {
-        recorded.resources.iter().filter(|(_, r)| crate::steps::is_data(&r.kind)).map(|(k, _)| k.clone()).collect()
+        records.iter().filter(|(_, r)| crate::steps::is_data(&r.kind)).map(|(k, _)| k.clone()).collect()
     } else {
         Default::default()
     };
     if !args.yes {
-        confirm(&stack, recorded.resources.len() - keep.len(), !keep.is_empty())?;
+        confirm(&stack, records.len() + orphans.len() - keep.len(), !keep.is_empty())?;
     }
-    let ctx = context(&stack, Some(&recorded.region), global.profile.as_deref()).await?;
-    let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &recorded.region, "down")?);
+    let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &region, "down")?);
+    // Recorded first, so a crash from here on leaves them in the state for the next `down`.
+    engine::adopt_orphans(&state, &Kinds, &orphans)?;
     let printer = Arc::new(Printer::new(global.verbose > 0));
-    eprintln!("gitlab-provision down: stack {stack} in {}, {} resources", recorded.region, recorded.resources.len());
+    eprintln!("gitlab-provision down: stack {stack} in {region}, {} resources", records.len() + orphans.len());
     let plan = Teardown { only: None, keep: keep.clone(), max_parallel: MAX_PARALLEL };
     let removed = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, plan).await.map_err(|e| {
         anyhow::Error::new(e).context("down did not finish; what is left is still recorded\n    help: fix the cause and run `gitlab-provision down` again")

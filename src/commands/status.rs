@@ -26,8 +26,10 @@ pub struct ResourceStatus {
     pub key: String,
     pub kind: String,
     pub id: Option<String>,
-    pub recorded: RecordStatus,
-    /// ok, missing, changed, pending (create never confirmed) or unknown (the read failed).
+    /// How the state records it; `None` for an orphan (found by `--discover`, not recorded).
+    pub recorded: Option<RecordStatus>,
+    /// ok, missing, changed, pending (create never confirmed), unknown (the read failed) or
+    /// orphan (it exists, carries the stack's tags or names, but the state does not record it).
     pub live: &'static str,
     pub detail: String,
 }
@@ -88,48 +90,67 @@ impl fmt::Display for StatusReport {
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let (stack, _) = stack_name(global)?;
+    let (stack, region) = stack_name(global)?;
     let state_file = state::state_path(&global.state_dir, &stack).display().to_string();
     let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
-    let report = match recorded {
-        None => StatusReport { stack, region: None, state_file, resources: vec![], gitlab: None },
-        Some(recorded) => {
-            let ctx = context(&stack, Some(&recorded.region), global.profile.as_deref()).await?;
-            let has_service = recorded.resources.contains_key(KEY_SERVICE);
-            let url = gitlab_url(&recorded.resources);
-            let (mut live, gitlab) =
-                tokio::join!(engine::observe(ctx.clone(), Arc::new(Kinds), recorded.resources.clone()), async {
-                    if has_service { Some(health(&ctx, &recorded.resources, url.clone()).await) } else { None }
-                });
-            let gitlab = match gitlab {
-                Some(Ok(h)) => Some(h),
-                Some(Err(e)) => {
-                    Some(Health { url, last_event: Some(format!("could not read: {e:#}")), ..Default::default() })
-                }
-                None => None,
-            };
-            let resources = recorded
-                .resources
-                .into_iter()
-                .map(|(key, record)| {
-                    let (live, detail) = match live.remove(&key) {
-                        _ if record.status == RecordStatus::Pending && record.id.is_none() => {
-                            ("pending", "create was started but never confirmed".to_string())
-                        }
-                        Some(Ok(Live::Present { summary, drift })) if drift.is_empty() => ("ok", summary),
-                        Some(Ok(Live::Present { summary, drift })) => {
-                            ("changed", format!("{summary}; {}", drift.join("; ")))
-                        }
-                        Some(Ok(Live::Missing)) => ("missing", "no longer exists".to_string()),
-                        Some(Err(e)) => ("unknown", format!("{e:#}")),
-                        None => ("unknown", "not read".to_string()),
-                    };
-                    ResourceStatus { key, kind: record.kind, id: record.id, recorded: record.status, live, detail }
-                })
-                .collect();
-            StatusReport { stack, region: Some(recorded.region), state_file, resources, gitlab }
+    if recorded.is_none() && !args.discover {
+        let report = StatusReport { stack, region: None, state_file, resources: vec![], gitlab: None };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{report}");
+            println!("(`status --discover` looks for resources of the stack that no state file records)");
         }
+        return Ok(());
+    }
+    let region = recorded.as_ref().map(|s| s.region.clone()).or(region);
+    let records = recorded.map(|s| s.resources).unwrap_or_default();
+    let ctx = context(&stack, region.as_deref(), global.profile.as_deref()).await?;
+    let has_service = records.contains_key(KEY_SERVICE);
+    let url = gitlab_url(&records);
+    let (mut live, gitlab, orphans) = tokio::join!(
+        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone()),
+        async { if has_service { Some(health(&ctx, &records, url.clone()).await) } else { None } },
+        async {
+            if args.discover {
+                Some(engine::discover_orphans(ctx.clone(), Arc::new(Kinds), &records).await)
+            } else {
+                None
+            }
+        }
+    );
+    let gitlab = match gitlab {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => Some(Health { url, last_event: Some(format!("could not read: {e:#}")), ..Default::default() }),
+        None => None,
     };
+    let mut resources: Vec<ResourceStatus> = records
+        .into_iter()
+        .map(|(key, record)| {
+            let (live, detail) = match live.remove(&key) {
+                _ if record.status == RecordStatus::Pending && record.id.is_none() => {
+                    ("pending", "create was started but never confirmed".to_string())
+                }
+                Some(Ok(Live::Present { summary, drift })) if drift.is_empty() => ("ok", summary),
+                Some(Ok(Live::Present { summary, drift })) => ("changed", format!("{summary}; {}", drift.join("; "))),
+                Some(Ok(Live::Missing)) => ("missing", "no longer exists".to_string()),
+                Some(Err(e)) => ("unknown", format!("{e:#}")),
+                None => ("unknown", "not read".to_string()),
+            };
+            ResourceStatus { key, kind: record.kind, id: record.id, recorded: Some(record.status), live, detail }
+        })
+        .collect();
+    for orphan in orphans.transpose()?.unwrap_or_default() {
+        resources.push(ResourceStatus {
+            key: orphan.key,
+            kind: orphan.kind,
+            id: Some(orphan.found.id),
+            recorded: None,
+            live: "orphan",
+            detail: "carries the stack's tags or names but no state records it; `down --discover` removes it".into(),
+        });
+    }
+    let report = StatusReport { stack, region: Some(ctx.aws.region.clone()), state_file, resources, gitlab };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -21,6 +21,9 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let ctx = context(&cfg.stack, region.as_deref(), global.profile.as_deref()).await?;
     let region = ctx.aws.region.clone();
 
+    if recorded.is_none_or(|s| s.resources.is_empty()) {
+        refuse_lost_state(&ctx, &cfg.stack, &region).await?;
+    }
     let locked = LockedState::open(&global.state_dir, &cfg.stack, &region, "up")?;
     let fixed = steps::fixed_settings(&cfg, &region);
     refuse_replacements(locked.state(), &fixed)?;
@@ -95,6 +98,24 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new stack whose resources already exist means a lost state file: creating them again
+/// would make twins (two NAT gateways billing, two file systems, one of them with the data).
+async fn refuse_lost_state(ctx: &Arc<crate::steps::Ctx>, stack: &str, region: &str) -> anyhow::Result<()> {
+    let orphans = engine::discover_orphans(ctx.clone(), Arc::new(Kinds), &BTreeMap::new()).await?;
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> =
+        orphans.iter().take(8).map(|o| format!("  - {} {} ({})", o.kind, o.found.id, o.key)).collect();
+    Err(UserError(format!(
+        "stack {stack} has no state file, but {} of its resources exist in {region}:\n{}{}\n    help: restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`",
+        orphans.len(),
+        listed.join("\n"),
+        if orphans.len() > 8 { "\n  ..." } else { "" }
+    ))
+    .into())
 }
 
 /// Changing these on an existing stack would mean replacing the network and everything in it.

@@ -8,7 +8,10 @@ mod wait;
 #[cfg(test)]
 pub use graph::order as run_order;
 pub use graph::{RunError, RunReport, Step, StepAction, run};
-pub use resource::{Catalog, Created, Desired, Live, ResourceOps, Teardown, observe, teardown};
+pub use resource::{
+    Catalog, Created, Desired, Discovered, Live, ResourceOps, Teardown, adopt_orphans, discover_orphans, observe,
+    teardown,
+};
 pub use wait::{Poll, RetryPolicy, WaitPolicy, retry_while, wait_until};
 
 use std::sync::Arc;

@@ -35,11 +35,30 @@ pub trait ResourceOps<C>: Send + Sync {
     async fn find(&self, ctx: &C, key: &str, record: &ResourceRecord, token: &str) -> anyhow::Result<Option<String>>;
     /// Deletes it and waits until dependents can go; "not found" is success.
     async fn delete(&self, ctx: &C, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()>;
+    /// Everything of this kind that belongs to the stack (by its tags or deterministic names),
+    /// whether recorded or not: for a lost or incomplete state file.
+    async fn discover(&self, _ctx: &C) -> anyhow::Result<Vec<Discovered>> {
+        Ok(vec![])
+    }
+}
+
+/// A resource found by `discover`.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub key: String,
+    pub id: String,
+    /// What deleting it needs (as a record's attrs would hold).
+    pub attrs: BTreeMap<String, String>,
 }
 
 /// Maps a record's kind to its operations.
 pub trait Catalog<C>: Send + Sync {
     fn ops(&self, kind: &str) -> Option<&dyn ResourceOps<C>>;
+    /// Every kind, for discovery.
+    fn kinds(&self) -> &'static [&'static str];
+    /// Deletion order for resources found without a record (lower goes first), since their
+    /// dependencies were never recorded.
+    fn teardown_rank(&self, kind: &str, key: &str) -> u8;
 }
 
 /// What a step wants to exist under a key.
@@ -377,4 +396,86 @@ pub async fn observe<C: Send + Sync + 'static>(
         }
     }
     out
+}
+
+/// A resource of the stack that the state does not know (or knows under another id).
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub key: String,
+    pub kind: String,
+    pub found: Discovered,
+}
+
+/// Asks every kind what exists of the stack, at once, and returns what the state does not record.
+pub async fn discover_orphans<C: Send + Sync + 'static>(
+    ctx: Arc<C>,
+    catalog: Arc<dyn Catalog<C>>,
+    records: &BTreeMap<String, ResourceRecord>,
+) -> anyhow::Result<Vec<Orphan>> {
+    let mut lookups = JoinSet::new();
+    for kind in catalog.kinds() {
+        let (ctx, catalog) = (ctx.clone(), catalog.clone());
+        lookups.spawn(async move {
+            let ops = catalog.ops(kind).ok_or_else(|| anyhow::anyhow!("no operations for {kind}"))?;
+            Ok::<_, anyhow::Error>((kind.to_string(), ops.discover(&*ctx).await?))
+        });
+    }
+    let mut orphans = Vec::new();
+    while let Some(joined) = lookups.join_next().await {
+        let (kind, found) = joined.map_err(|e| anyhow::anyhow!("discovery panicked: {e}"))??;
+        for d in found {
+            let recorded = records.values().any(|r| r.kind == kind && r.id.as_deref() == Some(d.id.as_str()));
+            if recorded {
+                continue;
+            }
+            // A twin of a recorded resource keeps its id in the key, so both can be tracked.
+            let key = if records.contains_key(&d.key) { format!("{}~{}", d.key, d.id) } else { d.key.clone() };
+            orphans.push(Orphan { key, kind: kind.clone(), found: d });
+        }
+    }
+    orphans.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(orphans)
+}
+
+/// Records the orphans (so a crash during `down --discover` loses track of nothing) with
+/// dependencies from their deletion rank: everything of a lower rank goes before them.
+pub fn adopt_orphans<C>(state: &StateHandle, catalog: &dyn Catalog<C>, orphans: &[Orphan]) -> anyhow::Result<()> {
+    let mut all = state.snapshot().resources;
+    for o in orphans {
+        all.insert(
+            o.key.clone(),
+            ResourceRecord {
+                kind: o.kind.clone(),
+                step: "discovered".into(),
+                status: RecordStatus::Created,
+                id: Some(o.found.id.clone()),
+                depends_on: vec![],
+                attrs: o.found.attrs.clone(),
+                generation: 0,
+                updated_at: String::new(),
+            },
+        );
+    }
+    let rank: BTreeMap<String, u8> = all.iter().map(|(k, r)| (k.clone(), catalog.teardown_rank(&r.kind, k))).collect();
+    let orphan_keys: BTreeSet<&String> = orphans.iter().map(|o| &o.key).collect();
+    for (key, mut record) in all.clone() {
+        let is_orphan = orphan_keys.contains(&key);
+        // An orphan waits for everything ranked below it; a recorded resource for the orphans
+        // ranked below it (its recorded dependencies are already in depends_on).
+        let extra: Vec<String> = all
+            .keys()
+            .filter(|other| *other != &key && rank[*other] > rank[&key] && (is_orphan || orphan_keys.contains(other)))
+            .cloned()
+            .collect();
+        if extra.is_empty() && !is_orphan {
+            continue;
+        }
+        for e in extra {
+            if !record.depends_on.contains(&e) {
+                record.depends_on.push(e);
+            }
+        }
+        state.put(&key, record)?;
+    }
+    Ok(())
 }

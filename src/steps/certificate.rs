@@ -13,7 +13,8 @@ use super::network::attrs;
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::config::DomainConfig;
 use crate::engine::{
-    Created, Desired, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while, wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
+    wait_until,
 };
 use crate::state::ResourceRecord;
 
@@ -128,6 +129,30 @@ pub struct CertificateOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for CertificateOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx.aws.acm.list_certificates().send().await.or_aws(|| "listing certificates".to_string())?;
+        let mut mine = Vec::new();
+        for summary in out.certificate_summary_list() {
+            let Some(arn) = summary.certificate_arn() else { continue };
+            let tags = ctx
+                .aws
+                .acm
+                .list_tags_for_certificate()
+                .certificate_arn(arn)
+                .send()
+                .await
+                .or_aws(|| format!("reading the tags of {arn}"))?;
+            if tags
+                .tags()
+                .iter()
+                .any(|t| t.key() == crate::aws::STACK_TAG && t.value() == Some(ctx.tags.stack.as_str()))
+            {
+                mine.push(Discovered { key: KEY_CERTIFICATE.into(), id: arn.to_string(), attrs: Default::default() });
+            }
+        }
+        Ok(mine)
+    }
+
     fn noun(&self) -> &'static str {
         "certificate"
     }

@@ -17,7 +17,8 @@ use super::network::{PRIVATE_SUBNETS, attrs, required_id};
 use super::storage::{KEY_FILE_SYSTEM, KEY_INIT_ACCESS_POINT, MOUNT_TARGET_KEYS};
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::engine::{
-    Created, Desired, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while, wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
+    wait_until,
 };
 use crate::state::{RecordStatus, ResourceRecord};
 
@@ -222,6 +223,15 @@ pub struct FunctionOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for FunctionOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = function_name(&ctx.tags.stack);
+        Ok(function_state(ctx, &name)
+            .await?
+            .map(|_| Discovered { key: KEY_INIT_FUNCTION.into(), id: name, attrs: Default::default() })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "function"
     }

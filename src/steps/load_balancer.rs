@@ -16,7 +16,8 @@ use super::Ctx;
 use super::network::{KEY_VPC, PUBLIC_SUBNETS, attrs, required_id};
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::engine::{
-    Created, Desired, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while, wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
+    wait_until,
 };
 use crate::state::ResourceRecord;
 
@@ -185,6 +186,19 @@ pub struct LoadBalancerOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for LoadBalancerOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = load_balancer_name(ctx);
+        let out = found(
+            ctx.aws.elb.describe_load_balancers().names(&name).send().await.or_aws(|| format!("looking for {name}")),
+        )?;
+        Ok(out
+            .and_then(|o| o.load_balancers.unwrap_or_default().into_iter().next())
+            .and_then(|lb| lb.load_balancer_arn)
+            .map(|arn| Discovered { key: KEY_LOAD_BALANCER.into(), id: arn, attrs: attrs([("name", name)]) })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "load balancer"
     }
@@ -347,6 +361,19 @@ pub struct TargetGroupOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for TargetGroupOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = target_group_name(ctx);
+        let out = found(
+            ctx.aws.elb.describe_target_groups().names(&name).send().await.or_aws(|| format!("looking for {name}")),
+        )?;
+        Ok(out
+            .and_then(|o| o.target_groups.unwrap_or_default().into_iter().next())
+            .and_then(|tg| tg.target_group_arn)
+            .map(|arn| Discovered { key: KEY_TARGET_GROUP.into(), id: arn, attrs: attrs([("name", name)]) })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "target group"
     }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use super::Ctx;
 use super::network::attrs;
 use crate::aws::{AwsResultExt, found};
-use crate::engine::{Created, Desired, Live, ResourceOps, StepAction, StepScope};
+use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
 use crate::state::ResourceRecord;
 
 pub const LOG_GROUP: &str = "logs:log-group";
@@ -79,6 +79,15 @@ pub struct LogGroupOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for LogGroupOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = log_group_name(&ctx.tags.stack);
+        Ok(describe(ctx, &name)
+            .await?
+            .map(|_| Discovered { key: KEY_LOG_GROUP.into(), id: name, attrs: Default::default() })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "log group"
     }

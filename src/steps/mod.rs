@@ -61,6 +61,62 @@ impl Catalog<Ctx> for Kinds {
             _ => return None,
         })
     }
+
+    fn kinds(&self) -> &'static [&'static str] {
+        &[
+            network::VPC,
+            network::SUBNET,
+            network::INTERNET_GATEWAY,
+            network::ROUTE_TABLE,
+            nat::ELASTIC_IP,
+            nat::NAT_GATEWAY,
+            nat::INSTANCE,
+            security_group::SECURITY_GROUP,
+            storage::FILE_SYSTEM,
+            storage::MOUNT_TARGET,
+            storage::ACCESS_POINT,
+            secret::SECRET,
+            logs::LOG_GROUP,
+            iam::ROLE,
+            load_balancer::LOAD_BALANCER,
+            load_balancer::TARGET_GROUP,
+            load_balancer::LISTENER,
+            certificate::CERTIFICATE,
+            dns::RECORD,
+            efs_init::FUNCTION,
+            efs_init::MARKER,
+            service::CLUSTER,
+            service::TASK_DEFINITION,
+            service::SERVICE,
+        ]
+    }
+
+    /// What uses what, coarsely: the service and function first, the VPC last. Security groups
+    /// that admit other groups go before those groups.
+    fn teardown_rank(&self, kind: &str, key: &str) -> u8 {
+        match kind {
+            service::SERVICE | efs_init::FUNCTION => 0,
+            load_balancer::LISTENER | dns::RECORD | service::TASK_DEFINITION | efs_init::MARKER => 1,
+            load_balancer::LOAD_BALANCER
+            | certificate::CERTIFICATE
+            | nat::INSTANCE
+            | nat::NAT_GATEWAY
+            | storage::MOUNT_TARGET
+            | storage::ACCESS_POINT => 2,
+            load_balancer::TARGET_GROUP
+            | storage::FILE_SYSTEM
+            | service::CLUSTER
+            | iam::ROLE
+            | logs::LOG_GROUP
+            | secret::SECRET
+            | network::ROUTE_TABLE => 3,
+            security_group::SECURITY_GROUP if key == storage::KEY_EFS_SECURITY_GROUP => 4,
+            security_group::SECURITY_GROUP if key == service::KEY_SERVICE_SECURITY_GROUP => 5,
+            security_group::SECURITY_GROUP => 6,
+            nat::ELASTIC_IP | network::SUBNET | network::INTERNET_GATEWAY => 7,
+            _ => 8,
+        }
+    }
 }
 
 struct Graph {

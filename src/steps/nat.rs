@@ -14,10 +14,14 @@ use base64::Engine as _;
 use ipnet::Ipv4Net;
 
 use super::Ctx;
-use super::network::{KEY_INTERNET_GATEWAY, attrs, bool_value, delete_retrying_in_use, required_id};
+use super::network::{
+    KEY_INTERNET_GATEWAY, attrs, bool_value, delete_retrying_in_use, discovered, required_id, stack_filter, stack_key,
+};
 use super::security_group::{IngressRule, SecurityGroupStep, Source};
 use crate::aws::{AwsResultExt, found};
-use crate::engine::{Created, Desired, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until};
+use crate::engine::{
+    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
+};
 use crate::state::ResourceRecord;
 
 pub const ELASTIC_IP: &str = "ec2:elastic-ip";
@@ -70,6 +74,22 @@ pub struct ElasticIpOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for ElasticIpOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_addresses()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering Elastic IPs".into())?;
+        Ok(out
+            .addresses()
+            .iter()
+            .filter_map(|a| Some(discovered(stack_key(a.tags(), &ctx.tags.stack)?, a.allocation_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "Elastic IP"
     }
@@ -199,6 +219,23 @@ pub struct NatGatewayOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for NatGatewayOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_nat_gateways()
+            .filter(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering NAT gateways".into())?;
+        Ok(out
+            .nat_gateways()
+            .iter()
+            .filter(|g| !matches!(g.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting)))
+            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.nat_gateway_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "NAT gateway"
     }
@@ -405,6 +442,29 @@ pub struct InstanceOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for InstanceOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_instances()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering instances".into())?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+                )
+            })
+            .filter_map(|i| Some(discovered(stack_key(i.tags(), &ctx.tags.stack)?, i.instance_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "instance"
     }

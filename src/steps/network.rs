@@ -11,7 +11,7 @@ use super::Ctx;
 use super::nat;
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::config::NatKind;
-use crate::engine::{Created, Desired, Live, ResourceOps, RetryPolicy, StepAction, StepScope, retry_while};
+use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, RetryPolicy, StepAction, StepScope, retry_while};
 use crate::state::{RecordStatus, ResourceRecord};
 
 pub const VPC: &str = "ec2:vpc";
@@ -58,6 +58,20 @@ where
         Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
+}
+
+/// The state key of an EC2 resource of this stack, from its tags.
+pub(crate) fn stack_key(tags: &[aws_sdk_ec2::types::Tag], stack: &str) -> Option<String> {
+    let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
+    if get(crate::aws::STACK_TAG) == Some(stack) { get(crate::aws::RESOURCE_TAG).map(str::to_string) } else { None }
+}
+
+pub(crate) fn stack_filter(ctx: &Ctx) -> Filter {
+    Filter::builder().name(format!("tag:{}", crate::aws::STACK_TAG)).values(&ctx.tags.stack).build()
+}
+
+pub(crate) fn discovered(key: String, id: &str) -> Discovered {
+    Discovered { key, id: id.to_string(), attrs: BTreeMap::new() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,6 +133,16 @@ pub struct VpcOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for VpcOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out =
+            ctx.aws.ec2.describe_vpcs().filters(stack_filter(ctx)).send().await.or_aws(|| "discovering VPCs".into())?;
+        Ok(out
+            .vpcs()
+            .iter()
+            .filter_map(|v| Some(discovered(stack_key(v.tags(), &ctx.tags.stack)?, v.vpc_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "VPC"
     }
@@ -301,6 +325,22 @@ pub struct SubnetOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for SubnetOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_subnets()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering subnets".into())?;
+        Ok(out
+            .subnets()
+            .iter()
+            .filter_map(|s| Some(discovered(stack_key(s.tags(), &ctx.tags.stack)?, s.subnet_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "subnet"
     }
@@ -445,6 +485,22 @@ pub struct InternetGatewayOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for InternetGatewayOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_internet_gateways()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering internet gateways".into())?;
+        Ok(out
+            .internet_gateways()
+            .iter()
+            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.internet_gateway_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "internet gateway"
     }
@@ -692,6 +748,22 @@ pub struct RouteTableOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for RouteTableOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_route_tables()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering route tables".into())?;
+        Ok(out
+            .route_tables()
+            .iter()
+            .filter_map(|t| Some(discovered(stack_key(t.tags(), &ctx.tags.stack)?, t.route_table_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "route table"
     }

@@ -8,7 +8,7 @@ use aws_sdk_secretsmanager::types::Tag;
 use super::Ctx;
 use super::network::attrs;
 use crate::aws::{AwsResultExt, found};
-use crate::engine::{Created, Desired, Live, ResourceOps, StepAction, StepScope};
+use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
 use crate::state::ResourceRecord;
 
 pub const SECRET: &str = "secretsmanager:secret";
@@ -117,6 +117,25 @@ pub struct SecretOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for SecretOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = secret_name(&ctx.tags.stack);
+        let out = found(
+            ctx.aws
+                .secrets
+                .describe_secret()
+                .secret_id(&name)
+                .send()
+                .await
+                .or_aws(|| format!("looking for secret {name}")),
+        )?;
+        Ok(out
+            .filter(|s| s.deleted_date().is_none())
+            .and_then(|s| s.arn)
+            .map(|arn| Discovered { key: KEY_ROOT_SECRET.into(), id: arn, attrs: attrs([("name", name.clone())]) })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "secret"
     }

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup, UserIdGroupPair};
 
 use super::Ctx;
-use super::network::{KEY_VPC, attrs, delete_retrying_in_use, required_id};
+use super::network::{KEY_VPC, attrs, delete_retrying_in_use, discovered, required_id, stack_filter, stack_key};
 use crate::aws::{AwsError, AwsResultExt, found};
-use crate::engine::{Created, Desired, Live, ResourceOps, StepAction, StepScope};
+use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
 use crate::state::ResourceRecord;
 
 pub const SECURITY_GROUP: &str = "ec2:security-group";
@@ -213,6 +213,22 @@ pub struct SecurityGroupOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for SecurityGroupOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_security_groups()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering security groups".into())?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.group_id()?)))
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "security group"
     }

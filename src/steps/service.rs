@@ -23,7 +23,9 @@ use super::secret::KEY_ROOT_SECRET;
 use super::storage::{KEY_FILE_SYSTEM, MOUNT_TARGET_KEYS};
 use crate::aws::{AwsResultExt, found};
 use crate::config::StackConfig;
-use crate::engine::{Created, Desired, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until};
+use crate::engine::{
+    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
+};
 use crate::state::ResourceRecord;
 
 pub const CLUSTER: &str = "ecs:cluster";
@@ -137,6 +139,16 @@ pub struct ClusterOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for ClusterOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = cluster_name(ctx);
+        Ok(describe_cluster(ctx, &name)
+            .await?
+            .and_then(|c| c.cluster_arn)
+            .map(|arn| Discovered { key: KEY_CLUSTER.into(), id: arn, attrs: attrs([("name", name)]) })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "cluster"
     }
@@ -351,6 +363,30 @@ pub struct TaskDefinitionOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for TaskDefinitionOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let family = family(ctx);
+        let out = ctx
+            .aws
+            .ecs
+            .list_task_definitions()
+            .family_prefix(&family)
+            .send()
+            .await
+            .or_aws(|| format!("listing revisions of {family}"))?;
+        // One record stands for the whole family: deleting it removes every revision.
+        Ok(out
+            .task_definition_arns()
+            .iter()
+            .find(|a| a.contains(&format!("/{family}:")))
+            .map(|arn| Discovered {
+                key: KEY_TASK_DEFINITION.into(),
+                id: arn.clone(),
+                attrs: attrs([("family", family.clone())]),
+            })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "task definition"
     }
@@ -406,21 +442,27 @@ impl ResourceOps<Ctx> for TaskDefinitionOps {
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let family = record.attr("family").map(str::to_string).unwrap_or_else(|| family(ctx));
         let ecs = &ctx.aws.ecs;
+        // Active revisions are deregistered first; inactive ones (deregistered by an earlier,
+        // interrupted run) are only deleted.
         let mut revisions = Vec::new();
-        let mut pages = ecs.list_task_definitions().family_prefix(&family).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.or_aws(|| format!("listing revisions of {family}"))?;
-            revisions
-                .extend(page.task_definition_arns().iter().filter(|a| a.contains(&format!("/{family}:"))).cloned());
-        }
-        for arn in &revisions {
-            found(
-                ecs.deregister_task_definition()
-                    .task_definition(arn)
-                    .send()
-                    .await
-                    .or_aws(|| format!("deregistering {arn}")),
-            )?;
+        for status in [TaskDefinitionStatus::Active, TaskDefinitionStatus::Inactive] {
+            let mut pages =
+                ecs.list_task_definitions().family_prefix(&family).status(status.clone()).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.or_aws(|| format!("listing revisions of {family}"))?;
+                for arn in page.task_definition_arns().iter().filter(|a| a.contains(&format!("/{family}:"))) {
+                    if status == TaskDefinitionStatus::Active {
+                        found(
+                            ecs.deregister_task_definition()
+                                .task_definition(arn)
+                                .send()
+                                .await
+                                .or_aws(|| format!("deregistering {arn}")),
+                        )?;
+                    }
+                    revisions.push(arn.clone());
+                }
+            }
         }
         // Deregistered revisions linger as INACTIVE until deleted.
         for chunk in revisions.chunks(10) {
@@ -570,6 +612,16 @@ pub struct ServiceOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for ServiceOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let cluster = cluster_name(ctx);
+        Ok(describe_service(ctx, &cluster)
+            .await?
+            .and_then(|s| s.service_arn)
+            .map(|arn| Discovered { key: KEY_SERVICE.into(), id: arn, attrs: attrs([("cluster", cluster)]) })
+            .into_iter()
+            .collect())
+    }
+
     fn noun(&self) -> &'static str {
         "service"
     }

@@ -14,7 +14,8 @@ use super::Ctx;
 use super::network::{PRIVATE_SUBNETS, attrs, required_id};
 use crate::aws::{AwsResultExt, found};
 use crate::engine::{
-    Created, Desired, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while, wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
+    wait_until,
 };
 use crate::state::ResourceRecord;
 
@@ -144,6 +145,27 @@ pub struct FileSystemOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for FileSystemOps {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let mut found = Vec::new();
+        let mut pages = ctx.aws.efs.describe_file_systems().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for fs in page.or_aws(|| "discovering file systems".into())?.file_systems() {
+                let tag = |k: &str| fs.tags().iter().find(|t| t.key() == k).map(|t| t.value());
+                if tag(crate::aws::STACK_TAG) == Some(ctx.tags.stack.as_str())
+                    && fs.life_cycle_state() != &LifeCycleState::Deleted
+                    && let Some(key) = tag(crate::aws::RESOURCE_TAG)
+                {
+                    found.push(Discovered {
+                        key: key.to_string(),
+                        id: fs.file_system_id().to_string(),
+                        attrs: Default::default(),
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn noun(&self) -> &'static str {
         "file system"
     }
@@ -196,6 +218,43 @@ impl ResourceOps<Ctx> for FileSystemOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id.as_deref().context("no id")?;
+        // Normally its mount targets and access point went first (they are recorded and depend
+        // on it); a file system found without a record may still have some.
+        let mounts = found(
+            ctx.aws
+                .efs
+                .describe_mount_targets()
+                .file_system_id(id)
+                .send()
+                .await
+                .or_aws(|| format!("listing mount targets of {id}")),
+        )?;
+        for mt in mounts.map(|m| m.mount_targets.unwrap_or_default()).unwrap_or_default() {
+            let mt_record = ResourceRecord { id: Some(mt.mount_target_id), ..record.clone() };
+            MountTargetOps.delete(ctx, &mt_record, scope).await?;
+        }
+        let points = found(
+            ctx.aws
+                .efs
+                .describe_access_points()
+                .file_system_id(id)
+                .send()
+                .await
+                .or_aws(|| format!("listing access points of {id}")),
+        )?;
+        for ap in points.map(|p| p.access_points.unwrap_or_default()).unwrap_or_default() {
+            if let Some(ap_id) = ap.access_point_id() {
+                found(
+                    ctx.aws
+                        .efs
+                        .delete_access_point()
+                        .access_point_id(ap_id)
+                        .send()
+                        .await
+                        .or_aws(|| format!("deleting access point {ap_id}")),
+                )?;
+            }
+        }
         // "FileSystemInUse" until its mount targets are fully gone.
         let deleted = retry_while(
             RetryPolicy::EVENTUAL_CONSISTENCY,

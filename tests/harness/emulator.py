@@ -203,6 +203,16 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
     return Proxy
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client killed mid-request (the crash tests do that) is not the harness's problem.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, OSError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--capture", required=True)
@@ -222,7 +232,7 @@ def main():
     conn.getresponse().read()
     conn.close()
     open(args.capture, "w").close()
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock(), efs_root))
+    proxy = QuietServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock(), efs_root))
     proxy.daemon_threads = True
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     print(json.dumps({"endpoint": f"http://127.0.0.1:{proxy.server_address[1]}", "moto": f"http://127.0.0.1:{moto_port}"}), flush=True)
