@@ -83,9 +83,12 @@ async fn storm(rules: serde_json::Value, label: &str) {
     assert_eq!(without_revisions(inventory(&c, "web").await, "web"), expected_inventory());
     tool.run(&["down", "--stack", "web", "--yes"]).ok();
     assert_eq!(stack_leftovers(&c, "web").await, Vec::<String>::new());
-    let calls = emu.calls().len();
+    let calls = emu.calls();
+    let faults = calls.iter().filter(|c| c.fault).count();
+    assert!(faults > 10, "the storm injected only {faults} faults");
     eprintln!(
-        "{label}: up, status x2, down completed through {calls} calls in {:.1}s",
+        "{label}: up, status x2, down completed: {} calls, {faults} faults injected, {:.1}s",
+        calls.len(),
         started.elapsed().as_secs_f64()
     );
 }

@@ -31,6 +31,8 @@ pub struct Call {
     pub service: String,
     pub action: String,
     pub mutating: bool,
+    /// The harness answered with an injected error or dropped the connection.
+    pub fault: bool,
 }
 
 impl Emulator {
@@ -69,6 +71,7 @@ impl Emulator {
                 service: v["service"].as_str().unwrap_or_default().to_string(),
                 action: v["action"].as_str().unwrap_or_default().to_string(),
                 mutating: v["mutating"].as_bool().unwrap_or(true),
+                fault: v["fault"].as_bool().unwrap_or(false),
             })
             .collect()
     }

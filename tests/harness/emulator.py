@@ -131,10 +131,11 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             service, action, mutating = classify(self.headers, body, self.command, self.path)
+            rule = faults.match(service, action)
+            fault = bool(rule and (rule.get("status") or rule.get("drop")))
             with capture_lock, open(capture_path, "a") as f:
                 text = body[:20000].decode("utf-8", "replace")
-                f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating, "body": text}) + "\n")
-            rule = faults.match(service, action)
+                f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating, "body": text, "fault": fault}) + "\n")
             if rule and rule.get("delay"):
                 time.sleep(rule["delay"])
             if rule and rule.get("drop"):
