@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON ?= python3
 CARGO  ?= cargo
 
-.PHONY: all build emulator test demo lint fmt clean
+.PHONY: all build emulator test demo bench lint fmt clean
 
 all: build
 
@@ -27,6 +27,11 @@ test: $(VENV)/.installed
 # The full life of a stack against a local emulator: up -> status -> up (converged) -> down.
 demo: $(VENV)/.installed build
 	scripts/demo.sh
+
+# up, status, a converged up and down under the harness's latency model: wall time against the
+# critical path, API calls by service. Figures go to bench/results.json.
+bench: $(VENV)/.installed build
+	$(VENV)/bin/python bench/bench.py
 
 lint:
 	$(CARGO) fmt --check

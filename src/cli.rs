@@ -80,6 +80,9 @@ pub struct DownArgs {
     /// (a lost state file, a crash)
     #[arg(long)]
     pub discover: bool,
+    /// Write per-resource start/finish times as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    pub timings: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

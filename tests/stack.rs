@@ -574,3 +574,25 @@ async fn down_waits_out_and_removes_lingering_lambda_interfaces() {
     );
     assert_eq!(stack_leftovers(&c, "eni").await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_latency_model_every_pending_resource_is_waited_for() {
+    // AWS's durations x 1/100: NAT gateway 0.9 s, load balancer 1.5 s, mount targets 0.8 s,
+    // function 0.6 s. A tool that forgot to wait would pass against the bare emulator.
+    let emu = Emulator::start_with(&["--model-scale", "0.01"]);
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&["up", "--stack", "slow", "--allowed-cidr", "203.0.113.0/24", "--timings", "t.json"]).ok();
+    let timings: Value = serde_json::from_str(&std::fs::read_to_string(tool.dir.path().join("t.json")).unwrap()).unwrap();
+    let step = |name: &str| timings["timings"].as_array().unwrap().iter().find(|t| t["step"] == name).unwrap().clone();
+    let took = |name: &str| step(name)["finish"].as_f64().unwrap() - step(name)["start"].as_f64().unwrap();
+    for (name, at_least) in [("nat-gateway", 0.9), ("load-balancer", 1.5), ("mount-targets", 0.8), ("efs-init", 0.6)] {
+        assert!(took(name) >= at_least, "{name} took {:.2}s, less than AWS keeps it pending ({at_least}s)", took(name));
+    }
+    // What needs them starts only once they are ready.
+    assert!(step("private-routes")["start"].as_f64().unwrap() >= step("nat-gateway")["finish"].as_f64().unwrap());
+    assert!(step("efs-init")["start"].as_f64().unwrap() >= step("mount-targets")["finish"].as_f64().unwrap());
+    assert!(step("http-listener")["start"].as_f64().unwrap() >= step("load-balancer")["finish"].as_f64().unwrap());
+    let status = tool.run(&["status", "--stack", "slow", "--json"]).ok().json();
+    assert!(status["resources"].as_array().unwrap().iter().all(|r| r["live"] == "ok"), "{status:#}");
+    tool.run(&["down", "--stack", "slow", "--yes"]).ok();
+}

@@ -51,13 +51,16 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
     let printer = Arc::new(Printer::new(global.verbose > 0));
     eprintln!("gitlab-provision down: stack {stack} in {region}, {} resources", records.len() + orphans.len());
     let plan = Teardown { only: None, keep: keep.clone(), max_parallel: MAX_PARALLEL };
-    let removed = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, plan).await.map_err(|e| {
+    let report = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, plan).await.map_err(|e| {
         anyhow::Error::new(e).context("down did not finish; what is left is still recorded\n    help: fix the cause and run `gitlab-provision down` again")
     })?;
     if state.is_empty() {
         state.remove_file()?;
     }
-    println!("stack {stack} is down: {removed} resources removed");
+    if let Some(path) = &args.timings {
+        super::up::write_timings(path, &report)?;
+    }
+    println!("stack {stack} is down: {} resources removed", report.removed);
     if !keep.is_empty() {
         let kept = state.snapshot().resources;
         for (key, record) in kept.iter().filter(|(k, _)| keep.contains(*k)) {

@@ -151,7 +151,7 @@ fn refuse_replacements(state: &State, wanted: &BTreeMap<String, String>) -> anyh
     .into())
 }
 
-fn write_timings(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {
+pub fn write_timings(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("writing timings to {}", path.display()))
 }

@@ -81,11 +81,20 @@ pub struct StepTiming {
     pub start: f64,
     pub finish: f64,
     pub summary: String,
+    /// What had to finish before it could start (the critical path runs through these).
+    pub after: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct RunReport {
     pub timings: Vec<StepTiming>,
+    /// For a teardown: how many records were deleted.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub removed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +126,7 @@ pub async fn run<C: Send + Sync + 'static>(
     order(&steps)?;
     let run_start = Instant::now();
     let mut waiting: BTreeMap<String, Step<C>> = steps.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let deps_of: BTreeMap<String, Vec<String>> = waiting.iter().map(|(k, s)| (k.clone(), s.deps.clone())).collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut running: JoinSet<(String, f64, anyhow::Result<String>)> = JoinSet::new();
     let mut failures = Vec::new();
@@ -154,7 +164,8 @@ pub async fn run<C: Send + Sync + 'static>(
         match result {
             Ok(summary) => {
                 observer.event(Event::Finished { step: name.clone(), elapsed, summary: summary.clone() });
-                report.timings.push(StepTiming { step: name.clone(), start, finish, summary });
+                let after = deps_of.get(&name).cloned().unwrap_or_default();
+                report.timings.push(StepTiming { step: name.clone(), start, finish, summary, after });
                 done.insert(name);
             }
             Err(error) => {

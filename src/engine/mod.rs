@@ -7,7 +7,7 @@ mod wait;
 
 #[cfg(test)]
 pub use graph::order as run_order;
-pub use graph::{RunError, RunReport, Step, StepAction, run};
+pub use graph::{RunError, RunReport, Step, StepAction, StepTiming, run};
 pub use resource::{
     Catalog, Created, Desired, Discovered, Live, ResourceOps, Teardown, adopt_orphans, discover_orphans, observe,
     teardown,

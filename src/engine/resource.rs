@@ -9,7 +9,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
-use super::{Event, Observer, StepScope};
+use super::{Event, Observer, RunReport, StepScope, StepTiming};
 use crate::state::{RecordStatus, ResourceRecord, StateHandle};
 
 /// What a live read found.
@@ -252,8 +252,10 @@ pub async fn teardown<C: Send + Sync + 'static>(
     catalog: Arc<dyn Catalog<C>>,
     observer: Arc<dyn Observer>,
     plan: Teardown,
-) -> Result<usize, TeardownError> {
+) -> Result<RunReport, TeardownError> {
     let Teardown { only, keep, max_parallel } = plan;
+    let teardown_start = Instant::now();
+    let mut report = RunReport::default();
     let records: BTreeMap<String, ResourceRecord> =
         state.snapshot().resources.into_iter().filter(|(k, _)| only.as_ref().is_none_or(|o| o.contains(k))).collect();
     // A record may go once nothing that depends on it is left.
@@ -301,6 +303,16 @@ pub async fn teardown<C: Send + Sync + 'static>(
             Err(panic) => ("<panicked>".to_string(), Instant::now(), Err(anyhow::anyhow!("delete panicked: {panic}"))),
         };
         in_flight.remove(&key);
+        if result.is_ok() {
+            let finish = teardown_start.elapsed().as_secs_f64();
+            report.timings.push(StepTiming {
+                step: key.clone(),
+                start: finish - started.elapsed().as_secs_f64(),
+                finish,
+                summary: String::new(),
+                after: dependents.get(&key).map(|d| d.iter().cloned().collect()).unwrap_or_default(),
+            });
+        }
         match result {
             Ok(true) => removed += 1,
             Ok(false) => {}
@@ -322,7 +334,8 @@ pub async fn teardown<C: Send + Sync + 'static>(
             reason: "a resource depending on it could not be deleted".into(),
         });
     }
-    if failures.is_empty() && blocked.is_empty() { Ok(removed) } else { Err(TeardownError { failures, blocked }) }
+    report.removed = removed;
+    if failures.is_empty() && blocked.is_empty() { Ok(report) } else { Err(TeardownError { failures, blocked }) }
 }
 
 async fn delete_one<C>(

@@ -22,10 +22,15 @@ pub struct WaitPolicy {
 }
 
 impl WaitPolicy {
-    /// Starts polling fast (most things are ready within seconds of the expected time) and
-    /// backs off to `max_delay` so a long wait costs few calls.
+    /// Polls every half second at first, then every tenth of the time waited so far (so
+    /// readiness is noticed within ~10% of the wait, at a few dozen calls for the longest
+    /// waits), at most every 10 s.
     pub const fn up_to(timeout: Duration) -> Self {
         WaitPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10), timeout }
+    }
+
+    fn delay_after(&self, waited: Duration) -> Duration {
+        (waited / 10).clamp(self.first_delay, self.max_delay)
     }
 }
 
@@ -39,8 +44,8 @@ pub enum WaitError {
     Probe { what: String, source: anyhow::Error },
 }
 
-/// Polls `probe` until it reports ready, with a backoff from `first_delay` growing by half
-/// each time up to `max_delay`, reporting each new state through the step's progress.
+/// Polls `probe` until it reports ready (see [`WaitPolicy::up_to`] for the pace), reporting each
+/// new state through the step's progress.
 pub async fn wait_until<T, F, Fut>(
     scope: &StepScope,
     what: &str,
@@ -52,7 +57,6 @@ where
     Fut: Future<Output = anyhow::Result<Poll<T>>>,
 {
     let started = Instant::now();
-    let mut delay = policy.first_delay;
     let mut last = String::from("unknown");
     loop {
         match probe().await {
@@ -74,8 +78,7 @@ where
         if waited >= policy.timeout {
             return Err(WaitError::Timeout { what: what.to_string(), waited, last });
         }
-        tokio::time::sleep(delay.min(policy.timeout - waited)).await;
-        delay = (delay * 3 / 2).min(policy.max_delay);
+        tokio::time::sleep(policy.delay_after(waited).min(policy.timeout - waited)).await;
     }
 }
 
@@ -155,6 +158,14 @@ mod tests {
                 .await
                 .unwrap_err();
         assert!(err.to_string().contains("NAT gateway nat-1") && err.to_string().contains("pending"), "{err}");
+    }
+
+    #[test]
+    fn polling_keeps_pace_with_the_wait() {
+        let policy = WaitPolicy::up_to(Duration::from_secs(600));
+        assert_eq!(policy.delay_after(Duration::ZERO), Duration::from_millis(500));
+        assert_eq!(policy.delay_after(Duration::from_secs(30)), Duration::from_secs(3));
+        assert_eq!(policy.delay_after(Duration::from_secs(300)), Duration::from_secs(10));
     }
 
     #[tokio::test]

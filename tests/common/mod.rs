@@ -37,6 +37,11 @@ pub struct Call {
 
 impl Emulator {
     pub fn start() -> Emulator {
+        Emulator::start_with(&[])
+    }
+
+    /// With extra harness options, e.g. `["--model-scale", "0.01"]` for the latency model.
+    pub fn start_with(options: &[&str]) -> Emulator {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/emulator.py"))
@@ -44,6 +49,7 @@ impl Emulator {
             .arg(dir.path().join("capture.jsonl"))
             .arg("--faults")
             .arg(dir.path().join("faults.json"))
+            .args(options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

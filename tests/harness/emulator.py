@@ -19,6 +19,9 @@ until its stdin closes (so it dies with the test that started it).
   directory standing in for the EFS file system (--efs-root), and answers as Lambda would,
   including X-Amz-Function-Error when the handler raises.
 - The request body is captured too (as "body"), for parameters moto accepts but drops.
+- --model-scale F turns on the latency model (see LatencyModel): resources stay in their
+  pending states for AWS-like durations times F, and every call takes API_LATENCY (unscaled:
+  a round trip costs the same whatever the time scale).
 The product never knows any of this: it only sees AWS_ENDPOINT_URL.
 """
 
@@ -26,6 +29,7 @@ import argparse
 import http.client
 import json
 import logging
+import xml.etree.ElementTree as ET
 import os
 import random
 import re
@@ -47,6 +51,138 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import handler as efs_init  # noqa: E402
 
 INVOKE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations")
+FUNCTION = re.compile(r"^/2015-03-31/functions/([^/?]+)")
+
+# How long things take on AWS, in seconds, for the latency model. Sources: AWS docs and the
+# reference CDK app's own 1,003.7 s deployment log; "observed" figures are typical console times.
+#  - NAT gateway pending -> available: 60-120 s (observed; AWS: "a few minutes")
+#  - ALB provisioning -> active: 120-180 s (observed)
+#  - EFS mount target creating -> available: ~80 s (observed; AWS: "a few minutes")
+#  - EFS file system creating -> available: a few seconds
+#  - Lambda function in a VPC Pending -> Active: ~60 s (AWS: Hyperplane ENI creation, "up to 90 s")
+#  - Lambda Hyperplane ENIs released after the function is deleted: up to 20 min (AWS docs);
+#    modelled at 600 s
+#  - ACM DNS validation PENDING_VALIDATION -> ISSUED: ~120 s once the CNAME resolves (observed)
+#  - NAT instance pending -> running: ~40 s
+#  - one API call: ~50 ms round trip from a client in the region
+DURATIONS = {
+    "nat_gateway": 90.0,
+    "load_balancer": 150.0,
+    "mount_target": 80.0,
+    "file_system": 5.0,
+    "function": 60.0,
+    "eni_release": 600.0,
+    "certificate": 120.0,
+    "instance": 40.0,
+}
+API_LATENCY = 0.05
+
+
+def local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+class LatencyModel:
+    """Keeps resources pending for DURATIONS x scale after they are created, by rewriting the
+    state fields of describe answers: the tool must wait for them as it would on AWS."""
+
+    def __init__(self, scale):
+        self.scale = scale
+        self.born = {}  # id -> (kind, time created)
+        self.released = {}  # ENI id -> time Lambda lets go of it
+        self.lock = threading.Lock()
+
+    def young(self, kind, ident):
+        with self.lock:
+            entry = self.born.get(ident)
+        return entry is not None and entry[0] == kind and time.monotonic() - entry[1] < DURATIONS[kind] * self.scale
+
+    def note(self, kind, ident):
+        with self.lock:
+            self.born.setdefault(ident, (kind, time.monotonic()))
+
+    def after_create(self, action, path, method, data):
+        """Remembers when resources are created, from the create calls' answers."""
+        text = data.decode("utf-8", "replace")
+        xml_ids = {"CreateNatGateway": ("nat_gateway", "natGatewayId"), "RunInstances": ("instance", "instanceId"), "CreateLoadBalancer": ("load_balancer", "LoadBalancerArn")}
+        if action in xml_ids:
+            kind, tag = xml_ids[action]
+            for m in re.finditer(rf"<{tag}>([^<]+)</{tag}>", text):
+                self.note(kind, m.group(1))
+        elif action == "CreateFileSystem" or (method == "POST" and path.startswith("/2015-02-01/file-systems")):
+            try:
+                self.note("file_system", json.loads(text)["FileSystemId"])
+            except (ValueError, KeyError):
+                pass
+        elif method == "POST" and path.startswith("/2015-02-01/mount-targets"):
+            try:
+                self.note("mount_target", json.loads(text)["MountTargetId"])
+            except (ValueError, KeyError):
+                pass
+        elif method == "POST" and path.rstrip("/") == "/2015-03-31/functions":
+            try:
+                self.note("function", json.loads(text)["FunctionName"])
+            except (ValueError, KeyError):
+                pass
+
+    def rewrite(self, action, path, method, data):
+        """Describe answers for young resources say what AWS would still say."""
+        try:
+            if action == "DescribeNatGateways":
+                return self.rewrite_xml(data, "natGatewayId", "nat_gateway", [("state",)], "pending")
+            if action == "DescribeInstances":
+                return self.rewrite_xml(data, "instanceId", "instance", [("instanceState", "name")], "pending")
+            if action == "DescribeLoadBalancers":
+                return self.rewrite_xml(data, "LoadBalancerArn", "load_balancer", [("State", "Code")], "provisioning")
+            if method == "GET" and path.startswith("/2015-02-01/file-systems"):
+                return self.rewrite_json(data, "FileSystems", "FileSystemId", "file_system", "LifeCycleState", "creating")
+            if method == "GET" and path.startswith("/2015-02-01/mount-targets"):
+                return self.rewrite_json(data, "MountTargets", "MountTargetId", "mount_target", "LifeCycleState", "creating")
+            m = FUNCTION.match(path)
+            if method == "GET" and m and self.young("function", m.group(1)):
+                doc = json.loads(data)
+                target = doc.get("Configuration", doc)
+                target["State"] = "Pending"
+                return json.dumps(doc).encode()
+        except (ET.ParseError, ValueError):
+            pass
+        return data
+
+    def rewrite_xml(self, data, id_tag, kind, paths, pending):
+        root = ET.fromstring(data)
+        changed = False
+        for el in root.iter():
+            ident = next((c.text for c in el if local(c.tag) == id_tag), None)
+            if not ident or not self.young(kind, ident):
+                continue
+            for path in paths:
+                node = el
+                for name in path:
+                    node = next((c for c in node if local(c.tag) == name), None)
+                    if node is None:
+                        break
+                if node is not None:
+                    node.text = pending
+                    changed = True
+        if not changed:
+            return data
+        namespace = root.tag[1:].split("}")[0] if root.tag.startswith("{") else None
+        if namespace:
+            ET.register_namespace("", namespace)
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def rewrite_json(self, data, list_field, id_field, kind, state_field, pending):
+        doc = json.loads(data)
+        items = doc.get(list_field)
+        if items is None:
+            items = [doc]
+        changed = False
+        for item in items:
+            if self.young(kind, item.get(id_field, "")):
+                item[state_field] = pending
+                changed = True
+        return json.dumps(doc).encode() if changed else data
+
 
 READ_PREFIXES = ("Describe", "Get", "List", "Head", "Check")
 
@@ -120,7 +256,7 @@ def run_initializer(body, efs_root):
         return {"X-Amz-Function-Error": "Unhandled"}, json.dumps({"errorMessage": str(e), "errorType": type(e).__name__}).encode()
 
 
-def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
+def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, model):
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -128,6 +264,7 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
             pass
 
         def handle_any(self):
+            received = time.monotonic()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             service, action, mutating = classify(self.headers, body, self.command, self.path)
@@ -136,6 +273,9 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
             with capture_lock, open(capture_path, "a") as f:
                 text = body[:20000].decode("utf-8", "replace")
                 f.write(json.dumps({"service": service, "action": action, "method": self.command, "path": self.path, "mutating": mutating, "body": text, "fault": fault}) + "\n")
+            if model:
+                # A round trip costs the same at any time scale.
+                time.sleep(API_LATENCY)
             if rule and rule.get("delay"):
                 time.sleep(rule["delay"])
             if rule and rule.get("drop"):
@@ -151,6 +291,9 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
             data = resp.read()
             if rule and rule.get("status"):
                 return self.fail(rule)
+            if model and resp.status < 300:
+                model.after_create(action, self.path, self.command, data)
+                data = model.rewrite(action, self.path, self.command, data)
             invoke = INVOKE.match(self.path)
             if invoke and resp.status == 200 and invoke.group(1).endswith("-efs-init"):
                 extra, data = run_initializer(body, efs_root)
@@ -171,6 +314,8 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root):
             self.end_headers()
             self.wfile.write(data)
             conn.close()
+            with capture_lock, open(capture_path + ".durations", "a") as f:
+                f.write(f"{service} {time.monotonic() - received:.6f}\n")
 
         def fail(self, rule):
             code = rule.get("code", "InternalError")
@@ -219,11 +364,18 @@ def main():
     parser.add_argument("--capture", required=True)
     parser.add_argument("--faults")
     parser.add_argument("--efs-root", help="directory standing in for the EFS file system")
+    parser.add_argument("--model-scale", type=float, help="turn on the latency model, times this factor (e.g. 0.02)")
     args = parser.parse_args()
     efs_root = args.efs_root or os.path.join(os.path.dirname(os.path.abspath(args.capture)), "efs")
     os.makedirs(efs_root, exist_ok=True)
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    model = LatencyModel(args.model_scale) if args.model_scale else None
+    if model:
+        # moto's own knob for certificates: ISSUED this many seconds after the request.
+        import moto.settings
+
+        moto.settings.ACM_VALIDATION_WAIT = max(1, round(DURATIONS["certificate"] * args.model_scale))
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     _, moto_port = moto.get_host_and_port()
@@ -233,7 +385,7 @@ def main():
     conn.getresponse().read()
     conn.close()
     open(args.capture, "w").close()
-    proxy = QuietServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock(), efs_root))
+    proxy = QuietServer(("127.0.0.1", 0), make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock(), efs_root, model))
     proxy.daemon_threads = True
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     print(json.dumps({"endpoint": f"http://127.0.0.1:{proxy.server_address[1]}", "moto": f"http://127.0.0.1:{moto_port}"}), flush=True)
