@@ -2,6 +2,7 @@ mod aws;
 mod cli;
 mod commands;
 mod config;
+mod cost;
 mod engine;
 mod printer;
 mod state;

@@ -582,7 +582,8 @@ async fn under_the_latency_model_every_pending_resource_is_waited_for() {
     let emu = Emulator::start_with(&["--model-scale", "0.01"]);
     let tool = Tool::new(&emu.endpoint);
     tool.run(&["up", "--stack", "slow", "--allowed-cidr", "203.0.113.0/24", "--timings", "t.json"]).ok();
-    let timings: Value = serde_json::from_str(&std::fs::read_to_string(tool.dir.path().join("t.json")).unwrap()).unwrap();
+    let timings: Value =
+        serde_json::from_str(&std::fs::read_to_string(tool.dir.path().join("t.json")).unwrap()).unwrap();
     let step = |name: &str| timings["timings"].as_array().unwrap().iter().find(|t| t["step"] == name).unwrap().clone();
     let took = |name: &str| step(name)["finish"].as_f64().unwrap() - step(name)["start"].as_f64().unwrap();
     for (name, at_least) in [("nat-gateway", 0.9), ("load-balancer", 1.5), ("mount-targets", 0.8), ("efs-init", 0.6)] {

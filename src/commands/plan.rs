@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{context, stack_config, table};
 use crate::cli::{GlobalArgs, PlanArgs};
+use crate::cost::Estimate;
 use crate::engine::{self, Live};
 use crate::state::{self, RecordStatus};
 use crate::steps::{self, Kinds};
@@ -19,6 +20,7 @@ pub struct PlanReport {
     pub steps: Vec<PlannedStep>,
     /// Recorded resources the configuration no longer has; `up` removes them at the end.
     pub removals: Vec<PlannedResource>,
+    pub monthly_cost: Estimate,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,7 +68,23 @@ impl fmt::Display for PlanReport {
         }
         write!(f, "{}", table(&["STEP", "ACTION", "RESOURCE", "KIND", "DETAIL"], &rows))?;
         let changes = rows.iter().filter(|r| r[1] != "keep").count();
-        writeln!(f, "{changes} change(s); steps run in dependency order, independent ones at the same time")
+        writeln!(f, "{changes} change(s); steps run in dependency order, independent ones at the same time")?;
+        let cost = &self.monthly_cost;
+        writeln!(f, "\nestimated monthly cost ({}):", cost.prices)?;
+        let rows: Vec<Vec<String>> = cost
+            .lines
+            .iter()
+            .map(|l| vec![l.item.clone(), format!("${:.2}", l.usd_per_month), l.assumption.clone()])
+            .collect();
+        write!(f, "{}", table(&["ITEM", "USD/MONTH", "ASSUMING"], &rows))?;
+        writeln!(f, "total about ${:.2}/month; other regions differ", cost.total_usd_per_month)?;
+        match cost.nat_instance_saving_usd_per_month {
+            Some(s) if s > 0.0 => {
+                writeln!(f, "use_nat_instance = true would save about ${s:.2}/month (a single instance as NAT)")
+            }
+            Some(s) => writeln!(f, "the NAT instance saves about ${:.2}/month over a NAT gateway", -s),
+            None => Ok(()),
+        }
     }
 }
 
@@ -140,7 +158,14 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
             detail: "no longer in the configuration".into(),
         })
         .collect();
-    let report = PlanReport { stack: cfg.stack.clone(), region, refused, steps: planned_steps, removals };
+    let report = PlanReport {
+        stack: cfg.stack.clone(),
+        region,
+        refused,
+        steps: planned_steps,
+        removals,
+        monthly_cost: crate::cost::estimate(&cfg),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
