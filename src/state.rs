@@ -66,6 +66,11 @@ impl ResourceRecord {
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs.get(name).map(String::as_str)
     }
+
+    /// The id, for operations on a resource that must have one.
+    pub fn id(&self) -> anyhow::Result<&str> {
+        self.id.as_deref().ok_or_else(|| anyhow::anyhow!("the {} record has no id", self.kind))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -114,7 +114,11 @@ fn plan_for_a_new_stack_needs_no_aws_and_lists_every_step() {
     assert!(total > 100.0 && total < 250.0, "{total}");
     let text = tool.run(&["plan"]).ok();
     assert!(text.stdout.contains("nat-gateway") && text.stdout.contains("create"), "{}", text.stdout);
-    assert!(text.stdout.contains("estimated monthly cost") && text.stdout.contains("use_nat_instance = true would save"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("estimated monthly cost") && text.stdout.contains("use_nat_instance = true would save"),
+        "{}",
+        text.stdout
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert!(!tool.dir.path().join("state").exists());
 }

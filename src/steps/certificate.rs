@@ -129,36 +129,12 @@ pub struct CertificateOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for CertificateOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx.aws.acm.list_certificates().send().await.or_aws(|| "listing certificates".to_string())?;
-        let mut mine = Vec::new();
-        for summary in out.certificate_summary_list() {
-            let Some(arn) = summary.certificate_arn() else { continue };
-            let tags = ctx
-                .aws
-                .acm
-                .list_tags_for_certificate()
-                .certificate_arn(arn)
-                .send()
-                .await
-                .or_aws(|| format!("reading the tags of {arn}"))?;
-            if tags
-                .tags()
-                .iter()
-                .any(|t| t.key() == crate::aws::STACK_TAG && t.value() == Some(ctx.tags.stack.as_str()))
-            {
-                mine.push(Discovered { key: KEY_CERTIFICATE.into(), id: arn.to_string(), attrs: Default::default() });
-            }
-        }
-        Ok(mine)
-    }
-
     fn noun(&self) -> &'static str {
         "certificate"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         Ok(match describe(ctx, arn).await? {
             None => Live::Missing,
             Some(detail) => {
@@ -208,7 +184,7 @@ impl ResourceOps<Ctx> for CertificateOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         // In use until the HTTPS listener is gone from ACM's view.
         let deleted = retry_while(
             RetryPolicy::EVENTUAL_CONSISTENCY,
@@ -226,5 +202,29 @@ impl ResourceOps<Ctx> for CertificateOps {
         .await;
         found(deleted)?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx.aws.acm.list_certificates().send().await.or_aws(|| "listing certificates".to_string())?;
+        let mut mine = Vec::new();
+        for summary in out.certificate_summary_list() {
+            let Some(arn) = summary.certificate_arn() else { continue };
+            let tags = ctx
+                .aws
+                .acm
+                .list_tags_for_certificate()
+                .certificate_arn(arn)
+                .send()
+                .await
+                .or_aws(|| format!("reading the tags of {arn}"))?;
+            if tags
+                .tags()
+                .iter()
+                .any(|t| t.key() == crate::aws::STACK_TAG && t.value() == Some(ctx.tags.stack.as_str()))
+            {
+                mine.push(Discovered { key: KEY_CERTIFICATE.into(), id: arn.to_string(), attrs: Default::default() });
+            }
+        }
+        Ok(mine)
     }
 }

@@ -223,21 +223,12 @@ pub struct FunctionOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for FunctionOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = function_name(&ctx.tags.stack);
-        Ok(function_state(ctx, &name)
-            .await?
-            .map(|_| Discovered { key: KEY_INIT_FUNCTION.into(), id: name, attrs: Default::default() })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "function"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let name = record.id.as_deref().context("no id")?;
+        let name = record.id()?;
         Ok(match function_state(ctx, name).await? {
             None => Live::Missing,
             Some((state, _)) => Live::Present { summary: state.as_str().to_lowercase(), drift: vec![] },
@@ -256,7 +247,7 @@ impl ResourceOps<Ctx> for FunctionOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let name = record.id.as_deref().context("no id")?;
+        let name = record.id()?;
         found(
             ctx.aws
                 .lambda
@@ -267,6 +258,15 @@ impl ResourceOps<Ctx> for FunctionOps {
                 .or_aws(|| format!("deleting function {name}")),
         )?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = function_name(&ctx.tags.stack);
+        Ok(function_state(ctx, &name)
+            .await?
+            .map(|_| Discovered { key: KEY_INIT_FUNCTION.into(), id: name, attrs: Default::default() })
+            .into_iter()
+            .collect())
     }
 }
 

@@ -175,20 +175,6 @@ fn name_of(record: &ResourceRecord) -> anyhow::Result<&str> {
 
 #[async_trait]
 impl ResourceOps<Ctx> for RoleOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let mut found_roles = Vec::new();
-        for key in [KEY_EXECUTION_ROLE, KEY_TASK_ROLE, KEY_INIT_ROLE] {
-            let name = role_name(&ctx.tags.stack, key);
-            let out = found(
-                ctx.aws.iam.get_role().role_name(&name).send().await.or_aws(|| format!("looking for role {name}")),
-            )?;
-            if let Some(role) = out.and_then(|o| o.role) {
-                found_roles.push(Discovered { key: key.into(), id: role.arn, attrs: attrs([("name", name)]) });
-            }
-        }
-        Ok(found_roles)
-    }
-
     fn noun(&self) -> &'static str {
         "role"
     }
@@ -259,5 +245,19 @@ impl ResourceOps<Ctx> for RoleOps {
             iam.delete_role().role_name(name).send().await.or_aws(|| format!("deleting role {name}"));
         found(deleted)?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let mut found_roles = Vec::new();
+        for key in [KEY_EXECUTION_ROLE, KEY_TASK_ROLE, KEY_INIT_ROLE] {
+            let name = role_name(&ctx.tags.stack, key);
+            let out = found(
+                ctx.aws.iam.get_role().role_name(&name).send().await.or_aws(|| format!("looking for role {name}")),
+            )?;
+            if let Some(role) = out.and_then(|o| o.role) {
+                found_roles.push(Discovered { key: key.into(), id: role.arn, attrs: attrs([("name", name)]) });
+            }
+        }
+        Ok(found_roles)
     }
 }

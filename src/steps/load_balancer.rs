@@ -186,25 +186,12 @@ pub struct LoadBalancerOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for LoadBalancerOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = load_balancer_name(ctx);
-        let out = found(
-            ctx.aws.elb.describe_load_balancers().names(&name).send().await.or_aws(|| format!("looking for {name}")),
-        )?;
-        Ok(out
-            .and_then(|o| o.load_balancers.unwrap_or_default().into_iter().next())
-            .and_then(|lb| lb.load_balancer_arn)
-            .map(|arn| Discovered { key: KEY_LOAD_BALANCER.into(), id: arn, attrs: attrs([("name", name)]) })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "load balancer"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         Ok(match describe_load_balancer(ctx, arn).await? {
             None => Live::Missing,
             Some(lb) => Live::Present {
@@ -235,7 +222,7 @@ impl ResourceOps<Ctx> for LoadBalancerOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         found(
             ctx.aws
                 .elb
@@ -254,6 +241,19 @@ impl ResourceOps<Ctx> for LoadBalancerOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = load_balancer_name(ctx);
+        let out = found(
+            ctx.aws.elb.describe_load_balancers().names(&name).send().await.or_aws(|| format!("looking for {name}")),
+        )?;
+        Ok(out
+            .and_then(|o| o.load_balancers.unwrap_or_default().into_iter().next())
+            .and_then(|lb| lb.load_balancer_arn)
+            .map(|arn| Discovered { key: KEY_LOAD_BALANCER.into(), id: arn, attrs: attrs([("name", name)]) })
+            .into_iter()
+            .collect())
     }
 }
 
@@ -361,25 +361,12 @@ pub struct TargetGroupOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for TargetGroupOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = target_group_name(ctx);
-        let out = found(
-            ctx.aws.elb.describe_target_groups().names(&name).send().await.or_aws(|| format!("looking for {name}")),
-        )?;
-        Ok(out
-            .and_then(|o| o.target_groups.unwrap_or_default().into_iter().next())
-            .and_then(|tg| tg.target_group_arn)
-            .map(|arn| Discovered { key: KEY_TARGET_GROUP.into(), id: arn, attrs: attrs([("name", name)]) })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "target group"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         Ok(match describe_target_group(ctx, arn).await? {
             None => Live::Missing,
             Some(tg) => {
@@ -407,7 +394,7 @@ impl ResourceOps<Ctx> for TargetGroupOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         // "ResourceInUse" while a listener or a draining service still points at it.
         let deleted = retry_while(
             RetryPolicy::EVENTUAL_CONSISTENCY,
@@ -425,6 +412,19 @@ impl ResourceOps<Ctx> for TargetGroupOps {
         .await;
         found(deleted)?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = target_group_name(ctx);
+        let out = found(
+            ctx.aws.elb.describe_target_groups().names(&name).send().await.or_aws(|| format!("looking for {name}")),
+        )?;
+        Ok(out
+            .and_then(|o| o.target_groups.unwrap_or_default().into_iter().next())
+            .and_then(|tg| tg.target_group_arn)
+            .map(|arn| Discovered { key: KEY_TARGET_GROUP.into(), id: arn, attrs: attrs([("name", name)]) })
+            .into_iter()
+            .collect())
     }
 }
 
@@ -545,7 +545,7 @@ impl ResourceOps<Ctx> for ListenerOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         let out = found(
             ctx.aws
                 .elb
@@ -598,7 +598,7 @@ impl ResourceOps<Ctx> for ListenerOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         found(
             ctx.aws.elb.delete_listener().listener_arn(arn).send().await.or_aws(|| format!("deleting listener {arn}")),
         )?;

@@ -1,6 +1,5 @@
 //! The container's CloudWatch log group, with a retention period (and removed by `down`).
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 
 use super::Ctx;
@@ -79,21 +78,12 @@ pub struct LogGroupOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for LogGroupOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = log_group_name(&ctx.tags.stack);
-        Ok(describe(ctx, &name)
-            .await?
-            .map(|_| Discovered { key: KEY_LOG_GROUP.into(), id: name, attrs: Default::default() })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "log group"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let name = record.id.as_deref().context("no id")?;
+        let name = record.id()?;
         Ok(match describe(ctx, name).await? {
             None => Live::Missing,
             Some(g) => {
@@ -120,7 +110,7 @@ impl ResourceOps<Ctx> for LogGroupOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let name = record.id.as_deref().context("no id")?;
+        let name = record.id()?;
         found(
             ctx.aws
                 .logs
@@ -131,5 +121,14 @@ impl ResourceOps<Ctx> for LogGroupOps {
                 .or_aws(|| format!("deleting log group {name}")),
         )?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = log_group_name(&ctx.tags.stack);
+        Ok(describe(ctx, &name)
+            .await?
+            .map(|_| Discovered { key: KEY_LOG_GROUP.into(), id: name, attrs: Default::default() })
+            .into_iter()
+            .collect())
     }
 }

@@ -74,28 +74,12 @@ pub struct ElasticIpOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for ElasticIpOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_addresses()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering Elastic IPs".into())?;
-        Ok(out
-            .addresses()
-            .iter()
-            .filter_map(|a| Some(discovered(stack_key(a.tags(), &ctx.tags.stack)?, a.allocation_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "Elastic IP"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         let out = found(
             ctx.aws
                 .ec2
@@ -130,7 +114,7 @@ impl ResourceOps<Ctx> for ElasticIpOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         delete_retrying_in_use(|| async {
             ctx.aws
                 .ec2
@@ -143,6 +127,22 @@ impl ResourceOps<Ctx> for ElasticIpOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_addresses()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering Elastic IPs".into())?;
+        Ok(out
+            .addresses()
+            .iter()
+            .filter_map(|a| Some(discovered(stack_key(a.tags(), &ctx.tags.stack)?, a.allocation_id()?)))
+            .collect())
     }
 }
 
@@ -219,29 +219,12 @@ pub struct NatGatewayOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for NatGatewayOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_nat_gateways()
-            .filter(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering NAT gateways".into())?;
-        Ok(out
-            .nat_gateways()
-            .iter()
-            .filter(|g| !matches!(g.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting)))
-            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.nat_gateway_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "NAT gateway"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         Ok(match nat_gateway_state(ctx, id).await? {
             // A deleted gateway stays visible for about an hour in state "deleted".
             None | Some((NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed, _)) => {
@@ -272,7 +255,7 @@ impl ResourceOps<Ctx> for NatGatewayOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         found(
             ctx.aws
                 .ec2
@@ -291,6 +274,23 @@ impl ResourceOps<Ctx> for NatGatewayOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_nat_gateways()
+            .filter(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering NAT gateways".into())?;
+        Ok(out
+            .nat_gateways()
+            .iter()
+            .filter(|g| !matches!(g.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting)))
+            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.nat_gateway_id()?)))
+            .collect())
     }
 }
 
@@ -442,35 +442,12 @@ pub struct InstanceOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for InstanceOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_instances()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering instances".into())?;
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter(|i| {
-                !matches!(
-                    i.state().and_then(|s| s.name()),
-                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-                )
-            })
-            .filter_map(|i| Some(discovered(stack_key(i.tags(), &ctx.tags.stack)?, i.instance_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "instance"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         Ok(match describe_instance(ctx, id).await? {
             None => Live::Missing,
             Some(view) if matches!(view.state, InstanceStateName::Terminated | InstanceStateName::ShuttingDown) => {
@@ -516,7 +493,7 @@ impl ResourceOps<Ctx> for InstanceOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         found(
             ctx.aws
                 .ec2
@@ -536,5 +513,28 @@ impl ResourceOps<Ctx> for InstanceOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_instances()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering instances".into())?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+                )
+            })
+            .filter_map(|i| Some(discovered(stack_key(i.tags(), &ctx.tags.stack)?, i.instance_id()?)))
+            .collect())
     }
 }

@@ -45,10 +45,6 @@ pub(crate) fn required_id(state_key: &str, scope: &StepScope) -> anyhow::Result<
         .with_context(|| format!("{state_key} is not recorded in the state; its step must run first"))
 }
 
-fn id_of(record: &ResourceRecord) -> anyhow::Result<&str> {
-    record.id.as_deref().context("the record has no id")
-}
-
 pub(crate) async fn delete_retrying_in_use<'a, F, Fut>(op: F) -> Result<(), AwsError>
 where
     F: FnMut() -> Fut + 'a,
@@ -133,22 +129,12 @@ pub struct VpcOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for VpcOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out =
-            ctx.aws.ec2.describe_vpcs().filters(stack_filter(ctx)).send().await.or_aws(|| "discovering VPCs".into())?;
-        Ok(out
-            .vpcs()
-            .iter()
-            .filter_map(|v| Some(discovered(stack_key(v.tags(), &ctx.tags.stack)?, v.vpc_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "VPC"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = id_of(record)?;
+        let id = record.id()?;
         let out = found(ctx.aws.ec2.describe_vpcs().vpc_ids(id).send().await.or_aws(|| format!("reading VPC {id}")))?;
         let Some(vpc) = out.and_then(|o| o.vpcs.and_then(|v| v.into_iter().next())) else {
             return Ok(Live::Missing);
@@ -182,12 +168,22 @@ impl ResourceOps<Ctx> for VpcOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = id_of(record)?;
+        let id = record.id()?;
         delete_retrying_in_use(|| async {
             ctx.aws.ec2.delete_vpc().vpc_id(id).send().await.map(|_| ()).or_aws(|| format!("deleting VPC {id}"))
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out =
+            ctx.aws.ec2.describe_vpcs().filters(stack_filter(ctx)).send().await.or_aws(|| "discovering VPCs".into())?;
+        Ok(out
+            .vpcs()
+            .iter()
+            .filter_map(|v| Some(discovered(stack_key(v.tags(), &ctx.tags.stack)?, v.vpc_id()?)))
+            .collect())
     }
 }
 
@@ -325,28 +321,12 @@ pub struct SubnetOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for SubnetOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_subnets()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering subnets".into())?;
-        Ok(out
-            .subnets()
-            .iter()
-            .filter_map(|s| Some(discovered(stack_key(s.tags(), &ctx.tags.stack)?, s.subnet_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "subnet"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = id_of(record)?;
+        let id = record.id()?;
         let out = found(
             ctx.aws.ec2.describe_subnets().subnet_ids(id).send().await.or_aws(|| format!("reading subnet {id}")),
         )?;
@@ -387,7 +367,7 @@ impl ResourceOps<Ctx> for SubnetOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = id_of(record)?;
+        let id = record.id()?;
         delete_retrying_in_use(|| async {
             ctx.aws
                 .ec2
@@ -400,6 +380,22 @@ impl ResourceOps<Ctx> for SubnetOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_subnets()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering subnets".into())?;
+        Ok(out
+            .subnets()
+            .iter()
+            .filter_map(|s| Some(discovered(stack_key(s.tags(), &ctx.tags.stack)?, s.subnet_id()?)))
+            .collect())
     }
 }
 
@@ -485,28 +481,12 @@ pub struct InternetGatewayOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for InternetGatewayOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_internet_gateways()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering internet gateways".into())?;
-        Ok(out
-            .internet_gateways()
-            .iter()
-            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.internet_gateway_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "internet gateway"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let Some(igw) = describe_internet_gateway(ctx, id_of(record)?).await? else {
+        let Some(igw) = describe_internet_gateway(ctx, record.id()?).await? else {
             return Ok(Live::Missing);
         };
         let attached: Vec<&str> = igw.attachments().iter().filter_map(|a| a.vpc_id()).collect();
@@ -544,7 +524,7 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = id_of(record)?;
+        let id = record.id()?;
         let ec2 = &ctx.aws.ec2;
         let Some(igw) = describe_internet_gateway(ctx, id).await? else {
             return Ok(());
@@ -573,6 +553,22 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_internet_gateways()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering internet gateways".into())?;
+        Ok(out
+            .internet_gateways()
+            .iter()
+            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.internet_gateway_id()?)))
+            .collect())
     }
 }
 
@@ -748,28 +744,12 @@ pub struct RouteTableOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for RouteTableOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_route_tables()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering route tables".into())?;
-        Ok(out
-            .route_tables()
-            .iter()
-            .filter_map(|t| Some(discovered(stack_key(t.tags(), &ctx.tags.stack)?, t.route_table_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "route table"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let Some(table) = describe_route_table(ctx, id_of(record)?).await? else {
+        let Some(table) = describe_route_table(ctx, record.id()?).await? else {
             return Ok(Live::Missing);
         };
         let target = default_route_target(&table);
@@ -810,7 +790,7 @@ impl ResourceOps<Ctx> for RouteTableOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = id_of(record)?;
+        let id = record.id()?;
         let Some(table) = describe_route_table(ctx, id).await? else {
             return Ok(());
         };
@@ -839,6 +819,22 @@ impl ResourceOps<Ctx> for RouteTableOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_route_tables()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering route tables".into())?;
+        Ok(out
+            .route_tables()
+            .iter()
+            .filter_map(|t| Some(discovered(stack_key(t.tags(), &ctx.tags.stack)?, t.route_table_id()?)))
+            .collect())
     }
 }
 

@@ -117,31 +117,12 @@ pub struct SecretOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for SecretOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = secret_name(&ctx.tags.stack);
-        let out = found(
-            ctx.aws
-                .secrets
-                .describe_secret()
-                .secret_id(&name)
-                .send()
-                .await
-                .or_aws(|| format!("looking for secret {name}")),
-        )?;
-        Ok(out
-            .filter(|s| s.deleted_date().is_none())
-            .and_then(|s| s.arn)
-            .map(|arn| Discovered { key: KEY_ROOT_SECRET.into(), id: arn, attrs: attrs([("name", name.clone())]) })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "secret"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         let out = found(
             ctx.aws.secrets.describe_secret().secret_id(id).send().await.or_aws(|| format!("reading secret {id}")),
         )?;
@@ -174,11 +155,30 @@ impl ResourceOps<Ctx> for SecretOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         // Without a recovery window, so the same stack can be created again at once.
         let result = ctx.aws.secrets.delete_secret().secret_id(id).force_delete_without_recovery(true).send().await;
         found(result.or_aws(|| format!("deleting secret {id}")))?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = secret_name(&ctx.tags.stack);
+        let out = found(
+            ctx.aws
+                .secrets
+                .describe_secret()
+                .secret_id(&name)
+                .send()
+                .await
+                .or_aws(|| format!("looking for secret {name}")),
+        )?;
+        Ok(out
+            .filter(|s| s.deleted_date().is_none())
+            .and_then(|s| s.arn)
+            .map(|arn| Discovered { key: KEY_ROOT_SECRET.into(), id: arn, attrs: attrs([("name", name.clone())]) })
+            .into_iter()
+            .collect())
     }
 }
 

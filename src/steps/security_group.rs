@@ -213,28 +213,12 @@ pub struct SecurityGroupOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for SecurityGroupOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_security_groups()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering security groups".into())?;
-        Ok(out
-            .security_groups()
-            .iter()
-            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.group_id()?)))
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "security group"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         let Some(group) = describe(ctx, id).await? else { return Ok(Live::Missing) };
         let live = live_rules(&group);
         let recorded = recorded_rules(record);
@@ -265,7 +249,7 @@ impl ResourceOps<Ctx> for SecurityGroupOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         super::efs_init::release_lambda_interfaces(ctx, id, scope).await?;
         delete_retrying_in_use(|| async {
             ctx.aws
@@ -279,6 +263,22 @@ impl ResourceOps<Ctx> for SecurityGroupOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_security_groups()
+            .filters(stack_filter(ctx))
+            .send()
+            .await
+            .or_aws(|| "discovering security groups".into())?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.group_id()?)))
+            .collect())
     }
 }
 

@@ -139,22 +139,12 @@ pub struct ClusterOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for ClusterOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = cluster_name(ctx);
-        Ok(describe_cluster(ctx, &name)
-            .await?
-            .and_then(|c| c.cluster_arn)
-            .map(|arn| Discovered { key: KEY_CLUSTER.into(), id: arn, attrs: attrs([("name", name)]) })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "cluster"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         Ok(match describe_cluster(ctx, arn).await? {
             None => Live::Missing,
             Some(c) => Live::Present {
@@ -175,9 +165,19 @@ impl ResourceOps<Ctx> for ClusterOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         found(ctx.aws.ecs.delete_cluster().cluster(arn).send().await.or_aws(|| format!("deleting cluster {arn}")))?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let name = cluster_name(ctx);
+        Ok(describe_cluster(ctx, &name)
+            .await?
+            .and_then(|c| c.cluster_arn)
+            .map(|arn| Discovered { key: KEY_CLUSTER.into(), id: arn, attrs: attrs([("name", name)]) })
+            .into_iter()
+            .collect())
     }
 }
 
@@ -363,36 +363,12 @@ pub struct TaskDefinitionOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for TaskDefinitionOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let family = family(ctx);
-        let out = ctx
-            .aws
-            .ecs
-            .list_task_definitions()
-            .family_prefix(&family)
-            .send()
-            .await
-            .or_aws(|| format!("listing revisions of {family}"))?;
-        // One record stands for the whole family: deleting it removes every revision.
-        Ok(out
-            .task_definition_arns()
-            .iter()
-            .find(|a| a.contains(&format!("/{family}:")))
-            .map(|arn| Discovered {
-                key: KEY_TASK_DEFINITION.into(),
-                id: arn.clone(),
-                attrs: attrs([("family", family.clone())]),
-            })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "task definition"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id.as_deref().context("no id")?;
+        let arn = record.id()?;
         let out = ctx
             .aws
             .ecs
@@ -475,6 +451,30 @@ impl ResourceOps<Ctx> for TaskDefinitionOps {
             )?;
         }
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let family = family(ctx);
+        let out = ctx
+            .aws
+            .ecs
+            .list_task_definitions()
+            .family_prefix(&family)
+            .send()
+            .await
+            .or_aws(|| format!("listing revisions of {family}"))?;
+        // One record stands for the whole family: deleting it removes every revision.
+        Ok(out
+            .task_definition_arns()
+            .iter()
+            .find(|a| a.contains(&format!("/{family}:")))
+            .map(|arn| Discovered {
+                key: KEY_TASK_DEFINITION.into(),
+                id: arn.clone(),
+                attrs: attrs([("family", family.clone())]),
+            })
+            .into_iter()
+            .collect())
     }
 }
 
@@ -612,16 +612,6 @@ pub struct ServiceOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for ServiceOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let cluster = cluster_name(ctx);
-        Ok(describe_service(ctx, &cluster)
-            .await?
-            .and_then(|s| s.service_arn)
-            .map(|arn| Discovered { key: KEY_SERVICE.into(), id: arn, attrs: attrs([("cluster", cluster)]) })
-            .into_iter()
-            .collect())
-    }
-
     fn noun(&self) -> &'static str {
         "service"
     }
@@ -700,6 +690,16 @@ impl ResourceOps<Ctx> for ServiceOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let cluster = cluster_name(ctx);
+        Ok(describe_service(ctx, &cluster)
+            .await?
+            .and_then(|s| s.service_arn)
+            .map(|arn| Discovered { key: KEY_SERVICE.into(), id: arn, attrs: attrs([("cluster", cluster)]) })
+            .into_iter()
+            .collect())
     }
 }
 

@@ -145,33 +145,12 @@ pub struct FileSystemOps;
 
 #[async_trait]
 impl ResourceOps<Ctx> for FileSystemOps {
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let mut found = Vec::new();
-        let mut pages = ctx.aws.efs.describe_file_systems().into_paginator().send();
-        while let Some(page) = pages.next().await {
-            for fs in page.or_aws(|| "discovering file systems".into())?.file_systems() {
-                let tag = |k: &str| fs.tags().iter().find(|t| t.key() == k).map(|t| t.value());
-                if tag(crate::aws::STACK_TAG) == Some(ctx.tags.stack.as_str())
-                    && fs.life_cycle_state() != &LifeCycleState::Deleted
-                    && let Some(key) = tag(crate::aws::RESOURCE_TAG)
-                {
-                    found.push(Discovered {
-                        key: key.to_string(),
-                        id: fs.file_system_id().to_string(),
-                        attrs: Default::default(),
-                    });
-                }
-            }
-        }
-        Ok(found)
-    }
-
     fn noun(&self) -> &'static str {
         "file system"
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         Ok(match describe_file_system(ctx, id).await? {
             None => Live::Missing,
             Some(fs) if matches!(fs.life_cycle_state(), LifeCycleState::Deleting | LifeCycleState::Deleted) => {
@@ -217,7 +196,7 @@ impl ResourceOps<Ctx> for FileSystemOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         // Normally its mount targets and access point went first (they are recorded and depend
         // on it); a file system found without a record may still have some.
         let mounts = found(
@@ -280,6 +259,27 @@ impl ResourceOps<Ctx> for FileSystemOps {
         })
         .await?;
         Ok(())
+    }
+
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+        let mut found = Vec::new();
+        let mut pages = ctx.aws.efs.describe_file_systems().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for fs in page.or_aws(|| "discovering file systems".into())?.file_systems() {
+                let tag = |k: &str| fs.tags().iter().find(|t| t.key() == k).map(|t| t.value());
+                if tag(crate::aws::STACK_TAG) == Some(ctx.tags.stack.as_str())
+                    && fs.life_cycle_state() != &LifeCycleState::Deleted
+                    && let Some(key) = tag(crate::aws::RESOURCE_TAG)
+                {
+                    found.push(Discovered {
+                        key: key.to_string(),
+                        id: fs.file_system_id().to_string(),
+                        attrs: Default::default(),
+                    });
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -384,7 +384,7 @@ impl ResourceOps<Ctx> for MountTargetOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         Ok(match describe_mount_target(ctx, id).await? {
             None => Live::Missing,
             Some(mt) if matches!(mt.life_cycle_state(), LifeCycleState::Deleting | LifeCycleState::Deleted) => {
@@ -428,7 +428,7 @@ impl ResourceOps<Ctx> for MountTargetOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         found(
             ctx.aws
                 .efs
@@ -524,7 +524,7 @@ impl ResourceOps<Ctx> for AccessPointOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         Ok(match describe_access_point(ctx, id).await? {
             None => Live::Missing,
             Some(ap) => Live::Present {
@@ -561,7 +561,7 @@ impl ResourceOps<Ctx> for AccessPointOps {
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id.as_deref().context("no id")?;
+        let id = record.id()?;
         found(
             ctx.aws
                 .efs
