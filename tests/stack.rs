@@ -429,6 +429,45 @@ async fn image_tag_size_and_cidr_changes_converge_in_place() {
     let tool = Tool::new(&emu.endpoint);
     tool.run(&["up", "--stack", "chg", "--allowed-cidr", "203.0.113.0/24"]).ok();
     let before = tool.state("chg").unwrap();
+
+    // plan says what the edit would change, and changes nothing.
+    emu.clear_calls();
+    let changed = [
+        "--stack",
+        "chg",
+        "--allowed-cidr",
+        "192.0.2.0/24",
+        "--gitlab-image-tag",
+        "19.4.2-ce.0",
+        "--task-memory-mib",
+        "8192",
+    ];
+    let mut plan_args = vec!["plan", "--json"];
+    plan_args.extend(changed);
+    let plan = tool.run(&plan_args).ok().json();
+    let action = |key: &str| {
+        let r = plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["resources"].as_array().unwrap().clone())
+            .find(|r| r["key"] == key)
+            .unwrap();
+        (r["action"].as_str().unwrap().to_string(), r["detail"].as_str().unwrap().to_string())
+    };
+    let (td_action, td_detail) = action("task-definition");
+    assert_eq!(td_action, "update");
+    assert!(td_detail.contains("19.4.2-ce.0") && td_detail.contains("memory 6144 -> 8192"), "{td_detail}");
+    assert_eq!(action("service").0, "update");
+    let (sg_action, sg_detail) = action("alb-security-group");
+    assert_eq!(sg_action, "update");
+    assert!(
+        sg_detail.contains("+tcp:80-80:192.0.2.0/24") && sg_detail.contains("-tcp:80-80:203.0.113.0/24"),
+        "{sg_detail}"
+    );
+    assert_eq!(action("file-system").0, "keep");
+    assert_eq!(action("root-secret").0, "keep");
+    assert!(emu.calls().iter().all(|c| !c.mutating), "plan must change nothing");
     emu.clear_calls();
     tool.run(&[
         "up",
@@ -596,4 +635,43 @@ async fn under_the_latency_model_every_pending_resource_is_waited_for() {
     let status = tool.run(&["status", "--stack", "slow", "--json"]).ok().json();
     assert!(status["resources"].as_array().unwrap().iter().all(|r| r["live"] == "ok"), "{status:#}");
     tool.run(&["down", "--stack", "slow", "--yes"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_wait_waits_until_the_load_balancer_reports_gitlab_healthy() {
+    let emu = Emulator::start();
+    let c = emu.clients();
+    let tool = Tool::new(&emu.endpoint);
+    tool.run(&["up", "--stack", "wait", "--allowed-cidr", "203.0.113.0/24"]).ok();
+    let tg = id(&tool.state("wait").unwrap(), "target-group");
+
+    let log = tool.dir.path().join("wait.log");
+    let mut child = tool
+        .command(&["up", "--stack", "wait", "--allowed-cidr", "203.0.113.0/24", "--wait"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // No target yet: GitLab has not booted. The wait must be going on, not over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("no target yet") {
+        assert!(std::time::Instant::now() < deadline, "up --wait never started waiting");
+        assert!(child.try_wait().unwrap().is_none(), "up --wait ended before GitLab was healthy");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // What ECS does once the task runs: register it; the emulator then reports it healthy.
+    let target = aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder().id("10.0.128.10").port(80).build();
+    c.elb.register_targets().target_group_arn(&tg).targets(target).send().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "up --wait did not notice the healthy target");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("reports GitLab healthy"), "{log}");
+    tool.run(&["down", "--stack", "wait", "--yes"]).ok();
 }

@@ -116,8 +116,19 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
         }
     };
 
+    // What the configuration changes in resources that exist and are otherwise as recorded.
+    let config_changes: BTreeMap<String, Vec<String>> =
+        steps.iter().flat_map(|s| s.action.config_changes(&records)).fold(BTreeMap::new(), |mut acc, (key, change)| {
+            acc.entry(key).or_insert_with(Vec::new).push(change);
+            acc
+        });
     let planned = |key: &str, kind: &str| {
         let (action, detail) = match (records.get(key), live.get(key)) {
+            (Some(r), Some(Ok(Live::Present { .. })))
+                if config_changes.contains_key(key) && r.status == RecordStatus::Created =>
+            {
+                ("update", format!("{}: {}", r.id.as_deref().unwrap_or(""), config_changes[key].join("; ")))
+            }
             (None, _) => ("create", String::new()),
             (Some(r), Some(Ok(Live::Present { .. }))) if r.status == RecordStatus::Retained => {
                 ("attach", format!("{} kept by down --keep-data", r.id.as_deref().unwrap_or("")))

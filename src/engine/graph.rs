@@ -7,13 +7,19 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::{Event, Observer, StepScope};
-use crate::state::StateHandle;
+use crate::state::{ResourceRecord, StateHandle};
 
 #[async_trait]
 pub trait StepAction<C>: Send + Sync {
     /// Brings what the step owns to the desired state: reuses, adopts or creates, idempotently.
     /// Returns a one-line summary of what it did.
     async fn apply(&self, ctx: &C, scope: &StepScope) -> anyhow::Result<String>;
+
+    /// For `plan`: what applying would change in resources that exist, judged from the
+    /// configuration and the records alone, as (record key, what changes).
+    fn config_changes(&self, _records: &BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 pub struct Step<C> {

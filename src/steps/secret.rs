@@ -64,6 +64,15 @@ pub async fn read_password(ctx: &Ctx, secret_id: &str) -> anyhow::Result<String>
 
 #[async_trait]
 impl StepAction<Ctx> for CreateRootSecret {
+    fn config_changes(&self, records: &std::collections::BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
+        match records.get(KEY_ROOT_SECRET).and_then(|r| r.attr("email")) {
+            Some(email) if email != self.email => {
+                vec![(KEY_ROOT_SECRET.to_string(), format!("email {email} -> {} (the password stays)", self.email))]
+            }
+            _ => vec![],
+        }
+    }
+
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
         let name = secret_name(&ctx.tags.stack);
         let desired = Desired {

@@ -122,6 +122,26 @@ pub struct SecurityGroupStep {
 
 #[async_trait]
 impl StepAction<Ctx> for SecurityGroupStep {
+    /// Rules from CIDRs are known from the configuration alone (rules from groups need their ids).
+    fn config_changes(&self, records: &BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
+        let Some(record) = records.get(self.key) else { return vec![] };
+        let is_cidr_rule = |rule: &String| !rule.contains(":sg-");
+        let recorded: BTreeSet<String> = recorded_rules(record).into_iter().filter(is_cidr_rule).collect();
+        let wanted: BTreeSet<String> = self
+            .rules
+            .iter()
+            .filter_map(|r| match &r.source {
+                Source::Cidr(cidr) => {
+                    Some(Resolved { ports: r.ports, peer: cidr.clone(), description: String::new() }.canonical())
+                }
+                Source::Group(_) => None,
+            })
+            .collect();
+        let mut changes: Vec<String> = wanted.difference(&recorded).map(|r| format!("+{r}")).collect();
+        changes.extend(recorded.difference(&wanted).map(|r| format!("-{r}")));
+        if changes.is_empty() { vec![] } else { vec![(self.key.to_string(), format!("ingress {}", changes.join(" ")))] }
+    }
+
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
         let vpc_id = required_id(KEY_VPC, scope)?;
         let resolved = self.rules.iter().map(|r| r.resolve(scope)).collect::<anyhow::Result<Vec<_>>>()?;

@@ -221,6 +221,28 @@ pub fn external_url(config: &StackConfig, scope: &StepScope) -> anyhow::Result<S
 
 #[async_trait]
 impl StepAction<Ctx> for RegisterTaskDefinition {
+    fn config_changes(&self, records: &BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
+        let Some(record) = records.get(KEY_TASK_DEFINITION) else { return vec![] };
+        let cfg = &self.config;
+        let wanted = [
+            ("image", format!("gitlab/gitlab-ce:{}", cfg.gitlab_image_tag)),
+            ("cpu", cfg.task_cpu.to_string()),
+            ("memory", cfg.task_memory_mib.to_string()),
+        ];
+        let changes: Vec<String> = wanted
+            .iter()
+            .filter(|(k, v)| record.attr(k) != Some(v.as_str()))
+            .map(|(k, v)| format!("{k} {} -> {v}", record.attr(k).unwrap_or("unset")))
+            .collect();
+        if changes.is_empty() {
+            return vec![];
+        }
+        vec![
+            (KEY_TASK_DEFINITION.to_string(), format!("new revision: {}", changes.join(", "))),
+            (KEY_SERVICE.to_string(), "deploys the new revision (the old task stops first)".to_string()),
+        ]
+    }
+
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
         let cfg = &self.config;
         let image = format!("gitlab/gitlab-ce:{}", cfg.gitlab_image_tag);
