@@ -86,11 +86,46 @@ class LatencyModel:
     """Keeps resources pending for DURATIONS x scale after they are created, by rewriting the
     state fields of describe answers: the tool must wait for them as it would on AWS."""
 
-    def __init__(self, scale):
+    def __init__(self, scale, moto_url):
         self.scale = scale
         self.born = {}  # id -> (kind, time created)
-        self.released = {}  # ENI id -> time Lambda lets go of it
+        self.function_enis = {}  # function name -> the ENI Lambda made for it
+        self.released = {}  # ENI id -> time Lambda lets go of it (None while the function exists)
         self.lock = threading.Lock()
+        self.moto_url = moto_url
+
+    def lambda_interface(self, request_body):
+        """What Lambda does for a function in a VPC: a network interface in its subnet, with its
+        security group, owned by Lambda (in use) until some time after the function is deleted."""
+        import boto3
+
+        try:
+            config = json.loads(request_body)
+            vpc = config.get("VpcConfig") or {}
+            if not vpc.get("SubnetIds"):
+                return
+            ec2 = boto3.client("ec2", endpoint_url=self.moto_url, region_name="us-east-1", aws_access_key_id="model", aws_secret_access_key="model")
+            eni = ec2.create_network_interface(
+                SubnetId=vpc["SubnetIds"][0], Groups=vpc.get("SecurityGroupIds", []), Description=f"AWS Lambda VPC ENI-{config['FunctionName']}"
+            )["NetworkInterface"]["NetworkInterfaceId"]
+            with self.lock:
+                self.function_enis[config["FunctionName"]] = eni
+                self.released[eni] = None
+        except Exception as e:  # the model must never break the emulator
+            print(f"latency model: no Lambda interface: {e}", file=sys.stderr)
+
+    def function_deleted(self, name):
+        with self.lock:
+            eni = self.function_enis.pop(name, None)
+            if eni:
+                self.released[eni] = time.monotonic() + DURATIONS["eni_release"] * self.scale
+
+    def interface_in_use(self, ident):
+        with self.lock:
+            if ident not in self.released:
+                return False
+            at = self.released[ident]
+        return at is None or time.monotonic() < at
 
     def young(self, kind, ident):
         with self.lock:
@@ -128,6 +163,8 @@ class LatencyModel:
     def rewrite(self, action, path, method, data):
         """Describe answers for young resources say what AWS would still say."""
         try:
+            if action == "DescribeNetworkInterfaces":
+                return self.rewrite_xml(data, "networkInterfaceId", None, [("status",)], "in-use")
             if action == "DescribeNatGateways":
                 return self.rewrite_xml(data, "natGatewayId", "nat_gateway", [("state",)], "pending")
             if action == "DescribeInstances":
@@ -153,7 +190,7 @@ class LatencyModel:
         changed = False
         for el in root.iter():
             ident = next((c.text for c in el if local(c.tag) == id_tag), None)
-            if not ident or not self.young(kind, ident):
+            if not ident or not (self.interface_in_use(ident) if kind is None else self.young(kind, ident)):
                 continue
             for path in paths:
                 node = el
@@ -293,6 +330,11 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, model)
                 return self.fail(rule)
             if model and resp.status < 300:
                 model.after_create(action, self.path, self.command, data)
+                if self.command == "POST" and self.path.rstrip("/") == "/2015-03-31/functions":
+                    model.lambda_interface(body)
+                deleted = FUNCTION.match(self.path)
+                if self.command == "DELETE" and deleted:
+                    model.function_deleted(deleted.group(1))
                 data = model.rewrite(action, self.path, self.command, data)
             invoke = INVOKE.match(self.path)
             if invoke and resp.status == 200 and invoke.group(1).endswith("-efs-init"):
@@ -370,15 +412,17 @@ def main():
     os.makedirs(efs_root, exist_ok=True)
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    model = LatencyModel(args.model_scale) if args.model_scale else None
-    if model:
+    model = None
+    if args.model_scale:
         # moto's own knob for certificates: ISSUED this many seconds after the request.
-        import moto.settings
+        from moto import settings as moto_settings
 
-        moto.settings.ACM_VALIDATION_WAIT = max(1, round(DURATIONS["certificate"] * args.model_scale))
+        moto_settings.ACM_VALIDATION_WAIT = max(1, round(DURATIONS["certificate"] * args.model_scale))
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     _, moto_port = moto.get_host_and_port()
+    if args.model_scale:
+        model = LatencyModel(args.model_scale, f"http://127.0.0.1:{moto_port}")
     # No Docker engine here: moto must not try to run functions in containers.
     conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=30)
     conn.request("POST", "/moto-api/config", body=json.dumps({"lambda": {"use_docker": False}}), headers={"Content-Type": "application/json"})
