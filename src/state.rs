@@ -316,13 +316,14 @@ impl StateHandle {
         self.with(|s| if s.state_mut().resources.remove(key).is_some() { s.save() } else { Ok(()) })
     }
 
+    /// Saved with the first resource: a run that creates nothing writes no state file.
     pub fn set_fixed(&self, fixed: BTreeMap<String, String>) -> Result<(), StateError> {
         self.with(|s| {
             if s.state().fixed == fixed {
                 return Ok(());
             }
             s.state_mut().fixed = fixed;
-            s.save()
+            if s.state().resources.is_empty() { Ok(()) } else { s.save() }
         })
     }
 

@@ -420,6 +420,7 @@ async fn a_hosted_zone_that_does_not_serve_the_domain_is_refused_before_anything
     }
     let mutating: Vec<String> = emu.calls().into_iter().filter(|c| c.mutating).map(|c| c.action).collect();
     assert_eq!(mutating, Vec::<String>::new());
+    assert!(tool.state("zone").is_none(), "a refused up writes no state");
 }
 
 #[tokio::test(flavor = "multi_thread")]
