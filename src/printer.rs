@@ -75,26 +75,22 @@ impl Observer for Printer {
                     bar.set_message(message);
                 }
             }
-            Event::Finished { step, elapsed, summary } => finish(
-                &bars.multi,
-                by_step.remove(&step),
-                &step,
-                &format!("✓ {step:<22} {summary} ({})", secs(elapsed)),
-            ),
+            Event::Finished { step, elapsed, summary } => {
+                finish(&bars.multi, by_step.remove(&step), &format!("✓ {step:<22} {summary} ({})", secs(elapsed)))
+            }
             Event::Failed { step, elapsed, error } => finish(
                 &bars.multi,
                 by_step.remove(&step),
-                &step,
                 &format!("✗ {step:<22} FAILED after {}: {error}", secs(elapsed)),
             ),
             Event::Skipped { step, reason } => {
-                finish(&bars.multi, by_step.remove(&step), &step, &format!("- {step:<22} not run: {reason}"))
+                finish(&bars.multi, by_step.remove(&step), &format!("- {step:<22} not run: {reason}"))
             }
         }
     }
 }
 
-fn finish(multi: &MultiProgress, bar: Option<ProgressBar>, _step: &str, text: &str) {
+fn finish(multi: &MultiProgress, bar: Option<ProgressBar>, text: &str) {
     match bar {
         Some(bar) => {
             bar.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
