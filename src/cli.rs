@@ -37,6 +37,9 @@ pub struct GlobalArgs {
     /// AWS profile from ~/.aws/config
     #[arg(long, global = true, value_name = "PROFILE")]
     pub profile: Option<String>,
+    /// How many AWS operations run at once (lower it for accounts with tight API rate limits)
+    #[arg(long, global = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// More log output (-v info, -vv debug); RUST_LOG overrides
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,

@@ -1,7 +1,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
-use super::{UserError, context, stack_name, up::MAX_PARALLEL};
+use super::{UserError, context, stack_name};
 use crate::cli::{DownArgs, GlobalArgs};
 use crate::engine::{self, Teardown};
 use crate::printer::Printer;
@@ -50,7 +50,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
     engine::adopt_orphans(&state, &Kinds, &orphans)?;
     let printer = Arc::new(Printer::new(global.verbose > 0));
     eprintln!("gitlab-provision down: stack {stack} in {region}, {} resources", records.len() + orphans.len());
-    let plan = Teardown { only: None, keep: keep.clone(), max_parallel: MAX_PARALLEL };
+    let plan = Teardown { only: None, keep: keep.clone(), max_parallel: usize::from(global.parallel) };
     let report = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, plan).await.map_err(|e| {
         anyhow::Error::new(e).context("down did not finish; what is left is still recorded\n    help: fix the cause and run `gitlab-provision down` again")
     })?;

@@ -111,7 +111,8 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let ctx = context(&cfg.stack, Some(&region), global.profile.as_deref()).await?;
-            let live = engine::observe(ctx, Arc::new(Kinds), state.resources.clone()).await;
+            let live =
+                engine::observe(ctx, Arc::new(Kinds), state.resources.clone(), usize::from(global.parallel)).await;
             (Some(region), live, state.resources.clone(), refused)
         }
     };

@@ -109,7 +109,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
     let has_service = records.contains_key(KEY_SERVICE);
     let url = gitlab_url(&records);
     let (mut live, gitlab, orphans) = tokio::join!(
-        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone()),
+        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel)),
         async { if has_service { Some(health(&ctx, &records, url.clone()).await) } else { None } },
         async {
             if args.discover {

@@ -10,9 +10,6 @@ use crate::printer::Printer;
 use crate::state::{self, LockedState, State, StateHandle};
 use crate::steps::{self, Kinds};
 
-/// How many steps (and deletes) run at once; AWS's per-account API rates are the real limit.
-pub const MAX_PARALLEL: usize = 8;
-
 pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let cfg = stack_config(global, args.settings)?;
     // An existing stack stays in its region unless the user names one.
@@ -35,7 +32,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let printer = Arc::new(Printer::new(global.verbose > 0));
     eprintln!("gitlab-provision up: stack {} in {region}, {} steps", cfg.stack, steps.len());
 
-    let result = engine::run(steps, ctx.clone(), state.clone(), printer.clone(), MAX_PARALLEL).await;
+    let result = engine::run(steps, ctx.clone(), state.clone(), printer.clone(), usize::from(global.parallel)).await;
     let report = match result {
         Ok(report) => report,
         Err(error) => {
@@ -63,7 +60,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             state.clone(),
             Arc::new(Kinds),
             printer.clone(),
-            Teardown { only: Some(stale), keep: Default::default(), max_parallel: MAX_PARALLEL },
+            Teardown { only: Some(stale), keep: Default::default(), max_parallel: usize::from(global.parallel) },
         )
         .await?;
     }

@@ -389,9 +389,16 @@ pub async fn observe<C: Send + Sync + 'static>(
     ctx: Arc<C>,
     catalog: Arc<dyn Catalog<C>>,
     records: BTreeMap<String, ResourceRecord>,
+    max_parallel: usize,
 ) -> BTreeMap<String, anyhow::Result<Live>> {
     let mut reads = JoinSet::new();
+    let mut out = BTreeMap::new();
     for (key, record) in records {
+        while reads.len() >= max_parallel.max(1) {
+            if let Some(Ok((key, live))) = reads.join_next().await {
+                out.insert(key, live);
+            }
+        }
         let (ctx, catalog) = (ctx.clone(), catalog.clone());
         reads.spawn(async move {
             let live = match (catalog.ops(&record.kind), record.status, &record.id) {
@@ -402,7 +409,6 @@ pub async fn observe<C: Send + Sync + 'static>(
             (key, live)
         });
     }
-    let mut out = BTreeMap::new();
     while let Some(joined) = reads.join_next().await {
         if let Ok((key, live)) = joined {
             out.insert(key, live);
