@@ -7,14 +7,13 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_acm::types::{CertificateStatus, Tag, ValidationMethod};
 
-use super::Ctx;
 use super::dns::{RecordValue, ensure_record};
 use super::network::attrs;
-use crate::aws::{AwsError, AwsResultExt, found};
+use super::{Ctx, delete_when_free};
+use crate::aws::{AwsResultExt, found};
 use crate::config::DomainConfig;
 use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
-    wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
 };
 use crate::state::ResourceRecord;
 
@@ -186,21 +185,16 @@ impl ResourceOps<Ctx> for CertificateOps {
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
         // In use until the HTTPS listener is gone from ACM's view.
-        let deleted = retry_while(
-            RetryPolicy::EVENTUAL_CONSISTENCY,
-            |e: &AwsError| e.is_code(&["ResourceInUseException"]),
-            || async {
-                ctx.aws
-                    .acm
-                    .delete_certificate()
-                    .certificate_arn(arn)
-                    .send()
-                    .await
-                    .or_aws(|| format!("deleting certificate {arn}"))
-            },
-        )
-        .await;
-        found(deleted)?;
+        delete_when_free(&["ResourceInUseException"], || async {
+            ctx.aws
+                .acm
+                .delete_certificate()
+                .certificate_arn(arn)
+                .send()
+                .await
+                .or_aws(|| format!("deleting certificate {arn}"))
+        })
+        .await?;
         Ok(())
     }
 

@@ -12,12 +12,11 @@ use aws_sdk_elasticloadbalancingv2::types::{
     TargetGroupAttribute, TargetTypeEnum,
 };
 
-use super::Ctx;
 use super::network::{KEY_VPC, PUBLIC_SUBNETS, attrs, required_id};
-use crate::aws::{AwsError, AwsResultExt, found};
+use super::{Ctx, delete_when_free};
+use crate::aws::{AwsResultExt, found};
 use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
-    wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
 };
 use crate::state::ResourceRecord;
 
@@ -396,21 +395,16 @@ impl ResourceOps<Ctx> for TargetGroupOps {
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
         // "ResourceInUse" while a listener or a draining service still points at it.
-        let deleted = retry_while(
-            RetryPolicy::EVENTUAL_CONSISTENCY,
-            |e: &AwsError| e.is_code(&["ResourceInUse"]),
-            || async {
-                ctx.aws
-                    .elb
-                    .delete_target_group()
-                    .target_group_arn(arn)
-                    .send()
-                    .await
-                    .or_aws(|| format!("deleting target group {arn}"))
-            },
-        )
-        .await;
-        found(deleted)?;
+        delete_when_free(&["ResourceInUse"], || async {
+            ctx.aws
+                .elb
+                .delete_target_group()
+                .target_group_arn(arn)
+                .send()
+                .await
+                .or_aws(|| format!("deleting target group {arn}"))
+        })
+        .await?;
         Ok(())
     }
 

@@ -17,10 +17,28 @@ pub mod storage;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::aws::{Clients, Tags};
+use crate::aws::{AwsError, Clients, Tags};
 use crate::config::{NatKind, NetworkConfig, StackConfig};
-use crate::engine::{Catalog, ResourceOps, Step, StepAction};
+use crate::engine::{Catalog, ResourceOps, RetryPolicy, Step, StepAction, retry_while};
 use security_group::{IngressRule, SecurityGroupStep, Source};
+
+/// Deleting a VPC, subnet, gateway or group right after what used it fails until AWS notices.
+pub(crate) const EC2_IN_USE: &[&str] = &["DependencyViolation", "InvalidIPAddress.InUse"];
+
+/// Deletes through AWS's "still in use" window: retried (with the eventual-consistency policy)
+/// while one of the `busy` codes comes back because what used it is still draining; "not found"
+/// counts as deleted.
+pub(crate) async fn delete_when_free<T, F, Fut>(busy: &[&str], op: F) -> Result<(), AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AwsError>>,
+{
+    match retry_while(RetryPolicy::EVENTUAL_CONSISTENCY, |e: &AwsError| e.is_code(busy), op).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// What every step and resource operation may use.
 pub struct Ctx {

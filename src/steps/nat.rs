@@ -13,11 +13,9 @@ use aws_sdk_ec2::types::{
 use base64::Engine as _;
 use ipnet::Ipv4Net;
 
-use super::Ctx;
-use super::network::{
-    KEY_INTERNET_GATEWAY, attrs, bool_value, delete_retrying_in_use, discovered, required_id, stack_filter, stack_key,
-};
+use super::network::{KEY_INTERNET_GATEWAY, attrs, bool_value, discovered, required_id, stack_filter, stack_key};
 use super::security_group::{IngressRule, SecurityGroupStep, Source};
+use super::{Ctx, EC2_IN_USE, delete_when_free};
 use crate::aws::{AwsResultExt, found};
 use crate::engine::{
     Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
@@ -115,7 +113,7 @@ impl ResourceOps<Ctx> for ElasticIpOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id()?;
-        delete_retrying_in_use(|| async {
+        delete_when_free(EC2_IN_USE, || async {
             ctx.aws
                 .ec2
                 .release_address()

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable};
 use ipnet::Ipv4Net;
 
-use super::Ctx;
 use super::nat;
+use super::{Ctx, EC2_IN_USE, delete_when_free};
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::config::NatKind;
-use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, RetryPolicy, StepAction, StepScope, retry_while};
+use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
 use crate::state::{RecordStatus, ResourceRecord};
 
 pub const VPC: &str = "ec2:vpc";
@@ -27,9 +27,6 @@ pub const SUBNET_KEYS: [&str; 4] = ["subnet-public-a", "subnet-public-b", "subne
 pub const PUBLIC_SUBNETS: [&str; 2] = ["subnet-public-a", "subnet-public-b"];
 pub const PRIVATE_SUBNETS: [&str; 2] = ["subnet-private-a", "subnet-private-b"];
 
-/// Deleting a VPC, subnet or gateway right after what used it can fail until AWS notices.
-const STILL_IN_USE: &[&str] = &["DependencyViolation", "InvalidIPAddress.InUse"];
-
 pub(crate) fn attrs<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
@@ -43,17 +40,6 @@ pub(crate) fn required_id(state_key: &str, scope: &StepScope) -> anyhow::Result<
         .state
         .id_of(state_key)
         .with_context(|| format!("{state_key} is not recorded in the state; its step must run first"))
-}
-
-pub(crate) async fn delete_retrying_in_use<'a, F, Fut>(op: F) -> Result<(), AwsError>
-where
-    F: FnMut() -> Fut + 'a,
-    Fut: std::future::Future<Output = Result<(), AwsError>> + 'a,
-{
-    match retry_while(RetryPolicy::EVENTUAL_CONSISTENCY, |e: &AwsError| e.is_code(STILL_IN_USE), op).await {
-        Err(e) if e.is_not_found() => Ok(()),
-        other => other,
-    }
 }
 
 /// The state key of an EC2 resource of this stack, from its tags.
@@ -169,7 +155,7 @@ impl ResourceOps<Ctx> for VpcOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id()?;
-        delete_retrying_in_use(|| async {
+        delete_when_free(EC2_IN_USE, || async {
             ctx.aws.ec2.delete_vpc().vpc_id(id).send().await.map(|_| ()).or_aws(|| format!("deleting VPC {id}"))
         })
         .await?;
@@ -368,7 +354,7 @@ impl ResourceOps<Ctx> for SubnetOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id()?;
-        delete_retrying_in_use(|| async {
+        delete_when_free(EC2_IN_USE, || async {
             ctx.aws
                 .ec2
                 .delete_subnet()
@@ -532,7 +518,7 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
         if let Some(vpc) = attached_vpc(&igw) {
             // Detaching fails while the VPC still has mapped public addresses (a NAT gateway
             // being deleted): retried as "in use".
-            delete_retrying_in_use(|| async {
+            delete_when_free(EC2_IN_USE, || async {
                 ec2.detach_internet_gateway()
                     .internet_gateway_id(id)
                     .vpc_id(&vpc)
@@ -543,7 +529,7 @@ impl ResourceOps<Ctx> for InternetGatewayOps {
             })
             .await?;
         }
-        delete_retrying_in_use(|| async {
+        delete_when_free(EC2_IN_USE, || async {
             ec2.delete_internet_gateway()
                 .internet_gateway_id(id)
                 .send()
@@ -807,7 +793,7 @@ impl ResourceOps<Ctx> for RouteTableOps {
                 found(result)?;
             }
         }
-        delete_retrying_in_use(|| async {
+        delete_when_free(EC2_IN_USE, || async {
             ctx.aws
                 .ec2
                 .delete_route_table()

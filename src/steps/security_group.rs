@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup, UserIdGroupPair};
 
-use super::Ctx;
-use super::network::{KEY_VPC, attrs, delete_retrying_in_use, discovered, required_id, stack_filter, stack_key};
+use super::network::{KEY_VPC, attrs, discovered, required_id, stack_filter, stack_key};
+use super::{Ctx, EC2_IN_USE, delete_when_free};
 use crate::aws::{AwsError, AwsResultExt, found};
 use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
 use crate::state::ResourceRecord;
@@ -271,7 +271,7 @@ impl ResourceOps<Ctx> for SecurityGroupOps {
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id()?;
         super::efs_init::release_lambda_interfaces(ctx, id, scope).await?;
-        delete_retrying_in_use(|| async {
+        delete_when_free(EC2_IN_USE, || async {
             ctx.aws
                 .ec2
                 .delete_security_group()

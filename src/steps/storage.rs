@@ -10,12 +10,11 @@ use aws_sdk_efs::types::{
     BackupPolicy, LifeCycleState, PerformanceMode, PosixUser, RootDirectory, Status, Tag, ThroughputMode,
 };
 
-use super::Ctx;
 use super::network::{PRIVATE_SUBNETS, attrs, required_id};
+use super::{Ctx, delete_when_free};
 use crate::aws::{AwsResultExt, found};
 use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, RetryPolicy, StepAction, StepScope, WaitPolicy, retry_while,
-    wait_until,
+    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
 };
 use crate::state::ResourceRecord;
 
@@ -235,21 +234,16 @@ impl ResourceOps<Ctx> for FileSystemOps {
             }
         }
         // "FileSystemInUse" until its mount targets are fully gone.
-        let deleted = retry_while(
-            RetryPolicy::EVENTUAL_CONSISTENCY,
-            |e: &crate::aws::AwsError| e.is_code(&["FileSystemInUse"]),
-            || async {
-                ctx.aws
-                    .efs
-                    .delete_file_system()
-                    .file_system_id(id)
-                    .send()
-                    .await
-                    .or_aws(|| format!("deleting file system {id}"))
-            },
-        )
-        .await;
-        found(deleted)?;
+        delete_when_free(&["FileSystemInUse"], || async {
+            ctx.aws
+                .efs
+                .delete_file_system()
+                .file_system_id(id)
+                .send()
+                .await
+                .or_aws(|| format!("deleting file system {id}"))
+        })
+        .await?;
         wait_until(scope, &format!("file system {id} to be deleted"), EFS_WAIT, || async {
             Ok(match describe_file_system(ctx, id).await? {
                 None => Poll::Ready(()),
