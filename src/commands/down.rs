@@ -9,13 +9,10 @@ use crate::state::{self, LockedState, StateHandle};
 use crate::steps::Kinds;
 
 pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
-    let (stack, region) = stack_name(global)?;
-    let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
-    if recorded.is_none() && !args.discover {
-        println!("stack {stack}: nothing recorded in {}, nothing to delete", global.state_dir.display());
-        return Ok(());
-    }
-    if let (Some(recorded), Some(region)) = (&recorded, &region)
+    let (stack, region_flag) = stack_name(global)?;
+    let recorded = state::read(&global.state_dir, &stack)?;
+    if let (Some(recorded), Some(region)) = (&recorded, &region_flag)
+        && !recorded.resources.is_empty()
         && recorded.region != *region
     {
         return Err(UserError(format!(
@@ -24,10 +21,28 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let region = recorded.as_ref().map(|s| s.region.clone()).or(region);
-    let records = recorded.map(|s| s.resources).unwrap_or_default();
-    let ctx = context(&stack, region.as_deref(), global.profile.as_deref()).await?;
-    let region = ctx.aws.region.clone();
+    let has_records = recorded.as_ref().is_some_and(|s| !s.resources.is_empty());
+    let region = recorded.map(|s| s.region).or(region_flag);
+    let ctx = if has_records || args.discover {
+        Some(context(&stack, region.as_deref(), global.profile.as_deref()).await?)
+    } else {
+        None
+    };
+    let region = ctx.as_ref().map(|c| c.aws.region.clone()).or(region).unwrap_or_default();
+    // Locked before deciding anything: an `up` in progress may be about to record its first resource.
+    let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &region, "down")?);
+    let records = state.snapshot().resources;
+    let ctx = match ctx {
+        Some(ctx) => ctx,
+        // Recorded between the first look and the lock: the stack's own region.
+        None if !records.is_empty() => {
+            context(&stack, Some(&state.snapshot().region), global.profile.as_deref()).await?
+        }
+        None => {
+            println!("stack {stack}: nothing recorded in {}, nothing to delete", global.state_dir.display());
+            return Ok(());
+        }
+    };
     let orphans =
         if args.discover { engine::discover_orphans(ctx.clone(), Arc::new(Kinds), &records).await? } else { vec![] };
     if records.is_empty() && orphans.is_empty() {
@@ -45,7 +60,6 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
     if !args.yes {
         confirm(&stack, records.len() + orphans.len() - keep.len(), !keep.is_empty())?;
     }
-    let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &region, "down")?);
     // Recorded first, so a crash from here on leaves them in the state for the next `down`.
     engine::adopt_orphans(&state, &Kinds, &orphans)?;
     let printer = Arc::new(Printer::new(global.verbose > 0));

@@ -18,10 +18,11 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let ctx = context(&cfg.stack, region.as_deref(), global.profile.as_deref()).await?;
     let region = ctx.aws.region.clone();
 
-    if recorded.is_none_or(|s| s.resources.is_empty()) {
+    let locked = LockedState::open(&global.state_dir, &cfg.stack, &region, "up")?;
+    // Checked under the lock: another run's resources are not mistaken for lost ones.
+    if locked.state().resources.is_empty() {
         refuse_lost_state(&ctx, &cfg.stack, &region).await?;
     }
-    let locked = LockedState::open(&global.state_dir, &cfg.stack, &region, "up")?;
     let fixed = steps::fixed_settings(&cfg, &region);
     refuse_replacements(locked.state(), &fixed)?;
     let state = StateHandle::new(locked);
