@@ -100,16 +100,7 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
         Some(state) => {
             let region = cfg.region.clone().unwrap_or_else(|| state.region.clone());
             let fixed = steps::fixed_settings(&cfg, &region);
-            let refused = fixed
-                .iter()
-                .filter(|(k, v)| state.fixed.get(*k) != Some(v))
-                .map(|(k, v)| {
-                    format!(
-                        "{k}: the stack has {}, the configuration says {v}",
-                        state.fixed.get(k).map_or("none", String::as_str)
-                    )
-                })
-                .collect();
+            let refused = steps::replacements(state, &fixed);
             let ctx = context(&cfg.stack, Some(&region), global.profile.as_deref()).await?;
             let live =
                 engine::observe(ctx, Arc::new(Kinds), state.resources.clone(), usize::from(global.parallel)).await;

@@ -118,33 +118,14 @@ async fn refuse_lost_state(ctx: &Arc<crate::steps::Ctx>, stack: &str, region: &s
 
 /// Changing these on an existing stack would mean replacing the network and everything in it.
 fn refuse_replacements(state: &State, wanted: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    if state.resources.is_empty() {
-        return Ok(());
-    }
-    // After `down --keep-data` only data is left: the network may then be built differently.
-    let has_network = state.resources.contains_key(steps::network::KEY_VPC);
-    let keys: BTreeSet<&String> =
-        state.fixed.keys().chain(wanted.keys()).filter(|k| has_network || k.as_str() == "region").collect();
-    let problems: Vec<String> = keys
-        .into_iter()
-        .filter_map(|key| {
-            let (before, after) = (state.fixed.get(key), wanted.get(key));
-            (before != after).then(|| {
-                format!(
-                    "  - {key}: the stack has {}, the configuration says {}",
-                    before.map_or("none", String::as_str),
-                    after.map_or("none", String::as_str)
-                )
-            })
-        })
-        .collect();
+    let problems = steps::replacements(state, wanted);
     if problems.is_empty() {
         return Ok(());
     }
     Err(UserError(format!(
-        "stack {} cannot take this change in place:\n{}\n    help: these can only change by replacing the whole stack; keep the old value, or use another --stack name (or `gitlab-provision down` first, which deletes it)",
+        "stack {} cannot take this change in place:\n  - {}\n    help: these can only change by replacing the whole stack; keep the old value, or use another --stack name (or `gitlab-provision down` first, which deletes it)",
         state.stack,
-        problems.join("\n")
+        problems.join("\n  - ")
     ))
     .into())
 }

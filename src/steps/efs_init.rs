@@ -101,8 +101,9 @@ impl StepAction<Ctx> for RunEfsInitializer {
         };
         let lambda = &ctx.aws.lambda;
         let zip = package()?;
-        let (fname, role, group_ref, subnets_ref, ap) =
-            (name.as_str(), role_arn.as_str(), group.as_str(), &subnets, access_point_arn.as_str());
+        let mount = FileSystemConfig::builder().arn(&access_point_arn).local_mount_path(MOUNT_PATH).build()?;
+        let (fname, role, group_ref, subnets_ref, mount) =
+            (name.as_str(), role_arn.as_str(), group.as_str(), &subnets, &mount);
         let function = scope
             .ensure(ctx, &FunctionOps, desired, |existing, _token| async move {
                 if existing.is_none() {
@@ -128,18 +129,7 @@ impl StepAction<Ctx> for RunEfsInitializer {
                                         .security_group_ids(group_ref)
                                         .build(),
                                 )
-                                .file_system_configs(
-                                    FileSystemConfig::builder()
-                                        .arn(ap)
-                                        .local_mount_path(MOUNT_PATH)
-                                        .build()
-                                        .context("file system config")
-                                        .map_err(|e| AwsError {
-                                            action: "building the function".into(),
-                                            code: None,
-                                            message: format!("{e:#}"),
-                                        })?,
-                                )
+                                .file_system_configs(mount.clone())
                                 .set_tags(Some(ctx.tags.pairs(KEY_INIT_FUNCTION).into_iter().collect()))
                                 .send()
                                 .await

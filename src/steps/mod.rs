@@ -573,6 +573,29 @@ pub fn owned_keys(steps: &[Step<Ctx>]) -> BTreeSet<String> {
     steps.iter().flat_map(|s| s.resources.iter().map(|(k, _)| k.clone())).collect()
 }
 
+/// What the configuration would change among the fixed settings of an existing stack, one line
+/// each. After `down --keep-data` only data is left, and the network may then be built differently.
+pub fn replacements(state: &crate::state::State, wanted: &BTreeMap<String, String>) -> Vec<String> {
+    if state.resources.is_empty() {
+        return Vec::new();
+    }
+    let has_network = state.resources.contains_key(network::KEY_VPC);
+    let keys: BTreeSet<&String> =
+        state.fixed.keys().chain(wanted.keys()).filter(|k| has_network || k.as_str() == "region").collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let (before, after) = (state.fixed.get(key), wanted.get(key));
+            (before != after).then(|| {
+                format!(
+                    "{key}: the stack has {}, the configuration says {}",
+                    before.map_or("none", String::as_str),
+                    after.map_or("none", String::as_str)
+                )
+            })
+        })
+        .collect()
+}
+
 /// Settings that an existing stack cannot change in place (changing them means replacing the
 /// network and everything in it).
 pub fn fixed_settings(cfg: &StackConfig, region: &str) -> BTreeMap<String, String> {

@@ -384,17 +384,13 @@ pub async fn existing_vpc(ec2: &aws_sdk_ec2::Client, with_nat: bool) -> (String,
         .to_string();
     ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
     let mut subnets = Vec::new();
-    for (i, (cidr, az)) in [
+    for (cidr, az) in [
         ("172.31.0.0/20", "us-east-1a"),
         ("172.31.16.0/20", "us-east-1b"),
         ("172.31.32.0/20", "us-east-1a"),
         ("172.31.48.0/20", "us-east-1b"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let _ = i;
-        let s = ec2.create_subnet().vpc_id(&vpc).cidr_block(*cidr).availability_zone(*az).send().await.unwrap();
+    ] {
+        let s = ec2.create_subnet().vpc_id(&vpc).cidr_block(cidr).availability_zone(az).send().await.unwrap();
         subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
     }
     let public_rt = ec2
