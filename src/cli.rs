@@ -2,16 +2,30 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Settings;
+
+const EXAMPLES: &str = "\
+Examples:
+  gitlab-provision init                            write a commented gitlab-provision.toml
+  gitlab-provision plan                            what `up` would create or change, and the cost
+  gitlab-provision up --wait                       create or converge, then wait until GitLab answers
+  gitlab-provision status                          what exists and whether GitLab is healthy
+  gitlab-provision password | pbcopy               the root password, for the first sign-in
+  gitlab-provision upgrade --to 19.5.2-ce.0        a guarded upgrade, with a backup first
+  gitlab-provision down                            remove the stack (asks for its name)
+
+Credentials come from the AWS SDK's chain (environment, profiles, IAM Identity Center,
+credential_process); --profile NAME uses that profile whatever the environment holds.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gitlab-provision",
     version,
     about = "Stand up a private GitLab CE in your own AWS account",
-    propagate_version = true
+    propagate_version = true,
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -20,72 +34,118 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Config file [default: ./gitlab-provision.toml when it exists]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = "Global")]
     pub config: Option<PathBuf>,
     /// Stack name: 1-32 of a-z, 0-9, '-' [default: config key `stack`, else gitlab]
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = "Global")]
     pub stack: Option<String>,
     /// Where state files live
-    #[arg(long, global = true, value_name = "DIR", default_value = "state")]
+    #[arg(long, global = true, value_name = "DIR", default_value = "state", help_heading = "Global")]
     pub state_dir: PathBuf,
     /// AWS region [default: config key `region`, else the SDK's chain: AWS_REGION, profile]
-    #[arg(long, global = true, value_name = "REGION")]
+    #[arg(long, global = true, value_name = "REGION", help_heading = "Global")]
     pub region: Option<String>,
-    /// AWS profile from ~/.aws/config
-    #[arg(long, global = true, value_name = "PROFILE")]
+    /// AWS profile from your AWS config files (wins over credentials in the environment)
+    #[arg(long, global = true, value_name = "PROFILE", help_heading = "Global")]
     pub profile: Option<String>,
     /// How many AWS operations run at once (lower it for accounts with tight API rate limits)
-    #[arg(long, global = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, global = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Global")]
     pub parallel: u16,
-    /// More log output (-v info, -vv debug); RUST_LOG overrides
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    /// More output: -v logs each AWS call, -vv adds the SDK's own logs (RUST_LOG overrides)
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Global")]
     pub verbose: u8,
+    /// Only results and errors: no progress, no notes
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = "Global")]
+    pub quiet: bool,
+    /// Colour: auto (a terminal, and NO_COLOR unset), always or never
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN", help_heading = "Global")]
+    pub color: ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create or converge the stack
+    /// Create or converge the stack (shows disruptive changes and asks first)
     Up(UpArgs),
     /// Delete everything the state records, in reverse dependency order
     Down(DownArgs),
-    /// Show every recorded resource and whether it still exists
+    /// Show whether GitLab is healthy and every recorded resource's live state
     Status(StatusArgs),
     /// Show what `up` would create or change, changing nothing
     Plan(PlanArgs),
     /// Print GitLab's root password (and nothing else), for scripts
     Password,
+    /// Upgrade GitLab along its upgrade path: backup, each required stop, health between
+    Upgrade(UpgradeArgs),
+    /// Back up the file system with AWS Backup (GitLab stopped for a consistent copy), or list backups
+    Backup(BackupArgs),
+    /// Restore a backup into a new file system and switch GitLab to it
+    Restore(RestoreArgs),
+    /// Show GitLab's container logs
+    Logs(LogsArgs),
+    /// Run a command in the GitLab container (ECS Exec), e.g. `exec -- gitlab-rake gitlab:check`
+    Exec(ExecArgs),
+    /// Open a shell in the GitLab container (ECS Exec)
+    Shell,
+    /// Write a commented gitlab-provision.toml
+    Init(InitArgs),
+    /// List the stacks of the state directory
+    List(ListArgs),
+    /// Print shell completions
+    Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub settings: Settings,
-    /// Write per-step start/finish times as JSON to this file
-    #[arg(long, value_name = "FILE")]
-    pub timings: Option<PathBuf>,
+    /// Apply changes that replace the running task or interrupt traffic without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Also wait until GitLab has booted and the load balancer reports it healthy
     #[arg(long)]
     pub wait: bool,
+    /// Deploy a version that skips required upgrade stops or goes back (GitLab may refuse to start)
+    #[arg(long)]
+    pub force_version: bool,
+    /// Write per-step start/finish times as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    pub timings: Option<PathBuf>,
+    /// One JSON event per line on stdout as steps progress, then the result
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal)
-    #[arg(long)]
+    #[arg(long, short = 'y')]
     pub yes: bool,
     /// Keep the file system (with its backups) and the root secret; a later `up` attaches them
     #[arg(long)]
     pub keep_data: bool,
-    /// Also find and delete what carries the stack's tags or names but the state does not record
+    /// Also find and delete what carries the stack's tags but the state does not record
     /// (a lost state file, a crash)
     #[arg(long)]
     pub discover: bool,
+    /// Forget recorded resources that no longer exist even when most of them are missing
+    #[arg(long)]
+    pub forget_missing: bool,
     /// Write per-resource start/finish times as JSON to this file
     #[arg(long, value_name = "FILE")]
-    pub timings: Option<std::path::PathBuf>,
+    pub timings: Option<PathBuf>,
+    /// One JSON event per line on stdout as resources go, then the result
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -93,9 +153,15 @@ pub struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Also list what carries the stack's tags or names but the state does not record (orphans)
+    /// Also list what carries the stack's tags but the state does not record (orphans)
     #[arg(long)]
     pub discover: bool,
+    /// Show full ids and ARNs
+    #[arg(long)]
+    pub wide: bool,
+    /// Exit 3 when anything is missing, changed, unknown or unhealthy
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -105,4 +171,104 @@ pub struct PlanArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 when nothing would change, 2 when something would, 1 on error (or refusal)
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// List unchanged resources too
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The release to reach, e.g. 19.5.2-ce.0
+    #[arg(long, value_name = "TAG")]
+    pub to: String,
+    /// A required stop's release, in order; one per stop on the path
+    #[arg(long, value_name = "TAG")]
+    pub via: Vec<String>,
+    /// Deploy only the next hop, then stop
+    #[arg(long)]
+    pub one_step: bool,
+    /// Skip the backup before the first hop
+    #[arg(long)]
+    pub no_backup: bool,
+    /// Do not ask: take the backup online and go on between stops without waiting for a go
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: Option<BackupAction>,
+    /// Back up while GitLab runs (no downtime; PostgreSQL's copy is only crash-consistent)
+    #[arg(long)]
+    pub online: bool,
+    /// Stop GitLab for the backup without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// The file system's recovery points, newest first, with dates and sizes
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The recovery point's ARN (from `backup list`)
+    pub recovery_point: Option<String>,
+    /// Switch GitLab without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// How far back: 10m, 2h, 1d [default: 10m]
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub since: String,
+    /// Keep printing new lines as GitLab writes them
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// One JSON object per line: timestamp, stream, message
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The command and its arguments (after --)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite an existing file
+    #[arg(long)]
+    pub force: bool,
+    /// The networks allowed to reach GitLab (asked on a terminal when not given)
+    #[arg(long = "allowed-cidr", value_name = "CIDR")]
+    pub allowed_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }

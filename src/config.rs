@@ -14,13 +14,18 @@ pub const DEFAULT_CONFIG_FILE: &str = "gitlab-provision.toml";
 pub const DEFAULT_STACK: &str = "gitlab";
 pub const DEFAULT_VPC_CIDR: &str = "10.0.0.0/16";
 pub const DEFAULT_ROOT_EMAIL: &str = "admin@example.com";
+/// Docker Hub's image; an ECR mirror or pull-through cache avoids Docker Hub's pull limit.
+pub const DEFAULT_GITLAB_IMAGE: &str = "gitlab/gitlab-ce";
 /// Pinned on purpose: `latest` can jump a major version on any task restart, and GitLab
 /// only supports upgrades along its documented upgrade path.
 pub const DEFAULT_GITLAB_IMAGE_TAG: &str = "19.4.1-ce.0";
 pub const DEFAULT_TASK_CPU: u32 = 2048;
 pub const DEFAULT_TASK_MEMORY_MIB: u32 = 6144;
+pub const DEFAULT_SSH_PORT: u16 = 22;
 /// GitLab's own minimum; below it Puma and Sidekiq are OOM-killed during first boot.
 const GITLAB_MIN_MEMORY_MIB: u32 = 4096;
+/// A security group's default quota of inbound rules.
+const SECURITY_GROUP_RULES: usize = 60;
 
 /// Every configurable key. The same struct is the TOML schema and the command-line flags
 /// of `up` and `plan`, so a key and its flag cannot drift apart.
@@ -34,38 +39,53 @@ pub struct Settings {
     #[arg(skip)]
     pub region: Option<String>,
     /// IPv4 CIDR allowed to reach GitLab; repeat for several (config: allowed_cidrs)
-    #[arg(long = "allowed-cidr", value_name = "CIDR")]
+    #[arg(long = "allowed-cidr", value_name = "CIDR", help_heading = "Network")]
     pub allowed_cidrs: Option<Vec<String>>,
     /// CIDR of the VPC to create [default: 10.0.0.0/16]
-    #[arg(long, value_name = "CIDR")]
+    #[arg(long, value_name = "CIDR", help_heading = "Network")]
     pub vpc_cidr: Option<String>,
-    /// Use a t4g.nano NAT instance instead of a NAT gateway
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    /// Use a t4g.nano NAT instance instead of a NAT gateway (about $30/month less)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Network")]
     pub use_nat_instance: Option<bool>,
     /// Use this existing VPC instead of creating one
-    #[arg(long, value_name = "VPC_ID")]
+    #[arg(long, value_name = "VPC_ID", help_heading = "Network")]
     pub vpc_id: Option<String>,
+    /// The two availability zones of a new VPC, e.g. us-east-1a (repeat; config: availability_zones)
+    #[arg(long = "availability-zone", value_name = "ZONE", help_heading = "Network")]
+    pub availability_zones: Option<Vec<String>>,
     /// Domain for HTTPS (with --sub-domain and --hosted-zone-id)
-    #[arg(long, value_name = "DOMAIN")]
+    #[arg(long, value_name = "DOMAIN", help_heading = "HTTPS")]
     pub domain_name: Option<String>,
     /// Host name under the domain, e.g. gitlab
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "HTTPS")]
     pub sub_domain: Option<String>,
-    /// Route 53 hosted zone of the domain
-    #[arg(long, value_name = "ZONE_ID")]
+    /// Route 53 hosted zone of the domain (Z..., with or without /hostedzone/)
+    #[arg(long, value_name = "ZONE_ID", help_heading = "HTTPS")]
     pub hosted_zone_id: Option<String>,
     /// E-mail of GitLab's root user [default: admin@example.com]
-    #[arg(long, value_name = "EMAIL")]
+    #[arg(long, value_name = "EMAIL", help_heading = "GitLab")]
     pub gitlab_root_email: Option<String>,
-    /// gitlab/gitlab-ce image tag, e.g. 19.4.1-ce.0
-    #[arg(long, value_name = "TAG")]
+    /// Image repository, e.g. an ECR mirror [default: gitlab/gitlab-ce]
+    #[arg(long, value_name = "REPOSITORY", help_heading = "GitLab")]
+    pub gitlab_image: Option<String>,
+    /// gitlab-ce release tag, e.g. 19.4.1-ce.0 [default: what runs, else 19.4.1-ce.0]
+    #[arg(long, value_name = "TAG", help_heading = "GitLab")]
     pub gitlab_image_tag: Option<String>,
+    /// ARN of a Secrets Manager secret with the registry's username and password
+    #[arg(long, value_name = "SECRET_ARN", help_heading = "GitLab")]
+    pub gitlab_image_credentials: Option<String>,
     /// Fargate task CPU units [default: 2048]
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", help_heading = "GitLab")]
     pub task_cpu: Option<u32>,
     /// Fargate task memory in MiB [default: 6144]
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", help_heading = "GitLab")]
     pub task_memory_mib: Option<u32>,
+    /// Serve Git over SSH through a network load balancer
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Git over SSH")]
+    pub ssh: Option<bool>,
+    /// The SSH port developers connect to [default: 22]
+    #[arg(long, value_name = "PORT", help_heading = "Git over SSH")]
+    pub ssh_port: Option<u16>,
 }
 
 impl Settings {
@@ -78,16 +98,43 @@ impl Settings {
             vpc_cidr: over.vpc_cidr.or(self.vpc_cidr),
             use_nat_instance: over.use_nat_instance.or(self.use_nat_instance),
             vpc_id: over.vpc_id.or(self.vpc_id),
+            availability_zones: over.availability_zones.or(self.availability_zones),
             domain_name: over.domain_name.or(self.domain_name),
             sub_domain: over.sub_domain.or(self.sub_domain),
             hosted_zone_id: over.hosted_zone_id.or(self.hosted_zone_id),
             gitlab_root_email: over.gitlab_root_email.or(self.gitlab_root_email),
+            gitlab_image: over.gitlab_image.or(self.gitlab_image),
             gitlab_image_tag: over.gitlab_image_tag.or(self.gitlab_image_tag),
+            gitlab_image_credentials: over.gitlab_image_credentials.or(self.gitlab_image_credentials),
             task_cpu: over.task_cpu.or(self.task_cpu),
             task_memory_mib: over.task_memory_mib.or(self.task_memory_mib),
+            ssh: over.ssh.or(self.ssh),
+            ssh_port: over.ssh_port.or(self.ssh_port),
         }
     }
 }
+
+/// Every key the file accepts, for "did you mean".
+pub const KEYS: &[&str] = &[
+    "stack",
+    "region",
+    "allowed_cidrs",
+    "vpc_cidr",
+    "use_nat_instance",
+    "vpc_id",
+    "availability_zones",
+    "domain_name",
+    "sub_domain",
+    "hosted_zone_id",
+    "gitlab_root_email",
+    "gitlab_image",
+    "gitlab_image_tag",
+    "gitlab_image_credentials",
+    "task_cpu",
+    "task_memory_mib",
+    "ssh",
+    "ssh_port",
+];
 
 /// One problem with one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,15 +153,13 @@ impl fmt::Display for Invalid {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "config file {0} does not exist\n    help: create it, or drop --config to use ./{DEFAULT_CONFIG_FILE} or flags only"
+        "config file {0} does not exist\n    help: create it (`gitlab-provision init`), or drop --config to use ./{DEFAULT_CONFIG_FILE} or flags only"
     )]
     Missing(PathBuf),
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error(
-        "config file {path} is not valid: {message}\n    help: keys are listed in the README under \"Configuration\""
-    )]
-    Parse { path: PathBuf, message: String },
+    #[error("config file {path} is not valid: {message}\n    help: {help}")]
+    Parse { path: PathBuf, message: String, help: String },
     #[error("invalid configuration:\n{}", list(.0))]
     Invalid(Vec<Invalid>),
 }
@@ -137,11 +182,40 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
         }
     };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-    parse_toml(&text).map_err(|message| ConfigError::Parse { path, message })
+    parse_toml(&text).map_err(|(message, help)| ConfigError::Parse { path, message, help })
 }
 
-pub fn parse_toml(text: &str) -> Result<Settings, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+/// Parses the file; an unknown key gets the nearest known one as a suggestion.
+pub fn parse_toml(text: &str) -> Result<Settings, (String, String)> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.to_string().trim_end().to_string();
+        let help = unknown_key(&message)
+            .and_then(|unknown| {
+                did_you_mean(unknown, KEYS).map(|known| {
+                    format!("did you mean `{known}`? (keys are listed in the README under \"Configuration\")")
+                })
+            })
+            .unwrap_or_else(|| {
+                "keys are listed in the README under \"Configuration\"; `gitlab-provision init` writes a commented file"
+                    .into()
+            });
+        (message, help)
+    })
+}
+
+fn unknown_key(message: &str) -> Option<&str> {
+    let rest = message.split("unknown field `").nth(1)?;
+    rest.split('`').next()
+}
+
+/// The known word closest to `word`, when it is close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(word, k), *k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
 }
 
 /// The NAT flavour for a VPC this tool creates.
@@ -154,7 +228,7 @@ pub enum NatKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkConfig {
-    Create { vpc_cidr: Ipv4Net, nat: NatKind },
+    Create { vpc_cidr: Ipv4Net, nat: NatKind, zones: Option<[String; 2]> },
     Import { vpc_id: String },
 }
 
@@ -163,6 +237,24 @@ pub struct DomainConfig {
     pub domain_name: String,
     pub sub_domain: String,
     pub hosted_zone_id: String,
+}
+
+impl DomainConfig {
+    /// GitLab's name: `<sub_domain>.<domain_name>`.
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}", self.sub_domain, self.domain_name)
+    }
+}
+
+/// Where the image tag to deploy came from (a flag that differs from the file is called out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagSource {
+    Flag,
+    File,
+    /// Neither says: the version that runs is kept.
+    Running,
+    /// Neither says and nothing runs yet.
+    Default,
 }
 
 /// A configuration that passed every static check.
@@ -174,36 +266,134 @@ pub struct StackConfig {
     pub network: NetworkConfig,
     pub domain: Option<DomainConfig>,
     pub gitlab_root_email: String,
+    pub gitlab_image: String,
     pub gitlab_image_tag: String,
+    pub tag_source: TagSource,
+    pub gitlab_image_credentials: Option<String>,
     pub task_cpu: u32,
     pub task_memory_mib: u32,
+    /// The SSH port, when Git over SSH is on.
+    pub ssh_port: Option<u16>,
+}
+
+impl StackConfig {
+    /// The image reference the task runs.
+    pub fn image(&self) -> String {
+        format!("{}:{}", self.gitlab_image, self.gitlab_image_tag)
+    }
+
+    /// Whether the image is pulled from ECR (the execution role then needs ECR's pull rights).
+    pub fn image_in_ecr(&self) -> bool {
+        self.gitlab_image
+            .split('/')
+            .next()
+            .is_some_and(|host| host.contains(".dkr.ecr.") && host.contains(".amazonaws.com"))
+    }
+
+    /// What a careful reader should know about exposure, said by `plan` and `up`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for cidr in &self.allowed_cidrs {
+            if cidr.prefix_len() <= 8 {
+                let reach = if cidr.prefix_len() == 0 {
+                    "the whole internet".to_string()
+                } else {
+                    format!("{} addresses", 1u64 << (32 - cidr.prefix_len()))
+                };
+                warnings.push(format!(
+                    "allowed_cidrs {cidr} opens GitLab to {reach}: anyone there can reach its sign-in page; list your office or VPN networks instead"
+                ));
+            }
+        }
+        if self.domain.is_none() {
+            warnings.push(
+                "GitLab is served over plain HTTP: the root password and every session travel in clear text; add HTTPS with domain_name, sub_domain and hosted_zone_id (a public Route 53 zone)".into(),
+            );
+        }
+        warnings
+    }
+}
+
+/// Collects problems, one per key.
+#[derive(Default)]
+struct Problems(Vec<Invalid>);
+
+impl Problems {
+    fn add(&mut self, key: &str, problem: String, help: impl Into<String>) {
+        self.0.push(Invalid { key: key.to_string(), problem, help: help.into() })
+    }
 }
 
 /// Validates everything that can be known without AWS, collecting every problem.
 pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
-    let mut problems = Vec::new();
-    let mut bad = |key: &str, problem: String, help: &str| {
-        problems.push(Invalid { key: key.to_string(), problem, help: help.to_string() })
-    };
-
+    let mut problems = Problems::default();
     let stack = s.stack.clone().unwrap_or_else(|| DEFAULT_STACK.to_string());
     if let Err(problem) = check_stack_name(&stack) {
-        bad("stack", problem, "use 1-32 characters of a-z, 0-9 and '-', starting with a letter, e.g. gitlab-ml");
+        problems.add(
+            "stack",
+            problem,
+            "use 1-32 characters of a-z, 0-9 and '-', starting with a letter, e.g. gitlab-ml",
+        );
     }
     if let Some(region) = &s.region
         && !is_region(region)
     {
-        bad("region", format!("{region:?} is not an AWS region name"), "write it like eu-west-1 or us-east-1");
+        problems.add("region", format!("{region:?} is not an AWS region name"), "write it like eu-west-1 or us-east-1");
     }
+    let domain = validate_domain(s, &mut problems);
+    let allowed_cidrs = validate_cidrs(s, domain.is_some(), &mut problems);
+    let network = validate_network(s, &mut problems);
+    let (gitlab_image, gitlab_image_tag) = validate_image(s, &mut problems);
+    let (task_cpu, task_memory_mib) = validate_size(s, &mut problems);
+    let gitlab_root_email = s.gitlab_root_email.clone().unwrap_or_else(|| DEFAULT_ROOT_EMAIL.to_string());
+    if let Err(problem) = check_email(&gitlab_root_email) {
+        problems.add("gitlab_root_email", problem, "write it like admin@example.com");
+    }
+    let ssh_port = match (s.ssh, s.ssh_port) {
+        (Some(true), port) => Some(port.unwrap_or(DEFAULT_SSH_PORT)),
+        (_, Some(port)) => {
+            problems.add(
+                "ssh_port",
+                format!("{port} is set but ssh is off"),
+                "add ssh = true (or --ssh), or remove ssh_port",
+            );
+            None
+        }
+        _ => None,
+    };
+    if ssh_port == Some(0) {
+        problems.add("ssh_port", "0 is not a port".into(), "use 22, or a port such as 2222");
+    }
+    if problems.0.is_empty() {
+        Ok(StackConfig {
+            stack,
+            region: s.region.clone(),
+            allowed_cidrs,
+            network,
+            domain,
+            gitlab_root_email,
+            gitlab_image,
+            tag_source: if s.gitlab_image_tag.is_some() { TagSource::File } else { TagSource::Default },
+            gitlab_image_tag,
+            gitlab_image_credentials: s.gitlab_image_credentials.clone(),
+            task_cpu,
+            task_memory_mib,
+            ssh_port,
+        })
+    } else {
+        Err(ConfigError::Invalid(problems.0))
+    }
+}
 
-    let mut allowed_cidrs = Vec::new();
+fn validate_cidrs(s: &Settings, https: bool, problems: &mut Problems) -> Vec<Ipv4Net> {
+    let mut allowed = Vec::new();
     match &s.allowed_cidrs {
-        None => bad(
+        None => problems.add(
             "allowed_cidrs",
             "is required: nobody could reach GitLab".into(),
             "list the networks allowed to reach GitLab, e.g. allowed_cidrs = [\"203.0.113.0/24\"] or --allowed-cidr 203.0.113.7/32",
         ),
-        Some(list) if list.is_empty() => bad(
+        Some(list) if list.is_empty() => problems.add(
             "allowed_cidrs",
             "is empty: nobody could reach GitLab".into(),
             "add at least one IPv4 CIDR, e.g. \"203.0.113.0/24\"",
@@ -211,97 +401,129 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
         Some(list) => {
             for (i, text) in list.iter().enumerate() {
                 match parse_cidr(text) {
-                    Ok(net) => allowed_cidrs.push(net),
-                    Err((problem, help)) => bad(&format!("allowed_cidrs[{i}]"), problem, &help),
+                    Ok(net) => allowed.push(net),
+                    Err((problem, help)) => problems.add(&format!("allowed_cidrs[{i}]"), problem, help),
                 }
+            }
+            let per_cidr = if https { 2 } else { 1 };
+            let most = SECURITY_GROUP_RULES / per_cidr;
+            if list.len() > most {
+                problems.add(
+                    "allowed_cidrs",
+                    format!(
+                        "{} entries need {} rules; a security group holds {SECURITY_GROUP_RULES} by default ({per_cidr} per entry{})",
+                        list.len(),
+                        list.len() * per_cidr,
+                        if https { ": ports 80 and 443" } else { "" }
+                    ),
+                    format!("list at most {most}, merging neighbours into wider prefixes"),
+                );
             }
         }
     }
+    allowed
+}
 
-    let network = match &s.vpc_id {
-        Some(vpc_id) => {
-            if !is_vpc_id(vpc_id) {
-                bad(
-                    "vpc_id",
-                    format!("{vpc_id:?} is not a VPC id"),
-                    "write it like vpc-0123456789abcdef0, or remove it to create a new VPC",
-                );
-            }
-            if s.vpc_cidr.is_some() {
-                bad(
-                    "vpc_cidr",
-                    "cannot be combined with vpc_id: an imported VPC keeps its own CIDR".into(),
-                    "remove vpc_cidr, or remove vpc_id to create a new VPC",
-                );
-            }
-            if s.use_nat_instance.is_some() {
-                bad(
-                    "use_nat_instance",
-                    "cannot be combined with vpc_id: an imported VPC keeps its own NAT".into(),
-                    "remove use_nat_instance, or remove vpc_id to create a new VPC",
-                );
-            }
-            NetworkConfig::Import { vpc_id: vpc_id.clone() }
+fn validate_network(s: &Settings, problems: &mut Problems) -> NetworkConfig {
+    if let Some(vpc_id) = &s.vpc_id {
+        if !is_vpc_id(vpc_id) {
+            problems.add(
+                "vpc_id",
+                format!("{vpc_id:?} is not a VPC id"),
+                "write it like vpc-0123456789abcdef0, or remove it to create a new VPC",
+            );
         }
-        None => {
-            let text = s.vpc_cidr.as_deref().unwrap_or(DEFAULT_VPC_CIDR);
-            let vpc_cidr = match parse_cidr(text) {
-                Ok(net) if net.prefix_len() < 16 || net.prefix_len() > 28 => {
-                    bad(
-                        "vpc_cidr",
-                        format!("{net} has a /{} prefix; AWS accepts VPC CIDRs from /16 to /28", net.prefix_len()),
-                        "use a prefix between /16 and /26, e.g. 10.0.0.0/16",
-                    );
-                    net
-                }
-                Ok(net) if net.prefix_len() > 26 => {
-                    bad(
-                        "vpc_cidr",
-                        format!("{net} is too small for four subnets of at least /28"),
-                        "use a prefix of /26 or shorter, e.g. 10.0.0.0/24",
-                    );
-                    net
-                }
-                Ok(net) => net,
-                Err((problem, help)) => {
-                    bad("vpc_cidr", problem, &help);
-                    Ipv4Net::default()
-                }
-            };
-            let nat = if s.use_nat_instance.unwrap_or(false) { NatKind::Instance } else { NatKind::Gateway };
-            NetworkConfig::Create { vpc_cidr, nat }
+        for (key, given) in [
+            ("vpc_cidr", s.vpc_cidr.is_some()),
+            ("use_nat_instance", s.use_nat_instance.is_some()),
+            ("availability_zones", s.availability_zones.is_some()),
+        ] {
+            if given {
+                problems.add(
+                    key,
+                    format!("cannot be combined with vpc_id: an imported VPC keeps its own {}", key.replace('_', " ")),
+                    format!("remove {key}, or remove vpc_id to create a new VPC"),
+                );
+            }
+        }
+        return NetworkConfig::Import { vpc_id: vpc_id.clone() };
+    }
+    let text = s.vpc_cidr.as_deref().unwrap_or(DEFAULT_VPC_CIDR);
+    let vpc_cidr = match parse_cidr(text) {
+        Ok(net) if net.prefix_len() < 16 || net.prefix_len() > 28 => {
+            problems.add(
+                "vpc_cidr",
+                format!("{net} has a /{} prefix; AWS accepts VPC CIDRs from /16 to /28", net.prefix_len()),
+                "use a prefix between /16 and /26, e.g. 10.0.0.0/16",
+            );
+            net
+        }
+        Ok(net) if net.prefix_len() > 26 => {
+            problems.add(
+                "vpc_cidr",
+                format!("{net} is too small for four subnets of at least /28"),
+                "use a prefix of /26 or shorter, e.g. 10.0.0.0/24",
+            );
+            net
+        }
+        Ok(net) => net,
+        Err((problem, help)) => {
+            problems.add("vpc_cidr", problem, help);
+            Ipv4Net::default()
         }
     };
+    let nat = if s.use_nat_instance.unwrap_or(false) { NatKind::Instance } else { NatKind::Gateway };
+    let zones = s.availability_zones.as_ref().and_then(|zones| {
+        let ok = zones.len() == 2 && zones[0] != zones[1] && zones.iter().all(|z| is_zone(z));
+        if !ok {
+            problems.add(
+                "availability_zones",
+                format!("{zones:?} is not two distinct availability zone names"),
+                "name two zones of the region, e.g. [\"us-east-1a\", \"us-east-1b\"] (`aws ec2 describe-availability-zones`)",
+            );
+            return None;
+        }
+        if let Some(region) = &s.region
+            && zones.iter().any(|z| !z.starts_with(region.as_str()))
+        {
+            problems.add("availability_zones", format!("{zones:?} are not all zones of {region}"), format!("name zones of {region}, e.g. {region}a"));
+        }
+        Some([zones[0].clone(), zones[1].clone()])
+    });
+    NetworkConfig::Create { vpc_cidr, nat, zones }
+}
 
-    let domain = match (&s.domain_name, &s.sub_domain, &s.hosted_zone_id) {
+fn validate_domain(s: &Settings, problems: &mut Problems) -> Option<DomainConfig> {
+    match (&s.domain_name, &s.sub_domain, &s.hosted_zone_id) {
         (None, None, None) => None,
         (Some(domain_name), Some(sub_domain), Some(hosted_zone_id)) => {
-            if !is_dns_name(domain_name) || !domain_name.contains('.') {
-                bad(
+            // What the console and the CLI print, normalised: trailing dots, capitals, the
+            // /hostedzone/ prefix.
+            let domain_name = domain_name.trim_end_matches('.').to_ascii_lowercase();
+            let sub_domain = sub_domain.trim_end_matches('.').to_ascii_lowercase();
+            let hosted_zone_id = hosted_zone_id.trim().trim_start_matches("/hostedzone/").to_string();
+            if !is_dns_name(&domain_name) || !domain_name.contains('.') {
+                problems.add(
                     "domain_name",
                     format!("{domain_name:?} is not a domain name"),
-                    "write it like example.com (no scheme, no trailing dot)",
+                    "write it like example.com (no scheme)",
                 );
             }
-            if !is_dns_name(sub_domain) {
-                bad(
+            if !is_dns_name(&sub_domain) {
+                problems.add(
                     "sub_domain",
                     format!("{sub_domain:?} is not a DNS label"),
                     "write it like gitlab (letters, digits, '-')",
                 );
             }
-            if !is_hosted_zone_id(hosted_zone_id) {
-                bad(
+            if !is_hosted_zone_id(&hosted_zone_id) {
+                problems.add(
                     "hosted_zone_id",
                     format!("{hosted_zone_id:?} is not a Route 53 hosted zone id"),
                     "write it like Z0123456789ABCDEFGHIJ (from `aws route53 list-hosted-zones`)",
                 );
             }
-            Some(DomainConfig {
-                domain_name: domain_name.clone(),
-                sub_domain: sub_domain.clone(),
-                hosted_zone_id: hosted_zone_id.clone(),
-            })
+            Some(DomainConfig { domain_name, sub_domain, hosted_zone_id })
         }
         _ => {
             let missing: Vec<&str> =
@@ -310,80 +532,79 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
                     .filter(|(_, v)| v.is_none())
                     .map(|(k, _)| k)
                     .collect();
-            bad(
+            problems.add(
                 &missing.join(", "),
                 "missing: domain_name, sub_domain and hosted_zone_id go together (HTTPS needs all three)".into(),
                 "set all three for HTTPS, or none for plain HTTP on the load balancer's name",
             );
             None
         }
-    };
+    }
+}
 
-    let gitlab_root_email = s.gitlab_root_email.clone().unwrap_or_else(|| DEFAULT_ROOT_EMAIL.to_string());
-    if !is_email(&gitlab_root_email) {
-        bad(
-            "gitlab_root_email",
-            format!("{gitlab_root_email:?} is not an e-mail address"),
-            "write it like admin@example.com",
+fn validate_image(s: &Settings, problems: &mut Problems) -> (String, String) {
+    let image = s.gitlab_image.clone().unwrap_or_else(|| DEFAULT_GITLAB_IMAGE.to_string());
+    if !is_image_repository(&image) {
+        problems.add(
+            "gitlab_image",
+            format!("{image:?} is not an image repository"),
+            "write it without a tag, like gitlab/gitlab-ce or 123456789012.dkr.ecr.us-east-1.amazonaws.com/gitlab/gitlab-ce (the tag is gitlab_image_tag)",
         );
     }
-
-    let gitlab_image_tag = s.gitlab_image_tag.clone().unwrap_or_else(|| DEFAULT_GITLAB_IMAGE_TAG.to_string());
-    if !is_pinned_ce_tag(&gitlab_image_tag) {
-        bad(
+    let tag = s.gitlab_image_tag.clone().unwrap_or_else(|| DEFAULT_GITLAB_IMAGE_TAG.to_string());
+    if crate::gitlab_version::Version::parse(&tag).is_none() {
+        problems.add(
             "gitlab_image_tag",
-            format!("{gitlab_image_tag:?} is not a pinned gitlab-ce release tag"),
-            &format!(
+            format!("{tag:?} is not a pinned gitlab-ce release tag"),
+            format!(
                 "use a release tag like {DEFAULT_GITLAB_IMAGE_TAG} (moving tags such as latest or rc can upgrade GitLab across versions on any restart)"
             ),
         );
     }
+    if let Some(arn) = &s.gitlab_image_credentials
+        && !(arn.starts_with("arn:") && arn.contains(":secretsmanager:") && arn.contains(":secret:"))
+    {
+        problems.add(
+            "gitlab_image_credentials",
+            format!("{arn:?} is not the ARN of a Secrets Manager secret"),
+            "write it like arn:aws:secretsmanager:us-east-1:123456789012:secret:dockerhub-AbCdEf (a secret with \"username\" and \"password\")",
+        );
+    }
+    (image, tag)
+}
 
+fn validate_size(s: &Settings, problems: &mut Problems) -> (u32, u32) {
     let task_cpu = s.task_cpu.unwrap_or(DEFAULT_TASK_CPU);
     let task_memory_mib = s.task_memory_mib.unwrap_or(DEFAULT_TASK_MEMORY_MIB);
     match fargate_memory_choices(task_cpu) {
-        None => bad(
+        None => problems.add(
             "task_cpu",
             format!("{task_cpu} is not a Fargate CPU size"),
             "use one of 1024, 2048, 4096, 8192, 16384 (CPU units; 1024 = 1 vCPU)",
         ),
-        Some(choices) if !choices.contains(&task_memory_mib) => bad(
+        Some(choices) if !choices.contains(&task_memory_mib) => problems.add(
             "task_memory_mib",
             format!("{task_memory_mib} MiB is not a Fargate memory size for task_cpu = {task_cpu}"),
-            &format!(
+            format!(
                 "with task_cpu = {task_cpu} use {} to {} MiB in steps of {}",
                 choices[0],
                 choices[choices.len() - 1],
                 choices[1] - choices[0]
             ),
         ),
-        Some(_) if task_memory_mib < GITLAB_MIN_MEMORY_MIB => bad(
+        Some(_) if task_memory_mib < GITLAB_MIN_MEMORY_MIB => problems.add(
             "task_memory_mib",
             format!("{task_memory_mib} MiB is below GitLab's minimum of {GITLAB_MIN_MEMORY_MIB} MiB"),
             "use at least 4096 (the default 6144 suits a small team)",
         ),
         Some(_) => {}
     }
-
-    if problems.is_empty() {
-        Ok(StackConfig {
-            stack,
-            region: s.region.clone(),
-            allowed_cidrs,
-            network,
-            domain,
-            gitlab_root_email,
-            gitlab_image_tag,
-            task_cpu,
-            task_memory_mib,
-        })
-    } else {
-        Err(ConfigError::Invalid(problems))
-    }
+    (task_cpu, task_memory_mib)
 }
 
 /// The stack name ends up in AWS resource names (load balancers and target groups allow
-/// 32 characters, lower-case, no leading or trailing hyphen).
+/// 32 characters, lower-case, no leading or trailing hyphen; security group names may not
+/// start with `sg-`).
 pub fn check_stack_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 32 {
         return Err(format!("{name:?} must be 1-32 characters long"));
@@ -400,7 +621,31 @@ pub fn check_stack_name(name: &str) -> Result<(), String> {
     if name.starts_with("internal-") {
         return Err(format!("{name:?} must not start with 'internal-' (AWS reserves it for load balancer names)"));
     }
+    if name.starts_with("sg-") {
+        return Err(format!("{name:?} must not start with 'sg-' (EC2 refuses security group names of that form)"));
+    }
     Ok(())
+}
+
+/// At most 254 characters, one `@`, a domain with a dot, no spaces or control characters.
+fn check_email(email: &str) -> Result<(), String> {
+    if email.len() > 254 {
+        return Err(format!("is {} characters long; an e-mail address has at most 254", email.len()));
+    }
+    if email.chars().any(char::is_control) {
+        return Err(format!("{email:?} contains control characters"));
+    }
+    let valid = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && local.len() <= 64
+                && !local.chars().any(|c| c.is_whitespace() || c == '@')
+                && is_dns_name(domain)
+                && domain.contains('.')
+        }
+        None => false,
+    };
+    if valid { Ok(()) } else { Err(format!("{email:?} is not an e-mail address")) }
 }
 
 /// Parses an IPv4 CIDR and refuses host bits, which AWS would reject or silently mask.
@@ -441,13 +686,19 @@ pub fn fargate_memory_choices(cpu: u32) -> Option<Vec<u32>> {
     Some((from..=to).step_by(step as usize).collect())
 }
 
-fn is_region(s: &str) -> bool {
+pub fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
         && parts[0].len() == 2
         && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
         && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
         && !parts[parts.len() - 1].is_empty()
+}
+
+/// A zone is its region's name and a letter (us-east-1a), or a Local Zone name.
+fn is_zone(s: &str) -> bool {
+    let Some(last) = s.chars().last() else { return false };
+    last.is_ascii_lowercase() && is_region(&s[..s.len() - 1])
 }
 
 fn is_vpc_id(s: &str) -> bool {
@@ -474,26 +725,21 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-fn is_email(s: &str) -> bool {
-    match s.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && !local.chars().any(|c| c.is_whitespace() || c == '@')
-                && is_dns_name(domain)
-                && domain.contains('.')
-        }
-        None => false,
-    }
-}
-
-/// gitlab-ce release tags look like `19.4.1-ce.0`.
-fn is_pinned_ce_tag(s: &str) -> bool {
-    let Some((version, build)) = s.split_once("-ce.") else {
+/// `[host[:port]/]path` with lower-case path components and no tag or digest.
+fn is_image_repository(s: &str) -> bool {
+    if s.is_empty() || s.len() > 255 || s.contains('@') {
         return false;
-    };
-    let numbers: Vec<&str> = version.split('.').collect();
-    numbers.len() == 3
-        && numbers.iter().chain(std::iter::once(&build)).all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    }
+    let mut parts: Vec<&str> = s.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        if !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+            return false;
+        }
+    }
+    parts
+        .iter()
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)))
 }
 
 #[cfg(test)]
@@ -504,16 +750,24 @@ mod tests {
         Settings { allowed_cidrs: Some(vec!["203.0.113.0/24".into()]), ..Default::default() }
     }
 
+    fn https(s: &mut Settings) {
+        s.domain_name = Some("example.com".into());
+        s.sub_domain = Some("git".into());
+        s.hosted_zone_id = Some("Z123".into());
+    }
+
     #[test]
     fn defaults_validate() {
         let cfg = validate(&base()).expect("valid");
         assert_eq!(cfg.stack, "gitlab");
         assert_eq!(
             cfg.network,
-            NetworkConfig::Create { vpc_cidr: "10.0.0.0/16".parse().unwrap(), nat: NatKind::Gateway }
+            NetworkConfig::Create { vpc_cidr: "10.0.0.0/16".parse().unwrap(), nat: NatKind::Gateway, zones: None }
         );
         assert_eq!((cfg.task_cpu, cfg.task_memory_mib), (2048, 6144));
         assert_ne!(cfg.gitlab_image_tag, "latest");
+        assert_eq!(cfg.image(), "gitlab/gitlab-ce:19.4.1-ce.0");
+        assert_eq!(cfg.ssh_port, None);
     }
 
     #[test]
@@ -525,6 +779,7 @@ mod tests {
             ("stack", Box::new(|s| s.stack = Some("a".repeat(33)))),
             ("stack", Box::new(|s| s.stack = Some("abc-".into()))),
             ("stack", Box::new(|s| s.stack = Some("ab_c".into()))),
+            ("stack", Box::new(|s| s.stack = Some("sg-team".into()))),
             ("region", Box::new(|s| s.region = Some("moon-1".into()))),
             ("allowed_cidrs", Box::new(|s| s.allowed_cidrs = None)),
             ("allowed_cidrs", Box::new(|s| s.allowed_cidrs = Some(vec![]))),
@@ -536,6 +791,13 @@ mod tests {
             ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.1".into()]))),
             ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["10.0.0.0/33".into()]))),
             ("allowed_cidrs[0]", Box::new(|s| s.allowed_cidrs = Some(vec!["2001:db8::/32".into()]))),
+            (
+                "allowed_cidrs",
+                Box::new(|s| {
+                    https(s);
+                    s.allowed_cidrs = Some((0..31).map(|i| format!("10.{i}.0.0/16")).collect())
+                }),
+            ),
             ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.0.0.0/8".into()))),
             ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.0.0.0/27".into()))),
             ("vpc_cidr", Box::new(|s| s.vpc_cidr = Some("10.0.0.0".into()))),
@@ -555,6 +817,18 @@ mod tests {
                     s.use_nat_instance = Some(true)
                 }),
             ),
+            ("availability_zones", Box::new(|s| s.availability_zones = Some(vec!["us-east-1a".into()]))),
+            (
+                "availability_zones",
+                Box::new(|s| s.availability_zones = Some(vec!["us-east-1a".into(), "us-east-1a".into()])),
+            ),
+            (
+                "availability_zones",
+                Box::new(|s| {
+                    s.region = Some("eu-west-1".into());
+                    s.availability_zones = Some(vec!["us-east-1a".into(), "us-east-1b".into()])
+                }),
+            ),
             ("sub_domain, hosted_zone_id", Box::new(|s| s.domain_name = Some("example.com".into()))),
             (
                 "domain_name",
@@ -566,32 +840,34 @@ mod tests {
             (
                 "domain_name",
                 Box::new(|s| {
-                    s.domain_name = Some("https://example.com".into());
-                    s.sub_domain = Some("git".into());
-                    s.hosted_zone_id = Some("Z123".into())
+                    https(s);
+                    s.domain_name = Some("https://example.com".into())
                 }),
             ),
             (
                 "sub_domain",
                 Box::new(|s| {
-                    s.domain_name = Some("example.com".into());
-                    s.sub_domain = Some("-git".into());
-                    s.hosted_zone_id = Some("Z123".into())
+                    https(s);
+                    s.sub_domain = Some("-git".into())
                 }),
             ),
             (
                 "hosted_zone_id",
                 Box::new(|s| {
-                    s.domain_name = Some("example.com".into());
-                    s.sub_domain = Some("git".into());
+                    https(s);
                     s.hosted_zone_id = Some("zone1".into())
                 }),
             ),
             ("gitlab_root_email", Box::new(|s| s.gitlab_root_email = Some("admin".into()))),
             ("gitlab_root_email", Box::new(|s| s.gitlab_root_email = Some("admin@localhost".into()))),
+            ("gitlab_root_email", Box::new(|s| s.gitlab_root_email = Some("ad\u{1b}[31mmin@example.com".into()))),
+            ("gitlab_root_email", Box::new(|s| s.gitlab_root_email = Some(format!("{}@example.com", "a".repeat(250))))),
             ("gitlab_image_tag", Box::new(|s| s.gitlab_image_tag = Some("latest".into()))),
             ("gitlab_image_tag", Box::new(|s| s.gitlab_image_tag = Some("19.4.1-ee.0".into()))),
             ("gitlab_image_tag", Box::new(|s| s.gitlab_image_tag = Some("19.4".into()))),
+            ("gitlab_image", Box::new(|s| s.gitlab_image = Some("gitlab/gitlab-ce:19.4.1-ce.0".into()))),
+            ("gitlab_image", Box::new(|s| s.gitlab_image = Some("GitLab/CE".into()))),
+            ("gitlab_image_credentials", Box::new(|s| s.gitlab_image_credentials = Some("dockerhub".into()))),
             ("task_cpu", Box::new(|s| s.task_cpu = Some(3000))),
             ("task_memory_mib", Box::new(|s| s.task_memory_mib = Some(3000))),
             (
@@ -599,6 +875,14 @@ mod tests {
                 Box::new(|s| {
                     s.task_cpu = Some(512);
                     s.task_memory_mib = Some(2048)
+                }),
+            ),
+            ("ssh_port", Box::new(|s| s.ssh_port = Some(2222))),
+            (
+                "ssh_port",
+                Box::new(|s| {
+                    s.ssh = Some(true);
+                    s.ssh_port = Some(0)
                 }),
             ),
         ];
@@ -618,11 +902,63 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_mistyped_keys_are_rejected() {
-        let err = parse_toml("allowed_cidrs = [\"10.0.0.0/8\"]\nvpc_cdir = \"10.0.0.0/16\"\n").unwrap_err();
-        assert!(err.contains("vpc_cdir"), "{err}");
-        let err = parse_toml("task_cpu = \"2048\"\n").unwrap_err();
-        assert!(err.contains("task_cpu"), "{err}");
+    fn what_the_console_prints_is_accepted_and_normalised() {
+        let mut s = base();
+        s.domain_name = Some("Example.COM.".into());
+        s.sub_domain = Some("Git".into());
+        s.hosted_zone_id = Some("/hostedzone/Z0123ABC".into());
+        let domain = validate(&s).unwrap().domain.unwrap();
+        assert_eq!(
+            (domain.domain_name.as_str(), domain.sub_domain.as_str(), domain.hosted_zone_id.as_str()),
+            ("example.com", "git", "Z0123ABC")
+        );
+        assert_eq!(domain.fqdn(), "git.example.com");
+    }
+
+    #[test]
+    fn the_security_group_quota_caps_allowed_cidrs() {
+        let mut s = base();
+        s.allowed_cidrs = Some((0..60).map(|i| format!("10.{i}.0.0/16")).collect());
+        assert!(validate(&s).is_ok(), "60 CIDRs fit without HTTPS");
+        https(&mut s);
+        assert!(validate(&s).is_err(), "60 CIDRs need 120 rules with HTTPS");
+        s.allowed_cidrs = Some((0..30).map(|i| format!("10.{i}.0.0/16")).collect());
+        assert!(validate(&s).is_ok());
+    }
+
+    #[test]
+    fn exposure_is_said() {
+        let mut s = base();
+        s.allowed_cidrs = Some(vec!["0.0.0.0/0".into()]);
+        let warnings = validate(&s).unwrap().warnings();
+        assert!(warnings.iter().any(|w| w.contains("whole internet")), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("plain HTTP") && w.contains("domain_name")), "{warnings:?}");
+        https(&mut s);
+        s.allowed_cidrs = Some(vec!["203.0.113.0/24".into()]);
+        assert_eq!(validate(&s).unwrap().warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_rejected_with_a_suggestion() {
+        let (message, help) = parse_toml("allowed_cidrs = [\"10.0.0.0/8\"]\nvpc_cdir = \"10.0.0.0/16\"\n").unwrap_err();
+        assert!(message.contains("vpc_cdir"), "{message}");
+        assert!(help.contains("did you mean `vpc_cidr`"), "{help}");
+        let (message, _) = parse_toml("task_cpu = \"2048\"\n").unwrap_err();
+        assert!(message.contains("task_cpu"), "{message}");
+    }
+
+    #[test]
+    fn images_from_other_registries_are_accepted() {
+        for image in [
+            "gitlab/gitlab-ce",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/gitlab/gitlab-ce",
+            "localhost:5000/gitlab",
+        ] {
+            let mut s = base();
+            s.gitlab_image = Some(image.into());
+            let cfg = validate(&s).unwrap_or_else(|e| panic!("{image}: {e}"));
+            assert_eq!(cfg.image_in_ecr(), image.contains(".dkr.ecr."), "{image}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ const FARGATE_VCPU_HOUR: f64 = 0.04048;
 const FARGATE_GB_HOUR: f64 = 0.004445;
 const ALB_HOUR: f64 = 0.0225;
 const ALB_LCU_HOUR: f64 = 0.008;
+const NLB_HOUR: f64 = 0.0225;
+const NLB_NLCU_HOUR: f64 = 0.006;
 const NAT_GATEWAY_HOUR: f64 = 0.045;
 const NAT_GATEWAY_GB: f64 = 0.045;
 const T4G_NANO_HOUR: f64 = 0.0042;
@@ -67,9 +69,36 @@ fn nat_lines(nat: NatKind) -> Vec<CostLine> {
     }
 }
 
+/// What the estimate depends on.
+pub struct Inputs {
+    pub cpu: u32,
+    pub memory_mib: u32,
+    /// The NAT of a VPC the tool creates; `None` for an imported VPC.
+    pub nat: Option<NatKind>,
+    pub ssh: bool,
+}
+
+impl From<&StackConfig> for Inputs {
+    fn from(cfg: &StackConfig) -> Self {
+        Inputs {
+            cpu: cfg.task_cpu,
+            memory_mib: cfg.task_memory_mib,
+            nat: match cfg.network {
+                NetworkConfig::Create { nat, .. } => Some(nat),
+                NetworkConfig::Import { .. } => None,
+            },
+            ssh: cfg.ssh_port.is_some(),
+        }
+    }
+}
+
 pub fn estimate(cfg: &StackConfig) -> Estimate {
-    let vcpu = f64::from(cfg.task_cpu) / 1024.0;
-    let gb = f64::from(cfg.task_memory_mib) / 1024.0;
+    estimate_of(&Inputs::from(cfg))
+}
+
+pub fn estimate_of(inputs: &Inputs) -> Estimate {
+    let vcpu = f64::from(inputs.cpu) / 1024.0;
+    let gb = f64::from(inputs.memory_mib) / 1024.0;
     let mut lines = vec![
         line("Fargate vCPU", format!("{vcpu} vCPU x 730 h x ${FARGATE_VCPU_HOUR}"), vcpu * HOURS * FARGATE_VCPU_HOUR),
         line("Fargate memory", format!("{gb} GB x 730 h x ${FARGATE_GB_HOUR}"), gb * HOURS * FARGATE_GB_HOUR),
@@ -79,14 +108,20 @@ pub fn estimate(cfg: &StackConfig) -> Estimate {
             HOURS * (ALB_HOUR + ALB_LCU_HOUR),
         ),
     ];
-    // The load balancer has an address in each of two zones; a NAT has one more.
-    let (addresses, nat) = match cfg.network {
-        NetworkConfig::Create { nat, .. } => {
-            lines.extend(nat_lines(nat));
-            (3.0, Some(nat))
-        }
-        NetworkConfig::Import { .. } => (2.0, None),
-    };
+    if inputs.ssh {
+        lines.push(line(
+            "Network load balancer (SSH)",
+            format!("730 h x ${NLB_HOUR} + 1 NLCU x 730 h x ${NLB_NLCU_HOUR}"),
+            HOURS * (NLB_HOUR + NLB_NLCU_HOUR),
+        ));
+    }
+    // Each load balancer has an address in each of two zones; a NAT has one more.
+    let nat = inputs.nat;
+    let mut addresses: f64 = if inputs.ssh { 4.0 } else { 2.0 };
+    if let Some(nat) = nat {
+        lines.extend(nat_lines(nat));
+        addresses += 1.0;
+    }
     lines.push(line(
         "Public IPv4 addresses",
         format!("{addresses} x 730 h x ${PUBLIC_IPV4_HOUR}"),

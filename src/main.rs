@@ -1,29 +1,31 @@
 mod aws;
+mod catalog;
 mod cli;
 mod commands;
 mod config;
 mod cost;
 mod engine;
+mod exit;
+mod gitlab_version;
+mod keys;
 mod printer;
 mod state;
 mod steps;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::cli::{ColorChoice, GlobalArgs};
+use crate::engine::Interrupt;
+use crate::printer::Printer;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let default_level = match cli.global.verbose {
-        0 => "warn",
-        1 => "gitlab_provision=info,warn",
-        _ => "gitlab_provision=debug,info",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr)
-        .init();
+    let global = cli.global.clone();
+    init_logging(&global);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -31,16 +33,71 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            if is_user_error(&error) { ExitCode::from(2) } else { ExitCode::FAILURE }
+    let interrupt = Interrupt::default();
+    let result = runtime.block_on(async {
+        tokio::spawn(watch_signals(interrupt.clone()));
+        commands::run(cli, interrupt).await
+    });
+    let status = match result {
+        Ok(status) => status,
+        Err(failure) => {
+            Printer::new(&global, false).error(&failure);
+            failure.status
         }
+    };
+    ExitCode::from(status.code())
+}
+
+/// The first Ctrl-C (or SIGTERM) stops scheduling new work: what is in flight finishes and is
+/// recorded, then the command says where things stand. A second one exits at once; the state
+/// is consistent at every instant, so nothing is lost either way.
+async fn watch_signals(interrupt: Interrupt) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    for count in 0.. {
+        let terminated = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        if count > 0 {
+            eprintln!("\nstopped at once; the state file is consistent: run the command again to resume");
+            std::process::exit(130);
+        }
+        interrupt.raise();
+        eprintln!(
+            "\nstopping: no new step starts; the ones in flight finish and are recorded (Ctrl-C again to exit now)"
+        );
     }
 }
 
-/// Usage and configuration mistakes exit 2; failures while working exit 1.
-fn is_user_error(error: &anyhow::Error) -> bool {
-    error.is::<config::ConfigError>() || error.is::<commands::UserError>() || error.is::<aws::NoRegion>()
+/// Logs go to stderr, without colour codes unless stderr is a terminal that wants them. By
+/// default only the tool's own warnings show; `-v` adds one line per AWS call, `-vv` the SDK's
+/// own logs.
+fn init_logging(global: &GlobalArgs) {
+    let default = match global.verbose {
+        0 => "gitlab_provision=warn",
+        1 => "gitlab_provision=info",
+        _ => "info,gitlab_provision=debug,aws_config=debug,aws_smithy_runtime=debug,aws_runtime=debug",
+    };
+    let ansi = match global.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(global.verbose > 1)
+        .without_time()
+        .init();
 }

@@ -1,18 +1,51 @@
-//! The only place that decides how progress looks: bars on a terminal, plain timestamped lines
-//! otherwise (CI logs, pipes). Progress goes to stderr; results go to stdout.
+//! The only place that decides how output looks: progress bars on a terminal and plain
+//! timestamped lines otherwise, one JSON event per line with `--json`, colour or not, quiet or
+//! verbose. Progress and messages go to stderr; results go to stdout. Commands print nothing
+//! themselves.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 
+use crate::cli::{ColorChoice, GlobalArgs};
 use crate::engine::{Event, Observer};
+use crate::exit::CliError;
 
-pub struct Printer {
-    started: Instant,
-    bars: Option<Bars>,
+/// The version of every JSON document and event the tool prints.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How something reads at a glance.
+#[derive(Debug, Clone, Copy)]
+pub enum Tone {
+    Good,
+    Changed,
+    Bad,
+    Warn,
+    Dim,
+    Bold,
+}
+
+impl Tone {
+    fn code(self) -> &'static str {
+        match self {
+            Tone::Good => "32",
+            Tone::Changed => "33",
+            Tone::Bad => "31",
+            Tone::Warn => "33;1",
+            Tone::Dim => "2",
+            Tone::Bold => "1",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    unchanged: usize,
+    skipped: usize,
 }
 
 struct Bars {
@@ -20,21 +53,207 @@ struct Bars {
     by_step: Mutex<HashMap<String, ProgressBar>>,
 }
 
+pub struct Printer {
+    started: Instant,
+    /// `--json` on a command that streams: events as JSON lines on stdout.
+    events_as_json: bool,
+    quiet: bool,
+    verbose: bool,
+    color_err: bool,
+    color_out: bool,
+    bars: Option<Bars>,
+    tally: Mutex<Tally>,
+}
+
+fn wants_color(choice: ColorChoice, terminal: bool) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            terminal
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var("TERM").map_or(true, |t| t != "dumb")
+        }
+    }
+}
+
 impl Printer {
-    /// Bars only on an interactive stderr and when logs are not being shown (they would tear
-    /// the bars apart).
-    pub fn new(verbose: bool) -> Self {
-        let interactive = std::io::stderr().is_terminal() && !verbose && std::env::var_os("CI").is_none();
+    /// `events_as_json`: the command streams its progress as JSON (up/down --json).
+    pub fn new(global: &GlobalArgs, events_as_json: bool) -> Self {
+        let stderr_terminal = std::io::stderr().is_terminal();
+        let interactive = stderr_terminal
+            && global.verbose == 0
+            && !global.quiet
+            && !events_as_json
+            && std::env::var_os("CI").is_none();
         let bars = interactive.then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             by_step: Mutex::new(HashMap::new()),
         });
-        Printer { started: Instant::now(), bars }
+        Printer {
+            started: Instant::now(),
+            events_as_json,
+            quiet: global.quiet,
+            verbose: global.verbose > 0,
+            color_err: wants_color(global.color, stderr_terminal),
+            color_out: wants_color(global.color, std::io::stdout().is_terminal()),
+            bars,
+            tally: Mutex::new(Tally::default()),
+        }
+    }
+
+    /// Whether stdin and stderr are a terminal a question can be asked on.
+    pub fn can_ask(&self) -> bool {
+        std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+    }
+
+    /// `text` in a tone, for stderr.
+    pub fn paint(&self, text: &str, tone: Tone) -> String {
+        paint(self.color_err, text, tone)
+    }
+
+    /// `text` in a tone, for stdout.
+    pub fn paint_out(&self, text: &str, tone: Tone) -> String {
+        paint(self.color_out, text, tone)
+    }
+
+    /// A message line on stderr, kept on screen above any progress bars.
+    fn say(&self, text: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// The first lines of a command: what it works on, where, as whom.
+    pub fn heading(&self, text: &str) {
+        if !self.quiet {
+            self.say(&self.paint(text, Tone::Bold));
+        }
+    }
+
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            self.say(&format!("{} {text}", self.paint("note:", Tone::Dim)));
+        }
+    }
+
+    /// Said even with `--quiet`: something the user must know.
+    pub fn warn(&self, text: &str) {
+        self.say(&format!("{} {text}", self.paint("warning:", Tone::Warn)));
+    }
+
+    /// A line of a command's result (stdout); nothing in JSON mode, where the result is JSON.
+    pub fn out(&self, text: &str) {
+        if !self.events_as_json {
+            println!("{}", text.trim_end_matches('\n'));
+        }
+    }
+
+    /// A command's result as JSON (stdout), with the schema version first.
+    pub fn json(&self, kind: &str, value: &impl Serialize) -> anyhow::Result<()> {
+        let mut doc = serde_json::to_value(value)?;
+        if let serde_json::Value::Object(fields) = &mut doc {
+            let mut with_schema = serde_json::Map::new();
+            with_schema.insert("schema".into(), format!("gitlab-provision.{kind}/{SCHEMA_VERSION}").into());
+            with_schema.extend(std::mem::take(fields));
+            doc = serde_json::Value::Object(with_schema);
+        }
+        let mut stdout = std::io::stdout().lock();
+        if self.events_as_json {
+            writeln!(stdout, "{}", serde_json::to_string(&doc)?)?;
+        } else {
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&doc)?)?;
+        }
+        Ok(())
+    }
+
+    /// The final JSON document of a command that streamed its progress as JSON events.
+    pub fn json_if_events(&self, kind: &str, value: &impl Serialize) -> anyhow::Result<()> {
+        if self.events_as_json { self.json(kind, value) } else { Ok(()) }
+    }
+
+    /// A failure, cause first: the error (with the failing step and AWS's code and message),
+    /// where things stand, then one line saying what to do next.
+    pub fn error(&self, failure: &CliError) {
+        self.clear_bars();
+        let text = format!("{:#}", failure.error);
+        let (cause, own_help) = match text.split_once("\n    help: ") {
+            Some((cause, help)) => (cause.to_string(), Some(help.to_string())),
+            None => (text, None),
+        };
+        let mut lines = vec![format!("{} {}", self.paint("error:", Tone::Bad), cause)];
+        lines.extend(failure.context.iter().map(|c| format!("  {c}")));
+        if let Some(help) = failure.help.clone().or(own_help) {
+            lines.push(format!("{} {help}", self.paint("help:", Tone::Bold)));
+        }
+        eprintln!("{}", lines.join("\n"));
+    }
+
+    /// Asks on the terminal; the answer, trimmed.
+    pub fn ask(&self, question: &str) -> anyhow::Result<String> {
+        self.clear_bars();
+        eprint!("{question} ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        Ok(answer.trim().to_string())
+    }
+
+    /// What the run collapsed: steps that changed nothing, steps never started.
+    pub fn tally(&self) {
+        let tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parts = Vec::new();
+        if tally.unchanged > 0 {
+            parts.push(format!("{} unchanged", tally.unchanged));
+        }
+        if tally.skipped > 0 {
+            parts.push(format!("{} not run (a step they need failed)", tally.skipped));
+        }
+        if !parts.is_empty() && !self.quiet && !self.events_as_json {
+            self.say(&self.paint(&parts.join(", "), Tone::Dim));
+        }
+    }
+
+    fn clear_bars(&self) {
+        if let Some(bars) = &self.bars {
+            let mut by_step = bars.by_step.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, bar) in by_step.drain() {
+                bar.finish_and_clear();
+            }
+        }
     }
 
     fn line(&self, step: &str, text: &str) {
-        eprintln!("[{:>6.1}s] {step:<22} {text}", self.started.elapsed().as_secs_f64());
+        eprintln!("[{:>6.1}s] {step:<24} {text}", self.started.elapsed().as_secs_f64());
     }
+
+    fn json_event(&self, event: &Event) {
+        let (kind, step, seconds, text, changed) = match event {
+            Event::Started { step, description } => ("started", step, None, description.as_str(), None),
+            Event::Progress { step, message } => ("progress", step, None, message.as_str(), None),
+            Event::Finished { step, elapsed, summary, changed } => {
+                ("finished", step, Some(elapsed), summary.as_str(), Some(*changed))
+            }
+            Event::Failed { step, elapsed, error } => ("failed", step, Some(elapsed), error.as_str(), None),
+            Event::Skipped { step, reason } => ("skipped", step, None, reason.as_str(), None),
+        };
+        let doc = serde_json::json!({
+            "schema": format!("gitlab-provision.event/{SCHEMA_VERSION}"),
+            "event": kind,
+            "step": step,
+            "seconds": seconds.map(Duration::as_secs_f64),
+            "message": text,
+            "changed": changed,
+        });
+        println!("{doc}");
+    }
+}
+
+fn paint(on: bool, text: &str, tone: Tone) -> String {
+    if on { format!("\x1b[{}m{text}\x1b[0m", tone.code()) } else { text.to_string() }
 }
 
 fn secs(d: Duration) -> String {
@@ -43,17 +262,36 @@ fn secs(d: Duration) -> String {
 
 impl Observer for Printer {
     fn event(&self, event: Event) {
+        if self.events_as_json {
+            return self.json_event(&event);
+        }
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         let Some(bars) = &self.bars else {
             match event {
-                Event::Started { step, description } => self.line(&step, &format!("started: {description}")),
-                Event::Progress { step, message } => self.line(&step, &message),
-                Event::Finished { step, elapsed, summary } => {
-                    self.line(&step, &format!("done in {}: {summary}", secs(elapsed)))
+                Event::Started { step, description } if self.verbose => {
+                    self.line(&step, &format!("started: {description}"))
+                }
+                Event::Started { .. } => {}
+                Event::Progress { step, message } if !self.quiet => self.line(&step, &message),
+                Event::Progress { .. } => {}
+                Event::Finished { step, elapsed, summary, changed } => {
+                    if changed || self.verbose {
+                        if !self.quiet {
+                            self.line(&step, &format!("done in {}: {summary}", secs(elapsed)));
+                        }
+                    } else {
+                        tally.unchanged += 1;
+                    }
                 }
                 Event::Failed { step, elapsed, error } => {
-                    self.line(&step, &format!("FAILED after {}: {error}", secs(elapsed)))
+                    self.line(&step, &format!("{} after {}: {error}", self.paint("FAILED", Tone::Bad), secs(elapsed)))
                 }
-                Event::Skipped { step, reason } => self.line(&step, &format!("not run: {reason}")),
+                Event::Skipped { step, reason } => {
+                    tally.skipped += 1;
+                    if self.verbose {
+                        self.line(&step, &format!("not run: {reason}"));
+                    }
+                }
             }
             return;
         };
@@ -62,7 +300,7 @@ impl Observer for Printer {
             Event::Started { step, description } => {
                 let bar = bars.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:<22} {msg} ({elapsed})")
+                    ProgressStyle::with_template("{spinner} {prefix:<24} {wide_msg} ({elapsed})")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 bar.set_prefix(step.clone());
@@ -75,22 +313,39 @@ impl Observer for Printer {
                     bar.set_message(message);
                 }
             }
-            Event::Finished { step, elapsed, summary } => {
-                finish(&bars.multi, by_step.remove(&step), &format!("✓ {step:<22} {summary} ({})", secs(elapsed)))
+            Event::Finished { step, elapsed, summary, changed } => {
+                let bar = by_step.remove(&step);
+                if changed {
+                    let mark = self.paint("✓", Tone::Good);
+                    keep(&bars.multi, bar, &format!("{mark} {step:<24} {summary} ({})", secs(elapsed)));
+                } else {
+                    tally.unchanged += 1;
+                    if let Some(bar) = bar {
+                        bar.finish_and_clear();
+                    }
+                }
             }
-            Event::Failed { step, elapsed, error } => finish(
-                &bars.multi,
-                by_step.remove(&step),
-                &format!("✗ {step:<22} FAILED after {}: {error}", secs(elapsed)),
-            ),
-            Event::Skipped { step, reason } => {
-                finish(&bars.multi, by_step.remove(&step), &format!("- {step:<22} not run: {reason}"))
+            Event::Failed { step, elapsed, error } => {
+                let mark = self.paint("✗", Tone::Bad);
+                let failed = self.paint("FAILED", Tone::Bad);
+                keep(
+                    &bars.multi,
+                    by_step.remove(&step),
+                    &format!("{mark} {step:<24} {failed} after {}: {error}", secs(elapsed)),
+                );
+            }
+            Event::Skipped { step, .. } => {
+                tally.skipped += 1;
+                if let Some(bar) = by_step.remove(&step) {
+                    bar.finish_and_clear();
+                }
             }
         }
     }
 }
 
-fn finish(multi: &MultiProgress, bar: Option<ProgressBar>, text: &str) {
+/// Turns a step's bar into a line that stays on screen.
+fn keep(multi: &MultiProgress, bar: Option<ProgressBar>, text: &str) {
     match bar {
         Some(bar) => {
             bar.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));

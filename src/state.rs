@@ -1,16 +1,22 @@
 //! The state file: `<state-dir>/<stack>.json`, versioned, saved atomically after every change,
 //! with the previous version kept as `<stack>.json.backup` and an exclusive per-stack lock.
+//! The directory is the user's alone (0700, files 0600), and nothing in it is opened through a
+//! symbolic link or as anything but a regular file.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-pub const STATE_VERSION: u32 = 1;
+/// Version 2 added the account and partition the stack lives in, and in-flight operations.
+/// Version 1 files load as they are (their account is recorded by the next run that writes).
+pub const STATE_VERSION: u32 = 2;
+const READABLE_VERSIONS: [u64; 2] = [1, 2];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -22,11 +28,31 @@ pub struct State {
     pub serial: u64,
     pub stack: String,
     pub region: String,
+    /// The AWS account and partition the stack lives in: a run with another account's
+    /// credentials is refused before it calls anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// Settings that cannot change on an existing stack without replacing it.
     #[serde(default)]
     pub fixed: BTreeMap<String, String>,
     #[serde(default)]
     pub resources: BTreeMap<String, ResourceRecord>,
+    /// A backup or restore that has not finished: running it again resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+/// An operation that spans several runs' worth of waiting (backup, restore), recorded so an
+/// interrupted one can be resumed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Operation {
+    pub kind: String,
+    pub phase: String,
+    pub started_at: String,
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,6 +115,10 @@ pub enum StateError {
     UnknownVersion { path: PathBuf, found: u64 },
     #[error("state file {path} belongs to stack {found:?}, not {expected:?}; it was left untouched")]
     WrongStack { path: PathBuf, found: String, expected: String },
+    #[error(
+        "{path} is {what}, not a regular file; it was left untouched\n    help: state files and locks are never followed through links or opened as special files; move it away if you did not put it there"
+    )]
+    NotRegular { path: PathBuf, what: &'static str },
     #[error("{action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -105,31 +135,81 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// Opens `path` without following a symbolic link and without blocking on a FIFO, and refuses
+/// anything but a regular file.
+fn open_regular(path: &Path, options: &mut OpenOptions) -> Result<Option<File>, StateError> {
+    let file = match options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(StateError::NotRegular { path: path.to_path_buf(), what: "a symbolic link" });
+        }
+        Err(e) => return Err(io("opening", path)(e)),
+    };
+    let kind = file.metadata().map_err(io("inspecting", path))?.file_type();
+    let what = if kind.is_file() {
+        return Ok(Some(file));
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device or other special file"
+    };
+    Err(StateError::NotRegular { path: path.to_path_buf(), what })
+}
+
+fn read_regular(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    let Some(mut file) = open_regular(path, OpenOptions::new().read(true))? else { return Ok(None) };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io("reading", path))?;
+    Ok(Some(bytes))
+}
+
+/// The state directory, created for the user alone.
+fn ensure_dir(dir: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("creating", dir))
+}
+
 /// Reads the state without locking (for `status` and `plan`): atomic renames mean a reader
 /// always sees a whole file.
 pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
     let path = state_path(dir, stack);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("reading", &path)(e)),
-    };
+    let Some(bytes) = read_regular(&path)? else { return Ok(None) };
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-    let version = value.get("version").and_then(serde_json::Value::as_u64);
-    match version {
-        Some(v) if v == u64::from(STATE_VERSION) => {}
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if READABLE_VERSIONS.contains(&v) => {}
         Some(found) => return Err(StateError::UnknownVersion { path, found }),
         None => {
             return Err(StateError::Corrupt { path, reason: "no \"version\" field".into() });
         }
     }
-    let state: State =
+    let mut state: State =
         serde_json::from_value(value).map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     if state.stack != stack {
         return Err(StateError::WrongStack { path, found: state.stack, expected: stack.to_string() });
     }
+    // Migration 1 -> 2: the new fields default to unknown; the next save writes version 2.
+    state.version = STATE_VERSION;
     Ok(Some(state))
+}
+
+/// The stacks whose state files are in `dir`, by name.
+pub fn stacks_in(dir: &Path) -> Result<Vec<String>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("listing", dir)(e)),
+    };
+    let mut stacks: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+        .collect();
+    stacks.sort();
+    Ok(stacks)
 }
 
 /// An exclusive, process-lifetime lock on one stack. The OS drops it when the process dies,
@@ -147,16 +227,14 @@ struct LockInfo {
 }
 
 impl StackLock {
-    pub fn acquire(dir: &Path, stack: &str, operation: &str) -> Result<StackLock, StateError> {
-        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    /// Takes the lock; also returns what the previous holder's info said when that run ended
+    /// without releasing it (it is no longer running: the OS released its lock).
+    pub fn acquire(dir: &Path, stack: &str, operation: &str) -> Result<(StackLock, Option<String>), StateError> {
+        ensure_dir(dir)?;
         let path = dir.join(format!("{stack}.lock"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("opening", &path))?;
+        let mut file =
+            open_regular(&path, OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600))?
+                .ok_or_else(|| io("creating", &path)(std::io::ErrorKind::NotFound.into()))?;
         let mut previous = String::new();
         match file.try_lock() {
             Ok(()) => {}
@@ -171,21 +249,19 @@ impl StackLock {
             Err(fs::TryLockError::Error(e)) => return Err(io("locking", &path)(e)),
         }
         let _ = file.read_to_string(&mut previous);
-        if let Ok(info) = serde_json::from_str::<LockInfo>(&previous) {
-            tracing::warn!(
-                "the previous run on stack {stack} (process {}, {} since {}) ended without releasing its lock; it is no longer running, taking over",
-                info.pid,
-                info.operation,
-                info.since
-            );
-        }
+        let taken_over = serde_json::from_str::<LockInfo>(&previous).ok().map(|info| {
+            format!(
+                "the previous run on stack {stack} (process {}, {} since {}) ended without finishing; continuing from what it recorded",
+                info.pid, info.operation, info.since
+            )
+        });
         let info = LockInfo { pid: std::process::id(), operation: operation.to_string(), since: now_rfc3339() };
         let text = serde_json::to_string(&info).unwrap_or_default();
         file.set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(text.as_bytes()))
             .map_err(io("writing", &path))?;
-        Ok(StackLock { file, path })
+        Ok((StackLock { file, path }, taken_over))
     }
 }
 
@@ -203,6 +279,8 @@ pub struct LockedState {
     dir: PathBuf,
     path: PathBuf,
     state: State,
+    /// Said when the lock was taken over from a run that died.
+    pub taken_over: Option<String>,
     _lock: StackLock,
 }
 
@@ -210,17 +288,20 @@ impl LockedState {
     /// Locks the stack and reads its state; a stack without a file starts empty (nothing is
     /// written until the first change).
     pub fn open(dir: &Path, stack: &str, region: &str, operation: &str) -> Result<LockedState, StateError> {
-        let lock = StackLock::acquire(dir, stack, operation)?;
+        let (lock, taken_over) = StackLock::acquire(dir, stack, operation)?;
         let state = read(dir, stack)?.unwrap_or_else(|| State {
             version: STATE_VERSION,
             lineage: format!("{:016x}", fastrand::u64(..)),
             serial: 0,
             stack: stack.to_string(),
             region: region.to_string(),
+            account: None,
+            partition: None,
             fixed: BTreeMap::new(),
             resources: BTreeMap::new(),
+            operation: None,
         });
-        Ok(LockedState { dir: dir.to_path_buf(), path: state_path(dir, stack), state, _lock: lock })
+        Ok(LockedState { dir: dir.to_path_buf(), path: state_path(dir, stack), state, taken_over, _lock: lock })
     }
 
     pub fn state(&self) -> &State {
@@ -237,9 +318,8 @@ impl LockedState {
         self.state.serial += 1;
         let json = serde_json::to_vec_pretty(&self.state)
             .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: e.to_string() })?;
-        if self.path.exists() {
-            let backup = self.path.with_extension("json.backup");
-            write_atomic(&self.dir, &backup, &fs::read(&self.path).map_err(io("reading", &self.path))?)?;
+        if let Some(previous) = read_regular(&self.path)? {
+            write_atomic(&self.dir, &self.path.with_extension("json.backup"), &previous)?;
         }
         write_atomic(&self.dir, &self.path, &json)
     }
@@ -296,10 +376,6 @@ impl StateHandle {
         self.with(|s| s.state().resources.get(key).cloned())
     }
 
-    pub fn id_of(&self, key: &str) -> Option<String> {
-        self.get(key).filter(|r| r.status != RecordStatus::Pending).and_then(|r| r.id)
-    }
-
     pub fn lineage(&self) -> String {
         self.with(|s| s.state().lineage.clone())
     }
@@ -329,6 +405,16 @@ impl StateHandle {
 
     pub fn is_empty(&self) -> bool {
         self.with(|s| s.state().resources.is_empty())
+    }
+
+    /// Changes the stack-wide fields (account, operation) and saves, when there is a file to
+    /// save to or `force`.
+    pub fn update(&self, change: impl FnOnce(&mut State), force: bool) -> Result<(), StateError> {
+        self.with(|s| {
+            let before = s.state().clone();
+            change(s.state_mut());
+            if *s.state() == before || (!force && s.state().resources.is_empty()) { Ok(()) } else { s.save() }
+        })
     }
 
     pub fn remove_file(&self) -> Result<(), StateError> {
@@ -370,7 +456,7 @@ mod tests {
     #[test]
     fn second_lock_is_refused_and_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = StackLock::acquire(dir.path(), "s1", "up").unwrap();
+        let (_held, _) = StackLock::acquire(dir.path(), "s1", "up").unwrap();
         match StackLock::acquire(dir.path(), "s1", "down") {
             Err(StateError::Locked { holder, .. }) => {
                 assert!(holder.contains(&std::process::id().to_string()) && holder.contains("up"), "{holder}")
@@ -384,7 +470,66 @@ mod tests {
     fn lock_is_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         drop(StackLock::acquire(dir.path(), "s1", "up").unwrap());
-        assert!(StackLock::acquire(dir.path(), "s1", "up").is_ok());
+        let (_lock, taken_over) = StackLock::acquire(dir.path(), "s1", "up").unwrap();
+        assert!(taken_over.is_none(), "a lock released on drop is not a dead run's");
+    }
+
+    #[test]
+    fn a_symlinked_lock_or_state_is_refused_and_its_target_untouched() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        fs::write(&target, "keep me").unwrap();
+        let state_dir = dir.path().join("state");
+        fs::create_dir(&state_dir).unwrap();
+        symlink(&target, state_dir.join("s1.lock")).unwrap();
+        let err = LockedState::open(&state_dir, "s1", "us-east-1", "up").err().expect("refused");
+        assert!(matches!(err, StateError::NotRegular { what: "a symbolic link", .. }), "{err}");
+        symlink(&target, state_dir.join("s2.json")).unwrap();
+        let err = read(&state_dir, "s2").expect_err("refused");
+        assert!(matches!(err, StateError::NotRegular { .. }), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_state_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path(), "s1");
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = read(dir.path(), "s1").expect_err("refused");
+        assert!(matches!(err, StateError::NotRegular { what: "a FIFO", .. }), "{err}");
+    }
+
+    #[test]
+    fn the_directory_and_files_are_the_users_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let handle = StateHandle::new(LockedState::open(&state_dir, "s1", "us-east-1", "up").unwrap());
+        handle.put("vpc", record("ec2:vpc")).unwrap();
+        handle.put("igw", record("ec2:internet-gateway")).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir), 0o700);
+        for name in ["s1.json", "s1.json.backup", "s1.lock"] {
+            assert_eq!(mode(&state_dir.join(name)), 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_loads_and_is_saved_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = r#"{"version": 1, "lineage": "abc", "serial": 3, "stack": "s1", "region": "us-east-1",
+            "fixed": {"region": "us-east-1"}, "resources": {"vpc": {"kind": "ec2:vpc", "step": "vpc",
+            "status": "created", "id": "vpc-1", "depends_on": [], "attrs": {}, "generation": 0, "updated_at": ""}}}"#;
+        fs::write(state_path(dir.path(), "s1"), v1).unwrap();
+        let state = read(dir.path(), "s1").unwrap().unwrap();
+        assert_eq!((state.account.clone(), state.resources.len()), (None, 1));
+        let handle = StateHandle::new(LockedState::open(dir.path(), "s1", "us-east-1", "up").unwrap());
+        handle.update(|s| s.account = Some("123456789012".into()), false).unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&fs::read(state_path(dir.path(), "s1")).unwrap()).unwrap();
+        assert_eq!((saved["version"].as_u64(), saved["account"].as_str()), (Some(2), Some("123456789012")));
     }
 
     #[test]

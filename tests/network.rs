@@ -130,10 +130,11 @@ async fn nat_gateway_stack_up_status_converged_up_down() {
     tool.run(&["down", "--stack", "net1", "--yes"]).ok();
     assert_eq!(stack_leftovers(&emu.clients(), "net1").await, Vec::<String>::new());
     assert!(tool.state("net1").is_none());
-    // down again: nothing recorded, success, no calls.
+    // down again: nothing recorded, nothing tagged with the stack left, success, nothing changed.
     emu.clear_calls();
-    tool.run(&["down", "--stack", "net1", "--yes"]).ok();
-    assert!(emu.calls().is_empty());
+    let again = tool.run(&["down", "--stack", "net1", "--yes"]).ok();
+    assert!(again.stdout.contains("nothing tagged gitlab-provision:stack=net1"), "{}", again.stdout);
+    assert!(emu.calls().iter().all(|c| !c.mutating), "{:?}", emu.calls());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,12 +276,14 @@ async fn imported_vpc_without_private_egress_is_refused_before_creating_anything
     let ec2 = emu.ec2().await;
     let (vpc, _) = common::existing_vpc(&ec2, false).await;
     let tool = Tool::new(&emu.endpoint);
-    let run = tool.run(&args(&["up", "--stack", "imp2", "--vpc-id", &vpc], CIDRS)).fails_with(1);
+    // A pre-flight check that fails is a configuration mistake: exit 2, nothing created.
+    let run = tool.run(&args(&["up", "--stack", "imp2", "--vpc-id", &vpc], CIDRS)).fails_with(2);
     assert!(run.stderr.contains("vpc_id") && run.stderr.contains("private"), "{}", run.stderr);
+    assert!(run.stderr.contains("nothing was created"), "{}", run.stderr);
     assert!(emu.calls().iter().all(|c| !c.mutating));
     assert!(tool.state("imp2").is_none(), "a refused up writes no state");
 
-    let run = tool.run(&args(&["up", "--stack", "imp3", "--vpc-id", "vpc-0123456789abcdef0"], CIDRS)).fails_with(1);
+    let run = tool.run(&args(&["up", "--stack", "imp3", "--vpc-id", "vpc-0123456789abcdef0"], CIDRS)).fails_with(2);
     assert!(run.stderr.contains("no such VPC"), "{}", run.stderr);
 }
 
@@ -291,7 +294,7 @@ async fn failure_mid_way_then_resume_creates_no_twins() {
     let tool = Tool::new(&emu.endpoint);
     emu.set_faults(json!([{"action": "CreateRouteTable", "status": 403, "code": "UnauthorizedOperation", "times": 1}]));
     let run = tool.run(&args(&["up", "--stack", "resume"], CIDRS)).fails_with(1);
-    assert!(run.stderr.contains("UnauthorizedOperation") && run.stderr.contains("routes failed"), "{}", run.stderr);
+    assert!(run.stderr.contains("UnauthorizedOperation") && run.stderr.contains("step route-table-"), "{}", run.stderr);
     assert!(run.stderr.contains("run `gitlab-provision up` again"), "{}", run.stderr);
     let partial = tool.state("resume").unwrap();
     assert!(partial["resources"]["vpc"]["status"] == "created");
@@ -462,7 +465,10 @@ async fn switching_nat_flavour_converges_and_removes_the_old_one() {
     let tool = Tool::new(&emu.endpoint);
     tool.run(&args(&["up", "--stack", "swap"], CIDRS)).ok();
     let vpc = id(&tool.state("swap").unwrap(), "vpc");
-    tool.run(&args(&["up", "--stack", "swap", "--use-nat-instance"], CIDRS)).ok();
+    // Moving the private subnets to another NAT interrupts GitLab's outbound traffic: asked, or --yes.
+    let refused = tool.run(&args(&["up", "--stack", "swap", "--use-nat-instance"], CIDRS)).fails_with(2);
+    assert!(refused.stderr.contains("outbound route moves") && refused.stderr.contains("--yes"), "{}", refused.stderr);
+    tool.run(&args(&["up", "--stack", "swap", "--use-nat-instance", "--yes"], CIDRS)).ok();
     let state = tool.state("swap").unwrap();
     assert_eq!(id(&state, "vpc"), vpc, "the VPC is kept");
     let counts = count_tagged(&ec2, "swap").await;

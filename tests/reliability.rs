@@ -42,10 +42,13 @@ fn expected_inventory() -> BTreeMap<String, usize> {
         ("load balancer", 1),
         ("target group", 1),
         ("cluster web", 1),
-        ("role web-execution-role", 1),
-        ("role web-task-role", 1),
-        ("role web-init-role", 1),
-        ("log group", 1),
+        ("role web-us-east-1-execution-role", 1),
+        ("role web-us-east-1-task-role", 1),
+        ("role web-us-east-1-init-role", 1),
+        ("role web-us-east-1-backup-role", 1),
+        // GitLab's, the initializer's Lambda log group and Container Insights'.
+        ("log group", 3),
+        ("backup vault", 1),
         ("secret gitlab-provision/web/root", 1),
     ]
     .into_iter()
@@ -250,11 +253,14 @@ async fn down_keep_data_keeps_repositories_and_password_for_the_next_up() {
 
     let down = tool.run(&["down", "--stack", "web", "--yes", "--keep-data"]).ok();
     assert!(down.stdout.contains(&format!("kept file-system: {fs}")), "{}", down.stdout);
-    // The network, load balancer and service are gone; the data is not.
+    // The network, load balancer and service are gone; the data (and the vault for its
+    // backups) is not.
     let left = stack_leftovers(&c, "web").await;
-    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left.len(), 3, "{left:?}");
     assert!(
-        left.iter().any(|l| l.starts_with("file system")) && left.iter().any(|l| l.starts_with("secret")),
+        left.iter().any(|l| l.starts_with("file system"))
+            && left.iter().any(|l| l.starts_with("secret"))
+            && left.iter().any(|l| l.starts_with("backup vault")),
         "{left:?}"
     );
     let state = tool.state("web").expect("the state keeps the retained records");

@@ -132,20 +132,20 @@ async fn http_stack_has_every_property_aws_would_show() {
             urlencoding_decode(&doc)
         }
     };
-    let execution = policy("web-execution-role").await;
+    let execution = policy("web-us-east-1-execution-role").await;
     assert!(
         execution.contains(&id(&state, "root-secret")) && execution.contains("/gitlab-provision/web/gitlab"),
         "{execution}"
     );
     assert!(!execution.contains("\"Resource\":\"*\""), "{execution}");
-    let task = policy("web-task-role").await;
+    let task = policy("web-us-east-1-task-role").await;
     assert!(
         task.contains(fs.file_system_arn().unwrap())
             && task.contains("ClientRootAccess")
             && task.contains("ssmmessages:CreateControlChannel"),
         "{task}"
     );
-    let attached = c.iam.list_attached_role_policies().role_name("web-init-role").send().await.unwrap();
+    let attached = c.iam.list_attached_role_policies().role_name("web-us-east-1-init-role").send().await.unwrap();
     assert!(attached.attached_policies().iter().any(|p| p.policy_name() == Some("AWSLambdaVPCAccessExecutionRole")));
 
     // Logs with a retention period.
@@ -256,18 +256,24 @@ async fn http_stack_has_every_property_aws_would_show() {
         set(function["VpcConfig"]["SubnetIds"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string())),
         private
     );
-    let access_point = c
-        .efs
-        .describe_access_points()
-        .access_point_id(id(&state, "init-access-point"))
+    // It mounted through a root access point, which (with its role's file-system rights) is
+    // gone once it has run: nothing outlives the initializer but the "prepared" marker.
+    let created = &emu.bodies("POST /2015-02-01/access-points")[0];
+    assert_eq!(created["PosixUser"]["Uid"], 0);
+    assert_eq!(created["RootDirectory"]["Path"], "/");
+    assert!(function["FileSystemConfigs"][0]["Arn"].as_str().unwrap().contains(":access-point/fsap-"), "{function}");
+    assert_eq!(c.efs.describe_access_points().file_system_id(&fs_id).send().await.unwrap().access_points().len(), 0);
+    assert!(
+        state["resources"].get("init-access-point").is_none() && state["resources"].get("init-role-policy").is_none()
+    );
+    let init_rights = c
+        .iam
+        .get_role_policy()
+        .role_name("web-us-east-1-init-role")
+        .policy_name("gitlab-provision-efs-init")
         .send()
-        .await
-        .unwrap()
-        .access_points()[0]
-        .clone();
-    assert_eq!(function["FileSystemConfigs"][0]["Arn"].as_str(), access_point.access_point_arn());
-    assert_eq!(access_point.posix_user().map(|u| u.uid()), Some(0));
-    assert_eq!(access_point.root_directory().and_then(|r| r.path()), Some("/"));
+        .await;
+    assert!(init_rights.is_err(), "the initializer's file-system rights outlived it");
 
     // status for an operator.
     let status = tool.run(&["status", "--stack", "web", "--json"]).ok().json();
@@ -415,8 +421,9 @@ async fn a_hosted_zone_that_does_not_serve_the_domain_is_refused_before_anything
                 "--hosted-zone-id",
                 zone,
             ])
-            .fails_with(1);
+            .fails_with(2);
         assert!(run.stderr.contains("hosted_zone_id") && run.stderr.contains(expected), "{}", run.stderr);
+        assert!(run.stderr.contains("nothing was created"), "{}", run.stderr);
     }
     let mutating: Vec<String> = emu.calls().into_iter().filter(|c| c.mutating).map(|c| c.action).collect();
     assert_eq!(mutating, Vec::<String>::new());
@@ -469,9 +476,20 @@ async fn image_tag_size_and_cidr_changes_converge_in_place() {
     assert_eq!(action("file-system").0, "keep");
     assert_eq!(action("root-secret").0, "keep");
     assert!(emu.calls().iter().all(|c| !c.mutating), "plan must change nothing");
+    // Replacing GitLab's task interrupts it: without a terminal that takes --yes.
+    let mut up_args = vec!["up"];
+    up_args.extend(changed);
+    let refused = tool.run(&up_args).fails_with(2);
+    assert!(
+        refused.stderr.contains("GitLab's task is replaced") && refused.stderr.contains("--yes"),
+        "{}",
+        refused.stderr
+    );
+    assert!(emu.calls().iter().all(|c| !c.mutating), "a refused up changes nothing");
     emu.clear_calls();
     tool.run(&[
         "up",
+        "--yes",
         "--stack",
         "chg",
         "--allowed-cidr",
@@ -569,7 +587,7 @@ async fn an_initializer_error_fails_the_step_with_the_functions_message_and_up_r
     assert!(run.stderr.contains("the EFS initializer failed") && run.stderr.contains("File exists"), "{}", run.stderr);
     let state = tool.state("init").unwrap();
     assert!(state["resources"].get("service").is_none(), "GitLab must not start on an unprepared file system");
-    assert!(state["resources"].get("efs-prepared").is_none());
+    assert!(state["resources"].get("efs-prepared").is_none_or(|m| m["status"] != "created"), "not marked prepared");
 
     std::fs::remove_file(emu.efs_root().join("srv/gitlab/data")).unwrap();
     tool.run(&["up", "--stack", "init", "--allowed-cidr", "203.0.113.0/24"]).ok();
@@ -626,13 +644,15 @@ async fn under_the_latency_model_every_pending_resource_is_waited_for() {
         serde_json::from_str(&std::fs::read_to_string(tool.dir.path().join("t.json")).unwrap()).unwrap();
     let step = |name: &str| timings["timings"].as_array().unwrap().iter().find(|t| t["step"] == name).unwrap().clone();
     let took = |name: &str| step(name)["finish"].as_f64().unwrap() - step(name)["start"].as_f64().unwrap();
-    for (name, at_least) in [("nat-gateway", 0.9), ("load-balancer", 1.5), ("mount-targets", 0.8), ("efs-init", 0.6)] {
+    for (name, at_least) in
+        [("nat-gateway", 0.9), ("load-balancer", 1.5), ("mount-targets", 0.8), ("efs-prepared", 0.6)]
+    {
         assert!(took(name) >= at_least, "{name} took {:.2}s, less than AWS keeps it pending ({at_least}s)", took(name));
     }
     // What needs them starts only once they are ready.
-    assert!(step("private-routes")["start"].as_f64().unwrap() >= step("nat-gateway")["finish"].as_f64().unwrap());
-    assert!(step("efs-init")["start"].as_f64().unwrap() >= step("mount-targets")["finish"].as_f64().unwrap());
-    assert!(step("http-listener")["start"].as_f64().unwrap() >= step("load-balancer")["finish"].as_f64().unwrap());
+    assert!(step("route-table-private")["start"].as_f64().unwrap() >= step("nat-gateway")["finish"].as_f64().unwrap());
+    assert!(step("efs-prepared")["start"].as_f64().unwrap() >= step("mount-targets")["finish"].as_f64().unwrap());
+    assert!(step("listener-http")["start"].as_f64().unwrap() >= step("load-balancer")["finish"].as_f64().unwrap());
     let status = tool.run(&["status", "--stack", "slow", "--json"]).ok().json();
     assert!(status["resources"].as_array().unwrap().iter().all(|r| r["live"] == "ok"), "{status:#}");
     tool.run(&["down", "--stack", "slow", "--yes"]).ok();

@@ -1,20 +1,29 @@
-//! AWS plumbing shared by every resource module: SDK configuration, typed errors with their
-//! classification, and the one tagging helper.
+//! AWS plumbing shared by every area: SDK configuration and credentials, typed errors and their
+//! classification, the context every step gets, tags and ownership, the generic EC2 kind, and
+//! the one "delete once what uses it has let go" wait.
 
+mod calls;
+pub mod credentials;
+pub mod ec2;
+pub mod interfaces;
+pub mod tags;
+
+use std::future::Future;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
-/// Tag on every resource the tool creates; `status --discover` and tests find leftovers by it.
-pub const STACK_TAG: &str = "gitlab-provision:stack";
-/// The state key a resource was created for, so an interrupted create can be found again.
-pub const RESOURCE_TAG: &str = "gitlab-provision:resource";
+pub use credentials::{Identity, connect};
+pub use tags::Tags;
+
+use crate::engine::{Poll, RetryPolicy, StepScope, WaitPolicy, retry_while, wait_until};
 
 pub struct Clients {
     pub region: String,
+    /// The profile the user named, for the Session Manager plugin (`exec`, `shell`).
+    pub profile: Option<String>,
     pub acm: aws_sdk_acm::Client,
+    pub backup: aws_sdk_backup::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub ecs: aws_sdk_ecs::Client,
     pub efs: aws_sdk_efs::Client,
@@ -25,47 +34,44 @@ pub struct Clients {
     pub route53: aws_sdk_route53::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub sts: aws_sdk_sts::Client,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("no AWS region is configured\n    help: set region in gitlab-provision.toml, pass --region, or set AWS_REGION")]
-pub struct NoRegion;
+/// What every step and resource operation may use: the clients, the stack's tags and names, and
+/// the account the run is bound to (unknown only for `plan` of a new stack, which calls nothing).
+pub struct Ctx {
+    pub aws: Clients,
+    pub tags: Tags,
+    pub account: Option<Identity>,
+}
 
-/// Builds the SDK configuration from the standard chain (environment, profiles, SSO;
-/// `AWS_ENDPOINT_URL` for an endpoint override) with an explicit region/profile on top.
-pub async fn load(region: Option<&str>, profile: Option<&str>) -> Result<Clients, NoRegion> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        // Throttling and 5xx are retried by the SDK with jittered backoff; a provisioning run
-        // is long, so allow more attempts than the default 3.
-        .retry_config(RetryConfig::standard().with_max_attempts(8).with_max_backoff(Duration::from_secs(20)))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .operation_attempt_timeout(Duration::from_secs(60))
-                .build(),
-        );
-    if let Some(region) = region {
-        loader = loader.region(Region::new(region.to_string()));
+impl Ctx {
+    pub fn region(&self) -> &str {
+        &self.aws.region
     }
-    if let Some(profile) = profile {
-        loader = loader.profile_name(profile);
+
+    /// `aws`, `aws-cn` or `aws-us-gov`, for ARNs built by hand.
+    pub fn partition(&self) -> &str {
+        match &self.account {
+            Some(identity) => &identity.partition,
+            None => partition_of(&self.aws.region),
+        }
     }
-    let sdk: SdkConfig = loader.load().await;
-    let region = sdk.region().map(|r| r.to_string()).ok_or(NoRegion)?;
-    Ok(Clients {
-        region,
-        acm: aws_sdk_acm::Client::new(&sdk),
-        ec2: aws_sdk_ec2::Client::new(&sdk),
-        ecs: aws_sdk_ecs::Client::new(&sdk),
-        efs: aws_sdk_efs::Client::new(&sdk),
-        elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
-        iam: aws_sdk_iam::Client::new(&sdk),
-        lambda: aws_sdk_lambda::Client::new(&sdk),
-        logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
-        route53: aws_sdk_route53::Client::new(&sdk),
-        secrets: aws_sdk_secretsmanager::Client::new(&sdk),
-        ssm: aws_sdk_ssm::Client::new(&sdk),
-    })
+
+    /// The account id, or a placeholder where it is not known (offline `plan`).
+    pub fn account_id(&self) -> &str {
+        self.account.as_ref().map_or(crate::engine::KNOWN_AFTER, |a| a.account.as_str())
+    }
+}
+
+pub fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
 }
 
 /// An AWS call that failed, with what the tool was doing and the service's error code.
@@ -90,6 +96,11 @@ impl AwsError {
 
     pub fn is_code(&self, codes: &[&str]) -> bool {
         codes.contains(&self.code())
+    }
+
+    /// The code, and a part of the message (AWS reuses codes for unrelated conditions).
+    pub fn says(&self, code: &str, fragment: &str) -> bool {
+        self.code() == code && self.message.contains(fragment)
     }
 }
 
@@ -116,8 +127,32 @@ where
     }
 }
 
+/// Sends a request; its error says what was being done.
+pub async fn call<T, E, R>(
+    request: impl Future<Output = Result<T, SdkError<E, R>>>,
+    action: impl FnOnce() -> String,
+) -> Result<T, AwsError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    request.await.or_aws(action)
+}
+
+/// Sends a request about something that may be gone (a read, a delete): "not found" is `None`.
+pub async fn if_there<T, E, R>(
+    request: impl Future<Output = Result<T, SdkError<E, R>>>,
+    action: impl FnOnce() -> String,
+) -> Result<Option<T>, AwsError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    request.await.or_aws(action).absent_ok()
+}
+
 /// "dispatch failure: io error: ...: Connection refused": each cause once, without Debug noise.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(err);
     while let Some(e) = next {
@@ -130,65 +165,124 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// Maps "not found" to `None`, so reads and deletes can treat a vanished resource as such.
-pub fn found<T>(result: Result<T, AwsError>) -> Result<Option<T>, AwsError> {
-    match result {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
+pub trait Absent<T> {
+    /// "Not found" as `None`, so reads and deletes can treat a vanished resource as such.
+    fn absent_ok(self) -> Result<Option<T>, AwsError>;
 }
 
-/// The tags every resource of a stack carries.
-#[derive(Debug, Clone)]
-pub struct Tags {
-    pub stack: String,
-}
-
-impl Tags {
-    pub fn name(&self, key: &str) -> String {
-        format!("{}-{key}", self.stack)
-    }
-
-    pub fn pairs(&self, key: &str) -> Vec<(String, String)> {
-        vec![
-            ("Name".to_string(), self.name(key)),
-            (STACK_TAG.to_string(), self.stack.clone()),
-            (RESOURCE_TAG.to_string(), key.to_string()),
-        ]
-    }
-
-    /// The same tags in another service's own tag type.
-    pub fn map<T>(&self, key: &str, make: impl Fn(String, String) -> T) -> Vec<T> {
-        self.pairs(key).into_iter().map(|(k, v)| make(k, v)).collect()
-    }
-
-    /// A name for AWS resources limited to `max` characters (load balancers and target groups
-    /// allow 32): `<stack>-<suffix>`, or a shortened stack plus a stable hash when too long.
-    pub fn short_name(&self, suffix: &str, max: usize) -> String {
-        let full = if suffix.is_empty() { self.stack.clone() } else { format!("{}-{suffix}", self.stack) };
-        if full.len() <= max {
-            return full;
+impl<T> Absent<T> for Result<T, AwsError> {
+    fn absent_ok(self) -> Result<Option<T>, AwsError> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
         }
-        let hash = full.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
-        let tail = format!("-{:06x}-{suffix}", hash & 0xff_ffff);
-        let keep = max.saturating_sub(tail.len());
-        format!("{}{tail}", self.stack[..keep.min(self.stack.len())].trim_end_matches('-'))
     }
+}
 
-    /// EC2 tags applied atomically with the create call, so nothing exists untagged.
-    pub fn ec2(&self, resource_type: ResourceType, key: &str) -> TagSpecification {
-        let tags = self.pairs(key).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build());
-        TagSpecification::builder().resource_type(resource_type).set_tags(Some(tags.collect())).build()
-    }
+/// Right after a create, EC2 (and others) may answer "not found" for the new id for a while
+/// ("Eventual consistency in the Amazon EC2 API"); calls naming a just-created resource retry
+/// that for the propagation window.
+pub async fn fresh<T, F, Fut>(op: F) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    retry_while(RetryPolicy::EVENTUAL_CONSISTENCY, AwsError::is_not_found, op).await
+}
 
-    /// Filters that find the EC2 resource created for `key` in this stack.
-    pub fn ec2_filters(&self, key: &str) -> Vec<Filter> {
-        vec![
-            Filter::builder().name(format!("tag:{STACK_TAG}")).values(&self.stack).build(),
-            Filter::builder().name(format!("tag:{RESOURCE_TAG}")).values(key).build(),
-        ]
-    }
+/// Retries a call while AWS answers with one of `transient` (a role not yet assumable, a
+/// certificate not yet visible to another service...), for the propagation window.
+pub async fn propagated<T, F, Fut>(transient: impl Fn(&AwsError) -> bool, op: F) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    retry_while(RetryPolicy::PROPAGATION, transient, op).await
+}
+
+/// Deleting a VPC, subnet, gateway or group right after what used it fails until AWS notices.
+pub const EC2_IN_USE: &[&str] = &["DependencyViolation", "InvalidIPAddress.InUse"];
+
+/// What holds a resource that cannot be deleted yet.
+pub enum Holders {
+    /// Something AWS is releasing on its own schedule (named): wait for it.
+    Draining(String),
+    /// Something that will not go by itself (named): fail now, saying what it is.
+    Stuck(String),
+    /// Nothing visible: AWS has not caught up yet.
+    Unknown,
+}
+
+/// How long a delete may wait for what holds it: Lambda releases a function's interfaces up to
+/// 20-40 minutes after it is gone; load balancer interfaces take minutes (Terraform waits up to
+/// 35 minutes for them); ACM releases a certificate up to 20 minutes after its listener.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(45 * 60);
+/// How long "in use" with nothing visible holding it is taken for AWS catching up.
+const UNEXPLAINED_BUDGET: Duration = Duration::from_secs(90);
+
+/// Deletes through AWS's "still in use" window, knowingly: while the call answers one of `busy`,
+/// asks `holders` what holds the resource and waits for exactly that (with progress naming it),
+/// for as long as AWS needs; fails at once when what holds it will not go by itself. When nothing
+/// is visible, AWS has not caught up yet: a short eventual-consistency retry. "Not found" counts
+/// as deleted.
+pub async fn delete_when_free<T, F, Fut, H, HFut>(
+    scope: &StepScope,
+    what: &str,
+    busy: &[&str],
+    mut op: F,
+    holders: H,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+    H: Fn() -> HFut,
+    HFut: Future<Output = anyhow::Result<Holders>>,
+{
+    let unexplained_since = std::sync::Mutex::new(None::<std::time::Instant>);
+    let (holders, unexplained_since) = (&holders, &unexplained_since);
+    wait_until(scope, &format!("{what} to be free to delete"), WaitPolicy::up_to(DRAIN_BUDGET), move || {
+        let attempt = op();
+        async move {
+            match attempt.await {
+                Ok(_) => Ok(Poll::Ready(())),
+                Err(e) if e.is_not_found() => Ok(Poll::Ready(())),
+                Err(e) if e.is_code(busy) => match holders().await? {
+                    Holders::Draining(names) => Ok(Poll::Pending(names)),
+                    Holders::Stuck(names) => Ok(Poll::Failed(format!("{e}; it is held by {names}"))),
+                    Holders::Unknown => {
+                        let since = *unexplained_since
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() < UNEXPLAINED_BUDGET {
+                            Ok(Poll::Pending(format!("AWS still reports it in use ({})", e.code())))
+                        } else {
+                            Err(e.into())
+                        }
+                    }
+                },
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// [`delete_when_free`] for what only time releases (a certificate still "in use" by a deleted
+/// listener): nothing to inspect, so the wait itself is the explanation.
+pub async fn delete_when_released<T, F, Fut>(scope: &StepScope, what: &str, busy: &[&str], op: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    let why = format!("AWS still counts {what} as in use; it lets go some minutes after its user is deleted");
+    delete_when_free(scope, what, busy, op, || {
+        let why = why.clone();
+        async move { Ok(Holders::Draining(why)) }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -213,22 +307,9 @@ mod tests {
     }
 
     #[test]
-    fn short_names_fit_and_stay_distinct() {
-        let short = Tags { stack: "gitlab".into() };
-        assert_eq!(short.short_name("gitlab", 32), "gitlab-gitlab");
-        let a = Tags { stack: "a".repeat(32) }.short_name("gitlab", 32);
-        let b = Tags { stack: format!("{}b", "a".repeat(31)) }.short_name("gitlab", 32);
-        assert!(a.len() <= 32 && b.len() <= 32, "{a} {b}");
-        assert_ne!(a, b);
-        assert!(a.ends_with("-gitlab") && !a.contains("--"));
-    }
-
-    #[test]
-    fn every_tag_set_names_the_stack_and_key() {
-        let tags = Tags { stack: "s1".into() };
-        let pairs = tags.pairs("vpc");
-        assert!(pairs.contains(&("Name".into(), "s1-vpc".into())));
-        assert!(pairs.contains(&(STACK_TAG.into(), "s1".into())));
-        assert!(pairs.contains(&(RESOURCE_TAG.into(), "vpc".into())));
+    fn partitions_follow_the_region() {
+        assert_eq!(partition_of("cn-north-1"), "aws-cn");
+        assert_eq!(partition_of("us-gov-west-1"), "aws-us-gov");
+        assert_eq!(partition_of("eu-west-1"), "aws");
     }
 }

@@ -1,15 +1,44 @@
-use std::io::{BufRead, IsTerminal, Write};
+//! `down`: delete what the stack recorded (and, with `--discover`, what carries its tags), only
+//! what is its own, never its backups, and never by forgetting what it cannot see.
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{UserError, context, stack_name};
-use crate::cli::{DownArgs, GlobalArgs};
-use crate::engine::{self, Teardown};
-use crate::printer::Printer;
-use crate::state::{self, LockedState, StateHandle};
-use crate::steps::Kinds;
+use serde::Serialize;
 
-pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
+use super::{bind_account, check_writable, connect, short_id, stack_name};
+use crate::catalog::{self, Kinds};
+use crate::cli::{DownArgs, GlobalArgs};
+use crate::engine::{self, Interrupt, Live, Teardown};
+use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::keys::{self, Kind};
+use crate::printer::{Printer, Tone};
+use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
+use crate::steps::backup;
+
+#[derive(Serialize)]
+struct DownResult {
+    stack: String,
+    region: String,
+    removed: usize,
+    /// Recorded resources that were not the stack's: not deleted, no longer recorded.
+    left_alone: Vec<LeftAlone>,
+    /// Kept on purpose (`--keep-data`, a vault with backups), still recorded.
+    kept: Vec<String>,
+    /// Backups of the file system that remain in AWS Backup.
+    recovery_points: Vec<backup::RecoveryPoint>,
+}
+
+#[derive(Serialize)]
+struct LeftAlone {
+    key: String,
+    why: String,
+}
+
+pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> CliResult {
+    check_writable(args.timings.as_deref())?;
     let (stack, region_flag) = stack_name(global)?;
+    let printer = Arc::new(Printer::new(global, args.json));
     let recorded = state::read(&global.state_dir, &stack)?;
     if let (Some(recorded), Some(region)) = (&recorded, &region_flag)
         && !recorded.resources.is_empty()
@@ -22,95 +51,223 @@ pub async fn run(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<()> {
         .into());
     }
     let has_records = recorded.as_ref().is_some_and(|s| !s.resources.is_empty());
-    let region = recorded.map(|s| s.region).or(region_flag);
-    let ctx = if has_records || args.discover {
-        Some(context(&stack, region.as_deref(), global.profile.as_deref()).await?)
-    } else {
-        None
-    };
-    let region = ctx.as_ref().map(|c| c.aws.region.clone()).or(region).unwrap_or_default();
+    if has_records && !args.yes && !printer.can_ask() {
+        return Err(no_terminal(&stack));
+    }
+    let region = recorded.as_ref().filter(|_| has_records).map(|s| s.region.clone()).or(region_flag);
     // Locked before deciding anything: an `up` in progress may be about to record its first resource.
-    let state = StateHandle::new(LockedState::open(&global.state_dir, &stack, &region, "down")?);
+    let locked = LockedState::open(&global.state_dir, &stack, region.as_deref().unwrap_or_default(), "down")?;
+    if let Some(note) = &locked.taken_over {
+        printer.note(note);
+    }
+    let state = StateHandle::new(locked);
     let records = state.snapshot().resources;
-    let ctx = match ctx {
-        Some(ctx) => ctx,
-        // Recorded between the first look and the lock: the stack's own region.
-        None if !records.is_empty() => {
-            context(&stack, Some(&state.snapshot().region), global.profile.as_deref()).await?
-        }
-        None => {
-            println!("stack {stack}: nothing recorded in {}, nothing to delete", global.state_dir.display());
-            return Ok(());
-        }
-    };
-    let orphans =
-        if args.discover { engine::discover_orphans(ctx.clone(), Arc::new(Kinds), &records).await? } else { vec![] };
+    if records.is_empty() && !args.discover {
+        return super::status::nothing_recorded(global, &stack, region.as_deref(), &printer, "down --discover").await;
+    }
+    let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
+    let region = ctx.region().to_string();
+    if !records.is_empty() {
+        bind_account(&state, &ctx)?;
+    }
+    let (orphans, conflicts) =
+        if args.discover { engine::discover(ctx.clone(), Arc::new(Kinds), &records).await? } else { (vec![], vec![]) };
+    for conflict in &conflicts {
+        printer.note(&format!("left alone: {} {} is not this stack's ({})", conflict.kind, conflict.id, conflict.why));
+    }
     if records.is_empty() && orphans.is_empty() {
-        println!("stack {stack}: nothing recorded and nothing found in {region}, nothing to delete");
-        return Ok(());
+        printer.out(&format!("stack {stack}: nothing recorded and nothing of it found in {region}, nothing to delete"));
+        return Ok(ExitStatus::Success);
     }
     for orphan in &orphans {
-        eprintln!("found {} {} ({}), not in the state", orphan.kind, orphan.found.id, orphan.key);
+        printer.note(&format!("found {} {} ({}), not in the state", orphan.kind, orphan.found.id, orphan.key));
     }
-    let keep: std::collections::BTreeSet<String> = if args.keep_data {
-        records.iter().filter(|(_, r)| crate::steps::is_data(&r.kind)).map(|(k, _)| k.clone()).collect()
+
+    let lives =
+        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
+    refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
+    let file_system_arn = records.get(keys::FILE_SYSTEM).and_then(|r| r.attr("arn")).map(str::to_string);
+    let mut keep: BTreeSet<String> = if args.keep_data {
+        records.iter().filter(|(_, r)| catalog::is_data(&r.kind)).map(|(k, _)| k.clone()).collect()
     } else {
-        Default::default()
+        BTreeSet::new()
     };
+    // Backups are never deleted by this tool: a vault that holds some stays.
+    for (key, record) in records.iter().filter(|(_, r)| r.kind == Kind::BackupVault.as_str()) {
+        if let Some(name) = record.id.as_deref()
+            && backup::points_in_vault(&ctx, name).await? > 0
+        {
+            keep.insert(key.clone());
+        }
+    }
     if !args.yes {
-        confirm(&stack, records.len() + orphans.len() - keep.len(), !keep.is_empty())?;
+        confirm(&stack, &printer, records.len() + orphans.len() - keep.len(), args.keep_data)?;
     }
     // Recorded first, so a crash from here on leaves them in the state for the next `down`.
     engine::adopt_orphans(&state, &Kinds, &orphans)?;
-    let printer = Arc::new(Printer::new(global.verbose > 0));
-    eprintln!("gitlab-provision down: stack {stack} in {region}, {} resources", records.len() + orphans.len());
-    let plan = Teardown { only: None, keep: keep.clone(), max_parallel: usize::from(global.parallel) };
-    let report = engine::teardown(ctx, state.clone(), Arc::new(Kinds), printer, plan).await.map_err(|e| {
-        anyhow::Error::new(e).context("down did not finish; what is left is still recorded\n    help: fix the cause and run `gitlab-provision down` again")
-    })?;
+    printer.heading(&format!("deleting stack {stack}: {} resources", records.len() + orphans.len() - keep.len()));
+    let plan = Teardown { only: None, keep: keep.clone(), max_parallel: usize::from(global.parallel), interrupt };
+    let outcome = engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), plan).await;
+    printer.tally();
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) if e.interrupted => {
+            let left = state.snapshot().resources.len();
+            return Err(CliError::new(
+                ExitStatus::Interrupted,
+                anyhow::anyhow!("interrupted: the deletions in flight finished; {left} resources are still recorded"),
+            )
+            .with_help("run `gitlab-provision down` again to finish"));
+        }
+        Err(e) => {
+            let left = state.snapshot().resources.len();
+            return Err(CliError::failure(e)
+                .with_context(format!(
+                    "{left} resources are still recorded in {}",
+                    state::state_path(&global.state_dir, &stack).display()
+                ))
+                .with_help("fix the cause and run `gitlab-provision down` again"));
+        }
+    };
     if state.is_empty() {
         state.remove_file()?;
     }
     if let Some(path) = &args.timings {
-        super::up::write_timings(path, &report)?;
+        super::up::write_timings(path, &outcome.report)?;
     }
-    println!("stack {stack} is down: {} resources removed", report.removed);
-    if !keep.is_empty() {
-        let kept = state.snapshot().resources;
-        for (key, record) in kept.iter().filter(|(k, _)| keep.contains(*k)) {
-            println!("kept {key}: {}", record.id.as_deref().unwrap_or("?"));
-        }
-        println!(
-            "`gitlab-provision up` attaches them again (same repositories, same root password); `gitlab-provision down` deletes them"
+    let recovery_points = match &file_system_arn {
+        Some(arn) if !args.keep_data => backup::recovery_points(&ctx, arn).await.unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let kept: Vec<String> = state
+        .snapshot()
+        .resources
+        .iter()
+        .filter(|(k, _)| keep.contains(*k))
+        .map(|(k, r)| format!("{k} {}", r.id.as_deref().unwrap_or("?")))
+        .collect();
+    let result = DownResult {
+        stack: stack.clone(),
+        region,
+        removed: outcome.report.removed,
+        left_alone: outcome
+            .left_alone
+            .iter()
+            .map(|(key, why)| LeftAlone { key: key.clone(), why: why.clone() })
+            .collect(),
+        kept,
+        recovery_points,
+    };
+    printer.json_if_events("down", &result)?;
+    report(&printer, &result, args.keep_data);
+    Ok(ExitStatus::Success)
+}
+
+fn report(printer: &Printer, result: &DownResult, keep_data: bool) {
+    printer.out(&format!("stack {} is down: {} resources removed", result.stack, result.removed));
+    for left in &result.left_alone {
+        printer.warn(&format!(
+            "{} was left alone: it is not this stack's ({}); it is no longer recorded. If it is in fact this stack's, delete it yourself",
+            left.key, left.why
+        ));
+    }
+    for kept in &result.kept {
+        printer.out(&format!("kept {}", kept.replacen(' ', ": ", 1)));
+    }
+    if keep_data && !result.kept.is_empty() {
+        printer.out(
+            "`gitlab-provision up` attaches them again (same repositories, same root password); `gitlab-provision down` deletes them",
         );
     }
-    Ok(())
+    if result.kept.iter().any(|k| k.starts_with(keys::BACKUP_VAULT)) {
+        printer.note("the backup vault holds your on-demand backups and was kept; delete its recovery points (`aws backup delete-recovery-point`) and run `gitlab-provision down` again to remove it");
+    }
+    if !result.recovery_points.is_empty() {
+        printer.note(&format!(
+            "{} backup(s) of the file system remain in AWS Backup (not deleted, and billed until they expire or are deleted):",
+            result.recovery_points.len()
+        ));
+        for point in &result.recovery_points {
+            printer.note(&format!(
+                "  {} {} in vault {} ({} bytes)",
+                point.created,
+                short_id(&point.arn),
+                point.vault,
+                point.bytes
+            ));
+        }
+        printer.note(
+            "remove one with `aws backup delete-recovery-point --backup-vault-name VAULT --recovery-point-arn ARN`",
+        );
+    }
+}
+
+/// When most recorded resources read as missing at once, something other than deletions is
+/// more likely (other credentials, another region, an outage): stop and ask before forgetting.
+fn refuse_to_forget(
+    records: &BTreeMap<String, ResourceRecord>,
+    lives: &BTreeMap<String, anyhow::Result<Live>>,
+    printer: &Printer,
+    forget_missing: bool,
+) -> Result<(), CliError> {
+    let counted: Vec<&String> = records
+        .iter()
+        .filter(|(_, r)| {
+            matches!(r.status, RecordStatus::Created | RecordStatus::Retained) && r.kind != Kind::Marker.as_str()
+        })
+        .map(|(k, _)| k)
+        .collect();
+    let missing: Vec<&String> =
+        counted.iter().copied().filter(|k| matches!(lives.get(*k), Some(Ok(Live::Missing)))).collect();
+    if counted.len() < 3 || missing.len() * 2 <= counted.len() || forget_missing {
+        return Ok(());
+    }
+    let what = format!(
+        "{} of the {} resources the state records read as missing ({}); with other credentials, another region or an outage this is what a live stack looks like",
+        missing.len(),
+        counted.len(),
+        missing.iter().take(6).map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    if printer.can_ask() {
+        printer.warn(&what);
+        let answer = printer.ask(&format!(
+            "{} ",
+            printer.paint("Type forget to delete the rest and forget the missing ones:", Tone::Bold)
+        ))?;
+        if answer == "forget" {
+            return Ok(());
+        }
+        return Err(UserError("nothing was deleted; the state is unchanged".into()).into());
+    }
+    Err(UserError(format!(
+        "{what}; nothing was deleted and the state is unchanged\n    help: check `gitlab-provision status` with the stack's own credentials and region; if they really are gone, run `gitlab-provision down --forget-missing`"
+    ))
+    .into())
 }
 
 /// Deleting a stack deletes its data: ask for the stack name, and never assume a yes.
-fn confirm(stack: &str, count: usize, keeping_data: bool) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(UserError(format!(
-            "refusing to delete stack {stack} without confirmation: there is no terminal to ask on; nothing was deleted\n    help: pass --yes to confirm"
-        ))
-        .into());
+fn no_terminal(stack: &str) -> CliError {
+    UserError(format!(
+        "refusing to delete stack {stack} without confirmation: there is no terminal to ask on; nothing was deleted\n    help: pass --yes to confirm"
+    ))
+    .into()
+}
+
+fn confirm(stack: &str, printer: &Printer, count: usize, keeping_data: bool) -> Result<(), CliError> {
+    if !printer.can_ask() {
+        return Err(no_terminal(stack));
     }
     let data = if keeping_data {
         "keeping the file system and the root secret"
     } else {
         "with the Git repositories and all other data"
     };
-    eprint!("This deletes {count} resources of stack {stack}, {data}. Type the stack name to confirm: ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    if answer.trim() != stack {
-        return Err(UserError(format!(
-            "confirmation {:?} does not match {stack:?}; nothing was deleted",
-            answer.trim()
-        ))
-        .into());
+    let answer = printer
+        .ask(&format!("This deletes {count} resources of stack {stack}, {data}. Type the stack name to confirm:"))?;
+    if answer != stack {
+        return Err(
+            UserError(format!("confirmation {:?} does not match {stack:?}; nothing was deleted", answer)).into()
+        );
     }
     Ok(())
 }

@@ -1,32 +1,52 @@
-//! One file per subcommand; shared helpers here.
+//! One file per subcommand; what several share is here.
 
+pub mod backup;
 pub mod down;
+pub mod exec;
+pub mod init;
+pub mod list;
+pub mod logs;
 pub mod password;
 pub mod plan;
+pub mod restore;
 pub mod status;
 pub mod up;
+pub mod upgrade;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::aws::{self, Tags};
+use crate::aws::{self, Ctx, Tags};
 use crate::cli::{Cli, Command, GlobalArgs};
-use crate::config::{self, ConfigError, Settings, StackConfig};
-use crate::steps::Ctx;
+use crate::config::{self, ConfigError, Settings, StackConfig, TagSource};
+use crate::engine::Interrupt;
+use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::keys;
+use crate::printer::Printer;
+use crate::state::{ResourceRecord, State};
 
-/// A mistake by the user (not AWS's or ours): exit status 2, like usage and config errors.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UserError(pub String);
-
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
     let global = cli.global;
     match cli.command {
-        Command::Up(args) => up::run(&global, args).await,
-        Command::Down(args) => down::run(&global, args).await,
+        Command::Up(args) => up::run(&global, args, interrupt).await,
+        Command::Down(args) => down::run(&global, args, interrupt).await,
         Command::Status(args) => status::run(&global, args).await,
         Command::Plan(args) => plan::run(&global, args).await,
         Command::Password => password::run(&global).await,
+        Command::Upgrade(args) => upgrade::run(&global, args, interrupt).await,
+        Command::Backup(args) => backup::run(&global, args).await,
+        Command::Restore(args) => restore::run(&global, args, interrupt).await,
+        Command::Logs(args) => logs::run(&global, args, interrupt).await,
+        Command::Exec(args) => exec::run(&global, Some(args.command)).await,
+        Command::Shell => exec::run(&global, None).await,
+        Command::Init(args) => init::run(&global, args),
+        Command::List(args) => list::run(&global, args),
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "gitlab-provision", &mut std::io::stdout());
+            Ok(ExitStatus::Success)
+        }
     }
 }
 
@@ -37,8 +57,17 @@ fn file_settings(global: &GlobalArgs) -> Result<Settings, ConfigError> {
 }
 
 /// The full configuration for `up` and `plan`: file, global flags, then the command's flags.
-fn stack_config(global: &GlobalArgs, flags: Settings) -> Result<StackConfig, ConfigError> {
-    config::validate(&file_settings(global)?.overlay(flags))
+/// Also says whether the image tag came from a flag that the file contradicts.
+fn stack_config(global: &GlobalArgs, flags: Settings) -> Result<(StackConfig, Option<String>), ConfigError> {
+    let file = file_settings(global)?;
+    let file_tag = file.gitlab_image_tag.clone();
+    let flag_tag = flags.gitlab_image_tag.is_some();
+    let mut cfg = config::validate(&file.overlay(flags))?;
+    if flag_tag {
+        cfg.tag_source = TagSource::Flag;
+    }
+    let contradicted = file_tag.filter(|t| flag_tag && *t != cfg.gitlab_image_tag);
+    Ok((cfg, contradicted))
 }
 
 /// Only the stack name (and an explicit region), for commands that work from the state.
@@ -55,18 +84,99 @@ fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigErr
     Ok((stack, settings.region))
 }
 
-async fn context(stack: &str, region: Option<&str>, profile: Option<&str>) -> anyhow::Result<Arc<Ctx>> {
-    let clients = aws::load(region, profile).await?;
-    Ok(Arc::new(Ctx { aws: clients, tags: Tags { stack: stack.to_string() } }))
+/// Signs in, and binds the run to the account the stack lives in: another account's
+/// credentials are refused before any other call. Says where the run works and as whom.
+async fn connect(
+    global: &GlobalArgs,
+    stack: &str,
+    region: Option<&str>,
+    recorded: Option<&State>,
+    printer: &Printer,
+) -> Result<Arc<Ctx>, CliError> {
+    let (clients, identity) = aws::connect(region, global.profile.as_deref()).await?;
+    if let Some(state) = recorded
+        && let Some(account) = &state.account
+        && *account != identity.account
+    {
+        return Err(UserError(format!(
+            "stack {stack} lives in AWS account {account}, but these credentials are of account {} ({}); nothing was read or changed, the state is untouched\n    help: use credentials of account {account} (e.g. --profile NAME), or another --state-dir for a stack in account {}",
+            identity.account, identity.arn, identity.account
+        ))
+        .into());
+    }
+    printer.heading(&format!(
+        "stack {stack} · {} · account {} as {}",
+        clients.region,
+        identity.account,
+        short_arn(&identity.arn)
+    ));
+    let tags = Tags { stack: stack.to_string(), region: clients.region.clone() };
+    Ok(Arc::new(Ctx { aws: clients, tags, account: Some(identity) }))
+}
+
+/// "assumed-role/Admin/alice" rather than the whole ARN.
+fn short_arn(arn: &str) -> &str {
+    arn.split_once(":assumed-role/").map(|(_, r)| r).or_else(|| arn.rsplit(':').next()).unwrap_or(arn)
+}
+
+/// Records the account the stack lives in, the first time a run that may write sees it.
+fn bind_account(state: &crate::state::StateHandle, ctx: &Ctx) -> Result<(), CliError> {
+    if let Some(identity) = &ctx.account {
+        state.update(
+            |s| {
+                s.account.get_or_insert_with(|| identity.account.clone());
+                s.partition.get_or_insert_with(|| identity.partition.clone());
+            },
+            false,
+        )?;
+    }
+    Ok(())
 }
 
 /// Where users reach GitLab, from what the state records.
-pub fn gitlab_url(records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>) -> Option<String> {
-    use crate::steps::{dns::KEY_ALIAS_RECORD, load_balancer::KEY_LOAD_BALANCER};
-    if let Some(name) = records.get(KEY_ALIAS_RECORD).and_then(|r| r.attr("name")) {
+pub fn gitlab_url(records: &BTreeMap<String, ResourceRecord>) -> Option<String> {
+    if let Some(name) = records.get(keys::DNS_ALIAS).and_then(|r| r.attr("name")) {
         return Some(format!("https://{}", name.trim_end_matches('.')));
     }
-    records.get(KEY_LOAD_BALANCER).and_then(|r| r.attr("dns_name")).map(|dns| format!("http://{dns}"))
+    records.get(keys::LOAD_BALANCER).and_then(|r| r.attr("dns_name")).map(|dns| format!("http://{dns}"))
+}
+
+/// Where developers reach Git over SSH: host and port.
+pub fn ssh_endpoint(records: &BTreeMap<String, ResourceRecord>) -> Option<(String, u16)> {
+    let listener = records.get(keys::LISTENER_SSH)?;
+    let port = listener.attr("port")?.parse().ok()?;
+    let host = match records.get(keys::DNS_SSH).and_then(|r| r.attr("name")) {
+        Some(name) => name.trim_end_matches('.').to_string(),
+        None => records.get(keys::SSH_LOAD_BALANCER)?.attr("dns_name")?.to_string(),
+    };
+    Some((host, port))
+}
+
+/// How a clone URL looks: `git@HOST:group/project.git`, or with the port when it is not 22.
+pub fn clone_url(host: &str, port: u16) -> String {
+    if port == 22 {
+        format!("git@{host}:group/project.git")
+    } else {
+        format!("ssh://git@{host}:{port}/group/project.git")
+    }
+}
+
+/// The command to get the password, with the state directory when it is not the default.
+fn password_command(global: &GlobalArgs, stack: &str) -> String {
+    let mut command = format!("gitlab-provision password --stack {stack}");
+    if global.state_dir != std::path::Path::new("state") {
+        let _ = write!(command, " --state-dir {}", global.state_dir.display());
+    }
+    command
+}
+
+/// An id as people read it: the tail of an ARN.
+pub fn short_id(id: &str) -> String {
+    if !id.starts_with("arn:") {
+        return id.to_string();
+    }
+    let tail = id.splitn(6, ':').nth(5).unwrap_or(id);
+    tail.to_string()
 }
 
 /// A plain text table: columns padded to their widest cell.
@@ -74,12 +184,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            widths[i] = widths[i].max(visible_len(cell));
         }
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(visible_len(c)))))
+            .collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -87,4 +201,56 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(row.iter().map(String::as_str).collect());
     }
     out
+}
+
+/// Characters on screen, not counting colour codes.
+fn visible_len(text: &str) -> usize {
+    let mut len = 0;
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => len += 1,
+        }
+    }
+    len
+}
+
+/// Checks before any work that a file can be written there (`--timings`).
+fn check_writable(path: Option<&std::path::Path>) -> Result<(), CliError> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(|_| ()).map_err(|e| {
+        CliError::usage(UserError(format!(
+            "--timings {}: cannot write there ({e}); nothing was done\n    help: name a file in a directory that exists and is writable",
+            path.display()
+        )))
+    })
+}
+
+/// Escapes what the user typed before it reaches a terminal.
+pub fn shown(text: &str) -> String {
+    if text.chars().any(char::is_control) { format!("{text:?}") } else { text.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_shorten_to_their_resource() {
+        assert_eq!(
+            short_id("arn:aws:elasticloadbalancing:us-east-1:123:loadbalancer/app/web/abc"),
+            "loadbalancer/app/web/abc"
+        );
+        assert_eq!(short_id("vpc-1"), "vpc-1");
+        assert_eq!(short_arn("arn:aws:sts::123:assumed-role/Admin/alice"), "Admin/alice");
+    }
+
+    #[test]
+    fn clone_urls_carry_a_port_only_when_it_is_not_22() {
+        assert_eq!(clone_url("ssh.git.example.com", 22), "git@ssh.git.example.com:group/project.git");
+        assert_eq!(clone_url("nlb.example", 2222), "ssh://git@nlb.example:2222/group/project.git");
+    }
 }

@@ -1,24 +1,27 @@
+//! `password`: the root password and nothing else, for scripts.
+
 use anyhow::Context as _;
 
-use super::{UserError, context, stack_name};
+use super::{connect, stack_name};
 use crate::cli::GlobalArgs;
+use crate::exit::{CliResult, ExitStatus, UserError};
+use crate::keys;
+use crate::printer::Printer;
 use crate::state;
-use crate::steps::secret::{KEY_ROOT_SECRET, read_password};
+use crate::steps::secret::read_password;
 
 /// Prints exactly the password and a newline: `gitlab-provision password | pbcopy` works.
-pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
+pub async fn run(global: &GlobalArgs) -> CliResult {
     let (stack, _) = stack_name(global)?;
+    let printer = Printer::new(global, false);
     let recorded = state::read(&global.state_dir, &stack)?;
-    let Some(secret) = recorded.as_ref().and_then(|s| s.resources.get(KEY_ROOT_SECRET)).and_then(|r| r.id.clone())
+    let Some(secret) = recorded.as_ref().and_then(|s| s.resources.get(keys::ROOT_SECRET)).and_then(|r| r.id.clone())
     else {
-        return Err(UserError(format!(
-            "stack {stack} has no root secret recorded\n    help: run `gitlab-provision up` first"
-        ))
-        .into());
+        return Err(UserError(format!("stack {stack} has no root secret recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)", global.state_dir.display())).into());
     };
-    let region = recorded.map(|s| s.region);
-    let ctx = context(&stack, region.as_deref(), global.profile.as_deref()).await?;
+    let region = recorded.as_ref().map(|s| s.region.clone());
+    let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
     let password = read_password(&ctx, &secret).await.context("reading the root password")?;
-    println!("{password}");
-    Ok(())
+    printer.out(&password);
+    Ok(ExitStatus::Success)
 }

@@ -1,26 +1,52 @@
+//! `plan`: what `up` would do, decided by the same function `up` uses, changing nothing. Its
+//! computation is also `up`'s own first step (to show and confirm what disrupts).
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{context, stack_config, table};
+use super::{connect, stack_config, table};
+use crate::aws::Ctx;
+use crate::catalog::{self, Kinds};
 use crate::cli::{GlobalArgs, PlanArgs};
-use crate::cost::Estimate;
-use crate::engine::{self, Live};
-use crate::state::{self, RecordStatus};
-use crate::steps::{self, Kinds};
+use crate::config::StackConfig;
+use crate::cost::{self, Estimate};
+use crate::engine::{self, Action, Live, Step, decide};
+use crate::exit::{CliError, CliResult, ExitStatus};
+use crate::gitlab_version::UpgradePath;
+use crate::keys::{self, Kind};
+use crate::printer::{Printer, Tone};
+use crate::state::{self, RecordStatus, ResourceRecord};
 
 #[derive(Debug, Serialize)]
 pub struct PlanReport {
     pub stack: String,
     pub region: Option<String>,
-    /// Settings that differ from the stack's and cannot change in place; `up` would refuse.
+    /// What `up` would refuse (settings that cannot change in place, a version off the upgrade path).
     pub refused: Vec<String>,
+    /// Exposure and other things a careful reader should know.
+    pub warnings: Vec<String>,
+    pub summary: Counts,
     pub steps: Vec<PlannedStep>,
     /// Recorded resources the configuration no longer has; `up` removes them at the end.
     pub removals: Vec<PlannedResource>,
     pub monthly_cost: Estimate,
+    /// The estimate's change against what the stack runs now (for an existing stack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_cost_change: Option<f64>,
+    #[serde(skip)]
+    pub show_all: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub create: usize,
+    pub update: usize,
+    pub replace: usize,
+    pub delete: usize,
+    pub keep: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,148 +57,397 @@ pub struct PlannedStep {
     pub resources: Vec<PlannedResource>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PlannedResource {
     pub key: String,
     pub kind: String,
-    /// create, keep, attach, update, re-create, resume or delete.
+    /// create, keep, attach, update, replace, re-create, resume, refuse or delete.
     pub action: &'static str,
+    /// The id and what a read found, or what changes.
     pub detail: String,
+    pub changes: Vec<String>,
+    /// What the change interrupts, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<String>,
 }
 
-impl fmt::Display for PlanReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
+impl PlanReport {
+    pub fn rows(&self) -> impl Iterator<Item = &PlannedResource> {
+        self.steps.iter().flat_map(|s| s.resources.iter()).chain(self.removals.iter())
+    }
+
+    pub fn changes_anything(&self) -> bool {
+        self.rows().any(|r| r.action != "keep")
+    }
+
+    /// The changes that replace or interrupt something, one line each.
+    pub fn disruptions(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        self.rows().filter_map(|r| r.disruption.clone()).filter(|d| seen.insert(d.clone())).collect()
+    }
+}
+
+/// What each change interrupts, from the kind of resource and the action; nothing runs yet in a
+/// stack without records.
+fn disruption(kind: &str, key: &str, action: &Action, records: &BTreeMap<String, ResourceRecord>) -> Option<String> {
+    let kind = Kind::parse(kind)?;
+    if records.is_empty()
+        || (matches!(kind, Kind::NatGateway | Kind::Instance) && !records.contains_key(keys::ROUTE_TABLE_PRIVATE))
+    {
+        return None;
+    }
+    let changes = action.changes().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    match (kind, action) {
+        (Kind::TaskDefinition, Action::Update(_) | Action::Replace(_) | Action::Recreate) => Some(
+            "GitLab's task is replaced (the old one stops before the new one starts): GitLab is down until the new one has booted, typically 5-15 minutes".into(),
+        ),
+        (Kind::Service, Action::Replace(_) | Action::Recreate) => Some("GitLab's service is replaced: GitLab is down until its new task has booted".into()),
+        (Kind::NatGateway | Kind::Instance, Action::Create | Action::Replace(_) | Action::Recreate) => {
+            Some("the private subnets' outbound route moves to a new NAT: GitLab's open connections to the internet drop".into())
+        }
+        (Kind::SecurityGroup, Action::Update(_)) => Some(format!("{key} changes who may connect: {changes}")),
+        (Kind::LoadBalancer, Action::Replace(_) | Action::Recreate) => Some(format!("{key} is replaced: unreachable meanwhile, and its address changes")),
+        (Kind::Listener, Action::Replace(_) | Action::Recreate | Action::Update(_)) => Some(format!("{key} changes: {changes}")),
+        (Kind::MountTarget, Action::Replace(_)) => Some("the file system's mount targets are replaced: GitLab must restart on them".into()),
+        (Kind::FileSystem, Action::Replace(_) | Action::Recreate) => Some("a new, empty file system replaces the recorded one".into()),
+        _ => None,
+    }
+}
+
+/// Decides, for every resource the steps want, what `up` would do, from the records and what
+/// live reads found (`lives`: absent for a key that was not read).
+pub fn plan_steps(
+    ctx: &Ctx,
+    steps: &[Step<Ctx>],
+    records: &BTreeMap<String, ResourceRecord>,
+    lives: &BTreeMap<String, Live>,
+) -> anyhow::Result<Vec<PlannedStep>> {
+    // What later steps see: a resource `up` creates anew has no id yet ("known after up").
+    let mut as_planned = records.clone();
+    let mut planned = Vec::new();
+    let order = engine::order(steps)?;
+    let mut by_name: BTreeMap<&str, &Step<Ctx>> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+    for name in &order {
+        let Some(step) = by_name.remove(name.as_str()) else { continue };
+        let wanted = step.desired(ctx, &as_planned)?;
+        let mut resources: Vec<PlannedResource> = wanted
+            .iter()
+            .map(|desired| {
+                let record = records.get(&desired.key);
+                let live = lives.get(&desired.key);
+                let action = decide(record, live, desired);
+                // A new task definition revision is a new ARN: what names it changes too.
+                let new_id = matches!(action, Action::Create | Action::Replace(_) | Action::Recreate | Action::Resume)
+                    || (matches!(action, Action::Update(_)) && desired.kind == Kind::TaskDefinition.as_str());
+                if new_id && let Some(r) = as_planned.get_mut(&desired.key) {
+                    r.id = None;
+                }
+                let id = record.and_then(|r| r.id.clone()).unwrap_or_default();
+                let detail = match (&action, live) {
+                    (Action::Keep, Some(Live::Present { summary, .. })) => format!("{id} {summary}"),
+                    (Action::Attach(_), _) => format!("{id} kept by down --keep-data"),
+                    (Action::Resume, _) => "an earlier run started it; up adopts it if it exists".into(),
+                    (Action::Recreate, _) => format!("{id} was deleted outside gitlab-provision"),
+                    (Action::Refuse(why), _) => format!("{id} is not this stack's: {why}"),
+                    (action, _) if !action.changes().is_empty() => {
+                        format!(
+                            "{id}: {}",
+                            action.changes().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                        )
+                    }
+                    _ => id.clone(),
+                };
+                PlannedResource {
+                    key: desired.key.clone(),
+                    kind: desired.kind.clone(),
+                    action: action.verb(),
+                    changes: action.changes().iter().map(ToString::to_string).collect(),
+                    disruption: disruption(&desired.kind, &desired.key, &action, records),
+                    detail,
+                }
+            })
+            .collect();
+        // What a step records without wanting it in advance (an imported VPC) is kept as it is.
+        for (key, kind) in &step.creates {
+            if wanted.iter().any(|d| d.key == *key) {
+                continue;
+            }
+            match records.get(key) {
+                Some(record) => resources.push(PlannedResource {
+                    key: key.clone(),
+                    kind: kind.clone(),
+                    action: "keep",
+                    detail: record.id.clone().unwrap_or_default(),
+                    changes: vec![],
+                    disruption: None,
+                }),
+                None if step.preflight => resources.push(PlannedResource {
+                    key: key.clone(),
+                    kind: kind.clone(),
+                    action: "create",
+                    detail: "imported: checked and recorded, never changed".into(),
+                    changes: vec![],
+                    disruption: None,
+                }),
+                None => {}
+            }
+        }
+        planned.push(PlannedStep {
+            step: step.name.clone(),
+            after: step.after.clone(),
+            description: step.description.clone(),
+            resources,
+        });
+    }
+    Ok(planned)
+}
+
+/// Recorded resources no step creates any more.
+pub fn removals(steps: &[Step<Ctx>], records: &BTreeMap<String, ResourceRecord>) -> Vec<PlannedResource> {
+    let owned = catalog::owned_keys(steps);
+    records
+        .iter()
+        .filter(|(k, r)| !owned.contains(*k) && r.status != RecordStatus::Retained)
+        .map(|(k, r)| PlannedResource {
+            key: k.clone(),
+            kind: r.kind.clone(),
+            action: "delete",
+            detail: "no longer in the configuration".into(),
+            changes: vec![],
+            disruption: match Kind::parse(&r.kind) {
+                Some(Kind::NatGateway | Kind::Instance) => {
+                    Some("the old NAT is removed once the route uses the new one".into())
+                }
+                Some(Kind::LoadBalancer) => Some(format!("{k} is removed: what it served stops answering")),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// Refusals that do not depend on AWS: settings that cannot change in place, a version that
+/// is a downgrade or skips a required stop.
+pub fn refusals(cfg: &StackConfig, state: Option<&state::State>, region: &str, force_version: bool) -> Vec<String> {
+    let Some(state) = state else { return vec![] };
+    let mut refused = catalog::replacements(state, &catalog::fixed_settings(cfg, region));
+    if !force_version
+        && let Some(running) = running_version(&state.resources)
+        && let Some(wanted) = crate::gitlab_version::Version::parse(&cfg.gitlab_image_tag)
+        && let Err(e) = UpgradePath::shipped().check(running, wanted)
+    {
+        refused.push(e.to_string());
+    }
+    refused
+}
+
+/// The GitLab version the stack runs, from its task definition's record.
+pub fn running_version(records: &BTreeMap<String, ResourceRecord>) -> Option<crate::gitlab_version::Version> {
+    let image = records.get(keys::TASK_DEFINITION).filter(|r| r.status == RecordStatus::Created)?.attr("image")?;
+    crate::gitlab_version::Version::parse(image.rsplit(':').next()?)
+}
+
+/// Keeps what runs when neither the file nor a flag names a version.
+pub fn keep_running_version(cfg: &mut StackConfig, records: &BTreeMap<String, ResourceRecord>) {
+    if cfg.tag_source == crate::config::TagSource::Default
+        && let Some(running) = running_version(records)
+    {
+        cfg.gitlab_image_tag = running.to_string();
+        cfg.tag_source = crate::config::TagSource::Running;
+    }
+}
+
+/// The cost of what the records say the stack runs now.
+fn recorded_cost(records: &BTreeMap<String, ResourceRecord>) -> Option<Estimate> {
+    let td = records.get(keys::TASK_DEFINITION)?;
+    let nat = if records.contains_key(keys::NAT_GATEWAY) {
+        Some(crate::config::NatKind::Gateway)
+    } else if records.contains_key(keys::NAT_INSTANCE) {
+        Some(crate::config::NatKind::Instance)
+    } else {
+        None
+    };
+    Some(cost::estimate_of(&cost::Inputs {
+        cpu: td.attr("cpu")?.parse().ok()?,
+        memory_mib: td.attr("memory")?.parse().ok()?,
+        nat,
+        ssh: records.contains_key(keys::SSH_LOAD_BALANCER),
+    }))
+}
+
+/// The whole plan for a configuration against a stack's records and what live reads found.
+pub fn report(
+    ctx: &Ctx,
+    cfg: &StackConfig,
+    state: Option<&state::State>,
+    region: Option<String>,
+    lives: &BTreeMap<String, Live>,
+    force_version: bool,
+) -> anyhow::Result<PlanReport> {
+    let steps = catalog::build(cfg);
+    let empty = BTreeMap::new();
+    let records = state.map_or(&empty, |s| &s.resources);
+    let planned = plan_steps(ctx, &steps, records, lives)?;
+    let removals = removals(&steps, records);
+    let mut summary = Counts::default();
+    for r in planned.iter().flat_map(|s| s.resources.iter()).chain(removals.iter()) {
+        match r.action {
+            "create" | "re-create" | "resume" => summary.create += 1,
+            "update" | "attach" => summary.update += 1,
+            "replace" => summary.replace += 1,
+            "delete" => summary.delete += 1,
+            _ => summary.keep += 1,
+        }
+    }
+    let monthly_cost = cost::estimate(cfg);
+    let monthly_cost_change = recorded_cost(records)
+        .map(|before| ((monthly_cost.total_usd_per_month - before.total_usd_per_month) * 100.0).round() / 100.0);
+    Ok(PlanReport {
+        stack: cfg.stack.clone(),
+        refused: refusals(cfg, state, region.as_deref().unwrap_or(ctx.region()), force_version),
+        region,
+        warnings: cfg.warnings(),
+        summary,
+        steps: planned,
+        removals,
+        monthly_cost,
+        monthly_cost_change,
+        show_all: false,
+    })
+}
+
+impl PlanReport {
+    /// The plan as text, changes first; `painter` colours an action.
+    pub fn render(&self, paint: &dyn Fn(&str, Tone) -> String) -> String {
+        let mut out = String::new();
+        use fmt::Write as _;
+        let _ = writeln!(
+            out,
             "plan for stack {}{}",
             self.stack,
             self.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default()
-        )?;
+        );
         for problem in &self.refused {
-            writeln!(f, "REFUSED: {problem}")?;
+            let _ = writeln!(out, "{} {problem}", paint("REFUSED:", Tone::Bad));
         }
+        let tone = |action: &str| match action {
+            "create" | "re-create" | "resume" | "attach" => Tone::Good,
+            "update" => Tone::Changed,
+            "replace" | "delete" | "refuse" => Tone::Bad,
+            _ => Tone::Dim,
+        };
         let mut rows = Vec::new();
+        let mut kept = 0;
         for step in &self.steps {
             for r in &step.resources {
-                rows.push(vec![
-                    step.step.clone(),
-                    r.action.to_string(),
-                    r.key.clone(),
-                    r.kind.clone(),
-                    r.detail.clone(),
-                ]);
+                if r.action == "keep" && !self.show_all {
+                    kept += 1;
+                    continue;
+                }
+                let detail = r.detail.clone();
+                rows.push(vec![paint(r.action, tone(r.action)), r.key.clone(), r.kind.clone(), detail]);
             }
         }
         for r in &self.removals {
-            rows.push(vec!["(cleanup)".into(), r.action.to_string(), r.key.clone(), r.kind.clone(), r.detail.clone()]);
+            rows.push(vec![paint(r.action, tone(r.action)), r.key.clone(), r.kind.clone(), r.detail.clone()]);
         }
-        write!(f, "{}", table(&["STEP", "ACTION", "RESOURCE", "KIND", "DETAIL"], &rows))?;
-        let changes = rows.iter().filter(|r| r[1] != "keep").count();
-        writeln!(f, "{changes} change(s); steps run in dependency order, independent ones at the same time")?;
+        if rows.is_empty() {
+            let _ = writeln!(out, "no changes: {kept} resources as configured");
+        } else {
+            let _ = write!(out, "{}", table(&["ACTION", "RESOURCE", "KIND", "DETAIL"], &rows));
+            let s = &self.summary;
+            let _ = writeln!(
+                out,
+                "{} to create, {} to update, {} to replace, {} to delete{}",
+                s.create,
+                s.update,
+                s.replace,
+                s.delete,
+                if kept > 0 { format!("; {kept} unchanged (plan --all lists them)") } else { String::new() }
+            );
+        }
+        for d in self.disruptions() {
+            let _ = writeln!(out, "{} {d}", paint("disrupts:", Tone::Changed));
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "{} {w}", paint("warning:", Tone::Warn));
+        }
         let cost = &self.monthly_cost;
-        writeln!(f, "\nestimated monthly cost ({}):", cost.prices)?;
-        let rows: Vec<Vec<String>> = cost
+        let _ = writeln!(out, "\nestimated monthly cost ({}):", cost.prices);
+        let lines: Vec<Vec<String>> = cost
             .lines
             .iter()
             .map(|l| vec![l.item.clone(), format!("${:.2}", l.usd_per_month), l.assumption.clone()])
             .collect();
-        write!(f, "{}", table(&["ITEM", "USD/MONTH", "ASSUMING"], &rows))?;
-        writeln!(f, "total about ${:.2}/month; other regions differ", cost.total_usd_per_month)?;
+        let _ = write!(out, "{}", table(&["ITEM", "USD/MONTH", "ASSUMING"], &lines));
+        let _ = writeln!(out, "total about ${:.2}/month; other regions differ", cost.total_usd_per_month);
+        if let Some(change) = self.monthly_cost_change.filter(|c| c.abs() >= 0.01) {
+            let _ = writeln!(
+                out,
+                "that is {}${:.2}/month against what the stack runs now",
+                if change > 0.0 { "+" } else { "-" },
+                change.abs()
+            );
+        }
         match cost.nat_instance_saving_usd_per_month {
             Some(s) if s > 0.0 => {
-                writeln!(f, "use_nat_instance = true would save about ${s:.2}/month (a single instance as NAT)")
+                let _ =
+                    writeln!(out, "use_nat_instance = true would save about ${s:.2}/month (a single instance as NAT)");
             }
-            Some(s) => writeln!(f, "the NAT instance saves about ${:.2}/month over a NAT gateway", -s),
-            None => Ok(()),
+            Some(s) => {
+                let _ = writeln!(out, "the NAT instance saves about ${:.2}/month over a NAT gateway", -s);
+            }
+            None => {}
         }
+        out
     }
 }
 
-pub async fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<()> {
-    let cfg = stack_config(global, args.settings)?;
+pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
+    let exit_on_error = |status: ExitStatus| if args.detailed_exitcode { ExitStatus::Failure } else { status };
+    let (mut cfg, _) =
+        stack_config(global, args.settings).map_err(|e| CliError::new(exit_on_error(ExitStatus::Usage), e))?;
+    let printer = Printer::new(global, false);
     let recorded = state::read(&global.state_dir, &cfg.stack)?.filter(|s| !s.resources.is_empty());
-    let steps = steps::build(&cfg);
-    let owned = steps::owned_keys(&steps);
-
     // Only an existing stack needs AWS: a new one is all "create", and plan works offline.
-    let (region, live, records, refused) = match &recorded {
-        None => (cfg.region.clone(), BTreeMap::new(), BTreeMap::new(), vec![]),
+    let (ctx, lives, region) = match &recorded {
+        None => {
+            let region = cfg.region.clone();
+            let ctx = Arc::new(crate::aws::credentials::offline_context(
+                &cfg.stack,
+                region.as_deref().unwrap_or("us-east-1"),
+            ));
+            (ctx, BTreeMap::new(), region)
+        }
         Some(state) => {
             let region = cfg.region.clone().unwrap_or_else(|| state.region.clone());
-            let fixed = steps::fixed_settings(&cfg, &region);
-            let refused = steps::replacements(state, &fixed);
-            let ctx = context(&cfg.stack, Some(&region), global.profile.as_deref()).await?;
-            let live =
-                engine::observe(ctx, Arc::new(Kinds), state.resources.clone(), usize::from(global.parallel)).await;
-            (Some(region), live, state.resources.clone(), refused)
+            let ctx = connect(global, &cfg.stack, Some(&region), Some(state), &printer).await?;
+            let lives = engine::observe(
+                ctx.clone(),
+                Arc::new(Kinds),
+                state.resources.clone(),
+                usize::from(global.parallel),
+                false,
+            )
+            .await;
+            let lives = lives.into_iter().filter_map(|(k, l)| l.ok().map(|l| (k, l))).collect();
+            (ctx, lives, Some(region))
         }
     };
-
-    // What the configuration changes in resources that exist and are otherwise as recorded.
-    let config_changes: BTreeMap<String, Vec<String>> =
-        steps.iter().flat_map(|s| s.action.config_changes(&records)).fold(BTreeMap::new(), |mut acc, (key, change)| {
-            acc.entry(key).or_insert_with(Vec::new).push(change);
-            acc
-        });
-    let planned = |key: &str, kind: &str| {
-        let (action, detail) = match (records.get(key), live.get(key)) {
-            (Some(r), Some(Ok(Live::Present { .. })))
-                if config_changes.contains_key(key) && r.status == RecordStatus::Created =>
-            {
-                ("update", format!("{}: {}", r.id.as_deref().unwrap_or(""), config_changes[key].join("; ")))
-            }
-            (None, _) => ("create", String::new()),
-            (Some(r), Some(Ok(Live::Present { .. }))) if r.status == RecordStatus::Retained => {
-                ("attach", format!("{} kept by down --keep-data", r.id.as_deref().unwrap_or("")))
-            }
-            (Some(r), _) if r.status == RecordStatus::Pending => {
-                ("resume", "an earlier run started it; up adopts it if it exists".to_string())
-            }
-            (Some(r), Some(Ok(Live::Present { summary, drift }))) if drift.is_empty() => {
-                ("keep", format!("{} {summary}", r.id.as_deref().unwrap_or("")))
-            }
-            (Some(r), Some(Ok(Live::Present { drift, .. }))) => {
-                ("update", format!("{}: {}", r.id.as_deref().unwrap_or(""), drift.join("; ")))
-            }
-            (Some(r), Some(Ok(Live::Missing))) => {
-                ("re-create", format!("{} was deleted outside gitlab-provision", r.id.as_deref().unwrap_or("")))
-            }
-            (Some(_), Some(Err(e))) => ("keep", format!("could not read it: {e:#}")),
-            (Some(_), None) => ("keep", String::new()),
-        };
-        PlannedResource { key: key.to_string(), kind: kind.to_string(), action, detail }
-    };
-    let planned_steps = steps
-        .iter()
-        .map(|s| PlannedStep {
-            step: s.name.clone(),
-            after: s.deps.clone(),
-            description: s.description.clone(),
-            resources: s.resources.iter().map(|(k, kind)| planned(k, kind)).collect(),
-        })
-        .collect();
-    let stale: BTreeSet<&String> = records.keys().filter(|k| !owned.contains(*k)).collect();
-    let removals = stale
-        .into_iter()
-        .map(|k| PlannedResource {
-            key: k.clone(),
-            kind: records[k].kind.clone(),
-            action: "delete",
-            detail: "no longer in the configuration".into(),
-        })
-        .collect();
-    let report = PlanReport {
-        stack: cfg.stack.clone(),
-        region,
-        refused,
-        steps: planned_steps,
-        removals,
-        monthly_cost: crate::cost::estimate(&cfg),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{report}");
+    if let Some(state) = &recorded {
+        keep_running_version(&mut cfg, &state.resources);
     }
-    Ok(())
+    let mut report = report(&ctx, &cfg, recorded.as_ref(), region, &lives, false)?;
+    report.show_all = args.all;
+    if args.json {
+        printer.json("plan", &report)?;
+    } else {
+        printer.out(&report.render(&|text, tone| printer.paint_out(text, tone)));
+    }
+    Ok(if !report.refused.is_empty() {
+        exit_on_error(ExitStatus::Usage)
+    } else if args.detailed_exitcode && report.changes_anything() {
+        ExitStatus::Usage
+    } else {
+        ExitStatus::Success
+    })
 }

@@ -1,133 +1,372 @@
-use std::collections::{BTreeMap, BTreeSet};
+//! `up`: plan, show and confirm what disrupts, then converge; `converge` is also how `upgrade`
+//! and `restore` apply a configuration.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use serde::Serialize;
 
-use super::{UserError, context, stack_config};
+use super::{
+    bind_account, check_writable, clone_url, connect, gitlab_url, password_command, shown, ssh_endpoint, stack_config,
+};
+use crate::aws::Ctx;
+use crate::catalog::{self, Kinds};
 use crate::cli::{GlobalArgs, UpArgs};
-use crate::engine::{self, Event, Observer, RunError, RunReport, StepScope, Teardown};
-use crate::printer::Printer;
-use crate::state::{self, LockedState, State, StateHandle};
-use crate::steps::{self, Kinds};
+use crate::config::StackConfig;
+use crate::engine::{self, Event, Interrupt, Lives, Observer, RunError, RunOptions, RunReport, StepScope, Teardown};
+use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::printer::{Printer, Tone};
+use crate::state::{self, LockedState, StateHandle};
 
-pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
-    let cfg = stack_config(global, args.settings)?;
-    // An existing stack stays in its region unless the user names one.
-    let recorded = state::read(&global.state_dir, &cfg.stack)?;
-    let region = cfg.region.clone().or_else(|| recorded.as_ref().map(|s| s.region.clone()));
-    let ctx = context(&cfg.stack, region.as_deref(), global.profile.as_deref()).await?;
-    let region = ctx.aws.region.clone();
+/// How `converge` may proceed.
+pub struct Converge<'a> {
+    pub global: &'a GlobalArgs,
+    /// Apply disruptive changes without asking.
+    pub yes: bool,
+    pub force_version: bool,
+    pub timings: Option<PathBuf>,
+    pub interrupt: Interrupt,
+    /// Run even though a backup or restore is recorded as in progress (they call this).
+    pub during_operation: bool,
+}
 
-    let locked = LockedState::open(&global.state_dir, &cfg.stack, &region, "up")?;
-    // Checked under the lock: another run's resources are not mistaken for lost ones.
-    if locked.state().resources.is_empty() {
-        refuse_lost_state(&ctx, &cfg.stack, &region).await?;
+/// What a converge did.
+pub struct Converged {
+    pub changed: bool,
+}
+
+pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> CliResult {
+    let (cfg, contradicted) = stack_config(global, args.settings)?;
+    check_writable(args.timings.as_deref())?;
+    let printer = Arc::new(Printer::new(global, args.json));
+    for warning in cfg.warnings() {
+        printer.warn(&warning);
     }
-    let fixed = steps::fixed_settings(&cfg, &region);
-    refuse_replacements(locked.state(), &fixed)?;
+    if let Some(file_tag) = contradicted {
+        printer.warn(&format!(
+            "gitlab_image_tag {} comes from --gitlab-image-tag, but the config file says {file_tag}: once {} runs, an `up` with the file's value is refused as a downgrade; update the file",
+            cfg.gitlab_image_tag, cfg.gitlab_image_tag
+        ));
+    }
+    let recorded = state::read(&global.state_dir, &cfg.stack)?;
+    // An existing stack stays in its region unless the user names one.
+    let region = cfg.region.clone().or_else(|| recorded.as_ref().map(|s| s.region.clone()));
+    let ctx = connect(global, &cfg.stack, region.as_deref(), recorded.as_ref(), &printer).await?;
+    let locked = LockedState::open(&global.state_dir, &cfg.stack, ctx.region(), "up")?;
+    if let Some(note) = &locked.taken_over {
+        printer.note(note);
+    }
     let state = StateHandle::new(locked);
-    state.set_fixed(fixed)?;
+    bind_account(&state, &ctx)?;
+    let options = Converge {
+        global,
+        yes: args.yes,
+        force_version: args.force_version,
+        timings: args.timings.clone(),
+        interrupt,
+        during_operation: false,
+    };
+    let converged = converge(&ctx, &state, cfg.clone(), &printer, &options).await?;
+    if args.wait {
+        wait_healthy(&ctx, &state, &printer).await?;
+    }
+    report_up(global, &ctx, &state, &cfg, &printer, converged.changed, args.wait)?;
+    Ok(ExitStatus::Success)
+}
 
-    let steps = steps::build(&cfg);
-    let owned = steps::owned_keys(&steps);
-    let printer = Arc::new(Printer::new(global.verbose > 0));
-    eprintln!("gitlab-provision up: stack {} in {region}, {} steps", cfg.stack, steps.len());
+/// Plans, asks before what disrupts, runs the steps, then removes what the configuration no
+/// longer has (after its replacements are in place).
+pub async fn converge(
+    ctx: &Arc<Ctx>,
+    state: &StateHandle,
+    mut cfg: StackConfig,
+    printer: &Arc<Printer>,
+    options: &Converge<'_>,
+) -> Result<Converged, CliError> {
+    let global = options.global;
+    let snapshot = state.snapshot();
+    if let Some(operation) = snapshot.operation.as_ref().filter(|_| !options.during_operation) {
+        return Err(UserError(format!(
+            "a {} of stack {} is in progress (since {}); changing the stack now could lose it\n    help: run `gitlab-provision {}` again to finish it",
+            operation.kind, cfg.stack, operation.started_at, operation.kind
+        ))
+        .into());
+    }
+    super::plan::keep_running_version(&mut cfg, &snapshot.resources);
+    if snapshot.resources.is_empty() {
+        refuse_lost_state(ctx, &cfg.stack).await?;
+    }
+    let lives =
+        engine::observe(ctx.clone(), Arc::new(Kinds), snapshot.resources.clone(), usize::from(global.parallel), false)
+            .await;
+    let lives: std::collections::BTreeMap<_, _> =
+        lives.into_iter().filter_map(|(k, l)| l.ok().map(|l| (k, l))).collect();
+    let region = ctx.region().to_string();
+    let has_records = !snapshot.resources.is_empty();
+    let plan = super::plan::report(
+        ctx,
+        &cfg,
+        has_records.then_some(&snapshot),
+        Some(region.clone()),
+        &lives,
+        options.force_version,
+    )?;
+    if !plan.refused.is_empty() {
+        return Err(UserError(format!(
+            "stack {} cannot take this change:\n  - {}\n    help: keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)",
+            cfg.stack,
+            plan.refused.join("\n  - ")
+        ))
+        .into());
+    }
+    if has_records && !plan.changes_anything() {
+        printer.note(&format!("no changes: {} resources as configured", plan.summary.keep));
+        return Ok(Converged { changed: false });
+    }
+    confirm_disruptions(&plan, printer, options.yes)?;
+    state.set_fixed(catalog::fixed_settings(&cfg, &region))?;
 
-    let result = engine::run(steps, ctx.clone(), state.clone(), printer.clone(), usize::from(global.parallel)).await;
+    let steps = catalog::build(&cfg);
+    let owned = catalog::owned_keys(&steps);
+    let run_options = RunOptions {
+        max_parallel: usize::from(global.parallel),
+        interrupt: options.interrupt.clone(),
+        lives: Lives::new(lives),
+    };
+    let observer: Arc<dyn Observer> = printer.clone();
+    let result = engine::run(steps, ctx.clone(), state.clone(), observer, run_options).await;
+    printer.tally();
     let report = match result {
         Ok(report) => report,
-        Err(error) => {
-            if let (Some(path), RunError::Failed { report, .. }) = (&args.timings, &error) {
-                write_timings(path, report)?;
-            }
-            let state_file = state::state_path(&global.state_dir, &cfg.stack);
-            return Err(anyhow::Error::new(error).context(format!(
-                "up did not finish; everything it created is recorded in {}\n    help: fix the cause and run `gitlab-provision up` again to resume, or `gitlab-provision down` to remove what was created",
-                state_file.display()
-            )));
-        }
+        Err(error) => return Err(run_failed(global, &cfg.stack, state, error, options.timings.as_deref())),
     };
-
-    // Resources from an earlier configuration (e.g. a NAT gateway replaced by a NAT instance)
-    // go only now, after their replacements are in place.
-    let stale: BTreeSet<String> = state.snapshot().resources.into_keys().filter(|k| !owned.contains(k)).collect();
+    // What a retained record holds (a file system a restore replaced) is kept until `down`.
+    let stale: BTreeSet<String> = state
+        .snapshot()
+        .resources
+        .into_iter()
+        .filter(|(k, r)| !owned.contains(k) && r.status != state::RecordStatus::Retained)
+        .map(|(k, _)| k)
+        .collect();
     if !stale.is_empty() {
-        eprintln!(
+        printer.note(&format!(
             "removing what the configuration no longer has: {}",
             stale.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
-        engine::teardown(
-            ctx.clone(),
-            state.clone(),
-            Arc::new(Kinds),
-            printer.clone(),
-            Teardown { only: Some(stale), keep: Default::default(), max_parallel: usize::from(global.parallel) },
-        )
-        .await?;
+        ));
+        let plan = Teardown {
+            only: Some(stale),
+            keep: Default::default(),
+            max_parallel: usize::from(global.parallel),
+            interrupt: options.interrupt.clone(),
+        };
+        engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), plan)
+            .await
+            .map_err(|e| CliError::failure(e).with_help("run `gitlab-provision up` again to finish removing them"))?;
     }
-    if let Some(path) = &args.timings {
+    if let Some(path) = &options.timings {
         write_timings(path, &report)?;
     }
-    if args.wait {
-        let scope = StepScope::new("gitlab-healthy", state.clone(), printer.clone());
-        printer.event(Event::Started { step: scope.step.clone(), description: "wait until GitLab has booted".into() });
-        steps::service::wait_healthy(&ctx, &scope).await?;
-        printer.event(Event::Finished {
-            step: scope.step.clone(),
-            elapsed: scope.elapsed(),
-            summary: "the load balancer reports GitLab healthy".into(),
-        });
+    Ok(Converged { changed: true })
+}
+
+/// Changes that replace or interrupt something are shown, with what they cost, and need a yes.
+fn confirm_disruptions(plan: &super::plan::PlanReport, printer: &Printer, yes: bool) -> Result<(), CliError> {
+    let disruptions = plan.disruptions();
+    if disruptions.is_empty() || yes {
+        return Ok(());
     }
-    let snapshot = state.snapshot();
-    println!(
-        "stack {} is up in {region}: {} resources recorded in {}",
-        cfg.stack,
-        snapshot.resources.len(),
-        state::state_path(&global.state_dir, &cfg.stack).display()
-    );
-    if let Some(url) = super::gitlab_url(&snapshot.resources) {
-        println!("GitLab:   {url}");
-        println!("user:     root ({})", cfg.gitlab_root_email);
-        println!("password: gitlab-provision password --stack {}", cfg.stack);
-        if !args.wait {
-            println!(
-                "GitLab's first boot takes 5-6 minutes; `gitlab-provision status` shows its progress (or use up --wait)"
+    let cost = plan
+        .monthly_cost_change
+        .filter(|c| c.abs() >= 0.01)
+        .map(|c| format!("\n  cost: {}${:.2}/month", if c > 0.0 { "+" } else { "-" }, c.abs()))
+        .unwrap_or_default();
+    let list = disruptions.iter().map(|d| format!("\n  - {d}")).collect::<String>();
+    if !printer.can_ask() {
+        return Err(UserError(format!(
+            "this change interrupts GitLab:{list}{cost}\nnothing was changed\n    help: run `gitlab-provision plan` to see everything it does, then `gitlab-provision up --yes` to apply it"
+        ))
+        .into());
+    }
+    printer.warn(&format!("this change interrupts GitLab:{list}{cost}"));
+    let answer = printer.ask(&format!("{} [y/N]", printer.paint("Apply it now?", Tone::Bold)))?;
+    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(UserError("not applied; nothing was changed".into()).into())
+    }
+}
+
+/// A run that failed or was interrupted: cause first, then where things stand and the next command.
+fn run_failed(
+    global: &GlobalArgs,
+    stack: &str,
+    state: &StateHandle,
+    error: RunError,
+    timings: Option<&std::path::Path>,
+) -> CliError {
+    let state_file = state::state_path(&global.state_dir, stack);
+    let recorded = state.snapshot().resources;
+    let pending: Vec<&String> =
+        recorded.iter().filter(|(_, r)| r.status == state::RecordStatus::Pending).map(|(k, _)| k).collect();
+    let report = match &error {
+        RunError::Failed { report, .. } | RunError::Interrupted { report, .. } => Some(report),
+        RunError::Graph(_) => None,
+    };
+    if let (Some(path), Some(report)) = (timings, report) {
+        let _ = write_timings(path, report);
+    }
+    match error {
+        RunError::Failed { failures, not_started, preflight, .. } => {
+            let failure = failures.into_iter().next().map(|(step, e)| anyhow::anyhow!("step {step} failed: {e:#}"));
+            let mut cli = CliError::new(
+                if preflight && recorded.is_empty() { ExitStatus::Usage } else { ExitStatus::Failure },
+                failure.unwrap_or_else(|| anyhow::anyhow!("up failed")),
             );
+            if !not_started.is_empty() {
+                cli = cli.with_context(format!("{} step(s) did not run", not_started.len()));
+            }
+            if preflight && recorded.is_empty() {
+                return cli
+                    .with_context("nothing was created")
+                    .with_help("fix the configuration, then run `gitlab-provision up` again");
+            }
+            cli.with_context(format!("everything created so far is recorded in {} ({} resources)", state_file.display(), recorded.len()))
+                .with_help("fix the cause and run `gitlab-provision up` again to resume, or `gitlab-provision down` to remove what was created")
         }
+        RunError::Interrupted { not_started, .. } => {
+            let mut cli = CliError::new(
+                ExitStatus::Interrupted,
+                anyhow::anyhow!(
+                    "interrupted: the steps in flight finished and were recorded; {} did not start",
+                    not_started.len()
+                ),
+            )
+            .with_context(format!("recorded: {} resources in {}", recorded.len(), state_file.display()));
+            if !pending.is_empty() {
+                cli = cli.with_context(format!(
+                    "pending (create sent, answer not recorded; the next run adopts them): {}",
+                    pending.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            cli.with_help("run `gitlab-provision up` to resume, or `gitlab-provision down` to remove what was created")
+        }
+        RunError::Graph(e) => CliError::failure(e),
     }
-    Ok(())
 }
 
 /// A new stack whose resources already exist means a lost state file: creating them again
-/// would make twins (two NAT gateways billing, two file systems, one of them with the data).
-async fn refuse_lost_state(ctx: &Arc<crate::steps::Ctx>, stack: &str, region: &str) -> anyhow::Result<()> {
-    let orphans = engine::discover_orphans(ctx.clone(), Arc::new(Kinds), &BTreeMap::new()).await?;
+/// would make twins. Something with the stack's names that is not its own is a conflict.
+async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> {
+    let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
+    if !conflicts.is_empty() {
+        let listed: Vec<String> = conflicts.iter().map(|c| format!("  - {} {}: {}", c.kind, c.id, c.why)).collect();
+        return Err(UserError(format!(
+            "stack {stack} would collide with resources that are not its own in {}:\n{}\n    help: choose another stack name (--stack); nothing was created",
+            ctx.region(),
+            listed.join("\n")
+        ))
+        .into());
+    }
     if orphans.is_empty() {
         return Ok(());
     }
     let listed: Vec<String> =
         orphans.iter().take(8).map(|o| format!("  - {} {} ({})", o.kind, o.found.id, o.key)).collect();
     Err(UserError(format!(
-        "stack {stack} has no state file, but {} of its resources exist in {region}:\n{}{}\n    help: restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`",
+        "stack {stack} has no state file, but {} of its resources (tagged gitlab-provision:stack={stack}) exist in {}:\n{}{}\n    help: restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`",
         orphans.len(),
+        ctx.region(),
         listed.join("\n"),
         if orphans.len() > 8 { "\n  ..." } else { "" }
     ))
     .into())
 }
 
-/// Changing these on an existing stack would mean replacing the network and everything in it.
-fn refuse_replacements(state: &State, wanted: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let problems = steps::replacements(state, wanted);
-    if problems.is_empty() {
-        return Ok(());
+/// `up --wait` and the upgrade's hops: until GitLab is healthy, or why it will not be.
+pub async fn wait_healthy(ctx: &Ctx, state: &StateHandle, printer: &Arc<Printer>) -> Result<(), CliError> {
+    let scope = StepScope::new("gitlab-healthy", state.clone(), printer.clone());
+    printer.event(Event::Started { step: scope.step.clone(), description: "wait until GitLab has booted".into() });
+    match crate::steps::service::wait_healthy(ctx, &scope).await {
+        Ok(()) => {
+            printer.event(Event::Finished {
+                step: scope.step.clone(),
+                elapsed: scope.elapsed(),
+                summary: "the load balancer reports GitLab healthy".into(),
+                changed: true,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            printer.event(Event::Failed {
+                step: scope.step.clone(),
+                elapsed: scope.elapsed(),
+                error: format!("{e:#}"),
+            });
+            Err(CliError::failure(e))
+        }
     }
-    Err(UserError(format!(
-        "stack {} cannot take this change in place:\n  - {}\n    help: these can only change by replacing the whole stack; keep the old value, or use another --stack name (or `gitlab-provision down` first, which deletes it)",
-        state.stack,
-        problems.join("\n  - ")
-    ))
-    .into())
+}
+
+#[derive(Serialize)]
+struct UpResult {
+    stack: String,
+    region: String,
+    account: Option<String>,
+    state_file: String,
+    resources: usize,
+    changed: bool,
+    url: Option<String>,
+    ssh: Option<String>,
+    user: &'static str,
+    password_command: String,
+}
+
+fn report_up(
+    global: &GlobalArgs,
+    ctx: &Ctx,
+    state: &StateHandle,
+    cfg: &StackConfig,
+    printer: &Printer,
+    changed: bool,
+    waited: bool,
+) -> Result<(), CliError> {
+    let snapshot = state.snapshot();
+    let state_file = state::state_path(&global.state_dir, &cfg.stack).display().to_string();
+    let url = gitlab_url(&snapshot.resources);
+    let ssh = ssh_endpoint(&snapshot.resources).map(|(host, port)| clone_url(&host, port));
+    let result = UpResult {
+        stack: cfg.stack.clone(),
+        region: ctx.region().to_string(),
+        account: ctx.account.as_ref().map(|a| a.account.clone()),
+        state_file: state_file.clone(),
+        resources: snapshot.resources.len(),
+        changed,
+        url: url.clone(),
+        ssh: ssh.clone(),
+        user: "root",
+        password_command: password_command(global, &cfg.stack),
+    };
+    printer.json_if_events("up", &result)?;
+    printer.out(&format!(
+        "stack {} is up in {}: {} resources recorded in {state_file}",
+        cfg.stack,
+        ctx.region(),
+        snapshot.resources.len()
+    ));
+    if let Some(url) = url {
+        printer.out(&format!("GitLab:   {url}"));
+        printer.out(&format!("user:     root ({})", shown(&cfg.gitlab_root_email)));
+        printer.out(&format!("password: {}", result.password_command));
+        if let Some(ssh) = ssh {
+            printer.out(&format!("clone:    {ssh}"));
+        }
+        if !waited && changed {
+            printer.note("GitLab's first boot on EFS takes 10-20 minutes; `gitlab-provision status` shows its progress (or use up --wait)");
+        }
+    }
+    Ok(())
 }
 
 pub fn write_timings(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {

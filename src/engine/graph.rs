@@ -6,34 +6,69 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{Event, Observer, StepScope};
-use crate::state::{ResourceRecord, StateHandle};
+use super::record::{Desired, Env};
+use super::resource::Lives;
+use super::{Event, Interrupt, Observer, StepScope};
+use crate::state::StateHandle;
+
+/// What a step did, in one line, and whether it changed anything.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub text: String,
+    pub changed: bool,
+}
+
+impl Summary {
+    pub fn new(text: impl Into<String>, changed: bool) -> Self {
+        Summary { text: text.into(), changed }
+    }
+}
 
 #[async_trait]
 pub trait StepAction<C>: Send + Sync {
-    /// Brings what the step owns to the desired state: reuses, adopts or creates, idempotently.
-    /// Returns a one-line summary of what it did.
-    async fn apply(&self, ctx: &C, scope: &StepScope) -> anyhow::Result<String>;
-
-    /// For `plan`: what applying would change in resources that exist, judged from the
-    /// configuration and the records alone, as (record key, what changes).
-    fn config_changes(&self, _records: &BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
-        Vec::new()
+    /// What the step wants to exist, from the configuration and the records alone (no call to
+    /// the outside world): `plan` decides on it, and `apply` makes it so through the same decision.
+    fn desired(&self, _ctx: &C, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(Vec::new())
     }
+
+    /// Brings what the step owns to the desired state: reuses, adopts or creates, idempotently.
+    async fn apply(&self, ctx: &C, scope: &StepScope) -> anyhow::Result<Summary>;
 }
 
 pub struct Step<C> {
     pub name: String,
-    pub deps: Vec<String>,
+    /// Steps that must finish first.
+    pub after: Vec<String>,
+    /// Records this step reads; the records it creates depend on them (teardown deletes its
+    /// records first).
+    pub needs: Vec<String>,
+    /// Records that must outlive this step's records though the step does not read them.
+    pub holds: Vec<String>,
+    /// Record keys (and kinds) this step creates.
+    pub creates: Vec<(String, String)>,
     pub description: String,
-    /// Record keys (and kinds) this step owns, so `plan` can say what it would create.
-    pub resources: Vec<(String, String)>,
+    /// A check of the configuration against the account: when it fails, nothing was created.
+    pub preflight: bool,
     pub action: Arc<dyn StepAction<C>>,
+}
+
+impl<C> Step<C> {
+    /// What the step wants given `records` (for `plan`: ids not created yet are placeholders).
+    pub fn desired(
+        &self,
+        ctx: &C,
+        records: &BTreeMap<String, crate::state::ResourceRecord>,
+    ) -> anyhow::Result<Vec<Desired>> {
+        let mut readable = self.needs.clone();
+        readable.extend(self.creates.iter().map(|(k, _)| k.clone()));
+        self.action.desired(ctx, &Env { records, step: &self.name, readable: &readable, planning: true })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GraphError {
-    #[error("step {step} depends on unknown step {missing}")]
+    #[error("step {step} runs after unknown step {missing}")]
     UnknownDependency { step: String, missing: String },
     #[error("steps {0:?} depend on each other in a cycle")]
     Cycle(Vec<String>),
@@ -53,7 +88,7 @@ pub fn order<C>(steps: &[Step<C>]) -> Result<Vec<String>, GraphError> {
     let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for s in steps {
         indegree.entry(&s.name).or_insert(0);
-        for d in &s.deps {
+        for d in &s.after {
             if !names.contains(d) {
                 return Err(GraphError::UnknownDependency { step: s.name.clone(), missing: d.clone() });
             }
@@ -78,6 +113,36 @@ pub fn order<C>(steps: &[Step<C>]) -> Result<Vec<String>, GraphError> {
         return Err(GraphError::Cycle(stuck));
     }
     Ok(out)
+}
+
+/// How many steps the longest chain from each step holds (itself included).
+fn heights<C>(steps: &[Step<C>]) -> BTreeMap<String, usize> {
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in steps {
+        for d in &s.after {
+            dependents.entry(d.as_str()).or_default().push(&s.name);
+        }
+    }
+    fn height<'a>(
+        name: &'a str,
+        dependents: &BTreeMap<&'a str, Vec<&'a str>>,
+        memo: &mut BTreeMap<String, usize>,
+    ) -> usize {
+        if let Some(h) = memo.get(name) {
+            return *h;
+        }
+        let below = dependents
+            .get(name)
+            .map(|ds| ds.iter().map(|d| height(d, dependents, memo)).max().unwrap_or(0))
+            .unwrap_or(0);
+        memo.insert(name.to_string(), below + 1);
+        below + 1
+    }
+    let mut memo = BTreeMap::new();
+    for s in steps {
+        height(&s.name, &dependents, &mut memo);
+    }
+    memo
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,49 +172,67 @@ fn is_zero(n: &usize) -> bool {
 pub enum RunError {
     #[error(transparent)]
     Graph(#[from] GraphError),
-    #[error("{}", describe_failures(.failures, .not_started))]
-    Failed { failures: Vec<(String, anyhow::Error)>, not_started: Vec<String>, report: RunReport },
+    #[error("{}", describe_failures(.failures))]
+    Failed {
+        failures: Vec<(String, anyhow::Error)>,
+        not_started: Vec<String>,
+        /// Every failed step was a pre-flight check: nothing was created.
+        preflight: bool,
+        report: RunReport,
+    },
+    #[error("interrupted: {} step(s) not started", .not_started.len())]
+    Interrupted { not_started: Vec<String>, report: RunReport },
 }
 
-fn describe_failures(failures: &[(String, anyhow::Error)], not_started: &[String]) -> String {
-    let mut text = failures.iter().map(|(step, e)| format!("step {step} failed: {e:#}")).collect::<Vec<_>>().join("\n");
-    if !not_started.is_empty() {
-        text.push_str(&format!("\nnot started (upstream failed): {}", not_started.join(", ")));
-    }
-    text
+fn describe_failures(failures: &[(String, anyhow::Error)]) -> String {
+    failures.iter().map(|(step, e)| format!("step {step} failed: {e:#}")).collect::<Vec<_>>().join("\n")
+}
+
+/// How to run the graph.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub max_parallel: usize,
+    pub interrupt: Interrupt,
+    /// Live reads made just before the run (by the plan `up` showed), used instead of reading again.
+    pub lives: Lives,
 }
 
 /// Runs every step once its dependencies are done, up to `max_parallel` at a time.
-/// Fails fast: after the first failure no step starts, running ones finish, and the
-/// error names every failed step; steps never started are reported as such.
+/// Fails fast: after the first failure (or an interrupt) no step starts, running ones finish
+/// and are recorded, and the error names every failed step and what never started.
 pub async fn run<C: Send + Sync + 'static>(
     steps: Vec<Step<C>>,
     ctx: Arc<C>,
     state: StateHandle,
     observer: Arc<dyn Observer>,
-    max_parallel: usize,
+    options: RunOptions,
 ) -> Result<RunReport, RunError> {
     order(&steps)?;
+    let height = heights(&steps);
     let run_start = Instant::now();
+    let preflight: BTreeSet<String> = steps.iter().filter(|s| s.preflight).map(|s| s.name.clone()).collect();
     let mut waiting: BTreeMap<String, Step<C>> = steps.into_iter().map(|s| (s.name.clone(), s)).collect();
-    let deps_of: BTreeMap<String, Vec<String>> = waiting.iter().map(|(k, s)| (k.clone(), s.deps.clone())).collect();
+    let after_of: BTreeMap<String, Vec<String>> = waiting.iter().map(|(k, s)| (k.clone(), s.after.clone())).collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut running: JoinSet<(String, f64, anyhow::Result<String>)> = JoinSet::new();
+    let mut running: JoinSet<(String, f64, anyhow::Result<super::Summary>)> = JoinSet::new();
     let mut failures = Vec::new();
     let mut report = RunReport::default();
 
     loop {
-        if failures.is_empty() {
-            let ready: Vec<String> = waiting
-                .values()
-                .filter(|s| s.deps.iter().all(|d| done.contains(d)))
+        if failures.is_empty() && !options.interrupt.raised() {
+            // The longest chain first: what many steps wait for starts before what few do.
+            let mut ready: Vec<&Step<C>> =
+                waiting.values().filter(|s| s.after.iter().all(|d| done.contains(d))).collect();
+            ready.sort_by_key(|s| std::cmp::Reverse(height[&s.name]));
+            let ready: Vec<String> = ready
+                .into_iter()
                 .map(|s| s.name.clone())
-                .take(max_parallel.saturating_sub(running.len()))
+                .take(options.max_parallel.max(1).saturating_sub(running.len()))
                 .collect();
             for name in ready {
                 let step = waiting.remove(&name).expect("ready step is waiting");
                 observer.event(Event::Started { step: name.clone(), description: step.description.clone() });
-                let scope = StepScope::new(&name, state.clone(), observer.clone());
+                let scope = StepScope::for_step(&step, state.clone(), observer.clone(), options.lives.clone());
                 let ctx = ctx.clone();
                 let start = run_start.elapsed().as_secs_f64();
                 running.spawn(async move {
@@ -169,9 +252,14 @@ pub async fn run<C: Send + Sync + 'static>(
         let elapsed = Duration::from_secs_f64((finish - start).max(0.0));
         match result {
             Ok(summary) => {
-                observer.event(Event::Finished { step: name.clone(), elapsed, summary: summary.clone() });
-                let after = deps_of.get(&name).cloned().unwrap_or_default();
-                report.timings.push(StepTiming { step: name.clone(), start, finish, summary, after });
+                observer.event(Event::Finished {
+                    step: name.clone(),
+                    elapsed,
+                    summary: summary.text.clone(),
+                    changed: summary.changed,
+                });
+                let after = after_of.get(&name).cloned().unwrap_or_default();
+                report.timings.push(StepTiming { step: name.clone(), start, finish, summary: summary.text, after });
                 done.insert(name);
             }
             Err(error) => {
@@ -181,14 +269,19 @@ pub async fn run<C: Send + Sync + 'static>(
         }
     }
 
-    if failures.is_empty() {
+    let not_started: Vec<String> = waiting.into_keys().collect();
+    if failures.is_empty() && not_started.is_empty() {
         return Ok(report);
     }
-    let not_started: Vec<String> = waiting.into_keys().collect();
+    if failures.is_empty() {
+        return Err(RunError::Interrupted { not_started, report });
+    }
     for step in &not_started {
         observer.event(Event::Skipped { step: step.clone(), reason: "upstream failed".into() });
     }
-    Err(RunError::Failed { failures, not_started, report })
+    let preflight = failures.iter().all(|(step, _)| preflight.contains(step))
+        && report.timings.iter().all(|t| preflight.contains(&t.step));
+    Err(RunError::Failed { failures, not_started, preflight, report })
 }
 
 #[cfg(test)]
@@ -211,22 +304,32 @@ mod tests {
         }
     }
 
-    struct Sleep(u64, bool);
+    struct Sleep(u64, bool, Option<Interrupt>);
     #[async_trait]
     impl StepAction<()> for Sleep {
-        async fn apply(&self, _: &(), _: &StepScope) -> anyhow::Result<String> {
+        async fn apply(&self, _: &(), _: &StepScope) -> anyhow::Result<Summary> {
+            if let Some(interrupt) = &self.2 {
+                interrupt.raise();
+            }
             tokio::time::sleep(Duration::from_millis(self.0)).await;
-            if self.1 { anyhow::bail!("boom") } else { Ok("ok".into()) }
+            if self.1 { anyhow::bail!("boom") } else { Ok(Summary::new("ok", true)) }
         }
     }
 
-    fn step(name: &str, deps: &[&str], ms: u64, fail: bool) -> Step<()> {
+    fn step(name: &str, after: &[&str], ms: u64, fail: bool) -> Step<()> {
+        step_with(name, after, Sleep(ms, fail, None))
+    }
+
+    fn step_with(name: &str, after: &[&str], action: Sleep) -> Step<()> {
         Step {
             name: name.into(),
-            deps: deps.iter().map(|d| d.to_string()).collect(),
+            after: after.iter().map(|d| d.to_string()).collect(),
+            needs: vec![],
+            holds: vec![],
+            creates: vec![],
             description: String::new(),
-            resources: vec![],
-            action: Arc::new(Sleep(ms, fail)),
+            preflight: false,
+            action: Arc::new(action),
         }
     }
 
@@ -236,11 +339,15 @@ mod tests {
         (dir, state, Arc::new(Recorder(Mutex::new(vec![]))))
     }
 
+    fn options() -> RunOptions {
+        RunOptions { max_parallel: 8, ..Default::default() }
+    }
+
     #[tokio::test]
     async fn independent_steps_overlap_and_deps_are_respected() {
         let (_d, state, rec) = harness();
         let steps = vec![step("a", &[], 200, false), step("b", &[], 200, false), step("c", &["a", "b"], 10, false)];
-        let report = run(steps, Arc::new(()), state, rec.clone(), 8).await.unwrap();
+        let report = run(steps, Arc::new(()), state, rec.clone(), options()).await.unwrap();
         let t: BTreeMap<_, _> = report.timings.iter().map(|t| (t.step.clone(), t.clone())).collect();
         assert!(t["b"].start < t["a"].finish && t["a"].start < t["b"].finish, "a and b overlap: {t:?}");
         assert!(t["c"].start >= t["a"].finish && t["c"].start >= t["b"].finish);
@@ -255,7 +362,7 @@ mod tests {
             step("after", &["fails"], 1, false),
             step("after-slow", &["slow"], 1, false),
         ];
-        let err = run(steps, Arc::new(()), state, rec.clone(), 8).await.unwrap_err();
+        let err = run(steps, Arc::new(()), state, rec.clone(), options()).await.unwrap_err();
         let RunError::Failed { failures, not_started, .. } = err else { panic!("expected Failed") };
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].0, "fails");
@@ -263,6 +370,21 @@ mod tests {
         let log = rec.0.lock().unwrap().clone();
         assert!(log.contains(&"done slow".to_string()), "{log:?}");
         assert!(!log.contains(&"start after-slow".to_string()), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interrupt_lets_running_steps_finish_and_starts_nothing_new() {
+        let (_d, state, rec) = harness();
+        let interrupt = Interrupt::default();
+        let steps = vec![
+            step_with("first", &[], Sleep(50, false, Some(interrupt.clone()))),
+            step("second", &["first"], 1, false),
+        ];
+        let err =
+            run(steps, Arc::new(()), state, rec.clone(), RunOptions { interrupt, ..options() }).await.unwrap_err();
+        let RunError::Interrupted { not_started, report } = err else { panic!("expected Interrupted") };
+        assert_eq!(not_started, vec!["second".to_string()]);
+        assert_eq!(report.timings.len(), 1, "the running step finished and was recorded");
     }
 
     #[test]

@@ -1,119 +1,170 @@
-//! A resource's life as the engine sees it: ensure (reuse, adopt, converge or create, with the
-//! intent on disk before the create call) and teardown (reverse dependency order).
+//! A resource's life as the engine sees it: ensure (the decision of [`decide`] carried out, with
+//! the intent on disk before every create call), teardown in reverse dependency order, live
+//! reads for `status` and `plan`, and discovery of what the state does not record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
-use super::{Event, Observer, RunReport, StepScope, StepTiming};
+use super::decide::{Action, Live, Owner, decide};
+use super::record::{Conflict, Desired, Discovered, Found};
+use super::{Event, Interrupt, Observer, RunReport, StepScope, StepTiming};
 use crate::state::{RecordStatus, ResourceRecord, StateHandle};
 
-/// What a live read found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Live {
-    /// It exists; `drift` lists what differs from the record (empty when all is as recorded).
-    Present {
-        summary: String,
-        drift: Vec<String>,
-    },
-    Missing,
-}
-
-/// Read, find and delete for one kind of resource. Create lives with the step that knows
-/// the inputs; these three only need the record.
+/// Read, find, delete and discover for one kind of resource. Create lives with the step that
+/// knows the inputs; these only need the record.
 #[async_trait]
-pub trait ResourceOps<C>: Send + Sync {
+pub trait ResourceOps<C: Sync>: Send + Sync {
     /// A short noun for messages: "VPC", "NAT gateway".
     fn noun(&self) -> &'static str;
+
+    /// Reads the live resource. Kinds whose read includes tags say whose it is; others leave
+    /// the owner unchecked (one call less for a resource that is only kept).
     async fn read(&self, ctx: &C, record: &ResourceRecord) -> anyhow::Result<Live>;
+
+    /// Reads it and checks whose it is, before anything changes or deletes it.
+    async fn read_owned(&self, ctx: &C, record: &ResourceRecord) -> anyhow::Result<Live> {
+        self.read(ctx, record).await
+    }
+
     /// Finds a resource that a run created but could not record (crash between the create call
-    /// and the save), by tag, name or the idempotency `token` it was created with. Returns its id.
-    async fn find(&self, ctx: &C, key: &str, record: &ResourceRecord, token: &str) -> anyhow::Result<Option<String>>;
-    /// Deletes it and waits until dependents can go; "not found" is success.
+    /// and the save), by its tags, name or the idempotency token it was created with.
+    async fn find(&self, ctx: &C, lost: &Lost<'_>) -> anyhow::Result<Option<String>>;
+
+    /// Deletes it and waits until what depends on it can go; "not found" is success.
     async fn delete(&self, ctx: &C, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()>;
-    /// Everything of this kind that belongs to the stack (by its tags or deterministic names),
-    /// whether recorded or not: for a lost or incomplete state file.
-    async fn discover(&self, _ctx: &C) -> anyhow::Result<Vec<Discovered>> {
-        Ok(vec![])
+
+    /// Everything of this kind that carries the stack's tags, whether recorded or not (a lost
+    /// or incomplete state file), and what has the stack's names without being its own.
+    async fn discover(&self, _ctx: &C) -> anyhow::Result<Found> {
+        Ok(Found::default())
     }
 }
 
-/// A resource found by `discover`.
-#[derive(Debug, Clone)]
-pub struct Discovered {
-    pub key: String,
-    pub id: String,
-    /// What deleting it needs (as a record's attrs would hold).
-    pub attrs: BTreeMap<String, String>,
+/// What an interrupted run may have created without recording it: the intent it saved before
+/// the create call (key and record) and the idempotency token it sent.
+pub struct Lost<'a> {
+    pub key: &'a str,
+    pub record: &'a ResourceRecord,
+    pub token: &'a str,
 }
 
 /// Maps a record's kind to its operations.
-pub trait Catalog<C>: Send + Sync {
+pub trait Catalog<C: Sync>: Send + Sync {
     fn ops(&self, kind: &str) -> Option<&dyn ResourceOps<C>>;
-    /// Every kind, for discovery.
-    fn kinds(&self) -> &'static [&'static str];
+    /// Every kind that can be discovered without a record.
+    fn discoverable(&self) -> Vec<&'static str>;
     /// Deletion order for resources found without a record (lower goes first), since their
     /// dependencies were never recorded.
     fn teardown_rank(&self, kind: &str, key: &str) -> u8;
 }
 
-/// What a step wants to exist under a key.
-pub struct Desired {
-    pub key: String,
-    pub kind: String,
-    pub depends_on: Vec<String>,
-    /// Settings that, when they differ from the record, make `ensure` converge the resource.
-    pub attrs: BTreeMap<String, String>,
+/// Live reads taken before a run, handed to `ensure` so the same resource is not read twice.
+#[derive(Clone, Default)]
+pub struct Lives(Arc<Mutex<BTreeMap<String, Live>>>);
+
+impl Lives {
+    pub fn new(lives: BTreeMap<String, Live>) -> Self {
+        Lives(Arc::new(Mutex::new(lives)))
+    }
+
+    fn take(&self, key: &str) -> Option<Live> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
+    }
 }
 
-/// What a create-or-converge call produced.
-pub struct Created {
+/// The id an apply function converges instead of creating.
+pub struct Existing {
+    pub id: String,
+}
+
+/// What an apply function made or converged: its id and what it learned (outputs such as ARNs
+/// and DNS names, kept in the record next to the settings).
+pub struct Applied {
     pub id: String,
     pub attrs: BTreeMap<String, String>,
 }
 
-/// The id the apply function should converge instead of creating: present when the resource
-/// exists (adopted after a crash, or drifted from the desired settings).
-pub struct Found {
-    pub id: String,
+impl Applied {
+    pub fn id(id: impl Into<String>) -> Self {
+        Applied { id: id.into(), attrs: BTreeMap::new() }
+    }
+
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.attrs.insert(name.to_string(), value.into());
+        self
+    }
 }
 
-pub enum Ensured {
-    Reused(ResourceRecord),
-    Converged(ResourceRecord),
-    Created(ResourceRecord),
+/// What `ensure` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Kept,
+    Attached,
+    Updated,
+    Replaced,
+    Created,
+    Adopted,
+    Recreated,
+}
+
+pub struct Ensured {
+    pub record: ResourceRecord,
+    pub outcome: Outcome,
 }
 
 impl Ensured {
-    pub fn record(&self) -> &ResourceRecord {
-        match self {
-            Ensured::Reused(r) | Ensured::Converged(r) | Ensured::Created(r) => r,
-        }
-    }
     pub fn id(&self) -> &str {
-        self.record().id.as_deref().unwrap_or_default()
+        self.record.id.as_deref().unwrap_or_default()
     }
+
+    pub fn attr(&self, name: &str) -> &str {
+        self.record.attr(name).unwrap_or_default()
+    }
+
     pub fn verb(&self) -> &'static str {
-        match self {
-            Ensured::Reused(_) => "kept",
-            Ensured::Converged(_) => "updated",
-            Ensured::Created(_) => "created",
+        match self.outcome {
+            Outcome::Kept => "kept",
+            Outcome::Attached => "attached",
+            Outcome::Updated => "updated",
+            Outcome::Replaced => "replaced",
+            Outcome::Created => "created",
+            Outcome::Adopted => "adopted",
+            Outcome::Recreated => "re-created",
         }
+    }
+
+    pub fn changed(&self) -> bool {
+        self.outcome != Outcome::Kept
+    }
+
+    /// "<verb> <id><detail>", the summary most steps print.
+    pub fn summary(&self, detail: &str) -> super::Summary {
+        super::Summary::new(format!("{} {}{detail}", self.verb(), self.id()), self.changed())
     }
 }
 
+/// A recorded resource that exists but is not this stack's: nothing changes it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{noun} {id} (recorded as {key}) is not this stack's: {why}; it was left alone\n    help: if the state file was edited or copied from another stack, restore the right one; if this {noun} is really the stack's, tag it gitlab-provision:stack = <stack>"
+)]
+pub struct NotOurs {
+    pub key: String,
+    pub noun: &'static str,
+    pub id: String,
+    pub why: String,
+}
+
 impl StepScope {
-    /// Makes `desired` exist, calling `apply(existing, token)` only when needed:
-    /// - recorded and live with the desired settings: reused, one read call, nothing changed;
-    /// - recorded and live but different, or pending and found after a crash: `apply(Some(id))`
-    ///   converges it in place;
-    /// - recorded but gone, or never created: the intent is saved as pending first, then
-    ///   `apply(None, token)` creates it (the token is deterministic for this stack and key).
-    pub async fn ensure<C, F, Fut>(
+    /// Makes `desired` exist as [`decide`] says, calling `apply(existing, token)` only when
+    /// something must change: with the id to converge, or `None` to create (after the intent is
+    /// saved as pending; the token is deterministic for this stack, key and generation).
+    pub async fn ensure<C: Sync, F, Fut>(
         &self,
         ctx: &C,
         ops: &dyn ResourceOps<C>,
@@ -121,92 +172,121 @@ impl StepScope {
         apply: F,
     ) -> anyhow::Result<Ensured>
     where
-        F: FnOnce(Option<Found>, String) -> Fut,
-        Fut: Future<Output = anyhow::Result<Created>>,
+        F: FnOnce(Option<Existing>, String) -> Fut,
+        Fut: Future<Output = anyhow::Result<Applied>>,
     {
-        let existing = self.state.get(&desired.key);
-        let mut generation = 0;
-        let mut found = None;
-        if let Some(record) = &existing {
-            generation = record.generation;
-            match record.status {
-                RecordStatus::Imported => return Ok(Ensured::Reused(record.clone())),
-                RecordStatus::Created | RecordStatus::Retained => match ops.read(ctx, record).await? {
-                    Live::Present { mut drift, .. } => {
-                        drift.extend(desired.attrs.iter().filter(|(k, v)| record.attrs.get(*k) != Some(v)).map(
-                            |(k, v)| {
-                                format!("{k}: {} -> {v}", record.attrs.get(k).map(String::as_str).unwrap_or("unset"))
-                            },
-                        ));
-                        if drift.is_empty() && record.depends_on == desired.depends_on {
-                            if record.status == RecordStatus::Retained {
-                                // Kept by an earlier `down --keep-data`: part of the stack again.
-                                self.progress(format!(
-                                    "attaching the kept {} {}",
-                                    ops.noun(),
-                                    record.id.as_deref().unwrap_or("?")
-                                ));
-                                let attached = ResourceRecord { status: RecordStatus::Created, ..record.clone() };
-                                self.state.put(&desired.key, attached.clone())?;
-                                return Ok(Ensured::Reused(attached));
-                            }
-                            return Ok(Ensured::Reused(record.clone()));
-                        }
-                        if !drift.is_empty() {
-                            self.progress(format!(
-                                "updating {} {}: {}",
-                                ops.noun(),
-                                record.id.as_deref().unwrap_or("?"),
-                                drift.join("; ")
-                            ));
-                        }
-                        found = record.id.clone().map(|id| Found { id });
-                    }
-                    Live::Missing => {
-                        self.progress(format!(
-                            "{} {} no longer exists (deleted outside gitlab-provision); creating it again",
-                            ops.noun(),
-                            record.id.as_deref().unwrap_or("?")
-                        ));
-                        generation += 1;
-                    }
-                },
-                RecordStatus::Pending => {
-                    let token = idempotency_token(&self.state.lineage(), &desired.key, generation);
-                    if let Some(id) = ops.find(ctx, &desired.key, record, &token).await? {
-                        self.progress(format!("found {} {id} created by an interrupted run; adopting it", ops.noun()));
-                        found = Some(Found { id });
-                    }
+        let key = desired.key.clone();
+        let record = self.state.get(&key);
+        let live = match &record {
+            Some(r) if matches!(r.status, RecordStatus::Created | RecordStatus::Retained) => {
+                match self.lives.take(&key) {
+                    Some(live) => Some(live),
+                    None => Some(ops.read(ctx, r).await?),
                 }
             }
+            _ => None,
+        };
+        let mut generation = record.as_ref().map_or(0, |r| r.generation);
+        let depends_on: Vec<String> = self.depends_on.iter().filter(|d| **d != key).cloned().collect();
+        let mut action = decide(record.as_ref(), live.as_ref(), &desired);
+        let id = || record.as_ref().and_then(|r| r.id.clone()).unwrap_or_else(|| "?".into());
+
+        // Whose it is must be known before anything changes it.
+        if let (Some(r), Some(Live::Present { owner: Owner::Unchecked, .. })) = (&record, &live)
+            && action.changes_anything()
+        {
+            action = decide(Some(r), Some(&ops.read_owned(ctx, r).await?), &desired);
         }
-        let adopted = found.is_some();
+        let (existing, outcome) = match action {
+            Action::Keep => {
+                let record = record.expect("kept resources are recorded");
+                if record.depends_on != depends_on {
+                    self.state.put(&key, ResourceRecord { depends_on, ..record.clone() })?;
+                }
+                return Ok(Ensured { record, outcome: Outcome::Kept });
+            }
+            Action::Refuse(why) => {
+                return Err(NotOurs { key, noun: ops.noun(), id: id(), why }.into());
+            }
+            Action::Attach(changes) if changes.is_empty() => {
+                // Kept by an earlier `down --keep-data`: part of the stack again.
+                self.progress(format!("attaching the kept {} {}", ops.noun(), id()));
+                let attached =
+                    ResourceRecord { status: RecordStatus::Created, depends_on, ..record.expect("recorded") };
+                self.state.put(&key, attached.clone())?;
+                return Ok(Ensured { record: attached, outcome: Outcome::Attached });
+            }
+            Action::Attach(changes) => {
+                self.progress(format!(
+                    "attaching the kept {} {} and updating it: {}",
+                    ops.noun(),
+                    id(),
+                    join(&changes)
+                ));
+                (Some(Existing { id: id() }), Outcome::Attached)
+            }
+            Action::Update(changes) => {
+                self.progress(format!("updating {} {}: {}", ops.noun(), id(), join(&changes)));
+                (Some(Existing { id: id() }), Outcome::Updated)
+            }
+            Action::Replace(changes) => {
+                self.progress(format!("replacing {} {}: {}", ops.noun(), id(), join(&changes)));
+                ops.delete(ctx, record.as_ref().expect("recorded"), self).await?;
+                generation += 1;
+                (None, Outcome::Replaced)
+            }
+            Action::Recreate => {
+                self.progress(format!(
+                    "{} {} no longer exists (deleted outside gitlab-provision); creating it again",
+                    ops.noun(),
+                    id()
+                ));
+                generation += 1;
+                (None, Outcome::Recreated)
+            }
+            Action::Resume => {
+                let token = idempotency_token(&self.state.lineage(), &key, generation);
+                let pending = record.as_ref().expect("pending resources are recorded");
+                match ops.find(ctx, &Lost { key: &key, record: pending, token: &token }).await? {
+                    Some(found) => {
+                        self.progress(format!(
+                            "found {} {found} created by an interrupted run; adopting it",
+                            ops.noun()
+                        ));
+                        (Some(Existing { id: found }), Outcome::Adopted)
+                    }
+                    None => (None, Outcome::Created),
+                }
+            }
+            Action::Create => (None, Outcome::Created),
+        };
         let record_now = |status, id, attrs| ResourceRecord {
             kind: desired.kind.clone(),
             step: self.step.clone(),
             status,
             id,
-            depends_on: desired.depends_on.clone(),
+            depends_on: depends_on.clone(),
             attrs,
             generation,
             updated_at: String::new(),
         };
-        if !adopted {
-            self.state.put(&desired.key, record_now(RecordStatus::Pending, None, desired.attrs.clone()))?;
+        if existing.is_none() {
+            // The intent is on disk before the call: a crash from here on leaves a record that
+            // the next run resolves by finding the resource or creating it.
+            self.state.put(&key, record_now(RecordStatus::Pending, None, desired.attrs.clone()))?;
         }
-        let lineage = self.state.lineage();
-        let token = idempotency_token(&lineage, &desired.key, generation);
-        let created = apply(found, token).await?;
+        let token = idempotency_token(&self.state.lineage(), &key, generation);
+        let done = apply(existing, token).await?;
         let mut attrs = desired.attrs.clone();
-        attrs.extend(created.attrs);
-        let record = record_now(RecordStatus::Created, Some(created.id), attrs);
-        self.state.put(&desired.key, record.clone())?;
-        Ok(if adopted && existing.is_some_and(|r| matches!(r.status, RecordStatus::Created | RecordStatus::Retained)) {
-            Ensured::Converged(record)
-        } else {
-            Ensured::Created(record)
-        })
+        attrs.extend(done.attrs);
+        let record = record_now(RecordStatus::Created, Some(done.id), attrs);
+        self.state.put(&key, record.clone())?;
+        Ok(Ensured { record, outcome })
     }
+}
+
+fn join(changes: &[super::Change]) -> String {
+    changes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// At most 64 ASCII characters, as EC2's ClientToken allows.
@@ -221,41 +301,62 @@ pub fn idempotency_token(lineage: &str, key: &str, generation: u32) -> String {
 pub struct TeardownError {
     pub failures: Vec<(String, anyhow::Error)>,
     pub blocked: Vec<String>,
+    pub interrupted: bool,
+    pub left_alone: Vec<(String, String)>,
+    pub report: RunReport,
 }
 
 fn describe(failures: &[(String, anyhow::Error)], blocked: &[String]) -> String {
     let mut text =
         failures.iter().map(|(key, e)| format!("deleting {key} failed: {e:#}")).collect::<Vec<_>>().join("\n");
     if !blocked.is_empty() {
-        text.push_str(&format!("\nkept because something depending on them is still there: {}", blocked.join(", ")));
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&format!("not deleted yet (something using them is still there): {}", blocked.join(", ")));
     }
     text
 }
 
 /// Which records a teardown touches, and which of those it keeps.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Teardown {
     /// Only these keys (all when `None`).
     pub only: Option<BTreeSet<String>>,
     /// Mark these as retained instead of deleting them (`down --keep-data`).
     pub keep: BTreeSet<String>,
     pub max_parallel: usize,
+    pub interrupt: Interrupt,
+}
+
+/// What a teardown did.
+#[derive(Debug, Default)]
+pub struct TeardownOutcome {
+    pub report: RunReport,
+    /// Recorded resources that are not the stack's: not deleted, no longer recorded; with why.
+    pub left_alone: Vec<(String, String)>,
+}
+
+enum Deleted {
+    Removed,
+    Kept,
+    LeftAlone(String),
 }
 
 /// Deletes the recorded resources in reverse dependency order, concurrently where independent.
 /// Keeps going past failures: independent branches are still deleted and every failure is
 /// reported at the end. Imported resources are released, not deleted; kept ones are marked
-/// retained. Returns the number of records deleted.
+/// retained; ones that turn out not to be the stack's are left alone and forgotten.
 pub async fn teardown<C: Send + Sync + 'static>(
     ctx: Arc<C>,
     state: StateHandle,
     catalog: Arc<dyn Catalog<C>>,
     observer: Arc<dyn Observer>,
     plan: Teardown,
-) -> Result<RunReport, TeardownError> {
-    let Teardown { only, keep, max_parallel } = plan;
+) -> Result<TeardownOutcome, TeardownError> {
+    let Teardown { only, keep, max_parallel, interrupt } = plan;
     let teardown_start = Instant::now();
-    let mut report = RunReport::default();
+    let mut outcome = TeardownOutcome::default();
     let records: BTreeMap<String, ResourceRecord> =
         state.snapshot().resources.into_iter().filter(|(k, _)| only.as_ref().is_none_or(|o| o.contains(k))).collect();
     // A record may go once nothing that depends on it is left.
@@ -271,19 +372,24 @@ pub async fn teardown<C: Send + Sync + 'static>(
     let mut pending: BTreeMap<String, ResourceRecord> = records;
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
-    let mut removed = 0;
     let mut failures = Vec::new();
-    let mut running: JoinSet<(String, Instant, anyhow::Result<bool>)> = JoinSet::new();
+    let mut running: JoinSet<(String, Instant, anyhow::Result<Deleted>)> = JoinSet::new();
 
     loop {
-        let ready: Vec<String> = pending
-            .keys()
-            .filter(|k| {
-                dependents[*k].iter().all(|d| !pending.contains_key(d) && !in_flight.contains(d) && !failed.contains(d))
-            })
-            .take(max_parallel.saturating_sub(running.len()))
-            .cloned()
-            .collect();
+        let ready: Vec<String> = if interrupt.raised() {
+            Vec::new()
+        } else {
+            pending
+                .keys()
+                .filter(|k| {
+                    dependents[*k]
+                        .iter()
+                        .all(|d| !pending.contains_key(d) && !in_flight.contains(d) && !failed.contains(d))
+                })
+                .take(max_parallel.max(1).saturating_sub(running.len()))
+                .cloned()
+                .collect()
+        };
         for key in ready {
             let record = pending.remove(&key).expect("ready key is pending");
             in_flight.insert(key.clone());
@@ -303,19 +409,23 @@ pub async fn teardown<C: Send + Sync + 'static>(
             Err(panic) => ("<panicked>".to_string(), Instant::now(), Err(anyhow::anyhow!("delete panicked: {panic}"))),
         };
         in_flight.remove(&key);
-        if result.is_ok() {
-            let finish = teardown_start.elapsed().as_secs_f64();
-            report.timings.push(StepTiming {
-                step: key.clone(),
-                start: finish - started.elapsed().as_secs_f64(),
-                finish,
-                summary: String::new(),
-                after: dependents.get(&key).map(|d| d.iter().cloned().collect()).unwrap_or_default(),
-            });
-        }
+        let finish = teardown_start.elapsed().as_secs_f64();
+        let timing = || StepTiming {
+            step: key.clone(),
+            start: finish - started.elapsed().as_secs_f64(),
+            finish,
+            summary: String::new(),
+            after: dependents.get(&key).map(|d| d.iter().cloned().collect()).unwrap_or_default(),
+        };
         match result {
-            Ok(true) => removed += 1,
-            Ok(false) => {}
+            Ok(deleted) => {
+                outcome.report.timings.push(timing());
+                match deleted {
+                    Deleted::Removed => outcome.report.removed += 1,
+                    Deleted::Kept => {}
+                    Deleted::LeftAlone(why) => outcome.left_alone.push((key, why)),
+                }
+            }
             Err(error) => {
                 observer.event(Event::Failed {
                     step: key.clone(),
@@ -328,17 +438,28 @@ pub async fn teardown<C: Send + Sync + 'static>(
         }
     }
     let blocked: Vec<String> = pending.into_keys().collect();
-    for key in &blocked {
-        observer.event(Event::Skipped {
-            step: key.clone(),
-            reason: "a resource depending on it could not be deleted".into(),
-        });
+    if !interrupt.raised() {
+        for key in &blocked {
+            observer.event(Event::Skipped {
+                step: key.clone(),
+                reason: "a resource depending on it could not be deleted".into(),
+            });
+        }
     }
-    report.removed = removed;
-    if failures.is_empty() && blocked.is_empty() { Ok(report) } else { Err(TeardownError { failures, blocked }) }
+    if failures.is_empty() && blocked.is_empty() {
+        Ok(outcome)
+    } else {
+        Err(TeardownError {
+            failures,
+            blocked,
+            interrupted: interrupt.raised(),
+            left_alone: outcome.left_alone,
+            report: outcome.report,
+        })
+    }
 }
 
-async fn delete_one<C>(
+async fn delete_one<C: Sync>(
     ctx: &C,
     state: &StateHandle,
     catalog: &dyn Catalog<C>,
@@ -346,50 +467,69 @@ async fn delete_one<C>(
     key: &str,
     record: &ResourceRecord,
     retain: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Deleted> {
     let ops = catalog
         .ops(&record.kind)
         .ok_or_else(|| anyhow::anyhow!("unknown resource kind {:?} in the state file", record.kind))?;
     let scope = StepScope::new(key, state.clone(), observer.clone());
     let id = record.id.as_deref().unwrap_or("(not recorded)");
-    if retain && record.status == RecordStatus::Created {
-        observer.event(Event::Started { step: key.to_string(), description: format!("keep {} {id}", ops.noun()) });
-        state.put(key, ResourceRecord { status: RecordStatus::Retained, ..record.clone() })?;
+    let finished = |summary: &str| {
         observer.event(Event::Finished {
             step: key.to_string(),
             elapsed: scope.elapsed(),
-            summary: "kept (--keep-data): `up` attaches it again".into(),
-        });
-        return Ok(false);
+            summary: summary.to_string(),
+            changed: true,
+        })
+    };
+    if retain && record.status == RecordStatus::Created {
+        observer.event(Event::Started { step: key.to_string(), description: format!("keep {} {id}", ops.noun()) });
+        state.put(key, ResourceRecord { status: RecordStatus::Retained, ..record.clone() })?;
+        finished("kept (--keep-data): `up` attaches it again");
+        return Ok(Deleted::Kept);
     }
-    let (description, summary) = match record.status {
-        RecordStatus::Imported => (format!("release {} {id} (imported: left in place)", ops.noun()), "released"),
-        _ => (format!("delete {} {id}", ops.noun()), "deleted"),
+    let description = match record.status {
+        RecordStatus::Imported => format!("release {} {id} (imported: left in place)", ops.noun()),
+        _ => format!("delete {} {id}", ops.noun()),
     };
     observer.event(Event::Started { step: key.to_string(), description });
+    let mut summary = "deleted".to_string();
     match record.status {
-        RecordStatus::Imported => {}
-        RecordStatus::Created | RecordStatus::Retained => ops.delete(ctx, record, &scope).await?,
+        RecordStatus::Imported => summary = "released".into(),
+        RecordStatus::Created | RecordStatus::Retained => match ops.read_owned(ctx, record).await? {
+            Live::Missing => summary = "already gone".into(),
+            Live::Present { owner: Owner::Foreign(why), .. } => {
+                state.remove(key)?;
+                finished(&format!("LEFT ALONE: not this stack's ({why}); no longer recorded"));
+                return Ok(Deleted::LeftAlone(why));
+            }
+            Live::Present { .. } => ops.delete(ctx, record, &scope).await?,
+        },
         RecordStatus::Pending => {
-            // The create call may have gone through before the crash that left this intent.
+            // The create call may have gone through before the crash that left this intent;
+            // what is found by the stack's tags or token is its own.
             let token = idempotency_token(&state.lineage(), key, record.generation);
-            if let Some(found) = ops.find(ctx, key, record, &token).await? {
-                let adopted = ResourceRecord { id: Some(found), ..record.clone() };
-                ops.delete(ctx, &adopted, &scope).await?;
+            match ops.find(ctx, &Lost { key, record, token: &token }).await? {
+                Some(found) => {
+                    let adopted = ResourceRecord { id: Some(found), ..record.clone() };
+                    ops.delete(ctx, &adopted, &scope).await?;
+                }
+                None => summary = "never created".into(),
             }
         }
     }
     state.remove(key)?;
-    observer.event(Event::Finished { step: key.to_string(), elapsed: scope.elapsed(), summary: summary.to_string() });
-    Ok(true)
+    finished(&summary);
+    Ok(Deleted::Removed)
 }
 
-/// Reads every given record's live state at once (for `status` and `plan`).
+/// Reads every given record's live state at once (for `status`, `plan` and `up`'s own plan);
+/// `owned` also checks whose each one is.
 pub async fn observe<C: Send + Sync + 'static>(
     ctx: Arc<C>,
     catalog: Arc<dyn Catalog<C>>,
     records: BTreeMap<String, ResourceRecord>,
     max_parallel: usize,
+    owned: bool,
 ) -> BTreeMap<String, anyhow::Result<Live>> {
     let mut reads = JoinSet::new();
     let mut out = BTreeMap::new();
@@ -404,6 +544,7 @@ pub async fn observe<C: Send + Sync + 'static>(
             let live = match (catalog.ops(&record.kind), record.status, &record.id) {
                 (None, ..) => Err(anyhow::anyhow!("unknown resource kind {:?}", record.kind)),
                 (Some(_), RecordStatus::Pending, None) => Ok(Live::Missing),
+                (Some(ops), ..) if owned => ops.read_owned(&*ctx, &record).await,
                 (Some(ops), ..) => ops.read(&*ctx, &record).await,
             };
             (key, live)
@@ -425,14 +566,15 @@ pub struct Orphan {
     pub found: Discovered,
 }
 
-/// Asks every kind what exists of the stack, at once, and returns what the state does not record.
-pub async fn discover_orphans<C: Send + Sync + 'static>(
+/// Asks every kind what exists of the stack, at once: what carries its tags and is not
+/// recorded (orphans), and what has its names but is not its own (conflicts).
+pub async fn discover<C: Send + Sync + 'static>(
     ctx: Arc<C>,
     catalog: Arc<dyn Catalog<C>>,
     records: &BTreeMap<String, ResourceRecord>,
-) -> anyhow::Result<Vec<Orphan>> {
+) -> anyhow::Result<(Vec<Orphan>, Vec<Conflict>)> {
     let mut lookups = JoinSet::new();
-    for kind in catalog.kinds() {
+    for kind in catalog.discoverable() {
         let (ctx, catalog) = (ctx.clone(), catalog.clone());
         lookups.spawn(async move {
             let ops = catalog.ops(kind).ok_or_else(|| anyhow::anyhow!("no operations for {kind}"))?;
@@ -440,9 +582,11 @@ pub async fn discover_orphans<C: Send + Sync + 'static>(
         });
     }
     let mut orphans = Vec::new();
+    let mut conflicts = Vec::new();
     while let Some(joined) = lookups.join_next().await {
         let (kind, found) = joined.map_err(|e| anyhow::anyhow!("discovery panicked: {e}"))??;
-        for d in found {
+        conflicts.extend(found.conflicts);
+        for d in found.ours {
             let recorded = records.values().any(|r| r.kind == kind && r.id.as_deref() == Some(d.id.as_str()));
             if recorded {
                 continue;
@@ -453,12 +597,13 @@ pub async fn discover_orphans<C: Send + Sync + 'static>(
         }
     }
     orphans.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(orphans)
+    conflicts.sort_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
+    Ok((orphans, conflicts))
 }
 
 /// Records the orphans (so a crash during `down --discover` loses track of nothing) with
 /// dependencies from their deletion rank: everything of a lower rank goes before them.
-pub fn adopt_orphans<C>(state: &StateHandle, catalog: &dyn Catalog<C>, orphans: &[Orphan]) -> anyhow::Result<()> {
+pub fn adopt_orphans<C: Sync>(state: &StateHandle, catalog: &dyn Catalog<C>, orphans: &[Orphan]) -> anyhow::Result<()> {
     let mut all = state.snapshot().resources;
     for o in orphans {
         all.insert(

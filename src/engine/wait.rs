@@ -92,9 +92,14 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// About a minute in all: long enough for AWS's usual propagation delays.
+    /// 28-56 s in all (jitter): AWS's usual propagation delays (a new role becoming assumable,
+    /// a dependency AWS has not noticed is gone).
     pub const EVENTUAL_CONSISTENCY: RetryPolicy =
         RetryPolicy { attempts: 10, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) };
+    /// About two minutes: what a service documents for a resource another one just created or
+    /// released (an IAM policy reaching Lambda, a certificate reaching ELB, a secret's name freed).
+    pub const PROPAGATION: RetryPolicy =
+        RetryPolicy { attempts: 16, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) };
 }
 
 /// Retries `op` while `retryable` says so, with exponential backoff and full jitter.

@@ -1,5 +1,6 @@
 //! Route 53: the hosted zone check, and the records this tool writes (the certificate's
-//! validation CNAME and the alias to the load balancer), removed again by `down`.
+//! validation CNAME, the alias for GitLab's name and the one for SSH), removed again by `down`.
+//! Records carry no tags: one is the stack's while it still says what the stack wrote.
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -7,39 +8,28 @@ use aws_sdk_route53::types::{
     AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
-use super::Ctx;
-use super::load_balancer::KEY_LOAD_BALANCER;
-use super::network::attrs;
-use crate::aws::{AwsResultExt, found};
+use crate::aws::{Ctx, call, if_there};
 use crate::config::DomainConfig;
-use crate::engine::{Created, Desired, Live, ResourceOps, StepAction, StepScope};
+use crate::engine::{Applied, Desired, Env, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary, attrs};
+use crate::keys::Kind;
 use crate::state::ResourceRecord as Record;
 
-pub const RECORD: &str = "route53:record";
-pub const KEY_ALIAS_RECORD: &str = "dns-alias";
-
 fn fqdn_dot(name: &str) -> String {
-    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+    if name.ends_with('.') { name.to_ascii_lowercase() } else { format!("{}.", name.to_ascii_lowercase()) }
 }
 
-/// Checks before anything is created that the hosted zone exists and serves the domain.
+/// Checks before anything is created that the hosted zone exists, is public and serves the domain.
 pub struct CheckHostedZone {
     pub domain: DomainConfig,
 }
 
 #[async_trait]
 impl StepAction<Ctx> for CheckHostedZone {
-    async fn apply(&self, ctx: &Ctx, _scope: &StepScope) -> anyhow::Result<String> {
+    async fn apply(&self, ctx: &Ctx, _scope: &StepScope) -> anyhow::Result<Summary> {
         let zone_id = &self.domain.hosted_zone_id;
-        let zone = found(
-            ctx.aws
-                .route53
-                .get_hosted_zone()
-                .id(zone_id)
-                .send()
-                .await
-                .or_aws(|| format!("reading hosted zone {zone_id}")),
-        )?;
+        let zone =
+            if_there(ctx.aws.route53.get_hosted_zone().id(zone_id).send(), || format!("reading hosted zone {zone_id}"))
+                .await?;
         let Some(zone) = zone.and_then(|z| z.hosted_zone) else {
             anyhow::bail!(
                 "hosted_zone_id = {zone_id}: no such hosted zone in this account\n    help: use the id from `aws route53 list-hosted-zones` for {}",
@@ -47,8 +37,8 @@ impl StepAction<Ctx> for CheckHostedZone {
             );
         };
         let zone_name = zone.name.trim_end_matches('.').to_ascii_lowercase();
-        let domain = self.domain.domain_name.to_ascii_lowercase();
-        if domain != zone_name && !domain.ends_with(&format!(".{zone_name}")) {
+        let domain = &self.domain.domain_name;
+        if *domain != zone_name && !domain.ends_with(&format!(".{zone_name}")) {
             anyhow::bail!(
                 "hosted_zone_id = {zone_id} serves {zone_name}, not domain_name = {domain}\n    help: use the hosted zone of {domain}, or set domain_name to {zone_name}"
             );
@@ -58,7 +48,7 @@ impl StepAction<Ctx> for CheckHostedZone {
                 "hosted_zone_id = {zone_id} is a private zone: certificates cannot be validated through it\n    help: use the public hosted zone of {domain}"
             );
         }
-        Ok(format!("{zone_id} serves {zone_name}"))
+        Ok(Summary::new(format!("{zone_id} serves {zone_name}"), false))
     }
 }
 
@@ -66,6 +56,23 @@ impl StepAction<Ctx> for CheckHostedZone {
 pub enum RecordValue {
     Cname(String),
     Alias { dns_name: String, zone_id: String },
+}
+
+impl RecordValue {
+    fn kind(&self) -> &'static str {
+        match self {
+            RecordValue::Cname(_) => "CNAME",
+            RecordValue::Alias { .. } => "A",
+        }
+    }
+
+    /// How the record's value is recorded and compared.
+    fn shown(&self) -> String {
+        match self {
+            RecordValue::Cname(v) => fqdn_dot(v),
+            RecordValue::Alias { dns_name, .. } => format!("alias {}", fqdn_dot(dns_name)),
+        }
+    }
 }
 
 fn record_set(name: &str, value: &RecordValue) -> anyhow::Result<ResourceRecordSet> {
@@ -87,20 +94,34 @@ fn record_set(name: &str, value: &RecordValue) -> anyhow::Result<ResourceRecordS
     set.build().context("record set")
 }
 
+/// What a live record set says, in the recorded form.
+fn shown_live(set: &ResourceRecordSet) -> String {
+    match set.alias_target() {
+        Some(alias) => format!("alias {}", fqdn_dot(alias.dns_name())),
+        None => set.resource_records().first().map(|r| fqdn_dot(r.value())).unwrap_or_default(),
+    }
+}
+
 async fn change(ctx: &Ctx, zone: &str, action: ChangeAction, set: ResourceRecordSet) -> anyhow::Result<()> {
     let name = set.name().to_string();
     let batch = ChangeBatch::builder()
         .changes(Change::builder().action(action.clone()).resource_record_set(set).build()?)
         .build()?;
-    ctx.aws
-        .route53
-        .change_resource_record_sets()
-        .hosted_zone_id(zone)
-        .change_batch(batch)
-        .send()
-        .await
-        .or_aws(|| format!("{} record {name} in {zone}", action.as_str().to_lowercase()))?;
+    call(ctx.aws.route53.change_resource_record_sets().hosted_zone_id(zone).change_batch(batch).send(), || {
+        format!("{} record {name} in {zone}", action.as_str().to_lowercase())
+    })
+    .await?;
     Ok(())
+}
+
+fn desired_record(key: &str, zone: &str, name: &str, value: &RecordValue) -> Desired {
+    let wanted = attrs([
+        ("zone", zone.to_string()),
+        ("name", fqdn_dot(name)),
+        ("type", value.kind().to_string()),
+        ("value", value.shown()),
+    ]);
+    Desired::new(key, Kind::DnsRecord, wanted).replaced_on(&["zone", "name", "type"])
 }
 
 /// Writes `name` in the zone (UPSERT: converges whatever is there) and records it.
@@ -111,57 +132,45 @@ pub async fn ensure_record(
     zone: &str,
     name: &str,
     value: RecordValue,
-    depends_on: Vec<String>,
-) -> anyhow::Result<String> {
-    let (kind, shown) = match &value {
-        RecordValue::Cname(v) => ("CNAME", v.clone()),
-        RecordValue::Alias { dns_name, .. } => ("A", format!("alias {dns_name}")),
-    };
-    let desired = Desired {
-        key: key.into(),
-        kind: RECORD.into(),
-        depends_on,
-        attrs: attrs([
-            ("zone", zone.to_string()),
-            ("name", fqdn_dot(name)),
-            ("type", kind.to_string()),
-            ("value", shown.clone()),
-        ]),
-    };
+) -> anyhow::Result<crate::engine::Ensured> {
     let set = record_set(name, &value)?;
-    let id = format!("{zone}/{}/{kind}", fqdn_dot(name));
-    let ensured = scope
-        .ensure(ctx, &RecordOps, desired, |_existing, _token| async move {
+    let id = format!("{zone}/{}/{}", fqdn_dot(name), value.kind());
+    scope
+        .ensure(ctx, &RecordOps, desired_record(key, zone, name, &value), |_existing, _| async move {
             change(ctx, zone, ChangeAction::Upsert, set).await?;
-            Ok(Created { id, attrs: Default::default() })
+            Ok(Applied::id(id))
         })
-        .await?;
-    Ok(format!("{} {kind} {name} -> {shown}", ensured.verb()))
+        .await
 }
 
+/// An alias record for a name, pointing at one of the stack's load balancers.
 pub struct AliasRecordStep {
-    pub domain: DomainConfig,
+    pub key: &'static str,
+    pub name: String,
+    pub zone: String,
+    pub load_balancer: &'static str,
+}
+
+impl AliasRecordStep {
+    fn value(&self, env: &Env) -> anyhow::Result<RecordValue> {
+        Ok(RecordValue::Alias {
+            dns_name: format!("dualstack.{}", env.attr(self.load_balancer, "dns_name")?),
+            zone_id: env.attr(self.load_balancer, "zone_id")?,
+        })
+    }
 }
 
 #[async_trait]
 impl StepAction<Ctx> for AliasRecordStep {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let lb = scope.state.get(KEY_LOAD_BALANCER).context("the load balancer is not recorded")?;
-        let value = RecordValue::Alias {
-            dns_name: format!("dualstack.{}", lb.attr("dns_name").context("load balancer has no DNS name")?),
-            zone_id: lb.attr("zone_id").context("load balancer has no zone id")?.to_string(),
-        };
-        let name = format!("{}.{}", self.domain.sub_domain, self.domain.domain_name);
-        ensure_record(
-            ctx,
-            scope,
-            KEY_ALIAS_RECORD,
-            &self.domain.hosted_zone_id,
-            &name,
-            value,
-            vec![KEY_LOAD_BALANCER.into()],
-        )
-        .await
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(vec![desired_record(self.key, &self.zone, &self.name, &self.value(env)?)])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let value = scope.want(|env| self.value(env))?;
+        let shown = value.shown();
+        let ensured = ensure_record(ctx, scope, self.key, &self.zone, &self.name, value).await?;
+        Ok(Summary::new(format!("{} A {} -> {shown}", ensured.verb(), self.name), ensured.changed()))
     }
 }
 
@@ -170,7 +179,7 @@ async fn read_set(ctx: &Ctx, record: &Record) -> anyhow::Result<Option<ResourceR
     let (Some(zone), Some(name), Some(kind)) = (record.attr("zone"), record.attr("name"), record.attr("type")) else {
         anyhow::bail!("the record has no zone, name or type");
     };
-    let out = found(
+    let out = if_there(
         ctx.aws
             .route53
             .list_resource_record_sets()
@@ -178,10 +187,10 @@ async fn read_set(ctx: &Ctx, record: &Record) -> anyhow::Result<Option<ResourceR
             .start_record_name(name)
             .start_record_type(RrType::from(kind))
             .max_items(1)
-            .send()
-            .await
-            .or_aws(|| format!("reading record {name} in {zone}")),
-    )?;
+            .send(),
+        || format!("reading record {name} in {zone}"),
+    )
+    .await?;
     Ok(out
         .map(|o| o.resource_record_sets)
         .unwrap_or_default()
@@ -194,20 +203,33 @@ pub struct RecordOps;
 #[async_trait]
 impl ResourceOps<Ctx> for RecordOps {
     fn noun(&self) -> &'static str {
-        "DNS record"
+        Kind::DnsRecord.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &Record) -> anyhow::Result<Live> {
         Ok(match read_set(ctx, record).await? {
             None => Live::Missing,
-            Some(set) => Live::Present { summary: format!("{} {}", set.r#type().as_str(), set.name()), drift: vec![] },
+            Some(set) => {
+                let live = shown_live(&set);
+                let owner = match record.attr("value") {
+                    Some(wrote)
+                        if fqdn_dot(wrote.trim_start_matches("alias "))
+                            == fqdn_dot(live.trim_start_matches("alias ")) =>
+                    {
+                        Owner::Ours
+                    }
+                    Some(wrote) => Owner::Foreign(format!("it now says {live}, not {wrote} as this stack wrote it")),
+                    None => Owner::Ours,
+                };
+                Live::present(format!("{} {}", set.r#type().as_str(), set.name()), vec![]).owned_by(owner)
+            }
         })
     }
 
-    async fn find(&self, ctx: &Ctx, _key: &str, record: &Record, _token: &str) -> anyhow::Result<Option<String>> {
-        Ok(read_set(ctx, record)
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        Ok(read_set(ctx, lost.record)
             .await?
-            .map(|s| format!("{}/{}/{}", record.attr("zone").unwrap_or_default(), s.name(), s.r#type().as_str())))
+            .map(|s| format!("{}/{}/{}", lost.record.attr("zone").unwrap_or_default(), s.name(), s.r#type().as_str())))
     }
 
     /// DELETE needs the record exactly as it is, so it is read first.
@@ -216,4 +238,14 @@ impl ResourceOps<Ctx> for RecordOps {
         let zone = record.attr("zone").context("no zone")?;
         change(ctx, zone, ChangeAction::Delete, set).await
     }
+}
+
+/// GitLab's and SSH's names under the domain.
+pub fn gitlab_name(domain: &DomainConfig) -> String {
+    domain.fqdn()
+}
+
+/// `ssh.<sub_domain>.<domain_name>`: beside GitLab's own name, in the same zone.
+pub fn ssh_name(domain: &DomainConfig) -> String {
+    format!("ssh.{}", domain.fqdn())
 }

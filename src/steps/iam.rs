@@ -1,170 +1,234 @@
-//! IAM roles, least privilege and scoped to this stack's ARNs: the task execution role, the
-//! task role and the initializer's role.
-
-use std::collections::BTreeMap;
+//! IAM roles, least privilege and scoped to this stack's ARNs: the task execution role, the task
+//! role, the initializer's role (and its file-system rights, which exist only while it runs), and
+//! AWS Backup's role. Role names are account-wide: they carry the region, so the same stack name
+//! in two regions never shares (or deletes) a role.
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use aws_sdk_iam::types::Tag;
 use serde_json::json;
 
-use super::Ctx;
-use super::network::attrs;
-use crate::aws::{AwsError, AwsResultExt, found};
-use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
+use crate::aws::{AwsError, Ctx, call, if_there};
+use crate::engine::{
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary,
+    attrs,
+};
+use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
 
-pub const ROLE: &str = "iam:role";
-
-pub const KEY_EXECUTION_ROLE: &str = "execution-role";
-pub const KEY_TASK_ROLE: &str = "task-role";
-pub const KEY_INIT_ROLE: &str = "init-role";
-
+/// The inline policy every role of the stack carries.
 const INLINE_POLICY: &str = "gitlab-provision";
+/// The initializer's file-system rights, granted just before it runs and revoked right after.
+pub const INIT_EFS_POLICY: &str = "gitlab-provision-efs-init";
 
-/// `aws`, `aws-cn` or `aws-us-gov`, for ARNs built by hand.
-pub fn partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
+/// Roles this tool creates, for discovery.
+const ROLE_KEYS: [&str; 4] = [keys::EXECUTION_ROLE, keys::TASK_ROLE, keys::INIT_ROLE, keys::BACKUP_ROLE];
+
+/// `<stack>-<region>-<key>`: at most 32 + 14 + 14 + 2 = 62 of IAM's 64 characters.
+pub fn role_name(ctx: &Ctx, key: &str) -> String {
+    format!("{}-{}-{key}", ctx.tags.stack, ctx.region())
+}
+
+/// The name before names carried the region; stacks that recorded it keep it.
+fn legacy_role_name(ctx: &Ctx, key: &str) -> String {
+    format!("{}-{key}", ctx.tags.stack)
+}
+
+/// The role's name: the recorded one for an existing role, else the regional one.
+fn name_for(ctx: &Ctx, env: &Env, key: &str) -> anyhow::Result<String> {
+    Ok(match env.record(key)?.and_then(|r| r.attr("name")) {
+        Some(name) => name.to_string(),
+        None => role_name(ctx, key),
+    })
+}
+
+/// The ARN a policy names for a record: its `arn` attribute, else its id.
+fn arn_of(env: &Env, key: &str) -> anyhow::Result<String> {
+    match env.record(key)?.and_then(|r| r.attr("arn")) {
+        Some(arn) if !arn.is_empty() => Ok(arn.to_string()),
+        _ => env.id(key),
     }
 }
 
-/// What a role may do, computed from the state once its inputs exist.
-pub type PolicyFn = fn(&Ctx, &StepScope) -> anyhow::Result<serde_json::Value>;
+/// Who may assume a role: the service, and only on behalf of this account (the confused-deputy
+/// guard AWS recommends); ECS tasks also only from this region's ECS.
+fn trust(ctx: &Ctx, service: &str) -> String {
+    let account = ctx.account_id();
+    let mut condition = json!({ "StringEquals": { "aws:SourceAccount": account } });
+    if service == "ecs-tasks.amazonaws.com" {
+        condition["ArnLike"] =
+            json!({ "aws:SourceArn": format!("arn:{}:ecs:{}:{account}:*", ctx.partition(), ctx.region()) });
+    }
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole", "Condition": condition}]
+    })
+    .to_string()
+}
+
+/// Write this log group; read this secret (and the registry's credentials when configured);
+/// pull from ECR when the image is there.
+pub fn execution_policy(
+    ctx: &Ctx,
+    env: &Env,
+    registry_secret: Option<&str>,
+    ecr: bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let log_group = format!(
+        "arn:{}:logs:{}:{}:log-group:{}:*",
+        ctx.partition(),
+        ctx.region(),
+        ctx.account_id(),
+        env.id(keys::LOG_GROUP)?
+    );
+    let mut secrets = vec![arn_of(env, keys::ROOT_SECRET)?];
+    secrets.extend(registry_secret.map(str::to_string));
+    let mut statements = vec![
+        json!({"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": log_group}),
+        json!({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secrets}),
+    ];
+    if ecr {
+        statements.push(json!({"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}));
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage", "ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
+            "Resource": format!("arn:{}:ecr:{}:{}:repository/*", ctx.partition(), ctx.region(), ctx.account_id())
+        }));
+    }
+    Ok(Some(json!({"Version": "2012-10-17", "Statement": statements})))
+}
+
+fn efs_rights(env: &Env) -> anyhow::Result<serde_json::Value> {
+    Ok(
+        json!({"Effect": "Allow", "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"], "Resource": arn_of(env, keys::FILE_SYSTEM)?}),
+    )
+}
+
+/// Mount and write this file system as root (GitLab chowns its own trees); ECS Exec's channel.
+pub fn task_policy(_ctx: &Ctx, env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(Some(json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            efs_rights(env)?,
+            {"Effect": "Allow", "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], "Resource": "*"},
+        ]
+    })))
+}
+
+/// The initializer's rights on this file system (held only while it runs).
+pub fn init_efs_policy(env: &Env) -> anyhow::Result<String> {
+    Ok(json!({"Version": "2012-10-17", "Statement": [efs_rights(env)?]}).to_string())
+}
+
+pub fn no_inline_policy(_ctx: &Ctx, _env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(None)
+}
+
+pub const LAMBDA_VPC_ACCESS: &str = "service-role/AWSLambdaVPCAccessExecutionRole";
+pub const BACKUP_POLICIES: &[&str] =
+    &["service-role/AWSBackupServiceRolePolicyForBackup", "service-role/AWSBackupServiceRolePolicyForRestores"];
+
+/// A role's inline policy, computed from the records of what it uses (`None`: no inline policy).
+pub type PolicyFn = Box<dyn Fn(&Ctx, &Env) -> anyhow::Result<Option<serde_json::Value>> + Send + Sync>;
 
 pub struct RoleStep {
     pub key: &'static str,
     pub service: &'static str,
     pub managed: &'static [&'static str],
     pub policy: PolicyFn,
-    /// Records whose ARNs the policy names.
-    pub uses: &'static [&'static str],
-}
-
-pub fn role_name(stack: &str, key: &str) -> String {
-    format!("{stack}-{key}")
-}
-
-fn arn_of(scope: &StepScope, key: &str) -> anyhow::Result<String> {
-    let record = scope.state.get(key).with_context(|| format!("{key} is not recorded"))?;
-    record.attr("arn").map(str::to_string).or(record.id).with_context(|| format!("{key} has no ARN"))
-}
-
-/// Pull nothing from ECR (the image is on Docker Hub); write this log group; read this secret.
-pub fn execution_policy(_ctx: &Ctx, scope: &StepScope) -> anyhow::Result<serde_json::Value> {
-    Ok(json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": format!("{}:*", arn_of(scope, super::logs::KEY_LOG_GROUP)?.trim_end_matches(":*"))},
-            {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": arn_of(scope, super::secret::KEY_ROOT_SECRET)?},
-        ]
-    }))
-}
-
-/// Mount and write this file system as root (GitLab chowns its own trees); ECS Exec's channel.
-pub fn task_policy(_ctx: &Ctx, scope: &StepScope) -> anyhow::Result<serde_json::Value> {
-    Ok(json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"], "Resource": arn_of(scope, super::storage::KEY_FILE_SYSTEM)?},
-            {"Effect": "Allow", "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], "Resource": "*"},
-        ]
-    }))
-}
-
-/// Mount this file system through its access point; network interfaces and logs come from
-/// AWSLambdaVPCAccessExecutionRole.
-pub fn init_policy(_ctx: &Ctx, scope: &StepScope) -> anyhow::Result<serde_json::Value> {
-    Ok(json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"], "Resource": arn_of(scope, super::storage::KEY_FILE_SYSTEM)?},
-        ]
-    }))
-}
-
-pub const LAMBDA_VPC_ACCESS: &str = "service-role/AWSLambdaVPCAccessExecutionRole";
-
-fn trust(service: &str) -> String {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]
-    })
-    .to_string()
 }
 
 #[async_trait]
 impl StepAction<Ctx> for RoleStep {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let name = role_name(&ctx.tags.stack, self.key);
-        let policy = (self.policy)(ctx, scope)?.to_string();
-        let partition = partition(&ctx.aws.region);
+    fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let managed: Vec<String> =
-            self.managed.iter().map(|m| format!("arn:{partition}:iam::aws:policy/{m}")).collect();
-        let desired = Desired {
-            key: self.key.into(),
-            kind: ROLE.into(),
-            depends_on: self.uses.iter().map(|k| k.to_string()).collect(),
-            attrs: attrs([
-                ("name", name.clone()),
-                ("trust", self.service.to_string()),
-                ("policy", policy.clone()),
-                ("managed", managed.join(",")),
-            ]),
-        };
-        let iam = &ctx.aws.iam;
-        let (role, service, policy, managed) = (name.as_str(), self.service, policy.as_str(), &managed);
+            self.managed.iter().map(|m| format!("arn:{}:iam::aws:policy/{m}", ctx.partition())).collect();
+        let policy = (self.policy)(ctx, env)?.map(|p| p.to_string()).unwrap_or_default();
+        let wanted = attrs([
+            ("name", name_for(ctx, env, self.key)?),
+            ("trust", trust(ctx, self.service)),
+            ("policy", policy),
+            ("managed", managed.join(",")),
+        ]);
+        Ok(vec![Desired::new(self.key, Kind::Role, wanted).replaced_on(&["name"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (name, trust, policy, managed) = (
+            want.attrs["name"].clone(),
+            want.attrs["trust"].clone(),
+            want.attrs["policy"].clone(),
+            want.attrs["managed"].clone(),
+        );
+        let (role, key) = (name.as_str(), self.key);
         let ensured = scope
-            .ensure(ctx, &RoleOps, desired, |existing, _token| async move {
+            .ensure(ctx, &RoleOps, want, |existing, _| async move {
+                let iam = &ctx.aws.iam;
                 let arn = match existing {
-                    Some(found) => {
-                        iam.update_assume_role_policy()
-                            .role_name(role)
-                            .policy_document(trust(service))
-                            .send()
-                            .await
-                            .or_aws(|| format!("updating who may assume {role}"))?;
-                        found.id
+                    Some(existing) => {
+                        call(iam.update_assume_role_policy().role_name(role).policy_document(&trust).send(), || {
+                            format!("updating who may assume {role}")
+                        })
+                        .await?;
+                        call(iam.tag_role().role_name(role).set_tags(Some(ctx.tags.list(key))).send(), || {
+                            format!("tagging {role}")
+                        })
+                        .await?;
+                        existing.id
                     }
                     None => {
-                        let tags = ctx.tags.map(self.key, |k, v| Tag::builder().key(k).value(v).build());
-                        iam.create_role()
-                            .role_name(role)
-                            .assume_role_policy_document(trust(service))
-                            .description("gitlab-provision")
-                            .set_tags(Some(tags.into_iter().collect::<Result<_, _>>().context("IAM tags")?))
-                            .send()
-                            .await
-                            .or_aws(|| format!("creating role {role}"))?
-                            .role
-                            .context("CreateRole returned no role")?
-                            .arn
+                        call(
+                            iam.create_role()
+                                .role_name(role)
+                                .assume_role_policy_document(&trust)
+                                .description("gitlab-provision")
+                                .set_tags(Some(ctx.tags.list(key)))
+                                .send(),
+                            || format!("creating role {role}"),
+                        )
+                        .await?
+                        .role
+                        .context("CreateRole returned no role")?
+                        .arn
                     }
                 };
-                iam.put_role_policy()
-                    .role_name(role)
-                    .policy_name(INLINE_POLICY)
-                    .policy_document(policy)
-                    .send()
-                    .await
-                    .or_aws(|| format!("writing the policy of {role}"))?;
-                for policy_arn in managed {
-                    iam.attach_role_policy()
-                        .role_name(role)
-                        .policy_arn(policy_arn)
-                        .send()
-                        .await
-                        .or_aws(|| format!("attaching {policy_arn} to {role}"))?;
+                if policy.is_empty() {
+                    if_there(iam.delete_role_policy().role_name(role).policy_name(INLINE_POLICY).send(), || {
+                        format!("removing the policy of {role}")
+                    })
+                    .await?;
+                } else {
+                    call(
+                        iam.put_role_policy()
+                            .role_name(role)
+                            .policy_name(INLINE_POLICY)
+                            .policy_document(&policy)
+                            .send(),
+                        || format!("writing the policy of {role}"),
+                    )
+                    .await?;
                 }
-                Ok(Created { id: arn, attrs: BTreeMap::new() })
+                for policy_arn in managed.split(',').filter(|m| !m.is_empty()) {
+                    call(iam.attach_role_policy().role_name(role).policy_arn(policy_arn).send(), || {
+                        format!("attaching {policy_arn} to {role}")
+                    })
+                    .await?;
+                }
+                Ok(Applied::id(arn))
             })
             .await?;
-        Ok(format!("{} {name}", ensured.verb()))
+        Ok(ensured.summary(&format!(" ({name})")))
     }
+}
+
+async fn get_role(ctx: &Ctx, name: &str) -> Result<Option<aws_sdk_iam::types::Role>, AwsError> {
+    Ok(if_there(ctx.aws.iam.get_role().role_name(name).send(), || format!("reading role {name}"))
+        .await?
+        .and_then(|o| o.role))
+}
+
+fn role_owner(ctx: &Ctx, role: &aws_sdk_iam::types::Role) -> Owner {
+    ctx.tags.owner_of(role.tags())
 }
 
 pub struct RoleOps;
@@ -176,88 +240,166 @@ fn name_of(record: &ResourceRecord) -> anyhow::Result<&str> {
 #[async_trait]
 impl ResourceOps<Ctx> for RoleOps {
     fn noun(&self) -> &'static str {
-        "role"
+        Kind::Role.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let name = name_of(record)?;
-        let out = found(ctx.aws.iam.get_role().role_name(name).send().await.or_aws(|| format!("reading role {name}")))?;
-        Ok(match out.and_then(|o| o.role) {
+        Ok(match get_role(ctx, name_of(record)?).await? {
             None => Live::Missing,
-            Some(role) => Live::Present { summary: role.role_name, drift: vec![] },
+            Some(role) => {
+                let owner = role_owner(ctx, &role);
+                Live::present(role.role_name, vec![]).owned_by(owner)
+            }
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let name = name_of(record)?;
-        let out =
-            found(ctx.aws.iam.get_role().role_name(name).send().await.or_aws(|| format!("looking for role {name}")))?;
-        Ok(out.and_then(|o| o.role).map(|r| r.arn))
+    /// Only a role carrying this stack's tags is found: a foreign one of the same name makes
+    /// the create fail instead of being adopted.
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        Ok(get_role(ctx, name_of(lost.record)?).await?.filter(|r| role_owner(ctx, r) == Owner::Ours).map(|r| r.arn))
     }
 
     /// A role goes only without policies: detach the managed ones, delete the inline ones.
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let name = name_of(record)?;
         let iam = &ctx.aws.iam;
-        let attached = found(
-            iam.list_attached_role_policies()
-                .role_name(name)
-                .send()
-                .await
-                .or_aws(|| format!("listing policies of {name}")),
-        )?;
+        let attached = if_there(iam.list_attached_role_policies().role_name(name).send(), || {
+            format!("listing policies of {name}")
+        })
+        .await?;
         for policy in attached.map(|a| a.attached_policies.unwrap_or_default()).unwrap_or_default() {
             if let Some(arn) = policy.policy_arn() {
-                found(
-                    iam.detach_role_policy()
-                        .role_name(name)
-                        .policy_arn(arn)
-                        .send()
-                        .await
-                        .or_aws(|| format!("detaching {arn} from {name}")),
-                )?;
+                if_there(iam.detach_role_policy().role_name(name).policy_arn(arn).send(), || {
+                    format!("detaching {arn} from {name}")
+                })
+                .await?;
             }
         }
-        let inline = found(
-            iam.list_role_policies()
-                .role_name(name)
-                .send()
-                .await
-                .or_aws(|| format!("listing inline policies of {name}")),
-        )?;
+        let inline =
+            if_there(iam.list_role_policies().role_name(name).send(), || format!("listing inline policies of {name}"))
+                .await?;
         for policy in inline.map(|i| i.policy_names).unwrap_or_default() {
-            found(
-                iam.delete_role_policy()
-                    .role_name(name)
-                    .policy_name(&policy)
-                    .send()
-                    .await
-                    .or_aws(|| format!("deleting policy {policy} of {name}")),
-            )?;
+            if_there(iam.delete_role_policy().role_name(name).policy_name(&policy).send(), || {
+                format!("deleting policy {policy} of {name}")
+            })
+            .await?;
         }
-        let deleted: Result<_, AwsError> =
-            iam.delete_role().role_name(name).send().await.or_aws(|| format!("deleting role {name}"));
-        found(deleted)?;
+        if_there(iam.delete_role().role_name(name).send(), || format!("deleting role {name}")).await?;
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let mut found_roles = Vec::new();
-        for key in [KEY_EXECUTION_ROLE, KEY_TASK_ROLE, KEY_INIT_ROLE] {
-            let name = role_name(&ctx.tags.stack, key);
-            let out = found(
-                ctx.aws.iam.get_role().role_name(&name).send().await.or_aws(|| format!("looking for role {name}")),
-            )?;
-            if let Some(role) = out.and_then(|o| o.role) {
-                found_roles.push(Discovered { key: key.into(), id: role.arn, attrs: attrs([("name", name)]) });
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let mut found = Found::default();
+        for key in ROLE_KEYS {
+            let name = role_name(ctx, key);
+            if let Some(role) = get_role(ctx, &name).await? {
+                match role_owner(ctx, &role) {
+                    Owner::Foreign(why) => {
+                        found.conflicts.push(Conflict { kind: Kind::Role.to_string(), id: name, why })
+                    }
+                    _ => found.ours.push(Discovered::new(key, role.arn).with("name", name)),
+                }
+            }
+            // Roles named before names carried the region cannot be told apart between regions.
+            let legacy = legacy_role_name(ctx, key);
+            if let Some(role) = get_role(ctx, &legacy).await?
+                && ctx.tags.key_of(role.tags()).is_some()
+                && !role.tags().iter().any(|t| t.key() == crate::aws::tags::REGION_TAG)
+            {
+                found.conflicts.push(Conflict {
+                    kind: Kind::Role.to_string(),
+                    id: legacy,
+                    why: "a role of this stack made by an earlier version, in an unknown region: not touched".into(),
+                });
             }
         }
-        Ok(found_roles)
+        Ok(found)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The initializer's file-system rights: an inline policy on its role while it runs.
+
+pub fn init_role_policy(env: &Env) -> anyhow::Result<Desired> {
+    let role = env.attr(keys::INIT_ROLE, "name")?;
+    Ok(Desired::new(
+        keys::INIT_ROLE_POLICY,
+        Kind::RolePolicy,
+        attrs([("role", role), ("policy", init_efs_policy(env)?)]),
+    ))
+}
+
+/// Grants the initializer's file-system rights (recorded, so they are revoked after a crash).
+pub async fn grant(ctx: &Ctx, scope: &StepScope, want: Desired) -> anyhow::Result<()> {
+    let (role, policy) = (want.attrs["role"].clone(), want.attrs["policy"].clone());
+    scope
+        .ensure(ctx, &RolePolicyOps, want, |_existing, _| async move {
+            call(
+                ctx.aws
+                    .iam
+                    .put_role_policy()
+                    .role_name(&role)
+                    .policy_name(INIT_EFS_POLICY)
+                    .policy_document(&policy)
+                    .send(),
+                || format!("granting {role} its file-system rights"),
+            )
+            .await?;
+            Ok(Applied::id(format!("{role}/{INIT_EFS_POLICY}")))
+        })
+        .await?;
+    Ok(())
+}
+
+pub struct RolePolicyOps;
+
+fn role_and_policy(record: &ResourceRecord) -> anyhow::Result<(&str, &str)> {
+    record.id()?.split_once('/').context("a role policy record's id is role/policy")
+}
+
+#[async_trait]
+impl ResourceOps<Ctx> for RolePolicyOps {
+    fn noun(&self) -> &'static str {
+        Kind::RolePolicy.noun()
+    }
+
+    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let (role, policy) = role_and_policy(record)?;
+        let out = if_there(ctx.aws.iam.get_role_policy().role_name(role).policy_name(policy).send(), || {
+            format!("reading policy {policy} of {role}")
+        })
+        .await?;
+        Ok(match out {
+            None => Live::Missing,
+            Some(_) => Live::present(format!("{policy} on {role}"), vec![]),
+        })
+    }
+
+    /// An inline policy has no tags: it is the stack's when its role is.
+    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let live = self.read(ctx, record).await?;
+        let (role, _) = role_and_policy(record)?;
+        Ok(match get_role(ctx, role).await? {
+            Some(r) => live.owned_by(role_owner(ctx, &r)),
+            None => Live::Missing,
+        })
+    }
+
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let Some(role) = lost.record.attr("role") else { return Ok(None) };
+        let out = if_there(ctx.aws.iam.get_role_policy().role_name(role).policy_name(INIT_EFS_POLICY).send(), || {
+            format!("reading the policies of {role}")
+        })
+        .await?;
+        Ok(out.map(|_| format!("{role}/{INIT_EFS_POLICY}")))
+    }
+
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+        let (role, policy) = role_and_policy(record)?;
+        if_there(ctx.aws.iam.delete_role_policy().role_name(role).policy_name(policy).send(), || {
+            format!("revoking policy {policy} of {role}")
+        })
+        .await?;
+        Ok(())
     }
 }

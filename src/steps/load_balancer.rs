@@ -1,160 +1,199 @@
-//! The Application Load Balancer: the load balancer itself, GitLab's target group and the
-//! listeners (HTTP, or HTTPS with a redirect from HTTP).
+//! Elastic Load Balancing: the application load balancer for HTTP(S), the network load balancer
+//! for Git over SSH, their target groups and their listeners. Both kinds share one
+//! implementation; what differs is data.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, Certificate, LoadBalancerAttribute, LoadBalancerSchemeEnum, LoadBalancerStateEnum,
-    LoadBalancerTypeEnum, Matcher, ProtocolEnum, RedirectActionConfig, RedirectActionStatusCodeEnum, Tag,
-    TargetGroupAttribute, TargetTypeEnum,
+    Action, ActionTypeEnum, Certificate, LoadBalancer, LoadBalancerAttribute, LoadBalancerSchemeEnum,
+    LoadBalancerStateEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, RedirectActionConfig,
+    RedirectActionStatusCodeEnum, TargetGroup, TargetGroupAttribute, TargetTypeEnum,
 };
 
-use super::network::{KEY_VPC, PUBLIC_SUBNETS, attrs, required_id};
-use super::{Ctx, delete_when_free};
-use crate::aws::{AwsResultExt, found};
+use crate::aws::{AwsError, Ctx, call, if_there, propagated};
 use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
+    Summary, WaitPolicy, attrs, wait_until,
 };
+use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
-
-pub const LOAD_BALANCER: &str = "elbv2:load-balancer";
-pub const TARGET_GROUP: &str = "elbv2:target-group";
-pub const LISTENER: &str = "elbv2:listener";
-
-pub const KEY_ALB_SECURITY_GROUP: &str = "alb-security-group";
-pub const KEY_LOAD_BALANCER: &str = "load-balancer";
-pub const KEY_TARGET_GROUP: &str = "target-group";
-pub const KEY_HTTP_LISTENER: &str = "listener-http";
-pub const KEY_HTTPS_LISTENER: &str = "listener-https";
 
 /// Large clones and pushes keep a connection busy without a byte for minutes.
 pub const IDLE_TIMEOUT_SECONDS: u32 = 600;
 /// TLS 1.3 and 1.2, AWS's recommended policy in the TLS 1.3 family.
 pub const TLS_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
-/// GitLab answers 200 here once Rails, the database and Redis are up, but only to addresses
-/// in `monitoring_whitelist` (else 404): the task definition admits the VPC CIDR.
+/// GitLab answers 200 here once Rails serves, but only to addresses in `monitoring_whitelist`
+/// (else 404): the task definition admits the VPC CIDR.
 pub const HEALTH_CHECK_PATH: &str = "/-/readiness";
 pub const HEALTH_CHECK_INTERVAL_SECONDS: i32 = 30;
-/// 10 failed checks 30 s apart = 5 minutes before a running GitLab counts as unhealthy; a
-/// first boot (5-6 minutes) is covered by the service's grace period instead.
+/// 10 failed checks 30 s apart = 5 minutes before a running GitLab counts as unhealthy; a first
+/// boot is covered by the service's grace period instead.
 pub const UNHEALTHY_THRESHOLD: i32 = 10;
 
 /// Load balancers take two to three minutes to become active.
 const ELB_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(900));
 
-fn elb_tags(ctx: &Ctx, key: &str) -> Vec<Tag> {
-    ctx.tags.map(key, |k, v| Tag::builder().key(k).value(v).build())
+/// Which kind of load balancer, and what that implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// HTTP(S) to GitLab's web server.
+    Application,
+    /// Plain TCP to GitLab's SSH daemon.
+    Network,
 }
 
-pub fn load_balancer_name(ctx: &Ctx) -> String {
-    ctx.tags.short_name("", 32)
+impl Flavour {
+    fn lb_type(self) -> LoadBalancerTypeEnum {
+        match self {
+            Flavour::Application => LoadBalancerTypeEnum::Application,
+            Flavour::Network => LoadBalancerTypeEnum::Network,
+        }
+    }
+
+    /// What each flavour sets beyond the defaults: the ALB's idle timeout and header hygiene;
+    /// the NLB's cross-zone balancing (one task in one of two zones must be reachable from both).
+    fn attributes(self) -> Vec<(&'static str, String)> {
+        match self {
+            Flavour::Application => vec![
+                ("idle_timeout.timeout_seconds", IDLE_TIMEOUT_SECONDS.to_string()),
+                ("routing.http.drop_invalid_header_fields.enabled", "true".into()),
+            ],
+            Flavour::Network => vec![("load_balancing.cross_zone.enabled", "true".into())],
+        }
+    }
 }
 
-pub fn target_group_name(ctx: &Ctx) -> String {
-    ctx.tags.short_name("gitlab", 32)
+/// The load balancers' names: the ALB is the stack's name, the NLB `<stack>-ssh`.
+pub fn load_balancer_name(ctx: &Ctx, flavour: Flavour) -> String {
+    match flavour {
+        Flavour::Application => ctx.tags.short_name("", 32),
+        Flavour::Network => ctx.tags.short_name("ssh", 32),
+    }
+}
+
+pub fn target_group_name(ctx: &Ctx, flavour: Flavour) -> String {
+    match flavour {
+        Flavour::Application => ctx.tags.short_name("gitlab", 32),
+        Flavour::Network => ctx.tags.short_name("gitlab-ssh", 32),
+    }
+}
+
+async fn owner_of_arn(ctx: &Ctx, arn: &str) -> anyhow::Result<Owner> {
+    let out =
+        call(ctx.aws.elb.describe_tags().resource_arns(arn).send(), || format!("reading the tags of {arn}")).await?;
+    let tags = out.tag_descriptions().first().map(|d| d.tags()).unwrap_or_default();
+    Ok(ctx.tags.owner_of(tags))
+}
+
+/// What discovery makes of a name the stack would use: its own, someone else's, or free.
+async fn classify(ctx: &Ctx, kind: Kind, key: &str, name: &str, arn: Option<String>) -> anyhow::Result<Found> {
+    let Some(arn) = arn else { return Ok(Found::default()) };
+    Ok(match owner_of_arn(ctx, &arn).await? {
+        Owner::Foreign(why) => {
+            Found { ours: vec![], conflicts: vec![Conflict { kind: kind.to_string(), id: name.to_string(), why }] }
+        }
+        _ => vec![Discovered::new(key, arn).with("name", name)].into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
-// Load balancer
+// Load balancers
 
-pub struct CreateLoadBalancer {
-    /// The step that made the public subnets routable (an ALB refuses a VPC without one).
-    pub internet_gateway: Option<&'static str>,
+pub struct LoadBalancerStep {
+    pub key: &'static str,
+    pub flavour: Flavour,
+    pub security_group: &'static str,
 }
 
-async fn describe_load_balancer(
-    ctx: &Ctx,
-    arn: &str,
-) -> anyhow::Result<Option<aws_sdk_elasticloadbalancingv2::types::LoadBalancer>> {
-    let out = found(
-        ctx.aws
-            .elb
-            .describe_load_balancers()
-            .load_balancer_arns(arn)
-            .send()
-            .await
-            .or_aws(|| format!("reading load balancer {arn}")),
-    )?;
+async fn describe_load_balancer(ctx: &Ctx, arn: &str) -> anyhow::Result<Option<LoadBalancer>> {
+    let out = if_there(ctx.aws.elb.describe_load_balancers().load_balancer_arns(arn).send(), || {
+        format!("reading load balancer {arn}")
+    })
+    .await?;
+    Ok(out.and_then(|o| o.load_balancers.and_then(|v| v.into_iter().next())))
+}
+
+async fn load_balancer_named(ctx: &Ctx, name: &str) -> anyhow::Result<Option<LoadBalancer>> {
+    let out = if_there(ctx.aws.elb.describe_load_balancers().names(name).send(), || {
+        format!("looking for load balancer {name}")
+    })
+    .await?;
     Ok(out.and_then(|o| o.load_balancers.and_then(|v| v.into_iter().next())))
 }
 
 #[async_trait]
-impl StepAction<Ctx> for CreateLoadBalancer {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let subnets = PUBLIC_SUBNETS.iter().map(|k| required_id(k, scope)).collect::<anyhow::Result<Vec<_>>>()?;
-        let group = required_id(KEY_ALB_SECURITY_GROUP, scope)?;
-        let name = load_balancer_name(ctx);
-        let mut depends_on: Vec<String> = PUBLIC_SUBNETS.iter().map(|s| s.to_string()).collect();
-        depends_on.push(KEY_ALB_SECURITY_GROUP.into());
-        depends_on.extend(self.internet_gateway.map(str::to_string));
-        let desired = Desired {
-            key: KEY_LOAD_BALANCER.into(),
-            kind: LOAD_BALANCER.into(),
-            depends_on,
-            attrs: attrs([
-                ("name", name.clone()),
-                ("subnets", subnets.join(",")),
-                ("security_group", group.clone()),
-                ("idle_timeout", IDLE_TIMEOUT_SECONDS.to_string()),
-            ]),
-        };
-        let elb = &ctx.aws.elb;
-        let (name_ref, subnets, group) = (name.as_str(), &subnets, group.as_str());
+impl StepAction<Ctx> for LoadBalancerStep {
+    fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let subnets = keys::PUBLIC_SUBNETS.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut wanted = attrs([
+            ("name", load_balancer_name(ctx, self.flavour)),
+            ("subnets", subnets.join(",")),
+            ("security_group", env.id(self.security_group)?),
+        ]);
+        if self.flavour == Flavour::Application {
+            wanted.insert("idle_timeout".into(), IDLE_TIMEOUT_SECONDS.to_string());
+        } else {
+            wanted.insert("cross_zone".into(), "true".into());
+        }
+        Ok(vec![Desired::new(self.key, Kind::LoadBalancer, wanted).replaced_on(&["name"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let name = want.attrs["name"].clone();
+        let subnets: Vec<String> = want.attrs["subnets"].split(',').map(str::to_string).collect();
+        let group = want.attrs["security_group"].clone();
+        let (name_ref, subnets, group, flavour, key) =
+            (name.as_str(), &subnets, group.as_str(), self.flavour, self.key);
         let ensured = scope
-            .ensure(ctx, &LoadBalancerOps, desired, |existing, _token| async move {
+            .ensure(ctx, &LoadBalancerOps, want, |existing, _| async move {
+                let elb = &ctx.aws.elb;
                 let arn = match existing {
-                    Some(found) => {
-                        elb.set_subnets()
-                            .load_balancer_arn(&found.id)
-                            .set_subnets(Some(subnets.clone()))
-                            .send()
-                            .await
-                            .or_aws(|| format!("setting the subnets of {name_ref}"))?;
-                        elb.set_security_groups()
-                            .load_balancer_arn(&found.id)
-                            .security_groups(group)
-                            .send()
-                            .await
-                            .or_aws(|| format!("setting the security group of {name_ref}"))?;
-                        found.id
+                    Some(existing) => {
+                        call(
+                            elb.set_subnets().load_balancer_arn(&existing.id).set_subnets(Some(subnets.clone())).send(),
+                            || format!("setting the subnets of {name_ref}"),
+                        )
+                        .await?;
+                        call(
+                            elb.set_security_groups().load_balancer_arn(&existing.id).security_groups(group).send(),
+                            || format!("setting the security group of {name_ref}"),
+                        )
+                        .await?;
+                        existing.id
                     }
-                    None => elb
-                        .create_load_balancer()
-                        .name(name_ref)
-                        .set_subnets(Some(subnets.clone()))
-                        .security_groups(group)
-                        .scheme(LoadBalancerSchemeEnum::InternetFacing)
-                        .r#type(LoadBalancerTypeEnum::Application)
-                        .set_tags(Some(elb_tags(ctx, KEY_LOAD_BALANCER)))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating load balancer {name_ref} ({})", ctx.aws.region))?
-                        .load_balancers()
-                        .first()
-                        .and_then(|lb| lb.load_balancer_arn())
-                        .context("CreateLoadBalancer returned no ARN")?
-                        .to_string(),
+                    None => call(
+                        elb.create_load_balancer()
+                            .name(name_ref)
+                            .set_subnets(Some(subnets.clone()))
+                            .security_groups(group)
+                            .scheme(LoadBalancerSchemeEnum::InternetFacing)
+                            .r#type(flavour.lb_type())
+                            .set_tags(Some(ctx.tags.list(key)))
+                            .send(),
+                        || format!("creating load balancer {name_ref} ({})", ctx.region()),
+                    )
+                    .await?
+                    .load_balancers()
+                    .first()
+                    .and_then(|lb| lb.load_balancer_arn())
+                    .context("CreateLoadBalancer returned no ARN")?
+                    .to_string(),
                 };
-                elb.modify_load_balancer_attributes()
-                    .load_balancer_arn(&arn)
-                    .attributes(
-                        LoadBalancerAttribute::builder()
-                            .key("idle_timeout.timeout_seconds")
-                            .value(IDLE_TIMEOUT_SECONDS.to_string())
-                            .build(),
-                    )
-                    .attributes(
-                        LoadBalancerAttribute::builder()
-                            .key("routing.http.drop_invalid_header_fields.enabled")
-                            .value("true")
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .or_aws(|| format!("setting the attributes of {name_ref}"))?;
+                let settings = flavour
+                    .attributes()
+                    .into_iter()
+                    .map(|(k, v)| LoadBalancerAttribute::builder().key(k).value(v).build());
+                call(
+                    elb.modify_load_balancer_attributes()
+                        .load_balancer_arn(&arn)
+                        .set_attributes(Some(settings.collect()))
+                        .send(),
+                    || format!("setting the attributes of {name_ref}"),
+                )
+                .await?;
                 let lb = wait_until(scope, &format!("load balancer {name_ref} to become active"), ELB_WAIT, || async {
                     Ok(match describe_load_balancer(ctx, &arn).await? {
                         Some(lb) => match lb.state().and_then(|s| s.code()) {
@@ -168,16 +207,12 @@ impl StepAction<Ctx> for CreateLoadBalancer {
                     })
                 })
                 .await?;
-                Ok(Created {
-                    id: arn,
-                    attrs: attrs([
-                        ("dns_name", lb.dns_name().unwrap_or_default().to_string()),
-                        ("zone_id", lb.canonical_hosted_zone_id().unwrap_or_default().to_string()),
-                    ]),
-                })
+                Ok(Applied::id(arn)
+                    .with("dns_name", lb.dns_name().unwrap_or_default())
+                    .with("zone_id", lb.canonical_hosted_zone_id().unwrap_or_default()))
             })
             .await?;
-        Ok(format!("{} {name} ({})", ensured.verb(), ensured.record().attr("dns_name").unwrap_or("?")))
+        Ok(Summary::new(format!("{} {name} ({})", ensured.verb(), ensured.attr("dns_name")), ensured.changed()))
     }
 }
 
@@ -186,52 +221,44 @@ pub struct LoadBalancerOps;
 #[async_trait]
 impl ResourceOps<Ctx> for LoadBalancerOps {
     fn noun(&self) -> &'static str {
-        "load balancer"
+        Kind::LoadBalancer.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id()?;
-        Ok(match describe_load_balancer(ctx, arn).await? {
+        Ok(match describe_load_balancer(ctx, record.id()?).await? {
             None => Live::Missing,
-            Some(lb) => Live::Present {
-                summary: format!(
+            Some(lb) => Live::present(
+                format!(
                     "{} {}",
                     lb.state().and_then(|s| s.code()).map(|c| c.as_str()).unwrap_or("?"),
                     lb.dns_name().unwrap_or_default()
                 ),
-                drift: vec![],
-            },
+                vec![],
+            ),
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(name) = record.attr("name") else { return Ok(None) };
-        let out = found(
-            ctx.aws.elb.describe_load_balancers().names(name).send().await.or_aws(|| format!("looking for {name}")),
-        )?;
-        Ok(out
-            .and_then(|o| o.load_balancers.unwrap_or_default().into_iter().next())
-            .and_then(|lb| lb.load_balancer_arn))
+    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        self.read(ctx, record).await?.checked(owner_of_arn(ctx, record.id()?)).await
     }
 
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let Some(name) = lost.record.attr("name") else { return Ok(None) };
+        let Some(arn) = load_balancer_named(ctx, name).await?.and_then(|lb| lb.load_balancer_arn) else {
+            return Ok(None);
+        };
+        Ok((owner_of_arn(ctx, &arn).await? == Owner::Ours).then_some(arn))
+    }
+
+    /// Once it no longer shows, its network interfaces still hold the public subnets, its
+    /// security group and (their public addresses) the internet gateway for minutes: those
+    /// deletes wait for the interfaces themselves.
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
-        found(
-            ctx.aws
-                .elb
-                .delete_load_balancer()
-                .load_balancer_arn(arn)
-                .send()
-                .await
-                .or_aws(|| format!("deleting load balancer {arn}")),
-        )?;
-        // Its network interfaces hold the subnets and security group until it is gone.
+        if_there(ctx.aws.elb.delete_load_balancer().load_balancer_arn(arn).send(), || {
+            format!("deleting load balancer {arn}")
+        })
+        .await?;
         wait_until(scope, "the load balancer to be deleted", ELB_WAIT, || async {
             Ok(match describe_load_balancer(ctx, arn).await? {
                 None => Poll::Ready(()),
@@ -242,117 +269,139 @@ impl ResourceOps<Ctx> for LoadBalancerOps {
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = load_balancer_name(ctx);
-        let out = found(
-            ctx.aws.elb.describe_load_balancers().names(&name).send().await.or_aws(|| format!("looking for {name}")),
-        )?;
-        Ok(out
-            .and_then(|o| o.load_balancers.unwrap_or_default().into_iter().next())
-            .and_then(|lb| lb.load_balancer_arn)
-            .map(|arn| Discovered { key: KEY_LOAD_BALANCER.into(), id: arn, attrs: attrs([("name", name)]) })
-            .into_iter()
-            .collect())
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let mut found = Found::default();
+        for (key, flavour) in [(keys::LOAD_BALANCER, Flavour::Application), (keys::SSH_LOAD_BALANCER, Flavour::Network)]
+        {
+            let name = load_balancer_name(ctx, flavour);
+            let arn = load_balancer_named(ctx, &name).await?.and_then(|lb| lb.load_balancer_arn);
+            let more = classify(ctx, Kind::LoadBalancer, key, &name, arn).await?;
+            found.ours.extend(more.ours);
+            found.conflicts.extend(more.conflicts);
+        }
+        Ok(found)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Target group
+// Target groups
 
-pub struct CreateTargetGroup;
+pub struct TargetGroupStep {
+    pub key: &'static str,
+    pub flavour: Flavour,
+    /// GitLab's port the targets receive traffic on.
+    pub port: i32,
+}
 
-async fn describe_target_group(
-    ctx: &Ctx,
-    arn: &str,
-) -> anyhow::Result<Option<aws_sdk_elasticloadbalancingv2::types::TargetGroup>> {
-    let out = found(
-        ctx.aws
-            .elb
-            .describe_target_groups()
-            .target_group_arns(arn)
-            .send()
-            .await
-            .or_aws(|| format!("reading target group {arn}")),
-    )?;
+impl TargetGroupStep {
+    fn health_check(&self) -> String {
+        match self.flavour {
+            Flavour::Application => {
+                format!("{HEALTH_CHECK_PATH} every {HEALTH_CHECK_INTERVAL_SECONDS}s, {UNHEALTHY_THRESHOLD} failures")
+            }
+            Flavour::Network => format!("TCP every {HEALTH_CHECK_INTERVAL_SECONDS}s, 3 failures"),
+        }
+    }
+}
+
+async fn describe_target_group(ctx: &Ctx, arn: &str) -> anyhow::Result<Option<TargetGroup>> {
+    let out = if_there(ctx.aws.elb.describe_target_groups().target_group_arns(arn).send(), || {
+        format!("reading target group {arn}")
+    })
+    .await?;
+    Ok(out.and_then(|o| o.target_groups.and_then(|v| v.into_iter().next())))
+}
+
+async fn target_group_named(ctx: &Ctx, name: &str) -> anyhow::Result<Option<TargetGroup>> {
+    let out = if_there(ctx.aws.elb.describe_target_groups().names(name).send(), || {
+        format!("looking for target group {name}")
+    })
+    .await?;
     Ok(out.and_then(|o| o.target_groups.and_then(|v| v.into_iter().next())))
 }
 
 #[async_trait]
-impl StepAction<Ctx> for CreateTargetGroup {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let vpc_id = required_id(KEY_VPC, scope)?;
-        let name = target_group_name(ctx);
-        let desired = Desired {
-            key: KEY_TARGET_GROUP.into(),
-            kind: TARGET_GROUP.into(),
-            depends_on: vec![KEY_VPC.into()],
-            attrs: attrs([
-                ("name", name.clone()),
-                (
-                    "health_check",
-                    format!(
-                        "{HEALTH_CHECK_PATH} every {HEALTH_CHECK_INTERVAL_SECONDS}s, {UNHEALTHY_THRESHOLD} failures"
-                    ),
-                ),
-            ]),
-        };
-        let elb = &ctx.aws.elb;
-        let (name_ref, vpc) = (name.as_str(), vpc_id.as_str());
+impl StepAction<Ctx> for TargetGroupStep {
+    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([
+            ("name", target_group_name(ctx, self.flavour)),
+            ("port", self.port.to_string()),
+            ("health_check", self.health_check()),
+        ]);
+        Ok(vec![Desired::new(self.key, Kind::TargetGroup, wanted).replaced_on(&["name", "port"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let vpc_id = scope.id_of(keys::VPC)?;
+        let want = scope.wanted_one(ctx, self)?;
+        let name = want.attrs["name"].clone();
+        let (name_ref, vpc, port, flavour, key) = (name.as_str(), vpc_id.as_str(), self.port, self.flavour, self.key);
         let ensured = scope
-            .ensure(ctx, &TargetGroupOps, desired, |existing, _token| async move {
+            .ensure(ctx, &TargetGroupOps, want, |existing, _| async move {
+                let elb = &ctx.aws.elb;
                 let arn = match existing {
-                    Some(found) => {
-                        elb.modify_target_group()
-                            .target_group_arn(&found.id)
-                            .health_check_path(HEALTH_CHECK_PATH)
-                            .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS)
-                            .health_check_timeout_seconds(10)
-                            .healthy_threshold_count(2)
-                            .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
-                            .matcher(Matcher::builder().http_code("200").build())
-                            .send()
-                            .await
-                            .or_aws(|| format!("updating the health check of {name_ref}"))?;
-                        found.id
+                    Some(existing) => {
+                        let request = elb
+                            .modify_target_group()
+                            .target_group_arn(&existing.id)
+                            .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS);
+                        let request = match flavour {
+                            Flavour::Application => request
+                                .health_check_path(HEALTH_CHECK_PATH)
+                                .health_check_timeout_seconds(10)
+                                .healthy_threshold_count(2)
+                                .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                                .matcher(Matcher::builder().http_code("200").build()),
+                            Flavour::Network => request.healthy_threshold_count(3).unhealthy_threshold_count(3),
+                        };
+                        call(request.send(), || format!("updating the health check of {name_ref}")).await?;
+                        existing.id
                     }
-                    None => elb
-                        .create_target_group()
-                        .name(name_ref)
-                        .protocol(ProtocolEnum::Http)
-                        .port(80)
-                        .vpc_id(vpc)
-                        // Fargate tasks in awsvpc mode register by IP.
-                        .target_type(TargetTypeEnum::Ip)
-                        .health_check_protocol(ProtocolEnum::Http)
-                        .health_check_path(HEALTH_CHECK_PATH)
-                        .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS)
-                        .health_check_timeout_seconds(10)
-                        .healthy_threshold_count(2)
-                        .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
-                        .matcher(Matcher::builder().http_code("200").build())
-                        .set_tags(Some(elb_tags(ctx, KEY_TARGET_GROUP)))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating target group {name_ref}"))?
-                        .target_groups()
-                        .first()
-                        .and_then(|tg| tg.target_group_arn())
-                        .context("CreateTargetGroup returned no ARN")?
-                        .to_string(),
+                    None => {
+                        let request = elb
+                            .create_target_group()
+                            .name(name_ref)
+                            .port(port)
+                            .vpc_id(vpc)
+                            // Fargate tasks in awsvpc mode register by IP.
+                            .target_type(TargetTypeEnum::Ip)
+                            .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS)
+                            .set_tags(Some(ctx.tags.list(key)));
+                        let request = match flavour {
+                            Flavour::Application => request
+                                .protocol(ProtocolEnum::Http)
+                                .health_check_protocol(ProtocolEnum::Http)
+                                .health_check_path(HEALTH_CHECK_PATH)
+                                .health_check_timeout_seconds(10)
+                                .healthy_threshold_count(2)
+                                .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                                .matcher(Matcher::builder().http_code("200").build()),
+                            Flavour::Network => request
+                                .protocol(ProtocolEnum::Tcp)
+                                .health_check_protocol(ProtocolEnum::Tcp)
+                                .healthy_threshold_count(3)
+                                .unhealthy_threshold_count(3),
+                        };
+                        call(request.send(), || format!("creating target group {name_ref}"))
+                            .await?
+                            .target_groups()
+                            .first()
+                            .and_then(|tg| tg.target_group_arn())
+                            .context("CreateTargetGroup returned no ARN")?
+                            .to_string()
+                    }
                 };
                 // Only one task ever serves: no need to wait 5 minutes for it to drain.
-                elb.modify_target_group_attributes()
-                    .target_group_arn(&arn)
-                    .attributes(
-                        TargetGroupAttribute::builder().key("deregistration_delay.timeout_seconds").value("30").build(),
-                    )
-                    .send()
-                    .await
-                    .or_aws(|| format!("setting the attributes of {name_ref}"))?;
-                Ok(Created { id: arn, attrs: BTreeMap::new() })
+                let delay =
+                    TargetGroupAttribute::builder().key("deregistration_delay.timeout_seconds").value("30").build();
+                call(elb.modify_target_group_attributes().target_group_arn(&arn).attributes(delay).send(), || {
+                    format!("setting the attributes of {name_ref}")
+                })
+                .await?;
+                Ok(Applied::id(arn))
             })
             .await?;
-        Ok(format!("{} {name} (health check {HEALTH_CHECK_PATH})", ensured.verb()))
+        Ok(Summary::new(format!("{} {name} ({})", ensured.verb(), self.health_check()), ensured.changed()))
     }
 }
 
@@ -361,95 +410,104 @@ pub struct TargetGroupOps;
 #[async_trait]
 impl ResourceOps<Ctx> for TargetGroupOps {
     fn noun(&self) -> &'static str {
-        "target group"
+        Kind::TargetGroup.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id()?;
-        Ok(match describe_target_group(ctx, arn).await? {
+        Ok(match describe_target_group(ctx, record.id()?).await? {
             None => Live::Missing,
             Some(tg) => {
                 let mut drift = Vec::new();
-                if tg.health_check_path() != Some(HEALTH_CHECK_PATH) {
+                if tg.protocol() == Some(&ProtocolEnum::Http) && tg.health_check_path() != Some(HEALTH_CHECK_PATH) {
                     drift.push(format!("health check path is {:?}", tg.health_check_path()));
                 }
-                Live::Present { summary: tg.target_group_name().unwrap_or_default().to_string(), drift }
+                Live::present(tg.target_group_name().unwrap_or_default(), drift)
             }
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(name) = record.attr("name") else { return Ok(None) };
-        let out = found(
-            ctx.aws.elb.describe_target_groups().names(name).send().await.or_aws(|| format!("looking for {name}")),
-        )?;
-        Ok(out.and_then(|o| o.target_groups.unwrap_or_default().into_iter().next()).and_then(|tg| tg.target_group_arn))
+    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        self.read(ctx, record).await?.checked(owner_of_arn(ctx, record.id()?)).await
     }
 
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let Some(name) = lost.record.attr("name") else { return Ok(None) };
+        let Some(arn) = target_group_named(ctx, name).await?.and_then(|tg| tg.target_group_arn) else {
+            return Ok(None);
+        };
+        Ok((owner_of_arn(ctx, &arn).await? == Owner::Ours).then_some(arn))
+    }
+
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
         // "ResourceInUse" while a listener or a draining service still points at it.
-        delete_when_free(&["ResourceInUse"], || async {
-            ctx.aws
-                .elb
-                .delete_target_group()
-                .target_group_arn(arn)
-                .send()
-                .await
-                .or_aws(|| format!("deleting target group {arn}"))
+        crate::aws::delete_when_released(scope, &format!("target group {arn}"), &["ResourceInUse"], || async {
+            call(ctx.aws.elb.delete_target_group().target_group_arn(arn).send(), || {
+                format!("deleting target group {arn}")
+            })
+            .await
         })
-        .await?;
-        Ok(())
+        .await
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = target_group_name(ctx);
-        let out = found(
-            ctx.aws.elb.describe_target_groups().names(&name).send().await.or_aws(|| format!("looking for {name}")),
-        )?;
-        Ok(out
-            .and_then(|o| o.target_groups.unwrap_or_default().into_iter().next())
-            .and_then(|tg| tg.target_group_arn)
-            .map(|arn| Discovered { key: KEY_TARGET_GROUP.into(), id: arn, attrs: attrs([("name", name)]) })
-            .into_iter()
-            .collect())
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let mut found = Found::default();
+        for (key, flavour) in [(keys::TARGET_GROUP, Flavour::Application), (keys::SSH_TARGET_GROUP, Flavour::Network)] {
+            let name = target_group_name(ctx, flavour);
+            let arn = target_group_named(ctx, &name).await?.and_then(|tg| tg.target_group_arn);
+            let more = classify(ctx, Kind::TargetGroup, key, &name, arn).await?;
+            found.ours.extend(more.ours);
+            found.conflicts.extend(more.conflicts);
+        }
+        Ok(found)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Listeners
 
+#[derive(Debug, Clone, Copy)]
 pub enum ListenerAction {
-    /// Forward to GitLab's target group.
-    Forward,
+    /// Forward to a target group (by state key).
+    Forward(&'static str),
     /// Permanent redirect to HTTPS.
     RedirectToHttps,
 }
 
 pub struct ListenerStep {
     pub key: &'static str,
+    pub load_balancer: &'static str,
     pub port: i32,
-    /// The certificate's state key for HTTPS; `None` for plain HTTP.
+    pub protocol: ProtocolEnum,
+    /// The certificate's state key for HTTPS.
     pub certificate: Option<&'static str>,
     pub action: ListenerAction,
 }
 
 #[async_trait]
 impl StepAction<Ctx> for ListenerStep {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let lb_arn = required_id(KEY_LOAD_BALANCER, scope)?;
-        let mut depends_on = vec![KEY_LOAD_BALANCER.to_string()];
-        let (action, target) = match self.action {
-            ListenerAction::Forward => {
-                let tg = required_id(KEY_TARGET_GROUP, scope)?;
-                depends_on.push(KEY_TARGET_GROUP.into());
-                (Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(&tg).build(), tg)
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let target = match self.action {
+            ListenerAction::Forward(tg) => env.id(tg)?,
+            ListenerAction::RedirectToHttps => "https:443".to_string(),
+        };
+        let certificate = self.certificate.map(|k| env.id(k)).transpose()?;
+        let wanted = attrs([
+            ("load_balancer_arn", env.id(self.load_balancer)?),
+            ("port", self.port.to_string()),
+            ("protocol", self.protocol.as_str().to_string()),
+            ("target", target),
+            ("ssl_policy", if certificate.is_some() { TLS_POLICY.to_string() } else { String::new() }),
+            ("certificate", certificate.unwrap_or_default()),
+        ]);
+        Ok(vec![Desired::new(self.key, Kind::Listener, wanted).replaced_on(&["load_balancer_arn"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let action = match self.action {
+            ListenerAction::Forward(_) => {
+                Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(&want.attrs["target"]).build()
             }
             ListenerAction::RedirectToHttps => {
                 let redirect = RedirectActionConfig::builder()
@@ -457,77 +515,80 @@ impl StepAction<Ctx> for ListenerStep {
                     .port("443")
                     .status_code(RedirectActionStatusCodeEnum::Http301)
                     .build();
-                (
-                    Action::builder().r#type(ActionTypeEnum::Redirect).redirect_config(redirect).build(),
-                    "https:443".to_string(),
-                )
+                Action::builder().r#type(ActionTypeEnum::Redirect).redirect_config(redirect).build()
             }
         };
-        let certificate = match self.certificate {
-            Some(key) => {
-                depends_on.push(key.into());
-                Some(required_id(key, scope)?)
-            }
-            None => None,
-        };
-        let protocol = if certificate.is_some() { ProtocolEnum::Https } else { ProtocolEnum::Http };
-        let desired = Desired {
-            key: self.key.into(),
-            kind: LISTENER.into(),
-            depends_on,
-            attrs: attrs([
-                ("load_balancer_arn", lb_arn.clone()),
-                ("port", self.port.to_string()),
-                ("target", target.clone()),
-                ("certificate", certificate.clone().unwrap_or_default()),
-                ("ssl_policy", if certificate.is_some() { TLS_POLICY.to_string() } else { String::new() }),
-            ]),
-        };
-        let elb = &ctx.aws.elb;
-        let (port, lb, action_ref, certificate_ref, protocol_ref) =
-            (self.port, lb_arn.as_str(), &action, &certificate, &protocol);
+        let certificate = Some(want.attrs["certificate"].clone()).filter(|c| !c.is_empty());
+        let (lb, target) = (want.attrs["load_balancer_arn"].clone(), want.attrs["target"].clone());
+        let (port, key, protocol, action, certificate, lb) =
+            (self.port, self.key, &self.protocol, &action, &certificate, lb.as_str());
         let ensured = scope
-            .ensure(ctx, &ListenerOps, desired, |existing, _token| async move {
+            .ensure(ctx, &ListenerOps, want, |existing, _| async move {
+                let elb = &ctx.aws.elb;
                 let certificates =
-                    certificate_ref.as_ref().map(|arn| vec![Certificate::builder().certificate_arn(arn).build()]);
-                let ssl_policy = certificate_ref.as_ref().map(|_| TLS_POLICY.to_string());
+                    certificate.as_ref().map(|arn| vec![Certificate::builder().certificate_arn(arn).build()]);
+                let ssl_policy = certificate.as_ref().map(|_| TLS_POLICY.to_string());
+                // A certificate issued moments ago may not be visible to ELB yet.
+                let not_visible = |e: &AwsError| e.is_code(&["CertificateNotFound", "CertificateNotFoundException"]);
                 let arn = match existing {
-                    Some(found) => {
-                        elb.modify_listener()
-                            .listener_arn(&found.id)
-                            .port(port)
-                            .protocol(protocol_ref.clone())
-                            .set_ssl_policy(ssl_policy)
-                            .set_certificates(certificates)
-                            .default_actions(action_ref.clone())
-                            .send()
+                    Some(existing) => {
+                        propagated(not_visible, || async {
+                            call(
+                                elb.modify_listener()
+                                    .listener_arn(&existing.id)
+                                    .port(port)
+                                    .protocol(protocol.clone())
+                                    .set_ssl_policy(ssl_policy.clone())
+                                    .set_certificates(certificates.clone())
+                                    .default_actions(action.clone())
+                                    .send(),
+                                || format!("updating the listener on port {port}"),
+                            )
                             .await
-                            .or_aws(|| format!("updating the listener on port {port}"))?;
-                        found.id
+                        })
+                        .await?;
+                        existing.id
                     }
-                    None => elb
-                        .create_listener()
-                        .load_balancer_arn(lb)
-                        .port(port)
-                        .protocol(protocol_ref.clone())
-                        .set_ssl_policy(ssl_policy)
-                        .set_certificates(certificates)
-                        .default_actions(action_ref.clone())
-                        .set_tags(Some(elb_tags(ctx, self.key)))
-                        .send()
+                    None => propagated(not_visible, || async {
+                        call(
+                            elb.create_listener()
+                                .load_balancer_arn(lb)
+                                .port(port)
+                                .protocol(protocol.clone())
+                                .set_ssl_policy(ssl_policy.clone())
+                                .set_certificates(certificates.clone())
+                                .default_actions(action.clone())
+                                .set_tags(Some(ctx.tags.list(key)))
+                                .send(),
+                            || format!("creating the listener on port {port}"),
+                        )
                         .await
-                        .or_aws(|| format!("creating the listener on port {port}"))?
-                        .listeners()
-                        .first()
-                        .and_then(|l| l.listener_arn())
-                        .context("CreateListener returned no ARN")?
-                        .to_string(),
+                    })
+                    .await?
+                    .listeners()
+                    .first()
+                    .and_then(|l| l.listener_arn())
+                    .context("CreateListener returned no ARN")?
+                    .to_string(),
                 };
-                Ok(Created { id: arn, attrs: BTreeMap::new() })
+                Ok(Applied::id(arn))
             })
             .await?;
-        Ok(format!("{} {} :{} -> {target}", ensured.verb(), protocol.as_str(), self.port))
+        Ok(Summary::new(
+            format!("{} {} :{} -> {target}", ensured.verb(), self.protocol.as_str(), self.port),
+            ensured.changed(),
+        ))
     }
+}
+
+async fn describe_listener(
+    ctx: &Ctx,
+    arn: &str,
+) -> anyhow::Result<Option<aws_sdk_elasticloadbalancingv2::types::Listener>> {
+    let out =
+        if_there(ctx.aws.elb.describe_listeners().listener_arns(arn).send(), || format!("reading listener {arn}"))
+            .await?;
+    Ok(out.and_then(|o| o.listeners.and_then(|v| v.into_iter().next())))
 }
 
 pub struct ListenerOps;
@@ -535,52 +596,37 @@ pub struct ListenerOps;
 #[async_trait]
 impl ResourceOps<Ctx> for ListenerOps {
     fn noun(&self) -> &'static str {
-        "listener"
+        Kind::Listener.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id()?;
-        let out = found(
-            ctx.aws
-                .elb
-                .describe_listeners()
-                .listener_arns(arn)
-                .send()
-                .await
-                .or_aws(|| format!("reading listener {arn}")),
-        )?;
-        let Some(listener) = out.and_then(|o| o.listeners.and_then(|v| v.into_iter().next())) else {
-            return Ok(Live::Missing);
-        };
-        Ok(Live::Present {
-            summary: format!(
-                "{} :{}",
-                listener.protocol().map(|p| p.as_str()).unwrap_or("?"),
-                listener.port().unwrap_or_default()
+        Ok(match describe_listener(ctx, record.id()?).await? {
+            None => Live::Missing,
+            Some(l) => Live::present(
+                format!("{} :{}", l.protocol().map(|p| p.as_str()).unwrap_or("?"), l.port().unwrap_or_default()),
+                vec![],
             ),
-            drift: vec![],
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let (Some(lb_arn), Some(port)) = (record.attr("load_balancer_arn"), record.attr("port")) else {
+    /// A listener is the stack's when its load balancer is.
+    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let Some(listener) = describe_listener(ctx, record.id()?).await? else { return Ok(Live::Missing) };
+        let owner = match listener.load_balancer_arn() {
+            Some(lb) => owner_of_arn(ctx, lb).await?,
+            None => Owner::Foreign("it names no load balancer".into()),
+        };
+        Ok(self.read(ctx, record).await?.owned_by(owner))
+    }
+
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let (Some(lb_arn), Some(port)) = (lost.record.attr("load_balancer_arn"), lost.record.attr("port")) else {
             return Ok(None);
         };
-        let out = found(
-            ctx.aws
-                .elb
-                .describe_listeners()
-                .load_balancer_arn(lb_arn)
-                .send()
-                .await
-                .or_aws(|| format!("listing listeners of {lb_arn}")),
-        )?;
+        let out = if_there(ctx.aws.elb.describe_listeners().load_balancer_arn(lb_arn).send(), || {
+            format!("listing listeners of {lb_arn}")
+        })
+        .await?;
         Ok(out
             .and_then(|o| {
                 o.listeners
@@ -593,9 +639,51 @@ impl ResourceOps<Ctx> for ListenerOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
-        found(
-            ctx.aws.elb.delete_listener().listener_arn(arn).send().await.or_aws(|| format!("deleting listener {arn}")),
-        )?;
+        if_there(ctx.aws.elb.delete_listener().listener_arn(arn).send(), || format!("deleting listener {arn}")).await?;
         Ok(())
+    }
+}
+
+/// The health of every target registered with a target group, as "id state (reason: description)".
+pub async fn target_health(ctx: &Ctx, target_group: &str) -> anyhow::Result<Vec<TargetState>> {
+    let out = if_there(ctx.aws.elb.describe_target_health().target_group_arn(target_group).send(), || {
+        format!("reading target health of {target_group}")
+    })
+    .await?;
+    Ok(out
+        .map(|o| o.target_health_descriptions.unwrap_or_default())
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            let health = t.target_health();
+            TargetState {
+                target: t.target().and_then(|t| t.id()).unwrap_or("?").to_string(),
+                state: health.and_then(|h| h.state()).map(|s| s.as_str()).unwrap_or("?").to_string(),
+                reason: health.and_then(|h| h.reason()).map(|r| r.as_str().to_string()),
+                description: health.and_then(|h| h.description()).map(str::to_string),
+            }
+        })
+        .collect())
+}
+
+/// One target's health as the load balancer sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetState {
+    pub target: String,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl std::fmt::Display for TargetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.target, self.state)?;
+        match (&self.reason, &self.description) {
+            (Some(reason), Some(description)) => write!(f, " ({reason}: {description})"),
+            (Some(reason), None) => write!(f, " ({reason})"),
+            _ => Ok(()),
+        }
     }
 }

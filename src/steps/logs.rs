@@ -1,77 +1,141 @@
-//! The container's CloudWatch log group, with a retention period (and removed by `down`).
+//! CloudWatch log groups, each with a retention period and removed by `down`: GitLab's own, and
+//! the two that AWS would otherwise create untagged and leave behind (the initializer's Lambda
+//! log group and Container Insights' performance log group), created here first so they are
+//! the stack's. Also the reading of GitLab's logs for `logs`.
 
 use async_trait::async_trait;
+use aws_sdk_cloudwatchlogs::types::{FilteredLogEvent, LogGroup};
 
-use super::Ctx;
-use super::network::attrs;
-use crate::aws::{AwsResultExt, found};
-use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
+use crate::aws::{Ctx, call, if_there};
+use crate::engine::{
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary,
+    attrs,
+};
+use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
 
-pub const LOG_GROUP: &str = "logs:log-group";
-pub const KEY_LOG_GROUP: &str = "log-group";
 /// A month of logs is enough to debug an incident and cheap at GitLab's volume.
 pub const RETENTION_DAYS: i32 = 30;
+/// Where ECS's awslogs driver writes GitLab's container: `gitlab/gitlab/<task id>`.
+pub const STREAM_PREFIX: &str = "gitlab";
 
-pub fn log_group_name(stack: &str) -> String {
+pub fn gitlab_log_group(stack: &str) -> String {
     format!("/gitlab-provision/{stack}/gitlab")
 }
 
-pub struct CreateLogGroup;
+/// Lambda writes a function's logs here, creating the group if it does not exist.
+pub fn function_log_group(function: &str) -> String {
+    format!("/aws/lambda/{function}")
+}
 
-async fn describe(ctx: &Ctx, name: &str) -> anyhow::Result<Option<aws_sdk_cloudwatchlogs::types::LogGroup>> {
-    let out = ctx
-        .aws
-        .logs
-        .describe_log_groups()
-        .log_group_name_prefix(name)
-        .send()
-        .await
-        .or_aws(|| format!("reading log group {name}"))?;
+/// Container Insights writes a cluster's performance events here.
+pub fn insights_log_group(cluster: &str) -> String {
+    format!("/aws/ecs/containerinsights/{cluster}/performance")
+}
+
+/// The log group a record names.
+fn name_of(record: &ResourceRecord) -> anyhow::Result<&str> {
+    record.id()
+}
+
+fn group_arn(ctx: &Ctx, name: &str) -> String {
+    format!("arn:{}:logs:{}:{}:log-group:{name}", ctx.partition(), ctx.region(), ctx.account_id())
+}
+
+async fn describe(ctx: &Ctx, name: &str) -> anyhow::Result<Option<LogGroup>> {
+    let out = call(ctx.aws.logs.describe_log_groups().log_group_name_prefix(name).send(), || {
+        format!("reading log group {name}")
+    })
+    .await?;
     Ok(out.log_groups.unwrap_or_default().into_iter().find(|g| g.log_group_name() == Some(name)))
 }
 
+async fn owner(ctx: &Ctx, name: &str) -> anyhow::Result<Owner> {
+    let out = if_there(ctx.aws.logs.list_tags_for_resource().resource_arn(group_arn(ctx, name)).send(), || {
+        format!("reading the tags of log group {name}")
+    })
+    .await?;
+    let tags = out.and_then(|o| o.tags).unwrap_or_default();
+    Ok(ctx.tags.owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+}
+
+pub struct LogGroupStep {
+    pub key: &'static str,
+    pub name: String,
+}
+
 #[async_trait]
-impl StepAction<Ctx> for CreateLogGroup {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let name = log_group_name(&ctx.tags.stack);
-        let desired = Desired {
-            key: KEY_LOG_GROUP.into(),
-            kind: LOG_GROUP.into(),
-            depends_on: vec![],
-            attrs: attrs([("retention_days", RETENTION_DAYS.to_string())]),
-        };
-        let logs = &ctx.aws.logs;
-        let group = name.as_str();
+impl StepAction<Ctx> for LogGroupStep {
+    fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(vec![Desired::new(self.key, Kind::LogGroup, attrs([("retention_days", RETENTION_DAYS.to_string())]))])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (group, key) = (self.name.as_str(), self.key);
         let ensured = scope
-            .ensure(ctx, &LogGroupOps, desired, |existing, _token| async move {
+            .ensure(ctx, &LogGroupOps, want, |existing, _| async move {
+                let logs = &ctx.aws.logs;
                 if existing.is_none() {
-                    let created = logs
-                        .create_log_group()
-                        .log_group_name(group)
-                        .set_tags(Some(ctx.tags.pairs(KEY_LOG_GROUP).into_iter().collect()))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating log group {group}"));
+                    let created = call(
+                        logs.create_log_group().log_group_name(group).set_tags(Some(ctx.tags.map(key))).send(),
+                        || format!("creating log group {group}"),
+                    )
+                    .await;
                     match created {
-                        Err(e) if e.is_code(&["ResourceAlreadyExistsException"]) => {}
+                        Err(e) if e.is_code(&["ResourceAlreadyExistsException"]) => {
+                            adopt_side_effect(ctx, key, group).await?
+                        }
                         other => {
                             other?;
                         }
                     }
                 }
-                logs.put_retention_policy()
-                    .log_group_name(group)
-                    .retention_in_days(RETENTION_DAYS)
-                    .send()
-                    .await
-                    .or_aws(|| format!("setting the retention of {group}"))?;
-                let arn = describe(ctx, group).await?.and_then(|g| g.arn).unwrap_or_default();
-                Ok(Created { id: group.to_string(), attrs: attrs([("arn", arn)]) })
+                call(
+                    logs.put_retention_policy().log_group_name(group).retention_in_days(RETENTION_DAYS).send(),
+                    || format!("setting the retention of {group}"),
+                )
+                .await?;
+                Ok(Applied::id(group).with("arn", group_arn(ctx, group)))
             })
             .await?;
-        Ok(format!("{} {name} ({RETENTION_DAYS} days)", ensured.verb()))
+        Ok(ensured.summary(&format!(" ({RETENTION_DAYS} days)")))
     }
+}
+
+/// A log group that already exists: the stack's (a crash after the create), or one AWS made
+/// for the stack's own function or cluster before this tool created it first (earlier
+/// versions let AWS do it). Only those two are tagged and taken over; anything else is refused.
+async fn adopt_side_effect(ctx: &Ctx, key: &str, group: &str) -> anyhow::Result<()> {
+    match owner(ctx, group).await? {
+        Owner::Ours | Owner::Unchecked => Ok(()),
+        Owner::Foreign(_)
+            if [keys::INIT_LOG_GROUP, keys::INSIGHTS_LOG_GROUP].contains(&key) && untagged(ctx, group).await? =>
+        {
+            call(
+                ctx.aws
+                    .logs
+                    .tag_resource()
+                    .resource_arn(group_arn(ctx, group))
+                    .set_tags(Some(ctx.tags.map(key)))
+                    .send(),
+                || format!("tagging log group {group}"),
+            )
+            .await?;
+            Ok(())
+        }
+        Owner::Foreign(why) => anyhow::bail!(
+            "log group {group} exists and is not this stack's: {why}\n    help: choose another stack name, or delete that log group if it is no one's"
+        ),
+    }
+}
+
+async fn untagged(ctx: &Ctx, group: &str) -> anyhow::Result<bool> {
+    let out = call(ctx.aws.logs.list_tags_for_resource().resource_arn(group_arn(ctx, group)).send(), || {
+        format!("reading the tags of log group {group}")
+    })
+    .await?;
+    Ok(out.tags().is_none_or(|t| t.is_empty()))
 }
 
 pub struct LogGroupOps;
@@ -79,56 +143,80 @@ pub struct LogGroupOps;
 #[async_trait]
 impl ResourceOps<Ctx> for LogGroupOps {
     fn noun(&self) -> &'static str {
-        "log group"
+        Kind::LogGroup.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let name = record.id()?;
-        Ok(match describe(ctx, name).await? {
+        Ok(match describe(ctx, name_of(record)?).await? {
             None => Live::Missing,
             Some(g) => {
-                let retention = g.retention_in_days();
-                let drift = match (record.attr("retention_days"), retention) {
+                let drift = match (record.attr("retention_days"), g.retention_in_days()) {
                     (Some(want), Some(have)) if want == have.to_string() => vec![],
                     (Some(want), have) => vec![format!("retention is {have:?} days, not {want}")],
                     _ => vec![],
                 };
-                Live::Present { summary: format!("{} bytes stored", g.stored_bytes().unwrap_or(0)), drift }
+                Live::present(format!("{} bytes stored", g.stored_bytes().unwrap_or(0)), drift)
             }
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let name = log_group_name(&ctx.tags.stack);
+    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        self.read(ctx, record).await?.checked(owner(ctx, name_of(record)?)).await
+    }
+
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let name = name_of(lost.record).ok().map(str::to_string);
+        let Some(name) = name else { return Ok(None) };
         Ok(describe(ctx, &name).await?.map(|_| name))
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let name = record.id()?;
-        found(
-            ctx.aws
-                .logs
-                .delete_log_group()
-                .log_group_name(name)
-                .send()
-                .await
-                .or_aws(|| format!("deleting log group {name}")),
-        )?;
+        let name = name_of(record)?;
+        if_there(ctx.aws.logs.delete_log_group().log_group_name(name).send(), || format!("deleting log group {name}"))
+            .await?;
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = log_group_name(&ctx.tags.stack);
-        Ok(describe(ctx, &name)
-            .await?
-            .map(|_| Discovered { key: KEY_LOG_GROUP.into(), id: name, attrs: Default::default() })
-            .into_iter()
-            .collect())
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let stack = &ctx.tags.stack;
+        let mut found = Found::default();
+        for (key, name) in [
+            (keys::LOG_GROUP, gitlab_log_group(stack)),
+            (keys::INIT_LOG_GROUP, function_log_group(&keys::names::init_function(stack))),
+            (keys::INSIGHTS_LOG_GROUP, insights_log_group(&keys::names::cluster(stack))),
+        ] {
+            if describe(ctx, &name).await?.is_none() {
+                continue;
+            }
+            match owner(ctx, &name).await? {
+                Owner::Foreign(why) => {
+                    found.conflicts.push(Conflict { kind: Kind::LogGroup.to_string(), id: name, why })
+                }
+                _ => found.ours.push(Discovered::new(key, name)),
+            }
+        }
+        Ok(found)
     }
+}
+
+/// GitLab's log events since `start` (epoch ms), from every task's stream, oldest first.
+pub async fn events(
+    ctx: &Ctx,
+    group: &str,
+    start: i64,
+    token: Option<String>,
+) -> anyhow::Result<(Vec<FilteredLogEvent>, Option<String>)> {
+    let out = call(
+        ctx.aws
+            .logs
+            .filter_log_events()
+            .log_group_name(group)
+            .log_stream_name_prefix(STREAM_PREFIX)
+            .start_time(start)
+            .set_next_token(token)
+            .send(),
+        || format!("reading log group {group}"),
+    )
+    .await?;
+    Ok((out.events.unwrap_or_default(), out.next_token))
 }

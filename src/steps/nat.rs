@@ -1,204 +1,215 @@
 //! Outbound internet for the private subnets: a NAT gateway with its Elastic IP, or a
 //! t4g.nano NAT instance with its security group.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    DomainType, HttpTokensState, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
-    InstanceStateName, InstanceType, NatGatewayState, ResourceType,
+    Address, DomainType, HttpTokensState, Instance, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, NatGateway, NatGatewayState, ResourceType,
+    Tag,
 };
 use base64::Engine as _;
 use ipnet::Ipv4Net;
 
-use super::network::{KEY_INTERNET_GATEWAY, attrs, bool_value, discovered, required_id, stack_filter, stack_key};
+use super::network::bool_value;
 use super::security_group::{IngressRule, SecurityGroupStep, Source};
-use super::{Ctx, EC2_IN_USE, delete_when_free};
-use crate::aws::{AwsResultExt, found};
-use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
-};
+use crate::aws::ec2::{Ec2, Ec2Kind, Query};
+use crate::aws::{AwsError, Ctx, Holders, call, delete_when_free, if_there};
+use crate::ec2_query;
+use crate::engine::{Applied, Desired, Env, Poll, StepAction, StepScope, Summary, WaitPolicy, attrs, wait_until};
+use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
 
-pub const ELASTIC_IP: &str = "ec2:elastic-ip";
-pub const NAT_GATEWAY: &str = "ec2:nat-gateway";
-pub const INSTANCE: &str = "ec2:instance";
-
-pub const KEY_EIP: &str = "nat-eip";
-pub const KEY_NAT_GATEWAY: &str = "nat-gateway";
-pub const KEY_NAT_SECURITY_GROUP: &str = "nat-security-group";
-pub const KEY_NAT_INSTANCE: &str = "nat-instance";
-
-/// The subnet NAT lives in.
-const NAT_SUBNET: &str = "subnet-public-a";
-
-/// NAT gateways usually take 1-3 minutes; AWS documents no bound, so allow ten.
-const NAT_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(600));
+/// NAT gateways usually take 1-3 minutes, to appear and to go; AWS documents no bound.
+const NAT_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(900));
+pub const NAT_INSTANCE_TYPE: &str = "t4g.nano";
 
 // ---------------------------------------------------------------------------------------------
 // Elastic IP
 
-pub struct AllocateNatEip;
+pub struct Addresses;
 
 #[async_trait]
-impl StepAction<Ctx> for AllocateNatEip {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let desired =
-            Desired { key: KEY_EIP.into(), kind: ELASTIC_IP.into(), depends_on: vec![], attrs: BTreeMap::new() };
-        let ec2 = &ctx.aws.ec2;
-        let ensured = scope
-            .ensure(ctx, &ElasticIpOps, desired, |existing, _token| async move {
-                if let Some(found) = existing {
-                    return Ok(Created { id: found.id, attrs: BTreeMap::new() });
-                }
-                let out = ec2
-                    .allocate_address()
-                    .domain(DomainType::Vpc)
-                    .tag_specifications(ctx.tags.ec2(ResourceType::ElasticIp, KEY_EIP))
-                    .send()
-                    .await
-                    .or_aws(|| format!("allocating an Elastic IP ({})", ctx.aws.region))?;
-                let id = out.allocation_id().context("AllocateAddress returned no allocation id")?.to_string();
-                Ok(Created { id, attrs: attrs([("public_ip", out.public_ip().unwrap_or_default().to_string())]) })
+impl Ec2Kind for Addresses {
+    type Item = Address;
+    const NOUN: &'static str = "Elastic IP";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Address>, AwsError> {
+        let about = query.about();
+        let out =
+            if_there(ec2_query!(ctx.aws.ec2.describe_addresses(), query, allocation_ids, set_filters).send(), || {
+                format!("describing Elastic IP {about}")
             })
             .await?;
-        Ok(format!("{} {} ({})", ensured.verb(), ensured.id(), ensured.record().attr("public_ip").unwrap_or("?")))
+        Ok(out.and_then(|o| o.addresses).unwrap_or_default())
+    }
+
+    fn id(address: &Address) -> Option<&str> {
+        address.allocation_id()
+    }
+
+    fn tags(address: &Address) -> &[Tag] {
+        address.tags()
+    }
+
+    fn live(address: &Address, _record: &ResourceRecord) -> (String, Vec<String>) {
+        (address.public_ip().unwrap_or_default().to_string(), vec![])
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+        let ec2 = &ctx.aws.ec2;
+        delete_when_free(
+            scope,
+            &format!("Elastic IP {id}"),
+            &["InvalidIPAddress.InUse", "DependencyViolation"],
+            || async {
+                call(ec2.release_address().allocation_id(id).send(), || format!("releasing Elastic IP {id}")).await
+            },
+            // Associated while the NAT gateway using it is still being deleted.
+            || async {
+                Ok(match Ec2::<Self>::get(ctx, id).await?.and_then(|a| a.association_id().map(str::to_string)) {
+                    Some(association) => {
+                        Holders::Draining(format!("the NAT gateway using it to be deleted (association {association})"))
+                    }
+                    None => Holders::Unknown,
+                })
+            },
+        )
+        .await
     }
 }
 
-pub struct ElasticIpOps;
+pub struct ElasticIpStep;
 
 #[async_trait]
-impl ResourceOps<Ctx> for ElasticIpOps {
-    fn noun(&self) -> &'static str {
-        "Elastic IP"
+impl StepAction<Ctx> for ElasticIpStep {
+    fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(vec![Desired::new(keys::NAT_EIP, Kind::ElasticIp, Default::default())])
     }
 
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        let out = found(
-            ctx.aws
-                .ec2
-                .describe_addresses()
-                .allocation_ids(id)
-                .send()
-                .await
-                .or_aws(|| format!("reading Elastic IP {id}")),
-        )?;
-        let Some(address) = out.and_then(|o| o.addresses.and_then(|v| v.into_iter().next())) else {
-            return Ok(Live::Missing);
-        };
-        Ok(Live::Present { summary: address.public_ip().unwrap_or_default().to_string(), drift: vec![] })
-    }
-
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_addresses()
-            .set_filters(Some(ctx.tags.ec2_filters(key)))
-            .send()
-            .await
-            .or_aws(|| format!("looking for the Elastic IP tagged {key}"))?;
-        Ok(out.addresses().iter().find_map(|a| a.allocation_id().map(str::to_string)))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        delete_when_free(EC2_IN_USE, || async {
-            ctx.aws
-                .ec2
-                .release_address()
-                .allocation_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .or_aws(|| format!("releasing Elastic IP {id}"))
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_addresses()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering Elastic IPs".into())?;
-        Ok(out
-            .addresses()
-            .iter()
-            .filter_map(|a| Some(discovered(stack_key(a.tags(), &ctx.tags.stack)?, a.allocation_id()?)))
-            .collect())
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let ensured = scope
+            .ensure(ctx, &Ec2::<Addresses>::OPS, want, |existing, _| async move {
+                if let Some(existing) = existing {
+                    return Ok(Applied::id(existing.id));
+                }
+                let out = call(
+                    ctx.aws
+                        .ec2
+                        .allocate_address()
+                        .domain(DomainType::Vpc)
+                        .tag_specifications(ctx.tags.ec2(ResourceType::ElasticIp, keys::NAT_EIP))
+                        .send(),
+                    || format!("allocating an Elastic IP ({})", ctx.region()),
+                )
+                .await?;
+                let id = out.allocation_id().context("AllocateAddress returned no allocation id")?;
+                Ok(Applied::id(id).with("public_ip", out.public_ip().unwrap_or_default()))
+            })
+            .await?;
+        Ok(ensured.summary(&format!(" ({})", ensured.attr("public_ip"))))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // NAT gateway
 
-pub struct CreateNatGateway;
+pub struct NatGateways;
 
-async fn nat_gateway_state(ctx: &Ctx, id: &str) -> anyhow::Result<Option<(NatGatewayState, String)>> {
-    let out = found(
-        ctx.aws
-            .ec2
-            .describe_nat_gateways()
-            .nat_gateway_ids(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading NAT gateway {id}")),
-    )?;
-    Ok(out.and_then(|o| o.nat_gateways.and_then(|v| v.into_iter().next())).map(|g| {
-        (g.state().cloned().unwrap_or(NatGatewayState::Pending), g.failure_message().unwrap_or_default().to_string())
-    }))
+fn nat_state(gateway: &NatGateway) -> NatGatewayState {
+    gateway.state().cloned().unwrap_or(NatGatewayState::Pending)
 }
 
 #[async_trait]
-impl StepAction<Ctx> for CreateNatGateway {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let subnet_id = required_id(NAT_SUBNET, scope)?;
-        let allocation_id = required_id(KEY_EIP, scope)?;
-        let desired = Desired {
-            key: KEY_NAT_GATEWAY.into(),
-            kind: NAT_GATEWAY.into(),
-            depends_on: vec![NAT_SUBNET.into(), KEY_EIP.into(), KEY_INTERNET_GATEWAY.into()],
-            attrs: attrs([("subnet_id", subnet_id.clone()), ("allocation_id", allocation_id.clone())]),
-        };
-        let ec2 = &ctx.aws.ec2;
-        let (subnet, allocation) = (subnet_id.as_str(), allocation_id.as_str());
+impl Ec2Kind for NatGateways {
+    type Item = NatGateway;
+    const NOUN: &'static str = "NAT gateway";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<NatGateway>, AwsError> {
+        let about = query.about();
+        let out = if_there(
+            ec2_query!(ctx.aws.ec2.describe_nat_gateways(), query, nat_gateway_ids, set_filter).send(),
+            || format!("describing NAT gateway {about}"),
+        )
+        .await?;
+        Ok(out.and_then(|o| o.nat_gateways).unwrap_or_default())
+    }
+
+    fn id(gateway: &NatGateway) -> Option<&str> {
+        gateway.nat_gateway_id()
+    }
+
+    fn tags(gateway: &NatGateway) -> &[Tag] {
+        gateway.tags()
+    }
+
+    /// A deleted gateway stays visible for about an hour in state "deleted".
+    fn gone(gateway: &NatGateway) -> bool {
+        matches!(nat_state(gateway), NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed)
+    }
+
+    fn live(gateway: &NatGateway, _record: &ResourceRecord) -> (String, Vec<String>) {
+        (nat_state(gateway).as_str().to_string(), vec![])
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+        if_there(ctx.aws.ec2.delete_nat_gateway().nat_gateway_id(id).send(), || format!("deleting NAT gateway {id}"))
+            .await?;
+        // Its Elastic IP cannot be released, nor the internet gateway detached, until it is gone.
+        wait_until(scope, &format!("NAT gateway {id} to be deleted"), NAT_WAIT, || async {
+            let gateway = Self::describe(ctx, Query::Id(id)).await?.into_iter().next();
+            Ok(match gateway.as_ref().map(nat_state) {
+                None | Some(NatGatewayState::Deleted) => Poll::Ready(()),
+                Some(state) => Poll::Pending(state.as_str().to_string()),
+            })
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+pub struct NatGatewayStep;
+
+#[async_trait]
+impl StepAction<Ctx> for NatGatewayStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([("subnet_id", env.id(keys::NAT_SUBNET)?), ("allocation_id", env.id(keys::NAT_EIP)?)]);
+        Ok(vec![Desired::new(keys::NAT_GATEWAY, Kind::NatGateway, wanted).replaced_on(&["subnet_id", "allocation_id"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (subnet, allocation) = (want.attrs["subnet_id"].clone(), want.attrs["allocation_id"].clone());
+        let (subnet_ref, allocation_ref) = (subnet.as_str(), allocation.as_str());
         let ensured = scope
-            .ensure(ctx, &NatGatewayOps, desired, |existing, token| async move {
+            .ensure(ctx, &Ec2::<NatGateways>::OPS, want, |existing, token| async move {
                 let id = match existing {
-                    Some(found) => found.id,
-                    None => ec2
-                        .create_nat_gateway()
-                        .subnet_id(subnet)
-                        .allocation_id(allocation)
-                        // With the same token AWS returns the gateway already created instead of a
-                        // second one billing in the dark.
-                        .client_token(token)
-                        .tag_specifications(ctx.tags.ec2(ResourceType::Natgateway, KEY_NAT_GATEWAY))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating NAT gateway in {subnet} ({})", ctx.aws.region))?
-                        .nat_gateway()
-                        .and_then(|g| g.nat_gateway_id())
-                        .context("CreateNatGateway returned no id")?
-                        .to_string(),
+                    Some(existing) => existing.id,
+                    // With the same token AWS returns the gateway already created instead of a
+                    // second one billing in the dark.
+                    None => call(
+                        ctx.aws
+                            .ec2
+                            .create_nat_gateway()
+                            .subnet_id(subnet_ref)
+                            .allocation_id(allocation_ref)
+                            .client_token(token)
+                            .tag_specifications(ctx.tags.ec2(ResourceType::Natgateway, keys::NAT_GATEWAY))
+                            .send(),
+                        || format!("creating NAT gateway in {subnet_ref} ({})", ctx.region()),
+                    )
+                    .await?
+                    .nat_gateway()
+                    .and_then(|g| g.nat_gateway_id())
+                    .context("CreateNatGateway returned no id")?
+                    .to_string(),
                 };
                 wait_until(scope, &format!("NAT gateway {id} to become available"), NAT_WAIT, || async {
-                    Ok(match nat_gateway_state(ctx, &id).await? {
+                    let gateway = NatGateways::describe(ctx, Query::Id(&id)).await?.into_iter().next();
+                    Ok(match gateway.as_ref().map(|g| (nat_state(g), g.failure_message().unwrap_or_default())) {
                         Some((NatGatewayState::Available, _)) => Poll::Ready(()),
                         Some((NatGatewayState::Pending, _)) => Poll::Pending("pending".into()),
                         Some((state, message)) => Poll::Failed(format!("{} {message}", state.as_str())),
@@ -206,89 +217,10 @@ impl StepAction<Ctx> for CreateNatGateway {
                     })
                 })
                 .await?;
-                Ok(Created { id, attrs: BTreeMap::new() })
+                Ok(Applied::id(id))
             })
             .await?;
-        Ok(format!("{} {} in {subnet_id}", ensured.verb(), ensured.id()))
-    }
-}
-
-pub struct NatGatewayOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for NatGatewayOps {
-    fn noun(&self) -> &'static str {
-        "NAT gateway"
-    }
-
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        Ok(match nat_gateway_state(ctx, id).await? {
-            // A deleted gateway stays visible for about an hour in state "deleted".
-            None | Some((NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed, _)) => {
-                Live::Missing
-            }
-            Some((state, _)) => Live::Present { summary: state.as_str().to_string(), drift: vec![] },
-        })
-    }
-
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let mut filters = ctx.tags.ec2_filters(key);
-        filters.push(aws_sdk_ec2::types::Filter::builder().name("state").values("pending").values("available").build());
-        let out = ctx
-            .aws
-            .ec2
-            .describe_nat_gateways()
-            .set_filter(Some(filters))
-            .send()
-            .await
-            .or_aws(|| format!("looking for the NAT gateway tagged {key}"))?;
-        Ok(out.nat_gateways().iter().find_map(|g| g.nat_gateway_id().map(str::to_string)))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        found(
-            ctx.aws
-                .ec2
-                .delete_nat_gateway()
-                .nat_gateway_id(id)
-                .send()
-                .await
-                .or_aws(|| format!("deleting NAT gateway {id}")),
-        )?;
-        // Its Elastic IP cannot be released, nor the internet gateway detached, until it is gone.
-        wait_until(scope, &format!("NAT gateway {id} to be deleted"), NAT_WAIT, || async {
-            Ok(match nat_gateway_state(ctx, id).await? {
-                None | Some((NatGatewayState::Deleted, _)) => Poll::Ready(()),
-                Some((state, _)) => Poll::Pending(state.as_str().to_string()),
-            })
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_nat_gateways()
-            .filter(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering NAT gateways".into())?;
-        Ok(out
-            .nat_gateways()
-            .iter()
-            .filter(|g| !matches!(g.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting)))
-            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.nat_gateway_id()?)))
-            .collect())
+        Ok(ensured.summary(&format!(" in {subnet}")))
     }
 }
 
@@ -316,223 +248,179 @@ systemctl enable --now iptables
 /// admitted only 443, which breaks SMTP, mirroring and ssh out of GitLab.
 pub fn nat_security_group(vpc_cidr: Ipv4Net) -> SecurityGroupStep {
     SecurityGroupStep {
-        key: KEY_NAT_SECURITY_GROUP,
+        key: keys::NAT_SECURITY_GROUP,
         description: "gitlab-provision NAT instance: all traffic from the VPC".into(),
         rules: vec![IngressRule {
             ports: None,
             source: Source::Cidr(vpc_cidr.to_string()),
             description: "all traffic from the VPC".into(),
         }],
-        outlives: vec![],
     }
 }
 
-pub struct CreateNatInstance;
+pub struct Instances;
 
-struct InstanceView {
-    state: InstanceStateName,
-    eni: Option<String>,
-    source_dest_check: Option<bool>,
-}
-
-async fn describe_instance(ctx: &Ctx, id: &str) -> anyhow::Result<Option<InstanceView>> {
-    let out = found(
-        ctx.aws.ec2.describe_instances().instance_ids(id).send().await.or_aws(|| format!("reading instance {id}")),
-    )?;
-    let instance = out
-        .and_then(|o| o.reservations.and_then(|r| r.into_iter().flat_map(|r| r.instances.unwrap_or_default()).next()));
-    Ok(instance.map(|i| InstanceView {
-        state: i.state().and_then(|s| s.name().cloned()).unwrap_or(InstanceStateName::Pending),
-        eni: i.network_interfaces().iter().find_map(|n| n.network_interface_id().map(str::to_string)),
-        source_dest_check: i.source_dest_check(),
-    }))
+fn instance_state(instance: &Instance) -> InstanceStateName {
+    instance.state().and_then(|s| s.name().cloned()).unwrap_or(InstanceStateName::Pending)
 }
 
 #[async_trait]
-impl StepAction<Ctx> for CreateNatInstance {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let subnet_id = required_id(NAT_SUBNET, scope)?;
-        let group_id = required_id(KEY_NAT_SECURITY_GROUP, scope)?;
-        let desired = Desired {
-            key: KEY_NAT_INSTANCE.into(),
-            kind: INSTANCE.into(),
-            depends_on: vec![NAT_SUBNET.into(), KEY_NAT_SECURITY_GROUP.into(), KEY_INTERNET_GATEWAY.into()],
-            attrs: attrs([("subnet_id", subnet_id.clone()), ("instance_type", "t4g.nano".into())]),
-        };
-        let ec2 = &ctx.aws.ec2;
-        let (subnet, group) = (subnet_id.as_str(), group_id.as_str());
-        let ensured = scope
-            .ensure(ctx, &InstanceOps, desired, |existing, token| async move {
-                let id = match existing {
-                    Some(found) => found.id,
-                    None => {
-                        let image = ctx
-                            .aws
-                            .ssm
-                            .get_parameter()
-                            .name(AL2023_ARM64_PARAMETER)
-                            .send()
-                            .await
-                            .or_aws(|| format!("reading {AL2023_ARM64_PARAMETER} ({})", ctx.aws.region))?
-                            .parameter()
-                            .and_then(|p| p.value())
-                            .context("the Amazon Linux 2023 image parameter has no value")?
-                            .to_string();
-                        let interface = InstanceNetworkInterfaceSpecification::builder()
-                            .device_index(0)
-                            .subnet_id(subnet)
-                            .groups(group)
-                            .associate_public_ip_address(true)
-                            .build();
-                        ec2.run_instances()
-                            .image_id(&image)
-                            .instance_type(InstanceType::T4gNano)
-                            .min_count(1)
-                            .max_count(1)
-                            .client_token(token)
-                            .network_interfaces(interface)
-                            .user_data(base64::engine::general_purpose::STANDARD.encode(NAT_USER_DATA))
-                            .metadata_options(
-                                InstanceMetadataOptionsRequest::builder()
-                                    .http_tokens(HttpTokensState::Required)
-                                    .build(),
-                            )
-                            .tag_specifications(ctx.tags.ec2(ResourceType::Instance, KEY_NAT_INSTANCE))
-                            .tag_specifications(ctx.tags.ec2(ResourceType::Volume, KEY_NAT_INSTANCE))
-                            .tag_specifications(ctx.tags.ec2(ResourceType::NetworkInterface, KEY_NAT_INSTANCE))
-                            .send()
-                            .await
-                            .or_aws(|| format!("launching the NAT instance ({image}) in {subnet}"))?
-                            .instances()
-                            .first()
-                            .and_then(|i| i.instance_id())
-                            .context("RunInstances returned no instance")?
-                            .to_string()
-                    }
-                };
-                let view = wait_until(scope, &format!("NAT instance {id} to be running"), NAT_WAIT, || async {
-                    Ok(match describe_instance(ctx, &id).await? {
-                        Some(view) if view.state == InstanceStateName::Running => Poll::Ready(view),
-                        Some(view) if view.state == InstanceStateName::Pending => Poll::Pending("pending".into()),
-                        Some(view) => Poll::Failed(format!("it is {}", view.state.as_str())),
-                        None => Poll::Pending("not visible yet".into()),
-                    })
-                })
-                .await?;
-                if view.source_dest_check != Some(false) {
-                    // A router forwards packets that are neither from nor to itself.
-                    ec2.modify_instance_attribute()
-                        .instance_id(&id)
-                        .source_dest_check(bool_value(false))
-                        .send()
-                        .await
-                        .or_aws(|| format!("turning off source/destination check on {id}"))?;
-                }
-                let eni = view.eni.context("the NAT instance has no network interface")?;
-                Ok(Created { id, attrs: attrs([("eni", eni)]) })
+impl Ec2Kind for Instances {
+    type Item = Instance;
+    const NOUN: &'static str = "instance";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Instance>, AwsError> {
+        let about = query.about();
+        let out =
+            if_there(ec2_query!(ctx.aws.ec2.describe_instances(), query, instance_ids, set_filters).send(), || {
+                format!("describing instance {about}")
             })
             .await?;
-        Ok(format!("{} {} in {subnet_id}", ensured.verb(), ensured.id()))
-    }
-}
-
-pub struct InstanceOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for InstanceOps {
-    fn noun(&self) -> &'static str {
-        "instance"
+        Ok(out
+            .map(|o| o.reservations.unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|r| r.instances.unwrap_or_default())
+            .collect())
     }
 
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        Ok(match describe_instance(ctx, id).await? {
-            None => Live::Missing,
-            Some(view) if matches!(view.state, InstanceStateName::Terminated | InstanceStateName::ShuttingDown) => {
-                Live::Missing
-            }
-            Some(view) => {
-                let drift = if view.source_dest_check == Some(true) {
-                    vec!["source/destination check is on".to_string()]
-                } else {
-                    vec![]
-                };
-                Live::Present { summary: view.state.as_str().to_string(), drift }
-            }
-        })
+    fn id(instance: &Instance) -> Option<&str> {
+        instance.instance_id()
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let mut filters = ctx.tags.ec2_filters(key);
-        filters.push(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .values("stopping")
-                .values("stopped")
-                .build(),
-        );
-        let out = ctx
-            .aws
-            .ec2
-            .describe_instances()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .or_aws(|| format!("looking for the instance tagged {key}"))?;
-        Ok(out.reservations().iter().flat_map(|r| r.instances()).find_map(|i| i.instance_id().map(str::to_string)))
+    fn tags(instance: &Instance) -> &[Tag] {
+        instance.tags()
     }
 
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        found(
-            ctx.aws
-                .ec2
-                .terminate_instances()
-                .instance_ids(id)
-                .send()
-                .await
-                .or_aws(|| format!("terminating instance {id}")),
-        )?;
-        // Its network interface holds the security group and subnet until it is terminated.
+    fn gone(instance: &Instance) -> bool {
+        matches!(instance_state(instance), InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+    }
+
+    fn live(instance: &Instance, _record: &ResourceRecord) -> (String, Vec<String>) {
+        let drift = if instance.source_dest_check() == Some(true) {
+            vec!["source/destination check is on".to_string()]
+        } else {
+            vec![]
+        };
+        (instance_state(instance).as_str().to_string(), drift)
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+        if_there(ctx.aws.ec2.terminate_instances().instance_ids(id).send(), || format!("terminating instance {id}"))
+            .await?;
+        // Its network interface (and public address) holds the security group, the subnet and
+        // the internet gateway until it is terminated; "not found" right after terminating may
+        // be EC2 catching up, so the wait is on the instance's own state.
         wait_until(scope, &format!("instance {id} to terminate"), NAT_WAIT, || async {
-            Ok(match describe_instance(ctx, id).await? {
-                None => Poll::Ready(()),
-                Some(view) if view.state == InstanceStateName::Terminated => Poll::Ready(()),
-                Some(view) => Poll::Pending(view.state.as_str().to_string()),
+            let instance = Self::describe(ctx, Query::Id(id)).await?.into_iter().next();
+            Ok(match instance.as_ref().map(instance_state) {
+                None | Some(InstanceStateName::Terminated) => Poll::Ready(()),
+                Some(state) => Poll::Pending(state.as_str().to_string()),
             })
         })
         .await?;
         Ok(())
     }
+}
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_instances()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering instances".into())?;
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter(|i| {
-                !matches!(
-                    i.state().and_then(|s| s.name()),
-                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-                )
-            })
-            .filter_map(|i| Some(discovered(stack_key(i.tags(), &ctx.tags.stack)?, i.instance_id()?)))
-            .collect())
+pub struct NatInstanceStep;
+
+#[async_trait]
+impl StepAction<Ctx> for NatInstanceStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([
+            ("subnet_id", env.id(keys::NAT_SUBNET)?),
+            ("security_group", env.id(keys::NAT_SECURITY_GROUP)?),
+            ("instance_type", NAT_INSTANCE_TYPE.into()),
+        ]);
+        Ok(vec![Desired::new(keys::NAT_INSTANCE, Kind::Instance, wanted).replaced_on(&["subnet_id", "instance_type"])])
     }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (subnet, group) = (want.attrs["subnet_id"].clone(), want.attrs["security_group"].clone());
+        let (subnet_ref, group_ref) = (subnet.as_str(), group.as_str());
+        let ensured = scope
+            .ensure(ctx, &Ec2::<Instances>::OPS, want, |existing, token| async move {
+                let id = match existing {
+                    Some(existing) => existing.id,
+                    None => launch_nat_instance(ctx, subnet_ref, group_ref, token).await?,
+                };
+                let instance = wait_until(scope, &format!("NAT instance {id} to be running"), NAT_WAIT, || async {
+                    let instance = Instances::describe(ctx, Query::Id(&id)).await?.into_iter().next();
+                    Ok(match instance {
+                        Some(i) if instance_state(&i) == InstanceStateName::Running => Poll::Ready(i),
+                        Some(i) if instance_state(&i) == InstanceStateName::Pending => Poll::Pending("pending".into()),
+                        Some(i) => Poll::Failed(format!("it is {}", instance_state(&i).as_str())),
+                        None => Poll::Pending("not visible yet".into()),
+                    })
+                })
+                .await?;
+                let ec2 = &ctx.aws.ec2;
+                if instance.source_dest_check() != Some(false) {
+                    // A router forwards packets that are neither from nor to itself.
+                    call(
+                        ec2.modify_instance_attribute().instance_id(&id).source_dest_check(bool_value(false)).send(),
+                        || format!("turning off source/destination check on {id}"),
+                    )
+                    .await?;
+                }
+                if !instance.security_groups().iter().any(|g| g.group_id() == Some(group_ref)) {
+                    call(ec2.modify_instance_attribute().instance_id(&id).groups(group_ref).send(), || {
+                        format!("setting the security group of {id}")
+                    })
+                    .await?;
+                }
+                let eni = instance
+                    .network_interfaces()
+                    .iter()
+                    .find_map(|n| n.network_interface_id())
+                    .context("the NAT instance has no network interface")?;
+                Ok(Applied::id(id).with("eni", eni))
+            })
+            .await?;
+        Ok(ensured.summary(&format!(" in {subnet}")))
+    }
+}
+
+async fn launch_nat_instance(ctx: &Ctx, subnet: &str, group: &str, token: String) -> anyhow::Result<String> {
+    let image = call(ctx.aws.ssm.get_parameter().name(AL2023_ARM64_PARAMETER).send(), || {
+        format!("reading {AL2023_ARM64_PARAMETER} ({})", ctx.region())
+    })
+    .await?
+    .parameter()
+    .and_then(|p| p.value())
+    .context("the Amazon Linux 2023 image parameter has no value")?
+    .to_string();
+    let interface = InstanceNetworkInterfaceSpecification::builder()
+        .device_index(0)
+        .subnet_id(subnet)
+        .groups(group)
+        .associate_public_ip_address(true)
+        .build();
+    let id = call(
+        ctx.aws
+            .ec2
+            .run_instances()
+            .image_id(&image)
+            .instance_type(InstanceType::from(NAT_INSTANCE_TYPE))
+            .min_count(1)
+            .max_count(1)
+            .client_token(token)
+            .network_interfaces(interface)
+            .user_data(base64::engine::general_purpose::STANDARD.encode(NAT_USER_DATA))
+            .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
+            .tag_specifications(ctx.tags.ec2(ResourceType::Instance, keys::NAT_INSTANCE))
+            .tag_specifications(ctx.tags.ec2(ResourceType::Volume, keys::NAT_INSTANCE))
+            .tag_specifications(ctx.tags.ec2(ResourceType::NetworkInterface, keys::NAT_INSTANCE))
+            .send(),
+        || format!("launching the NAT instance ({image}) in {subnet}"),
+    )
+    .await?
+    .instances()
+    .first()
+    .and_then(|i| i.instance_id())
+    .context("RunInstances returned no instance")?
+    .to_string();
+    Ok(id)
 }

@@ -1,183 +1,182 @@
 //! The VPC: VPC, subnets, internet gateway, route tables, or an imported VPC.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context as _;
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable};
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable, Subnet, Tag, Vpc, VpcAttributeName,
+};
 use ipnet::Ipv4Net;
 
-use super::nat;
-use super::{Ctx, EC2_IN_USE, delete_when_free};
-use crate::aws::{AwsError, AwsResultExt, found};
-use crate::config::NatKind;
-use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
+use crate::aws::ec2::{Ec2, Ec2Kind, Query};
+use crate::aws::interfaces::{HeldBy, holders};
+use crate::aws::{AwsError, Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
+use crate::ec2_query;
+use crate::engine::{Applied, Desired, Env, Existing, StepAction, StepScope, Summary, attrs};
+use crate::keys::{self, Kind};
 use crate::state::{RecordStatus, ResourceRecord};
 
-pub const VPC: &str = "ec2:vpc";
-pub const SUBNET: &str = "ec2:subnet";
-pub const INTERNET_GATEWAY: &str = "ec2:internet-gateway";
-pub const ROUTE_TABLE: &str = "ec2:route-table";
-
-pub const KEY_VPC: &str = "vpc";
-pub const KEY_INTERNET_GATEWAY: &str = "internet-gateway";
-pub const KEY_PUBLIC_ROUTES: &str = "route-table-public";
-pub const KEY_PRIVATE_ROUTES: &str = "route-table-private";
-pub const SUBNET_KEYS: [&str; 4] = ["subnet-public-a", "subnet-public-b", "subnet-private-a", "subnet-private-b"];
-pub const PUBLIC_SUBNETS: [&str; 2] = ["subnet-public-a", "subnet-public-b"];
-pub const PRIVATE_SUBNETS: [&str; 2] = ["subnet-private-a", "subnet-private-b"];
-
-pub(crate) fn attrs<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-}
-
-pub(crate) fn bool_value(value: bool) -> AttributeBooleanValue {
+pub fn bool_value(value: bool) -> AttributeBooleanValue {
     AttributeBooleanValue::builder().value(value).build()
-}
-
-pub(crate) fn required_id(state_key: &str, scope: &StepScope) -> anyhow::Result<String> {
-    scope
-        .state
-        .id_of(state_key)
-        .with_context(|| format!("{state_key} is not recorded in the state; its step must run first"))
-}
-
-/// The state key of an EC2 resource of this stack, from its tags.
-pub(crate) fn stack_key(tags: &[aws_sdk_ec2::types::Tag], stack: &str) -> Option<String> {
-    let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
-    if get(crate::aws::STACK_TAG) == Some(stack) { get(crate::aws::RESOURCE_TAG).map(str::to_string) } else { None }
-}
-
-pub(crate) fn stack_filter(ctx: &Ctx) -> Filter {
-    Filter::builder().name(format!("tag:{}", crate::aws::STACK_TAG)).values(&ctx.tags.stack).build()
-}
-
-pub(crate) fn discovered(key: String, id: &str) -> Discovered {
-    Discovered { key, id: id.to_string(), attrs: BTreeMap::new() }
 }
 
 // ---------------------------------------------------------------------------------------------
 // VPC
 
-pub struct CreateVpc {
+pub struct Vpcs;
+
+#[async_trait]
+impl Ec2Kind for Vpcs {
+    type Item = Vpc;
+    const NOUN: &'static str = "VPC";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Vpc>, AwsError> {
+        let about = query.about();
+        let out = if_there(ec2_query!(ctx.aws.ec2.describe_vpcs(), query, vpc_ids, set_filters).send(), || {
+            format!("describing VPC {about}")
+        })
+        .await?;
+        Ok(out.and_then(|o| o.vpcs).unwrap_or_default())
+    }
+
+    fn id(vpc: &Vpc) -> Option<&str> {
+        vpc.vpc_id()
+    }
+
+    fn tags(vpc: &Vpc) -> &[Tag] {
+        vpc.tags()
+    }
+
+    fn live(vpc: &Vpc, record: &ResourceRecord) -> (String, Vec<String>) {
+        let cidr = vpc.cidr_block().unwrap_or_default();
+        let drift = match record.attr("cidr") {
+            Some(recorded) if recorded != cidr => vec![format!("CIDR is {cidr}, recorded {recorded}")],
+            _ => vec![],
+        };
+        (format!("{cidr}, {}", vpc.state().map(|s| s.as_str()).unwrap_or("?")), drift)
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+        let ec2 = &ctx.aws.ec2;
+        delete_when_free(
+            scope,
+            &format!("VPC {id}"),
+            EC2_IN_USE,
+            || async { call(ec2.delete_vpc().vpc_id(id).send(), || format!("deleting VPC {id}")).await },
+            || holders(ctx, HeldBy::Vpc(id)),
+        )
+        .await
+    }
+}
+
+pub struct VpcStep {
     pub cidr: Ipv4Net,
 }
 
 #[async_trait]
-impl StepAction<Ctx> for CreateVpc {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let ec2 = &ctx.aws.ec2;
-        let region = &ctx.aws.region;
-        let desired = Desired {
-            key: KEY_VPC.into(),
-            kind: VPC.into(),
-            depends_on: vec![],
-            attrs: attrs([("cidr", self.cidr.to_string())]),
-        };
-        let ensured = scope
-            .ensure(ctx, &VpcOps, desired, |existing, _token| async move {
-                let vpc_id = match existing {
-                    Some(found) => found.id,
-                    None => ec2
-                        .create_vpc()
-                        .cidr_block(self.cidr.to_string())
-                        .tag_specifications(ctx.tags.ec2(ResourceType::Vpc, KEY_VPC))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating VPC {} ({region})", self.cidr))?
-                        .vpc()
-                        .and_then(|v| v.vpc_id())
-                        .context("CreateVpc returned no VPC id")?
-                        .to_string(),
-                };
-                // One attribute per call, as the API demands. Hostnames are needed for EFS mount
-                // target DNS names and for ECS to resolve AWS endpoints.
-                ec2.modify_vpc_attribute()
-                    .vpc_id(&vpc_id)
-                    .enable_dns_support(bool_value(true))
-                    .send()
-                    .await
-                    .or_aws(|| format!("enabling DNS support on {vpc_id}"))?;
-                ec2.modify_vpc_attribute()
-                    .vpc_id(&vpc_id)
-                    .enable_dns_hostnames(bool_value(true))
-                    .send()
-                    .await
-                    .or_aws(|| format!("enabling DNS hostnames on {vpc_id}"))?;
-                Ok(Created { id: vpc_id, attrs: BTreeMap::new() })
-            })
-            .await?;
-        Ok(format!("{} {} ({})", ensured.verb(), ensured.id(), self.cidr))
+impl StepAction<Ctx> for VpcStep {
+    fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(vec![Desired::new(keys::VPC, Kind::Vpc, attrs([("cidr", self.cidr.to_string())])).replaced_on(&["cidr"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let ensured =
+            scope.ensure(ctx, &Ec2::<Vpcs>::OPS, want, |existing, _| create_vpc(ctx, self.cidr, existing)).await?;
+        Ok(ensured.summary(&format!(" ({})", self.cidr)))
     }
 }
 
-pub struct VpcOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for VpcOps {
-    fn noun(&self) -> &'static str {
-        "VPC"
-    }
-
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        let out = found(ctx.aws.ec2.describe_vpcs().vpc_ids(id).send().await.or_aws(|| format!("reading VPC {id}")))?;
-        let Some(vpc) = out.and_then(|o| o.vpcs.and_then(|v| v.into_iter().next())) else {
-            return Ok(Live::Missing);
-        };
-        let cidr = vpc.cidr_block().unwrap_or_default().to_string();
-        let mut drift = Vec::new();
-        if let Some(recorded) = record.attr("cidr")
-            && recorded != cidr
-        {
-            drift.push(format!("CIDR is {cidr}, recorded {recorded}"));
-        }
-        Ok(Live::Present { summary: format!("{cidr}, {}", vpc.state().map(|s| s.as_str()).unwrap_or("?")), drift })
-    }
-
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_vpcs()
-            .set_filters(Some(ctx.tags.ec2_filters(key)))
-            .send()
-            .await
-            .or_aws(|| format!("looking for the VPC tagged {key}"))?;
-        Ok(out.vpcs().iter().find_map(|v| v.vpc_id().map(str::to_string)))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        delete_when_free(EC2_IN_USE, || async {
-            ctx.aws.ec2.delete_vpc().vpc_id(id).send().await.map(|_| ()).or_aws(|| format!("deleting VPC {id}"))
+async fn create_vpc(ctx: &Ctx, cidr: Ipv4Net, existing: Option<Existing>) -> anyhow::Result<Applied> {
+    let ec2 = &ctx.aws.ec2;
+    let vpc_id = match existing {
+        Some(existing) => existing.id,
+        None => call(
+            ec2.create_vpc()
+                .cidr_block(cidr.to_string())
+                .tag_specifications(ctx.tags.ec2(ResourceType::Vpc, keys::VPC))
+                .send(),
+            || format!("creating VPC {cidr} ({})", ctx.region()),
+        )
+        .await?
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .context("CreateVpc returned no VPC id")?
+        .to_string(),
+    };
+    // One attribute per call, as the API demands. Hostnames are needed for EFS mount target
+    // DNS names and for ECS to resolve AWS endpoints.
+    fresh(|| async {
+        call(ec2.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_support(bool_value(true)).send(), || {
+            format!("enabling DNS support on {vpc_id}")
         })
-        .await?;
-        Ok(())
-    }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out =
-            ctx.aws.ec2.describe_vpcs().filters(stack_filter(ctx)).send().await.or_aws(|| "discovering VPCs".into())?;
-        Ok(out
-            .vpcs()
-            .iter()
-            .filter_map(|v| Some(discovered(stack_key(v.tags(), &ctx.tags.stack)?, v.vpc_id()?)))
-            .collect())
-    }
+        .await
+    })
+    .await?;
+    call(ec2.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_hostnames(bool_value(true)).send(), || {
+        format!("enabling DNS hostnames on {vpc_id}")
+    })
+    .await?;
+    Ok(Applied::id(vpc_id))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Subnets
 
+pub struct Subnets;
+
+#[async_trait]
+impl Ec2Kind for Subnets {
+    type Item = Subnet;
+    const NOUN: &'static str = "subnet";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Subnet>, AwsError> {
+        let about = query.about();
+        let out = if_there(ec2_query!(ctx.aws.ec2.describe_subnets(), query, subnet_ids, set_filters).send(), || {
+            format!("describing subnet {about}")
+        })
+        .await?;
+        Ok(out.and_then(|o| o.subnets).unwrap_or_default())
+    }
+
+    fn id(subnet: &Subnet) -> Option<&str> {
+        subnet.subnet_id()
+    }
+
+    fn tags(subnet: &Subnet) -> &[Tag] {
+        subnet.tags()
+    }
+
+    fn live(subnet: &Subnet, record: &ResourceRecord) -> (String, Vec<String>) {
+        let cidr = subnet.cidr_block().unwrap_or_default();
+        let mut drift = Vec::new();
+        if record.attr("cidr").is_some_and(|c| c != cidr) {
+            drift.push(format!("CIDR is {cidr}"));
+        }
+        if record.status == RecordStatus::Created
+            && record.attr("public") == Some("true")
+            && subnet.map_public_ip_on_launch() != Some(true)
+        {
+            drift.push("public IPs on launch are off".into());
+        }
+        (format!("{cidr} in {}", subnet.availability_zone().unwrap_or_default()), drift)
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+        let ec2 = &ctx.aws.ec2;
+        delete_when_free(
+            scope,
+            &format!("subnet {id}"),
+            EC2_IN_USE,
+            || async { call(ec2.delete_subnet().subnet_id(id).send(), || format!("deleting subnet {id}")).await },
+            || holders(ctx, HeldBy::Subnet(id)),
+        )
+        .await
+    }
+}
+
 /// Four equal quarters of the VPC: public a/b, private a/b.
 pub struct SubnetPlan {
+    /// (key, CIDR, public, zone index)
     pub subnets: Vec<(&'static str, Ipv4Net, bool, usize)>,
 }
 
@@ -185,7 +184,7 @@ impl SubnetPlan {
     pub fn new(vpc: Ipv4Net) -> Self {
         let quarters: Vec<Ipv4Net> = vpc.subnets(vpc.prefix_len() + 2).map(|s| s.collect()).unwrap_or_default();
         let subnets =
-            SUBNET_KEYS.iter().zip(quarters).enumerate().map(|(i, (key, cidr))| (*key, cidr, i < 2, i % 2)).collect();
+            keys::SUBNETS.iter().zip(quarters).enumerate().map(|(i, (key, cidr))| (*key, cidr, i < 2, i % 2)).collect();
         SubnetPlan { subnets }
     }
 
@@ -198,408 +197,268 @@ impl SubnetPlan {
     }
 }
 
-pub struct CreateSubnets {
+pub struct SubnetsStep {
     pub plan: SubnetPlan,
+    /// Zones the user chose; otherwise the region's first two that offer what the stack needs.
+    pub zones: Option<[String; 2]>,
+    /// A NAT instance needs zones that offer t4g.nano.
+    pub instance_type: Option<&'static str>,
 }
 
-/// The first two available zones of the region, in name order (stable across runs).
-async fn two_zones(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
-    let out = ctx
-        .aws
-        .ec2
-        .describe_availability_zones()
-        .filters(Filter::builder().name("state").values("available").build())
-        .filters(Filter::builder().name("zone-type").values("availability-zone").build())
-        .send()
-        .await
-        .or_aws(|| format!("listing availability zones in {}", ctx.aws.region))?;
-    let mut zones: Vec<String> =
-        out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
-    zones.sort();
-    zones.truncate(2);
-    anyhow::ensure!(zones.len() == 2, "region {} has fewer than two available zones", ctx.aws.region);
-    Ok(zones)
-}
-
-impl CreateSubnets {
-    async fn ensure_one(
-        &self,
-        ctx: &Ctx,
-        scope: &StepScope,
-        vpc_id: &str,
-        zones: &[String],
-        entry: &(&'static str, Ipv4Net, bool, usize),
-    ) -> anyhow::Result<String> {
-        let (key, cidr, public, zone) = *entry;
-        let az = zones[zone].clone();
-        let desired = Desired {
-            key: key.into(),
-            kind: SUBNET.into(),
-            depends_on: vec![KEY_VPC.into()],
-            attrs: attrs([("cidr", cidr.to_string()), ("az", az.clone()), ("public", public.to_string())]),
-        };
+impl SubnetsStep {
+    /// Two zones: the user's, the ones the recorded subnets are in, or the region's first two
+    /// (by name, stable across runs) that offer the NAT instance's type.
+    async fn zones(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Vec<String>> {
+        if let Some(zones) = &self.zones {
+            return Ok(zones.to_vec());
+        }
+        let recorded: Vec<String> = self.plan.subnets[..2]
+            .iter()
+            .filter_map(|(key, ..)| scope.state.get(key).filter(|r| r.status == RecordStatus::Created))
+            .filter_map(|r| r.attr("az").map(str::to_string))
+            .collect();
+        if recorded.len() == 2 {
+            return Ok(recorded);
+        }
         let ec2 = &ctx.aws.ec2;
-        let ensured = scope
-            .ensure(ctx, &SubnetOps, desired, |existing, _token| async move {
-                let subnet_id = match existing {
-                    Some(found) => found.id,
-                    None => ec2
-                        .create_subnet()
-                        .vpc_id(vpc_id)
-                        .cidr_block(cidr.to_string())
-                        .availability_zone(&az)
-                        .tag_specifications(ctx.tags.ec2(ResourceType::Subnet, key))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating subnet {cidr} in {vpc_id} ({az})"))?
-                        .subnet()
-                        .and_then(|s| s.subnet_id())
-                        .context("CreateSubnet returned no id")?
-                        .to_string(),
-                };
-                if public {
-                    ec2.modify_subnet_attribute()
-                        .subnet_id(&subnet_id)
-                        .map_public_ip_on_launch(bool_value(true))
-                        .send()
-                        .await
-                        .or_aws(|| format!("enabling public IPs on {subnet_id}"))?;
-                }
-                Ok(Created { id: subnet_id, attrs: BTreeMap::new() })
-            })
+        let out = call(
+            ec2.describe_availability_zones()
+                .filters(Filter::builder().name("state").values("available").build())
+                .filters(Filter::builder().name("zone-type").values("availability-zone").build())
+                .send(),
+            || format!("listing availability zones in {}", ctx.region()),
+        )
+        .await?;
+        let mut zones: Vec<String> =
+            out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
+        if let Some(instance_type) = self.instance_type {
+            let offered = call(
+                ec2.describe_instance_type_offerings()
+                    .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+                    .filters(Filter::builder().name("instance-type").values(instance_type).build())
+                    .send(),
+                || format!("listing the zones that offer {instance_type}"),
+            )
             .await?;
-        Ok(format!("{} {}", ensured.verb(), ensured.id()))
+            let offering: Vec<&str> = offered.instance_type_offerings().iter().filter_map(|o| o.location()).collect();
+            zones.retain(|z| offering.contains(&z.as_str()));
+        }
+        zones.sort();
+        zones.truncate(2);
+        anyhow::ensure!(
+            zones.len() == 2,
+            "region {} has fewer than two available zones{}\n    help: choose two with availability_zones = [\"...\", \"...\"], or use another region",
+            ctx.region(),
+            self.instance_type.map(|t| format!(" offering {t}")).unwrap_or_default()
+        );
+        Ok(zones)
     }
 }
 
 #[async_trait]
-impl StepAction<Ctx> for CreateSubnets {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let vpc_id = required_id(KEY_VPC, scope)?;
-        let needs_zones = self
+impl StepAction<Ctx> for SubnetsStep {
+    fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(self
             .plan
             .subnets
             .iter()
-            .any(|(key, ..)| scope.state.get(key).is_none_or(|r| r.status != RecordStatus::Created));
-        let zones = if needs_zones {
-            two_zones(ctx).await?
-        } else {
-            // Recorded subnets keep their zones; no need to ask AWS again.
-            self.plan.subnets[..2]
-                .iter()
-                .map(|(key, ..)| {
-                    scope.state.get(key).and_then(|r| r.attr("az").map(str::to_string)).unwrap_or_default()
-                })
-                .collect()
-        };
-        let [a, b, c, d] = &self.plan.subnets[..] else { anyhow::bail!("a subnet plan has four subnets") };
-        let (a, b, c, d) = tokio::try_join!(
-            self.ensure_one(ctx, scope, &vpc_id, &zones, a),
-            self.ensure_one(ctx, scope, &vpc_id, &zones, b),
-            self.ensure_one(ctx, scope, &vpc_id, &zones, c),
-            self.ensure_one(ctx, scope, &vpc_id, &zones, d),
-        )?;
-        Ok(format!("{a}, {b}, {c}, {d} in {}", zones.join(" and ")))
+            .map(|(key, cidr, public, _)| {
+                Desired::new(key, Kind::Subnet, attrs([("cidr", cidr.to_string()), ("public", public.to_string())]))
+                    .replaced_on(&["cidr"])
+            })
+            .collect())
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let vpc_id = scope.id_of(keys::VPC)?;
+        let zones = self.zones(ctx, scope).await?;
+        let wants = scope.wanted(ctx, self)?;
+        let mut ensures = Vec::new();
+        for ((_, cidr, public, zone), want) in self.plan.subnets.iter().zip(wants) {
+            let (az, vpc, key) = (zones[*zone].clone(), vpc_id.as_str(), want.key.clone());
+            ensures.push(async move {
+                scope
+                    .ensure(ctx, &Ec2::<Subnets>::OPS, want, |existing, _| async move {
+                        create_subnet(ctx, vpc, &key, *cidr, &az, *public, existing).await
+                    })
+                    .await
+            });
+        }
+        let ensured = futures_util::future::try_join_all(ensures).await?;
+        let changed = ensured.iter().any(|e| e.changed());
+        let parts: Vec<String> = ensured.iter().map(|e| format!("{} {}", e.verb(), e.id())).collect();
+        Ok(Summary::new(format!("{} in {}", parts.join(", "), zones.join(" and ")), changed))
     }
 }
 
-pub struct SubnetOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for SubnetOps {
-    fn noun(&self) -> &'static str {
-        "subnet"
-    }
-
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        let out = found(
-            ctx.aws.ec2.describe_subnets().subnet_ids(id).send().await.or_aws(|| format!("reading subnet {id}")),
-        )?;
-        let Some(subnet) = out.and_then(|o| o.subnets.and_then(|v| v.into_iter().next())) else {
-            return Ok(Live::Missing);
-        };
-        let cidr = subnet.cidr_block().unwrap_or_default();
-        let az = subnet.availability_zone().unwrap_or_default();
-        let mut drift = Vec::new();
-        if record.attr("cidr").is_some_and(|c| c != cidr) {
-            drift.push(format!("CIDR is {cidr}"));
-        }
-        if record.status == RecordStatus::Created
-            && record.attr("public") == Some("true")
-            && subnet.map_public_ip_on_launch() != Some(true)
-        {
-            drift.push("public IPs on launch are off".into());
-        }
-        Ok(Live::Present { summary: format!("{cidr} in {az}"), drift })
-    }
-
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_subnets()
-            .set_filters(Some(ctx.tags.ec2_filters(key)))
-            .send()
+async fn create_subnet(
+    ctx: &Ctx,
+    vpc_id: &str,
+    key: &str,
+    cidr: Ipv4Net,
+    az: &str,
+    public: bool,
+    existing: Option<Existing>,
+) -> anyhow::Result<Applied> {
+    let ec2 = &ctx.aws.ec2;
+    let subnet_id = match existing {
+        Some(existing) => existing.id,
+        None => call(
+            ec2.create_subnet()
+                .vpc_id(vpc_id)
+                .cidr_block(cidr.to_string())
+                .availability_zone(az)
+                .tag_specifications(ctx.tags.ec2(ResourceType::Subnet, key))
+                .send(),
+            || format!("creating subnet {cidr} in {vpc_id} ({az})"),
+        )
+        .await?
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .context("CreateSubnet returned no id")?
+        .to_string(),
+    };
+    if public {
+        fresh(|| async {
+            call(
+                ec2.modify_subnet_attribute().subnet_id(&subnet_id).map_public_ip_on_launch(bool_value(true)).send(),
+                || format!("enabling public IPs on {subnet_id}"),
+            )
             .await
-            .or_aws(|| format!("looking for the subnet tagged {key}"))?;
-        Ok(out.subnets().iter().find_map(|s| s.subnet_id().map(str::to_string)))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        delete_when_free(EC2_IN_USE, || async {
-            ctx.aws
-                .ec2
-                .delete_subnet()
-                .subnet_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .or_aws(|| format!("deleting subnet {id}"))
         })
         .await?;
-        Ok(())
     }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_subnets()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering subnets".into())?;
-        Ok(out
-            .subnets()
-            .iter()
-            .filter_map(|s| Some(discovered(stack_key(s.tags(), &ctx.tags.stack)?, s.subnet_id()?)))
-            .collect())
-    }
+    Ok(Applied::id(subnet_id).with("az", az))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Internet gateway
 
-pub struct CreateInternetGateway;
+pub struct InternetGateways;
+
+fn attached_vpc(igw: &InternetGateway) -> Option<String> {
+    igw.attachments().iter().find_map(|a| a.vpc_id().map(str::to_string))
+}
 
 #[async_trait]
-impl StepAction<Ctx> for CreateInternetGateway {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let vpc_id = required_id(KEY_VPC, scope)?;
-        let ec2 = &ctx.aws.ec2;
-        let desired = Desired {
-            key: KEY_INTERNET_GATEWAY.into(),
-            kind: INTERNET_GATEWAY.into(),
-            depends_on: vec![KEY_VPC.into()],
-            attrs: attrs([("vpc_id", vpc_id.clone())]),
+impl Ec2Kind for InternetGateways {
+    type Item = InternetGateway;
+    const NOUN: &'static str = "internet gateway";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<InternetGateway>, AwsError> {
+        let about = query.about();
+        let out = if_there(
+            ec2_query!(ctx.aws.ec2.describe_internet_gateways(), query, internet_gateway_ids, set_filters).send(),
+            || format!("describing internet gateway {about}"),
+        )
+        .await?;
+        Ok(out.and_then(|o| o.internet_gateways).unwrap_or_default())
+    }
+
+    fn id(igw: &InternetGateway) -> Option<&str> {
+        igw.internet_gateway_id()
+    }
+
+    fn tags(igw: &InternetGateway) -> &[Tag] {
+        igw.tags()
+    }
+
+    fn live(igw: &InternetGateway, record: &ResourceRecord) -> (String, Vec<String>) {
+        let attached: Vec<&str> = igw.attachments().iter().filter_map(|a| a.vpc_id()).collect();
+        let drift = match record.attr("vpc_id") {
+            Some(vpc) if !attached.contains(&vpc) => vec![format!("not attached to {vpc}")],
+            _ => vec![],
         };
+        let to = if attached.is_empty() { "nothing".to_string() } else { attached.join(", ") };
+        (format!("attached to {to}"), drift)
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+        let ec2 = &ctx.aws.ec2;
+        let Some(igw) = Ec2::<Self>::get(ctx, id).await? else { return Ok(()) };
+        if let Some(vpc) = attached_vpc(&igw) {
+            // Detaching fails while the VPC still has mapped public addresses: a NAT gateway or
+            // load balancer being deleted, a NAT instance shutting down.
+            delete_when_free(
+                scope,
+                &format!("internet gateway {id}"),
+                EC2_IN_USE,
+                || async {
+                    call(ec2.detach_internet_gateway().internet_gateway_id(id).vpc_id(&vpc).send(), || {
+                        format!("detaching internet gateway {id} from {vpc}")
+                    })
+                    .await
+                },
+                || holders(ctx, HeldBy::PublicAddressesIn(&vpc)),
+            )
+            .await?;
+        }
+        if_there(ec2.delete_internet_gateway().internet_gateway_id(id).send(), || {
+            format!("deleting internet gateway {id}")
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+pub struct InternetGatewayStep;
+
+#[async_trait]
+impl StepAction<Ctx> for InternetGatewayStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        Ok(vec![Desired::new(keys::INTERNET_GATEWAY, Kind::InternetGateway, attrs([("vpc_id", env.id(keys::VPC)?)]))])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let vpc_id = scope.id_of(keys::VPC)?;
+        let want = scope.wanted_one(ctx, self)?;
         let vpc = vpc_id.as_str();
         let ensured = scope
-            .ensure(ctx, &InternetGatewayOps, desired, |existing, _token| async move {
+            .ensure(ctx, &Ec2::<InternetGateways>::OPS, want, |existing, _| async move {
                 let (igw_id, attached) = match existing {
-                    Some(found) => {
-                        let igw = describe_internet_gateway(ctx, &found.id)
-                            .await?
-                            .with_context(|| format!("internet gateway {} vanished", found.id))?;
-                        (found.id, attached_vpc(&igw))
+                    Some(existing) => {
+                        let igw = Ec2::<InternetGateways>::get_fresh(ctx, &existing.id).await?;
+                        (existing.id, attached_vpc(&igw))
                     }
                     None => {
-                        let out = ec2
-                            .create_internet_gateway()
-                            .tag_specifications(ctx.tags.ec2(ResourceType::InternetGateway, KEY_INTERNET_GATEWAY))
-                            .send()
-                            .await
-                            .or_aws(|| format!("creating internet gateway ({})", ctx.aws.region))?;
-                        (
-                            out.internet_gateway()
-                                .and_then(|g| g.internet_gateway_id())
-                                .context("CreateInternetGateway returned no id")?
-                                .to_string(),
-                            None,
+                        let out = call(
+                            ctx.aws
+                                .ec2
+                                .create_internet_gateway()
+                                .tag_specifications(ctx.tags.ec2(ResourceType::InternetGateway, keys::INTERNET_GATEWAY))
+                                .send(),
+                            || format!("creating internet gateway ({})", ctx.region()),
                         )
+                        .await?;
+                        let id = out.internet_gateway().and_then(|g| g.internet_gateway_id());
+                        (id.context("CreateInternetGateway returned no id")?.to_string(), None)
                     }
                 };
                 match attached {
                     Some(other) if other == vpc => {}
                     Some(other) => anyhow::bail!("internet gateway {igw_id} is attached to {other}, not {vpc}"),
                     None => {
-                        ec2.attach_internet_gateway()
-                            .internet_gateway_id(&igw_id)
-                            .vpc_id(vpc)
-                            .send()
+                        fresh(|| async {
+                            call(
+                                ctx.aws.ec2.attach_internet_gateway().internet_gateway_id(&igw_id).vpc_id(vpc).send(),
+                                || format!("attaching internet gateway {igw_id} to {vpc}"),
+                            )
                             .await
-                            .or_aws(|| format!("attaching internet gateway {igw_id} to {vpc}"))?;
+                        })
+                        .await?;
                     }
                 }
-                Ok(Created { id: igw_id, attrs: BTreeMap::new() })
+                Ok(Applied::id(igw_id))
             })
             .await?;
-        Ok(format!("{} {} on {vpc_id}", ensured.verb(), ensured.id()))
-    }
-}
-
-async fn describe_internet_gateway(ctx: &Ctx, id: &str) -> Result<Option<InternetGateway>, AwsError> {
-    let out = found(
-        ctx.aws
-            .ec2
-            .describe_internet_gateways()
-            .internet_gateway_ids(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading internet gateway {id}")),
-    )?;
-    Ok(out.and_then(|o| o.internet_gateways.and_then(|v| v.into_iter().next())))
-}
-
-fn attached_vpc(igw: &InternetGateway) -> Option<String> {
-    igw.attachments().iter().find_map(|a| a.vpc_id().map(str::to_string))
-}
-
-pub struct InternetGatewayOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for InternetGatewayOps {
-    fn noun(&self) -> &'static str {
-        "internet gateway"
-    }
-
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let Some(igw) = describe_internet_gateway(ctx, record.id()?).await? else {
-            return Ok(Live::Missing);
-        };
-        let attached: Vec<&str> = igw.attachments().iter().filter_map(|a| a.vpc_id()).collect();
-        let mut drift = Vec::new();
-        if let Some(vpc) = record.attr("vpc_id")
-            && !attached.contains(&vpc)
-        {
-            drift.push(format!("not attached to {vpc}"));
-        }
-        Ok(Live::Present {
-            summary: format!(
-                "attached to {}",
-                if attached.is_empty() { "nothing".to_string() } else { attached.join(", ") }
-            ),
-            drift,
-        })
-    }
-
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_internet_gateways()
-            .set_filters(Some(ctx.tags.ec2_filters(key)))
-            .send()
-            .await
-            .or_aws(|| format!("looking for the internet gateway tagged {key}"))?;
-        Ok(out.internet_gateways().iter().find_map(|g| g.internet_gateway_id().map(str::to_string)))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        let ec2 = &ctx.aws.ec2;
-        let Some(igw) = describe_internet_gateway(ctx, id).await? else {
-            return Ok(());
-        };
-        if let Some(vpc) = attached_vpc(&igw) {
-            // Detaching fails while the VPC still has mapped public addresses (a NAT gateway
-            // being deleted): retried as "in use".
-            delete_when_free(EC2_IN_USE, || async {
-                ec2.detach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(&vpc)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .or_aws(|| format!("detaching internet gateway {id} from {vpc}"))
-            })
-            .await?;
-        }
-        delete_when_free(EC2_IN_USE, || async {
-            ec2.delete_internet_gateway()
-                .internet_gateway_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .or_aws(|| format!("deleting internet gateway {id}"))
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_internet_gateways()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering internet gateways".into())?;
-        Ok(out
-            .internet_gateways()
-            .iter()
-            .filter_map(|g| Some(discovered(stack_key(g.tags(), &ctx.tags.stack)?, g.internet_gateway_id()?)))
-            .collect())
+        Ok(ensured.summary(&format!(" on {vpc_id}")))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Route tables
 
-/// Where a route table's default route points.
-#[derive(Debug, Clone, Copy)]
-enum RouteTarget {
-    InternetGateway,
-    Nat(NatKind),
-}
-
-pub struct RouteTableStep {
-    key: &'static str,
-    subnets: [&'static str; 2],
-    target: RouteTarget,
-}
-
-impl RouteTableStep {
-    pub fn public() -> Self {
-        RouteTableStep { key: KEY_PUBLIC_ROUTES, subnets: PUBLIC_SUBNETS, target: RouteTarget::InternetGateway }
-    }
-
-    pub fn private(nat: NatKind) -> Self {
-        RouteTableStep { key: KEY_PRIVATE_ROUTES, subnets: PRIVATE_SUBNETS, target: RouteTarget::Nat(nat) }
-    }
-
-    /// The state key the default route goes to, and the id to route to.
-    fn target(&self, scope: &StepScope) -> anyhow::Result<(&'static str, String)> {
-        Ok(match self.target {
-            RouteTarget::InternetGateway => (KEY_INTERNET_GATEWAY, required_id(KEY_INTERNET_GATEWAY, scope)?),
-            RouteTarget::Nat(NatKind::Gateway) => (nat::KEY_NAT_GATEWAY, required_id(nat::KEY_NAT_GATEWAY, scope)?),
-            // Routing to the instance's network interface keeps working if the instance is
-            // replaced with the same interface, and is what the API wants for one-ENI instances.
-            RouteTarget::Nat(NatKind::Instance) => {
-                let record = scope.state.get(nat::KEY_NAT_INSTANCE).context("the NAT instance is not recorded")?;
-                (
-                    nat::KEY_NAT_INSTANCE,
-                    record.attr("eni").context("the NAT instance record has no network interface")?.to_string(),
-                )
-            }
-        })
-    }
-}
+pub struct RouteTables;
 
 const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 
@@ -610,71 +469,169 @@ fn default_route_target(table: &RouteTable) -> Option<String> {
 }
 
 #[async_trait]
-impl StepAction<Ctx> for RouteTableStep {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let vpc_id = required_id(KEY_VPC, scope)?;
-        let (target_key, target) = self.target(scope)?;
-        let subnet_ids = self.subnets.iter().map(|k| required_id(k, scope)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut depends_on = vec![KEY_VPC.to_string(), target_key.to_string()];
-        depends_on.extend(self.subnets.iter().map(|s| s.to_string()));
-        let desired = Desired {
-            key: self.key.into(),
-            kind: ROUTE_TABLE.into(),
-            depends_on,
-            attrs: attrs([("route_target", target.clone()), ("subnets", subnet_ids.join(","))]),
-        };
+impl Ec2Kind for RouteTables {
+    type Item = RouteTable;
+    const NOUN: &'static str = "route table";
+
+    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<RouteTable>, AwsError> {
+        let about = query.about();
+        let out = if_there(
+            ec2_query!(ctx.aws.ec2.describe_route_tables(), query, route_table_ids, set_filters).send(),
+            || format!("describing route table {about}"),
+        )
+        .await?;
+        Ok(out.and_then(|o| o.route_tables).unwrap_or_default())
+    }
+
+    fn id(table: &RouteTable) -> Option<&str> {
+        table.route_table_id()
+    }
+
+    fn tags(table: &RouteTable) -> &[Tag] {
+        table.tags()
+    }
+
+    fn live(table: &RouteTable, record: &ResourceRecord) -> (String, Vec<String>) {
+        let target = default_route_target(table);
+        let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();
+        let mut drift = Vec::new();
+        if let Some(want) = record.attr("route_target")
+            && target.as_deref() != Some(want)
+        {
+            drift.push(format!("default route goes to {}, not {want}", target.as_deref().unwrap_or("nothing")));
+        }
+        for subnet in record.attr("subnets").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+            if !associated.contains(&subnet) {
+                drift.push(format!("{subnet} is not associated"));
+            }
+        }
+        (format!("0.0.0.0/0 -> {}, {} subnets", target.as_deref().unwrap_or("nothing"), associated.len()), drift)
+    }
+
+    async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
         let ec2 = &ctx.aws.ec2;
-        let (key, vpc, target_ref, subnets) = (self.key, vpc_id.as_str(), target.as_str(), &subnet_ids);
+        let Some(table) = Ec2::<Self>::get(ctx, id).await? else { return Ok(()) };
+        for association in table.associations().iter().filter(|a| a.main() != Some(true)) {
+            if let Some(association_id) = association.route_table_association_id() {
+                if_there(ec2.disassociate_route_table().association_id(association_id).send(), || {
+                    format!("disassociating {association_id} from {id}")
+                })
+                .await?;
+            }
+        }
+        delete_when_free(
+            scope,
+            &format!("route table {id}"),
+            EC2_IN_USE,
+            || async {
+                call(ec2.delete_route_table().route_table_id(id).send(), || format!("deleting route table {id}")).await
+            },
+            || async { Ok(crate::aws::Holders::Unknown) },
+        )
+        .await
+    }
+}
+
+/// Where a route table's default route points.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteTarget {
+    InternetGateway,
+    NatGateway,
+    /// The NAT instance's network interface: keeps working if the instance is replaced with
+    /// the same interface, and is what the API wants for one-interface instances.
+    NatInstance,
+}
+
+impl RouteTarget {
+    /// The record the default route goes to.
+    pub fn key(self) -> &'static str {
+        match self {
+            RouteTarget::InternetGateway => keys::INTERNET_GATEWAY,
+            RouteTarget::NatGateway => keys::NAT_GATEWAY,
+            RouteTarget::NatInstance => keys::NAT_INSTANCE,
+        }
+    }
+
+    fn resolve(self, env: &Env) -> anyhow::Result<String> {
+        match self {
+            RouteTarget::NatInstance => env.attr(keys::NAT_INSTANCE, "eni"),
+            _ => env.id(self.key()),
+        }
+    }
+}
+
+pub struct RouteTableStep {
+    pub key: &'static str,
+    pub subnets: [&'static str; 2],
+    pub target: RouteTarget,
+}
+
+#[async_trait]
+impl StepAction<Ctx> for RouteTableStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let subnets = self.subnets.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
+        let wanted = attrs([("route_target", self.target.resolve(env)?), ("subnets", subnets.join(","))]);
+        Ok(vec![Desired::new(self.key, Kind::RouteTable, wanted)])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let vpc_id = scope.id_of(keys::VPC)?;
+        let want = scope.wanted_one(ctx, self)?;
+        let target = want.attrs["route_target"].clone();
+        let subnets: Vec<String> = want.attrs["subnets"].split(',').map(str::to_string).collect();
+        let (key, vpc, target_ref, subnets) = (self.key, vpc_id.as_str(), target.as_str(), &subnets);
         let ensured = scope
-            .ensure(ctx, &RouteTableOps, desired, |existing, token| async move {
+            .ensure(ctx, &Ec2::<RouteTables>::OPS, want, |existing, token| async move {
+                let ec2 = &ctx.aws.ec2;
                 let table_id = match existing {
-                    Some(found) => found.id,
-                    None => ec2
-                        .create_route_table()
-                        .vpc_id(vpc)
-                        .client_token(token)
-                        .tag_specifications(ctx.tags.ec2(ResourceType::RouteTable, key))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating route table in {vpc}"))?
-                        .route_table()
-                        .and_then(|t| t.route_table_id())
-                        .context("CreateRouteTable returned no id")?
-                        .to_string(),
-                };
-                let table = describe_route_table(ctx, &table_id)
+                    Some(existing) => existing.id,
+                    None => call(
+                        ec2.create_route_table()
+                            .vpc_id(vpc)
+                            .client_token(token)
+                            .tag_specifications(ctx.tags.ec2(ResourceType::RouteTable, key))
+                            .send(),
+                        || format!("creating route table in {vpc}"),
+                    )
                     .await?
-                    .with_context(|| format!("route table {table_id} vanished"))?;
+                    .route_table()
+                    .and_then(|t| t.route_table_id())
+                    .context("CreateRouteTable returned no id")?
+                    .to_string(),
+                };
+                let table = Ec2::<RouteTables>::get_fresh(ctx, &table_id).await?;
                 match default_route_target(&table) {
                     Some(current) if current == target_ref => {}
                     Some(_) => {
                         let req = ec2.replace_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
-                        route_to(req, target_ref)
-                            .send()
-                            .await
-                            .or_aws(|| format!("pointing {table_id}'s default route at {target_ref}"))?;
+                        call(route_to(req, target_ref).send(), || {
+                            format!("pointing {table_id}'s default route at {target_ref}")
+                        })
+                        .await?;
                     }
                     None => {
-                        let req = ec2.create_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
-                        route_to(req, target_ref)
-                            .send()
+                        fresh(|| async {
+                            let req =
+                                ec2.create_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
+                            call(route_to(req, target_ref).send(), || {
+                                format!("adding a default route via {target_ref} to {table_id}")
+                            })
                             .await
-                            .or_aws(|| format!("adding a default route via {target_ref} to {table_id}"))?;
+                        })
+                        .await?;
                     }
                 }
                 let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();
                 for subnet in subnets.iter().filter(|s| !associated.contains(&s.as_str())) {
-                    ec2.associate_route_table()
-                        .route_table_id(&table_id)
-                        .subnet_id(subnet)
-                        .send()
-                        .await
-                        .or_aws(|| format!("associating route table {table_id} with {subnet}"))?;
+                    call(ec2.associate_route_table().route_table_id(&table_id).subnet_id(subnet).send(), || {
+                        format!("associating route table {table_id} with {subnet}")
+                    })
+                    .await?;
                 }
-                Ok(Created { id: table_id, attrs: BTreeMap::new() })
+                Ok(Applied::id(table_id))
             })
             .await?;
-        Ok(format!("{} {} (0.0.0.0/0 -> {target})", ensured.verb(), ensured.id()))
+        Ok(ensured.summary(&format!(" (0.0.0.0/0 -> {target})")))
     }
 }
 
@@ -713,117 +670,6 @@ fn route_to<B: RouteTargetSetter>(builder: B, target: &str) -> B {
     }
 }
 
-async fn describe_route_table(ctx: &Ctx, id: &str) -> Result<Option<RouteTable>, AwsError> {
-    let out = found(
-        ctx.aws
-            .ec2
-            .describe_route_tables()
-            .route_table_ids(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading route table {id}")),
-    )?;
-    Ok(out.and_then(|o| o.route_tables.and_then(|v| v.into_iter().next())))
-}
-
-pub struct RouteTableOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for RouteTableOps {
-    fn noun(&self) -> &'static str {
-        "route table"
-    }
-
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let Some(table) = describe_route_table(ctx, record.id()?).await? else {
-            return Ok(Live::Missing);
-        };
-        let target = default_route_target(&table);
-        let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();
-        let mut drift = Vec::new();
-        if let Some(want) = record.attr("route_target")
-            && target.as_deref() != Some(want)
-        {
-            drift.push(format!("default route goes to {}, not {want}", target.as_deref().unwrap_or("nothing")));
-        }
-        for subnet in record.attr("subnets").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
-            if !associated.contains(&subnet) {
-                drift.push(format!("{subnet} is not associated"));
-            }
-        }
-        Ok(Live::Present {
-            summary: format!("0.0.0.0/0 -> {}, {} subnets", target.as_deref().unwrap_or("nothing"), associated.len()),
-            drift,
-        })
-    }
-
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_route_tables()
-            .set_filters(Some(ctx.tags.ec2_filters(key)))
-            .send()
-            .await
-            .or_aws(|| format!("looking for the route table tagged {key}"))?;
-        Ok(out.route_tables().iter().find_map(|t| t.route_table_id().map(str::to_string)))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        let Some(table) = describe_route_table(ctx, id).await? else {
-            return Ok(());
-        };
-        for association in table.associations().iter().filter(|a| a.main() != Some(true)) {
-            if let Some(association_id) = association.route_table_association_id() {
-                let result = ctx
-                    .aws
-                    .ec2
-                    .disassociate_route_table()
-                    .association_id(association_id)
-                    .send()
-                    .await
-                    .or_aws(|| format!("disassociating {association_id} from {id}"));
-                found(result)?;
-            }
-        }
-        delete_when_free(EC2_IN_USE, || async {
-            ctx.aws
-                .ec2
-                .delete_route_table()
-                .route_table_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .or_aws(|| format!("deleting route table {id}"))
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let out = ctx
-            .aws
-            .ec2
-            .describe_route_tables()
-            .filters(stack_filter(ctx))
-            .send()
-            .await
-            .or_aws(|| "discovering route tables".into())?;
-        Ok(out
-            .route_tables()
-            .iter()
-            .filter_map(|t| Some(discovered(stack_key(t.tags(), &ctx.tags.stack)?, t.route_table_id()?)))
-            .collect())
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Imported VPC
 
@@ -839,45 +685,60 @@ struct ImportedSubnet {
     public: bool,
 }
 
+impl ImportVpc {
+    fn refuse(&self, problem: impl std::fmt::Display, help: &str) -> anyhow::Error {
+        anyhow::anyhow!("vpc_id = {}: {problem}\n    help: {help}", self.vpc_id)
+    }
+
+    /// Fargate's EFS mount resolves the file system's DNS name: without DNS support and
+    /// hostnames the task stops with "Failed to resolve fs-....efs...".
+    async fn check_dns(&self, ctx: &Ctx) -> anyhow::Result<()> {
+        for attribute in [VpcAttributeName::EnableDnsSupport, VpcAttributeName::EnableDnsHostnames] {
+            let out = call(
+                ctx.aws.ec2.describe_vpc_attribute().vpc_id(&self.vpc_id).attribute(attribute.clone()).send(),
+                || format!("reading {} of {}", attribute.as_str(), self.vpc_id),
+            )
+            .await?;
+            let on = out.enable_dns_support().or(out.enable_dns_hostnames()).and_then(|v| v.value()).unwrap_or(false);
+            if !on {
+                return Err(self.refuse(
+                    format!("{} is off", attribute.as_str()),
+                    &format!(
+                        "GitLab's task mounts EFS by DNS name; turn it on with `aws ec2 modify-vpc-attribute --vpc-id {} --{} \"{{\\\"Value\\\":true}}\"`",
+                        self.vpc_id,
+                        if attribute == VpcAttributeName::EnableDnsSupport { "enable-dns-support" } else { "enable-dns-hostnames" }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl StepAction<Ctx> for ImportVpc {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let ec2 = &ctx.aws.ec2;
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let vpc_id = &self.vpc_id;
-        let region = &ctx.aws.region;
-        let vpcs = found(ec2.describe_vpcs().vpc_ids(vpc_id).send().await.or_aws(|| format!("reading VPC {vpc_id}")))?;
-        let Some(vpc) = vpcs.and_then(|o| o.vpcs.and_then(|v| v.into_iter().next())) else {
-            anyhow::bail!(
-                "vpc_id = {vpc_id}: no such VPC in {region}\n    help: check the id and the region, or remove vpc_id to create a new VPC"
-            );
+        let Some(vpc) = Ec2::<Vpcs>::get(ctx, vpc_id).await? else {
+            return Err(self.refuse(
+                format!("no such VPC in {}", ctx.region()),
+                "check the id and the region, or remove vpc_id to create a new VPC",
+            ));
         };
+        self.check_dns(ctx).await?;
         let by_vpc = || Filter::builder().name("vpc-id").values(vpc_id).build();
-        let subnets =
-            ec2.describe_subnets().filters(by_vpc()).send().await.or_aws(|| format!("listing subnets of {vpc_id}"))?;
-        let tables = ec2
-            .describe_route_tables()
-            .filters(by_vpc())
-            .send()
-            .await
-            .or_aws(|| format!("listing route tables of {vpc_id}"))?;
-        let main_table = tables.route_tables().iter().find(|t| t.associations().iter().any(|a| a.main() == Some(true)));
+        let subnets = Subnets::describe(ctx, Query::Filters(vec![by_vpc()])).await?;
+        let tables = RouteTables::describe(ctx, Query::Filters(vec![by_vpc()])).await?;
+        let main_table = tables.iter().find(|t| t.associations().iter().any(|a| a.main() == Some(true)));
         // A subnet without an explicit association uses the VPC's main route table.
         let table_of = |subnet: &str| {
-            tables
-                .route_tables()
-                .iter()
-                .find(|t| t.associations().iter().any(|a| a.subnet_id() == Some(subnet)))
-                .or(main_table)
+            tables.iter().find(|t| t.associations().iter().any(|a| a.subnet_id() == Some(subnet))).or(main_table)
         };
         let mut public = Vec::new();
         let mut private = Vec::new();
-        for s in subnets.subnets() {
-            let (Some(id), Some(az)) = (s.subnet_id(), s.availability_zone()) else {
-                continue;
-            };
-            let Some(target) = table_of(id).and_then(default_route_target) else {
-                continue;
-            };
+        for s in &subnets {
+            let (Some(id), Some(az)) = (s.subnet_id(), s.availability_zone()) else { continue };
+            let Some(target) = table_of(id).and_then(default_route_target) else { continue };
             let subnet = ImportedSubnet {
                 id: id.to_string(),
                 az: az.to_string(),
@@ -894,50 +755,48 @@ impl StepAction<Ctx> for ImportVpc {
                     chosen.push(s);
                 }
             }
-            anyhow::ensure!(
-                chosen.len() == 2,
-                "vpc_id = {vpc_id}: needs two {what} subnets in distinct availability zones, found {}\n    help: {}",
-                chosen.len(),
+            if chosen.len() == 2 {
+                return Ok(chosen);
+            }
+            Err(self.refuse(
+                format!("needs two {what} subnets in distinct availability zones, found {}", chosen.len()),
                 if what == "public" {
                     "public subnets are those whose route table sends 0.0.0.0/0 to an internet gateway"
                 } else {
                     "private subnets are those whose route table sends 0.0.0.0/0 to a NAT gateway or instance (GitLab needs outbound access); add a NAT, or remove vpc_id to let gitlab-provision create a VPC"
-                }
-            );
-            Ok(chosen)
+                },
+            ))
         };
         let public = pick(public, "public")?;
         let private = pick(private, "private")?;
 
         let cidr = vpc.cidr_block().unwrap_or_default().to_string();
-        let imported = |id: &str, depends_on: Vec<String>, attrs| ResourceRecord {
-            kind: String::new(),
-            step: scope.step.clone(),
+        let imported = |kind: Kind, id: &str, attrs| ResourceRecord {
+            kind: kind.to_string(),
+            step: String::new(),
             status: RecordStatus::Imported,
             id: Some(id.to_string()),
-            depends_on,
+            depends_on: vec![],
             attrs,
             generation: 0,
             updated_at: String::new(),
         };
-        scope.state.put(
-            KEY_VPC,
-            ResourceRecord { kind: VPC.into(), ..imported(vpc_id, vec![], attrs([("cidr", cidr.clone())])) },
-        )?;
-        for (key, subnet) in SUBNET_KEYS.iter().zip(public.iter().chain(private.iter())) {
+        scope.record(keys::VPC, imported(Kind::Vpc, vpc_id, attrs([("cidr", cidr.clone())])))?;
+        for (key, subnet) in keys::SUBNETS.iter().zip(public.iter().chain(private.iter())) {
             let a = attrs([
                 ("cidr", subnet.cidr.clone()),
                 ("az", subnet.az.clone()),
                 ("public", subnet.public.to_string()),
             ]);
-            scope
-                .state
-                .put(key, ResourceRecord { kind: SUBNET.into(), ..imported(&subnet.id, vec![KEY_VPC.into()], a) })?;
+            scope.record(key, imported(Kind::Subnet, &subnet.id, a))?;
         }
-        Ok(format!(
-            "imported {vpc_id} ({cidr}): public {}, private {}",
-            public.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
-            private.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+        Ok(Summary::new(
+            format!(
+                "imported {vpc_id} ({cidr}): public {}, private {}",
+                public.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
+                private.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            false,
         ))
     }
 }

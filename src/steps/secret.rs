@@ -3,16 +3,15 @@
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use aws_sdk_secretsmanager::types::Tag;
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 
-use super::Ctx;
-use super::network::attrs;
-use crate::aws::{AwsResultExt, found};
-use crate::engine::{Created, Desired, Discovered, Live, ResourceOps, StepAction, StepScope};
+use crate::aws::{Absent, AwsError, AwsResultExt, Ctx, call, if_there, propagated};
+use crate::engine::{
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary,
+    attrs,
+};
+use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
-
-pub const SECRET: &str = "secretsmanager:secret";
-pub const KEY_ROOT_SECRET: &str = "root-secret";
 
 /// Long enough to be unguessable, letters and digits only so no shell, YAML or URL quoting
 /// can mangle it on its way into GitLab.
@@ -22,104 +21,111 @@ pub fn secret_name(stack: &str) -> String {
     format!("gitlab-provision/{stack}/root")
 }
 
-pub struct CreateRootSecret {
-    pub email: String,
-}
-
 /// The secret's JSON, built without ever formatting the password into a message.
 fn secret_value(email: &str, password: &str) -> String {
     serde_json::json!({ "email": email, "password": password }).to_string()
 }
 
 async fn generate_password(ctx: &Ctx) -> anyhow::Result<String> {
-    ctx.aws
-        .secrets
-        .get_random_password()
-        .password_length(PASSWORD_LENGTH)
-        .exclude_punctuation(true)
-        .include_space(false)
-        .require_each_included_type(true)
-        .send()
-        .await
-        .or_aws(|| "generating the root password".to_string())?
-        .random_password
-        .context("GetRandomPassword returned no password")
+    call(
+        ctx.aws
+            .secrets
+            .get_random_password()
+            .password_length(PASSWORD_LENGTH)
+            .exclude_punctuation(true)
+            .include_space(false)
+            .require_each_included_type(true)
+            .send(),
+        || "generating the root password".to_string(),
+    )
+    .await?
+    .random_password
+    .context("GetRandomPassword returned no password")
 }
 
 /// Reads the current password (for `password`, and to change the e-mail without changing it).
 pub async fn read_password(ctx: &Ctx, secret_id: &str) -> anyhow::Result<String> {
-    let value = ctx
-        .aws
-        .secrets
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .or_aws(|| format!("reading secret {secret_id}"))?
-        .secret_string
-        .context("the root secret has no string value")?;
+    let value =
+        call(ctx.aws.secrets.get_secret_value().secret_id(secret_id).send(), || format!("reading secret {secret_id}"))
+            .await?
+            .secret_string
+            .context("the root secret has no string value")?;
     let parsed: serde_json::Value = serde_json::from_str(&value).context("the root secret is not JSON")?;
     parsed["password"].as_str().map(str::to_string).context("the root secret has no \"password\" field")
 }
 
+pub struct RootSecretStep {
+    pub email: String,
+}
+
 #[async_trait]
-impl StepAction<Ctx> for CreateRootSecret {
-    fn config_changes(&self, records: &std::collections::BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
-        match records.get(KEY_ROOT_SECRET).and_then(|r| r.attr("email")) {
-            Some(email) if email != self.email => {
-                vec![(KEY_ROOT_SECRET.to_string(), format!("email {email} -> {} (the password stays)", self.email))]
-            }
-            _ => vec![],
-        }
+impl StepAction<Ctx> for RootSecretStep {
+    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([("name", secret_name(&ctx.tags.stack)), ("email", self.email.clone())]);
+        Ok(vec![Desired::new(keys::ROOT_SECRET, Kind::Secret, wanted)])
     }
 
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let name = secret_name(&ctx.tags.stack);
-        let desired = Desired {
-            key: KEY_ROOT_SECRET.into(),
-            kind: SECRET.into(),
-            depends_on: vec![],
-            attrs: attrs([("name", name.clone()), ("email", self.email.clone())]),
-        };
-        let secrets = &ctx.aws.secrets;
-        let (name, email) = (name.as_str(), self.email.as_str());
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let name = want.attrs["name"].clone();
+        let (name_ref, email) = (name.as_str(), self.email.as_str());
         let ensured = scope
-            .ensure(ctx, &SecretOps, desired, |existing, _token| async move {
+            .ensure(ctx, &SecretOps, want, |existing, _| async move {
+                let secrets = &ctx.aws.secrets;
                 let arn = match existing {
                     // Only the e-mail can change: keep the password GitLab was first booted with.
-                    Some(found) => {
-                        let password = read_password(ctx, &found.id).await?;
-                        secrets
-                            .put_secret_value()
-                            .secret_id(&found.id)
-                            .secret_string(secret_value(email, &password))
-                            .send()
-                            .await
-                            .or_aws(|| format!("updating secret {name}"))?;
-                        found.id
+                    Some(existing) => {
+                        let password = read_password(ctx, &existing.id).await?;
+                        call(
+                            secrets
+                                .put_secret_value()
+                                .secret_id(&existing.id)
+                                .secret_string(secret_value(email, &password))
+                                .send(),
+                            || format!("updating secret {name_ref}"),
+                        )
+                        .await?;
+                        existing.id
                     }
                     None => {
                         let password = generate_password(ctx).await?;
-                        secrets
-                            .create_secret()
-                            .name(name)
-                            .description("GitLab root credentials (gitlab-provision)")
-                            .secret_string(secret_value(email, &password))
-                            .set_tags(Some(
-                                ctx.tags.map(KEY_ROOT_SECRET, |k, v| Tag::builder().key(k).value(v).build()),
-                            ))
-                            .send()
+                        // A name force-deleted moments ago (a `down` then `up`) stays reserved
+                        // while Secrets Manager deletes it in the background.
+                        let scheduled = |e: &AwsError| e.says("InvalidRequestException", "scheduled for deletion");
+                        propagated(scheduled, || async {
+                            call(
+                                secrets
+                                    .create_secret()
+                                    .name(name_ref)
+                                    .description("GitLab root credentials (gitlab-provision)")
+                                    .secret_string(secret_value(email, &password))
+                                    .set_tags(Some(ctx.tags.list(keys::ROOT_SECRET)))
+                                    .send(),
+                                || format!("creating secret {name_ref}"),
+                            )
                             .await
-                            .or_aws(|| format!("creating secret {name}"))?
-                            .arn
-                            .context("CreateSecret returned no ARN")?
+                        })
+                        .await?
+                        .arn
+                        .context("CreateSecret returned no ARN")?
                     }
                 };
-                Ok(Created { id: arn, attrs: Default::default() })
+                Ok(Applied::id(arn))
             })
             .await?;
-        Ok(format!("{} {name}", ensured.verb()))
+        Ok(ensured.summary(""))
     }
+}
+
+async fn describe(ctx: &Ctx, id: &str) -> anyhow::Result<Option<DescribeSecretOutput>> {
+    let out =
+        if_there(ctx.aws.secrets.describe_secret().secret_id(id).send(), || format!("reading secret {id}")).await?;
+    // A secret scheduled for deletion is as good as gone.
+    Ok(out.filter(|s| s.deleted_date().is_none()))
+}
+
+fn owner(ctx: &Ctx, secret: &DescribeSecretOutput) -> Owner {
+    ctx.tags.owner_of(secret.tags())
 }
 
 pub struct SecretOps;
@@ -127,78 +133,38 @@ pub struct SecretOps;
 #[async_trait]
 impl ResourceOps<Ctx> for SecretOps {
     fn noun(&self) -> &'static str {
-        "secret"
+        Kind::Secret.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        let out = found(
-            ctx.aws.secrets.describe_secret().secret_id(id).send().await.or_aws(|| format!("reading secret {id}")),
-        )?;
-        Ok(match out {
-            // A secret scheduled for deletion is as good as gone.
+        Ok(match describe(ctx, record.id()?).await? {
             None => Live::Missing,
-            Some(s) if s.deleted_date().is_some() => Live::Missing,
-            Some(s) => Live::Present { summary: s.name().unwrap_or_default().to_string(), drift: vec![] },
+            Some(s) => Live::present(s.name().unwrap_or_default(), vec![]).owned_by(owner(ctx, &s)),
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(name) = record.attr("name") else { return Ok(None) };
-        let out = found(
-            ctx.aws
-                .secrets
-                .describe_secret()
-                .secret_id(name)
-                .send()
-                .await
-                .or_aws(|| format!("looking for secret {name}")),
-        )?;
-        Ok(out.filter(|s| s.deleted_date().is_none()).and_then(|s| s.arn))
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let Some(name) = lost.record.attr("name") else { return Ok(None) };
+        Ok(describe(ctx, name).await?.filter(|s| owner(ctx, s) == Owner::Ours).and_then(|s| s.arn))
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id()?;
         // Without a recovery window, so the same stack can be created again at once.
         let result = ctx.aws.secrets.delete_secret().secret_id(id).force_delete_without_recovery(true).send().await;
-        found(result.or_aws(|| format!("deleting secret {id}")))?;
+        result.or_aws(|| format!("deleting secret {id}")).absent_ok()?;
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
         let name = secret_name(&ctx.tags.stack);
-        let out = found(
-            ctx.aws
-                .secrets
-                .describe_secret()
-                .secret_id(&name)
-                .send()
-                .await
-                .or_aws(|| format!("looking for secret {name}")),
-        )?;
-        Ok(out
-            .filter(|s| s.deleted_date().is_none())
-            .and_then(|s| s.arn)
-            .map(|arn| Discovered { key: KEY_ROOT_SECRET.into(), id: arn, attrs: attrs([("name", name.clone())]) })
-            .into_iter()
-            .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_value_is_the_documented_json() {
-        let v: serde_json::Value = serde_json::from_str(&secret_value("a@example.com", "p4ss\"word")).unwrap();
-        assert_eq!(v["email"], "a@example.com");
-        assert_eq!(v["password"], "p4ss\"word");
+        let Some(secret) = describe(ctx, &name).await? else { return Ok(Found::default()) };
+        let Some(arn) = secret.arn.clone() else { return Ok(Found::default()) };
+        Ok(match owner(ctx, &secret) {
+            Owner::Foreign(why) => {
+                Found { ours: vec![], conflicts: vec![Conflict { kind: Kind::Secret.to_string(), id: name, why }] }
+            }
+            _ => vec![Discovered::new(keys::ROOT_SECRET, arn).with("name", name)].into(),
+        })
     }
 }

@@ -1,137 +1,133 @@
-//! ECS: the cluster, GitLab's Fargate task definition and the service that runs it.
+//! ECS: the cluster, GitLab's Fargate task definition and the service that runs it; what
+//! `status` and `up --wait` read of a running GitLab; stopping and starting it for backups.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, ClusterSetting, ClusterSettingName, Compatibility, ContainerDefinition,
-    CpuArchitecture, DeploymentCircuitBreaker, DeploymentConfiguration, EfsAuthorizationConfig,
-    EfsAuthorizationConfigIam, EfsTransitEncryption, EfsVolumeConfiguration, KeyValuePair, LaunchType, LinuxParameters,
-    LoadBalancer, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, OsFamily, PortMapping,
-    PropagateTags, RuntimePlatform, Secret, Tag, TaskDefinitionStatus, TransportProtocol, Volume,
+    AssignPublicIp, AwsVpcConfiguration, Cluster, ClusterField, ClusterSetting, ClusterSettingName, Compatibility,
+    ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus,
+    EfsAuthorizationConfig, EfsAuthorizationConfigIam, EfsTransitEncryption, EfsVolumeConfiguration, KeyValuePair,
+    LaunchType, LinuxParameters, LoadBalancer, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration,
+    NetworkMode, OsFamily, PortMapping, PropagateTags, RepositoryCredentials, RuntimePlatform, Secret, Service,
+    ServiceField, Task, TaskDefinitionField, TaskDefinitionStatus, TransportProtocol, Volume,
 };
 
-use super::Ctx;
-use super::efs_init::{GITLAB_BASE, KEY_EFS_PREPARED};
-use super::iam::{KEY_EXECUTION_ROLE, KEY_TASK_ROLE};
-use super::load_balancer::{KEY_LOAD_BALANCER, KEY_TARGET_GROUP};
-use super::logs::{KEY_LOG_GROUP, log_group_name};
-use super::network::{KEY_VPC, PRIVATE_SUBNETS, attrs, required_id};
-use super::secret::KEY_ROOT_SECRET;
-use super::storage::{KEY_FILE_SYSTEM, MOUNT_TARGET_KEYS};
-use crate::aws::{AwsResultExt, found};
+use super::load_balancer::{TargetState, target_health};
+use crate::aws::{AwsError, AwsResultExt, Ctx, Holders, call, delete_when_free, if_there, propagated};
 use crate::config::StackConfig;
 use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
+    Summary, WaitPolicy, attrs, wait_until,
 };
+use crate::keys::{self, Kind, names};
 use crate::state::ResourceRecord;
 
-pub const CLUSTER: &str = "ecs:cluster";
-pub const TASK_DEFINITION: &str = "ecs:task-definition";
-pub const SERVICE: &str = "ecs:service";
-
-pub const KEY_CLUSTER: &str = "cluster";
-pub const KEY_TASK_DEFINITION: &str = "task-definition";
-pub const KEY_SERVICE: &str = "service";
-pub const KEY_SERVICE_SECURITY_GROUP: &str = "service-security-group";
-
 pub const SERVICE_NAME: &str = "gitlab";
-const CONTAINER: &str = "gitlab";
-/// GitLab's first boot (migrations, reconfigure) takes 5-6 minutes; ECS ignores the load
-/// balancer's verdict for this long after a task starts.
-pub const HEALTH_CHECK_GRACE_SECONDS: i32 = 600;
-/// Draining a service stops its task: GitLab gets up to two minutes to shut down cleanly.
+pub const CONTAINER: &str = "gitlab";
+/// GitLab's first boot (reconfigure, PostgreSQL initdb and schema load, all on EFS) takes well
+/// over the 5-6 minutes it takes on local disk; no timing for Fargate with EFS is published.
+/// ECS ignores the load balancer's verdict for this long after a task starts: 30 minutes, three
+/// times the old 10, so a slow first boot is never killed mid-migration. A task that exits is
+/// replaced at once whatever this says; `up --wait` reports such stops as they happen.
+pub const HEALTH_CHECK_GRACE_SECONDS: i32 = 1800;
+/// GitLab gets up to two minutes to stop cleanly (Fargate's maximum).
+const STOP_TIMEOUT_SECONDS: i32 = 120;
+/// Draining a service: deregistration (30 s), GitLab's stop (120 s), deprovisioning.
 const DRAIN_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(900));
+/// `up --wait`: image pull, first boot on EFS, health checks; generous, but a failed rollout or
+/// a task that keeps stopping ends it early.
+pub const BOOT_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(2700));
+/// How many tasks may stop during a wait before it gives up (the circuit breaker's minimum).
+const STOPS_BEFORE_GIVING_UP: usize = 3;
 
-/// Where GitLab keeps what on the file system, and where it expects it.
+/// Where GitLab keeps what on the file system, and where it expects it. `/etc/gitlab` holds
+/// gitlab.rb, the secrets and the SSH host keys the image generates on its first boot.
 const VOLUMES: [(&str, &str, &str); 3] = [
     ("gitlab-data", "data", "/var/opt/gitlab"),
     ("gitlab-logs", "logs", "/var/log/gitlab"),
     ("gitlab-config", "config", "/etc/gitlab"),
 ];
 
-fn ecs_tags(ctx: &Ctx, key: &str) -> Vec<Tag> {
-    ctx.tags.map(key, |k, v| Tag::builder().key(k).value(v).build())
+pub fn family(stack: &str) -> String {
+    format!("{stack}-gitlab")
 }
 
-pub fn cluster_name(ctx: &Ctx) -> String {
-    ctx.tags.stack.clone()
-}
-
-pub fn family(ctx: &Ctx) -> String {
-    format!("{}-gitlab", ctx.tags.stack)
+fn ecs_owner(ctx: &Ctx, tags: &[aws_sdk_ecs::types::Tag]) -> Owner {
+    ctx.tags.owner_of(tags)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Cluster
 
-pub struct CreateCluster;
-
-async fn describe_cluster(ctx: &Ctx, name: &str) -> anyhow::Result<Option<aws_sdk_ecs::types::Cluster>> {
-    let out = ctx
-        .aws
-        .ecs
-        .describe_clusters()
-        .clusters(name)
-        .include(aws_sdk_ecs::types::ClusterField::Settings)
-        .send()
-        .await
-        .or_aws(|| format!("reading cluster {name}"))?;
+async fn describe_cluster(ctx: &Ctx, name: &str) -> anyhow::Result<Option<Cluster>> {
+    let out = call(
+        ctx.aws
+            .ecs
+            .describe_clusters()
+            .clusters(name)
+            .include(ClusterField::Settings)
+            .include(ClusterField::Tags)
+            .send(),
+        || format!("reading cluster {name}"),
+    )
+    .await?;
     Ok(out.clusters.unwrap_or_default().into_iter().find(|c| c.status() == Some("ACTIVE")))
 }
 
+pub struct ClusterStep;
+
 #[async_trait]
-impl StepAction<Ctx> for CreateCluster {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let name = cluster_name(ctx);
-        let desired = Desired {
-            key: KEY_CLUSTER.into(),
-            kind: CLUSTER.into(),
-            depends_on: vec![],
-            attrs: attrs([("container_insights", "enabled".into())]),
-        };
-        let ecs = &ctx.aws.ecs;
+impl StepAction<Ctx> for ClusterStep {
+    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([("name", names::cluster(&ctx.tags.stack)), ("container_insights", "enabled".into())]);
+        Ok(vec![Desired::new(keys::CLUSTER, Kind::Cluster, wanted).replaced_on(&["name"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let name = want.attrs["name"].clone();
         let name_ref = name.as_str();
         let ensured = scope
-            .ensure(ctx, &ClusterOps, desired, |existing, _token| async move {
+            .ensure(ctx, &ClusterOps, want, |existing, _| async move {
+                let ecs = &ctx.aws.ecs;
                 let insights =
                     ClusterSetting::builder().name(ClusterSettingName::ContainerInsights).value("enabled").build();
                 let arn = match existing {
-                    Some(found) => {
-                        let on = describe_cluster(ctx, &found.id).await?.is_some_and(|c| {
+                    Some(existing) => {
+                        let on = describe_cluster(ctx, &existing.id).await?.is_some_and(|c| {
                             c.settings().iter().any(|s| {
                                 s.name() == Some(&ClusterSettingName::ContainerInsights) && s.value() == Some("enabled")
                             })
                         });
                         if !on {
-                            ecs.update_cluster_settings()
-                                .cluster(&found.id)
-                                .settings(insights)
-                                .send()
-                                .await
-                                .or_aws(|| format!("turning on Container Insights for {name_ref}"))?;
+                            call(ecs.update_cluster_settings().cluster(&existing.id).settings(insights).send(), || {
+                                format!("turning on Container Insights for {name_ref}")
+                            })
+                            .await?;
                         }
-                        found.id
+                        existing.id
                     }
-                    // CreateCluster with an existing name returns that cluster.
-                    None => ecs
-                        .create_cluster()
-                        .cluster_name(name_ref)
-                        .settings(insights)
-                        .set_tags(Some(ecs_tags(ctx, KEY_CLUSTER)))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating cluster {name_ref}"))?
-                        .cluster
-                        .and_then(|c| c.cluster_arn)
-                        .context("CreateCluster returned no ARN")?,
+                    None => call(
+                        ecs.create_cluster()
+                            .cluster_name(name_ref)
+                            .settings(insights)
+                            .set_tags(Some(ctx.tags.list(keys::CLUSTER)))
+                            .send(),
+                        || format!("creating cluster {name_ref}"),
+                    )
+                    .await?
+                    .cluster
+                    .and_then(|c| c.cluster_arn)
+                    .context("CreateCluster returned no ARN")?,
                 };
-                Ok(Created { id: arn, attrs: attrs([("name", name_ref.to_string())]) })
+                Ok(Applied::id(arn))
             })
             .await?;
-        Ok(format!("{} {name} (Container Insights on)", ensured.verb()))
+        Ok(Summary::new(format!("{} {name} (Container Insights on)", ensured.verb()), ensured.changed()))
     }
 }
 
@@ -140,56 +136,98 @@ pub struct ClusterOps;
 #[async_trait]
 impl ResourceOps<Ctx> for ClusterOps {
     fn noun(&self) -> &'static str {
-        "cluster"
+        Kind::Cluster.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id()?;
-        Ok(match describe_cluster(ctx, arn).await? {
+        Ok(match describe_cluster(ctx, record.id()?).await? {
             None => Live::Missing,
-            Some(c) => Live::Present {
-                summary: format!("{} services, {} running tasks", c.active_services_count(), c.running_tasks_count()),
-                drift: vec![],
-            },
+            Some(c) => Live::present(
+                format!("{} services, {} running tasks", c.active_services_count(), c.running_tasks_count()),
+                vec![],
+            )
+            .owned_by(ecs_owner(ctx, c.tags())),
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        Ok(describe_cluster(ctx, &cluster_name(ctx)).await?.and_then(|c| c.cluster_arn))
+    async fn find(&self, ctx: &Ctx, _lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let cluster = describe_cluster(ctx, &names::cluster(&ctx.tags.stack)).await?;
+        Ok(cluster.filter(|c| ecs_owner(ctx, c.tags()) == Owner::Ours).and_then(|c| c.cluster_arn))
     }
 
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+    /// A cluster goes once its tasks have stopped: a deleted service's task is still stopping
+    /// (GitLab gets two minutes) and "ClusterContainsTasksException" until it has.
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
-        found(ctx.aws.ecs.delete_cluster().cluster(arn).send().await.or_aws(|| format!("deleting cluster {arn}")))?;
-        Ok(())
+        delete_when_free(
+            scope,
+            &format!("cluster {arn}"),
+            &["ClusterContainsTasksException", "ClusterContainsServicesException", "UpdateInProgressException"],
+            || async {
+                call(ctx.aws.ecs.delete_cluster().cluster(arn).send(), || format!("deleting cluster {arn}")).await
+            },
+            || async {
+                let stopping =
+                    tasks(ctx, arn, None).await?.into_iter().filter(|t| t.last_status() != Some("STOPPED")).count();
+                Ok(if stopping == 0 {
+                    Holders::Unknown
+                } else {
+                    Holders::Draining(format!("{stopping} task(s) to stop"))
+                })
+            },
+        )
+        .await
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let name = cluster_name(ctx);
-        Ok(describe_cluster(ctx, &name)
-            .await?
-            .and_then(|c| c.cluster_arn)
-            .map(|arn| Discovered { key: KEY_CLUSTER.into(), id: arn, attrs: attrs([("name", name)]) })
-            .into_iter()
-            .collect())
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let name = names::cluster(&ctx.tags.stack);
+        let Some(cluster) = describe_cluster(ctx, &name).await? else { return Ok(Found::default()) };
+        let Some(arn) = cluster.cluster_arn.clone() else { return Ok(Found::default()) };
+        Ok(match ecs_owner(ctx, cluster.tags()) {
+            Owner::Foreign(why) => {
+                Found { ours: vec![], conflicts: vec![Conflict { kind: Kind::Cluster.to_string(), id: name, why }] }
+            }
+            _ => vec![Discovered::new(keys::CLUSTER, arn).with("name", name)].into(),
+        })
     }
+}
+
+/// Every task of the cluster (of the GitLab service when `service` is given), running or stopped.
+pub async fn tasks(ctx: &Ctx, cluster: &str, service: Option<&str>) -> anyhow::Result<Vec<Task>> {
+    let mut arns = Vec::new();
+    for status in [DesiredStatus::Running, DesiredStatus::Stopped] {
+        let out = if_there(
+            ctx.aws
+                .ecs
+                .list_tasks()
+                .cluster(cluster)
+                .set_service_name(service.map(str::to_string))
+                .desired_status(status)
+                .send(),
+            || format!("listing the tasks of {cluster}"),
+        )
+        .await?;
+        arns.extend(out.map(|o| o.task_arns.unwrap_or_default()).unwrap_or_default());
+    }
+    if arns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for chunk in arns.chunks(100) {
+        let out = call(ctx.aws.ecs.describe_tasks().cluster(cluster).set_tasks(Some(chunk.to_vec())).send(), || {
+            format!("reading the tasks of {cluster}")
+        })
+        .await?;
+        found.extend(out.tasks.unwrap_or_default());
+    }
+    Ok(found)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Task definition
 
-pub struct RegisterTaskDefinition {
-    pub config: StackConfig,
-}
-
 /// GitLab's omnibus settings, passed as GITLAB_OMNIBUS_CONFIG.
-pub fn omnibus_config(external_url: &str, vpc_cidr: &str) -> String {
+pub fn omnibus_config(external_url: &str, vpc_cidr: &str, ssh: Option<(&str, u16)>) -> String {
     let mut lines = vec![
         format!("external_url '{external_url}'"),
         // Without the VPC in the whitelist /-/readiness answers 404 to the load balancer.
@@ -205,180 +243,184 @@ pub fn omnibus_config(external_url: &str, vpc_cidr: &str) -> String {
         lines.push("nginx['listen_port'] = 80".into());
         lines.push("nginx['listen_https'] = false".into());
     }
+    if let Some((host, port)) = ssh {
+        // What GitLab shows in clone URLs; its own sshd keeps listening on 22 in the task.
+        lines.push(format!("gitlab_rails['gitlab_ssh_host'] = '{host}'"));
+        lines.push(format!("gitlab_rails['gitlab_shell_ssh_port'] = {port}"));
+    }
     lines.join("\n")
 }
 
-/// The URL users reach GitLab at: the HTTPS name, or the load balancer's own name.
-pub fn external_url(config: &StackConfig, scope: &StepScope) -> anyhow::Result<String> {
-    Ok(match &config.domain {
-        Some(d) => format!("https://{}.{}", d.sub_domain, d.domain_name),
-        None => {
-            let lb = scope.state.get(KEY_LOAD_BALANCER).context("the load balancer is not recorded")?;
-            format!("http://{}", lb.attr("dns_name").context("the load balancer has no DNS name")?)
-        }
-    })
+pub struct TaskDefinitionStep {
+    pub config: Arc<StackConfig>,
+}
+
+impl TaskDefinitionStep {
+    /// The URL users reach GitLab at: the HTTPS name, or the load balancer's own name.
+    fn external_url(&self, env: &Env) -> anyhow::Result<String> {
+        Ok(match &self.config.domain {
+            Some(d) => format!("https://{}", d.fqdn()),
+            None => format!("http://{}", env.attr(keys::LOAD_BALANCER, "dns_name")?),
+        })
+    }
+
+    /// The SSH name and port GitLab shows in clone URLs.
+    fn ssh(&self, env: &Env) -> anyhow::Result<Option<(String, u16)>> {
+        let Some(port) = self.config.ssh_port else { return Ok(None) };
+        let host = match &self.config.domain {
+            Some(d) => super::dns::ssh_name(d),
+            None => env.attr(keys::SSH_LOAD_BALANCER, "dns_name")?,
+        };
+        Ok(Some((host, port)))
+    }
 }
 
 #[async_trait]
-impl StepAction<Ctx> for RegisterTaskDefinition {
-    fn config_changes(&self, records: &BTreeMap<String, ResourceRecord>) -> Vec<(String, String)> {
-        let Some(record) = records.get(KEY_TASK_DEFINITION) else { return vec![] };
+impl StepAction<Ctx> for TaskDefinitionStep {
+    fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let cfg = &self.config;
-        let wanted = [
-            ("image", format!("gitlab/gitlab-ce:{}", cfg.gitlab_image_tag)),
+        let ssh = self.ssh(env)?;
+        let omnibus = omnibus_config(
+            &self.external_url(env)?,
+            &env.attr(keys::VPC, "cidr")?,
+            ssh.as_ref().map(|(h, p)| (h.as_str(), *p)),
+        );
+        let mut wanted = attrs([
+            ("family", family(&ctx.tags.stack)),
+            ("image", cfg.image()),
             ("cpu", cfg.task_cpu.to_string()),
             ("memory", cfg.task_memory_mib.to_string()),
-        ];
-        let changes: Vec<String> = wanted
-            .iter()
-            .filter(|(k, v)| record.attr(k) != Some(v.as_str()))
-            .map(|(k, v)| format!("{k} {} -> {v}", record.attr(k).unwrap_or("unset")))
-            .collect();
-        if changes.is_empty() {
-            return vec![];
+            ("omnibus_config", omnibus),
+            ("file_system_id", env.id(keys::FILE_SYSTEM)?),
+            ("roles", format!("{} {}", env.id(keys::EXECUTION_ROLE)?, env.id(keys::TASK_ROLE)?)),
+            ("secret", env.id(keys::ROOT_SECRET)?),
+        ]);
+        if let Some(credentials) = &cfg.gitlab_image_credentials {
+            wanted.insert("registry_credentials".into(), credentials.clone());
         }
-        vec![
-            (KEY_TASK_DEFINITION.to_string(), format!("new revision: {}", changes.join(", "))),
-            (KEY_SERVICE.to_string(), "deploys the new revision (the old task stops first)".to_string()),
-        ]
+        if ssh.is_some() {
+            wanted.insert("ports".into(), "80,22".into());
+        }
+        Ok(vec![Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted)])
     }
 
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let settings = want.attrs.clone();
         let cfg = &self.config;
-        let image = format!("gitlab/gitlab-ce:{}", cfg.gitlab_image_tag);
-        let url = external_url(cfg, scope)?;
-        let vpc_cidr = scope
-            .state
-            .get(KEY_VPC)
-            .and_then(|r| r.attr("cidr").map(str::to_string))
-            .context("the VPC has no recorded CIDR")?;
-        let fs_id = required_id(KEY_FILE_SYSTEM, scope)?;
-        let secret_arn = required_id(KEY_ROOT_SECRET, scope)?;
-        let execution_role = required_id(KEY_EXECUTION_ROLE, scope)?;
-        let task_role = required_id(KEY_TASK_ROLE, scope)?;
-        let omnibus = omnibus_config(&url, &vpc_cidr);
-        let family = family(ctx);
-        let mut depends_on = vec![
-            KEY_EXECUTION_ROLE.to_string(),
-            KEY_TASK_ROLE.into(),
-            KEY_FILE_SYSTEM.into(),
-            KEY_ROOT_SECRET.into(),
-            KEY_LOG_GROUP.into(),
-        ];
-        if cfg.domain.is_none() {
-            depends_on.push(KEY_LOAD_BALANCER.into());
-        }
-        let desired = Desired {
-            key: KEY_TASK_DEFINITION.into(),
-            kind: TASK_DEFINITION.into(),
-            depends_on,
-            attrs: attrs([
-                ("family", family.clone()),
-                ("image", image.clone()),
-                ("cpu", cfg.task_cpu.to_string()),
-                ("memory", cfg.task_memory_mib.to_string()),
-                ("omnibus_config", omnibus.clone()),
-                ("file_system_id", fs_id.clone()),
-                ("roles", format!("{execution_role} {task_role}")),
-                ("secret", secret_arn.clone()),
-            ]),
-        };
-        let log_group = log_group_name(&ctx.tags.stack);
-        let region = ctx.aws.region.clone();
-        let ecs = &ctx.aws.ecs;
         let ensured = scope
-            .ensure(ctx, &TaskDefinitionOps, desired, |_existing, _token| async move {
-                // Registering is how a task definition changes: each change is a new revision.
-                let mut container = ContainerDefinition::builder()
-                    .name(CONTAINER)
-                    .image(&image)
-                    .essential(true)
-                    .port_mappings(PortMapping::builder().container_port(80).protocol(TransportProtocol::Tcp).build())
-                    .environment(KeyValuePair::builder().name("GITLAB_OMNIBUS_CONFIG").value(&omnibus).build())
-                    // Only read on first boot; injected by ECS from the secret, never as plain environment.
-                    .secrets(
-                        Secret::builder()
-                            .name("GITLAB_ROOT_PASSWORD")
-                            .value_from(format!("{secret_arn}:password::"))
-                            .build()?,
-                    )
-                    .secrets(
-                        Secret::builder()
-                            .name("GITLAB_ROOT_EMAIL")
-                            .value_from(format!("{secret_arn}:email::"))
-                            .build()?,
-                    )
-                    .log_configuration(
-                        LogConfiguration::builder()
-                            .log_driver(LogDriver::Awslogs)
-                            .options("awslogs-group", &log_group)
-                            .options("awslogs-region", &region)
-                            .options("awslogs-stream-prefix", "gitlab")
-                            .build()?,
-                    )
-                    // ECS Exec wants an init process; GitLab's runit is happier with one too.
-                    .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
-                    .stop_timeout(120);
-                let mut volumes = Vec::new();
-                for (name, directory, path) in VOLUMES {
-                    container = container.mount_points(
-                        MountPoint::builder().source_volume(name).container_path(path).read_only(false).build(),
-                    );
-                    volumes.push(
-                        Volume::builder()
-                            .name(name)
-                            .efs_volume_configuration(
-                                EfsVolumeConfiguration::builder()
-                                    .file_system_id(&fs_id)
-                                    .root_directory(format!("/{GITLAB_BASE}/{directory}"))
-                                    .transit_encryption(EfsTransitEncryption::Enabled)
-                                    .authorization_config(
-                                        EfsAuthorizationConfig::builder()
-                                            .iam(EfsAuthorizationConfigIam::Enabled)
-                                            .build(),
-                                    )
-                                    .build()?,
-                            )
-                            .build(),
-                    );
-                }
-                let out = ecs
-                    .register_task_definition()
-                    .family(&family)
-                    .network_mode(NetworkMode::Awsvpc)
-                    .requires_compatibilities(Compatibility::Fargate)
-                    .cpu(cfg.task_cpu.to_string())
-                    .memory(cfg.task_memory_mib.to_string())
-                    .execution_role_arn(&execution_role)
-                    .task_role_arn(&task_role)
-                    .runtime_platform(
-                        RuntimePlatform::builder()
-                            .operating_system_family(OsFamily::Linux)
-                            .cpu_architecture(CpuArchitecture::X8664)
-                            .build(),
-                    )
-                    .container_definitions(container.build())
-                    .set_volumes(Some(volumes))
-                    .set_tags(Some(ecs_tags(ctx, KEY_TASK_DEFINITION)))
-                    .send()
-                    .await
-                    .or_aws(|| format!("registering task definition {family}"))?;
-                let arn = out
-                    .task_definition
-                    .and_then(|t| t.task_definition_arn)
-                    .context("RegisterTaskDefinition returned no ARN")?;
-                Ok(Created { id: arn, attrs: BTreeMap::new() })
-            })
+            // Registering is how a task definition changes: each change is a new revision.
+            .ensure(ctx, &TaskDefinitionOps, want, |_existing, _| register(ctx, cfg, settings))
             .await?;
-        Ok(format!(
-            "{} {} ({}, {} CPU / {} MiB)",
-            ensured.verb(),
-            ensured.id().rsplit('/').next().unwrap_or_default(),
-            cfg.gitlab_image_tag,
-            cfg.task_cpu,
-            cfg.task_memory_mib
+        Ok(Summary::new(
+            format!(
+                "{} {} ({}, {} CPU / {} MiB)",
+                ensured.verb(),
+                ensured.id().rsplit('/').next().unwrap_or_default(),
+                cfg.gitlab_image_tag,
+                cfg.task_cpu,
+                cfg.task_memory_mib
+            ),
+            ensured.changed(),
         ))
     }
+}
+
+async fn register(ctx: &Ctx, cfg: &StackConfig, settings: BTreeMap<String, String>) -> anyhow::Result<Applied> {
+    let secret_arn = &settings["secret"];
+    let fs_id = &settings["file_system_id"];
+    let (execution_role, task_role) = settings["roles"].split_once(' ').context("two roles")?;
+    let log_group = super::logs::gitlab_log_group(&ctx.tags.stack);
+    let mut container = ContainerDefinition::builder()
+        .name(CONTAINER)
+        .image(cfg.image())
+        .essential(true)
+        .port_mappings(PortMapping::builder().container_port(80).protocol(TransportProtocol::Tcp).build())
+        .environment(KeyValuePair::builder().name("GITLAB_OMNIBUS_CONFIG").value(&settings["omnibus_config"]).build())
+        // Only read on first boot; injected by ECS from the secret, never as plain environment.
+        .secrets(Secret::builder().name("GITLAB_ROOT_PASSWORD").value_from(format!("{secret_arn}:password::")).build()?)
+        .secrets(Secret::builder().name("GITLAB_ROOT_EMAIL").value_from(format!("{secret_arn}:email::")).build()?)
+        .log_configuration(
+            LogConfiguration::builder()
+                .log_driver(LogDriver::Awslogs)
+                .options("awslogs-group", &log_group)
+                .options("awslogs-region", ctx.region())
+                .options("awslogs-stream-prefix", super::logs::STREAM_PREFIX)
+                .build()?,
+        )
+        // ECS Exec wants an init process; GitLab's runit is happier with one too.
+        .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
+        .stop_timeout(STOP_TIMEOUT_SECONDS);
+    if settings.contains_key("ports") {
+        container =
+            container.port_mappings(PortMapping::builder().container_port(22).protocol(TransportProtocol::Tcp).build());
+    }
+    if let Some(credentials) = settings.get("registry_credentials") {
+        container = container
+            .repository_credentials(RepositoryCredentials::builder().credentials_parameter(credentials).build()?);
+    }
+    let mut volumes = Vec::new();
+    for (name, directory, path) in VOLUMES {
+        container = container
+            .mount_points(MountPoint::builder().source_volume(name).container_path(path).read_only(false).build());
+        let efs = EfsVolumeConfiguration::builder()
+            .file_system_id(fs_id)
+            .root_directory(format!("/{}/{directory}", super::efs_init::GITLAB_BASE))
+            .transit_encryption(EfsTransitEncryption::Enabled)
+            .authorization_config(EfsAuthorizationConfig::builder().iam(EfsAuthorizationConfigIam::Enabled).build())
+            .build()?;
+        volumes.push(Volume::builder().name(name).efs_volume_configuration(efs).build());
+    }
+    let family = &settings["family"];
+    let out = call(
+        ctx.aws
+            .ecs
+            .register_task_definition()
+            .family(family)
+            .network_mode(NetworkMode::Awsvpc)
+            .requires_compatibilities(Compatibility::Fargate)
+            .cpu(cfg.task_cpu.to_string())
+            .memory(cfg.task_memory_mib.to_string())
+            .execution_role_arn(execution_role)
+            .task_role_arn(task_role)
+            .runtime_platform(
+                RuntimePlatform::builder()
+                    .operating_system_family(OsFamily::Linux)
+                    .cpu_architecture(CpuArchitecture::X8664)
+                    .build(),
+            )
+            .container_definitions(container.build())
+            .set_volumes(Some(volumes))
+            .set_tags(Some(ctx.tags.list(keys::TASK_DEFINITION)))
+            .send(),
+        || format!("registering task definition {family}"),
+    )
+    .await?;
+    let arn =
+        out.task_definition.and_then(|t| t.task_definition_arn).context("RegisterTaskDefinition returned no ARN")?;
+    Ok(Applied::id(arn))
+}
+
+async fn describe_task_definition(
+    ctx: &Ctx,
+    arn: &str,
+) -> anyhow::Result<Option<(aws_sdk_ecs::types::TaskDefinition, Owner)>> {
+    let out = call(
+        ctx.aws.ecs.describe_task_definition().task_definition(arn).include(TaskDefinitionField::Tags).send(),
+        || format!("reading task definition {arn}"),
+    )
+    .await;
+    Ok(match out {
+        // ECS answers a plain ClientException for a revision it does not know.
+        Err(e) if e.is_code(&["ClientException"]) || e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+        Ok(out) => {
+            let owner = ecs_owner(ctx, out.tags());
+            out.task_definition
+                .filter(|td| td.status() != Some(&TaskDefinitionStatus::DeleteInProgress))
+                .map(|td| (td, owner))
+        }
+    })
 }
 
 pub struct TaskDefinitionOps;
@@ -386,59 +428,47 @@ pub struct TaskDefinitionOps;
 #[async_trait]
 impl ResourceOps<Ctx> for TaskDefinitionOps {
     fn noun(&self) -> &'static str {
-        "task definition"
+        Kind::TaskDefinition.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let arn = record.id()?;
-        let out = ctx
-            .aws
-            .ecs
-            .describe_task_definition()
-            .task_definition(arn)
-            .send()
-            .await
-            .or_aws(|| format!("reading task definition {arn}"));
-        Ok(match out {
-            // ECS answers a plain ClientException for a revision it does not know.
-            Err(e) if e.is_code(&["ClientException"]) || e.is_not_found() => Live::Missing,
-            Err(e) => return Err(e.into()),
-            Ok(out) => match out.task_definition {
-                Some(td) if td.status() == Some(&TaskDefinitionStatus::Active) => Live::Present {
-                    summary: format!(
-                        "revision {} ({})",
-                        td.revision(),
-                        td.container_definitions().first().and_then(|c| c.image()).unwrap_or("?")
-                    ),
-                    drift: vec![],
-                },
-                _ => Live::Missing,
-            },
+        Ok(match describe_task_definition(ctx, record.id()?).await? {
+            None => Live::Missing,
+            Some((td, owner)) => {
+                // A deregistered revision still shows (and its family still needs deleting), but
+                // no task can start from it.
+                let drift = if td.status() == Some(&TaskDefinitionStatus::Inactive) {
+                    vec!["deregistered".to_string()]
+                } else {
+                    vec![]
+                };
+                let image = td.container_definitions().first().and_then(|c| c.image()).unwrap_or("?");
+                Live::present(format!("revision {} ({image})", td.revision()), drift).owned_by(owner)
+            }
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        _record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .ecs
-            .list_task_definitions()
-            .family_prefix(family(ctx))
-            .sort(aws_sdk_ecs::types::SortOrder::Desc)
-            .send()
-            .await
-            .or_aws(|| "listing task definitions".to_string())?;
-        Ok(out.task_definition_arns().first().cloned())
+    async fn find(&self, ctx: &Ctx, _lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let out = call(
+            ctx.aws
+                .ecs
+                .list_task_definitions()
+                .family_prefix(family(&ctx.tags.stack))
+                .sort(aws_sdk_ecs::types::SortOrder::Desc)
+                .send(),
+            || "listing task definitions".to_string(),
+        )
+        .await?;
+        let Some(latest) = out.task_definition_arns().first() else { return Ok(None) };
+        let active = describe_task_definition(ctx, latest)
+            .await?
+            .filter(|(td, o)| *o == Owner::Ours && td.status() == Some(&TaskDefinitionStatus::Active));
+        Ok(active.map(|_| latest.clone()))
     }
 
     /// Every revision of the family goes, not only the recorded one.
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let family = record.attr("family").map(str::to_string).unwrap_or_else(|| family(ctx));
+        let family = record.attr("family").map(str::to_string).unwrap_or_else(|| family(&ctx.tags.stack));
         let ecs = &ctx.aws.ecs;
         // Active revisions are deregistered first; inactive ones (deregistered by an earlier,
         // interrupted run) are only deleted.
@@ -450,13 +480,10 @@ impl ResourceOps<Ctx> for TaskDefinitionOps {
                 let page = page.or_aws(|| format!("listing revisions of {family}"))?;
                 for arn in page.task_definition_arns().iter().filter(|a| a.contains(&format!("/{family}:"))) {
                     if status == TaskDefinitionStatus::Active {
-                        found(
-                            ecs.deregister_task_definition()
-                                .task_definition(arn)
-                                .send()
-                                .await
-                                .or_aws(|| format!("deregistering {arn}")),
-                        )?;
+                        if_there(ecs.deregister_task_definition().task_definition(arn).send(), || {
+                            format!("deregistering {arn}")
+                        })
+                        .await?;
                     }
                     revisions.push(arn.clone());
                 }
@@ -464,58 +491,44 @@ impl ResourceOps<Ctx> for TaskDefinitionOps {
         }
         // Deregistered revisions linger as INACTIVE until deleted.
         for chunk in revisions.chunks(10) {
-            found(
-                ecs.delete_task_definitions()
-                    .set_task_definitions(Some(chunk.to_vec()))
-                    .send()
-                    .await
-                    .or_aws(|| format!("deleting revisions of {family}")),
-            )?;
+            if_there(ecs.delete_task_definitions().set_task_definitions(Some(chunk.to_vec())).send(), || {
+                format!("deleting revisions of {family}")
+            })
+            .await?;
         }
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let family = family(ctx);
-        let out = ctx
-            .aws
-            .ecs
-            .list_task_definitions()
-            .family_prefix(&family)
-            .send()
-            .await
-            .or_aws(|| format!("listing revisions of {family}"))?;
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let family = family(&ctx.tags.stack);
+        let out = call(ctx.aws.ecs.list_task_definitions().family_prefix(&family).send(), || {
+            format!("listing revisions of {family}")
+        })
+        .await?;
+        let Some(arn) = out.task_definition_arns().iter().find(|a| a.contains(&format!("/{family}:"))) else {
+            return Ok(Found::default());
+        };
         // One record stands for the whole family: deleting it removes every revision.
-        Ok(out
-            .task_definition_arns()
-            .iter()
-            .find(|a| a.contains(&format!("/{family}:")))
-            .map(|arn| Discovered {
-                key: KEY_TASK_DEFINITION.into(),
-                id: arn.clone(),
-                attrs: attrs([("family", family.clone())]),
-            })
-            .into_iter()
-            .collect())
+        Ok(match describe_task_definition(ctx, arn).await? {
+            Some((_, Owner::Foreign(why))) => Found {
+                ours: vec![],
+                conflicts: vec![Conflict { kind: Kind::TaskDefinition.to_string(), id: family, why }],
+            },
+            Some(_) => vec![Discovered::new(keys::TASK_DEFINITION, arn.clone()).with("family", family)].into(),
+            None => Found::default(),
+        })
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Service
 
-pub struct CreateService;
-
-async fn describe_service(ctx: &Ctx, cluster: &str) -> anyhow::Result<Option<aws_sdk_ecs::types::Service>> {
-    let out = found(
-        ctx.aws
-            .ecs
-            .describe_services()
-            .cluster(cluster)
-            .services(SERVICE_NAME)
-            .send()
-            .await
-            .or_aws(|| format!("reading service {SERVICE_NAME}")),
-    )?;
+pub async fn describe_service(ctx: &Ctx, cluster: &str) -> anyhow::Result<Option<Service>> {
+    let out = if_there(
+        ctx.aws.ecs.describe_services().cluster(cluster).services(SERVICE_NAME).include(ServiceField::Tags).send(),
+        || format!("reading service {SERVICE_NAME}"),
+    )
+    .await?;
     Ok(out.and_then(|o| o.services).unwrap_or_default().into_iter().find(|s| s.status() == Some("ACTIVE")))
 }
 
@@ -529,118 +542,134 @@ pub fn deployment_configuration() -> DeploymentConfiguration {
         .build()
 }
 
+pub struct ServiceStep {
+    /// Register with the SSH target group too.
+    pub ssh: bool,
+}
+
 #[async_trait]
-impl StepAction<Ctx> for CreateService {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let cluster = required_id(KEY_CLUSTER, scope)?;
-        let task_definition = required_id(KEY_TASK_DEFINITION, scope)?;
-        let target_group = required_id(KEY_TARGET_GROUP, scope)?;
-        let group = required_id(KEY_SERVICE_SECURITY_GROUP, scope)?;
-        let subnets = PRIVATE_SUBNETS.iter().map(|k| required_id(k, scope)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut depends_on = vec![
-            KEY_CLUSTER.to_string(),
-            KEY_TASK_DEFINITION.into(),
-            KEY_TARGET_GROUP.into(),
-            KEY_SERVICE_SECURITY_GROUP.into(),
-            KEY_EFS_PREPARED.into(),
-        ];
-        depends_on.extend(MOUNT_TARGET_KEYS.iter().map(|k| k.to_string()));
-        depends_on.extend(PRIVATE_SUBNETS.iter().map(|k| k.to_string()));
-        let desired = Desired {
-            key: KEY_SERVICE.into(),
-            kind: SERVICE.into(),
-            depends_on,
-            attrs: attrs([
-                ("cluster", cluster.clone()),
-                ("task_definition", task_definition.clone()),
-                ("subnets", subnets.join(",")),
-                ("security_group", group.clone()),
-                ("target_group", target_group.clone()),
-                ("deployment", "min 0% / max 100%, circuit breaker with rollback".into()),
-                ("grace_seconds", HEALTH_CHECK_GRACE_SECONDS.to_string()),
-            ]),
-        };
-        let ecs = &ctx.aws.ecs;
+impl StepAction<Ctx> for ServiceStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let subnets = keys::PRIVATE_SUBNETS.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut target_groups = vec![env.id(keys::TARGET_GROUP)?];
+        if self.ssh {
+            target_groups.push(env.id(keys::SSH_TARGET_GROUP)?);
+        }
+        let wanted = attrs([
+            ("cluster", env.id(keys::CLUSTER)?),
+            ("task_definition", env.id(keys::TASK_DEFINITION)?),
+            ("subnets", subnets.join(",")),
+            ("security_group", env.id(keys::SERVICE_SECURITY_GROUP)?),
+            ("target_group", target_groups.join(",")),
+            ("deployment", "min 0% / max 100%, circuit breaker with rollback".into()),
+            ("grace_seconds", HEALTH_CHECK_GRACE_SECONDS.to_string()),
+        ]);
+        Ok(vec![Desired::new(keys::SERVICE, Kind::Service, wanted).replaced_on(&["cluster"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
         let network = NetworkConfiguration::builder()
             .awsvpc_configuration(
                 AwsVpcConfiguration::builder()
-                    .set_subnets(Some(subnets.clone()))
-                    .security_groups(&group)
+                    .set_subnets(Some(want.attrs["subnets"].split(',').map(str::to_string).collect()))
+                    .security_groups(&want.attrs["security_group"])
                     .assign_public_ip(AssignPublicIp::Disabled)
                     .build()?,
             )
             .build();
-        let (cluster_ref, td, tg, network) =
-            (cluster.as_str(), task_definition.as_str(), target_group.as_str(), &network);
+        let load_balancers: Vec<LoadBalancer> = want.attrs["target_group"]
+            .split(',')
+            .enumerate()
+            .map(|(i, tg)| {
+                let port = if i == 0 { 80 } else { 22 };
+                LoadBalancer::builder().target_group_arn(tg).container_name(CONTAINER).container_port(port).build()
+            })
+            .collect();
+        let (cluster, td) = (want.attrs["cluster"].clone(), want.attrs["task_definition"].clone());
+        let (cluster_ref, td_ref, network, load_balancers) = (cluster.as_str(), td.as_str(), &network, &load_balancers);
+        // On an account's first use of ECS its service-linked role may not be assumable yet;
+        // a listener created a moment ago may not be visible to ECS yet.
+        let not_yet = |e: &AwsError| {
+            e.says("InvalidParameterException", "Unable to assume the service linked role")
+                || e.says("InvalidParameterException", "does not have an associated load balancer")
+        };
         let ensured = scope
-            .ensure(ctx, &ServiceOps, desired, |existing, _token| async move {
+            .ensure(ctx, &ServiceOps, want, |existing, _| async move {
+                let ecs = &ctx.aws.ecs;
                 let arn = match existing {
-                    Some(found) => {
-                        ecs.update_service()
-                            .cluster(cluster_ref)
-                            .service(SERVICE_NAME)
-                            .task_definition(td)
-                            .desired_count(1)
-                            .network_configuration(network.clone())
-                            .deployment_configuration(deployment_configuration())
-                            .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
-                            .enable_execute_command(true)
-                            .send()
+                    Some(existing) => {
+                        propagated(not_yet, || async {
+                            call(
+                                ecs.update_service()
+                                    .cluster(cluster_ref)
+                                    .service(SERVICE_NAME)
+                                    .task_definition(td_ref)
+                                    .desired_count(1)
+                                    .network_configuration(network.clone())
+                                    .set_load_balancers(Some(load_balancers.clone()))
+                                    .deployment_configuration(deployment_configuration())
+                                    .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
+                                    .enable_execute_command(true)
+                                    .send(),
+                                || format!("updating service {SERVICE_NAME}"),
+                            )
                             .await
-                            .or_aws(|| format!("updating service {SERVICE_NAME}"))?;
-                        found.id
+                        })
+                        .await?;
+                        existing.id
                     }
-                    None => ecs
-                        .create_service()
-                        .cluster(cluster_ref)
-                        .service_name(SERVICE_NAME)
-                        .task_definition(td)
-                        .desired_count(1)
-                        .launch_type(LaunchType::Fargate)
-                        .platform_version("LATEST")
-                        .network_configuration(network.clone())
-                        .load_balancers(
-                            LoadBalancer::builder()
-                                .target_group_arn(tg)
-                                .container_name(CONTAINER)
-                                .container_port(80)
-                                .build(),
+                    None => propagated(not_yet, || async {
+                        call(
+                            ecs.create_service()
+                                .cluster(cluster_ref)
+                                .service_name(SERVICE_NAME)
+                                .task_definition(td_ref)
+                                .desired_count(1)
+                                .launch_type(LaunchType::Fargate)
+                                .platform_version("LATEST")
+                                .network_configuration(network.clone())
+                                .set_load_balancers(Some(load_balancers.clone()))
+                                .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
+                                .deployment_configuration(deployment_configuration())
+                                .enable_execute_command(true)
+                                .propagate_tags(PropagateTags::Service)
+                                .enable_ecs_managed_tags(true)
+                                .set_tags(Some(ctx.tags.list(keys::SERVICE)))
+                                .send(),
+                            || format!("creating service {SERVICE_NAME} in {cluster_ref}"),
                         )
-                        .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
-                        .deployment_configuration(deployment_configuration())
-                        .enable_execute_command(true)
-                        .propagate_tags(PropagateTags::Service)
-                        .enable_ecs_managed_tags(true)
-                        .set_tags(Some(ecs_tags(ctx, KEY_SERVICE)))
-                        .send()
                         .await
-                        .or_aws(|| format!("creating service {SERVICE_NAME} in {cluster_ref}"))?
-                        .service
-                        .and_then(|s| s.service_arn)
-                        .context("CreateService returned no ARN")?,
+                    })
+                    .await?
+                    .service
+                    .and_then(|s| s.service_arn)
+                    .context("CreateService returned no ARN")?,
                 };
-                Ok(Created { id: arn, attrs: BTreeMap::new() })
+                Ok(Applied::id(arn))
             })
             .await?;
-        Ok(format!(
-            "{} {SERVICE_NAME} running {}",
-            ensured.verb(),
-            task_definition.rsplit('/').next().unwrap_or_default()
+        Ok(Summary::new(
+            format!("{} {SERVICE_NAME} running {}", ensured.verb(), td.rsplit('/').next().unwrap_or_default()),
+            ensured.changed(),
         ))
     }
 }
 
 pub struct ServiceOps;
 
+fn cluster_of(record: &ResourceRecord) -> anyhow::Result<&str> {
+    record.attr("cluster").context("the service record names no cluster")
+}
+
 #[async_trait]
 impl ResourceOps<Ctx> for ServiceOps {
     fn noun(&self) -> &'static str {
-        "service"
+        Kind::Service.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let cluster = record.attr("cluster").context("no cluster")?;
-        Ok(match describe_service(ctx, cluster).await? {
+        Ok(match describe_service(ctx, cluster_of(record)?).await? {
             None => Live::Missing,
             Some(s) => {
                 let mut drift = Vec::new();
@@ -649,93 +678,160 @@ impl ResourceOps<Ctx> for ServiceOps {
                 {
                     drift.push(format!("runs {}", s.task_definition().unwrap_or("?")));
                 }
-                Live::Present {
-                    summary: format!(
-                        "desired {} running {} pending {}",
-                        s.desired_count(),
-                        s.running_count(),
-                        s.pending_count()
-                    ),
-                    drift,
-                }
+                let summary = format!(
+                    "desired {} running {} pending {}",
+                    s.desired_count(),
+                    s.running_count(),
+                    s.pending_count()
+                );
+                Live::present(summary, drift).owned_by(ecs_owner(ctx, s.tags()))
             }
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(cluster) = record.attr("cluster") else { return Ok(None) };
-        Ok(describe_service(ctx, cluster).await?.and_then(|s| s.service_arn))
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let Some(cluster) = lost.record.attr("cluster") else { return Ok(None) };
+        let service = describe_service(ctx, cluster).await?;
+        Ok(service.filter(|s| ecs_owner(ctx, s.tags()) == Owner::Ours).and_then(|s| s.service_arn))
     }
 
-    /// Stops the task and waits until the service is gone, so the target group, subnets and
-    /// security groups it used can go too.
+    /// Stops the task and waits until it has stopped, so the cluster, target groups, subnets
+    /// and security groups it used can go too. A deleted service reads INACTIVE as soon as its
+    /// task is stopping; the task's interface holds its subnet and group until it has stopped.
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let cluster = record.attr("cluster").context("no cluster")?;
-        found(
-            ctx.aws
-                .ecs
-                .delete_service()
-                .cluster(cluster)
-                .service(SERVICE_NAME)
-                .force(true)
-                .send()
-                .await
-                .or_aws(|| format!("deleting service {SERVICE_NAME}")),
-        )?;
-        wait_until(scope, "the GitLab service to drain", DRAIN_WAIT, || async {
-            let out = found(
-                ctx.aws
-                    .ecs
-                    .describe_services()
-                    .cluster(cluster)
-                    .services(SERVICE_NAME)
-                    .send()
-                    .await
-                    .or_aws(|| format!("reading service {SERVICE_NAME}")),
-            )?;
-            let service = out.and_then(|o| o.services).unwrap_or_default().into_iter().next();
-            Ok(match service {
-                None => Poll::Ready(()),
-                Some(s) if s.status() == Some("INACTIVE") => Poll::Ready(()),
-                Some(s) => Poll::Pending(format!(
-                    "{} with {} running",
+        let cluster = cluster_of(record)?;
+        if_there(ctx.aws.ecs.delete_service().cluster(cluster).service(SERVICE_NAME).force(true).send(), || {
+            format!("deleting service {SERVICE_NAME}")
+        })
+        .await?;
+        wait_until(scope, "GitLab's task to stop", DRAIN_WAIT, || async {
+            let service = describe_service(ctx, cluster).await?;
+            let running: Vec<Task> = tasks(ctx, cluster, None)
+                .await?
+                .into_iter()
+                .filter(|t| t.group() == Some("service:gitlab") && t.last_status() != Some("STOPPED"))
+                .collect();
+            Ok(match (service, running.as_slice()) {
+                (None, []) => Poll::Ready(()),
+                (Some(s), _) => Poll::Pending(format!(
+                    "service {} with {} running",
                     s.status().unwrap_or("?").to_lowercase(),
                     s.running_count()
                 )),
+                (None, tasks) => Poll::Pending(
+                    tasks
+                        .iter()
+                        .map(|t| format!("task {} {}", short_task(t), t.last_status().unwrap_or("?")))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
             })
         })
         .await?;
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
-        let cluster = cluster_name(ctx);
-        Ok(describe_service(ctx, &cluster)
-            .await?
-            .and_then(|s| s.service_arn)
-            .map(|arn| Discovered { key: KEY_SERVICE.into(), id: arn, attrs: attrs([("cluster", cluster)]) })
-            .into_iter()
-            .collect())
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
+        let cluster = names::cluster(&ctx.tags.stack);
+        let Some(service) = describe_service(ctx, &cluster).await? else { return Ok(Found::default()) };
+        let Some(arn) = service.service_arn.clone() else { return Ok(Found::default()) };
+        Ok(match ecs_owner(ctx, service.tags()) {
+            Owner::Foreign(why) => {
+                Found { ours: vec![], conflicts: vec![Conflict { kind: Kind::Service.to_string(), id: arn, why }] }
+            }
+            _ => vec![Discovered::new(keys::SERVICE, arn).with("cluster", cluster)].into(),
+        })
     }
 }
 
-/// What an operator wants to know about the running GitLab, for `status`.
-#[derive(Debug, Default, serde::Serialize)]
+fn short_task(task: &Task) -> &str {
+    task.task_arn().and_then(|a| a.rsplit('/').next()).unwrap_or("?")
+}
+
+/// Asks the service for `desired` tasks and, for 0, waits until every task has stopped (a
+/// consistent backup or a file-system swap needs GitLab fully stopped).
+pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) -> anyhow::Result<()> {
+    call(ctx.aws.ecs.update_service().cluster(cluster).service(SERVICE_NAME).desired_count(desired).send(), || {
+        format!("setting {SERVICE_NAME} to {desired} task(s)")
+    })
+    .await?;
+    if desired > 0 {
+        return Ok(());
+    }
+    wait_until(scope, "GitLab's task to stop", DRAIN_WAIT, || async {
+        let running: Vec<Task> = tasks(ctx, cluster, Some(SERVICE_NAME))
+            .await?
+            .into_iter()
+            .filter(|t| t.last_status() != Some("STOPPED"))
+            .collect();
+        Ok(if running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(
+                running
+                    .iter()
+                    .map(|t| format!("task {} {}", short_task(t), t.last_status().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+/// The running GitLab task, for `exec` and `shell`: its id and the container's runtime id.
+pub async fn running_task(ctx: &Ctx, cluster: &str) -> anyhow::Result<Option<(String, String)>> {
+    let running = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
+    Ok(running.iter().filter(|t| t.last_status() == Some("RUNNING")).find_map(|t| {
+        let runtime = t.containers().iter().find(|c| c.name() == Some(CONTAINER)).and_then(|c| c.runtime_id())?;
+        Some((short_task(t).to_string(), runtime.to_string()))
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitLab's health, for `status` and `up --wait`
+
+/// What an operator wants to know about the running GitLab.
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Health {
     pub url: Option<String>,
     pub desired: Option<i32>,
     pub running: Option<i32>,
     pub pending: Option<i32>,
+    /// The primary deployment's rollout: IN_PROGRESS, COMPLETED or FAILED, and why.
     pub rollout: Option<String>,
-    pub target_health: Vec<String>,
-    pub last_task_status: Option<String>,
+    pub rollout_reason: Option<String>,
+    /// The running (or starting) task: its status and when it started (RFC 3339).
+    pub task: Option<String>,
+    pub task_started_at: Option<String>,
+    /// The last task that stopped: why, and the container's exit code.
+    pub last_stopped: Option<StoppedTask>,
+    pub targets: Vec<TargetState>,
+    pub ssh_targets: Vec<TargetState>,
     pub last_event: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoppedTask {
+    pub task: String,
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub stopped_at: Option<String>,
+}
+
+impl Health {
+    pub fn healthy(&self) -> bool {
+        self.targets.iter().any(|t| t.state == "healthy")
+    }
+
+    pub fn failed(&self) -> bool {
+        self.rollout.as_deref() == Some("FAILED")
+    }
+}
+
+fn rfc3339(time: Option<&aws_smithy_types::DateTime>) -> Option<String> {
+    time.and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok())
 }
 
 pub async fn health(
@@ -744,84 +840,132 @@ pub async fn health(
     url: Option<String>,
 ) -> anyhow::Result<Health> {
     let mut health = Health { url, ..Default::default() };
-    if let Some(cluster) = records.get(KEY_SERVICE).and_then(|r| r.attr("cluster"))
+    if let Some(cluster) = records.get(keys::SERVICE).and_then(|r| r.attr("cluster"))
         && let Some(service) = describe_service(ctx, cluster).await?
     {
         health.desired = Some(service.desired_count());
         health.running = Some(service.running_count());
         health.pending = Some(service.pending_count());
-        health.rollout = service.deployments().first().and_then(|d| d.rollout_state()).map(|r| r.as_str().to_string());
+        let primary =
+            service.deployments().iter().find(|d| d.status() == Some("PRIMARY")).or(service.deployments().first());
+        health.rollout = primary.and_then(|d| d.rollout_state()).map(|r| r.as_str().to_string());
+        health.rollout_reason = primary.and_then(|d| d.rollout_state_reason()).map(str::to_string);
         health.last_event = service.events().first().and_then(|e| e.message()).map(str::to_string);
-        let tasks = ctx
-            .aws
-            .ecs
-            .list_tasks()
-            .cluster(cluster)
-            .service_name(SERVICE_NAME)
-            .send()
-            .await
-            .or_aws(|| "listing tasks".to_string())?;
-        if let Some(task) = tasks.task_arns().first() {
-            let described = ctx
-                .aws
-                .ecs
-                .describe_tasks()
-                .cluster(cluster)
-                .tasks(task)
-                .send()
-                .await
-                .or_aws(|| format!("reading task {task}"))?;
-            health.last_task_status = described.tasks().first().and_then(|t| t.last_status()).map(str::to_string);
+        let all = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
+        if let Some(task) = all.iter().find(|t| t.last_status() != Some("STOPPED")) {
+            health.task = task.last_status().map(str::to_string);
+            health.task_started_at = rfc3339(task.started_at().or(task.created_at()));
         }
+        health.last_stopped = stopped(&all).into_iter().next();
     }
-    if let Some(tg) = records.get(KEY_TARGET_GROUP).and_then(|r| r.id.as_deref()) {
-        let out = found(
-            ctx.aws
-                .elb
-                .describe_target_health()
-                .target_group_arn(tg)
-                .send()
-                .await
-                .or_aws(|| format!("reading target health of {tg}")),
-        )?;
-        health.target_health = out
-            .map(|o| o.target_health_descriptions.unwrap_or_default())
-            .unwrap_or_default()
-            .iter()
-            .map(|t| {
-                format!(
-                    "{} {}",
-                    t.target().and_then(|t| t.id()).unwrap_or("?"),
-                    t.target_health().and_then(|h| h.state()).map(|s| s.as_str()).unwrap_or("?")
-                )
-            })
-            .collect();
+    for (key, into) in [(keys::TARGET_GROUP, &mut health.targets), (keys::SSH_TARGET_GROUP, &mut health.ssh_targets)] {
+        if let Some(tg) = records.get(key).and_then(|r| r.id.as_deref()) {
+            *into = target_health(ctx, tg).await?;
+        }
     }
     Ok(health)
 }
 
-/// GitLab's first boot takes 5-6 minutes after the image is pulled; allow a generous margin.
-const BOOT_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(1800));
+/// The stopped tasks, newest first, with why they stopped.
+fn stopped(tasks: &[Task]) -> Vec<StoppedTask> {
+    let mut stopped: Vec<(&Task, StoppedTask)> = tasks
+        .iter()
+        .filter(|t| t.last_status() == Some("STOPPED"))
+        .map(|t| {
+            (
+                t,
+                StoppedTask {
+                    task: short_task(t).to_string(),
+                    reason: t.stopped_reason().unwrap_or("no reason given").to_string(),
+                    exit_code: t.containers().iter().find(|c| c.name() == Some(CONTAINER)).and_then(|c| c.exit_code()),
+                    stopped_at: rfc3339(t.stopped_at()),
+                },
+            )
+        })
+        .collect();
+    stopped.sort_by(|a, b| b.0.stopped_at().map(|t| t.secs()).cmp(&a.0.stopped_at().map(|t| t.secs())));
+    stopped.into_iter().map(|(_, s)| s).collect()
+}
 
-/// For `up --wait`: until the load balancer reports GitLab's target healthy, showing the
-/// target's state and the service's counts as they change.
+/// Why `up --wait` (or an upgrade) gave up on GitLab coming up.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "GitLab did not come up: {why}\n    help: `gitlab-provision status` shows the service's events and `gitlab-provision logs --since 30m` GitLab's own output"
+)]
+pub struct NotHealthy {
+    pub why: String,
+}
+
+/// Until the load balancer reports GitLab healthy, showing the deployment's state, the task and
+/// the target as they change; gives up early when the rollout fails or tasks keep stopping.
 pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
     let records = scope.state.snapshot().resources;
-    wait_until(scope, "GitLab to boot and pass /-/readiness", BOOT_WAIT, || async {
+    let cluster = records.get(keys::SERVICE).and_then(|r| r.attr("cluster")).map(str::to_string);
+    let started = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+    let outcome = wait_until(scope, "GitLab to boot and pass /-/readiness", BOOT_WAIT, || async {
         let h = health(ctx, &records, None).await?;
-        if h.target_health.iter().any(|t| t.ends_with(" healthy")) {
+        if h.healthy() {
             return Ok(Poll::Ready(()));
         }
-        let targets = if h.target_health.is_empty() { "no target yet".to_string() } else { h.target_health.join(", ") };
+        if h.failed() {
+            let stopped = h
+                .last_stopped
+                .as_ref()
+                .map(|s| format!("; last stopped task: {}", describe_stop(s)))
+                .unwrap_or_default();
+            return Ok(Poll::Failed(format!(
+                "the deployment failed ({}){stopped}",
+                h.rollout_reason.as_deref().unwrap_or("the circuit breaker rolled it back")
+            )));
+        }
+        if let Some(cluster) = &cluster {
+            let all = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
+            let recent: Vec<StoppedTask> = stopped(&all)
+                .into_iter()
+                .filter(|s| {
+                    s.stopped_at
+                        .as_deref()
+                        .and_then(|t| {
+                            aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).ok()
+                        })
+                        .is_some_and(|t| t.secs() >= started.secs())
+                })
+                .collect();
+            if recent.len() >= STOPS_BEFORE_GIVING_UP {
+                let reasons: Vec<String> = recent.iter().take(STOPS_BEFORE_GIVING_UP).map(describe_stop).collect();
+                return Ok(Poll::Failed(format!(
+                    "{} tasks stopped while waiting: {}",
+                    recent.len(),
+                    reasons.join("; ")
+                )));
+            }
+        }
+        let targets = if h.targets.is_empty() {
+            "no target yet".to_string()
+        } else {
+            h.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
         Ok(Poll::Pending(format!(
-            "{targets}; task {}, running {} pending {}",
-            h.last_task_status.as_deref().unwrap_or("not started"),
+            "{targets}; task {}, running {} pending {}, rollout {}",
+            h.task.as_deref().unwrap_or("not started"),
             h.running.unwrap_or(0),
-            h.pending.unwrap_or(0)
+            h.pending.unwrap_or(0),
+            h.rollout.as_deref().unwrap_or("?").to_lowercase()
         )))
     })
-    .await?;
-    Ok(())
+    .await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(crate::engine::WaitError::Failed { reason, .. }) => Err(NotHealthy { why: reason }.into()),
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub fn describe_stop(stop: &StoppedTask) -> String {
+    match stop.exit_code {
+        Some(code) => format!("task {} stopped: {} (exit code {code})", stop.task, stop.reason),
+        None => format!("task {} stopped: {}", stop.task, stop.reason),
+    }
 }
 
 #[cfg(test)]
@@ -830,11 +974,14 @@ mod tests {
 
     #[test]
     fn https_config_listens_on_80_without_tls_and_whitelists_the_vpc() {
-        let https = omnibus_config("https://git.example.com", "10.0.0.0/16");
+        let https = omnibus_config("https://git.example.com", "10.0.0.0/16", None);
         assert!(https.contains("external_url 'https://git.example.com'"));
         assert!(https.contains("nginx['listen_port'] = 80") && https.contains("nginx['listen_https'] = false"));
         assert!(https.contains("monitoring_whitelist'] = ['127.0.0.0/8', '10.0.0.0/16']"));
-        let http = omnibus_config("http://lb.example", "10.1.0.0/16");
-        assert!(!http.contains("listen_https"));
+        let http = omnibus_config("http://lb.example", "10.1.0.0/16", None);
+        assert!(!http.contains("listen_https") && !http.contains("ssh"));
+        let ssh = omnibus_config("https://git.example.com", "10.0.0.0/16", Some(("ssh.git.example.com", 2222)));
+        assert!(ssh.contains("gitlab_rails['gitlab_ssh_host'] = 'ssh.git.example.com'"));
+        assert!(ssh.contains("gitlab_rails['gitlab_shell_ssh_port'] = 2222"));
     }
 }

@@ -1,42 +1,26 @@
 //! EFS: GitLab's file system, its mount targets in the private subnets, and the root access
-//! point used only by the initializer.
+//! point the initializer uses while it runs.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_efs::types::{
-    BackupPolicy, LifeCycleState, PerformanceMode, PosixUser, RootDirectory, Status, Tag, ThroughputMode,
+    AccessPointDescription, BackupPolicy, FileSystemDescription, LifeCycleState, MountTargetDescription,
+    PerformanceMode, PosixUser, RootDirectory, Status, ThroughputMode,
 };
 
-use super::network::{PRIVATE_SUBNETS, attrs, required_id};
-use super::{Ctx, delete_when_free};
-use crate::aws::{AwsResultExt, found};
+use crate::aws::{AwsResultExt, Ctx, Holders, call, delete_when_free, if_there};
 use crate::engine::{
-    Created, Desired, Discovered, Live, Poll, ResourceOps, StepAction, StepScope, WaitPolicy, wait_until,
+    Applied, Desired, Discovered, Env, Existing, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
+    Summary, WaitPolicy, attrs, wait_until,
 };
+use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
 
-pub const FILE_SYSTEM: &str = "efs:file-system";
-pub const MOUNT_TARGET: &str = "efs:mount-target";
-pub const ACCESS_POINT: &str = "efs:access-point";
-
-pub const KEY_FILE_SYSTEM: &str = "file-system";
-pub const KEY_EFS_SECURITY_GROUP: &str = "efs-security-group";
-pub const MOUNT_TARGET_KEYS: [&str; 2] = ["mount-target-a", "mount-target-b"];
-pub const KEY_INIT_ACCESS_POINT: &str = "init-access-point";
-
-/// Mount targets take about 80 s, file systems a few seconds; AWS gives no bound.
-const EFS_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(600));
-
-fn efs_tags(ctx: &Ctx, key: &str) -> anyhow::Result<Vec<Tag>> {
-    ctx.tags
-        .map(key, |k, v| Tag::builder().key(k).value(v).build())
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .context("building EFS tags")
-}
+/// Mount targets take about 80 s (to appear and to go), file systems a few seconds; AWS gives
+/// no bound.
+const EFS_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(900));
 
 fn life_cycle<T>(state: Option<&LifeCycleState>, ready: T) -> Poll<T> {
     match state {
@@ -47,97 +31,103 @@ fn life_cycle<T>(state: Option<&LifeCycleState>, ready: T) -> Poll<T> {
     }
 }
 
+fn gone(state: &LifeCycleState) -> bool {
+    matches!(state, LifeCycleState::Deleting | LifeCycleState::Deleted)
+}
+
 // ---------------------------------------------------------------------------------------------
 // File system
 
-pub struct CreateFileSystem;
-
-async fn describe_file_system(
-    ctx: &Ctx,
-    id: &str,
-) -> anyhow::Result<Option<aws_sdk_efs::types::FileSystemDescription>> {
-    let out = found(
-        ctx.aws
-            .efs
-            .describe_file_systems()
-            .file_system_id(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading file system {id}")),
-    )?;
+pub async fn describe_file_system(ctx: &Ctx, id: &str) -> anyhow::Result<Option<FileSystemDescription>> {
+    let out =
+        if_there(ctx.aws.efs.describe_file_systems().file_system_id(id).send(), || format!("reading file system {id}"))
+            .await?;
     Ok(out.and_then(|o| o.file_systems.and_then(|v| v.into_iter().next())))
 }
 
+fn file_system_owner(ctx: &Ctx, fs: &FileSystemDescription) -> Owner {
+    ctx.tags.owner(fs.tags().iter().map(|t| (t.key(), t.value())))
+}
+
+pub struct FileSystemStep;
+
 #[async_trait]
-impl StepAction<Ctx> for CreateFileSystem {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let desired = Desired {
-            key: KEY_FILE_SYSTEM.into(),
-            kind: FILE_SYSTEM.into(),
-            depends_on: vec![],
-            attrs: attrs([
-                ("encrypted", "true".into()),
-                ("throughput", "elastic".into()),
-                ("backups", "enabled".into()),
-            ]),
-        };
-        let efs = &ctx.aws.efs;
+impl StepAction<Ctx> for FileSystemStep {
+    fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted =
+            attrs([("encrypted", "true".into()), ("throughput", "elastic".into()), ("backups", "enabled".into())]);
+        Ok(vec![Desired::new(keys::FILE_SYSTEM, Kind::FileSystem, wanted)])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
         let ensured = scope
-            .ensure(ctx, &FileSystemOps, desired, |existing, token| async move {
-                let id = match &existing {
-                    Some(found) => found.id.clone(),
-                    // The creation token makes a retried create return the same file system.
-                    None => efs
-                        .create_file_system()
-                        .creation_token(&token)
-                        .performance_mode(PerformanceMode::GeneralPurpose)
-                        .throughput_mode(ThroughputMode::Elastic)
-                        .encrypted(true)
-                        .backup(true)
-                        .set_tags(Some(efs_tags(ctx, KEY_FILE_SYSTEM)?))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating the EFS file system ({})", ctx.aws.region))?
-                        .file_system_id
-                        .clone(),
-                };
-                wait_until(scope, &format!("file system {id} to become available"), EFS_WAIT, || async {
-                    Ok(match describe_file_system(ctx, &id).await? {
-                        Some(fs) => life_cycle(Some(fs.life_cycle_state()), ()),
-                        None => Poll::Pending("not visible yet".into()),
-                    })
-                })
-                .await?;
-                if existing.is_some() {
-                    // Converging an adopted or changed file system: backups on, if they are not.
-                    let current = efs
-                        .describe_backup_policy()
-                        .file_system_id(&id)
-                        .send()
-                        .await
-                        .or_aws(|| format!("reading the backup policy of {id}"));
-                    let enabled = match current {
-                        Ok(out) => out.backup_policy().is_some_and(|p| p.status() == &Status::Enabled),
-                        Err(e) if e.is_code(&["PolicyNotFound"]) => false,
-                        Err(e) => return Err(e.into()),
-                    };
-                    if !enabled {
-                        let policy =
-                            BackupPolicy::builder().status(Status::Enabled).build().context("backup policy")?;
-                        efs.put_backup_policy()
-                            .file_system_id(&id)
-                            .backup_policy(policy)
-                            .send()
-                            .await
-                            .or_aws(|| format!("turning on backups for {id}"))?;
-                    }
-                }
-                let arn = describe_file_system(ctx, &id).await?.and_then(|fs| fs.file_system_arn).unwrap_or_default();
-                Ok(Created { id, attrs: attrs([("arn", arn)]) })
+            .ensure(ctx, &FileSystemOps, want, |existing, token| converge_file_system(ctx, scope, existing, token))
+            .await?;
+        Ok(ensured.summary(" (encrypted, elastic throughput, backups on)"))
+    }
+}
+
+async fn converge_file_system(
+    ctx: &Ctx,
+    scope: &StepScope,
+    existing: Option<Existing>,
+    token: String,
+) -> anyhow::Result<Applied> {
+    let efs = &ctx.aws.efs;
+    let id = match &existing {
+        Some(existing) => existing.id.clone(),
+        // The creation token makes a retried create return the same file system.
+        None => {
+            call(
+                efs.create_file_system()
+                    .creation_token(&token)
+                    .performance_mode(PerformanceMode::GeneralPurpose)
+                    .throughput_mode(ThroughputMode::Elastic)
+                    .encrypted(true)
+                    .backup(true)
+                    .set_tags(Some(ctx.tags.list(keys::FILE_SYSTEM)))
+                    .send(),
+                || format!("creating the EFS file system ({})", ctx.region()),
+            )
+            .await?
+            .file_system_id
+        }
+    };
+    let fs = wait_until(scope, &format!("file system {id} to become available"), EFS_WAIT, || async {
+        Ok(match describe_file_system(ctx, &id).await? {
+            Some(fs) => life_cycle(Some(&fs.life_cycle_state().clone()), fs),
+            None => Poll::Pending("not visible yet".into()),
+        })
+    })
+    .await?;
+    if existing.is_some() && fs.throughput_mode() != Some(&ThroughputMode::Elastic) {
+        // A restored file system comes with the default (bursting) throughput.
+        call(efs.update_file_system().file_system_id(&id).throughput_mode(ThroughputMode::Elastic).send(), || {
+            format!("setting elastic throughput on {id}")
+        })
+        .await?;
+    }
+    if existing.is_some() {
+        // Converging an adopted or changed file system: backups on, if they are not.
+        let current = call(efs.describe_backup_policy().file_system_id(&id).send(), || {
+            format!("reading the backup policy of {id}")
+        })
+        .await;
+        let enabled = match current {
+            Ok(out) => out.backup_policy().is_some_and(|p| p.status() == &Status::Enabled),
+            Err(e) if e.is_code(&["PolicyNotFound"]) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !enabled {
+            let policy = BackupPolicy::builder().status(Status::Enabled).build().context("backup policy")?;
+            call(efs.put_backup_policy().file_system_id(&id).backup_policy(policy).send(), || {
+                format!("turning on backups for {id}")
             })
             .await?;
-        Ok(format!("{} {} (encrypted, elastic throughput, backups on)", ensured.verb(), ensured.id()))
+        }
     }
+    Ok(Applied::id(id).with("arn", fs.file_system_arn().unwrap_or_default()))
 }
 
 pub struct FileSystemOps;
@@ -145,104 +135,64 @@ pub struct FileSystemOps;
 #[async_trait]
 impl ResourceOps<Ctx> for FileSystemOps {
     fn noun(&self) -> &'static str {
-        "file system"
+        Kind::FileSystem.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        Ok(match describe_file_system(ctx, id).await? {
-            None => Live::Missing,
-            Some(fs) if matches!(fs.life_cycle_state(), LifeCycleState::Deleting | LifeCycleState::Deleted) => {
-                Live::Missing
+        Ok(match describe_file_system(ctx, record.id()?).await? {
+            Some(fs) if !gone(fs.life_cycle_state()) => {
+                let drift = if fs.encrypted().unwrap_or(false) { vec![] } else { vec!["not encrypted".to_string()] };
+                let bytes = fs.size_in_bytes().map(|s| s.value()).unwrap_or(0);
+                Live::present(format!("{}, {bytes} bytes", fs.life_cycle_state().as_str()), drift)
+                    .owned_by(file_system_owner(ctx, &fs))
             }
-            Some(fs) => {
-                let mut drift = Vec::new();
-                if !fs.encrypted().unwrap_or(false) {
-                    drift.push("not encrypted".to_string());
-                }
-                Live::Present {
-                    summary: format!(
-                        "{}, {} bytes",
-                        fs.life_cycle_state().as_str(),
-                        fs.size_in_bytes().map(|s| s.value()).unwrap_or(0)
-                    ),
-                    drift,
-                }
-            }
+            _ => Live::Missing,
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        _record: &ResourceRecord,
-        token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let out = ctx
-            .aws
-            .efs
-            .describe_file_systems()
-            .creation_token(token)
-            .send()
-            .await
-            .or_aws(|| "looking for the file system by its creation token".to_string())?;
-        Ok(out
-            .file_systems()
-            .iter()
-            .find(|f| f.life_cycle_state() != &LifeCycleState::Deleted)
-            .map(|f| f.file_system_id().to_string()))
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let out = call(ctx.aws.efs.describe_file_systems().creation_token(lost.token).send(), || {
+            "looking for the file system by its creation lost.token".to_string()
+        })
+        .await?;
+        Ok(out.file_systems().iter().find(|f| !gone(f.life_cycle_state())).map(|f| f.file_system_id().to_string()))
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let id = record.id()?;
-        // Normally its mount targets and access point went first (they are recorded and depend
-        // on it); a file system found without a record may still have some.
-        let mounts = found(
-            ctx.aws
-                .efs
-                .describe_mount_targets()
-                .file_system_id(id)
-                .send()
-                .await
-                .or_aws(|| format!("listing mount targets of {id}")),
-        )?;
-        for mt in mounts.map(|m| m.mount_targets.unwrap_or_default()).unwrap_or_default() {
-            let mt_record = ResourceRecord { id: Some(mt.mount_target_id), ..record.clone() };
-            MountTargetOps.delete(ctx, &mt_record, scope).await?;
+        let efs = &ctx.aws.efs;
+        // Normally its mount targets and access points went first (they are recorded and depend
+        // on it); a file system found without a record, or a retained one, may still have some.
+        for mount in mount_targets_of(ctx, id).await? {
+            delete_mount_target(ctx, &mount.mount_target_id, scope).await?;
         }
-        let points = found(
-            ctx.aws
-                .efs
-                .describe_access_points()
-                .file_system_id(id)
-                .send()
-                .await
-                .or_aws(|| format!("listing access points of {id}")),
-        )?;
-        for ap in points.map(|p| p.access_points.unwrap_or_default()).unwrap_or_default() {
-            if let Some(ap_id) = ap.access_point_id() {
-                found(
-                    ctx.aws
-                        .efs
-                        .delete_access_point()
-                        .access_point_id(ap_id)
-                        .send()
-                        .await
-                        .or_aws(|| format!("deleting access point {ap_id}")),
-                )?;
+        let points = if_there(efs.describe_access_points().file_system_id(id).send(), || {
+            format!("listing access points of {id}")
+        })
+        .await?;
+        for point in points.map(|p| p.access_points.unwrap_or_default()).unwrap_or_default() {
+            if let Some(point_id) = point.access_point_id() {
+                delete_access_point(ctx, point_id).await?;
             }
         }
         // "FileSystemInUse" until its mount targets are fully gone.
-        delete_when_free(&["FileSystemInUse"], || async {
-            ctx.aws
-                .efs
-                .delete_file_system()
-                .file_system_id(id)
-                .send()
-                .await
-                .or_aws(|| format!("deleting file system {id}"))
-        })
+        delete_when_free(
+            scope,
+            &format!("file system {id}"),
+            &["FileSystemInUse"],
+            || async {
+                call(efs.delete_file_system().file_system_id(id).send(), || format!("deleting file system {id}")).await
+            },
+            || async {
+                let left = mount_targets_of(ctx, id).await?;
+                Ok(if left.is_empty() {
+                    Holders::Unknown
+                } else {
+                    let ids: Vec<&str> = left.iter().map(|m| m.mount_target_id()).collect();
+                    Holders::Draining(format!("{} mount target(s) to be deleted: {}", ids.len(), ids.join(", ")))
+                })
+            },
+        )
         .await?;
         wait_until(scope, &format!("file system {id} to be deleted"), EFS_WAIT, || async {
             Ok(match describe_file_system(ctx, id).await? {
@@ -255,117 +205,129 @@ impl ResourceOps<Ctx> for FileSystemOps {
         Ok(())
     }
 
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Vec<Discovered>> {
+    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
         let mut found = Vec::new();
         let mut pages = ctx.aws.efs.describe_file_systems().into_paginator().send();
         while let Some(page) = pages.next().await {
             for fs in page.or_aws(|| "discovering file systems".into())?.file_systems() {
-                let tag = |k: &str| fs.tags().iter().find(|t| t.key() == k).map(|t| t.value());
-                if tag(crate::aws::STACK_TAG) == Some(ctx.tags.stack.as_str())
-                    && fs.life_cycle_state() != &LifeCycleState::Deleted
-                    && let Some(key) = tag(crate::aws::RESOURCE_TAG)
-                {
-                    found.push(Discovered {
-                        key: key.to_string(),
-                        id: fs.file_system_id().to_string(),
-                        attrs: Default::default(),
-                    });
+                if gone(fs.life_cycle_state()) || file_system_owner(ctx, fs) != Owner::Ours {
+                    continue;
+                }
+                if let Some(key) = fs.tags().iter().find(|t| t.key() == crate::aws::tags::RESOURCE_TAG) {
+                    found.push(Discovered::new(key.value(), fs.file_system_id()));
                 }
             }
         }
-        Ok(found)
+        Ok(found.into())
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mount targets
 
-pub struct CreateMountTargets;
-
-async fn describe_mount_target(
-    ctx: &Ctx,
-    id: &str,
-) -> anyhow::Result<Option<aws_sdk_efs::types::MountTargetDescription>> {
-    let out = found(
-        ctx.aws
-            .efs
-            .describe_mount_targets()
-            .mount_target_id(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading mount target {id}")),
-    )?;
+async fn describe_mount_target(ctx: &Ctx, id: &str) -> anyhow::Result<Option<MountTargetDescription>> {
+    let out = if_there(ctx.aws.efs.describe_mount_targets().mount_target_id(id).send(), || {
+        format!("reading mount target {id}")
+    })
+    .await?;
     Ok(out.and_then(|o| o.mount_targets.and_then(|v| v.into_iter().next())))
 }
 
-impl CreateMountTargets {
-    async fn ensure_one(
-        &self,
-        ctx: &Ctx,
-        scope: &StepScope,
-        key: &'static str,
-        subnet_key: &'static str,
-    ) -> anyhow::Result<String> {
-        let fs_id = required_id(KEY_FILE_SYSTEM, scope)?;
-        let subnet_id = required_id(subnet_key, scope)?;
-        let group_id = required_id(KEY_EFS_SECURITY_GROUP, scope)?;
-        let desired = Desired {
-            key: key.into(),
-            kind: MOUNT_TARGET.into(),
-            depends_on: vec![KEY_FILE_SYSTEM.into(), subnet_key.into(), KEY_EFS_SECURITY_GROUP.into()],
-            attrs: attrs([
-                ("file_system_id", fs_id.clone()),
-                ("subnet_id", subnet_id.clone()),
-                ("security_group", group_id.clone()),
-            ]),
-        };
-        let efs = &ctx.aws.efs;
-        let (fs, subnet, group) = (fs_id.as_str(), subnet_id.as_str(), group_id.as_str());
-        let ensured = scope
-            .ensure(ctx, &MountTargetOps, desired, |existing, _token| async move {
-                let id = match existing {
-                    Some(found) => {
-                        efs.modify_mount_target_security_groups()
-                            .mount_target_id(&found.id)
-                            .security_groups(group)
-                            .send()
-                            .await
-                            .or_aws(|| format!("setting the security group of mount target {}", found.id))?;
-                        found.id
-                    }
-                    None => efs
-                        .create_mount_target()
-                        .file_system_id(fs)
-                        .subnet_id(subnet)
-                        .security_groups(group)
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating a mount target for {fs} in {subnet}"))?
-                        .mount_target_id
-                        .clone(),
-                };
-                wait_until(scope, &format!("mount target {id} to become available"), EFS_WAIT, || async {
-                    Ok(match describe_mount_target(ctx, &id).await? {
-                        Some(mt) => life_cycle(Some(mt.life_cycle_state()), ()),
-                        None => Poll::Pending("not visible yet".into()),
-                    })
-                })
-                .await?;
-                Ok(Created { id, attrs: BTreeMap::new() })
-            })
-            .await?;
-        Ok(format!("{} {}", ensured.verb(), ensured.id()))
-    }
+async fn mount_targets_of(ctx: &Ctx, fs: &str) -> anyhow::Result<Vec<MountTargetDescription>> {
+    let out = if_there(ctx.aws.efs.describe_mount_targets().file_system_id(fs).send(), || {
+        format!("listing mount targets of {fs}")
+    })
+    .await?;
+    Ok(out.and_then(|o| o.mount_targets).unwrap_or_default())
 }
 
+/// Deletes a mount target and waits until it is gone: its network interface keeps the subnet
+/// and security group busy until then.
+async fn delete_mount_target(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
+    if_there(ctx.aws.efs.delete_mount_target().mount_target_id(id).send(), || format!("deleting mount target {id}"))
+        .await?;
+    wait_until(scope, &format!("mount target {id} to be deleted"), EFS_WAIT, || async {
+        Ok(match describe_mount_target(ctx, id).await? {
+            None => Poll::Ready(()),
+            Some(mt) => Poll::Pending(mt.life_cycle_state().as_str().to_string()),
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+pub struct MountTargetsStep;
+
 #[async_trait]
-impl StepAction<Ctx> for CreateMountTargets {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let (a, b) = tokio::try_join!(
-            self.ensure_one(ctx, scope, MOUNT_TARGET_KEYS[0], PRIVATE_SUBNETS[0]),
-            self.ensure_one(ctx, scope, MOUNT_TARGET_KEYS[1], PRIVATE_SUBNETS[1]),
-        )?;
-        Ok(format!("{a}, {b}"))
+impl StepAction<Ctx> for MountTargetsStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let fs = env.id(keys::FILE_SYSTEM)?;
+        let group = env.id(keys::EFS_SECURITY_GROUP)?;
+        keys::MOUNT_TARGETS
+            .iter()
+            .zip(keys::PRIVATE_SUBNETS)
+            .map(|(key, subnet)| {
+                let wanted = attrs([
+                    ("file_system_id", fs.clone()),
+                    ("subnet_id", env.id(subnet)?),
+                    ("security_group", group.clone()),
+                ]);
+                Ok(Desired::new(key, Kind::MountTarget, wanted).replaced_on(&["file_system_id", "subnet_id"]))
+            })
+            .collect()
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let ensures = scope.wanted(ctx, self)?.into_iter().map(|want| {
+            let (fs, subnet, group) = (
+                want.attrs["file_system_id"].clone(),
+                want.attrs["subnet_id"].clone(),
+                want.attrs["security_group"].clone(),
+            );
+            async move {
+                scope
+                    .ensure(ctx, &MountTargetOps, want, |existing, _| async move {
+                        let efs = &ctx.aws.efs;
+                        let id = match existing {
+                            Some(existing) => {
+                                call(
+                                    efs.modify_mount_target_security_groups()
+                                        .mount_target_id(&existing.id)
+                                        .security_groups(&group)
+                                        .send(),
+                                    || format!("setting the security group of mount target {}", existing.id),
+                                )
+                                .await?;
+                                existing.id
+                            }
+                            None => {
+                                call(
+                                    efs.create_mount_target()
+                                        .file_system_id(&fs)
+                                        .subnet_id(&subnet)
+                                        .security_groups(&group)
+                                        .send(),
+                                    || format!("creating a mount target for {fs} in {subnet}"),
+                                )
+                                .await?
+                                .mount_target_id
+                            }
+                        };
+                        wait_until(scope, &format!("mount target {id} to become available"), EFS_WAIT, || async {
+                            Ok(match describe_mount_target(ctx, &id).await? {
+                                Some(mt) => life_cycle(Some(mt.life_cycle_state()), ()),
+                                None => Poll::Pending("not visible yet".into()),
+                            })
+                        })
+                        .await?;
+                        Ok(Applied::id(id))
+                    })
+                    .await
+            }
+        });
+        let ensured = futures_util::future::try_join_all(ensures).await?;
+        let parts: Vec<String> = ensured.iter().map(|e| format!("{} {}", e.verb(), e.id())).collect();
+        Ok(Summary::new(parts.join(", "), ensured.iter().any(|e| e.changed())))
     }
 }
 
@@ -374,139 +336,108 @@ pub struct MountTargetOps;
 #[async_trait]
 impl ResourceOps<Ctx> for MountTargetOps {
     fn noun(&self) -> &'static str {
-        "mount target"
+        Kind::MountTarget.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        Ok(match describe_mount_target(ctx, id).await? {
-            None => Live::Missing,
-            Some(mt) if matches!(mt.life_cycle_state(), LifeCycleState::Deleting | LifeCycleState::Deleted) => {
-                Live::Missing
-            }
-            Some(mt) => Live::Present {
-                summary: format!(
+        Ok(match describe_mount_target(ctx, record.id()?).await? {
+            Some(mt) if !gone(mt.life_cycle_state()) => {
+                let summary = format!(
                     "{} in {} ({})",
                     mt.life_cycle_state().as_str(),
                     mt.subnet_id(),
                     mt.ip_address().unwrap_or("?")
-                ),
-                drift: vec![],
-            },
+                );
+                Live::present(summary, vec![])
+            }
+            _ => Live::Missing,
         })
+    }
+
+    /// A mount target has no tags: it is the stack's when its file system is.
+    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let live = self.read(ctx, record).await?;
+        let Some(mt) = describe_mount_target(ctx, record.id()?).await? else { return Ok(live) };
+        let owner = match describe_file_system(ctx, mt.file_system_id()).await? {
+            Some(fs) => match file_system_owner(ctx, &fs) {
+                Owner::Foreign(why) => Owner::Foreign(format!("its file system {}: {why}", mt.file_system_id())),
+                owner => owner,
+            },
+            None => Owner::Ours,
+        };
+        Ok(live.owned_by(owner))
     }
 
     /// Only one mount target per zone may exist: the one in the recorded subnet is ours.
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        _token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let (Some(fs), Some(subnet)) = (record.attr("file_system_id"), record.attr("subnet_id")) else {
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let (Some(fs), Some(subnet)) = (lost.record.attr("file_system_id"), lost.record.attr("subnet_id")) else {
             return Ok(None);
         };
-        let out = found(
-            ctx.aws
-                .efs
-                .describe_mount_targets()
-                .file_system_id(fs)
-                .send()
-                .await
-                .or_aws(|| format!("listing mount targets of {fs}")),
-        )?;
-        Ok(out
-            .and_then(|o| o.mount_targets.unwrap_or_default().into_iter().find(|m| m.subnet_id() == subnet))
-            .map(|m| m.mount_target_id))
+        Ok(mount_targets_of(ctx, fs).await?.into_iter().find(|m| m.subnet_id() == subnet).map(|m| m.mount_target_id))
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        found(
-            ctx.aws
-                .efs
-                .delete_mount_target()
-                .mount_target_id(id)
-                .send()
-                .await
-                .or_aws(|| format!("deleting mount target {id}")),
-        )?;
-        // Its network interface keeps the subnet and security group busy until it is gone.
-        wait_until(scope, &format!("mount target {id} to be deleted"), EFS_WAIT, || async {
-            Ok(match describe_mount_target(ctx, id).await? {
-                None => Poll::Ready(()),
-                Some(mt) => Poll::Pending(mt.life_cycle_state().as_str().to_string()),
-            })
-        })
-        .await?;
-        Ok(())
+        delete_mount_target(ctx, record.id()?, scope).await
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The initializer's access point: root, so it can create /srv/gitlab. GitLab's tasks mount the
-// file system without one: the image's users have fixed UIDs and need root ownership semantics.
+// The initializer's root access point: root, so it can create /srv/gitlab. GitLab's tasks mount
+// the file system without one: the image's users have fixed UIDs and need root ownership.
 
-pub struct CreateInitAccessPoint;
-
-async fn describe_access_point(
-    ctx: &Ctx,
-    id: &str,
-) -> anyhow::Result<Option<aws_sdk_efs::types::AccessPointDescription>> {
-    let out = found(
-        ctx.aws
-            .efs
-            .describe_access_points()
-            .access_point_id(id)
-            .send()
-            .await
-            .or_aws(|| format!("reading access point {id}")),
-    )?;
+async fn describe_access_point(ctx: &Ctx, id: &str) -> anyhow::Result<Option<AccessPointDescription>> {
+    let out = if_there(ctx.aws.efs.describe_access_points().access_point_id(id).send(), || {
+        format!("reading access point {id}")
+    })
+    .await?;
     Ok(out.and_then(|o| o.access_points.and_then(|v| v.into_iter().next())))
 }
 
-#[async_trait]
-impl StepAction<Ctx> for CreateInitAccessPoint {
-    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<String> {
-        let fs_id = required_id(KEY_FILE_SYSTEM, scope)?;
-        let desired = Desired {
-            key: KEY_INIT_ACCESS_POINT.into(),
-            kind: ACCESS_POINT.into(),
-            depends_on: vec![KEY_FILE_SYSTEM.into()],
-            attrs: attrs([("file_system_id", fs_id.clone())]),
-        };
-        let efs = &ctx.aws.efs;
-        let fs = fs_id.as_str();
-        let ensured = scope
-            .ensure(ctx, &AccessPointOps, desired, |existing, token| async move {
-                let id = match existing {
-                    Some(found) => found.id,
-                    None => efs
+async fn delete_access_point(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
+    if_there(ctx.aws.efs.delete_access_point().access_point_id(id).send(), || format!("deleting access point {id}"))
+        .await?;
+    Ok(())
+}
+
+/// What the initializer's access point is.
+pub fn init_access_point(fs_id: &str) -> Desired {
+    Desired::new(keys::INIT_ACCESS_POINT, Kind::AccessPoint, attrs([("file_system_id", fs_id.to_string())]))
+        .replaced_on(&["file_system_id"])
+}
+
+/// Creates (or converges) the initializer's access point on `fs`; returns its ARN.
+pub async fn ensure_init_access_point(ctx: &Ctx, scope: &StepScope, fs: &str) -> anyhow::Result<String> {
+    let ensured = scope
+        .ensure(ctx, &AccessPointOps, init_access_point(fs), |existing, token| async move {
+            let id = match existing {
+                Some(existing) => existing.id,
+                None => call(
+                    ctx.aws
+                        .efs
                         .create_access_point()
                         .client_token(&token)
                         .file_system_id(fs)
                         .posix_user(PosixUser::builder().uid(0).gid(0).build().context("posix user")?)
                         .root_directory(RootDirectory::builder().path("/").build())
-                        .set_tags(Some(efs_tags(ctx, KEY_INIT_ACCESS_POINT)?))
-                        .send()
-                        .await
-                        .or_aws(|| format!("creating the initializer's access point on {fs}"))?
-                        .access_point_id
-                        .context("CreateAccessPoint returned no id")?,
-                };
-                let ap = wait_until(scope, &format!("access point {id} to become available"), EFS_WAIT, || async {
-                    Ok(match describe_access_point(ctx, &id).await? {
-                        Some(ap) => life_cycle(ap.life_cycle_state().cloned().as_ref(), ap),
-                        None => Poll::Pending("not visible yet".into()),
-                    })
+                        .set_tags(Some(ctx.tags.list(keys::INIT_ACCESS_POINT)))
+                        .send(),
+                    || format!("creating the initializer's access point on {fs}"),
+                )
+                .await?
+                .access_point_id
+                .context("CreateAccessPoint returned no id")?,
+            };
+            let point = wait_until(scope, &format!("access point {id} to become available"), EFS_WAIT, || async {
+                Ok(match describe_access_point(ctx, &id).await? {
+                    Some(point) => life_cycle(point.life_cycle_state().cloned().as_ref(), point),
+                    None => Poll::Pending("not visible yet".into()),
                 })
-                .await?;
-                Ok(Created { id, attrs: attrs([("arn", ap.access_point_arn().unwrap_or_default().to_string())]) })
             })
             .await?;
-        Ok(format!("{} {}", ensured.verb(), ensured.id()))
-    }
+            Ok(Applied::id(id).with("arn", point.access_point_arn().unwrap_or_default()))
+        })
+        .await?;
+    ensured.record.attr("arn").map(str::to_string).context("the access point has no ARN")
 }
 
 pub struct AccessPointOps;
@@ -514,57 +445,38 @@ pub struct AccessPointOps;
 #[async_trait]
 impl ResourceOps<Ctx> for AccessPointOps {
     fn noun(&self) -> &'static str {
-        "access point"
+        Kind::AccessPoint.noun()
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let id = record.id()?;
-        Ok(match describe_access_point(ctx, id).await? {
+        Ok(match describe_access_point(ctx, record.id()?).await? {
             None => Live::Missing,
-            Some(ap) => Live::Present {
-                summary: format!(
+            Some(point) => {
+                let summary = format!(
                     "{} at {}",
-                    ap.life_cycle_state().map(|s| s.as_str()).unwrap_or("?"),
-                    ap.root_directory().and_then(|r| r.path()).unwrap_or("/")
-                ),
-                drift: vec![],
-            },
+                    point.life_cycle_state().map(|s| s.as_str()).unwrap_or("?"),
+                    point.root_directory().and_then(|r| r.path()).unwrap_or("/")
+                );
+                Live::present(summary, vec![])
+                    .owned_by(ctx.tags.owner(point.tags().iter().map(|t| (t.key(), t.value()))))
+            }
         })
     }
 
-    async fn find(
-        &self,
-        ctx: &Ctx,
-        _key: &str,
-        record: &ResourceRecord,
-        token: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(fs) = record.attr("file_system_id") else { return Ok(None) };
-        let out = found(
-            ctx.aws
-                .efs
-                .describe_access_points()
-                .file_system_id(fs)
-                .send()
-                .await
-                .or_aws(|| format!("listing access points of {fs}")),
-        )?;
+    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        let Some(fs) = lost.record.attr("file_system_id") else { return Ok(None) };
+        let out = if_there(ctx.aws.efs.describe_access_points().file_system_id(fs).send(), || {
+            format!("listing access points of {fs}")
+        })
+        .await?;
         Ok(out
-            .and_then(|o| o.access_points.unwrap_or_default().into_iter().find(|a| a.client_token() == Some(token)))
+            .and_then(|o| {
+                o.access_points.unwrap_or_default().into_iter().find(|a| a.client_token() == Some(lost.token))
+            })
             .and_then(|a| a.access_point_id))
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let id = record.id()?;
-        found(
-            ctx.aws
-                .efs
-                .delete_access_point()
-                .access_point_id(id)
-                .send()
-                .await
-                .or_aws(|| format!("deleting access point {id}")),
-        )?;
-        Ok(())
+        delete_access_point(ctx, record.id()?).await
     }
 }

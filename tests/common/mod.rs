@@ -113,6 +113,7 @@ impl Emulator {
         }
         Clients {
             acm: client!(aws_sdk_acm),
+            backup: client!(aws_sdk_backup),
             ec2: client!(aws_sdk_ec2),
             ecs: client!(aws_sdk_ecs),
             efs: client!(aws_sdk_efs),
@@ -144,6 +145,7 @@ impl Emulator {
 
 pub struct Clients {
     pub acm: aws_sdk_acm::Client,
+    pub backup: aws_sdk_backup::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub ecs: aws_sdk_ecs::Client,
     pub efs: aws_sdk_efs::Client,
@@ -332,9 +334,28 @@ pub async fn stack_leftovers(c: &Clients, stack: &str) -> Vec<String> {
             left.push(format!("role {}", role.role_name()));
         }
     }
-    let prefix = format!("/gitlab-provision/{stack}/");
-    for g in c.logs.describe_log_groups().log_group_name_prefix(&prefix).send().await.unwrap().log_groups() {
-        left.push(format!("log group {}", g.log_group_name().unwrap_or_default()));
+    // GitLab's own, and the two AWS would create for the stack's function and cluster.
+    for prefix in [
+        format!("/gitlab-provision/{stack}/"),
+        format!("/aws/lambda/{stack}-efs-init"),
+        format!("/aws/ecs/containerinsights/{stack}/"),
+    ] {
+        for g in c.logs.describe_log_groups().log_group_name_prefix(&prefix).send().await.unwrap().log_groups() {
+            left.push(format!("log group {}", g.log_group_name().unwrap_or_default()));
+        }
+    }
+    for vault in c.backup.list_backup_vaults().send().await.unwrap().backup_vault_list() {
+        if vault.backup_vault_name() == Some(format!("gitlab-provision-{stack}").as_str()) {
+            left.push(format!("backup vault {}", vault.backup_vault_name().unwrap_or_default()));
+        }
+    }
+    for fs in c.efs.describe_file_systems().send().await.unwrap().file_systems() {
+        let points = c.efs.describe_access_points().file_system_id(fs.file_system_id()).send().await.unwrap();
+        for ap in points.access_points() {
+            if ap.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == stack) {
+                left.push(format!("access point {}", ap.access_point_id().unwrap_or_default()));
+            }
+        }
     }
     for s in c.secrets.list_secrets().send().await.unwrap().secret_list() {
         if s.name().is_some_and(|n| n.starts_with(&format!("gitlab-provision/{stack}/"))) && s.deleted_date().is_none()
@@ -372,6 +393,13 @@ pub async fn count_tagged(ec2: &aws_sdk_ec2::Client, stack: &str) -> std::collec
 pub async fn existing_vpc(ec2: &aws_sdk_ec2::Client, with_nat: bool) -> (String, Vec<String>) {
     let vpc =
         ec2.create_vpc().cidr_block("172.31.0.0/16").send().await.unwrap().vpc().unwrap().vpc_id().unwrap().to_string();
+    // Fargate mounts EFS by DNS name: a VPC GitLab can run in has DNS support and hostnames on.
+    for hostnames in [false, true] {
+        let on = aws_sdk_ec2::types::AttributeBooleanValue::builder().value(true).build();
+        let request = ec2.modify_vpc_attribute().vpc_id(&vpc);
+        let request = if hostnames { request.enable_dns_hostnames(on) } else { request.enable_dns_support(on) };
+        request.send().await.unwrap();
+    }
     let igw = ec2
         .create_internet_gateway()
         .send()

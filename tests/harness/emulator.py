@@ -321,9 +321,14 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, model)
                 return
             if rule and rule.get("status") and rule.get("when", "before") == "before":
                 return self.fail(rule)
+            path = self.path
+            if service == "backup" and self.command == "GET" and path.startswith("/tags/") and not path.endswith("/"):
+                # AWS's ListTags path is /tags/{arn}/; the Rust SDK omits the final slash, which
+                # AWS accepts and moto 5.2.5 does not (it reads the ARN from the second-to-last part).
+                path += "/"
             conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=60)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-            conn.request(self.command, self.path, body=body, headers=headers)
+            conn.request(self.command, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             if rule and rule.get("status"):

@@ -1,0 +1,876 @@
+//! The GitLab stack, declared: every step with what it needs, what it creates and what it does,
+//! and the one table of resource kinds (operations, discovery, deletion rank). Step order and
+//! each record's teardown dependencies are both derived from what the steps need: they are
+//! stated once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use aws_sdk_elasticloadbalancingv2::types::ProtocolEnum;
+
+use crate::aws::Ctx;
+use crate::aws::ec2::Ec2;
+use crate::config::{NatKind, NetworkConfig, StackConfig};
+use crate::engine::{Catalog, ResourceOps, Step, StepAction};
+use crate::keys::{self, Kind};
+use crate::steps::load_balancer::{Flavour, ListenerAction, ListenerStep, LoadBalancerStep, TargetGroupStep};
+use crate::steps::network::{RouteTableStep, RouteTarget, SubnetPlan, SubnetsStep};
+use crate::steps::security_group::{IngressRule, SecurityGroupStep, Source};
+use crate::steps::{backup, certificate, dns, efs_init, iam, logs, nat, network, secret, service, storage};
+
+// ---------------------------------------------------------------------------------------------
+// Kinds
+
+/// What the engine needs to know of a kind.
+pub struct KindInfo {
+    pub ops: &'static dyn ResourceOps<Ctx>,
+    /// Found without a record by `--discover`.
+    pub discoverable: bool,
+    /// Deletion order for resources found without a record (lower goes first).
+    pub rank: u8,
+}
+
+/// The one table of kinds: the compiler checks it names every kind.
+pub fn kind_info(kind: Kind, key: &str) -> KindInfo {
+    let info = |ops: &'static dyn ResourceOps<Ctx>, discoverable: bool, rank: u8| KindInfo { ops, discoverable, rank };
+    match kind {
+        Kind::Service => info(&service::ServiceOps, true, 0),
+        Kind::Function => info(&efs_init::FunctionOps, true, 0),
+        Kind::Listener => info(&crate::steps::load_balancer::ListenerOps, false, 1),
+        Kind::DnsRecord => info(&dns::RecordOps, false, 1),
+        Kind::TaskDefinition => info(&service::TaskDefinitionOps, true, 1),
+        Kind::Marker => info(&efs_init::MarkerOps, false, 1),
+        Kind::RolePolicy => info(&iam::RolePolicyOps, false, 1),
+        Kind::AccessPoint => info(&storage::AccessPointOps, false, 1),
+        Kind::RouteTable => info(&Ec2::<network::RouteTables>::OPS, true, 1),
+        Kind::LoadBalancer => info(&crate::steps::load_balancer::LoadBalancerOps, true, 2),
+        Kind::Certificate => info(&certificate::CertificateOps, true, 2),
+        Kind::Instance => info(&Ec2::<nat::Instances>::OPS, true, 2),
+        Kind::NatGateway => info(&Ec2::<nat::NatGateways>::OPS, true, 2),
+        Kind::MountTarget => info(&storage::MountTargetOps, false, 2),
+        // The roles the task uses go before what they name; the initializer's (and Backup's)
+        // outlive the initializer's security group (Lambda releases interfaces with its role).
+        Kind::Role if key == keys::EXECUTION_ROLE || key == keys::TASK_ROLE => info(&iam::RoleOps, true, 2),
+        Kind::Role => info(&iam::RoleOps, true, 7),
+        Kind::TargetGroup => info(&crate::steps::load_balancer::TargetGroupOps, true, 3),
+        Kind::FileSystem => info(&storage::FileSystemOps, true, 3),
+        Kind::Cluster => info(&service::ClusterOps, true, 3),
+        Kind::Secret => info(&secret::SecretOps, true, 3),
+        Kind::BackupVault => info(&backup::BackupVaultOps, true, 3),
+        // Groups that admit other groups go before those groups.
+        Kind::SecurityGroup if key == keys::EFS_SECURITY_GROUP => {
+            info(&Ec2::<crate::steps::security_group::SecurityGroups>::OPS, true, 4)
+        }
+        Kind::SecurityGroup if key == keys::SERVICE_SECURITY_GROUP || key == keys::NAT_SECURITY_GROUP => {
+            info(&Ec2::<crate::steps::security_group::SecurityGroups>::OPS, true, 5)
+        }
+        Kind::SecurityGroup => info(&Ec2::<crate::steps::security_group::SecurityGroups>::OPS, true, 6),
+        Kind::LogGroup => info(&logs::LogGroupOps, true, 7),
+        Kind::ElasticIp => info(&Ec2::<nat::Addresses>::OPS, true, 7),
+        Kind::Subnet => info(&Ec2::<network::Subnets>::OPS, true, 7),
+        Kind::InternetGateway => info(&Ec2::<network::InternetGateways>::OPS, true, 7),
+        Kind::Vpc => info(&Ec2::<network::Vpcs>::OPS, true, 8),
+    }
+}
+
+/// Every resource kind this tool records, for teardown and status.
+pub struct Kinds;
+
+impl Catalog<Ctx> for Kinds {
+    fn ops(&self, kind: &str) -> Option<&dyn ResourceOps<Ctx>> {
+        Kind::parse(kind).map(|k| kind_info(k, "").ops)
+    }
+
+    fn discoverable(&self) -> Vec<&'static str> {
+        Kind::ALL.iter().filter(|k| kind_info(**k, "").discoverable).map(|k| k.as_str()).collect()
+    }
+
+    fn teardown_rank(&self, kind: &str, key: &str) -> u8 {
+        Kind::parse(kind).map_or(9, |k| kind_info(k, key).rank)
+    }
+}
+
+/// What `down --keep-data` keeps: the repositories, the root credentials they go with, the note
+/// that the file system is prepared, and the backups.
+pub fn is_data(kind: &str) -> bool {
+    [Kind::FileSystem, Kind::Secret, Kind::Marker, Kind::BackupVault].iter().any(|k| k.as_str() == kind)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack's steps
+
+/// A step being declared.
+pub struct Declare<'a> {
+    catalog: &'a mut Stack,
+    step: Step<Ctx>,
+}
+
+impl Declare<'_> {
+    /// Records this step reads: it runs after the steps that create them, and its records are
+    /// deleted before them.
+    pub fn needs(mut self, keys: &[&str]) -> Self {
+        self.step.needs.extend(keys.iter().map(|k| k.to_string()));
+        self
+    }
+
+    /// Records that must outlive this step's though it does not read them.
+    pub fn holds(mut self, keys: &[&str]) -> Self {
+        self.step.holds.extend(keys.iter().map(|k| k.to_string()));
+        self
+    }
+
+    pub fn creates(mut self, key: &str, kind: Kind) -> Self {
+        self.step.creates.push((key.to_string(), kind.to_string()));
+        self
+    }
+
+    pub fn creates_all(mut self, keys: &[&str], kind: Kind) -> Self {
+        self.step.creates.extend(keys.iter().map(|k| (k.to_string(), kind.to_string())));
+        self
+    }
+
+    pub fn describe(mut self, text: impl Into<String>) -> Self {
+        self.step.description = text.into();
+        self
+    }
+
+    /// A check of the configuration against the account: everything else waits for it, and
+    /// when it fails nothing was created.
+    pub fn preflight(mut self) -> Self {
+        self.step.preflight = true;
+        self
+    }
+
+    pub fn runs(mut self, action: impl StepAction<Ctx> + 'static) {
+        self.step.action = Arc::new(action);
+        self.catalog.steps.push(self.step);
+    }
+}
+
+struct Nothing;
+
+#[async_trait::async_trait]
+impl StepAction<Ctx> for Nothing {
+    async fn apply(&self, _: &Ctx, _: &crate::engine::StepScope) -> anyhow::Result<crate::engine::Summary> {
+        Ok(crate::engine::Summary::new("nothing to do", false))
+    }
+}
+
+#[derive(Default)]
+pub struct Stack {
+    steps: Vec<Step<Ctx>>,
+}
+
+impl Stack {
+    fn step(&mut self, name: &str) -> Declare<'_> {
+        let step = Step {
+            name: name.to_string(),
+            after: Vec::new(),
+            needs: Vec::new(),
+            holds: Vec::new(),
+            creates: Vec::new(),
+            description: String::new(),
+            preflight: false,
+            action: Arc::new(Nothing),
+        };
+        Declare { catalog: self, step }
+    }
+
+    /// Orders the steps: each runs after the steps creating what it needs, and after every
+    /// pre-flight check.
+    fn finish(mut self) -> Vec<Step<Ctx>> {
+        let creator: BTreeMap<String, String> =
+            self.steps.iter().flat_map(|s| s.creates.iter().map(move |(k, _)| (k.clone(), s.name.clone()))).collect();
+        let preflight: Vec<String> = self.steps.iter().filter(|s| s.preflight).map(|s| s.name.clone()).collect();
+        for step in &mut self.steps {
+            let mut after: BTreeSet<String> = step
+                .needs
+                .iter()
+                .map(|need| creator.get(need).cloned().unwrap_or_else(|| format!("<nothing creates {need}>")))
+                .collect();
+            if !step.preflight {
+                after.extend(preflight.iter().cloned());
+            }
+            after.remove(&step.name);
+            step.after = after.into_iter().collect();
+        }
+        self.steps
+    }
+}
+
+/// The steps of the stack `cfg` describes.
+pub fn build(cfg: &StackConfig) -> Vec<Step<Ctx>> {
+    let cfg = Arc::new(cfg.clone());
+    let mut s = Stack::default();
+    let network = declare_network(&mut s, &cfg);
+    declare_gitlab(&mut s, &cfg, &network);
+    s.finish()
+}
+
+/// What the GitLab steps need of the network.
+struct Network {
+    /// Public subnets need the internet gateway before a load balancer can use them.
+    internet_gateway: Option<&'static str>,
+    /// The private subnets' outbound route (GitLab pulls its image through it).
+    egress: Option<&'static str>,
+}
+
+fn declare_network(s: &mut Stack, cfg: &StackConfig) -> Network {
+    if let Some(domain) = &cfg.domain {
+        s.step(keys::STEP_PREFLIGHT)
+            .describe(format!("check that hosted zone {} serves {}", domain.hosted_zone_id, domain.domain_name))
+            .preflight()
+            .runs(dns::CheckHostedZone { domain: domain.clone() });
+    }
+    match &cfg.network {
+        NetworkConfig::Import { vpc_id } => {
+            s.step(keys::VPC)
+                .creates(keys::VPC, Kind::Vpc)
+                .creates_all(&keys::SUBNETS, Kind::Subnet)
+                .describe(format!(
+                    "check and import {vpc_id}: two public and two private subnets in distinct zones, DNS on"
+                ))
+                .preflight()
+                .runs(network::ImportVpc { vpc_id: vpc_id.clone() });
+            Network { internet_gateway: None, egress: None }
+        }
+        NetworkConfig::Create { vpc_cidr, nat, zones } => {
+            s.step(keys::VPC)
+                .creates(keys::VPC, Kind::Vpc)
+                .describe(format!("create the VPC {vpc_cidr} with DNS support and hostnames"))
+                .runs(network::VpcStep { cidr: *vpc_cidr });
+            let plan = SubnetPlan::new(*vpc_cidr);
+            s.step(keys::STEP_SUBNETS)
+                .needs(&[keys::VPC])
+                .creates_all(&keys::SUBNETS, Kind::Subnet)
+                .describe(format!("create four subnets in two zones ({})", plan.describe()))
+                .runs(SubnetsStep {
+                    plan,
+                    zones: zones.clone(),
+                    instance_type: (*nat == NatKind::Instance).then_some(nat::NAT_INSTANCE_TYPE),
+                });
+            s.step(keys::INTERNET_GATEWAY)
+                .needs(&[keys::VPC])
+                .creates(keys::INTERNET_GATEWAY, Kind::InternetGateway)
+                .describe("create and attach the internet gateway")
+                .runs(network::InternetGatewayStep);
+            s.step(keys::ROUTE_TABLE_PUBLIC)
+                .needs(&[keys::VPC, keys::INTERNET_GATEWAY, keys::SUBNET_PUBLIC_A, keys::SUBNET_PUBLIC_B])
+                .creates(keys::ROUTE_TABLE_PUBLIC, Kind::RouteTable)
+                .describe("route the public subnets to the internet gateway")
+                .runs(RouteTableStep {
+                    key: keys::ROUTE_TABLE_PUBLIC,
+                    subnets: keys::PUBLIC_SUBNETS,
+                    target: RouteTarget::InternetGateway,
+                });
+            let target = match nat {
+                NatKind::Gateway => {
+                    s.step(keys::NAT_EIP)
+                        .creates(keys::NAT_EIP, Kind::ElasticIp)
+                        .describe("allocate the NAT gateway's Elastic IP")
+                        .runs(nat::ElasticIpStep);
+                    s.step(keys::NAT_GATEWAY)
+                        .needs(&[keys::NAT_SUBNET, keys::NAT_EIP, keys::INTERNET_GATEWAY])
+                        .creates(keys::NAT_GATEWAY, Kind::NatGateway)
+                        .describe("create the NAT gateway in public subnet a and wait until available")
+                        .runs(nat::NatGatewayStep);
+                    RouteTarget::NatGateway
+                }
+                NatKind::Instance => {
+                    s.step(keys::NAT_SECURITY_GROUP)
+                        .needs(&[keys::VPC])
+                        .creates(keys::NAT_SECURITY_GROUP, Kind::SecurityGroup)
+                        .describe("create the NAT instance's security group: all traffic from the VPC")
+                        .runs(nat::nat_security_group(*vpc_cidr));
+                    s.step(keys::NAT_INSTANCE)
+                        .needs(&[keys::NAT_SUBNET, keys::NAT_SECURITY_GROUP, keys::INTERNET_GATEWAY])
+                        .creates(keys::NAT_INSTANCE, Kind::Instance)
+                        .describe(format!(
+                            "launch a {} NAT instance (Amazon Linux 2023, IMDSv2) and wait until running",
+                            nat::NAT_INSTANCE_TYPE
+                        ))
+                        .runs(nat::NatInstanceStep);
+                    RouteTarget::NatInstance
+                }
+            };
+            s.step(keys::ROUTE_TABLE_PRIVATE)
+                .needs(&[keys::VPC, target.key(), keys::SUBNET_PRIVATE_A, keys::SUBNET_PRIVATE_B])
+                .creates(keys::ROUTE_TABLE_PRIVATE, Kind::RouteTable)
+                .describe(format!("route the private subnets' outbound traffic through the {}", target.key()))
+                .runs(RouteTableStep { key: keys::ROUTE_TABLE_PRIVATE, subnets: keys::PRIVATE_SUBNETS, target });
+            Network { internet_gateway: Some(keys::INTERNET_GATEWAY), egress: Some(keys::ROUTE_TABLE_PRIVATE) }
+        }
+    }
+}
+
+fn cidr_rules(cfg: &StackConfig, ports: &[i32]) -> Vec<IngressRule> {
+    cfg.allowed_cidrs
+        .iter()
+        .flat_map(|cidr| {
+            ports.iter().map(move |p| IngressRule::tcp(*p, Source::Cidr(cidr.to_string()), "allowed_cidrs"))
+        })
+        .collect()
+}
+
+fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network) {
+    let https = cfg.domain.is_some();
+    let stack = &cfg.stack;
+    s.step(keys::ROOT_SECRET)
+        .creates(keys::ROOT_SECRET, Kind::Secret)
+        .describe("generate GitLab's root password into Secrets Manager")
+        .runs(secret::RootSecretStep { email: cfg.gitlab_root_email.clone() });
+    for (key, name, what) in [
+        (keys::LOG_GROUP, logs::gitlab_log_group(stack), "GitLab's log group"),
+        (
+            keys::INIT_LOG_GROUP,
+            logs::function_log_group(&keys::names::init_function(stack)),
+            "the initializer's Lambda log group",
+        ),
+        (
+            keys::INSIGHTS_LOG_GROUP,
+            logs::insights_log_group(&keys::names::cluster(stack)),
+            "Container Insights' log group",
+        ),
+    ] {
+        s.step(key)
+            .creates(key, Kind::LogGroup)
+            .describe(format!("create {what} {name} with {}-day retention", logs::RETENTION_DAYS))
+            .runs(logs::LogGroupStep { key, name });
+    }
+    s.step(keys::FILE_SYSTEM)
+        .creates(keys::FILE_SYSTEM, Kind::FileSystem)
+        .describe("create the EFS file system (encrypted, elastic throughput, backups on)")
+        .runs(storage::FileSystemStep);
+    s.step(keys::BACKUP_VAULT)
+        .creates(keys::BACKUP_VAULT, Kind::BackupVault)
+        .describe(format!("create the backup vault {} for `backup`", backup::vault_name(stack)))
+        .runs(backup::BackupVaultStep);
+
+    // Security groups: who may reach what.
+    let ports: &[i32] = if https { &[80, 443] } else { &[80] };
+    s.step(keys::ALB_SECURITY_GROUP)
+        .needs(&[keys::VPC])
+        .creates(keys::ALB_SECURITY_GROUP, Kind::SecurityGroup)
+        .describe(format!("create the load balancer's security group: ports {ports:?} from allowed_cidrs"))
+        .runs(SecurityGroupStep {
+            key: keys::ALB_SECURITY_GROUP,
+            description: "gitlab-provision load balancer".into(),
+            rules: cidr_rules(cfg, ports),
+        });
+    let mut service_rules =
+        vec![IngressRule::tcp(80, Source::Group(keys::ALB_SECURITY_GROUP), "from the load balancer")];
+    if let Some(port) = cfg.ssh_port {
+        s.step(keys::SSH_SECURITY_GROUP)
+            .needs(&[keys::VPC])
+            .creates(keys::SSH_SECURITY_GROUP, Kind::SecurityGroup)
+            .describe(format!("create the SSH load balancer's security group: port {port} from allowed_cidrs"))
+            .runs(SecurityGroupStep {
+                key: keys::SSH_SECURITY_GROUP,
+                description: "gitlab-provision SSH load balancer".into(),
+                rules: cidr_rules(cfg, &[i32::from(port)]),
+            });
+        service_rules.push(IngressRule::tcp(22, Source::Group(keys::SSH_SECURITY_GROUP), "SSH from its load balancer"));
+    }
+    let mut service_group_needs = vec![keys::VPC];
+    service_group_needs.extend(IngressRule::groups(&service_rules));
+    s.step(keys::SERVICE_SECURITY_GROUP)
+        .needs(&service_group_needs)
+        .creates(keys::SERVICE_SECURITY_GROUP, Kind::SecurityGroup)
+        .describe(format!(
+            "create GitLab's security group: port 80{} from its load balancers only",
+            if cfg.ssh_port.is_some() { " and 22" } else { "" }
+        ))
+        .runs(SecurityGroupStep {
+            key: keys::SERVICE_SECURITY_GROUP,
+            description: "gitlab-provision GitLab task".into(),
+            rules: service_rules,
+        });
+    s.step(keys::INIT_SECURITY_GROUP)
+        .needs(&[keys::VPC])
+        // Lambda's interfaces sit in the private subnets, and Lambda releases them on its own
+        // schedule, which its role must outlive.
+        .holds(&[keys::SUBNET_PRIVATE_A, keys::SUBNET_PRIVATE_B, keys::INIT_ROLE])
+        .creates(keys::INIT_SECURITY_GROUP, Kind::SecurityGroup)
+        .describe("create the EFS initializer's security group (no ingress)")
+        .runs(SecurityGroupStep {
+            key: keys::INIT_SECURITY_GROUP,
+            description: "gitlab-provision EFS initializer".into(),
+            rules: vec![],
+        });
+    let efs_rules = vec![
+        IngressRule::tcp(2049, Source::Group(keys::SERVICE_SECURITY_GROUP), "NFS from GitLab"),
+        IngressRule::tcp(2049, Source::Group(keys::INIT_SECURITY_GROUP), "NFS from the initializer"),
+    ];
+    s.step(keys::EFS_SECURITY_GROUP)
+        .needs(&[keys::VPC, keys::SERVICE_SECURITY_GROUP, keys::INIT_SECURITY_GROUP])
+        .creates(keys::EFS_SECURITY_GROUP, Kind::SecurityGroup)
+        .describe("create the file system's security group: NFS from GitLab and the initializer only")
+        .runs(SecurityGroupStep {
+            key: keys::EFS_SECURITY_GROUP,
+            description: "gitlab-provision EFS".into(),
+            rules: efs_rules,
+        });
+    s.step(keys::STEP_MOUNT_TARGETS)
+        .needs(&[keys::FILE_SYSTEM, keys::SUBNET_PRIVATE_A, keys::SUBNET_PRIVATE_B, keys::EFS_SECURITY_GROUP])
+        .creates_all(&keys::MOUNT_TARGETS, Kind::MountTarget)
+        .describe("create a mount target in each private subnet and wait until available")
+        .runs(storage::MountTargetsStep);
+
+    // Roles.
+    let registry = cfg.gitlab_image_credentials.clone();
+    let ecr = cfg.image_in_ecr();
+    s.step(keys::EXECUTION_ROLE)
+        .needs(&[keys::ROOT_SECRET, keys::LOG_GROUP])
+        .creates(keys::EXECUTION_ROLE, Kind::Role)
+        .describe("create the task execution role: write the log group, read the root secret")
+        .runs(iam::RoleStep {
+            key: keys::EXECUTION_ROLE,
+            service: "ecs-tasks.amazonaws.com",
+            managed: &[],
+            policy: Box::new(move |ctx, env| iam::execution_policy(ctx, env, registry.as_deref(), ecr)),
+        });
+    s.step(keys::TASK_ROLE)
+        .needs(&[keys::FILE_SYSTEM])
+        .creates(keys::TASK_ROLE, Kind::Role)
+        .describe("create the task role: mount the file system, ECS Exec")
+        .runs(iam::RoleStep {
+            key: keys::TASK_ROLE,
+            service: "ecs-tasks.amazonaws.com",
+            managed: &[],
+            policy: Box::new(iam::task_policy),
+        });
+    s.step(keys::INIT_ROLE)
+        .creates(keys::INIT_ROLE, Kind::Role)
+        .describe("create the initializer's role: VPC access (its file-system rights are granted only while it runs)")
+        .runs(iam::RoleStep {
+            key: keys::INIT_ROLE,
+            service: "lambda.amazonaws.com",
+            managed: &[iam::LAMBDA_VPC_ACCESS],
+            policy: Box::new(iam::no_inline_policy),
+        });
+    s.step(keys::BACKUP_ROLE)
+        .creates(keys::BACKUP_ROLE, Kind::Role)
+        .describe("create AWS Backup's role for `backup` and `restore`")
+        .runs(iam::RoleStep {
+            key: keys::BACKUP_ROLE,
+            service: "backup.amazonaws.com",
+            managed: iam::BACKUP_POLICIES,
+            policy: Box::new(iam::no_inline_policy),
+        });
+    s.step(keys::EFS_PREPARED)
+        .needs(&[
+            keys::FILE_SYSTEM,
+            keys::MOUNT_TARGET_A,
+            keys::MOUNT_TARGET_B,
+            keys::INIT_ROLE,
+            keys::INIT_SECURITY_GROUP,
+            keys::SUBNET_PRIVATE_A,
+            keys::SUBNET_PRIVATE_B,
+            keys::INIT_LOG_GROUP,
+        ])
+        .creates(keys::EFS_PREPARED, Kind::Marker)
+        .creates(keys::INIT_ACCESS_POINT, Kind::AccessPoint)
+        .creates(keys::INIT_ROLE_POLICY, Kind::RolePolicy)
+        .creates(keys::INIT_FUNCTION, Kind::Function)
+        .describe("run the EFS initializer (creates /srv/gitlab/{data,logs,config}), then remove it and its access point and rights")
+        .runs(efs_init::RunEfsInitializer);
+
+    // The web entrance.
+    let mut lb_needs = vec![keys::SUBNET_PUBLIC_A, keys::SUBNET_PUBLIC_B, keys::ALB_SECURITY_GROUP];
+    lb_needs.extend(net.internet_gateway);
+    s.step(keys::LOAD_BALANCER)
+        .needs(&lb_needs)
+        .creates(keys::LOAD_BALANCER, Kind::LoadBalancer)
+        .describe(format!(
+            "create the internet-facing load balancer (idle timeout {}s) and wait until active",
+            crate::steps::load_balancer::IDLE_TIMEOUT_SECONDS
+        ))
+        .runs(LoadBalancerStep {
+            key: keys::LOAD_BALANCER,
+            flavour: Flavour::Application,
+            security_group: keys::ALB_SECURITY_GROUP,
+        });
+    s.step(keys::TARGET_GROUP)
+        .needs(&[keys::VPC])
+        .creates(keys::TARGET_GROUP, Kind::TargetGroup)
+        .describe(format!(
+            "create GitLab's target group (IP targets, HTTP:80, health check {})",
+            crate::steps::load_balancer::HEALTH_CHECK_PATH
+        ))
+        .runs(TargetGroupStep { key: keys::TARGET_GROUP, flavour: Flavour::Application, port: 80 });
+    let mut listeners = vec![keys::LISTENER_HTTP];
+    if let Some(domain) = &cfg.domain {
+        s.step(keys::CERTIFICATE)
+            .creates(keys::CERTIFICATE, Kind::Certificate)
+            .creates(keys::CERTIFICATE_VALIDATION_RECORD, Kind::DnsRecord)
+            .describe(format!(
+                "request a certificate for {}, validate it through DNS, wait until issued",
+                domain.fqdn()
+            ))
+            .runs(certificate::CertificateStep { domain: domain.clone() });
+        s.step(keys::LISTENER_HTTPS)
+            .needs(&[keys::LOAD_BALANCER, keys::TARGET_GROUP, keys::CERTIFICATE])
+            .creates(keys::LISTENER_HTTPS, Kind::Listener)
+            .describe(format!("listen on 443 with {} and forward to GitLab", crate::steps::load_balancer::TLS_POLICY))
+            .runs(ListenerStep {
+                key: keys::LISTENER_HTTPS,
+                load_balancer: keys::LOAD_BALANCER,
+                port: 443,
+                protocol: ProtocolEnum::Https,
+                certificate: Some(keys::CERTIFICATE),
+                action: ListenerAction::Forward(keys::TARGET_GROUP),
+            });
+        s.step(keys::LISTENER_HTTP)
+            .needs(&[keys::LOAD_BALANCER])
+            .creates(keys::LISTENER_HTTP, Kind::Listener)
+            .describe("answer on 80 with a permanent redirect to HTTPS")
+            .runs(ListenerStep {
+                key: keys::LISTENER_HTTP,
+                load_balancer: keys::LOAD_BALANCER,
+                port: 80,
+                protocol: ProtocolEnum::Http,
+                certificate: None,
+                action: ListenerAction::RedirectToHttps,
+            });
+        s.step(keys::DNS_ALIAS)
+            .needs(&[keys::LOAD_BALANCER])
+            .creates(keys::DNS_ALIAS, Kind::DnsRecord)
+            .describe(format!("point {} at the load balancer", domain.fqdn()))
+            .runs(dns::AliasRecordStep {
+                key: keys::DNS_ALIAS,
+                name: dns::gitlab_name(domain),
+                zone: domain.hosted_zone_id.clone(),
+                load_balancer: keys::LOAD_BALANCER,
+            });
+        listeners.push(keys::LISTENER_HTTPS);
+    } else {
+        s.step(keys::LISTENER_HTTP)
+            .needs(&[keys::LOAD_BALANCER, keys::TARGET_GROUP])
+            .creates(keys::LISTENER_HTTP, Kind::Listener)
+            .describe("listen on 80 and forward to GitLab")
+            .runs(ListenerStep {
+                key: keys::LISTENER_HTTP,
+                load_balancer: keys::LOAD_BALANCER,
+                port: 80,
+                protocol: ProtocolEnum::Http,
+                certificate: None,
+                action: ListenerAction::Forward(keys::TARGET_GROUP),
+            });
+    }
+
+    // Git over SSH.
+    if let Some(port) = cfg.ssh_port {
+        let mut nlb_needs = vec![keys::SUBNET_PUBLIC_A, keys::SUBNET_PUBLIC_B, keys::SSH_SECURITY_GROUP];
+        nlb_needs.extend(net.internet_gateway);
+        s.step(keys::SSH_LOAD_BALANCER)
+            .needs(&nlb_needs)
+            .creates(keys::SSH_LOAD_BALANCER, Kind::LoadBalancer)
+            .describe("create the internet-facing network load balancer for SSH (cross-zone) and wait until active")
+            .runs(LoadBalancerStep {
+                key: keys::SSH_LOAD_BALANCER,
+                flavour: Flavour::Network,
+                security_group: keys::SSH_SECURITY_GROUP,
+            });
+        s.step(keys::SSH_TARGET_GROUP)
+            .needs(&[keys::VPC])
+            .creates(keys::SSH_TARGET_GROUP, Kind::TargetGroup)
+            .describe("create GitLab's SSH target group (IP targets, TCP:22, TCP health check)")
+            .runs(TargetGroupStep { key: keys::SSH_TARGET_GROUP, flavour: Flavour::Network, port: 22 });
+        s.step(keys::LISTENER_SSH)
+            .needs(&[keys::SSH_LOAD_BALANCER, keys::SSH_TARGET_GROUP])
+            .creates(keys::LISTENER_SSH, Kind::Listener)
+            .describe(format!("listen on TCP {port} and forward to GitLab's SSH"))
+            .runs(ListenerStep {
+                key: keys::LISTENER_SSH,
+                load_balancer: keys::SSH_LOAD_BALANCER,
+                port: i32::from(port),
+                protocol: ProtocolEnum::Tcp,
+                certificate: None,
+                action: ListenerAction::Forward(keys::SSH_TARGET_GROUP),
+            });
+        if let Some(domain) = &cfg.domain {
+            s.step(keys::DNS_SSH)
+                .needs(&[keys::SSH_LOAD_BALANCER])
+                .creates(keys::DNS_SSH, Kind::DnsRecord)
+                .describe(format!("point {} at the SSH load balancer", dns::ssh_name(domain)))
+                .runs(dns::AliasRecordStep {
+                    key: keys::DNS_SSH,
+                    name: dns::ssh_name(domain),
+                    zone: domain.hosted_zone_id.clone(),
+                    load_balancer: keys::SSH_LOAD_BALANCER,
+                });
+        }
+        listeners.push(keys::LISTENER_SSH);
+    }
+
+    // GitLab itself.
+    s.step(keys::CLUSTER)
+        .needs(&[keys::INSIGHTS_LOG_GROUP])
+        .creates(keys::CLUSTER, Kind::Cluster)
+        .describe("create the ECS cluster with Container Insights")
+        .runs(service::ClusterStep);
+    let mut td_needs =
+        vec![keys::VPC, keys::EXECUTION_ROLE, keys::TASK_ROLE, keys::FILE_SYSTEM, keys::ROOT_SECRET, keys::LOG_GROUP];
+    if !https {
+        td_needs.push(keys::LOAD_BALANCER);
+        if cfg.ssh_port.is_some() {
+            td_needs.push(keys::SSH_LOAD_BALANCER);
+        }
+    }
+    s.step(keys::TASK_DEFINITION)
+        .needs(&td_needs)
+        .creates(keys::TASK_DEFINITION, Kind::TaskDefinition)
+        .describe(format!(
+            "register the task definition: {}, {} CPU / {} MiB, EFS volumes",
+            cfg.image(),
+            cfg.task_cpu,
+            cfg.task_memory_mib
+        ))
+        .runs(service::TaskDefinitionStep { config: cfg.clone() });
+    let mut service_needs = vec![
+        keys::CLUSTER,
+        keys::TASK_DEFINITION,
+        keys::EFS_PREPARED,
+        keys::SERVICE_SECURITY_GROUP,
+        keys::TARGET_GROUP,
+        keys::MOUNT_TARGET_A,
+        keys::MOUNT_TARGET_B,
+        keys::SUBNET_PRIVATE_A,
+        keys::SUBNET_PRIVATE_B,
+    ];
+    service_needs.extend(listeners);
+    service_needs.extend(net.egress);
+    if cfg.ssh_port.is_some() {
+        service_needs.push(keys::SSH_TARGET_GROUP);
+    }
+    s.step(keys::SERVICE)
+        .needs(&service_needs)
+        .creates(keys::SERVICE, Kind::Service)
+        .describe("create the Fargate service (1 task, min 0% / max 100%, circuit breaker, ECS Exec)")
+        .runs(service::ServiceStep { ssh: cfg.ssh_port.is_some() });
+}
+
+/// Record keys the steps create; a recorded key outside this set is left over from an earlier
+/// configuration (e.g. NAT gateway -> NAT instance, SSH turned off) and is removed after `up`.
+pub fn owned_keys(steps: &[Step<Ctx>]) -> BTreeSet<String> {
+    steps.iter().flat_map(|s| s.creates.iter().map(|(k, _)| k.clone())).collect()
+}
+
+/// Settings that an existing stack cannot change in place (changing them means replacing the
+/// network and everything in it).
+pub fn fixed_settings(cfg: &StackConfig, region: &str) -> BTreeMap<String, String> {
+    let mut fixed = BTreeMap::new();
+    fixed.insert("region".to_string(), region.to_string());
+    match &cfg.network {
+        NetworkConfig::Create { vpc_cidr, zones, .. } => {
+            fixed.insert("vpc_cidr".to_string(), vpc_cidr.to_string());
+            if let Some(zones) = zones {
+                fixed.insert("availability_zones".to_string(), zones.join(","));
+            }
+        }
+        NetworkConfig::Import { vpc_id } => {
+            fixed.insert("vpc_id".to_string(), vpc_id.clone());
+        }
+    }
+    fixed
+}
+
+/// What the configuration would change among the fixed settings of an existing stack, one line
+/// each. After `down --keep-data` only data is left, and the network may then be built differently.
+pub fn replacements(state: &crate::state::State, wanted: &BTreeMap<String, String>) -> Vec<String> {
+    if state.resources.is_empty() {
+        return Vec::new();
+    }
+    let has_network = state.resources.contains_key(keys::VPC);
+    let keys: BTreeSet<&String> =
+        state.fixed.keys().chain(wanted.keys()).filter(|k| has_network || k.as_str() == "region").collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let (before, after) = (state.fixed.get(key), wanted.get(key));
+            // A stack made before availability_zones existed chose its zones itself.
+            if key == "availability_zones" && before.is_none() {
+                return None;
+            }
+            (before != after).then(|| {
+                format!(
+                    "{key}: the stack has {}, the configuration says {}",
+                    before.map_or("none", String::as_str),
+                    after.map_or("none", String::as_str)
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Settings, validate};
+
+    fn graph(extra: impl FnOnce(&mut Settings)) -> Vec<Step<Ctx>> {
+        let mut s = Settings { allowed_cidrs: Some(vec!["203.0.113.0/24".into()]), ..Default::default() };
+        extra(&mut s);
+        build(&validate(&s).unwrap())
+    }
+
+    fn https(s: &mut Settings) {
+        s.domain_name = Some("example.com".into());
+        s.sub_domain = Some("git".into());
+        s.hosted_zone_id = Some("Z123".into());
+    }
+
+    /// Every shape the stack can take.
+    fn variants() -> Vec<(&'static str, Vec<Step<Ctx>>)> {
+        vec![
+            ("default", graph(|_| {})),
+            ("nat instance", graph(|s| s.use_nat_instance = Some(true))),
+            ("imported vpc", graph(|s| s.vpc_id = Some("vpc-0123456789abcdef0".into()))),
+            ("https", graph(https)),
+            (
+                "https + ssh",
+                graph(|s| {
+                    https(s);
+                    s.ssh = Some(true)
+                }),
+            ),
+            (
+                "ssh, imported",
+                graph(|s| {
+                    s.ssh = Some(true);
+                    s.vpc_id = Some("vpc-0123456789abcdef0".into())
+                }),
+            ),
+        ]
+    }
+
+    fn deps(steps: &[Step<Ctx>], name: &str) -> Vec<String> {
+        steps.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no step {name}")).after.clone()
+    }
+
+    #[test]
+    fn every_variant_is_a_valid_graph_whose_needs_are_all_created() {
+        for (name, steps) in variants() {
+            crate::engine::order(&steps).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let created = owned_keys(&steps);
+            for step in &steps {
+                for need in step.needs.iter().chain(&step.holds) {
+                    assert!(created.contains(need), "{name}: step {} needs {need}, which no step creates", step.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn step_names_are_the_keys_they_create() {
+        for (name, steps) in variants() {
+            for step in &steps {
+                let ok = step.creates.iter().any(|(k, _)| *k == step.name)
+                    || [keys::STEP_SUBNETS, keys::STEP_MOUNT_TARGETS, keys::STEP_PREFLIGHT]
+                        .contains(&step.name.as_str());
+                assert!(ok, "{name}: step {} creates {:?}", step.name, step.creates);
+            }
+        }
+    }
+
+    #[test]
+    fn discovery_ranks_agree_with_the_recorded_dependencies() {
+        for (name, steps) in variants() {
+            let kind_of: BTreeMap<&str, &str> =
+                steps.iter().flat_map(|s| s.creates.iter().map(|(k, kind)| (k.as_str(), kind.as_str()))).collect();
+            for step in &steps {
+                for (key, kind) in &step.creates {
+                    for need in step.needs.iter().chain(&step.holds).filter(|n| *n != key) {
+                        let (mine, theirs) =
+                            (Kinds.teardown_rank(kind, key), Kinds.teardown_rank(kind_of[need.as_str()], need));
+                        assert!(mine < theirs, "{name}: {key} ({mine}) must be deleted before {need} ({theirs})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_kinds_table_covers_every_kind() {
+        for kind in Kind::ALL {
+            assert!(Kinds.ops(kind.as_str()).is_some(), "{kind}");
+            assert!(Kinds.teardown_rank(kind.as_str(), "") < 9, "{kind}");
+        }
+        assert!(Kinds.ops("ec2:nothing").is_none());
+    }
+
+    #[test]
+    fn each_step_reads_only_what_it_declares() {
+        // With every record present, each step computes what it wants; reading an undeclared
+        // record is an error in its declaration.
+        let ctx = crate::aws::credentials::offline_context("s1", "us-east-1");
+        for (name, steps) in variants() {
+            let records: BTreeMap<String, crate::state::ResourceRecord> = owned_keys(&steps)
+                .into_iter()
+                .map(|k| {
+                    let record = crate::state::ResourceRecord {
+                        kind: String::new(),
+                        step: String::new(),
+                        status: crate::state::RecordStatus::Created,
+                        id: Some(format!("id-of-{k}")),
+                        depends_on: vec![],
+                        attrs: [
+                            ("name", "n"),
+                            ("dns_name", "d"),
+                            ("zone_id", "z"),
+                            ("cidr", "10.0.0.0/16"),
+                            ("eni", "eni-1"),
+                            ("arn", "arn"),
+                        ]
+                        .into_iter()
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .collect(),
+                        generation: 0,
+                        updated_at: String::new(),
+                    };
+                    (k, record)
+                })
+                .collect();
+            for step in &steps {
+                step.desired(&ctx, &records).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_service_waits_for_everything_it_needs() {
+        for (_, steps) in variants().into_iter().take(2) {
+            let service = deps(&steps, keys::SERVICE);
+            for need in [
+                keys::EFS_PREPARED,
+                keys::LISTENER_HTTP,
+                keys::ROUTE_TABLE_PRIVATE,
+                keys::TASK_DEFINITION,
+                keys::SERVICE_SECURITY_GROUP,
+            ] {
+                assert!(service.iter().any(|d| d == need), "service does not wait for {need}: {service:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn https_adds_certificate_listeners_dns_and_a_preflight_before_everything() {
+        let steps = graph(https);
+        assert!(deps(&steps, keys::LISTENER_HTTPS).contains(&keys::CERTIFICATE.to_string()));
+        assert!(deps(&steps, keys::SERVICE).contains(&keys::LISTENER_HTTPS.to_string()));
+        for s in steps.iter().filter(|s| s.name != keys::STEP_PREFLIGHT) {
+            assert!(
+                s.after.contains(&keys::STEP_PREFLIGHT.to_string()),
+                "{} would start before the hosted zone is checked",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn an_imported_vpc_is_checked_before_anything_is_created() {
+        let steps = graph(|s| s.vpc_id = Some("vpc-0123456789abcdef0".into()));
+        for s in steps.iter().filter(|s| s.name != keys::VPC) {
+            assert!(s.after.contains(&keys::VPC.to_string()), "{} would start before the VPC is checked", s.name);
+        }
+    }
+}

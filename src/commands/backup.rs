@@ -1,0 +1,287 @@
+//! `backup` and `backup list`: on-demand AWS Backup jobs of the file system, consistent by
+//! default (GitLab stopped, the copy taken, GitLab started again), resumable when interrupted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{connect, short_id, stack_name, table};
+use crate::aws::Ctx;
+use crate::cli::{BackupAction, BackupArgs, GlobalArgs};
+use crate::engine::{Event, Observer, StepScope};
+use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::keys;
+use crate::printer::{Printer, Tone};
+use crate::state::{self, LockedState, Operation, State, StateHandle};
+use crate::steps::{backup, service};
+
+/// What a backup needs from the state.
+pub struct Targets {
+    pub cluster: Option<String>,
+    pub file_system_arn: String,
+    pub vault: String,
+    pub role_arn: String,
+}
+
+pub fn targets(state: &State) -> Result<Targets, CliError> {
+    let get = |key: &str, attr: Option<&str>| {
+        let record = state.resources.get(key)?;
+        match attr {
+            Some(name) => record.attr(name).map(str::to_string),
+            None => record.id.clone(),
+        }
+    };
+    let missing = |what: &str| {
+        CliError::usage(UserError(format!(
+            "stack {} has no {what} recorded\n    help: run `gitlab-provision up` first: it creates the backup vault and role as part of the stack",
+            state.stack
+        )))
+    };
+    Ok(Targets {
+        cluster: get(keys::SERVICE, Some("cluster")),
+        file_system_arn: get(keys::FILE_SYSTEM, Some("arn")).ok_or_else(|| missing("file system"))?,
+        vault: get(keys::BACKUP_VAULT, None).ok_or_else(|| missing("backup vault"))?,
+        role_arn: get(keys::BACKUP_ROLE, None).ok_or_else(|| missing("backup role"))?,
+    })
+}
+
+/// Runs one phase of a long operation as a visible step, recording the phase first so an
+/// interrupted run resumes there.
+pub async fn phase<T, F, Fut>(
+    state: &StateHandle,
+    printer: &Arc<Printer>,
+    kind: &str,
+    name: &str,
+    description: &str,
+    work: F,
+) -> Result<T, CliError>
+where
+    F: FnOnce(StepScope) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    state.update(
+        |s| {
+            let started_at = s.operation.as_ref().map(|o| o.started_at.clone()).unwrap_or_else(state::now_rfc3339);
+            let attrs = s.operation.as_ref().map(|o| o.attrs.clone()).unwrap_or_default();
+            s.operation = Some(Operation { kind: kind.to_string(), phase: name.to_string(), started_at, attrs });
+        },
+        true,
+    )?;
+    let scope = StepScope::new(name, state.clone(), printer.clone());
+    printer.event(Event::Started { step: name.to_string(), description: description.to_string() });
+    match work(scope.clone()).await {
+        Ok(value) => {
+            printer.event(Event::Finished {
+                step: name.to_string(),
+                elapsed: scope.elapsed(),
+                summary: description.to_string(),
+                changed: true,
+            });
+            Ok(value)
+        }
+        Err(e) => {
+            printer.event(Event::Failed { step: name.to_string(), elapsed: scope.elapsed(), error: format!("{e:#}") });
+            Err(CliError::failure(e)
+                .with_help(format!("run `gitlab-provision {kind}` again to resume from where it stopped")))
+        }
+    }
+}
+
+/// Remembers something about the operation in progress (a job id).
+pub fn remember(state: &StateHandle, name: &str, value: &str) -> Result<(), CliError> {
+    state.update(
+        |s| {
+            if let Some(op) = s.operation.as_mut() {
+                op.attrs.insert(name.to_string(), value.to_string());
+            }
+        },
+        true,
+    )?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BackedUp {
+    recovery_point: String,
+    bytes: i64,
+    consistent: bool,
+    seconds: f64,
+}
+
+/// Takes a backup: stops GitLab (unless online), backs up, starts GitLab again. Shared with
+/// `upgrade`, which deploys the next version instead of starting the old one (`restart`).
+pub async fn take(
+    ctx: &Arc<Ctx>,
+    state: &StateHandle,
+    printer: &Arc<Printer>,
+    online: bool,
+    restart: bool,
+) -> Result<(String, i64), CliError> {
+    let snapshot = state.snapshot();
+    let targets = targets(&snapshot)?;
+    let resumed = snapshot.operation.as_ref().filter(|o| o.kind == "backup");
+    let mut job = resumed.and_then(|o| o.attrs.get("job").cloned());
+    let consistent = !online && targets.cluster.is_some();
+    if consistent && job.is_none() {
+        let cluster = targets.cluster.clone().unwrap_or_default();
+        phase(
+            state,
+            printer,
+            "backup",
+            "stop-gitlab",
+            "stop GitLab so PostgreSQL's files are consistent",
+            |scope| async move { service::scale(ctx, &scope, &cluster, 0).await },
+        )
+        .await?;
+    }
+    if job.is_none() {
+        let token = format!("{}-{}", state.lineage(), state::now_rfc3339().replace(':', ""));
+        let started = phase(state, printer, "backup", "start-backup", "start the AWS Backup job", |_| {
+            let targets = &targets;
+            async move {
+                backup::start_backup(ctx, &targets.vault, &targets.file_system_arn, &targets.role_arn, &token).await
+            }
+        })
+        .await?;
+        remember(state, "job", &started)?;
+        job = Some(started);
+    }
+    let job = job.unwrap_or_default();
+    let made = phase(
+        state,
+        printer,
+        "backup",
+        "backup-job",
+        &format!("back up {} into {}", short_id(&targets.file_system_arn), targets.vault),
+        |scope| {
+            let job = job.clone();
+            async move { backup::wait_backup(ctx, &scope, &job).await }
+        },
+    )
+    .await?;
+    if consistent && restart {
+        let cluster = targets.cluster.clone().unwrap_or_default();
+        phase(state, printer, "backup", "start-gitlab", "start GitLab again", |scope| async move {
+            service::scale(ctx, &scope, &cluster, 1).await
+        })
+        .await?;
+        super::up::wait_healthy(ctx, state, printer).await?;
+    }
+    state.update(|s| s.operation = None, true)?;
+    Ok(made)
+}
+
+pub async fn run(global: &GlobalArgs, args: BackupArgs) -> CliResult {
+    let (stack, _) = stack_name(global)?;
+    let printer = Arc::new(Printer::new(global, false));
+    let recorded = state::read(&global.state_dir, &stack)?;
+    let Some(recorded) = recorded.filter(|s| !s.resources.is_empty()) else {
+        return Err(UserError(format!(
+            "stack {stack} has nothing recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)",
+            global.state_dir.display()
+        ))
+        .into());
+    };
+    let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
+    if let Some(BackupAction::List { json }) = args.action {
+        return list(&ctx, &recorded, &printer, json).await;
+    }
+    if let Some(op) = recorded.operation.as_ref().filter(|o| o.kind != "backup") {
+        return Err(UserError(format!(
+            "a {} is in progress (phase {})\n    help: run `gitlab-provision {}` again to finish it first",
+            op.kind, op.phase, op.kind
+        ))
+        .into());
+    }
+    let resuming = recorded.operation.is_some();
+    if !args.online && !resuming {
+        confirm_downtime(&printer, args.yes)?;
+    }
+    if args.online {
+        printer.warn("an online backup copies PostgreSQL's files while it runs: the copy is only crash-consistent (PostgreSQL recovers it as after a power loss)");
+    }
+    let locked = LockedState::open(&global.state_dir, &stack, ctx.region(), "backup")?;
+    let state = StateHandle::new(locked);
+    let started = Instant::now();
+    let (point, bytes) = take(&ctx, &state, &printer, args.online, true).await?;
+    let result = BackedUp {
+        recovery_point: point.clone(),
+        bytes,
+        consistent: !args.online,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    printer.out(&format!(
+        "backed up: {} ({} bytes, {:.0}s{})",
+        result.recovery_point,
+        bytes,
+        result.seconds,
+        if result.consistent { ", GitLab stopped meanwhile" } else { ", online" }
+    ));
+    printer.note(&format!("restore it with `gitlab-provision restore {point}`"));
+    Ok(ExitStatus::Success)
+}
+
+fn confirm_downtime(printer: &Printer, yes: bool) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    let what = "a consistent backup stops GitLab until the copy is made (minutes for a small team's data)";
+    if !printer.can_ask() {
+        return Err(UserError(format!("{what}; nothing was done\n    help: pass --yes to stop GitLab for it, or --online to back up while it runs (crash-consistent)")).into());
+    }
+    let answer = printer.ask(&format!("{} [y/N]", printer.paint(&format!("{what}. Go ahead?"), Tone::Bold)))?;
+    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(UserError("nothing was done".into()).into())
+    }
+}
+
+#[derive(Serialize)]
+struct Points<'a> {
+    stack: &'a str,
+    file_system: &'a str,
+    recovery_points: &'a [backup::RecoveryPoint],
+}
+
+async fn list(ctx: &Ctx, recorded: &State, printer: &Printer, json: bool) -> CliResult {
+    let Some(arn) = recorded.resources.get(keys::FILE_SYSTEM).and_then(|r| r.attr("arn")) else {
+        return Err(UserError(format!("stack {} has no file system recorded", recorded.stack)).into());
+    };
+    let points = backup::recovery_points(ctx, arn).await?;
+    if json {
+        printer.json("backups", &Points { stack: &recorded.stack, file_system: arn, recovery_points: &points })?;
+        return Ok(ExitStatus::Success);
+    }
+    if points.is_empty() {
+        printer.out(&format!("no backups of {} yet; `gitlab-provision backup` takes one", short_id(arn)));
+        return Ok(ExitStatus::Success);
+    }
+    let rows: Vec<Vec<String>> = points
+        .iter()
+        .map(|p| {
+            vec![
+                p.created.clone(),
+                human_bytes(p.bytes),
+                p.vault.clone(),
+                if p.on_demand { "backup".into() } else { "daily".into() },
+                p.status.to_lowercase(),
+                p.arn.clone(),
+            ]
+        })
+        .collect();
+    printer.out(&table(&["CREATED", "SIZE", "VAULT", "BY", "STATUS", "RECOVERY POINT"], &rows));
+    Ok(ExitStatus::Success)
+}
+
+fn human_bytes(bytes: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}

@@ -1,0 +1,132 @@
+//! `init`: a commented gitlab-provision.toml, asking on a terminal for the few things that
+//! matter (who may reach GitLab, HTTPS, the NAT flavour), from flags otherwise.
+
+use std::path::PathBuf;
+
+use crate::cli::{GlobalArgs, InitArgs};
+use crate::config::{self, DEFAULT_CONFIG_FILE, DEFAULT_GITLAB_IMAGE_TAG};
+use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::printer::Printer;
+
+/// What the file is written from.
+struct Answers {
+    allowed_cidrs: Vec<String>,
+    domain: Option<(String, String, String)>,
+    nat_instance: bool,
+}
+
+fn quoted(items: &[String]) -> String {
+    items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
+}
+
+fn render(a: &Answers) -> String {
+    let domain = match &a.domain {
+        Some((domain, sub, zone)) => {
+            format!("domain_name = {domain:?}\nsub_domain = {sub:?}\nhosted_zone_id = {zone:?}\n")
+        }
+        None => {
+            "# domain_name = \"example.com\"\n# sub_domain = \"gitlab\"\n# hosted_zone_id = \"Z0123456789ABCDEFGHIJ\"\n"
+                .to_string()
+        }
+    };
+    format!(
+        r#"# gitlab-provision configuration. Every key is also a flag of `up` and `plan` (flags win);
+# the README lists them all under "Configuration". `gitlab-provision plan` shows what `up` would do.
+
+# The stack's name: AWS resource names derive from it (1-32 of a-z, 0-9, '-').
+# stack = "gitlab"
+# region = "eu-west-1"
+
+# Who may reach GitLab: IPv4 networks, e.g. your offices and VPN. Avoid 0.0.0.0/0.
+allowed_cidrs = [{cidrs}]
+
+# HTTPS with a certificate from ACM, validated in a public Route 53 zone. Without it GitLab is
+# served over plain HTTP, and the root password travels in clear text.
+{domain}
+# A t4g.nano NAT instance instead of a NAT gateway: about $30/month less, one instance.
+use_nat_instance = {nat}
+# vpc_cidr = "10.0.0.0/16"              # or, to use a VPC you have: vpc_id = "vpc-..."
+# availability_zones = ["eu-west-1a", "eu-west-1b"]
+
+# GitLab itself. The version is pinned; `gitlab-provision upgrade` moves it along GitLab's
+# upgrade path. Without gitlab_image_tag, `up` keeps the version that runs.
+# gitlab_image_tag = "{tag}"
+# gitlab_image = "gitlab/gitlab-ce"    # or an ECR mirror / pull-through cache
+# gitlab_root_email = "admin@example.com"
+# task_cpu = 2048
+# task_memory_mib = 6144
+
+# Git over SSH through a network load balancer.
+# ssh = true
+# ssh_port = 22
+"#,
+        cidrs = quoted(&a.allowed_cidrs),
+        nat = a.nat_instance,
+        tag = DEFAULT_GITLAB_IMAGE_TAG,
+    )
+}
+
+fn ask_answers(printer: &Printer) -> anyhow::Result<Answers> {
+    let cidrs = printer.ask("Which networks may reach GitLab? (IPv4 CIDRs, comma-separated, e.g. 203.0.113.0/24)")?;
+    let allowed_cidrs = cidrs.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+    let domain =
+        printer.ask("A domain for HTTPS with a public Route 53 zone? (e.g. example.com; empty for plain HTTP)")?;
+    let domain = if domain.is_empty() {
+        None
+    } else {
+        let sub = printer.ask("GitLab's name under it? (e.g. gitlab)")?;
+        let zone = printer.ask("The hosted zone's id? (from `aws route53 list-hosted-zones`)")?;
+        Some((domain, sub, zone))
+    };
+    let nat = printer.ask("Use a NAT instance (cheaper) instead of a NAT gateway? [y/N]")?;
+    Ok(Answers { allowed_cidrs, domain, nat_instance: matches!(nat.to_ascii_lowercase().as_str(), "y" | "yes") })
+}
+
+pub fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
+    let path = global.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    if path.exists() && !args.force {
+        return Err(UserError(format!(
+            "{} already exists; it was left as it is\n    help: edit it, or pass --force to write a new one",
+            path.display()
+        ))
+        .into());
+    }
+    let printer = Printer::new(global, false);
+    let answers = if !args.allowed_cidrs.is_empty() {
+        Answers { allowed_cidrs: args.allowed_cidrs, domain: None, nat_instance: false }
+    } else if printer.can_ask() {
+        ask_answers(&printer)?
+    } else {
+        return Err(UserError("init needs the networks allowed to reach GitLab, and there is no terminal to ask on\n    help: pass --allowed-cidr 203.0.113.0/24 (repeat for several)".into()).into());
+    };
+    let text = render(&answers);
+    // What is written must be what `up` accepts.
+    let settings = config::parse_toml(&text)
+        .map_err(|(message, help)| CliError::usage(anyhow::anyhow!("{message}\n    help: {help}")))?;
+    config::validate(&settings)?;
+    std::fs::write(&path, text)?;
+    printer.out(&format!("wrote {}; next: `gitlab-provision plan`, then `gitlab-provision up`", path.display()));
+    Ok(ExitStatus::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_file_is_what_up_accepts() {
+        for answers in [
+            Answers { allowed_cidrs: vec!["203.0.113.0/24".into()], domain: None, nat_instance: true },
+            Answers {
+                allowed_cidrs: vec!["203.0.113.0/24".into(), "198.51.100.7/32".into()],
+                domain: Some(("example.com".into(), "git".into(), "Z0123".into())),
+                nat_instance: false,
+            },
+        ] {
+            let settings = config::parse_toml(&render(&answers)).unwrap_or_else(|e| panic!("{e:?}"));
+            let cfg = config::validate(&settings).unwrap();
+            assert_eq!(cfg.allowed_cidrs.len(), answers.allowed_cidrs.len());
+            assert_eq!(cfg.domain.is_some(), answers.domain.is_some());
+        }
+    }
+}

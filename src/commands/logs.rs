@@ -1,0 +1,84 @@
+//! `logs`: GitLab's container logs from the stack's log group, every task's stream merged.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{connect, stack_name};
+use crate::cli::{GlobalArgs, LogsArgs};
+use crate::engine::Interrupt;
+use crate::exit::{CliResult, ExitStatus, UserError};
+use crate::keys;
+use crate::printer::Printer;
+use crate::state;
+use crate::steps::logs::{events, gitlab_log_group};
+
+#[derive(Serialize)]
+struct Line<'a> {
+    timestamp: String,
+    stream: &'a str,
+    message: &'a str,
+}
+
+/// How often `--follow` asks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
+fn rfc3339(millis: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+pub async fn run(global: &GlobalArgs, args: LogsArgs, interrupt: Interrupt) -> CliResult {
+    let since = humantime::parse_duration(&args.since).map_err(|e| {
+        UserError(format!("--since {:?}: {e}\n    help: write a duration like 10m, 2h or 1d", args.since))
+    })?;
+    let (stack, _) = stack_name(global)?;
+    let printer = Printer::new(global, false);
+    let recorded = state::read(&global.state_dir, &stack)?;
+    let Some(group) = recorded.as_ref().and_then(|s| s.resources.get(keys::LOG_GROUP)).and_then(|r| r.id.clone())
+    else {
+        return Err(UserError(format!("stack {stack} has no log group recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)", global.state_dir.display())).into());
+    };
+    debug_assert!(group == gitlab_log_group(&stack) || !group.is_empty());
+    let region = recorded.as_ref().map(|s| s.region.clone());
+    let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut start = (now.saturating_sub(since)).as_millis() as i64;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let mut token = None;
+        loop {
+            let (batch, next) = events(&ctx, &group, start, token).await?;
+            for event in &batch {
+                let id = event.event_id().unwrap_or_default().to_string();
+                if !seen.insert(id) {
+                    continue;
+                }
+                let timestamp = rfc3339(event.timestamp().unwrap_or_default());
+                let (stream, message) =
+                    (event.log_stream_name().unwrap_or_default(), event.message().unwrap_or_default().trim_end());
+                if args.json {
+                    printer.out(&serde_json::to_string(&serde_json::json!({
+                        "schema": format!("gitlab-provision.log/{}", crate::printer::SCHEMA_VERSION),
+                        "line": Line { timestamp, stream, message },
+                    }))?);
+                } else {
+                    printer.out(&format!("{timestamp} {message}"));
+                }
+                start = start.max(event.timestamp().unwrap_or_default());
+            }
+            match next {
+                Some(next) if !batch.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        if !args.follow || interrupt.raised() {
+            return Ok(ExitStatus::Success);
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        if interrupt.raised() {
+            return Ok(ExitStatus::Success);
+        }
+    }
+}

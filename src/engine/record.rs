@@ -1,0 +1,132 @@
+//! What steps say about records: what they want to exist ([`Desired`]), what discovery found
+//! ([`Discovered`]), and what a step may read while computing it ([`Env`]).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+
+use crate::state::{RecordStatus, ResourceRecord};
+
+/// Shown by `plan` for a value that exists only once `up` has created what it comes from.
+pub const KNOWN_AFTER: &str = "(known after up)";
+
+/// Builds a record's attributes from pairs.
+pub fn attrs<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// What a step wants to exist under a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub key: String,
+    pub kind: String,
+    /// Settings compared with the record: a difference is an update in place.
+    pub attrs: BTreeMap<String, String>,
+    /// Settings that cannot change in place: a difference replaces the resource.
+    pub replace_on: &'static [&'static str],
+    /// Settings that are sets (members separated by `;`): a change shows what is added and removed.
+    pub sets: &'static [&'static str],
+}
+
+impl Desired {
+    pub fn new(key: &str, kind: impl ToString, attrs: BTreeMap<String, String>) -> Self {
+        Desired { key: key.to_string(), kind: kind.to_string(), attrs, replace_on: &[], sets: &[] }
+    }
+
+    pub fn replaced_on(mut self, settings: &'static [&'static str]) -> Self {
+        self.replace_on = settings;
+        self
+    }
+
+    pub fn with_sets(mut self, settings: &'static [&'static str]) -> Self {
+        self.sets = settings;
+        self
+    }
+}
+
+/// The desired records of a step that wants exactly `N`.
+pub fn exactly<const N: usize>(wants: Vec<Desired>) -> anyhow::Result<[Desired; N]> {
+    let count = wants.len();
+    wants.try_into().map_err(|_| anyhow::anyhow!("expected {N} desired record(s), got {count}"))
+}
+
+/// A resource found by `discover`.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub key: String,
+    pub id: String,
+    /// What deleting it needs (as a record's attrs would hold).
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Discovered {
+    pub fn new(key: impl Into<String>, id: impl Into<String>) -> Self {
+        Discovered { key: key.into(), id: id.into(), attrs: BTreeMap::new() }
+    }
+
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.attrs.insert(name.to_string(), value.into());
+        self
+    }
+}
+
+/// Something with the stack's name that is not the stack's own: `up` refuses to create beside
+/// it, `status --discover` shows it, nothing touches it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Conflict {
+    pub kind: String,
+    pub id: String,
+    pub why: String,
+}
+
+/// What discovery found for one kind.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub ours: Vec<Discovered>,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl From<Vec<Discovered>> for Found {
+    fn from(ours: Vec<Discovered>) -> Self {
+        Found { ours, conflicts: Vec::new() }
+    }
+}
+
+/// The records a step may read while computing what it wants: those it declared it needs, and
+/// its own. Reading anything else is a bug in the step's declaration, reported as such.
+pub struct Env<'a> {
+    pub records: &'a BTreeMap<String, ResourceRecord>,
+    pub step: &'a str,
+    pub readable: &'a [String],
+    /// For `plan`: an id that does not exist yet is [`KNOWN_AFTER`] instead of an error.
+    pub planning: bool,
+}
+
+impl Env<'_> {
+    pub fn record(&self, key: &str) -> anyhow::Result<Option<&ResourceRecord>> {
+        anyhow::ensure!(
+            self.readable.iter().any(|k| k == key),
+            "step {} reads {key} without declaring that it needs it",
+            self.step
+        );
+        Ok(self.records.get(key).filter(|r| r.status != RecordStatus::Pending))
+    }
+
+    /// The id of a record this step needs.
+    pub fn id(&self, key: &str) -> anyhow::Result<String> {
+        match self.record(key)?.and_then(|r| r.id.clone()) {
+            Some(id) => Ok(id),
+            None if self.planning => Ok(KNOWN_AFTER.to_string()),
+            None => anyhow::bail!("{key} is not recorded in the state; its step must run first"),
+        }
+    }
+
+    /// An attribute of a record this step needs.
+    pub fn attr(&self, key: &str, name: &str) -> anyhow::Result<String> {
+        match self.record(key)?.and_then(|r| r.attr(name)) {
+            Some(value) => Ok(value.to_string()),
+            None if self.planning => Ok(KNOWN_AFTER.to_string()),
+            None => Err(anyhow::anyhow!("{key} has no recorded {name}")).context("its step must run first"),
+        }
+    }
+}
