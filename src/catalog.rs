@@ -203,7 +203,12 @@ pub fn build(cfg: &StackConfig) -> Vec<Step<Ctx>> {
     let cfg = Arc::new(cfg.clone());
     let mut s = Stack::default();
     let network = declare_network(&mut s, &cfg);
-    declare_gitlab(&mut s, &cfg, &network);
+    declare_data(&mut s, &cfg);
+    declare_security_groups(&mut s, &cfg);
+    declare_roles_and_initializer(&mut s, &cfg);
+    let mut listeners = declare_web_entrance(&mut s, &cfg, &network);
+    listeners.extend(declare_ssh(&mut s, &cfg, &network));
+    declare_gitlab(&mut s, &cfg, &network, listeners);
     s.finish()
 }
 
@@ -312,8 +317,8 @@ fn cidr_rules(cfg: &StackConfig, ports: &[i32]) -> Vec<IngressRule> {
         .collect()
 }
 
-fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network) {
-    let https = cfg.domain.is_some();
+/// What GitLab keeps and writes: its password, logs, file system and backup vault.
+fn declare_data(s: &mut Stack, cfg: &StackConfig) {
     let stack = &cfg.stack;
     s.step(keys::ROOT_SECRET)
         .creates(keys::ROOT_SECRET, Kind::Secret)
@@ -345,8 +350,11 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network) {
         .creates(keys::BACKUP_VAULT, Kind::BackupVault)
         .describe(format!("create the backup vault {} for `backup`", backup::vault_name(stack)))
         .runs(backup::BackupVaultStep);
+}
 
-    // Security groups: who may reach what.
+/// Who may reach what.
+fn declare_security_groups(s: &mut Stack, cfg: &StackConfig) {
+    let https = cfg.domain.is_some();
     let ports: &[i32] = if https { &[80, 443] } else { &[80] };
     s.step(keys::ALB_SECURITY_GROUP)
         .needs(&[keys::VPC])
@@ -415,8 +423,10 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network) {
         .creates_all(&keys::MOUNT_TARGETS, Kind::MountTarget)
         .describe("create a mount target in each private subnet and wait until available")
         .runs(storage::MountTargetsStep);
+}
 
-    // Roles.
+/// The roles, and the initializer that prepares the file system once.
+fn declare_roles_and_initializer(s: &mut Stack, cfg: &StackConfig) {
     let registry = cfg.gitlab_image_credentials.clone();
     let ecr = cfg.image_in_ecr();
     s.step(keys::EXECUTION_ROLE)
@@ -474,8 +484,11 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network) {
         .creates(keys::INIT_FUNCTION, Kind::Function)
         .describe("run the EFS initializer (creates /srv/gitlab/{data,logs,config}), then remove it and its access point and rights")
         .runs(efs_init::RunEfsInitializer);
+}
 
-    // The web entrance.
+/// The load balancer, its listeners, and with a domain the certificate and DNS name; returns
+/// the listeners the service waits for.
+fn declare_web_entrance(s: &mut Stack, cfg: &StackConfig, net: &Network) -> Vec<&'static str> {
     let mut lb_needs = vec![keys::SUBNET_PUBLIC_A, keys::SUBNET_PUBLIC_B, keys::ALB_SECURITY_GROUP];
     lb_needs.extend(net.internet_gateway);
     s.step(keys::LOAD_BALANCER)
@@ -557,53 +570,59 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network) {
                 action: ListenerAction::Forward(keys::TARGET_GROUP),
             });
     }
+    listeners
+}
 
-    // Git over SSH.
-    if let Some(port) = cfg.ssh_port {
-        let mut nlb_needs = vec![keys::SUBNET_PUBLIC_A, keys::SUBNET_PUBLIC_B, keys::SSH_SECURITY_GROUP];
-        nlb_needs.extend(net.internet_gateway);
-        s.step(keys::SSH_LOAD_BALANCER)
-            .needs(&nlb_needs)
-            .creates(keys::SSH_LOAD_BALANCER, Kind::LoadBalancer)
-            .describe("create the internet-facing network load balancer for SSH (cross-zone) and wait until active")
-            .runs(LoadBalancerStep {
-                key: keys::SSH_LOAD_BALANCER,
-                flavour: Flavour::Network,
-                security_group: keys::SSH_SECURITY_GROUP,
-            });
-        s.step(keys::SSH_TARGET_GROUP)
-            .needs(&[keys::VPC])
-            .creates(keys::SSH_TARGET_GROUP, Kind::TargetGroup)
-            .describe("create GitLab's SSH target group (IP targets, TCP:22, TCP health check)")
-            .runs(TargetGroupStep { key: keys::SSH_TARGET_GROUP, flavour: Flavour::Network, port: 22 });
-        s.step(keys::LISTENER_SSH)
-            .needs(&[keys::SSH_LOAD_BALANCER, keys::SSH_TARGET_GROUP])
-            .creates(keys::LISTENER_SSH, Kind::Listener)
-            .describe(format!("listen on TCP {port} and forward to GitLab's SSH"))
-            .runs(ListenerStep {
-                key: keys::LISTENER_SSH,
+/// Git over SSH, when on: the network load balancer, its listener and DNS name; returns its
+/// listener for the service to wait for.
+fn declare_ssh(s: &mut Stack, cfg: &StackConfig, net: &Network) -> Option<&'static str> {
+    let port = cfg.ssh_port?;
+    let mut nlb_needs = vec![keys::SUBNET_PUBLIC_A, keys::SUBNET_PUBLIC_B, keys::SSH_SECURITY_GROUP];
+    nlb_needs.extend(net.internet_gateway);
+    s.step(keys::SSH_LOAD_BALANCER)
+        .needs(&nlb_needs)
+        .creates(keys::SSH_LOAD_BALANCER, Kind::LoadBalancer)
+        .describe("create the internet-facing network load balancer for SSH (cross-zone) and wait until active")
+        .runs(LoadBalancerStep {
+            key: keys::SSH_LOAD_BALANCER,
+            flavour: Flavour::Network,
+            security_group: keys::SSH_SECURITY_GROUP,
+        });
+    s.step(keys::SSH_TARGET_GROUP)
+        .needs(&[keys::VPC])
+        .creates(keys::SSH_TARGET_GROUP, Kind::TargetGroup)
+        .describe("create GitLab's SSH target group (IP targets, TCP:22, TCP health check)")
+        .runs(TargetGroupStep { key: keys::SSH_TARGET_GROUP, flavour: Flavour::Network, port: 22 });
+    s.step(keys::LISTENER_SSH)
+        .needs(&[keys::SSH_LOAD_BALANCER, keys::SSH_TARGET_GROUP])
+        .creates(keys::LISTENER_SSH, Kind::Listener)
+        .describe(format!("listen on TCP {port} and forward to GitLab's SSH"))
+        .runs(ListenerStep {
+            key: keys::LISTENER_SSH,
+            load_balancer: keys::SSH_LOAD_BALANCER,
+            port: i32::from(port),
+            protocol: ProtocolEnum::Tcp,
+            certificate: None,
+            action: ListenerAction::Forward(keys::SSH_TARGET_GROUP),
+        });
+    if let Some(domain) = &cfg.domain {
+        s.step(keys::DNS_SSH)
+            .needs(&[keys::SSH_LOAD_BALANCER])
+            .creates(keys::DNS_SSH, Kind::DnsRecord)
+            .describe(format!("point {} at the SSH load balancer", dns::ssh_name(domain)))
+            .runs(dns::AliasRecordStep {
+                key: keys::DNS_SSH,
+                name: dns::ssh_name(domain),
+                zone: domain.hosted_zone_id.clone(),
                 load_balancer: keys::SSH_LOAD_BALANCER,
-                port: i32::from(port),
-                protocol: ProtocolEnum::Tcp,
-                certificate: None,
-                action: ListenerAction::Forward(keys::SSH_TARGET_GROUP),
             });
-        if let Some(domain) = &cfg.domain {
-            s.step(keys::DNS_SSH)
-                .needs(&[keys::SSH_LOAD_BALANCER])
-                .creates(keys::DNS_SSH, Kind::DnsRecord)
-                .describe(format!("point {} at the SSH load balancer", dns::ssh_name(domain)))
-                .runs(dns::AliasRecordStep {
-                    key: keys::DNS_SSH,
-                    name: dns::ssh_name(domain),
-                    zone: domain.hosted_zone_id.clone(),
-                    load_balancer: keys::SSH_LOAD_BALANCER,
-                });
-        }
-        listeners.push(keys::LISTENER_SSH);
     }
+    Some(keys::LISTENER_SSH)
+}
 
-    // GitLab itself.
+/// GitLab itself: cluster, task definition and service.
+fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network, listeners: Vec<&'static str>) {
+    let https = cfg.domain.is_some();
     s.step(keys::CLUSTER)
         .needs(&[keys::INSIGHTS_LOG_GROUP])
         .creates(keys::CLUSTER, Kind::Cluster)

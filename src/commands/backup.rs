@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{connect, short_id, stack_name, table};
+use super::{confirm, connect, recorded_stack, refuse_other_operation, short_id, stack_name, table};
 use crate::aws::Ctx;
 use crate::cli::{BackupAction, BackupArgs, GlobalArgs};
 use crate::engine::{Event, Observer, StepScope};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys;
-use crate::printer::{Printer, Tone};
+use crate::printer::Printer;
 use crate::state::{self, LockedState, Operation, State, StateHandle};
 use crate::steps::{backup, service};
 
@@ -175,25 +175,12 @@ pub async fn take(
 pub async fn run(global: &GlobalArgs, args: BackupArgs) -> CliResult {
     let (stack, _) = stack_name(global)?;
     let printer = Arc::new(Printer::new(global, false));
-    let recorded = state::read(&global.state_dir, &stack)?;
-    let Some(recorded) = recorded.filter(|s| !s.resources.is_empty()) else {
-        return Err(UserError(format!(
-            "stack {stack} has nothing recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)",
-            global.state_dir.display()
-        ))
-        .into());
-    };
+    let recorded = recorded_stack(global, &stack)?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
     if let Some(BackupAction::List { json }) = args.action {
         return list(&ctx, &recorded, &printer, json).await;
     }
-    if let Some(op) = recorded.operation.as_ref().filter(|o| o.kind != "backup") {
-        return Err(UserError(format!(
-            "a {} is in progress (phase {})\n    help: run `gitlab-provision {}` again to finish it first",
-            op.kind, op.phase, op.kind
-        ))
-        .into());
-    }
+    refuse_other_operation(&recorded, "backup")?;
     let resuming = recorded.operation.is_some();
     if !args.online && !resuming {
         confirm_downtime(&printer, args.yes)?;
@@ -223,19 +210,13 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> CliResult {
 }
 
 fn confirm_downtime(printer: &Printer, yes: bool) -> Result<(), CliError> {
-    if yes {
-        return Ok(());
-    }
-    let what = "a consistent backup stops GitLab until the copy is made (minutes for a small team's data)";
-    if !printer.can_ask() {
-        return Err(UserError(format!("{what}; nothing was done\n    help: pass --yes to stop GitLab for it, or --online to back up while it runs (crash-consistent)")).into());
-    }
-    let answer = printer.ask(&format!("{} [y/N]", printer.paint(&format!("{what}. Go ahead?"), Tone::Bold)))?;
-    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
-        Ok(())
-    } else {
-        Err(UserError("nothing was done".into()).into())
-    }
+    confirm(
+        printer,
+        "a consistent backup stops GitLab until the copy is made (minutes for a small team's data)",
+        "Stop GitLab and back up?",
+        yes,
+        "pass --yes to stop GitLab for it, or --online to back up while it runs (crash-consistent)",
+    )
 }
 
 #[derive(Serialize)]

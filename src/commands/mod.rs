@@ -84,6 +84,50 @@ fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigErr
     Ok((stack, settings.region))
 }
 
+/// The stack's recorded state, for commands that act on a stack `up` made.
+fn recorded_stack(global: &GlobalArgs, stack: &str) -> Result<State, CliError> {
+    match crate::state::read(&global.state_dir, stack)? {
+        Some(state) if !state.resources.is_empty() => Ok(state),
+        _ => Err(UserError(format!(
+            "stack {stack} has nothing recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)",
+            global.state_dir.display()
+        ))
+        .into()),
+    }
+}
+
+/// Refuses to start a day-two operation while another one (backup, restore, upgrade) is
+/// half done: each must be finished by running it again before another begins.
+fn refuse_other_operation(state: &State, kind: &str) -> Result<(), CliError> {
+    match state.operation.as_ref().filter(|o| o.kind != kind) {
+        Some(op) => Err(UserError(format!(
+            "a {} is in progress (phase {})\n    help: run `gitlab-provision {}` again to finish it first",
+            op.kind, op.phase, op.kind
+        ))
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Asks before something that interrupts GitLab or cannot be undone. `--yes` skips the
+/// question; without a terminal there is no one to ask, so the run stops and says how to
+/// proceed (`help`) before anything was done.
+fn confirm(printer: &Printer, what: &str, question: &str, yes: bool, help: &str) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !printer.can_ask() {
+        return Err(UserError(format!("{what}\nnothing was done\n    help: {help}")).into());
+    }
+    printer.warn(what);
+    let answer = printer.ask(&format!("{} [y/N]", printer.paint(question, crate::printer::Tone::Bold)))?;
+    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(UserError("nothing was done".into()).into())
+    }
+}
+
 /// Signs in, and binds the run to the account the stack lives in: another account's
 /// credentials are refused before any other call. Says where the run works and as whom.
 async fn connect(

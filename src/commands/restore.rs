@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backup::{phase, remember, targets};
-use super::{connect, stack_config, stack_name};
+use super::{confirm, connect, recorded_stack, refuse_other_operation, stack_config, stack_name};
 use crate::aws::call;
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Settings;
 use crate::engine::{Interrupt, attrs};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys::{self, Kind};
-use crate::printer::{Printer, Tone};
+use crate::printer::Printer;
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::{backup, service, storage};
 
@@ -23,22 +23,9 @@ const PREVIOUS: &str = "file-system-previous";
 pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -> CliResult {
     let (stack, _) = stack_name(global)?;
     let printer = Arc::new(Printer::new(global, false));
-    let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
-    let Some(recorded) = recorded else {
-        return Err(UserError(format!(
-            "stack {stack} has nothing recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)",
-            global.state_dir.display()
-        ))
-        .into());
-    };
+    let recorded = recorded_stack(global, &stack)?;
     let resumed = recorded.operation.as_ref().filter(|o| o.kind == "restore").cloned();
-    if let Some(op) = recorded.operation.as_ref().filter(|o| o.kind != "restore") {
-        return Err(UserError(format!(
-            "a {} is in progress (phase {})\n    help: run `gitlab-provision {}` again to finish it first",
-            op.kind, op.phase, op.kind
-        ))
-        .into());
-    }
+    refuse_other_operation(&recorded, "restore")?;
     let point = match (&args.recovery_point, &resumed) {
         (Some(point), Some(op)) if op.attrs.get("point") != Some(point) => {
             return Err(UserError(format!(
@@ -57,7 +44,7 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
     let t = targets(&recorded)?;
     if resumed.is_none() {
-        confirm(&printer, &point, args.yes)?;
+        confirm_restore(&printer, &point, args.yes)?;
     }
     let locked = LockedState::open(&global.state_dir, &stack, ctx.region(), "restore")?;
     let state = StateHandle::new(locked);
@@ -146,14 +133,7 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     //    place, a new task definition revision), GitLab started and waited for.
     phase(&state, &printer, "restore", "converge", "switch GitLab to the restored file system", |_| async { Ok(()) })
         .await?;
-    let options = super::up::Converge {
-        global,
-        yes: true,
-        force_version: false,
-        timings: None,
-        interrupt,
-        during_operation: true,
-    };
+    let options = super::up::Converge::confirmed(global, interrupt, true);
     super::up::converge(&ctx, &state, cfg, &printer, &options)
         .await
         .map_err(|e| e.with_help("run `gitlab-provision restore` again to resume"))?;
@@ -213,20 +193,9 @@ async fn swap(ctx: &crate::aws::Ctx, state: &StateHandle, new_fs: &str) -> Resul
     Ok(())
 }
 
-fn confirm(printer: &Printer, point: &str, yes: bool) -> Result<(), CliError> {
-    if yes {
-        return Ok(());
-    }
+fn confirm_restore(printer: &Printer, point: &str, yes: bool) -> Result<(), CliError> {
     let what = format!(
         "restoring {point} stops GitLab and brings back its data as it was then; what changed since is on the current file system, which is kept"
     );
-    if !printer.can_ask() {
-        return Err(UserError(format!("{what}; nothing was done\n    help: pass --yes to restore")).into());
-    }
-    let answer = printer.ask(&format!("{} [y/N]", printer.paint(&format!("{what}. Restore?"), Tone::Bold)))?;
-    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
-        Ok(())
-    } else {
-        Err(UserError("nothing was done".into()).into())
-    }
+    confirm(printer, &what, "Restore?", yes, "pass --yes to restore")
 }

@@ -17,7 +17,7 @@ use crate::cli::{GlobalArgs, UpArgs};
 use crate::config::StackConfig;
 use crate::engine::{self, Event, Interrupt, Lives, Observer, RunError, RunOptions, RunReport, StepScope, Teardown};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
-use crate::printer::{Printer, Tone};
+use crate::printer::Printer;
 use crate::state::{self, LockedState, StateHandle};
 
 /// How `converge` may proceed.
@@ -30,6 +30,13 @@ pub struct Converge<'a> {
     pub interrupt: Interrupt,
     /// Run even though a backup or restore is recorded as in progress (they call this).
     pub during_operation: bool,
+}
+
+impl<'a> Converge<'a> {
+    /// A converge a day-two command runs after it has asked (or been told `--yes`) itself.
+    pub fn confirmed(global: &'a GlobalArgs, interrupt: Interrupt, during_operation: bool) -> Self {
+        Converge { global, yes: true, force_version: false, timings: None, interrupt, during_operation }
+    }
 }
 
 /// What a converge did.
@@ -183,19 +190,13 @@ fn confirm_disruptions(plan: &super::plan::PlanReport, printer: &Printer, yes: b
         .map(|c| format!("\n  cost: {}${:.2}/month", if c > 0.0 { "+" } else { "-" }, c.abs()))
         .unwrap_or_default();
     let list = disruptions.iter().map(|d| format!("\n  - {d}")).collect::<String>();
-    if !printer.can_ask() {
-        return Err(UserError(format!(
-            "this change interrupts GitLab:{list}{cost}\nnothing was changed\n    help: run `gitlab-provision plan` to see everything it does, then `gitlab-provision up --yes` to apply it"
-        ))
-        .into());
-    }
-    printer.warn(&format!("this change interrupts GitLab:{list}{cost}"));
-    let answer = printer.ask(&format!("{} [y/N]", printer.paint("Apply it now?", Tone::Bold)))?;
-    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
-        Ok(())
-    } else {
-        Err(UserError("not applied; nothing was changed".into()).into())
-    }
+    super::confirm(
+        printer,
+        &format!("this change interrupts GitLab:{list}{cost}"),
+        "Apply it now?",
+        false,
+        "run `gitlab-provision plan` to see everything it does, then `gitlab-provision up --yes` to apply it",
+    )
 }
 
 /// A run that failed or was interrupted: cause first, then where things stand and the next command.

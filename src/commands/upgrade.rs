@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use super::{connect, stack_config, stack_name};
+use super::{confirm, connect, recorded_stack, refuse_other_operation, stack_config, stack_name};
 use crate::cli::{GlobalArgs, UpgradeArgs};
 use crate::config::{Settings, TagSource};
 use crate::engine::Interrupt;
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::gitlab_version::{Hop, UpgradePath, Version, VersionError};
 use crate::printer::{Printer, Tone};
-use crate::state::{self, LockedState, StateHandle};
+use crate::state::{LockedState, StateHandle};
 
 /// The versions to deploy, in order, from what runs to `to` through the given stops; every
 /// consecutive pair must be a valid single hop.
@@ -46,14 +46,8 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     let to = parse("--to", &args.to)?;
     let via = args.via.iter().map(|v| parse("--via", v)).collect::<Result<Vec<_>, _>>()?;
     let printer = Arc::new(Printer::new(global, false));
-    let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
-    let Some(recorded) = recorded else {
-        return Err(UserError(format!(
-            "stack {stack} has nothing recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)",
-            global.state_dir.display()
-        ))
-        .into());
-    };
+    let recorded = recorded_stack(global, &stack)?;
+    refuse_other_operation(&recorded, "backup")?;
     let Some(running) = super::plan::running_version(&recorded.resources) else {
         return Err(UserError("the stack records no running GitLab version (no task definition)\n    help: run `gitlab-provision up` first".into()).into());
     };
@@ -73,24 +67,15 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     ));
     let (mut cfg, _) = stack_config(global, Settings::default())?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
-    if !args.yes {
-        confirm(&printer, hops.len(), args.no_backup)?;
-    }
+    confirm_upgrade(&printer, hops.len(), args.no_backup, args.yes)?;
     let locked = LockedState::open(&global.state_dir, &stack, ctx.region(), "upgrade")?;
     let state = StateHandle::new(locked);
     if !args.no_backup {
         // A consistent backup: GitLab stays stopped, and the first hop starts the new version.
-        let (point, _) = super::backup::take(&ctx, &state, &printer, args.yes, false).await?;
+        let (point, _) = super::backup::take(&ctx, &state, &printer, false, false).await?;
         printer.note(&format!("backed up before upgrading: {point} (`gitlab-provision restore` brings it back)"));
     }
-    let options = super::up::Converge {
-        global,
-        yes: true,
-        force_version: false,
-        timings: None,
-        interrupt,
-        during_operation: false,
-    };
+    let options = super::up::Converge::confirmed(global, interrupt, false);
     for (i, hop) in hops.iter().enumerate() {
         cfg.gitlab_image_tag = hop.to_string();
         cfg.tag_source = TagSource::Flag;
@@ -158,20 +143,12 @@ fn migrations_hint() -> &'static str {
     "check Admin > Monitoring > Background migrations, or `gitlab-provision exec -- gitlab-rake gitlab:background_migrations:status`"
 }
 
-fn confirm(printer: &Printer, hops: usize, no_backup: bool) -> Result<(), CliError> {
+fn confirm_upgrade(printer: &Printer, hops: usize, no_backup: bool, yes: bool) -> Result<(), CliError> {
     let what = format!(
         "the upgrade {}restarts GitLab {hops} time(s) (minutes of downtime each)",
         if no_backup { "" } else { "stops GitLab for a backup first, then " }
     );
-    if !printer.can_ask() {
-        return Err(UserError(format!("{what}; nothing was done\n    help: pass --yes to proceed without a terminal (the backup is then taken online)")).into());
-    }
-    let answer = printer.ask(&format!("{} [y/N]", printer.paint(&format!("{what}. Go ahead?"), Tone::Bold)))?;
-    if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
-        Ok(())
-    } else {
-        Err(UserError("nothing was done".into()).into())
-    }
+    confirm(printer, &what, "Go ahead?", yes, "pass --yes to proceed without a terminal")
 }
 
 #[cfg(test)]

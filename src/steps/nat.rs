@@ -15,9 +15,8 @@ use ipnet::Ipv4Net;
 
 use super::network::bool_value;
 use super::security_group::{IngressRule, SecurityGroupStep, Source};
-use crate::aws::ec2::{Ec2, Ec2Kind, Query};
+use crate::aws::ec2::{Ec2, Ec2Kind, Ec2Listing, Query, ec2_listing, ec2_query};
 use crate::aws::{AwsError, Ctx, Holders, call, delete_when_free, if_there};
-use crate::ec2_query;
 use crate::engine::{Applied, Desired, Env, Poll, StepAction, StepScope, Summary, WaitPolicy, attrs, wait_until};
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
@@ -31,29 +30,10 @@ pub const NAT_INSTANCE_TYPE: &str = "t4g.nano";
 
 pub struct Addresses;
 
+ec2_listing!(Addresses, Address, "Elastic IP", describe_addresses(allocation_ids, set_filters) -> addresses, allocation_id);
+
 #[async_trait]
 impl Ec2Kind for Addresses {
-    type Item = Address;
-    const NOUN: &'static str = "Elastic IP";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Address>, AwsError> {
-        let about = query.about();
-        let out =
-            if_there(ec2_query!(ctx.aws.ec2.describe_addresses(), query, allocation_ids, set_filters).send(), || {
-                format!("describing Elastic IP {about}")
-            })
-            .await?;
-        Ok(out.and_then(|o| o.addresses).unwrap_or_default())
-    }
-
-    fn id(address: &Address) -> Option<&str> {
-        address.allocation_id()
-    }
-
-    fn tags(address: &Address) -> &[Tag] {
-        address.tags()
-    }
-
     fn live(address: &Address, _record: &ResourceRecord) -> (String, Vec<String>) {
         (address.public_ip().unwrap_or_default().to_string(), vec![])
     }
@@ -123,29 +103,10 @@ fn nat_state(gateway: &NatGateway) -> NatGatewayState {
     gateway.state().cloned().unwrap_or(NatGatewayState::Pending)
 }
 
+ec2_listing!(NatGateways, NatGateway, "NAT gateway", describe_nat_gateways(nat_gateway_ids, set_filter) -> nat_gateways, nat_gateway_id);
+
 #[async_trait]
 impl Ec2Kind for NatGateways {
-    type Item = NatGateway;
-    const NOUN: &'static str = "NAT gateway";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<NatGateway>, AwsError> {
-        let about = query.about();
-        let out = if_there(
-            ec2_query!(ctx.aws.ec2.describe_nat_gateways(), query, nat_gateway_ids, set_filter).send(),
-            || format!("describing NAT gateway {about}"),
-        )
-        .await?;
-        Ok(out.and_then(|o| o.nat_gateways).unwrap_or_default())
-    }
-
-    fn id(gateway: &NatGateway) -> Option<&str> {
-        gateway.nat_gateway_id()
-    }
-
-    fn tags(gateway: &NatGateway) -> &[Tag] {
-        gateway.tags()
-    }
-
     /// A deleted gateway stays visible for about an hour in state "deleted".
     fn gone(gateway: &NatGateway) -> bool {
         matches!(nat_state(gateway), NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed)
@@ -265,7 +226,7 @@ fn instance_state(instance: &Instance) -> InstanceStateName {
 }
 
 #[async_trait]
-impl Ec2Kind for Instances {
+impl Ec2Listing for Instances {
     type Item = Instance;
     const NOUN: &'static str = "instance";
 
@@ -291,7 +252,10 @@ impl Ec2Kind for Instances {
     fn tags(instance: &Instance) -> &[Tag] {
         instance.tags()
     }
+}
 
+#[async_trait]
+impl Ec2Kind for Instances {
     fn gone(instance: &Instance) -> bool {
         matches!(instance_state(instance), InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
     }

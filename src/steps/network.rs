@@ -3,14 +3,13 @@
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable, Subnet, Tag, Vpc, VpcAttributeName,
+    AttributeBooleanValue, Filter, InternetGateway, ResourceType, RouteTable, Subnet, Vpc, VpcAttributeName,
 };
 use ipnet::Ipv4Net;
 
-use crate::aws::ec2::{Ec2, Ec2Kind, Query};
+use crate::aws::ec2::{Ec2, Ec2Kind, Ec2Listing, Query, ec2_listing};
 use crate::aws::interfaces::{HeldBy, holders};
-use crate::aws::{AwsError, Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
-use crate::ec2_query;
+use crate::aws::{Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
 use crate::engine::{Applied, Desired, Env, Existing, StepAction, StepScope, Summary, attrs};
 use crate::keys::{self, Kind};
 use crate::state::{RecordStatus, ResourceRecord};
@@ -24,28 +23,10 @@ pub fn bool_value(value: bool) -> AttributeBooleanValue {
 
 pub struct Vpcs;
 
+ec2_listing!(Vpcs, Vpc, "VPC", describe_vpcs(vpc_ids, set_filters) -> vpcs, vpc_id);
+
 #[async_trait]
 impl Ec2Kind for Vpcs {
-    type Item = Vpc;
-    const NOUN: &'static str = "VPC";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Vpc>, AwsError> {
-        let about = query.about();
-        let out = if_there(ec2_query!(ctx.aws.ec2.describe_vpcs(), query, vpc_ids, set_filters).send(), || {
-            format!("describing VPC {about}")
-        })
-        .await?;
-        Ok(out.and_then(|o| o.vpcs).unwrap_or_default())
-    }
-
-    fn id(vpc: &Vpc) -> Option<&str> {
-        vpc.vpc_id()
-    }
-
-    fn tags(vpc: &Vpc) -> &[Tag] {
-        vpc.tags()
-    }
-
     fn live(vpc: &Vpc, record: &ResourceRecord) -> (String, Vec<String>) {
         let cidr = vpc.cidr_block().unwrap_or_default();
         let drift = match record.attr("cidr") {
@@ -124,28 +105,10 @@ async fn create_vpc(ctx: &Ctx, cidr: Ipv4Net, existing: Option<Existing>) -> any
 
 pub struct Subnets;
 
+ec2_listing!(Subnets, Subnet, "subnet", describe_subnets(subnet_ids, set_filters) -> subnets, subnet_id);
+
 #[async_trait]
 impl Ec2Kind for Subnets {
-    type Item = Subnet;
-    const NOUN: &'static str = "subnet";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<Subnet>, AwsError> {
-        let about = query.about();
-        let out = if_there(ec2_query!(ctx.aws.ec2.describe_subnets(), query, subnet_ids, set_filters).send(), || {
-            format!("describing subnet {about}")
-        })
-        .await?;
-        Ok(out.and_then(|o| o.subnets).unwrap_or_default())
-    }
-
-    fn id(subnet: &Subnet) -> Option<&str> {
-        subnet.subnet_id()
-    }
-
-    fn tags(subnet: &Subnet) -> &[Tag] {
-        subnet.tags()
-    }
-
     fn live(subnet: &Subnet, record: &ResourceRecord) -> (String, Vec<String>) {
         let cidr = subnet.cidr_block().unwrap_or_default();
         let mut drift = Vec::new();
@@ -340,29 +303,10 @@ fn attached_vpc(igw: &InternetGateway) -> Option<String> {
     igw.attachments().iter().find_map(|a| a.vpc_id().map(str::to_string))
 }
 
+ec2_listing!(InternetGateways, InternetGateway, "internet gateway", describe_internet_gateways(internet_gateway_ids, set_filters) -> internet_gateways, internet_gateway_id);
+
 #[async_trait]
 impl Ec2Kind for InternetGateways {
-    type Item = InternetGateway;
-    const NOUN: &'static str = "internet gateway";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<InternetGateway>, AwsError> {
-        let about = query.about();
-        let out = if_there(
-            ec2_query!(ctx.aws.ec2.describe_internet_gateways(), query, internet_gateway_ids, set_filters).send(),
-            || format!("describing internet gateway {about}"),
-        )
-        .await?;
-        Ok(out.and_then(|o| o.internet_gateways).unwrap_or_default())
-    }
-
-    fn id(igw: &InternetGateway) -> Option<&str> {
-        igw.internet_gateway_id()
-    }
-
-    fn tags(igw: &InternetGateway) -> &[Tag] {
-        igw.tags()
-    }
-
     fn live(igw: &InternetGateway, record: &ResourceRecord) -> (String, Vec<String>) {
         let attached: Vec<&str> = igw.attachments().iter().filter_map(|a| a.vpc_id()).collect();
         let drift = match record.attr("vpc_id") {
@@ -468,29 +412,10 @@ fn default_route_target(table: &RouteTable) -> Option<String> {
     })
 }
 
+ec2_listing!(RouteTables, RouteTable, "route table", describe_route_tables(route_table_ids, set_filters) -> route_tables, route_table_id);
+
 #[async_trait]
 impl Ec2Kind for RouteTables {
-    type Item = RouteTable;
-    const NOUN: &'static str = "route table";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<RouteTable>, AwsError> {
-        let about = query.about();
-        let out = if_there(
-            ec2_query!(ctx.aws.ec2.describe_route_tables(), query, route_table_ids, set_filters).send(),
-            || format!("describing route table {about}"),
-        )
-        .await?;
-        Ok(out.and_then(|o| o.route_tables).unwrap_or_default())
-    }
-
-    fn id(table: &RouteTable) -> Option<&str> {
-        table.route_table_id()
-    }
-
-    fn tags(table: &RouteTable) -> &[Tag] {
-        table.tags()
-    }
-
     fn live(table: &RouteTable, record: &ResourceRecord) -> (String, Vec<String>) {
         let target = default_route_target(table);
         let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();

@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType, SecurityGroup, Tag, UserIdGroupPair,
+    IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType, SecurityGroup, UserIdGroupPair,
 };
 
-use crate::aws::ec2::{Ec2, Ec2Kind, Query};
+use crate::aws::ec2::{Ec2, Ec2Kind, ec2_listing};
 use crate::aws::interfaces::{HeldBy, holders};
-use crate::aws::{AwsError, Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
-use crate::ec2_query;
+use crate::aws::{Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
 use crate::engine::{Applied, Desired, Env, StepAction, StepScope, Summary, attrs};
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
@@ -139,29 +138,10 @@ fn recorded_rules(record: &ResourceRecord) -> BTreeSet<String> {
 
 pub struct SecurityGroups;
 
+ec2_listing!(SecurityGroups, SecurityGroup, "security group", describe_security_groups(group_ids, set_filters) -> security_groups, group_id);
+
 #[async_trait]
 impl Ec2Kind for SecurityGroups {
-    type Item = SecurityGroup;
-    const NOUN: &'static str = "security group";
-
-    async fn describe(ctx: &Ctx, query: Query<'_>) -> Result<Vec<SecurityGroup>, AwsError> {
-        let about = query.about();
-        let out =
-            if_there(ec2_query!(ctx.aws.ec2.describe_security_groups(), query, group_ids, set_filters).send(), || {
-                format!("describing security group {about}")
-            })
-            .await?;
-        Ok(out.and_then(|o| o.security_groups).unwrap_or_default())
-    }
-
-    fn id(group: &SecurityGroup) -> Option<&str> {
-        group.group_id()
-    }
-
-    fn tags(group: &SecurityGroup) -> &[Tag] {
-        group.tags()
-    }
-
     fn live(group: &SecurityGroup, record: &ResourceRecord) -> (String, Vec<String>) {
         let live = live_rules(group);
         let recorded = recorded_rules(record);

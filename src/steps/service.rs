@@ -718,13 +718,7 @@ impl ResourceOps<Ctx> for ServiceOps {
                     s.status().unwrap_or("?").to_lowercase(),
                     s.running_count()
                 )),
-                (None, tasks) => Poll::Pending(
-                    tasks
-                        .iter()
-                        .map(|t| format!("task {} {}", short_task(t), t.last_status().unwrap_or("?")))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
+                (None, tasks) => Poll::Pending(task_states(tasks)),
             })
         })
         .await?;
@@ -748,6 +742,15 @@ fn short_task(task: &Task) -> &str {
     task.task_arn().and_then(|a| a.rsplit('/').next()).unwrap_or("?")
 }
 
+/// "task 1a2b RUNNING, task 3c4d DEPROVISIONING", for a wait's progress line.
+fn task_states(tasks: &[Task]) -> String {
+    tasks
+        .iter()
+        .map(|t| format!("task {} {}", short_task(t), t.last_status().unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Asks the service for `desired` tasks and, for 0, waits until every task has stopped (a
 /// consistent backup or a file-system swap needs GitLab fully stopped).
 pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) -> anyhow::Result<()> {
@@ -764,17 +767,7 @@ pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) ->
             .into_iter()
             .filter(|t| t.last_status() != Some("STOPPED"))
             .collect();
-        Ok(if running.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(
-                running
-                    .iter()
-                    .map(|t| format!("task {} {}", short_task(t), t.last_status().unwrap_or("?")))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        })
+        Ok(if running.is_empty() { Poll::Ready(()) } else { Poll::Pending(task_states(&running)) })
     })
     .await?;
     Ok(())
