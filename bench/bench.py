@@ -1,10 +1,17 @@
-"""make bench: up, status, a converged up and down under the harness's latency model.
+"""make bench: up, status, a converged up and down under the harness's strict model, then the
+time to a usable GitLab.
 
-Prints, per command: wall time, the critical path of its dependency graph (from the step
-timings it wrote, under the same model), their ratio, what one-step-at-a-time would take,
-and the API calls by service; for status the sum of its calls' durations (a sequential
-client) against its wall time; for waits, how far past readiness the tool noticed.
-Writes the same figures to bench/results.json for run-to-run comparison.
+Part 1 (AWS's durations x --scale, a 50 ms round trip per call): per command, wall time, the
+critical path of its dependency graph (from the step timings it wrote, so it includes every
+wait: pending resources on up, lingering interfaces and draining tasks on down), their ratio,
+the same command one step at a time, the API calls by service; for waits, how far past
+readiness the tool noticed; for down, how long after AWS released an interface the delete it
+blocked went through.
+Part 2 (--usable-scale, round trips scaled too): `up --wait` from nothing to a GitLab the load
+balancer reports healthy, with the Fargate task's start, the image pull and GitLab's first boot
+on EFS modelled, converted back to AWS seconds and set against the reference CloudFormation
+deployment's 1,003.7 s.
+Writes the figures to bench/results.json for run-to-run comparison.
 """
 
 import argparse
@@ -34,16 +41,11 @@ def critical_path(timings):
     return max((longest(s) for s in by_step), default=0.0)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--scale", type=float, default=0.05, help="model time factor (0.05 = 1/20 of AWS's durations)")
-    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "gitlab-provision"))
-    args = parser.parse_args()
-
-    work = tempfile.mkdtemp(prefix="gp-bench-")
+def start_emulator(work, scale, latency):
     capture = os.path.join(work, "capture.jsonl")
     emulator = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "harness", "emulator.py"), "--capture", capture, "--model-scale", str(args.scale)],
+        [sys.executable, os.path.join(ROOT, "tests", "harness", "emulator.py"), "--capture", capture,
+         "--model-scale", str(scale), "--api-latency", str(latency)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     banner = json.loads(emulator.stdout.readline())
@@ -54,6 +56,65 @@ def main():
         "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_CONFIG_FILE": os.path.join(work, "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": os.path.join(work, "aws-config"),
     }
+    return emulator, capture, env
+
+
+def released_to_deleted(capture):
+    """For each delete the strict model refused while an interface held it: how long after the
+    last interface was released the delete went through (how quickly down notices)."""
+    with open(capture) as f:
+        entries = [json.loads(line) for line in f]
+    gaps = []
+    for i, e in enumerate(entries):
+        if e.get("refused") not in ("DependencyViolation", "InvalidIPAddress.InUse"):
+            continue
+        later = next((x for x in entries[i + 1:] if x["action"] == e["action"] and x["body"] == e["body"] and not x.get("refused")), None)
+        if later is None:
+            continue
+        releases = [x["at"] for x in entries if x.get("rule") == "interface-released" and e["at"] <= x["at"] <= later["at"]]
+        if releases:
+            gaps.append(later["at"] - max(releases))
+    return {
+        "blocked_deletes": len(gaps),
+        "mean_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
+        "max_s": round(max(gaps), 3) if gaps else None,
+    }
+
+
+def usable_gitlab(args):
+    """`up --wait` from nothing until the load balancer reports GitLab healthy."""
+    from strict import RULES
+
+    work = tempfile.mkdtemp(prefix="gp-bench-usable-")
+    # Round trips scaled like everything else, so wall / scale is AWS time.
+    emulator, _, env = start_emulator(work, args.usable_scale, 0.05 * args.usable_scale)
+    started = time.monotonic()
+    proc = subprocess.run([args.binary, "up", "--wait", "--stack", "usable", "--allowed-cidr", "203.0.113.0/24"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    emulator.stdin.close()
+    emulator.wait(timeout=10)
+    if proc.returncode != 0:
+        sys.exit(f"up --wait failed:\n{proc.stderr}")
+    # What AWS itself takes on the way, whatever the tool does: the network and the file system
+    # (the longest of the load balancer, NAT gateway and mount targets, then the initializer),
+    # then the task's start, the pull, the first boot and two health checks.
+    seconds = {rule: RULES[rule][0] for rule in RULES if RULES[rule][0]}
+    floor = (max(seconds["load-balancer-provisioning"], seconds["nat-gateway-pending"], seconds["mount-target-creating"] + seconds["function-pending"])
+             + seconds["task-provisioning"] + seconds["image-pull"] + seconds["gitlab-first-boot"] + 2 * seconds["health-check"])
+    return {"scale": args.usable_scale, "wall_s": round(wall, 2), "aws_equivalent_s": round(wall / args.usable_scale, 1),
+            "modelled_floor_s": floor, "reference_cdk_s": 1003.7}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=0.05, help="model time factor (0.05 = 1/20 of AWS's durations)")
+    parser.add_argument("--usable-scale", type=float, default=0.1, help="time factor of the up --wait run")
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "gitlab-provision"))
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="gp-bench-")
+    emulator, capture, env = start_emulator(work, args.scale, 0.05)
 
     def calls_since(offset):
         with open(capture) as f:
@@ -104,7 +165,7 @@ def main():
 
     run("up", ["up", "--stack", "bench", "--allowed-cidr", "203.0.113.0/24", "--timings", "up.json"], "up.json")
     run("status", ["status", "--stack", "bench", "--json"])
-    noop = run("noop_up", ["up", "--stack", "bench", "--allowed-cidr", "203.0.113.0/24", "--timings", "noop.json"], "noop.json")
+    run("noop_up", ["up", "--stack", "bench", "--allowed-cidr", "203.0.113.0/24", "--timings", "noop.json"], "noop.json")
     with open(os.path.join(work, "state", "bench.json")) as f:
         results["noop_up"]["recorded_resources"] = len(json.load(f)["resources"])
     run("down", ["down", "--stack", "bench", "--yes", "--timings", "down.json"], "down.json")
@@ -118,23 +179,25 @@ def main():
         results[name]["speedup_over_one_at_a_time"] = round(serial / results[name]["engine_wall_s"], 2)
     results["status"]["one_at_a_time_measured_s"] = results["serial_status"]["wall_s"]
     results["status"]["speedup_over_one_at_a_time"] = round(results["serial_status"]["wall_s"] / results["status"]["wall_s"], 2)
+    results["down"]["released_to_deleted"] = released_to_deleted(capture)
     emulator.stdin.close()
     emulator.wait(timeout=10)
 
-    from emulator import DURATIONS  # the model's own numbers, for the waiters' overshoot
+    from strict import RULES  # the model's own numbers, for the waiters' overshoot
 
-    modelled = {"nat-gateway": "nat_gateway", "load-balancer": "load_balancer", "mount-targets": "mount_target"}
+    modelled = {"nat-gateway": "nat-gateway-pending", "load-balancer": "load-balancer-provisioning", "mount-targets": "mount-target-creating"}
     results["waits"] = {
         step: {
-            "modelled_s": round(DURATIONS[kind] * args.scale, 3),
+            "modelled_s": round(RULES[rule][0] * args.scale, 3),
             "observed_s": results["up"]["steps"][step],
-            "noticed_after_ready_s": round(results["up"]["steps"][step] - DURATIONS[kind] * args.scale, 3),
+            "noticed_after_ready_s": round(results["up"]["steps"][step] - RULES[rule][0] * args.scale, 3),
         }
-        for step, kind in modelled.items()
+        for step, rule in modelled.items()
         if step in results["up"]["steps"]
     }
+    results["usable"] = usable_gitlab(args)
 
-    print(f"latency model: AWS durations x {args.scale} (see tests/harness/emulator.py)")
+    print(f"strict model: AWS durations x {args.scale}, {0.05 * 1000:.0f} ms per call (see tests/harness/strict.py)")
     def num(value, fmt="{:.2f}"):
         return fmt.format(value) if isinstance(value, (int, float)) else "-"
 
@@ -150,6 +213,12 @@ def main():
     print(f"no-op up: {results['noop_up']['api_calls']} calls for {results['noop_up']['recorded_resources']} recorded resources, {results['noop_up']['mutating_calls']} mutating")
     for step, w in results["waits"].items():
         print(f"wait {step:<14} ready after {w['modelled_s']:.2f}s, noticed after {w['observed_s']:.2f}s (+{w['noticed_after_ready_s']:.2f}s)")
+    r = results["down"]["released_to_deleted"]
+    if r["blocked_deletes"]:
+        print(f"down: {r['blocked_deletes']} deletes waited for released interfaces; noticed {r['mean_s']:.2f}s after release on average, {r['max_s']:.2f}s at most")
+    u = results["usable"]
+    print(f"up --wait to a healthy GitLab: {u['wall_s']:.1f}s at x{u['scale']} = {u['aws_equivalent_s']:.0f} s of AWS time "
+          f"(modelled floor {u['modelled_floor_s']:.0f} s; reference CDK deployment 1003.7 s)")
     out = os.path.join(ROOT, "bench", "results.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

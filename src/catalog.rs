@@ -240,6 +240,18 @@ fn declare_network(s: &mut Stack, cfg: &StackConfig) -> Network {
             Network { internet_gateway: None, egress: None }
         }
         NetworkConfig::Create { vpc_cidr, nat, zones } => {
+            let instance_type = (*nat == NatKind::Instance).then_some(nat::NAT_INSTANCE_TYPE);
+            if let Some(zones) = zones {
+                s.step(keys::STEP_ZONE_CHECK)
+                    .describe(format!(
+                        "check that {} and {} are zones of the region{}",
+                        zones[0],
+                        zones[1],
+                        instance_type.map(|t| format!(" offering {t}")).unwrap_or_default()
+                    ))
+                    .preflight()
+                    .runs(network::CheckZones { zones: zones.clone(), instance_type });
+            }
             s.step(keys::VPC)
                 .creates(keys::VPC, Kind::Vpc)
                 .describe(format!("create the VPC {vpc_cidr} with DNS support and hostnames"))
@@ -249,11 +261,7 @@ fn declare_network(s: &mut Stack, cfg: &StackConfig) -> Network {
                 .needs(&[keys::VPC])
                 .creates_all(&keys::SUBNETS, Kind::Subnet)
                 .describe(format!("create four subnets in two zones ({})", plan.describe()))
-                .runs(SubnetsStep {
-                    plan,
-                    zones: zones.clone(),
-                    instance_type: (*nat == NatKind::Instance).then_some(nat::NAT_INSTANCE_TYPE),
-                });
+                .runs(SubnetsStep { plan, zones: zones.clone(), instance_type });
             s.step(keys::INTERNET_GATEWAY)
                 .needs(&[keys::VPC])
                 .creates(keys::INTERNET_GATEWAY, Kind::InternetGateway)
@@ -784,7 +792,7 @@ mod tests {
         for (name, steps) in variants() {
             for step in &steps {
                 let ok = step.creates.iter().any(|(k, _)| *k == step.name)
-                    || [keys::STEP_SUBNETS, keys::STEP_MOUNT_TARGETS, keys::STEP_PREFLIGHT]
+                    || [keys::STEP_SUBNETS, keys::STEP_MOUNT_TARGETS, keys::STEP_PREFLIGHT, keys::STEP_ZONE_CHECK]
                         .contains(&step.name.as_str());
                 assert!(ok, "{name}: step {} creates {:?}", step.name, step.creates);
             }

@@ -193,9 +193,12 @@ pub struct UpgradeArgs {
     /// Skip the backup before the first hop
     #[arg(long)]
     pub no_backup: bool,
-    /// Do not ask: take the backup online and go on between stops without waiting for a go
+    /// Do not ask: stop GitLab for the backup and go on between stops without waiting for a go
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Show what the upgrade would do (path, backup, each hop's downtime) and change nothing
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +230,9 @@ pub struct RestoreArgs {
     /// Switch GitLab without asking
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Show what the restore would do and change nothing
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Debug, Args)]

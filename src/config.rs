@@ -29,62 +29,80 @@ const SECURITY_GROUP_RULES: usize = 60;
 
 /// Every configurable key. The same struct is the TOML schema and the command-line flags
 /// of `up` and `plan`, so a key and its flag cannot drift apart.
-#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Stack name (global flag --stack)
     #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,
     /// AWS region (global flag --region)
     #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// IPv4 CIDR allowed to reach GitLab; repeat for several (config: allowed_cidrs)
     #[arg(long = "allowed-cidr", value_name = "CIDR", help_heading = "Network")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_cidrs: Option<Vec<String>>,
     /// CIDR of the VPC to create [default: 10.0.0.0/16]
     #[arg(long, value_name = "CIDR", help_heading = "Network")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc_cidr: Option<String>,
     /// Use a t4g.nano NAT instance instead of a NAT gateway (about $30/month less)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Network")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub use_nat_instance: Option<bool>,
     /// Use this existing VPC instead of creating one
     #[arg(long, value_name = "VPC_ID", help_heading = "Network")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,
     /// The two availability zones of a new VPC, e.g. us-east-1a (repeat; config: availability_zones)
     #[arg(long = "availability-zone", value_name = "ZONE", help_heading = "Network")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub availability_zones: Option<Vec<String>>,
     /// Domain for HTTPS (with --sub-domain and --hosted-zone-id)
     #[arg(long, value_name = "DOMAIN", help_heading = "HTTPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub domain_name: Option<String>,
     /// Host name under the domain, e.g. gitlab
     #[arg(long, value_name = "NAME", help_heading = "HTTPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sub_domain: Option<String>,
     /// Route 53 hosted zone of the domain (Z..., with or without /hostedzone/)
     #[arg(long, value_name = "ZONE_ID", help_heading = "HTTPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hosted_zone_id: Option<String>,
     /// E-mail of GitLab's root user [default: admin@example.com]
     #[arg(long, value_name = "EMAIL", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab_root_email: Option<String>,
     /// Image repository, e.g. an ECR mirror [default: gitlab/gitlab-ce]
     #[arg(long, value_name = "REPOSITORY", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab_image: Option<String>,
     /// gitlab-ce release tag, e.g. 19.4.1-ce.0 [default: what runs, else 19.4.1-ce.0]
     #[arg(long, value_name = "TAG", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab_image_tag: Option<String>,
     /// ARN of a Secrets Manager secret with the registry's username and password
     #[arg(long, value_name = "SECRET_ARN", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab_image_credentials: Option<String>,
     /// Fargate task CPU units [default: 2048]
     #[arg(long, value_name = "UNITS", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task_cpu: Option<u32>,
     /// Fargate task memory in MiB [default: 6144]
     #[arg(long, value_name = "MIB", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task_memory_mib: Option<u32>,
     /// Serve Git over SSH through a network load balancer
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Git over SSH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh: Option<bool>,
     /// The SSH port developers connect to [default: 22]
     #[arg(long, value_name = "PORT", help_heading = "Git over SSH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
 }
 

@@ -136,6 +136,7 @@ pub const SERVICE: &str = "service";
 pub const STEP_SUBNETS: &str = "subnets";
 pub const STEP_MOUNT_TARGETS: &str = "mount-targets";
 pub const STEP_PREFLIGHT: &str = "preflight";
+pub const STEP_ZONE_CHECK: &str = "zone-check";
 
 /// AWS names that derive from the stack's name, where more than one area needs them.
 pub mod names {

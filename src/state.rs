@@ -39,6 +39,10 @@ pub struct State {
     pub fixed: BTreeMap<String, String>,
     #[serde(default)]
     pub resources: BTreeMap<String, ResourceRecord>,
+    /// The settings (file and flags) `up` last applied, without the image tag (the running
+    /// version is the task definition's): what day-two commands converge the stack with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
     /// A backup or restore that has not finished: running it again resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
@@ -91,6 +95,14 @@ pub struct ResourceRecord {
 impl ResourceRecord {
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs.get(name).map(String::as_str)
+    }
+
+    /// Whether the record was written less than `window` ago (false when its time is unreadable).
+    pub fn written_within(&self, window: std::time::Duration) -> bool {
+        humantime::parse_rfc3339_weak(&self.updated_at)
+            .ok()
+            .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+            .is_some_and(|age| age < window)
     }
 
     /// The id, for operations on a resource that must have one.
@@ -299,6 +311,7 @@ impl LockedState {
             partition: None,
             fixed: BTreeMap::new(),
             resources: BTreeMap::new(),
+            settings: None,
             operation: None,
         });
         Ok(LockedState { dir: dir.to_path_buf(), path: state_path(dir, stack), state, taken_over, _lock: lock })

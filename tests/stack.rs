@@ -232,7 +232,11 @@ async fn http_stack_has_every_property_aws_would_show() {
     assert_eq!(service.load_balancers()[0].target_group_arn(), tg.target_group_arn());
     // The emulator drops these; the request the tool sent must carry them.
     let created = emu.bodies("CreateService");
-    assert_eq!(created.len(), 1);
+    // The account's first service: ECS's service-linked role not assumable yet, refused once
+    // (as AWS does) and retried.
+    let refused = emu.calls().iter().filter(|c| c.action == "CreateService" && c.refused.is_some()).count();
+    assert_eq!((created.len(), refused), (2, 1));
+    let created = &created[1..];
     let deployment = &created[0]["deploymentConfiguration"];
     assert_eq!(
         (deployment["minimumHealthyPercent"].as_i64(), deployment["maximumPercent"].as_i64()),
@@ -243,8 +247,9 @@ async fn http_stack_has_every_property_aws_would_show() {
     assert_eq!(created[0]["enableExecuteCommand"], true);
 
     // The initializer ran the real handler on the (emulated) file system, then was deleted.
+    let file_system = id(&state, "file-system");
     for dir in ["data", "logs", "config"] {
-        assert!(emu.efs_root().join("srv/gitlab").join(dir).is_dir(), "{dir} not created");
+        assert!(emu.efs_dir(&file_system).join("srv/gitlab").join(dir).is_dir(), "{dir} not created");
     }
     assert!(
         c.lambda.get_function().function_name("web-efs-init").send().await.is_err(),
@@ -579,19 +584,23 @@ async fn the_stack_runs_in_an_imported_vpc_and_leaves_it_behind() {
 async fn an_initializer_error_fails_the_step_with_the_functions_message_and_up_resumes() {
     let emu = Emulator::start();
     let c = emu.clients();
-    // A file where the initializer must create a directory.
-    std::fs::create_dir_all(emu.efs_root().join("srv/gitlab")).unwrap();
-    std::fs::write(emu.efs_root().join("srv/gitlab/data"), "not a directory").unwrap();
+    // A first run that stops before the initializer (its access point refused once), so the
+    // file system exists and can be spoiled: a file where the initializer must create a directory.
+    emu.set_faults(json!([{"action": "POST /2015-02-01/access-points", "status": 400, "code": "AccessPointLimitExceeded", "times": 1}]));
     let tool = Tool::new(&emu.endpoint);
+    tool.run(&["up", "--stack", "init", "--allowed-cidr", "203.0.113.0/24"]).fails_with(1);
+    let efs = emu.efs_dir(&id(&tool.state("init").unwrap(), "file-system"));
+    std::fs::create_dir_all(efs.join("srv/gitlab")).unwrap();
+    std::fs::write(efs.join("srv/gitlab/data"), "not a directory").unwrap();
     let run = tool.run(&["up", "--stack", "init", "--allowed-cidr", "203.0.113.0/24"]).fails_with(1);
     assert!(run.stderr.contains("the EFS initializer failed") && run.stderr.contains("File exists"), "{}", run.stderr);
     let state = tool.state("init").unwrap();
     assert!(state["resources"].get("service").is_none(), "GitLab must not start on an unprepared file system");
     assert!(state["resources"].get("efs-prepared").is_none_or(|m| m["status"] != "created"), "not marked prepared");
 
-    std::fs::remove_file(emu.efs_root().join("srv/gitlab/data")).unwrap();
+    std::fs::remove_file(efs.join("srv/gitlab/data")).unwrap();
     tool.run(&["up", "--stack", "init", "--allowed-cidr", "203.0.113.0/24"]).ok();
-    assert!(emu.efs_root().join("srv/gitlab/data").is_dir());
+    assert!(efs.join("srv/gitlab/data").is_dir());
     let state = tool.state("init").unwrap();
     // The failed run stopped at data; this one creates all three.
     assert_eq!(
@@ -659,40 +668,51 @@ async fn under_the_latency_model_every_pending_resource_is_waited_for() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn up_wait_waits_until_the_load_balancer_reports_gitlab_healthy() {
+async fn up_wait_follows_the_task_through_its_first_boot_until_the_load_balancer_reports_gitlab_healthy() {
+    // The strict model runs the task as Fargate would: provisioning, the image pull, GitLab's
+    // first boot on EFS (11 minutes at AWS's pace, past ECS's usual 600 s grace), the target's
+    // initial checks; ECS registers the task with the target group once it runs.
     let emu = Emulator::start();
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
-    tool.run(&["up", "--stack", "wait", "--allowed-cidr", "203.0.113.0/24"]).ok();
+    let run = tool.run(&["up", "--stack", "wait", "--allowed-cidr", "203.0.113.0/24", "--wait"]).ok();
+    assert!(run.stderr.contains("task PROVISIONING") || run.stderr.contains("task PENDING"), "{}", run.stderr);
+    assert!(run.stderr.contains("task RUNNING") && run.stderr.contains("reports GitLab healthy"), "{}", run.stderr);
+    // One task, never replaced mid-boot: the grace period covers the first boot.
+    let tasks = emu.calls().iter().filter(|c| c.rule.as_deref() == Some("failed-health-checks")).count();
+    assert_eq!(tasks, 0, "a task was stopped for failing health checks during its first boot");
     let tg = id(&tool.state("wait").unwrap(), "target-group");
-
-    let log = tool.dir.path().join("wait.log");
-    let mut child = tool
-        .command(&["up", "--stack", "wait", "--allowed-cidr", "203.0.113.0/24", "--wait"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // No target yet: GitLab has not booted. The wait must be going on, not over.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("no target yet") {
-        assert!(std::time::Instant::now() < deadline, "up --wait never started waiting");
-        assert!(child.try_wait().unwrap().is_none(), "up --wait ended before GitLab was healthy");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    // What ECS does once the task runs: register it; the emulator then reports it healthy.
-    let target = aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder().id("10.0.128.10").port(80).build();
-    c.elb.register_targets().target_group_arn(&tg).targets(target).send().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "up --wait did not notice the healthy target");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{log}");
-    assert!(log.contains("reports GitLab healthy"), "{log}");
+    let aws = emu.aws_clients();
+    let health = aws.elb.describe_target_health().target_group_arn(&tg).send().await.unwrap();
+    let states: Vec<_> =
+        health.target_health_descriptions().iter().filter_map(|t| t.target_health()?.state().cloned()).collect();
+    assert_eq!(states, vec![aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum::Healthy]);
+    let status = tool.run(&["status", "--stack", "wait"]).ok();
+    assert!(status.stdout.starts_with("GitLab healthy at http://"), "{}", status.stdout);
     tool.run(&["down", "--stack", "wait", "--yes"]).ok();
+    assert_eq!(stack_leftovers(&c, "wait").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_wait_gives_up_as_soon_as_tasks_keep_failing_and_says_why() {
+    // A first boot longer than the grace period: ECS stops each task when its health checks
+    // fail, three times, then the circuit breaker fails the deployment. `up --wait` must say so
+    // with the stopped reason, not wait out its 45 minutes.
+    let emu = Emulator::start();
+    emu.set_control(json!({"gitlab_first_boot": 4000}));
+    let tool = Tool::new(&emu.endpoint);
+    let started = std::time::Instant::now();
+    let run = tool.run(&["up", "--stack", "boot", "--allowed-cidr", "203.0.113.0/24", "--wait"]).fails_with(1);
+    assert!(run.stderr.contains("GitLab did not come up"), "{}", run.stderr);
+    assert!(run.stderr.contains("Task failed ELB health checks"), "{}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(120), "it waited {:?}", started.elapsed());
+    let status = tool.run(&["status", "--stack", "boot", "--check"]).fails_with(3);
+    assert!(status.stdout.contains("Task failed ELB health checks"), "{}", status.stdout);
+
+    // An image that cannot be pulled (Docker Hub's anonymous limit): the reason reaches the user.
+    let emu = Emulator::start();
+    emu.set_control(json!({"pull_error": "toomanyrequests: You have reached your unauthenticated pull rate limit."}));
+    let tool = Tool::new(&emu.endpoint);
+    let run = tool.run(&["up", "--stack", "pull", "--allowed-cidr", "203.0.113.0/24", "--wait"]).fails_with(1);
+    assert!(run.stderr.contains("CannotPullContainerError: toomanyrequests"), "{}", run.stderr);
 }

@@ -65,11 +65,35 @@ impl Intercept for CallLog {
         let names = cfg.load::<Names>().map(|n| n.0.clone()).unwrap_or_default();
         let outcome = match context.output_or_error() {
             Some(Ok(_)) | None => "ok".to_string(),
-            Some(Err(e)) => format!("failed: {}", first_line(&e.to_string())),
+            Some(Err(e)) => match context.response() {
+                Some(response) => format!(
+                    "failed: HTTP {} {}",
+                    response.status().as_u16(),
+                    error_code(response.headers().get("x-amzn-ErrorType"), response.body().bytes().unwrap_or_default())
+                ),
+                None => format!("failed: {}", first_line(&e.to_string())),
+            },
         };
         tracing::info!(target: "gitlab_provision::aws", "{service} {operation} {names} ({millis} ms) {outcome}");
         Ok(())
     }
+}
+
+/// The AWS error code of a failed call's answer (header, JSON `__type` or XML `<Code>`).
+fn error_code(header: Option<&str>, body: &[u8]) -> String {
+    if let Some(code) = header {
+        return code.split(':').next().unwrap_or(code).to_string();
+    }
+    let text = String::from_utf8_lossy(body);
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(code) = fields.get("__type").and_then(|t| t.as_str())
+    {
+        return code.rsplit('#').next().unwrap_or(code).to_string();
+    }
+    text.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.to_string())
+        .unwrap_or_default()
 }
 
 fn first_line(text: &str) -> &str {
@@ -147,5 +171,18 @@ mod tests {
         assert_eq!(named, "arn:aws:secretsmanager:us-east-1:1:secret:x");
         assert!(!named.contains("hunter2"));
         assert_eq!(resource_named("/2015-02-01/file-systems/fs-123", b""), "fs-123");
+    }
+
+    #[test]
+    fn error_codes_come_from_any_protocol() {
+        assert_eq!(error_code(Some("ResourceNotFoundException:http://internal"), b""), "ResourceNotFoundException");
+        assert_eq!(
+            error_code(None, br#"{"__type":"com.amazon#ClusterContainsTasksException"}"#),
+            "ClusterContainsTasksException"
+        );
+        assert_eq!(
+            error_code(None, b"<Response><Errors><Error><Code>DependencyViolation</Code>"),
+            "DependencyViolation"
+        );
     }
 }

@@ -71,6 +71,7 @@ pub async fn holders(ctx: &Ctx, held: HeldBy<'_>) -> anyhow::Result<Holders> {
                 format!("deleting the released Lambda interface {id}")
             })
             .await?;
+            draining.entry(label).or_default().push(format!("{id} (released by Lambda, deleted now)"));
             continue;
         }
         let ours = ctx.tags.key_of(eni.tag_set()).is_some();
@@ -91,7 +92,12 @@ pub async fn holders(ctx: &Ctx, held: HeldBy<'_>) -> anyhow::Result<Holders> {
         let parts: Vec<String> = draining
             .iter()
             .map(|(label, ids)| {
-                format!("{} {label} interface{} to be released: {}", ids.len(), plural(ids.len()), ids.join(", "))
+                format!(
+                    "{} {label} network interface{} to be released: {}",
+                    ids.len(),
+                    plural(ids.len()),
+                    ids.join(", ")
+                )
             })
             .collect();
         Holders::Draining(parts.join("; "))

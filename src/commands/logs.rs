@@ -14,8 +14,10 @@ use crate::printer::Printer;
 use crate::state;
 use crate::steps::logs::{events, gitlab_log_group};
 
+/// One log line of `logs --json`: one JSON object per line, flat, for `jq`.
 #[derive(Serialize)]
 struct Line<'a> {
+    schema: String,
     timestamp: String,
     stream: &'a str,
     message: &'a str,
@@ -59,10 +61,13 @@ pub async fn run(global: &GlobalArgs, args: LogsArgs, interrupt: Interrupt) -> C
                 let (stream, message) =
                     (event.log_stream_name().unwrap_or_default(), event.message().unwrap_or_default().trim_end());
                 if args.json {
-                    printer.out(&serde_json::to_string(&serde_json::json!({
-                        "schema": format!("gitlab-provision.log/{}", crate::printer::SCHEMA_VERSION),
-                        "line": Line { timestamp, stream, message },
-                    }))?);
+                    let line = Line {
+                        schema: format!("gitlab-provision.log/{}", crate::printer::SCHEMA_VERSION),
+                        timestamp,
+                        stream,
+                        message,
+                    };
+                    printer.out(&serde_json::to_string(&line)?);
                 } else {
                     printer.out(&format!("{timestamp} {message}"));
                 }

@@ -70,6 +70,22 @@ fn stack_config(global: &GlobalArgs, flags: Settings) -> Result<(StackConfig, Op
     Ok((cfg, contradicted))
 }
 
+/// The configuration day-two commands (upgrade, restore) converge with: what `up` last applied,
+/// under the file's current settings (so a stack made with flags alone needs no file).
+fn recorded_config(global: &GlobalArgs, recorded: &State) -> Result<StackConfig, ConfigError> {
+    let applied: Settings = recorded.settings.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    config::validate(&applied.overlay(file_settings(global)?))
+}
+
+/// Remembers what `up` applied, for day-two commands (the image tag excepted: the running
+/// version is the task definition's).
+fn record_settings(state: &crate::state::StateHandle, applied: &Settings) -> Result<(), CliError> {
+    let settings = serde_json::to_value(Settings { gitlab_image_tag: None, ..applied.clone() })
+        .map_err(|e| CliError::failure(anyhow::Error::from(e)))?;
+    state.update(|s| s.settings = Some(settings), false)?;
+    Ok(())
+}
+
 /// Only the stack name (and an explicit region), for commands that work from the state.
 fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigError> {
     let settings = file_settings(global)?;

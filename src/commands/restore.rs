@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backup::{phase, remember, targets};
-use super::{confirm, connect, recorded_stack, refuse_other_operation, stack_config, stack_name};
+use super::{confirm, connect, recorded_config, recorded_stack, refuse_other_operation, stack_name};
 use crate::aws::call;
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::config::Settings;
 use crate::engine::{Interrupt, attrs};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys::{self, Kind};
@@ -40,9 +39,13 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
             return Err(UserError("restore needs the recovery point to restore\n    help: `gitlab-provision backup list` shows them; pass one's ARN".into()).into());
         }
     };
-    let (cfg, _) = stack_config(global, Settings::default())?;
+    let cfg = recorded_config(global, &recorded)?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
     let t = targets(&recorded)?;
+    if args.plan {
+        printer.out(&restore_plan(&ctx, &recorded, &t.file_system_arn, &point).await?);
+        return Ok(ExitStatus::Success);
+    }
     if resumed.is_none() {
         confirm_restore(&printer, &point, args.yes)?;
     }
@@ -153,6 +156,36 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
         previous.join(", ")
     ));
     Ok(ExitStatus::Success)
+}
+
+/// What `restore` would do, for `--plan`: the recovery point, each phase and its downtime, and
+/// what is kept.
+async fn restore_plan(
+    ctx: &crate::aws::Ctx,
+    recorded: &state::State,
+    file_system_arn: &str,
+    point: &str,
+) -> Result<String, CliError> {
+    let points = backup::recovery_points(ctx, file_system_arn).await?;
+    let Some(found) = points.iter().find(|p| p.arn == point) else {
+        return Err(UserError(format!(
+            "{point} is not a recovery point of this stack's file system\n    help: `gitlab-provision backup list` shows them"
+        ))
+        .into());
+    };
+    let current = recorded.resources.get(keys::FILE_SYSTEM).and_then(|r| r.id.clone()).unwrap_or_default();
+    let taken: BTreeSet<&String> = recorded.resources.keys().collect();
+    let slot = (1..).map(|n| format!("{PREVIOUS}-{n}")).find(|k| !taken.contains(k)).unwrap_or_default();
+    Ok([
+        format!("the restore of {point} (taken {}, {} bytes) would:", found.created, found.bytes),
+        "  - restore it into a new file system (an AWS Backup restore job; GitLab keeps running meanwhile)".into(),
+        "  - stop GitLab (downtime starts)".into(),
+        "  - switch the stack to the new file system: mount targets in it, the initializer moving the restored data into place, a task definition revision mounting it".into(),
+        "  - start GitLab and wait until the load balancer reports it healthy (downtime ends)".into(),
+        format!("  keeps: the current file system {current}, as {slot} (retained, billed until you remove it); the root password"),
+        "nothing was changed; run it without --plan to restore".into(),
+    ]
+    .join("\n"))
 }
 
 /// The restored file system becomes the stack's; the one it replaces is kept as retained under

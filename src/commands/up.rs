@@ -45,6 +45,7 @@ pub struct Converged {
 }
 
 pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> CliResult {
+    let applied = super::file_settings(global)?.overlay(args.settings.clone());
     let (cfg, contradicted) = stack_config(global, args.settings)?;
     check_writable(args.timings.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.json));
@@ -76,6 +77,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> Cli
         during_operation: false,
     };
     let converged = converge(&ctx, &state, cfg.clone(), &printer, &options).await?;
+    super::record_settings(&state, &applied)?;
     if args.wait {
         wait_healthy(&ctx, &state, &printer).await?;
     }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{confirm, connect, recorded_stack, refuse_other_operation, stack_config, stack_name};
+use super::{confirm, connect, recorded_config, recorded_stack, refuse_other_operation, stack_name};
 use crate::cli::{GlobalArgs, UpgradeArgs};
-use crate::config::{Settings, TagSource};
+use crate::config::TagSource;
 use crate::engine::Interrupt;
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::gitlab_version::{Hop, UpgradePath, Version, VersionError};
@@ -65,7 +65,11 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
         path.source,
         path.as_of
     ));
-    let (mut cfg, _) = stack_config(global, Settings::default())?;
+    if args.plan {
+        printer.out(&upgrade_plan(&hops, args.no_backup));
+        return Ok(ExitStatus::Success);
+    }
+    let mut cfg = recorded_config(global, &recorded)?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
     confirm_upgrade(&printer, hops.len(), args.no_backup, args.yes)?;
     let locked = LockedState::open(&global.state_dir, &stack, ctx.region(), "upgrade")?;
@@ -131,6 +135,29 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
         "GitLab {to} runs; if gitlab-provision.toml sets gitlab_image_tag, set it to \"{to}\" (without it, `up` keeps what runs)"
     ));
     Ok(ExitStatus::Success)
+}
+
+/// What `upgrade` would do, step by step, for `--plan`.
+fn upgrade_plan(hops: &[Version], no_backup: bool) -> String {
+    let mut lines = vec!["the upgrade would:".to_string()];
+    if !no_backup {
+        lines.push("  - stop GitLab and take a consistent backup (AWS Backup, into the stack's vault)".into());
+    }
+    for (i, hop) in hops.iter().enumerate() {
+        lines.push(format!(
+            "  - hop {} of {}: register a task definition revision with GitLab {hop}; the service stops the running task, then starts the new one (minutes of downtime); wait until the load balancer reports GitLab healthy",
+            i + 1,
+            hops.len()
+        ));
+        if i + 1 < hops.len() {
+            lines.push(format!(
+                "  - wait for your go once GitLab {hop}'s background migrations have finished ({})",
+                migrations_hint()
+            ));
+        }
+    }
+    lines.push("nothing was changed; run it without --plan to upgrade".into());
+    lines.join("\n")
 }
 
 fn current(state: &StateHandle) -> String {

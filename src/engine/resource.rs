@@ -181,7 +181,7 @@ impl StepScope {
             Some(r) if matches!(r.status, RecordStatus::Created | RecordStatus::Retained) => {
                 match self.lives.take(&key) {
                     Some(live) => Some(live),
-                    None => Some(ops.read(ctx, r).await?),
+                    None => Some(read_settled(ops, ctx, r, false).await?),
                 }
             }
             _ => None,
@@ -522,6 +522,37 @@ async fn delete_one<C: Sync>(
     Ok(Deleted::Removed)
 }
 
+/// How long after a record was written a "not found" may be AWS not showing it yet.
+const READ_AFTER_WRITE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Reads a record's live state. A resource recorded moments ago that reads as missing may be
+/// AWS's read-after-create window ("Eventual consistency in the Amazon EC2 API"), not a
+/// deletion: it is read again for a few seconds before it is believed gone.
+async fn read_settled<C: Sync>(
+    ops: &dyn ResourceOps<C>,
+    ctx: &C,
+    record: &ResourceRecord,
+    owned: bool,
+) -> anyhow::Result<Live> {
+    let read = || async { if owned { ops.read_owned(ctx, record).await } else { ops.read(ctx, record).await } };
+    if !record.written_within(READ_AFTER_WRITE_WINDOW) {
+        return read().await;
+    }
+    struct StillMissing;
+    let found = super::wait::retry_while(
+        super::wait::RetryPolicy::READ_AFTER_CREATE,
+        |_: &StillMissing| true,
+        || async {
+            match read().await {
+                Ok(Live::Missing) => Err(StillMissing),
+                other => Ok(other),
+            }
+        },
+    )
+    .await;
+    found.unwrap_or(Ok(Live::Missing))
+}
+
 /// Reads every given record's live state at once (for `status`, `plan` and `up`'s own plan);
 /// `owned` also checks whose each one is.
 pub async fn observe<C: Send + Sync + 'static>(
@@ -544,8 +575,7 @@ pub async fn observe<C: Send + Sync + 'static>(
             let live = match (catalog.ops(&record.kind), record.status, &record.id) {
                 (None, ..) => Err(anyhow::anyhow!("unknown resource kind {:?}", record.kind)),
                 (Some(_), RecordStatus::Pending, None) => Ok(Live::Missing),
-                (Some(ops), ..) if owned => ops.read_owned(&*ctx, &record).await,
-                (Some(ops), ..) => ops.read(&*ctx, &record).await,
+                (Some(ops), ..) => read_settled(ops, &*ctx, &record, owned).await,
             };
             (key, live)
         });

@@ -361,6 +361,7 @@ async fn launch_nat_instance(ctx: &Ctx, subnet: &str, group: &str, token: String
         .subnet_id(subnet)
         .groups(group)
         .associate_public_ip_address(true)
+        .delete_on_termination(true)
         .build();
     let id = call(
         ctx.aws

@@ -160,6 +160,59 @@ impl SubnetPlan {
     }
 }
 
+/// Zones the user chose must be zones of the region that can hold the stack (a NAT instance
+/// needs its type offered there): checked before anything is created.
+pub struct CheckZones {
+    pub zones: [String; 2],
+    pub instance_type: Option<&'static str>,
+}
+
+#[async_trait]
+impl StepAction<Ctx> for CheckZones {
+    async fn apply(&self, ctx: &Ctx, _scope: &StepScope) -> anyhow::Result<Summary> {
+        let ec2 = &ctx.aws.ec2;
+        let chosen = format!("availability_zones = [\"{}\", \"{}\"]", self.zones[0], self.zones[1]);
+        let out = call(
+            ec2.describe_availability_zones()
+                .filters(Filter::builder().name("zone-type").values("availability-zone").build())
+                .send(),
+            || format!("listing availability zones in {}", ctx.region()),
+        )
+        .await?;
+        let available: Vec<&str> = out
+            .availability_zones()
+            .iter()
+            .filter(|z| z.state().map(|s| s.as_str()) == Some("available"))
+            .filter_map(|z| z.zone_name())
+            .collect();
+        if let Some(missing) = self.zones.iter().find(|z| !available.contains(&z.as_str())) {
+            anyhow::bail!(
+                "{chosen}: {missing} is not an available zone of {}\n    help: choose two of {}",
+                ctx.region(),
+                available.join(", ")
+            );
+        }
+        if let Some(instance_type) = self.instance_type {
+            let offered = call(
+                ec2.describe_instance_type_offerings()
+                    .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+                    .filters(Filter::builder().name("instance-type").values(instance_type).build())
+                    .send(),
+                || format!("listing the zones that offer {instance_type}"),
+            )
+            .await?;
+            let offering: Vec<&str> = offered.instance_type_offerings().iter().filter_map(|o| o.location()).collect();
+            if let Some(lacking) = self.zones.iter().find(|z| !offering.contains(&z.as_str())) {
+                anyhow::bail!(
+                    "{chosen}: {lacking} does not offer {instance_type}, the NAT instance's type\n    help: choose zones that do ({}), or nat = \"gateway\"",
+                    offering.join(", ")
+                );
+            }
+        }
+        Ok(Summary::new(format!("{} and {} can hold the stack", self.zones[0], self.zones[1]), false))
+    }
+}
+
 pub struct SubnetsStep {
     pub plan: SubnetPlan,
     /// Zones the user chose; otherwise the region's first two that offer what the stack needs.
@@ -528,9 +581,13 @@ impl StepAction<Ctx> for RouteTableStep {
                 match default_route_target(&table) {
                     Some(current) if current == target_ref => {}
                     Some(_) => {
-                        let req = ec2.replace_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
-                        call(route_to(req, target_ref).send(), || {
-                            format!("pointing {table_id}'s default route at {target_ref}")
+                        fresh(|| async {
+                            let req =
+                                ec2.replace_route().route_table_id(&table_id).destination_cidr_block(DEFAULT_ROUTE);
+                            call(route_to(req, target_ref).send(), || {
+                                format!("pointing {table_id}'s default route at {target_ref}")
+                            })
+                            .await
                         })
                         .await?;
                     }
@@ -548,8 +605,11 @@ impl StepAction<Ctx> for RouteTableStep {
                 }
                 let associated: Vec<&str> = table.associations().iter().filter_map(|a| a.subnet_id()).collect();
                 for subnet in subnets.iter().filter(|s| !associated.contains(&s.as_str())) {
-                    call(ec2.associate_route_table().route_table_id(&table_id).subnet_id(subnet).send(), || {
-                        format!("associating route table {table_id} with {subnet}")
+                    fresh(|| async {
+                        call(ec2.associate_route_table().route_table_id(&table_id).subnet_id(subnet).send(), || {
+                            format!("associating route table {table_id} with {subnet}")
+                        })
+                        .await
                     })
                     .await?;
                 }

@@ -10,6 +10,11 @@ use serde_json::Value;
 
 pub const REGION: &str = "us-east-1";
 
+/// A recorded resource's id, from a state file.
+pub fn id(state: &Value, key: &str) -> String {
+    state["resources"][key]["id"].as_str().unwrap_or_else(|| panic!("{key} has no id in {state:#}")).to_string()
+}
+
 pub fn python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     assert!(venv.exists(), "{} is missing: run `make test` (it installs moto into .venv)", venv.display());
@@ -33,6 +38,12 @@ pub struct Call {
     pub mutating: bool,
     /// The harness answered with an injected error or dropped the connection.
     pub fault: bool,
+    /// The request's body (form or JSON), for parameters.
+    pub body: String,
+    /// The strict model refused the call with this AWS error code (as AWS would have).
+    pub refused: Option<String>,
+    /// The strict model's rule that refused or answered the call, or that acted on its own.
+    pub rule: Option<String>,
 }
 
 impl Emulator {
@@ -49,6 +60,8 @@ impl Emulator {
             .arg(dir.path().join("capture.jsonl"))
             .arg("--faults")
             .arg(dir.path().join("faults.json"))
+            .arg("--control")
+            .arg(dir.path().join("control.json"))
             .args(options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -78,6 +91,9 @@ impl Emulator {
                 action: v["action"].as_str().unwrap_or_default().to_string(),
                 mutating: v["mutating"].as_bool().unwrap_or(true),
                 fault: v["fault"].as_bool().unwrap_or(false),
+                body: v["body"].as_str().unwrap_or_default().to_string(),
+                refused: v["refused"].as_str().map(str::to_string),
+                rule: v["rule"].as_str().map(str::to_string),
             })
             .collect()
     }
@@ -94,18 +110,41 @@ impl Emulator {
         std::fs::rename(tmp, path).expect("install faults");
     }
 
+    /// Sets the strict model's knobs (see harness/strict.py), e.g. `{"gitlab_first_boot": 100}`.
+    pub fn set_control(&self, knobs: Value) {
+        let path = self.dir.path().join("control.json");
+        let tmp = self.dir.path().join("control.json.tmp");
+        std::fs::write(&tmp, knobs.to_string()).expect("write control");
+        std::fs::rename(tmp, path).expect("install control");
+    }
+
+    /// The rules of the strict model that refused a call or acted on their own so far.
+    pub fn rules_fired(&self) -> Vec<String> {
+        self.calls().into_iter().filter_map(|c| c.rule).collect()
+    }
+
     pub async fn ec2(&self) -> aws_sdk_ec2::Client {
         self.clients().ec2
     }
 
     /// SDK clients pointed straight at moto (their calls are not recorded).
     pub fn clients(&self) -> Clients {
+        self.clients_at(&self.moto)
+    }
+
+    /// SDK clients through the harness, as the tool sees AWS: with what the strict model adds
+    /// (target health, task states, backup jobs...). Their calls are recorded.
+    pub fn aws_clients(&self) -> Clients {
+        self.clients_at(&self.endpoint)
+    }
+
+    fn clients_at(&self, endpoint: &str) -> Clients {
         macro_rules! client {
             ($krate:ident) => {{
                 let config = $krate::Config::builder()
                     .behavior_version($krate::config::BehaviorVersion::latest())
                     .region($krate::config::Region::new(REGION))
-                    .endpoint_url(&self.moto)
+                    .endpoint_url(endpoint)
                     .credentials_provider($krate::config::Credentials::new("test", "test", None, None, "tests"))
                     .build();
                 $krate::Client::from_conf(config)
@@ -127,9 +166,9 @@ impl Emulator {
         }
     }
 
-    /// The directory the harness uses as the EFS file system's content.
-    pub fn efs_root(&self) -> PathBuf {
-        self.dir.path().join("efs")
+    /// The directory the harness uses as a file system's content.
+    pub fn efs_dir(&self, file_system: &str) -> PathBuf {
+        self.dir.path().join("efs").join(file_system)
     }
 
     /// The bodies of the captured calls of one action (for parameters moto drops).
