@@ -92,8 +92,13 @@ impl From<UserError> for CliError {
 }
 
 impl From<StateError> for CliError {
+    /// A state that is not usable as it is (damaged, another version's, a link or special file)
+    /// is the user's to look at: nothing was done, exit 2. A lock held or an I/O error is not.
     fn from(error: StateError) -> Self {
-        CliError::failure(error)
+        match error {
+            StateError::Locked { .. } | StateError::Io { .. } => CliError::failure(error),
+            _ => CliError::usage(error),
+        }
     }
 }
 

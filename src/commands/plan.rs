@@ -301,9 +301,18 @@ pub fn report(
     let monthly_cost = cost::estimate(cfg);
     let monthly_cost_change = recorded_cost(records)
         .map(|before| ((monthly_cost.total_usd_per_month - before.total_usd_per_month) * 100.0).round() / 100.0);
+    // A recorded resource that is not this stack's is never changed: the whole run is refused.
+    let mut refused = refusals(cfg, state, region.as_deref().unwrap_or(ctx.region()), force_version);
+    refused.extend(
+        planned
+            .iter()
+            .flat_map(|s| s.resources.iter())
+            .filter(|r| r.action == "refuse")
+            .map(|r| format!("{} {}; it is left alone", r.key, r.detail)),
+    );
     Ok(PlanReport {
         stack: cfg.stack.clone(),
-        refused: refusals(cfg, state, region.as_deref().unwrap_or(ctx.region()), force_version),
+        refused,
         region,
         warnings: cfg.warnings(),
         summary,

@@ -108,7 +108,7 @@ pub async fn converge(
         refuse_lost_state(ctx, &cfg.stack).await?;
     }
     let lives =
-        engine::observe(ctx.clone(), Arc::new(Kinds), snapshot.resources.clone(), usize::from(global.parallel), false)
+        engine::observe(ctx.clone(), Arc::new(Kinds), snapshot.resources.clone(), usize::from(global.parallel), true)
             .await;
     let lives: std::collections::BTreeMap<_, _> =
         lives.into_iter().filter_map(|(k, l)| l.ok().map(|l| (k, l))).collect();
@@ -123,8 +123,13 @@ pub async fn converge(
         options.force_version,
     )?;
     if !plan.refused.is_empty() {
+        let help = if plan.refused.iter().any(|r| r.contains("not this stack's")) {
+            "the state names resources that belong to something else: check that this state file is this stack's own (a copied or edited file?); nothing was changed"
+        } else {
+            "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)"
+        };
         return Err(UserError(format!(
-            "stack {} cannot take this change:\n  - {}\n    help: keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)",
+            "stack {} cannot take this change:\n  - {}\n    help: {help}",
             cfg.stack,
             plan.refused.join("\n  - ")
         ))
@@ -266,7 +271,7 @@ async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> 
     if !conflicts.is_empty() {
         let listed: Vec<String> = conflicts.iter().map(|c| format!("  - {} {}: {}", c.kind, c.id, c.why)).collect();
         return Err(UserError(format!(
-            "stack {stack} would collide with resources that are not its own in {}:\n{}\n    help: choose another stack name (--stack); nothing was created",
+            "stack {stack} would collide with resources that are not this stack's in {}:\n{}\n    help: choose another stack name (--stack); nothing was created",
             ctx.region(),
             listed.join("\n")
         ))

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType, SecurityGroup, UserIdGroupPair,
+    Filter, IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType, SecurityGroup, UserIdGroupPair,
 };
 
 use crate::aws::ec2::{Ec2, Ec2Kind, ec2_listing};
 use crate::aws::interfaces::{HeldBy, holders};
-use crate::aws::{Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
+use crate::aws::{Ctx, EC2_IN_USE, Holders, call, delete_when_free, fresh, if_there};
 use crate::engine::{Applied, Desired, Env, StepAction, StepScope, Summary, attrs};
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
@@ -105,7 +105,9 @@ impl Rule {
 }
 
 /// Every ingress rule a live group has, in canonical form.
-fn live_rules(group: &SecurityGroup) -> BTreeSet<String> {
+/// The group's ingress rules, canonical form -> the description AWS holds for it (revoking a
+/// rule with its own description matches it whatever the service's matching rules).
+fn live_rules(group: &SecurityGroup) -> BTreeMap<String, String> {
     group
         .ip_permissions()
         .iter()
@@ -115,17 +117,20 @@ fn live_rules(group: &SecurityGroup) -> BTreeSet<String> {
                 Some(other) => other,
             };
             let ports = (protocol != "all").then(|| (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1)));
+            let described = |peer: Option<&str>, description: Option<&str>| {
+                peer.map(|peer| (peer.to_string(), description.unwrap_or_default().to_string()))
+            };
             let peers = p
                 .ip_ranges()
                 .iter()
-                .filter_map(|r| r.cidr_ip())
-                .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()))
-                .chain(p.prefix_list_ids().iter().filter_map(|l| l.prefix_list_id()))
-                .chain(p.user_id_group_pairs().iter().filter_map(|g| g.group_id()));
+                .filter_map(|r| described(r.cidr_ip(), r.description()))
+                .chain(p.ipv6_ranges().iter().filter_map(|r| described(r.cidr_ipv6(), r.description())))
+                .chain(p.prefix_list_ids().iter().filter_map(|l| described(l.prefix_list_id(), l.description())))
+                .chain(p.user_id_group_pairs().iter().filter_map(|g| described(g.group_id(), g.description())));
             peers
-                .map(move |peer| {
-                    Rule { protocol: protocol.to_string(), ports, peer: peer.to_string(), description: String::new() }
-                        .canonical()
+                .map(move |(peer, description)| {
+                    let rule = Rule { protocol: protocol.to_string(), ports, peer, description: String::new() };
+                    (rule.canonical(), description)
                 })
                 .collect::<Vec<_>>()
         })
@@ -143,7 +148,7 @@ ec2_listing!(SecurityGroups, SecurityGroup, "security group", describe_security_
 #[async_trait]
 impl Ec2Kind for SecurityGroups {
     fn live(group: &SecurityGroup, record: &ResourceRecord) -> (String, Vec<String>) {
-        let live = live_rules(group);
+        let live: BTreeSet<String> = live_rules(group).into_keys().collect();
         let recorded = recorded_rules(record);
         let mut drift: Vec<String> = recorded.difference(&live).map(|r| format!("rule {r} is missing")).collect();
         drift.extend(live.difference(&recorded).map(|r| format!("unexpected rule {r}")));
@@ -159,10 +164,38 @@ impl Ec2Kind for SecurityGroups {
             || async {
                 call(ec2.delete_security_group().group_id(id).send(), || format!("deleting security group {id}")).await
             },
-            || holders(ctx, HeldBy::Group(id)),
+            || async {
+                match referencing_groups(ctx, id).await? {
+                    referencing if referencing.is_empty() => holders(ctx, HeldBy::Group(id)).await,
+                    referencing => Ok(Holders::Stuck(format!(
+                        "the rules of security group(s) {} that admit it; remove those rules (or those groups) and run again",
+                        referencing.join(", ")
+                    ))),
+                }
+            },
         )
         .await
     }
+}
+
+/// Groups whose ingress rules name `group` as their source: AWS refuses to delete it until
+/// they no longer do.
+async fn referencing_groups(ctx: &Ctx, group: &str) -> anyhow::Result<Vec<String>> {
+    let out = call(
+        ctx.aws
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("ip-permission.group-id").values(group).build())
+            .send(),
+        || format!("listing the security groups that admit {group}"),
+    )
+    .await?;
+    Ok(out
+        .security_groups()
+        .iter()
+        .filter(|g| g.group_id() != Some(group))
+        .map(|g| format!("{} ({})", g.group_id().unwrap_or("?"), g.group_name().unwrap_or("?")))
+        .collect())
 }
 
 pub struct SecurityGroupStep {
@@ -222,7 +255,7 @@ impl StepAction<Ctx> for SecurityGroupStep {
                     .to_string(),
                 };
                 let live = live_rules(&Ec2::<SecurityGroups>::get_fresh(ctx, &group_id).await?);
-                for (canonical, rule) in wanted.iter().filter(|(c, _)| !live.contains(*c)) {
+                for (canonical, rule) in wanted.iter().filter(|(c, _)| !live.contains_key(*c)) {
                     let added = fresh(|| async {
                         call(
                             ec2.authorize_security_group_ingress()
@@ -241,8 +274,8 @@ impl StepAction<Ctx> for SecurityGroupStep {
                         }
                     }
                 }
-                for stale in live.iter().filter(|c| !wanted.contains_key(*c)) {
-                    if let Some(rule) = Rule::parse(stale) {
+                for (stale, description) in live.iter().filter(|(c, _)| !wanted.contains_key(*c)) {
+                    if let Some(rule) = Rule::parse(stale).map(|r| Rule { description: description.clone(), ..r }) {
                         if_there(
                             ec2.revoke_security_group_ingress()
                                 .group_id(&group_id)

@@ -163,6 +163,7 @@ impl Emulator {
             route53: client!(aws_sdk_route53),
             secrets: client!(aws_sdk_secretsmanager),
             ssm: client!(aws_sdk_ssm),
+            sts: client!(aws_sdk_sts),
         }
     }
 
@@ -195,6 +196,7 @@ pub struct Clients {
     pub route53: aws_sdk_route53::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub sts: aws_sdk_sts::Client,
 }
 
 impl Drop for Emulator {
@@ -239,6 +241,18 @@ impl Tool {
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command(args).output().expect("run gitlab-provision");
         Run::from(output)
+    }
+
+    /// Runs it with these environment variables changed (`None` removes one).
+    pub fn run_with(&self, args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
+        let mut command = self.command(args);
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        Run::from(command.output().expect("run gitlab-provision"))
     }
 
     pub fn write(&self, name: &str, text: &str) {
