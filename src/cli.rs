@@ -10,7 +10,7 @@ const EXAMPLES: &str = "\
 Examples:
   gitlab-provision init                            write a commented gitlab-provision.toml
   gitlab-provision plan                            what `up` would create or change, and the cost
-  gitlab-provision up --wait                       create or converge, then wait until GitLab answers
+  gitlab-provision up --wait                       create or converge, then wait for GitLab
   gitlab-provision status                          what exists and whether GitLab is healthy
   gitlab-provision password | pbcopy               the root password, for the first sign-in
   gitlab-provision upgrade --to 19.5.2-ce.0        a guarded upgrade, with a backup first
@@ -18,6 +18,19 @@ Examples:
 
 Credentials come from the AWS SDK's chain (environment, profiles, IAM Identity Center,
 credential_process); --profile NAME uses that profile whatever the environment holds.";
+
+const UP_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision up --allowed-cidr 203.0.113.0/24
+      GitLab over HTTP on the load balancer's own name
+  gitlab-provision up --domain-name example.com --sub-domain git --hosted-zone-id Z0123 --wait
+      HTTPS at git.example.com, waited for until GitLab answers
+  gitlab-provision up --ssh --ssh-port 2222 --yes
+      add Git over SSH to a running stack (its task is replaced)
+  gitlab-provision up --gitlab-image-tag 19.4.2-ce.0 --yes
+      a patch upgrade (across upgrade stops: `gitlab-provision upgrade`)
+
+Every flag is also a key of gitlab-provision.toml (flags win).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +88,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or converge the stack (shows disruptive changes and asks first)
+    #[command(after_help = UP_EXAMPLES)]
     Up(UpArgs),
     /// Delete everything the state records, in reverse dependency order
     Down(DownArgs),
@@ -237,7 +251,7 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// How far back: 10m, 2h, 1d [default: 10m]
+    /// How far back: 10m, 2h, 1d
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub since: String,
     /// Keep printing new lines as GitLab writes them

@@ -148,7 +148,7 @@ impl Printer {
     /// A line of a command's result (stdout); nothing in JSON mode, where the result is JSON.
     pub fn out(&self, text: &str) {
         if !self.events_as_json {
-            println!("{}", text.trim_end_matches('\n'));
+            write_stdout(&format!("{}\n", text.trim_end_matches('\n')));
         }
     }
 
@@ -204,7 +204,8 @@ impl Printer {
 
     /// What the run collapsed: steps that changed nothing, steps never started.
     pub fn tally(&self) {
-        let tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken, not read: a command that converges several times (upgrade's hops) counts each.
+        let tally = std::mem::take(&mut *self.tally.lock().unwrap_or_else(|p| p.into_inner()));
         let mut parts = Vec::new();
         if tally.unchanged > 0 {
             parts.push(format!("{} unchanged", tally.unchanged));
@@ -227,7 +228,7 @@ impl Printer {
     }
 
     fn line(&self, step: &str, text: &str) {
-        eprintln!("[{:>6.1}s] {step:<24} {text}", self.started.elapsed().as_secs_f64());
+        eprintln!("[{:>6.1}s] {step:<24} {}", self.started.elapsed().as_secs_f64(), shorten_arns(text));
     }
 
     fn json_event(&self, event: &Event) {
@@ -248,8 +249,55 @@ impl Printer {
             "message": text,
             "changed": changed,
         });
-        println!("{doc}");
+        write_stdout(&format!("{doc}\n"));
     }
+}
+
+/// An id as people read it. For an ARN, its resource part, at most its type and its last two names ("listener/app/s/1a/2b" ->
+/// "listener/…/1a/2b"): enough to tell the stack's resources apart at a glance; `--wide`
+/// shows the whole ARN.
+pub fn short_id(id: &str) -> String {
+    if !id.starts_with("arn:") {
+        return id.to_string();
+    }
+    let tail = id.splitn(6, ':').nth(5).unwrap_or(id);
+    let parts: Vec<&str> = tail.split('/').collect();
+    if parts.len() > 3 { format!("{}/…/{}", parts[0], parts[parts.len() - 2..].join("/")) } else { tail.to_string() }
+}
+
+/// `text` with every ARN in it shortened as by [`short_id`], for tables people read.
+pub fn shorten_arns(text: &str) -> String {
+    text.split(' ')
+        .map(|word| if word.starts_with("arn:") { short_id(word) } else { word.to_string() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "2026-11-28T20:50:55.403945Z" as a table shows it: "2026-11-28 20:50 UTC" (JSON keeps it whole).
+pub fn minute_utc(rfc3339: &str) -> String {
+    match rfc3339.get(..16) {
+        Some(minute) if rfc3339.ends_with('Z') => format!("{} UTC", minute.replacen('T', " ", 1)),
+        _ => rfc3339.to_string(),
+    }
+}
+
+/// A size as people read it: "6.0 KiB".
+pub fn human_bytes(bytes: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not a reason to stop a run half-way
+/// or to panic, so a failed write is dropped.
+pub fn write_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn paint(on: bool, text: &str, tone: Tone) -> String {
@@ -310,14 +358,18 @@ impl Observer for Printer {
             }
             Event::Progress { step, message } => {
                 if let Some(bar) = by_step.get(&step) {
-                    bar.set_message(message);
+                    bar.set_message(shorten_arns(&message));
                 }
             }
             Event::Finished { step, elapsed, summary, changed } => {
                 let bar = by_step.remove(&step);
                 if changed {
                     let mark = self.paint("✓", Tone::Good);
-                    keep(&bars.multi, bar, &format!("{mark} {step:<24} {summary} ({})", secs(elapsed)));
+                    keep(
+                        &bars.multi,
+                        bar,
+                        &format!("{mark} {step:<24} {} ({})", shorten_arns(&summary), secs(elapsed)),
+                    );
                 } else {
                     tally.unchanged += 1;
                     if let Some(bar) = bar {
@@ -344,15 +396,11 @@ impl Observer for Printer {
     }
 }
 
-/// Turns a step's bar into a line that stays on screen.
+/// Turns a step's bar into a line that stays on screen: printed above the live bars, so it
+/// scrolls into the terminal's history instead of being redrawn (and erased) with them.
 fn keep(multi: &MultiProgress, bar: Option<ProgressBar>, text: &str) {
-    match bar {
-        Some(bar) => {
-            bar.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
-            bar.finish_with_message(text.to_string());
-        }
-        None => {
-            let _ = multi.println(text);
-        }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
+    let _ = multi.println(text);
 }

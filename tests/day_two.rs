@@ -160,7 +160,7 @@ async fn backup_and_restore_bring_back_the_data_and_keep_the_old_file_system() {
 
     // down removes the stack (the kept file system too) and says what stays: the recovery points.
     let down = tool.run(&["down", "--stack", "bk", "--yes"]).ok();
-    assert!(down.stderr.contains("recovery point"), "{}", down.stderr);
+    assert!(down.stderr.contains("kept in AWS Backup") && down.stderr.contains("recovery-point:"), "{}", down.stderr);
     assert!(c.efs.describe_file_systems().file_system_id(&old_fs).send().await.is_err());
     let left = stack_leftovers(&c, "bk").await;
     assert_eq!(left, vec!["backup vault gitlab-provision-bk".to_string()], "the vault holds the recovery points");

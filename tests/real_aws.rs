@@ -62,8 +62,9 @@ async fn down_right_after_up_waits_for_what_aws_is_still_releasing() {
     // gateway deleting with its address mapped, the load balancer's interfaces with public IPs.
     let emu = Emulator::start();
     // Lambda holds the interface 2 hours here (AWS: 20-40 minutes), so it is still held when
-    // `down` starts however long `up` took.
-    emu.set_control(json!({"lambda_interfaces_linger": 7500}));
+    // `down` starts however long `up` took; the load balancer's are held 20 minutes (AWS: "minutes";
+    // Terraform waits up to 35), long enough to be seen on a loaded machine.
+    emu.set_control(json!({"lambda_interfaces_linger": 7500, "load_balancer_interfaces_linger": 1200}));
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
     tool.run(&up("lin", &[])).ok();

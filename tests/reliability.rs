@@ -253,7 +253,7 @@ async fn down_keep_data_keeps_repositories_and_password_for_the_next_up() {
     let password = tool.run(&["password", "--stack", "web"]).ok().stdout;
 
     let down = tool.run(&["down", "--stack", "web", "--yes", "--keep-data"]).ok();
-    assert!(down.stdout.contains(&format!("kept file-system: {fs}")), "{}", down.stdout);
+    assert!(down.stdout.contains(&format!("kept file-system {fs}: --keep-data")), "{}", down.stdout);
     // The network, load balancer and service are gone; the data (and the vault for its
     // backups) is not.
     let left = stack_leftovers(&c, "web").await;

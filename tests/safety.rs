@@ -296,7 +296,11 @@ fn exposure_is_said_out_loud_and_carried_in_plan_json() {
     assert!(warnings.iter().any(|w| w.contains("0.0.0.0/0") && w.contains("whole internet")), "{warnings:?}");
     assert!(warnings.iter().any(|w| w.contains("plain HTTP") && w.contains("domain_name")), "{warnings:?}");
     let run = tool.run(&["plan", "--stack", "open", "--allowed-cidr", "0.0.0.0/0"]).ok();
-    assert!(run.stdout.contains("warning: allowed_cidrs 0.0.0.0/0 opens GitLab to the whole internet"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("warning: allowed_cidrs 0.0.0.0/0 opens GitLab to the whole internet"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,26 +325,8 @@ async fn trust_policies_name_the_account_and_the_password_hint_names_the_state_d
             .assume_role_policy_document()
             .unwrap_or_default()
             .to_string();
-        let doc = urlencoding_decode(&doc);
+        let doc = common::url_decode(&doc);
         assert!(doc.contains("aws:SourceAccount") && doc.contains("123456789012"), "{role}: {doc}");
     }
     tool.run(&["down", "--stack", "tr", "--state-dir", "elsewhere", "--yes"]).ok();
-}
-
-fn urlencoding_decode(text: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -129,7 +129,7 @@ async fn http_stack_has_every_property_aws_would_show() {
         async move {
             let out = iam.get_role_policy().role_name(&role).policy_name("gitlab-provision").send().await.unwrap();
             let doc = out.policy_document().to_string();
-            urlencoding_decode(&doc)
+            common::url_decode(&doc)
         }
     };
     let execution = policy("web-us-east-1-execution-role").await;
@@ -297,25 +297,6 @@ async fn http_stack_has_every_property_aws_would_show() {
 }
 
 /// IAM returns policy documents URL-encoded.
-fn urlencoding_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 3 <= bytes.len()
-            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn hosted_zone(c: &common::Clients, name: &str) -> String {
     let out = c.route53.create_hosted_zone().name(name).caller_reference(format!("test-{name}")).send().await.unwrap();
     out.hosted_zone().unwrap().id().trim_start_matches("/hostedzone/").to_string()

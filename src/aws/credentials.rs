@@ -112,6 +112,20 @@ pub async fn clients(region: Option<&str>, profile: Option<&str>) -> Result<Clie
     Ok(clients_from(&sdk, region, profile))
 }
 
+/// The region a run would use, from the environment and the profile's config file only (no
+/// credentials, no network): what `plan` of a new stack shows.
+pub async fn configured_region(profile: Option<&str>) -> Option<String> {
+    let env = aws_config::environment::region::EnvironmentVariableRegionProvider::new();
+    if let Some(region) = aws_config::meta::region::ProvideRegion::region(&env).await {
+        return Some(region.to_string());
+    }
+    let mut file = aws_config::profile::ProfileFileRegionProvider::builder();
+    if let Some(profile) = profile {
+        file = file.profile_name(profile);
+    }
+    aws_config::meta::region::ProvideRegion::region(&file.build()).await.map(|r| r.to_string())
+}
+
 /// A context that never calls AWS: `plan` of a stack that does not exist yet (it needs the
 /// stack's names and tags, not an account), and tests of what steps want.
 pub fn offline_context(stack: &str, region: &str) -> super::Ctx {

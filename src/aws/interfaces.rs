@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::{Filter, NetworkInterface, NetworkInterfaceStatus};
 
 use super::{Ctx, Holders, call, if_there};
+use crate::engine::counted;
 
 /// What a resource that cannot be deleted is held by.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +84,8 @@ pub async fn holders(ctx: &Ctx, held: HeldBy<'_>) -> anyhow::Result<Holders> {
     }
     Ok(if !stuck.is_empty() {
         Holders::Stuck(format!(
-            "network interface(s) that are not this stack's: {}; delete them (or what they belong to) and run again",
+            "{} not this stack's: {}; delete them (or what they belong to) and run again",
+            counted(stuck.len(), "network interface"),
             stuck.join(", ")
         ))
     } else if draining.is_empty() {
@@ -93,17 +95,12 @@ pub async fn holders(ctx: &Ctx, held: HeldBy<'_>) -> anyhow::Result<Holders> {
             .iter()
             .map(|(label, ids)| {
                 format!(
-                    "{} {label} network interface{} to be released: {}",
-                    ids.len(),
-                    plural(ids.len()),
+                    "{} to be released: {}",
+                    counted(ids.len(), &format!("{label} network interface")),
                     ids.join(", ")
                 )
             })
             .collect();
         Holders::Draining(parts.join("; "))
     })
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }

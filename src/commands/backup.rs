@@ -13,6 +13,7 @@ use crate::engine::{Event, Observer, StepScope};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys;
 use crate::printer::Printer;
+use crate::printer::{human_bytes, minute_utc};
 use crate::state::{self, LockedState, Operation, State, StateHandle};
 use crate::steps::{backup, service};
 
@@ -199,9 +200,9 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> CliResult {
         seconds: started.elapsed().as_secs_f64(),
     };
     printer.out(&format!(
-        "backed up: {} ({} bytes, {:.0}s{})",
+        "backed up: {} ({}, {:.0}s{})",
         result.recovery_point,
-        bytes,
+        human_bytes(bytes),
         result.seconds,
         if result.consistent { ", GitLab stopped meanwhile" } else { ", online" }
     ));
@@ -243,7 +244,7 @@ async fn list(ctx: &Ctx, recorded: &State, printer: &Printer, json: bool) -> Cli
         .iter()
         .map(|p| {
             vec![
-                p.created.clone(),
+                minute_utc(&p.created),
                 human_bytes(p.bytes),
                 p.vault.clone(),
                 if p.on_demand { "backup".into() } else { "daily".into() },
@@ -254,15 +255,4 @@ async fn list(ctx: &Ctx, recorded: &State, printer: &Printer, json: bool) -> Cli
         .collect();
     printer.out(&table(&["CREATED", "SIZE", "VAULT", "BY", "STATUS", "RECOVERY POINT"], &rows));
     Ok(ExitStatus::Success)
-}
-
-fn human_bytes(bytes: i64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < units.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
 }

@@ -1,7 +1,7 @@
 //! `down`: delete what the stack recorded (and, with `--discover`, what carries its tags), only
 //! what is its own, never its backups, and never by forgetting what it cannot see.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -9,9 +9,10 @@ use serde::Serialize;
 use super::{bind_account, check_writable, connect, short_id, stack_name};
 use crate::catalog::{self, Kinds};
 use crate::cli::{DownArgs, GlobalArgs};
-use crate::engine::{self, Interrupt, Live, Teardown};
+use crate::engine::{self, Interrupt, Live, Teardown, counted};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys::{self, Kind};
+use crate::printer::minute_utc;
 use crate::printer::{Printer, Tone};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::backup;
@@ -87,17 +88,19 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
     refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
     let file_system_arn = records.get(keys::FILE_SYSTEM).and_then(|r| r.attr("arn")).map(str::to_string);
-    let mut keep: BTreeSet<String> = if args.keep_data {
-        records.iter().filter(|(_, r)| catalog::is_data(&r.kind)).map(|(k, _)| k.clone()).collect()
+    let mut keep: BTreeMap<String, String> = if args.keep_data {
+        let why = "--keep-data (`up` attaches it again)";
+        records.iter().filter(|(_, r)| catalog::is_data(&r.kind)).map(|(k, _)| (k.clone(), why.to_string())).collect()
     } else {
-        BTreeSet::new()
+        BTreeMap::new()
     };
     // Backups are never deleted by this tool: a vault that holds some stays.
     for (key, record) in records.iter().filter(|(_, r)| r.kind == Kind::BackupVault.as_str()) {
-        if let Some(name) = record.id.as_deref()
-            && backup::points_in_vault(&ctx, name).await? > 0
-        {
-            keep.insert(key.clone());
+        if let Some(name) = record.id.as_deref() {
+            let points = backup::points_in_vault(&ctx, name).await?;
+            if points > 0 {
+                keep.insert(key.clone(), format!("it holds {}", counted(points, "backup")));
+            }
         }
     }
     if !args.yes {
@@ -143,8 +146,8 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         .snapshot()
         .resources
         .iter()
-        .filter(|(k, _)| keep.contains(*k))
-        .map(|(k, r)| format!("{k} {}", r.id.as_deref().unwrap_or("?")))
+        .filter_map(|(k, r)| keep.get(k).map(|why| (k, r, why)))
+        .map(|(k, r, why)| format!("{k} {}: {why}", r.id.as_deref().unwrap_or("?")))
         .collect();
     let result = DownResult {
         stack: stack.clone(),
@@ -164,7 +167,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
 }
 
 fn report(printer: &Printer, result: &DownResult, keep_data: bool) {
-    printer.out(&format!("stack {} is down: {} resources removed", result.stack, result.removed));
+    printer.out(&format!("stack {} is down: {} removed", result.stack, counted(result.removed, "resource")));
     for left in &result.left_alone {
         printer.warn(&format!(
             "{} was left alone: it is not this stack's ({}); it is no longer recorded. If it is in fact this stack's, delete it yourself",
@@ -172,33 +175,28 @@ fn report(printer: &Printer, result: &DownResult, keep_data: bool) {
         ));
     }
     for kept in &result.kept {
-        printer.out(&format!("kept {}", kept.replacen(' ', ": ", 1)));
+        printer.out(&format!("kept {kept}"));
     }
     if keep_data && !result.kept.is_empty() {
         printer.out(
             "`gitlab-provision up` attaches them again (same repositories, same root password); `gitlab-provision down` deletes them",
         );
     }
-    if result.kept.iter().any(|k| k.starts_with(keys::BACKUP_VAULT)) {
-        printer.note("the backup vault holds your on-demand backups and was kept; delete its recovery points (`aws backup delete-recovery-point`) and run `gitlab-provision down` again to remove it");
-    }
     if !result.recovery_points.is_empty() {
-        printer.note(&format!(
-            "{} backup(s) of the file system remain in AWS Backup (not deleted, and billed until they expire or are deleted):",
-            result.recovery_points.len()
-        ));
-        for point in &result.recovery_points {
-            printer.note(&format!(
-                "  {} {} in vault {} ({} bytes)",
-                point.created,
-                short_id(&point.arn),
-                point.vault,
-                point.bytes
-            ));
-        }
-        printer.note(
-            "remove one with `aws backup delete-recovery-point --backup-vault-name VAULT --recovery-point-arn ARN`",
+        let mut lines = vec![format!(
+            "{} of the file system kept in AWS Backup (this tool never deletes backups; they are billed until they expire or you delete them):",
+            counted(result.recovery_points.len(), "backup")
+        )];
+        lines.extend(
+            result
+                .recovery_points
+                .iter()
+                .map(|point| format!("  {}  {}  {}", minute_utc(&point.created), point.vault, short_id(&point.arn))),
         );
+        lines.push(
+            "delete one with `aws backup delete-recovery-point --backup-vault-name VAULT --recovery-point-arn ARN`; once the stack's vault is empty, `gitlab-provision down` removes it".into(),
+        );
+        printer.note(&lines.join("\n"));
     }
 }
 

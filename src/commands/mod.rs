@@ -24,6 +24,7 @@ use crate::engine::Interrupt;
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys;
 use crate::printer::Printer;
+pub use crate::printer::{short_id, shorten_arns};
 use crate::state::{ResourceRecord, State};
 
 pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
@@ -44,7 +45,9 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
         Command::List(args) => list::run(&global, args),
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut command, "gitlab-provision", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "gitlab-provision", &mut script);
+            crate::printer::write_stdout(&String::from_utf8_lossy(&script));
             Ok(ExitStatus::Success)
         }
     }
@@ -230,15 +233,6 @@ fn password_command(global: &GlobalArgs, stack: &str) -> String {
     command
 }
 
-/// An id as people read it: the tail of an ARN.
-pub fn short_id(id: &str) -> String {
-    if !id.starts_with("arn:") {
-        return id.to_string();
-    }
-    let tail = id.splitn(6, ':').nth(5).unwrap_or(id);
-    tail.to_string()
-}
-
 /// A plain text table: columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -302,9 +296,23 @@ mod tests {
     fn arns_shorten_to_their_resource() {
         assert_eq!(
             short_id("arn:aws:elasticloadbalancing:us-east-1:123:loadbalancer/app/web/abc"),
-            "loadbalancer/app/web/abc"
+            "loadbalancer/…/web/abc"
+        );
+        assert_eq!(
+            short_id("arn:aws:elasticloadbalancing:us-east-1:123:listener/app/web/abc/def"),
+            "listener/…/abc/def"
+        );
+        assert_eq!(
+            short_id("arn:aws:ecs:us-east-1:123:task-definition/calm-gitlab:1"),
+            "task-definition/calm-gitlab:1"
         );
         assert_eq!(short_id("vpc-1"), "vpc-1");
+        assert_eq!(
+            shorten_arns(
+                "arn:aws:ecs:r:1:service/calm/gitlab: task_definition arn:aws:ecs:r:1:task-definition/calm-gitlab:1 -> x"
+            ),
+            "service/calm/gitlab: task_definition task-definition/calm-gitlab:1 -> x"
+        );
         assert_eq!(short_arn("arn:aws:sts::123:assumed-role/Admin/alice"), "Admin/alice");
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{connect, stack_config, table};
+use super::{connect, shorten_arns, stack_config, table};
 use crate::aws::Ctx;
 use crate::catalog::{self, Kinds};
 use crate::cli::{GlobalArgs, PlanArgs};
@@ -23,7 +23,7 @@ use crate::state::{self, RecordStatus, ResourceRecord};
 #[derive(Debug, Serialize)]
 pub struct PlanReport {
     pub stack: String,
-    pub region: Option<String>,
+    pub region: String,
     /// What `up` would refuse (settings that cannot change in place, a version off the upgrade path).
     pub refused: Vec<String>,
     /// Exposure and other things a careful reader should know.
@@ -279,7 +279,7 @@ pub fn report(
     ctx: &Ctx,
     cfg: &StackConfig,
     state: Option<&state::State>,
-    region: Option<String>,
+    region: String,
     lives: &BTreeMap<String, Live>,
     force_version: bool,
 ) -> anyhow::Result<PlanReport> {
@@ -302,7 +302,7 @@ pub fn report(
     let monthly_cost_change = recorded_cost(records)
         .map(|before| ((monthly_cost.total_usd_per_month - before.total_usd_per_month) * 100.0).round() / 100.0);
     // A recorded resource that is not this stack's is never changed: the whole run is refused.
-    let mut refused = refusals(cfg, state, region.as_deref().unwrap_or(ctx.region()), force_version);
+    let mut refused = refusals(cfg, state, &region, force_version);
     refused.extend(
         planned
             .iter()
@@ -329,12 +329,7 @@ impl PlanReport {
     pub fn render(&self, paint: &dyn Fn(&str, Tone) -> String) -> String {
         let mut out = String::new();
         use fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "plan for stack {}{}",
-            self.stack,
-            self.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default()
-        );
+        let _ = writeln!(out, "plan for stack {} in {}", self.stack, self.region);
         for problem in &self.refused {
             let _ = writeln!(out, "{} {problem}", paint("REFUSED:", Tone::Bad));
         }
@@ -352,12 +347,16 @@ impl PlanReport {
                     kept += 1;
                     continue;
                 }
-                let detail = r.detail.clone();
-                rows.push(vec![paint(r.action, tone(r.action)), r.key.clone(), r.kind.clone(), detail]);
+                rows.push(vec![
+                    paint(r.action, tone(r.action)),
+                    r.key.clone(),
+                    r.kind.clone(),
+                    shorten_arns(&r.detail),
+                ]);
             }
         }
         for r in &self.removals {
-            rows.push(vec![paint(r.action, tone(r.action)), r.key.clone(), r.kind.clone(), r.detail.clone()]);
+            rows.push(vec![paint(r.action, tone(r.action)), r.key.clone(), r.kind.clone(), shorten_arns(&r.detail)]);
         }
         if rows.is_empty() {
             let _ = writeln!(out, "no changes: {kept} resources as configured");
@@ -420,11 +419,14 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     // Only an existing stack needs AWS: a new one is all "create", and plan works offline.
     let (ctx, lives, region) = match &recorded {
         None => {
-            let region = cfg.region.clone();
-            let ctx = Arc::new(crate::aws::credentials::offline_context(
-                &cfg.stack,
-                region.as_deref().unwrap_or("us-east-1"),
-            ));
+            let configured = crate::aws::credentials::configured_region(global.profile.as_deref()).await;
+            let Some(region) = cfg.region.clone().or(configured) else {
+                return Err(CliError::new(
+                    exit_on_error(ExitStatus::Usage),
+                    crate::aws::credentials::ConnectError::NoRegion,
+                ));
+            };
+            let ctx = Arc::new(crate::aws::credentials::offline_context(&cfg.stack, &region));
             (ctx, BTreeMap::new(), region)
         }
         Some(state) => {
@@ -439,7 +441,7 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
             )
             .await;
             let lives = lives.into_iter().filter_map(|(k, l)| l.ok().map(|l| (k, l))).collect();
-            (ctx, lives, Some(region))
+            (ctx, lives, region)
         }
     };
     if let Some(state) = &recorded {

@@ -13,6 +13,7 @@ use crate::engine::{Interrupt, attrs};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys::{self, Kind};
 use crate::printer::Printer;
+use crate::printer::{human_bytes, minute_utc};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::{backup, service, storage};
 
@@ -177,7 +178,7 @@ async fn restore_plan(
     let taken: BTreeSet<&String> = recorded.resources.keys().collect();
     let slot = (1..).map(|n| format!("{PREVIOUS}-{n}")).find(|k| !taken.contains(k)).unwrap_or_default();
     Ok([
-        format!("the restore of {point} (taken {}, {} bytes) would:", found.created, found.bytes),
+        format!("the restore of {point} (taken {}, {}) would:", minute_utc(&found.created), human_bytes(found.bytes)),
         "  - restore it into a new file system (an AWS Backup restore job; GitLab keeps running meanwhile)".into(),
         "  - stop GitLab (downtime starts)".into(),
         "  - switch the stack to the new file system: mount targets in it, the initializer moving the restored data into place, a task definition revision mounting it".into(),

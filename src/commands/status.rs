@@ -18,7 +18,7 @@ use crate::steps::service::{Health, describe_stop, health};
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub stack: String,
-    pub region: Option<String>,
+    pub region: String,
     pub account: Option<String>,
     pub state_file: String,
     pub verdict: Verdict,
@@ -143,8 +143,7 @@ impl StatusReport {
             let _ = writeln!(out, "stack {}: nothing recorded in {}", self.stack, self.state_file);
             return out;
         }
-        let _ =
-            writeln!(out, "stack {} in {} ({})", self.stack, self.region.as_deref().unwrap_or("?"), self.state_file);
+        let _ = writeln!(out, "stack {} in {} ({})", self.stack, self.region, self.state_file);
         let rows: Vec<Vec<String>> = self
             .resources
             .iter()
@@ -224,9 +223,10 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
     let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
     if recorded.is_none() && !args.discover {
         if args.json {
+            let configured = crate::aws::credentials::configured_region(global.profile.as_deref()).await;
             let empty = StatusReport {
                 stack: stack.clone(),
-                region: region_flag.clone(),
+                region: region_flag.clone().or(configured).unwrap_or_default(),
                 account: None,
                 state_file,
                 verdict: verdict(&[], None),
@@ -296,7 +296,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
     let gitlab = gitlab?;
     let report = StatusReport {
         stack,
-        region: Some(ctx.region().to_string()),
+        region: ctx.region().to_string(),
         account: ctx.account.as_ref().map(|a| a.account.clone()),
         state_file,
         verdict: verdict(&resources, gitlab.as_ref()),

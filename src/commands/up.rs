@@ -118,20 +118,26 @@ pub async fn converge(
         ctx,
         &cfg,
         has_records.then_some(&snapshot),
-        Some(region.clone()),
+        region.clone(),
         &lives,
         options.force_version,
     )?;
     if !plan.refused.is_empty() {
+        // A refusal may carry its own help (a version's path); the others share one.
+        let (problems, own_help): (Vec<&str>, Vec<&str>) =
+            plan.refused.iter().map(|r| r.split_once("\n    help: ").unwrap_or((r.as_str(), ""))).unzip();
+        let own_help: Vec<&str> = own_help.into_iter().filter(|h| !h.is_empty()).collect();
         let help = if plan.refused.iter().any(|r| r.contains("not this stack's")) {
-            "the state names resources that belong to something else: check that this state file is this stack's own (a copied or edited file?); nothing was changed"
+            "the state names resources that belong to something else: check that this state file is this stack's own (a copied or edited file?); nothing was changed".to_string()
+        } else if own_help.len() == problems.len() {
+            own_help.join("; ")
         } else {
-            "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)"
+            "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)".to_string()
         };
         return Err(UserError(format!(
             "stack {} cannot take this change:\n  - {}\n    help: {help}",
             cfg.stack,
-            plan.refused.join("\n  - ")
+            problems.join("\n  - ")
         ))
         .into());
     }
@@ -233,7 +239,7 @@ fn run_failed(
                 failure.unwrap_or_else(|| anyhow::anyhow!("up failed")),
             );
             if !not_started.is_empty() {
-                cli = cli.with_context(format!("{} step(s) did not run", not_started.len()));
+                cli = cli.with_context(format!("{} did not run", crate::engine::counted(not_started.len(), "step")));
             }
             if preflight && recorded.is_empty() {
                 return cli

@@ -180,7 +180,7 @@ pub enum RunError {
         preflight: bool,
         report: RunReport,
     },
-    #[error("interrupted: {} step(s) not started", .not_started.len())]
+    #[error("interrupted: {} not started", crate::engine::counted(.not_started.len(), "step"))]
     Interrupted { not_started: Vec<String>, report: RunReport },
 }
 
@@ -216,6 +216,7 @@ pub async fn run<C: Send + Sync + 'static>(
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut running: JoinSet<(String, f64, anyhow::Result<super::Summary>)> = JoinSet::new();
     let mut failures = Vec::new();
+    let mut stopped = Vec::new();
     let mut report = RunReport::default();
 
     loop {
@@ -232,7 +233,8 @@ pub async fn run<C: Send + Sync + 'static>(
             for name in ready {
                 let step = waiting.remove(&name).expect("ready step is waiting");
                 observer.event(Event::Started { step: name.clone(), description: step.description.clone() });
-                let scope = StepScope::for_step(&step, state.clone(), observer.clone(), options.lives.clone());
+                let scope = StepScope::for_step(&step, state.clone(), observer.clone(), options.lives.clone())
+                    .with_interrupt(options.interrupt.clone());
                 let ctx = ctx.clone();
                 let start = run_start.elapsed().as_secs_f64();
                 running.spawn(async move {
@@ -262,6 +264,12 @@ pub async fn run<C: Send + Sync + 'static>(
                 report.timings.push(StepTiming { step: name.clone(), start, finish, summary: summary.text, after });
                 done.insert(name);
             }
+            // Ctrl-C stopped its wait: what it made is recorded (or found again by the next
+            // run), so it is not a failure, only unfinished.
+            Err(error) if options.interrupt.raised() && super::wait::WaitError::is_interrupted(&error) => {
+                observer.event(Event::Skipped { step: name.clone(), reason: "interrupted while waiting".into() });
+                stopped.push(name);
+            }
             Err(error) => {
                 observer.event(Event::Failed { step: name.clone(), elapsed, error: format!("{error:#}") });
                 failures.push((name, error));
@@ -269,7 +277,8 @@ pub async fn run<C: Send + Sync + 'static>(
         }
     }
 
-    let not_started: Vec<String> = waiting.into_keys().collect();
+    let mut not_started: Vec<String> = waiting.into_keys().collect();
+    not_started.extend(stopped);
     if failures.is_empty() && not_started.is_empty() {
         return Ok(report);
     }

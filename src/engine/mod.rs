@@ -7,6 +7,11 @@ mod record;
 mod resource;
 mod wait;
 
+/// "1 step", "7 steps": a count with its noun, for messages people read.
+pub fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 pub use decide::{Action, Change, Live, Owner, decide};
 pub use graph::{RunError, RunOptions, RunReport, Step, StepAction, StepTiming, Summary, order, run};
 pub use record::{Conflict, Desired, Discovered, Env, Found, KNOWN_AFTER, attrs, exactly};
@@ -62,6 +67,8 @@ pub struct StepScope {
     /// Records it may read: what it needs and what it creates.
     readable: Vec<String>,
     lives: Lives,
+    /// Raised by Ctrl-C: waits stop early (what they wait for is recorded or found again).
+    interrupt: Interrupt,
 }
 
 impl StepScope {
@@ -74,6 +81,7 @@ impl StepScope {
             depends_on: Vec::new(),
             readable: Vec::new(),
             lives: Lives::default(),
+            interrupt: Interrupt::default(),
         }
     }
 
@@ -83,6 +91,15 @@ impl StepScope {
         let mut readable = step.needs.clone();
         readable.extend(step.creates.iter().map(|(k, _)| k.clone()));
         StepScope { depends_on, readable, lives, ..StepScope::new(&step.name, state, observer) }
+    }
+
+    /// Lets an interrupt of the run stop this step's waits.
+    pub fn with_interrupt(self, interrupt: Interrupt) -> Self {
+        StepScope { interrupt, ..self }
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.raised()
     }
 
     pub fn progress(&self, message: impl Into<String>) {

@@ -323,8 +323,8 @@ fn describe(failures: &[(String, anyhow::Error)], blocked: &[String]) -> String 
 pub struct Teardown {
     /// Only these keys (all when `None`).
     pub only: Option<BTreeSet<String>>,
-    /// Mark these as retained instead of deleting them (`down --keep-data`).
-    pub keep: BTreeSet<String>,
+    /// Mark these as retained instead of deleting them, each with why (shown as it is kept).
+    pub keep: BTreeMap<String, String>,
     pub max_parallel: usize,
     pub interrupt: Interrupt,
 }
@@ -374,6 +374,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut failures = Vec::new();
     let mut running: JoinSet<(String, Instant, anyhow::Result<Deleted>)> = JoinSet::new();
+    let mut stopped = Vec::new();
 
     loop {
         let ready: Vec<String> = if interrupt.raised() {
@@ -393,11 +394,11 @@ pub async fn teardown<C: Send + Sync + 'static>(
         for key in ready {
             let record = pending.remove(&key).expect("ready key is pending");
             in_flight.insert(key.clone());
-            let (ctx, state, catalog, observer) = (ctx.clone(), state.clone(), catalog.clone(), observer.clone());
-            let retain = keep.contains(&key);
+            let (ctx, catalog, retain) = (ctx.clone(), catalog.clone(), keep.get(&key).cloned());
+            let scope = StepScope::new(&key, state.clone(), observer.clone()).with_interrupt(interrupt.clone());
             running.spawn(async move {
                 let started = Instant::now();
-                let result = delete_one(&*ctx, &state, &*catalog, observer, &key, &record, retain).await;
+                let result = delete_one(&*ctx, &*catalog, &scope, &record, retain).await;
                 (key, started, result)
             });
         }
@@ -426,6 +427,11 @@ pub async fn teardown<C: Send + Sync + 'static>(
                     Deleted::LeftAlone(why) => outcome.left_alone.push((key, why)),
                 }
             }
+            // Ctrl-C stopped its wait: still recorded, the next `down` goes on with it.
+            Err(error) if interrupt.raised() && super::wait::WaitError::is_interrupted(&error) => {
+                observer.event(Event::Skipped { step: key.clone(), reason: "interrupted while waiting".into() });
+                stopped.push(key);
+            }
             Err(error) => {
                 observer.event(Event::Failed {
                     step: key.clone(),
@@ -437,7 +443,8 @@ pub async fn teardown<C: Send + Sync + 'static>(
             }
         }
     }
-    let blocked: Vec<String> = pending.into_keys().collect();
+    let mut blocked: Vec<String> = pending.into_keys().collect();
+    blocked.extend(stopped);
     if !interrupt.raised() {
         for key in &blocked {
             observer.event(Event::Skipped {
@@ -459,19 +466,18 @@ pub async fn teardown<C: Send + Sync + 'static>(
     }
 }
 
+/// Deletes (or keeps, or releases) one record; `scope` is the record's own step.
 async fn delete_one<C: Sync>(
     ctx: &C,
-    state: &StateHandle,
     catalog: &dyn Catalog<C>,
-    observer: Arc<dyn Observer>,
-    key: &str,
+    scope: &StepScope,
     record: &ResourceRecord,
-    retain: bool,
+    retain: Option<String>,
 ) -> anyhow::Result<Deleted> {
     let ops = catalog
         .ops(&record.kind)
         .ok_or_else(|| anyhow::anyhow!("unknown resource kind {:?} in the state file", record.kind))?;
-    let scope = StepScope::new(key, state.clone(), observer.clone());
+    let (key, state, observer) = (scope.step.as_str(), &scope.state, &scope.observer);
     let id = record.id.as_deref().unwrap_or("(not recorded)");
     let finished = |summary: &str| {
         observer.event(Event::Finished {
@@ -481,10 +487,12 @@ async fn delete_one<C: Sync>(
             changed: true,
         })
     };
-    if retain && record.status == RecordStatus::Created {
+    if let Some(why) =
+        retain.filter(|_| record.status != RecordStatus::Pending && record.status != RecordStatus::Imported)
+    {
         observer.event(Event::Started { step: key.to_string(), description: format!("keep {} {id}", ops.noun()) });
         state.put(key, ResourceRecord { status: RecordStatus::Retained, ..record.clone() })?;
-        finished("kept (--keep-data): `up` attaches it again");
+        finished(&format!("kept: {why}"));
         return Ok(Deleted::Kept);
     }
     let description = match record.status {
@@ -502,7 +510,7 @@ async fn delete_one<C: Sync>(
                 finished(&format!("LEFT ALONE: not this stack's ({why}); no longer recorded"));
                 return Ok(Deleted::LeftAlone(why));
             }
-            Live::Present { .. } => ops.delete(ctx, record, &scope).await?,
+            Live::Present { .. } => ops.delete(ctx, record, scope).await?,
         },
         RecordStatus::Pending => {
             // The create call may have gone through before the crash that left this intent;
@@ -511,7 +519,7 @@ async fn delete_one<C: Sync>(
             match ops.find(ctx, &Lost { key, record, token: &token }).await? {
                 Some(found) => {
                     let adopted = ResourceRecord { id: Some(found), ..record.clone() };
-                    ops.delete(ctx, &adopted, &scope).await?;
+                    ops.delete(ctx, &adopted, scope).await?;
                 }
                 None => summary = "never created".into(),
             }

@@ -42,7 +42,19 @@ pub enum WaitError {
     Failed { what: String, reason: String },
     #[error("while waiting for {what}: {source:#}")]
     Probe { what: String, source: anyhow::Error },
+    #[error("stopped waiting for {what}: interrupted")]
+    Interrupted { what: String },
 }
+
+impl WaitError {
+    /// Whether `error` (or what it wraps) is a wait an interrupt stopped.
+    pub fn is_interrupted(error: &anyhow::Error) -> bool {
+        error.chain().any(|e| matches!(e.downcast_ref::<WaitError>(), Some(WaitError::Interrupted { .. })))
+    }
+}
+
+/// How often a sleeping wait looks at the interrupt.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(200);
 
 /// Polls `probe` until it reports ready (see [`WaitPolicy::up_to`] for the pace), reporting each
 /// new state through the step's progress.
@@ -59,6 +71,9 @@ where
     let started = Instant::now();
     let mut last = String::from("unknown");
     loop {
+        if scope.interrupted() {
+            return Err(WaitError::Interrupted { what: what.to_string() });
+        }
         match probe().await {
             Ok(Poll::Ready(value)) => return Ok(value),
             Ok(Poll::Failed(reason)) => {
@@ -78,7 +93,10 @@ where
         if waited >= policy.timeout {
             return Err(WaitError::Timeout { what: what.to_string(), waited, last });
         }
-        tokio::time::sleep(policy.delay_after(waited).min(policy.timeout - waited)).await;
+        let wake = Instant::now() + policy.delay_after(waited).min(policy.timeout - waited);
+        while Instant::now() < wake && !scope.interrupted() {
+            tokio::time::sleep(INTERRUPT_CHECK.min(wake - Instant::now())).await;
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use aws_sdk_backup::types::{BackupJobState, RestoreJobStatus};
 
 use crate::aws::{Absent, AwsResultExt, Ctx, call, if_there};
+use crate::engine::counted;
 use crate::engine::{
     Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
     Summary, WaitPolicy, attrs, wait_until,
@@ -92,7 +93,7 @@ impl ResourceOps<Ctx> for BackupVaultOps {
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
         Ok(match vault_points(ctx, record.id()?).await? {
             None => Live::Missing,
-            Some(points) => Live::present(format!("{points} recovery point(s)"), vec![]),
+            Some(points) => Live::present(counted(points, "recovery point"), vec![]),
         })
     }
 
@@ -115,7 +116,8 @@ impl ResourceOps<Ctx> for BackupVaultOps {
             && points > 0
         {
             anyhow::bail!(
-                "backup vault {name} holds {points} recovery point(s); backups are never deleted by gitlab-provision"
+                "backup vault {name} holds {}; backups are never deleted by gitlab-provision",
+                counted(points, "recovery point")
             );
         }
         if_there(ctx.aws.backup.delete_backup_vault().backup_vault_name(name).send(), || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, Certificate, LoadBalancer, LoadBalancerAttribute, LoadBalancerSchemeEnum,
+    Action, ActionTypeEnum, Certificate, Listener, LoadBalancer, LoadBalancerAttribute, LoadBalancerSchemeEnum,
     LoadBalancerStateEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, RedirectActionConfig,
     RedirectActionStatusCodeEnum, TargetGroup, TargetGroupAttribute, TargetTypeEnum,
 };
@@ -593,6 +593,11 @@ async fn describe_listener(
 
 pub struct ListenerOps;
 
+fn listener_live(listener: &Listener) -> Live {
+    let protocol = listener.protocol().map(|p| p.as_str()).unwrap_or("?");
+    Live::present(format!("{protocol} :{}", listener.port().unwrap_or_default()), vec![])
+}
+
 #[async_trait]
 impl ResourceOps<Ctx> for ListenerOps {
     fn noun(&self) -> &'static str {
@@ -600,13 +605,7 @@ impl ResourceOps<Ctx> for ListenerOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        Ok(match describe_listener(ctx, record.id()?).await? {
-            None => Live::Missing,
-            Some(l) => Live::present(
-                format!("{} :{}", l.protocol().map(|p| p.as_str()).unwrap_or("?"), l.port().unwrap_or_default()),
-                vec![],
-            ),
-        })
+        Ok(describe_listener(ctx, record.id()?).await?.map_or(Live::Missing, |l| listener_live(&l)))
     }
 
     /// A listener is the stack's when its load balancer is.
@@ -616,7 +615,7 @@ impl ResourceOps<Ctx> for ListenerOps {
             Some(lb) => owner_of_arn(ctx, lb).await?,
             None => Owner::Foreign("it names no load balancer".into()),
         };
-        Ok(self.read(ctx, record).await?.owned_by(owner))
+        Ok(listener_live(&listener).owned_by(owner))
     }
 
     async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {

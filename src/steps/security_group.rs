@@ -12,6 +12,7 @@ use aws_sdk_ec2::types::{
 use crate::aws::ec2::{Ec2, Ec2Kind, ec2_listing};
 use crate::aws::interfaces::{HeldBy, holders};
 use crate::aws::{Ctx, EC2_IN_USE, Holders, call, delete_when_free, fresh, if_there};
+use crate::engine::counted;
 use crate::engine::{Applied, Desired, Env, StepAction, StepScope, Summary, attrs};
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
@@ -152,7 +153,7 @@ impl Ec2Kind for SecurityGroups {
         let recorded = recorded_rules(record);
         let mut drift: Vec<String> = recorded.difference(&live).map(|r| format!("rule {r} is missing")).collect();
         drift.extend(live.difference(&recorded).map(|r| format!("unexpected rule {r}")));
-        (format!("{} ({} ingress rules)", group.group_name().unwrap_or_default(), live.len()), drift)
+        (format!("{} ({})", group.group_name().unwrap_or_default(), counted(live.len(), "ingress rule")), drift)
     }
 
     async fn delete(ctx: &Ctx, id: &str, scope: &StepScope) -> anyhow::Result<()> {
@@ -168,7 +169,8 @@ impl Ec2Kind for SecurityGroups {
                 match referencing_groups(ctx, id).await? {
                     referencing if referencing.is_empty() => holders(ctx, HeldBy::Group(id)).await,
                     referencing => Ok(Holders::Stuck(format!(
-                        "the rules of security group(s) {} that admit it; remove those rules (or those groups) and run again",
+                        "the rules of {} that admit it: {}; remove those rules (or those groups) and run again",
+                        counted(referencing.len(), "security group"),
                         referencing.join(", ")
                     ))),
                 }
@@ -289,7 +291,7 @@ impl StepAction<Ctx> for SecurityGroupStep {
                 Ok(Applied::id(group_id))
             })
             .await?;
-        Ok(ensured.summary(&format!(" ({} rules)", self.rules.len())))
+        Ok(ensured.summary(&format!(" ({})", counted(self.rules.len(), "rule"))))
     }
 }
 

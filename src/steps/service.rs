@@ -19,6 +19,7 @@ use aws_sdk_ecs::types::{
 use super::load_balancer::{TargetState, target_health};
 use crate::aws::{AwsError, AwsResultExt, Ctx, Holders, call, delete_when_free, if_there, propagated};
 use crate::config::StackConfig;
+use crate::engine::counted;
 use crate::engine::{
     Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
     Summary, WaitPolicy, attrs, wait_until,
@@ -143,7 +144,11 @@ impl ResourceOps<Ctx> for ClusterOps {
         Ok(match describe_cluster(ctx, record.id()?).await? {
             None => Live::Missing,
             Some(c) => Live::present(
-                format!("{} services, {} running tasks", c.active_services_count(), c.running_tasks_count()),
+                format!(
+                    "{}, {}",
+                    counted(c.active_services_count(), "service"),
+                    counted(c.running_tasks_count(), "running task")
+                ),
                 vec![],
             )
             .owned_by(ecs_owner(ctx, c.tags())),
@@ -172,7 +177,7 @@ impl ResourceOps<Ctx> for ClusterOps {
                 Ok(if stopping == 0 {
                     Holders::Unknown
                 } else {
-                    Holders::Draining(format!("{stopping} task(s) to stop"))
+                    Holders::Draining(format!("{} to stop", counted(stopping, "task")))
                 })
             },
         )
@@ -755,7 +760,7 @@ fn task_states(tasks: &[Task]) -> String {
 /// consistent backup or a file-system swap needs GitLab fully stopped).
 pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) -> anyhow::Result<()> {
     call(ctx.aws.ecs.update_service().cluster(cluster).service(SERVICE_NAME).desired_count(desired).send(), || {
-        format!("setting {SERVICE_NAME} to {desired} task(s)")
+        format!("setting {SERVICE_NAME} to {}", counted(desired, "task"))
     })
     .await?;
     if desired > 0 {

@@ -11,6 +11,7 @@ use aws_sdk_efs::types::{
 };
 
 use crate::aws::{AwsResultExt, Ctx, Holders, call, delete_when_free, if_there};
+use crate::engine::counted;
 use crate::engine::{
     Applied, Desired, Discovered, Env, Existing, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
     Summary, WaitPolicy, attrs, wait_until,
@@ -189,7 +190,11 @@ impl ResourceOps<Ctx> for FileSystemOps {
                     Holders::Unknown
                 } else {
                     let ids: Vec<&str> = left.iter().map(|m| m.mount_target_id()).collect();
-                    Holders::Draining(format!("{} mount target(s) to be deleted: {}", ids.len(), ids.join(", ")))
+                    Holders::Draining(format!(
+                        "{} to be deleted: {}",
+                        counted(ids.len(), "mount target"),
+                        ids.join(", ")
+                    ))
                 })
             },
         )
@@ -333,6 +338,16 @@ impl StepAction<Ctx> for MountTargetsStep {
 
 pub struct MountTargetOps;
 
+fn mount_target_live(described: Option<&MountTargetDescription>) -> Live {
+    match described {
+        Some(mt) if !gone(mt.life_cycle_state()) => Live::present(
+            format!("{} in {} ({})", mt.life_cycle_state().as_str(), mt.subnet_id(), mt.ip_address().unwrap_or("?")),
+            vec![],
+        ),
+        _ => Live::Missing,
+    }
+}
+
 #[async_trait]
 impl ResourceOps<Ctx> for MountTargetOps {
     fn noun(&self) -> &'static str {
@@ -340,24 +355,14 @@ impl ResourceOps<Ctx> for MountTargetOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        Ok(match describe_mount_target(ctx, record.id()?).await? {
-            Some(mt) if !gone(mt.life_cycle_state()) => {
-                let summary = format!(
-                    "{} in {} ({})",
-                    mt.life_cycle_state().as_str(),
-                    mt.subnet_id(),
-                    mt.ip_address().unwrap_or("?")
-                );
-                Live::present(summary, vec![])
-            }
-            _ => Live::Missing,
-        })
+        Ok(mount_target_live(describe_mount_target(ctx, record.id()?).await?.as_ref()))
     }
 
     /// A mount target has no tags: it is the stack's when its file system is.
     async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let live = self.read(ctx, record).await?;
-        let Some(mt) = describe_mount_target(ctx, record.id()?).await? else { return Ok(live) };
+        let described = describe_mount_target(ctx, record.id()?).await?;
+        let live = mount_target_live(described.as_ref());
+        let Some(mt) = described.filter(|_| !matches!(live, Live::Missing)) else { return Ok(live) };
         let owner = match describe_file_system(ctx, mt.file_system_id()).await? {
             Some(fs) => match file_system_owner(ctx, &fs) {
                 Owner::Foreign(why) => Owner::Foreign(format!("its file system {}: {why}", mt.file_system_id())),

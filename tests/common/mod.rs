@@ -10,6 +10,26 @@ use serde_json::Value;
 
 pub const REGION: &str = "us-east-1";
 
+/// Percent-decoding, for documents IAM returns URL-encoded.
+pub fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 3 <= bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A recorded resource's id, from a state file.
 pub fn id(state: &Value, key: &str) -> String {
     state["resources"][key]["id"].as_str().unwrap_or_else(|| panic!("{key} has no id in {state:#}")).to_string()
