@@ -332,7 +332,11 @@ pub async fn nothing_recorded(
     };
     let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
     if orphans.is_empty() {
-        printer.out(&format!("stack {stack}: nothing recorded in {dir}, and nothing tagged gitlab-provision:stack={stack} in {}; nothing to delete", ctx.region()));
+        let tail = if next.starts_with("down") { "; nothing to delete" } else { "" };
+        printer.out(&format!(
+            "stack {stack}: nothing recorded in {dir}, and nothing tagged gitlab-provision:stack={stack} in {}{tail}",
+            ctx.region()
+        ));
     } else {
         printer.out(&format!(
             "stack {stack}: no state file in {dir}, but {} resources tagged gitlab-provision:stack={stack} exist in {}",
