@@ -4,17 +4,8 @@
 
 mod common;
 
-use common::{Emulator, Tool, id, stack_leftovers};
+use common::{Emulator, Tool, id, stack_leftovers, up};
 use serde_json::{Value, json};
-
-const CIDRS: [&str; 2] = ["--allowed-cidr", "203.0.113.0/24"];
-
-fn up<'a>(stack: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["up", "--stack", stack];
-    args.extend(CIDRS);
-    args.extend(extra);
-    args
-}
 
 /// The image of every task definition revision of the stack, oldest first.
 async fn images(c: &common::Clients, stack: &str) -> Vec<String> {

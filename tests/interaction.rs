@@ -11,16 +11,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Emulator, Run, Tool, python};
+use common::{CIDRS, Emulator, Run, Tool, python, up};
 use serde_json::json;
 
-const CIDRS: [&str; 2] = ["--allowed-cidr", "203.0.113.0/24"];
-
-fn up<'a>(stack: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["up", "--stack", stack];
-    args.extend(CIDRS);
-    args.extend(extra);
-    args
+/// `plan` of a change that replaces GitLab's task (a bigger size).
+fn plan_bigger_task(stack: &str) -> Vec<&str> {
+    [&["plan", "--stack", stack][..], &CIDRS, &["--task-cpu", "4096", "--task-memory-mib", "8192"]].concat()
 }
 
 /// Ids, addresses, timings and temporary paths vary from run to run; the words do not.
@@ -84,20 +80,7 @@ async fn every_json_output_has_its_schema_and_one_fixed_shape() {
     let last: serde_json::Value = serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["schema"], "gitlab-provision.up/1");
     validate("status", &tool.run(&["status", "--stack", "js", "--json"]).ok().stdout, false);
-    let plan = tool
-        .run(&[
-            "plan",
-            "--stack",
-            "js",
-            "--allowed-cidr",
-            "203.0.113.0/24",
-            "--task-cpu",
-            "4096",
-            "--task-memory-mib",
-            "8192",
-            "--json",
-        ])
-        .ok();
+    let plan = tool.run(&[&plan_bigger_task("js")[..], &["--json"]].concat()).ok();
     validate("plan", &plan.stdout, false);
     validate("list", &tool.run(&["list", "--json"]).ok().stdout, false);
     tool.run(&["backup", "--stack", "js", "--online"]).ok();
@@ -134,17 +117,7 @@ async fn a_converged_up_says_no_changes_and_plan_puts_changes_first() {
     let again = tool.run(&up("calm", &[])).ok();
     snapshot!("converged_up", transcript(&again));
 
-    let change = [
-        "plan",
-        "--stack",
-        "calm",
-        "--allowed-cidr",
-        "203.0.113.0/24",
-        "--task-cpu",
-        "4096",
-        "--task-memory-mib",
-        "8192",
-    ];
+    let change = plan_bigger_task("calm");
     let plan = tool.run(&change).ok();
     snapshot!("plan_with_a_change", transcript(&plan));
     // -detailed-exitcode as in Terraform: 0 no changes, 2 changes, 1 error.

@@ -5,17 +5,8 @@
 
 mod common;
 
-use common::{Emulator, Tool, stack_leftovers};
+use common::{Emulator, Tool, stack_leftovers, up};
 use serde_json::json;
-
-const CIDRS: [&str; 2] = ["--allowed-cidr", "203.0.113.0/24"];
-
-fn up<'a>(stack: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["up", "--stack", stack];
-    args.extend(CIDRS);
-    args.extend(extra);
-    args
-}
 
 /// How many calls the strict model refused or answered under `rule`.
 fn fired(emu: &Emulator, rule: &str) -> usize {

@@ -3,17 +3,9 @@
 
 mod common;
 
-use common::{Emulator, Tool, id, stack_leftovers};
+use common::{Emulator, Tool, id, stack_leftovers, up};
 
-const CIDRS: [&str; 2] = ["--allowed-cidr", "203.0.113.0/24"];
 const OTHER_ACCOUNT: &str = "111111111111";
-
-fn up<'a>(stack: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["up", "--stack", stack];
-    args.extend(CIDRS);
-    args.extend(extra);
-    args
-}
 
 /// Credentials acting in another account: moto scopes resources by the account of an
 /// `sts:AssumeRole` into it.

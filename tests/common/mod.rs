@@ -559,3 +559,14 @@ pub async fn existing_vpc(ec2: &aws_sdk_ec2::Client, with_nat: bool) -> (String,
     }
     (vpc, subnets)
 }
+
+/// The one allowed network every test stack uses.
+pub const CIDRS: [&str; 2] = ["--allowed-cidr", "203.0.113.0/24"];
+
+/// `up --stack STACK --allowed-cidr ... EXTRA...`
+pub fn up<'a>(stack: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["up", "--stack", stack];
+    args.extend(CIDRS);
+    args.extend(extra);
+    args
+}
