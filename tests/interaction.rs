@@ -116,6 +116,11 @@ async fn a_converged_up_says_no_changes_and_plan_puts_changes_first() {
     tool.run(&up("calm", &[])).ok();
     let again = tool.run(&up("calm", &[])).ok();
     snapshot!("converged_up", transcript(&again));
+    // --timings of a run that took no step is still a report, not an empty file.
+    tool.run(&up("calm", &["--timings", "t.json"])).ok();
+    let timings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tool.dir.path().join("t.json")).unwrap()).expect("valid JSON");
+    assert_eq!(timings["timings"], json!([]));
 
     let change = plan_bigger_task("calm");
     let plan = tool.run(&change).ok();

@@ -272,10 +272,11 @@ fn visible_len(text: &str) -> usize {
     len
 }
 
-/// Checks before any work that a file can be written there (`--timings`).
+/// Checks before any work that a file can be written there (`--timings`), by writing what a
+/// run that takes no step reports: the file is valid JSON whichever way the run ends.
 fn check_writable(path: Option<&std::path::Path>) -> Result<(), CliError> {
     let Some(path) = path else { return Ok(()) };
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(|_| ()).map_err(|e| {
+    std::fs::write(path, "{\n  \"timings\": []\n}\n").map_err(|e| {
         CliError::usage(UserError(format!(
             "--timings {}: cannot write there ({e}); nothing was done\n    help: name a file in a directory that exists and is writable",
             path.display()

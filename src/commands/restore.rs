@@ -37,7 +37,7 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
         (Some(point), _) => point.clone(),
         (None, Some(op)) => op.attrs.get("point").cloned().unwrap_or_default(),
         (None, None) => {
-            return Err(UserError("restore needs the recovery point to restore\n    help: `gitlab-provision backup list` shows them; pass one's ARN".into()).into());
+            return Err(UserError("restore needs the recovery point to bring back\n    help: `gitlab-provision backup list` shows them; pass one's ARN".into()).into());
         }
     };
     let cfg = recorded_config(global, &recorded)?;

@@ -549,6 +549,7 @@ class Strict:
         with self.lock:
             self.model_enis[ident] = {
                 "description": description, "interface_type": interface_type, "public_ip": public_ip, "in_use": True,
+                "subnet": subnet, "groups": list(groups),
             }
         return ident, eni.get("PrivateIpAddress")
 
@@ -556,7 +557,9 @@ class Strict:
         with self.lock:
             known = self.model_enis.pop(ident, None)
         if known:
-            self.fired.append(("interface-released", f"{ident} {known['description']}"))
+            # What it held, for whoever reads the capture (the benchmark matches it to refusals).
+            held = " ".join([known.get("subnet") or "", *known.get("groups", [])]).strip()
+            self.fired.append(("interface-released", f"{ident} holding {held}: {known['description']}"))
         try:
             self.client("ec2", who).delete_network_interface(NetworkInterfaceId=ident)
         except Exception:
