@@ -148,6 +148,15 @@ async fn backup_and_restore_bring_back_the_data_and_keep_the_old_file_system() {
     let status = tool.run(&["status", "--stack", "bk", "--json"]).ok().json();
     assert_eq!(status["verdict"]["state"], "healthy", "{status:#}");
     assert!(c.efs.describe_file_systems().file_system_id(&old_fs).send().await.is_ok(), "the old file system is gone");
+    // The backups taken before the restore are still listed, and still restorable (plan only).
+    let list = tool.run(&["backup", "list", "--stack", "bk", "--json"]).ok().json();
+    let before = list["recovery_points"].as_array().unwrap().iter().find(|p| p["arn"] == point.as_str()).cloned();
+    assert!(before.is_some_and(|p| p["file_system"].as_str().unwrap().ends_with(&old_fs)), "{list:#}");
+    tool.run(&["restore", "--stack", "bk", &point, "--plan"]).ok();
+    // A recovery point of another file system is not this stack's to restore.
+    let foreign = point.replace(&point[point.len() - 4..], "0000");
+    let refused = tool.run(&["restore", "--stack", "bk", &foreign, "--yes"]).fails_with(2);
+    assert!(refused.stderr.contains("is not a recovery point of this stack's file systems"), "{}", refused.stderr);
 
     // down removes the stack (the kept file system too) and says what stays: the recovery points.
     let down = tool.run(&["down", "--stack", "bk", "--yes"]).ok();

@@ -231,7 +231,7 @@ async fn list(ctx: &Ctx, recorded: &State, printer: &Printer, json: bool) -> Cli
     let Some(arn) = recorded.resources.get(keys::FILE_SYSTEM).and_then(|r| r.attr("arn")) else {
         return Err(UserError(format!("stack {} has no file system recorded", recorded.stack)).into());
     };
-    let points = backup::recovery_points(ctx, arn).await?;
+    let points = backup::stack_recovery_points(ctx, &recorded.resources).await?;
     if json {
         printer.json("backups", &Points { stack: &recorded.stack, file_system: arn, recovery_points: &points })?;
         return Ok(ExitStatus::Success);
@@ -249,10 +249,11 @@ async fn list(ctx: &Ctx, recorded: &State, printer: &Printer, json: bool) -> Cli
                 p.vault.clone(),
                 if p.on_demand { "backup".into() } else { "daily".into() },
                 p.status.to_lowercase(),
+                short_id(&p.file_system),
                 p.arn.clone(),
             ]
         })
         .collect();
-    printer.out(&table(&["CREATED", "SIZE", "VAULT", "BY", "STATUS", "RECOVERY POINT"], &rows));
+    printer.out(&table(&["CREATED", "SIZE", "VAULT", "BY", "STATUS", "OF", "RECOVERY POINT"], &rows));
     Ok(ExitStatus::Success)
 }

@@ -11,7 +11,7 @@ use crate::catalog::{self, Kinds};
 use crate::cli::{DownArgs, GlobalArgs};
 use crate::engine::{self, Interrupt, Live, Teardown, counted};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
-use crate::keys::{self, Kind};
+use crate::keys::Kind;
 use crate::printer::minute_utc;
 use crate::printer::{Printer, Tone};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
@@ -87,7 +87,6 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let lives =
         engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
     refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
-    let file_system_arn = records.get(keys::FILE_SYSTEM).and_then(|r| r.attr("arn")).map(str::to_string);
     let mut keep: BTreeMap<String, String> = if args.keep_data {
         let why = "--keep-data (`up` attaches it again)";
         records.iter().filter(|(_, r)| catalog::is_data(&r.kind)).map(|(k, _)| (k.clone(), why.to_string())).collect()
@@ -138,9 +137,11 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     if let Some(path) = &args.timings {
         super::up::write_timings(path, &outcome.report)?;
     }
-    let recovery_points = match &file_system_arn {
-        Some(arn) if !args.keep_data => backup::recovery_points(&ctx, arn).await.unwrap_or_default(),
-        _ => Vec::new(),
+    // Every file system the stack has had (a restore keeps the previous one): their backups stay.
+    let recovery_points = if args.keep_data {
+        Vec::new()
+    } else {
+        backup::stack_recovery_points(&ctx, &records).await.unwrap_or_default()
     };
     let kept: Vec<String> = state
         .snapshot()

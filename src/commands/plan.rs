@@ -34,7 +34,6 @@ pub struct PlanReport {
     pub removals: Vec<PlannedResource>,
     pub monthly_cost: Estimate,
     /// The estimate's change against what the stack runs now (for an existing stack).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub monthly_cost_change: Option<f64>,
     #[serde(skip)]
     pub show_all: bool,
@@ -67,7 +66,6 @@ pub struct PlannedResource {
     pub detail: String,
     pub changes: Vec<String>,
     /// What the change interrupts, when it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub disruption: Option<String>,
 }
 

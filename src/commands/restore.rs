@@ -43,8 +43,9 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     let cfg = recorded_config(global, &recorded)?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
     let t = targets(&recorded)?;
-    if args.plan {
-        printer.out(&restore_plan(&ctx, &recorded, &t.file_system_arn, &point).await?);
+    let found = if resumed.is_none() || args.plan { Some(stack_point(&ctx, &recorded, &point).await?) } else { None };
+    if let (true, Some(found)) = (args.plan, &found) {
+        printer.out(&restore_plan(&recorded, found));
         return Ok(ExitStatus::Success);
     }
     if resumed.is_none() {
@@ -159,25 +160,30 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     Ok(ExitStatus::Success)
 }
 
-/// What `restore` would do, for `--plan`: the recovery point, each phase and its downtime, and
-/// what is kept.
-async fn restore_plan(
+/// The recovery point, if it is a backup of one of the stack's file systems: a restore never
+/// brings in someone else's data.
+async fn stack_point(
     ctx: &crate::aws::Ctx,
     recorded: &state::State,
-    file_system_arn: &str,
     point: &str,
-) -> Result<String, CliError> {
-    let points = backup::recovery_points(ctx, file_system_arn).await?;
-    let Some(found) = points.iter().find(|p| p.arn == point) else {
-        return Err(UserError(format!(
-            "{point} is not a recovery point of this stack's file system\n    help: `gitlab-provision backup list` shows them"
+) -> Result<backup::RecoveryPoint, CliError> {
+    let points = backup::stack_recovery_points(ctx, &recorded.resources).await?;
+    points.into_iter().find(|p| p.arn == point).ok_or_else(|| {
+        UserError(format!(
+            "{point} is not a recovery point of this stack's file systems\n    help: `gitlab-provision backup list` shows them"
         ))
-        .into());
-    };
+        .into()
+    })
+}
+
+/// What `restore` would do, for `--plan`: the recovery point, each phase and its downtime, and
+/// what is kept.
+fn restore_plan(recorded: &state::State, found: &backup::RecoveryPoint) -> String {
+    let point = &found.arn;
     let current = recorded.resources.get(keys::FILE_SYSTEM).and_then(|r| r.id.clone()).unwrap_or_default();
     let taken: BTreeSet<&String> = recorded.resources.keys().collect();
     let slot = (1..).map(|n| format!("{PREVIOUS}-{n}")).find(|k| !taken.contains(k)).unwrap_or_default();
-    Ok([
+    [
         format!("the restore of {point} (taken {}, {}) would:", minute_utc(&found.created), human_bytes(found.bytes)),
         "  - restore it into a new file system (an AWS Backup restore job; GitLab keeps running meanwhile)".into(),
         "  - stop GitLab (downtime starts)".into(),
@@ -186,7 +192,7 @@ async fn restore_plan(
         format!("  keeps: the current file system {current}, as {slot} (retained, billed until you remove it); the root password"),
         "nothing was changed; run it without --plan to restore".into(),
     ]
-    .join("\n"))
+    .join("\n")
 }
 
 /// The restored file system becomes the stack's; the one it replaces is kept as retained under

@@ -26,9 +26,7 @@ pub struct StatusReport {
     /// What has the stack's names but is not its own (with `--discover`).
     pub conflicts: Vec<Conflict>,
     /// The running GitLab, when the stack has a service.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gitlab: Option<Health>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh: Option<String>,
 }
 

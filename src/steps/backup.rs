@@ -150,6 +150,8 @@ pub async fn points_in_vault(ctx: &Ctx, name: &str) -> anyhow::Result<i64> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RecoveryPoint {
     pub arn: String,
+    /// The file system it is a copy of (the current one, or one a restore replaced).
+    pub file_system: String,
     pub vault: String,
     pub created: String,
     pub bytes: i64,
@@ -173,12 +175,29 @@ pub async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result
             let vault = point.backup_vault_name().unwrap_or_default().to_string();
             points.push(RecoveryPoint {
                 arn: point.recovery_point_arn().unwrap_or_default().to_string(),
+                file_system: file_system_arn.to_string(),
                 on_demand: vault == vault_name(&ctx.tags.stack),
                 vault,
                 created: rfc3339(point.creation_date()),
                 bytes: point.backup_size_bytes().unwrap_or(0),
                 status: point.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
             });
+        }
+    }
+    points.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(points)
+}
+
+/// The recovery points of every file system the stack records (a restore keeps the one it
+/// replaced, and its backups stay restorable), newest first.
+pub async fn stack_recovery_points(
+    ctx: &Ctx,
+    records: &std::collections::BTreeMap<String, ResourceRecord>,
+) -> anyhow::Result<Vec<RecoveryPoint>> {
+    let mut points = Vec::new();
+    for record in records.values().filter(|r| r.kind == Kind::FileSystem.as_str()) {
+        if let Some(arn) = record.attr("arn") {
+            points.extend(recovery_points(ctx, arn).await?);
         }
     }
     points.sort_by(|a, b| b.created.cmp(&a.created));
