@@ -176,7 +176,7 @@ async fn profiles_work_as_in_the_aws_cli() {
     tool.write(
         "aws-config",
         &format!(
-            "[profile cp]\ncredential_process = {}\nregion = us-east-1\n\n[profile sso]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = Admin\nregion = us-east-1\n\n[sso-session corp]\nsso_start_url = https://example.awsapps.com/start\nsso_region = us-east-1\n",
+            "[profile cp]\ncredential_process = {}\nregion = us-east-1\n\n[profile sso]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = Admin\nregion = us-east-1\n\n[sso-session corp]\nsso_start_url = https://example.awsapps.com/start\nsso_region = us-east-1\n\n[profile web]\nlogin_session = arn:aws:iam::123456789012:user/Admin\nregion = us-east-1\n",
             script.display()
         ),
     );
@@ -197,6 +197,9 @@ async fn profiles_work_as_in_the_aws_cli() {
     let run = tool.run_with(&["status", "--stack", "p", "--profile", "sso"], &no_env_creds).fails_with(2);
     assert!(run.stderr.contains("aws sso login --profile sso"), "{}", run.stderr);
     assert!(!run.stderr.contains("feature"), "{}", run.stderr);
+    // `aws login` (console credentials): likewise the friendly error, not a missing feature.
+    let run = tool.run_with(&["status", "--stack", "p", "--profile", "web"], &no_env_creds).fails_with(2);
+    assert!(run.stderr.contains("aws login --profile web") && !run.stderr.contains("feature"), "{}", run.stderr);
     // An unknown profile lists the ones that exist.
     let run = tool.run(&["status", "--stack", "p", "--profile", "nope"]).fails_with(2);
     assert!(run.stderr.contains("cp") && run.stderr.contains("sso"), "{}", run.stderr);

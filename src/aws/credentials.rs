@@ -37,6 +37,8 @@ pub enum ConnectError {
     NoCredentials { tried: String, help: String, detail: String },
     #[error("the IAM Identity Center (SSO) session of profile {profile:?} is not signed in or has expired{}\n    help: run `aws sso login --profile {profile}`, then try again", parenthesized(.detail))]
     SsoLoginNeeded { profile: String, detail: String },
+    #[error("the console sign-in session (`aws login`) of profile {profile:?} is not signed in or has expired{}\n    help: run `aws login --profile {profile}`, then try again", parenthesized(.detail))]
+    LoginNeeded { profile: String, detail: String },
     #[error("AWS refused the credentials{}: {detail}\n    help: {help}", profile_note(.profile))]
     Refused { profile: Option<String>, detail: String, help: String },
     #[error(
@@ -66,6 +68,14 @@ fn parenthesized(detail: &str) -> String {
 
 fn profile_note(profile: &Option<String>) -> String {
     profile.as_ref().map(|p| format!(" of profile {p:?}")).unwrap_or_default()
+}
+
+/// Whether the profile a run uses (named, else AWS_PROFILE, else default) signs in with
+/// `aws login` (a `login_session` in the config file).
+async fn uses_login_session(profile: Option<&str>) -> bool {
+    let name = profile.map(str::to_string).or_else(|| std::env::var("AWS_PROFILE").ok()).unwrap_or("default".into());
+    let set = aws_config::profile::load(&Fs::real(), &Env::real(), &EnvConfigFiles::default(), None).await;
+    set.ok().and_then(|s| s.get_profile(&name).map(|p| p.get("login_session").is_some())).unwrap_or(false)
 }
 
 /// The profiles the AWS config and credentials files define.
@@ -174,7 +184,14 @@ pub async fn connect(region: Option<&str>, profile: Option<&str>) -> Result<(Cli
             let partition = arn.split(':').nth(1).filter(|p| !p.is_empty()).unwrap_or("aws").to_string();
             Identity { account: out.account().unwrap_or_default().to_string(), arn, partition }
         }
-        Err(err) => return Err(classify(&err, &err.code().map(str::to_string), profile)),
+        Err(err) => {
+            return Err(match classify(&err, &err.code().map(str::to_string), profile) {
+                ConnectError::NoCredentials { detail, .. } if uses_login_session(profile).await => {
+                    ConnectError::LoginNeeded { profile: profile.unwrap_or("default").to_string(), detail }
+                }
+                other => other,
+            });
+        }
     };
     Ok((clients, identity))
 }
