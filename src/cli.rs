@@ -17,7 +17,7 @@ Examples:
   gitlab-provision down                            remove the stack (asks for its name)
 
 Credentials come from the AWS SDK's chain (environment, profiles, IAM Identity Center,
-credential_process); --profile NAME uses that profile whatever the environment holds.";
+credential_process, aws login); --profile NAME uses that profile whatever the environment holds.";
 
 const UP_EXAMPLES: &str = "\
 Examples:
