@@ -104,6 +104,8 @@ async fn user_chosen_zones_that_cannot_hold_a_nat_instance_are_refused_before_an
         ))
         .fails_with(2);
     assert!(run.stderr.contains("us-east-1e does not offer t4g.nano"), "{}", run.stderr);
+    // The fix names a key the configuration has.
+    assert!(run.stderr.contains("use_nat_instance = false"), "{}", run.stderr);
     assert!(run.stderr.contains("nothing was created"), "{}", run.stderr);
     assert!(emu.calls().iter().all(|c| !c.mutating), "{:?}", emu.calls());
     // The zones the tool picks itself offer it (moto's data lacks t4g in us-east-1e as AWS's does).

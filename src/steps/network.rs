@@ -193,24 +193,31 @@ impl StepAction<Ctx> for CheckZones {
             );
         }
         if let Some(instance_type) = self.instance_type {
-            let offered = call(
-                ec2.describe_instance_type_offerings()
-                    .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
-                    .filters(Filter::builder().name("instance-type").values(instance_type).build())
-                    .send(),
-                || format!("listing the zones that offer {instance_type}"),
-            )
-            .await?;
-            let offering: Vec<&str> = offered.instance_type_offerings().iter().filter_map(|o| o.location()).collect();
-            if let Some(lacking) = self.zones.iter().find(|z| !offering.contains(&z.as_str())) {
+            let offering = zones_offering(ctx, instance_type).await?;
+            if let Some(lacking) = self.zones.iter().find(|z| !offering.contains(z)) {
                 anyhow::bail!(
-                    "{chosen}: {lacking} does not offer {instance_type}, the NAT instance's type\n    help: choose zones that do ({}), or nat = \"gateway\"",
+                    "{chosen}: {lacking} does not offer {instance_type}, the NAT instance's type\n    help: choose zones that do ({}), or use_nat_instance = false",
                     offering.join(", ")
                 );
             }
         }
         Ok(Summary::new(format!("{} and {} can hold the stack", self.zones[0], self.zones[1]), false))
     }
+}
+
+/// The region's zones that offer an instance type (a NAT instance cannot start elsewhere).
+async fn zones_offering(ctx: &Ctx, instance_type: &str) -> anyhow::Result<Vec<String>> {
+    let offered = call(
+        ctx.aws
+            .ec2
+            .describe_instance_type_offerings()
+            .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+            .filters(Filter::builder().name("instance-type").values(instance_type).build())
+            .send(),
+        || format!("listing the zones that offer {instance_type}"),
+    )
+    .await?;
+    Ok(offered.instance_type_offerings().iter().filter_map(|o| o.location().map(str::to_string)).collect())
 }
 
 pub struct SubnetsStep {
@@ -248,16 +255,8 @@ impl SubnetsStep {
         let mut zones: Vec<String> =
             out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
         if let Some(instance_type) = self.instance_type {
-            let offered = call(
-                ec2.describe_instance_type_offerings()
-                    .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
-                    .filters(Filter::builder().name("instance-type").values(instance_type).build())
-                    .send(),
-                || format!("listing the zones that offer {instance_type}"),
-            )
-            .await?;
-            let offering: Vec<&str> = offered.instance_type_offerings().iter().filter_map(|o| o.location()).collect();
-            zones.retain(|z| offering.contains(&z.as_str()));
+            let offering = zones_offering(ctx, instance_type).await?;
+            zones.retain(|z| offering.contains(z));
         }
         zones.sort();
         zones.truncate(2);
