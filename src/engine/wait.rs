@@ -114,12 +114,12 @@ impl RetryPolicy {
     /// a dependency AWS has not noticed is gone).
     pub const EVENTUAL_CONSISTENCY: RetryPolicy =
         RetryPolicy { attempts: 10, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) };
-    /// About two minutes: what a service documents for a resource another one just created or
-    /// released (an IAM policy reaching Lambda, a certificate reaching ELB, a secret's name freed).
     /// 4-8 s: for a resource written moments ago that reads as missing (AWS's read-after-create
     /// window), before believing it deleted.
     pub const READ_AFTER_CREATE: RetryPolicy =
         RetryPolicy { attempts: 5, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(4) };
+    /// About two minutes: what a service documents for a resource another one just created or
+    /// released (an IAM policy reaching Lambda, a certificate reaching ELB, a secret's name freed).
     pub const PROPAGATION: RetryPolicy =
         RetryPolicy { attempts: 16, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) };
 }
