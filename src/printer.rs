@@ -253,9 +253,9 @@ impl Printer {
     }
 }
 
-/// An id as people read it. For an ARN, its resource part, at most its type and its last two names ("listener/app/s/1a/2b" ->
-/// "listener/…/1a/2b"): enough to tell the stack's resources apart at a glance; `--wide`
-/// shows the whole ARN.
+/// An id as people read it. For an ARN, its resource part, at most its type and its last two
+/// names ("listener/app/s/1a/2b" -> "listener/…/1a/2b"): enough to tell the stack's resources
+/// apart at a glance; `--wide` shows the whole ARN.
 pub fn short_id(id: &str) -> String {
     if !id.starts_with("arn:") {
         return id.to_string();

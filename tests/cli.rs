@@ -68,6 +68,12 @@ fn bad_configs_and_flags_are_refused_before_any_call() {
         (Some(OK_CIDR), vec!["up", "--task-cpu", "lots"], "--task-cpu"),
         (Some(OK_CIDR), vec!["up", "--no-such-flag"], "--no-such-flag"),
         (Some(OK_CIDR), vec!["up", "--config", "missing.toml"], "missing.toml"),
+        (
+            Some(OK_CIDR),
+            vec!["up", "--timings", "no-such-dir/t.json"],
+            "--timings no-such-dir/t.json: cannot write there",
+        ),
+        (Some(OK_CIDR), vec!["down", "--yes", "--timings", "no-such-dir/t.json"], "--timings no-such-dir/t.json"),
         (Some(OK_CIDR), vec!["plan", "--vpc-cidr", "10.0.0.0/8"], "vpc_cidr"),
         (Some(OK_CIDR), vec!["down", "--stack", "UPPER"], "stack"),
         (Some(OK_CIDR), vec!["status", "--stack=-x"], "stack"),

@@ -135,7 +135,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         state.remove_file()?;
     }
     if let Some(path) = &args.timings {
-        super::up::write_timings(path, &outcome.report)?;
+        super::write_timings(path, &outcome.report)?;
     }
     // Every file system the stack has had (a restore keeps the previous one): their backups stay.
     let recovery_points = if args.keep_data {

@@ -17,10 +17,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use anyhow::Context as _;
+
 use crate::aws::{self, Ctx, Tags};
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::{self, ConfigError, Settings, StackConfig, TagSource};
-use crate::engine::Interrupt;
+use crate::engine::{Interrupt, RunReport};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys;
 use crate::printer::Printer;
@@ -276,12 +278,19 @@ fn visible_len(text: &str) -> usize {
 /// run that takes no step reports: the file is valid JSON whichever way the run ends.
 fn check_writable(path: Option<&std::path::Path>) -> Result<(), CliError> {
     let Some(path) = path else { return Ok(()) };
-    std::fs::write(path, "{\n  \"timings\": []\n}\n").map_err(|e| {
+    write_timings(path, &RunReport::default()).map_err(|e| {
         CliError::usage(UserError(format!(
-            "--timings {}: cannot write there ({e}); nothing was done\n    help: name a file in a directory that exists and is writable",
-            path.display()
+            "--timings {}: cannot write there ({}); nothing was done\n    help: name a file in a directory that exists and is writable",
+            path.display(),
+            e.root_cause()
         )))
     })
+}
+
+/// Each step's start, finish and what it waited for, as JSON (`--timings`).
+fn write_timings(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("writing timings to {}", path.display()))
 }
 
 /// Escapes what the user typed before it reaches a terminal.

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
@@ -15,7 +14,7 @@ use crate::aws::Ctx;
 use crate::catalog::{self, Kinds};
 use crate::cli::{GlobalArgs, UpArgs};
 use crate::config::StackConfig;
-use crate::engine::{self, Event, Interrupt, Lives, Observer, RunError, RunOptions, RunReport, StepScope, Teardown};
+use crate::engine::{self, Event, Interrupt, Lives, Observer, RunError, RunOptions, StepScope, Teardown};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::printer::Printer;
 use crate::state::{self, LockedState, StateHandle};
@@ -186,7 +185,7 @@ pub async fn converge(
             .map_err(|e| CliError::failure(e).with_help("run `gitlab-provision up` again to finish removing them"))?;
     }
     if let Some(path) = &options.timings {
-        write_timings(path, &report)?;
+        super::write_timings(path, &report)?;
     }
     Ok(Converged { changed: true })
 }
@@ -229,7 +228,7 @@ fn run_failed(
         RunError::Graph(_) => None,
     };
     if let (Some(path), Some(report)) = (timings, report) {
-        let _ = write_timings(path, report);
+        let _ = super::write_timings(path, report);
     }
     match error {
         RunError::Failed { failures, not_started, preflight, .. } => {
@@ -381,9 +380,4 @@ fn report_up(
         }
     }
     Ok(())
-}
-
-pub fn write_timings(path: &std::path::Path, report: &RunReport) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(report)?;
-    std::fs::write(path, json).with_context(|| format!("writing timings to {}", path.display()))
 }
