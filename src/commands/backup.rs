@@ -12,8 +12,7 @@ use crate::cli::{BackupAction, BackupArgs, GlobalArgs};
 use crate::engine::{Event, Observer, StepScope};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys;
-use crate::printer::Printer;
-use crate::printer::{human_bytes, minute_utc};
+use crate::printer::{Printer, human_bytes, minute_utc};
 use crate::state::{self, LockedState, Operation, State, StateHandle};
 use crate::steps::{backup, service};
 

@@ -12,8 +12,7 @@ use crate::cli::{DownArgs, GlobalArgs};
 use crate::engine::{self, Interrupt, Live, Teardown, counted};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys::Kind;
-use crate::printer::minute_utc;
-use crate::printer::{Printer, Tone};
+use crate::printer::{Printer, Tone, minute_utc};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::backup;
 

@@ -12,8 +12,7 @@ use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::engine::{Interrupt, attrs};
 use crate::exit::{CliError, CliResult, ExitStatus, UserError};
 use crate::keys::{self, Kind};
-use crate::printer::Printer;
-use crate::printer::{human_bytes, minute_utc};
+use crate::printer::{Printer, human_bytes, minute_utc};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::{backup, service, storage};
 
@@ -43,10 +42,13 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     let cfg = recorded_config(global, &recorded)?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), &printer).await?;
     let t = targets(&recorded)?;
-    let found = if resumed.is_none() || args.plan { Some(stack_point(&ctx, &recorded, &point).await?) } else { None };
-    if let (true, Some(found)) = (args.plan, &found) {
-        printer.out(&restore_plan(&recorded, found));
-        return Ok(ExitStatus::Success);
+    // A resumed restore checked its point when it started.
+    if resumed.is_none() || args.plan {
+        let found = stack_point(&ctx, &recorded, &point).await?;
+        if args.plan {
+            printer.out(&restore_plan(&recorded, &found));
+            return Ok(ExitStatus::Success);
+        }
     }
     if resumed.is_none() {
         confirm_restore(&printer, &point, args.yes)?;
