@@ -105,9 +105,8 @@ impl Rule {
     }
 }
 
-/// Every ingress rule a live group has, in canonical form.
-/// The group's ingress rules, canonical form -> the description AWS holds for it (revoking a
-/// rule with its own description matches it whatever the service's matching rules).
+/// Every ingress rule a live group has: its canonical form -> the description AWS holds for it
+/// (revoking a rule with its own description matches it whatever the service's matching rules).
 fn live_rules(group: &SecurityGroup) -> BTreeMap<String, String> {
     group
         .ip_permissions()
