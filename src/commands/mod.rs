@@ -61,18 +61,27 @@ fn file_settings(global: &GlobalArgs) -> Result<Settings, ConfigError> {
     Ok(file.overlay(Settings { stack: global.stack.clone(), region: global.region.clone(), ..Default::default() }))
 }
 
+/// The configuration of `up` and `plan`.
+struct Configured {
+    cfg: StackConfig,
+    /// The file's image tag, when a flag gave another one.
+    contradicted_tag: Option<String>,
+    /// The settings as given (file, global flags, the command's flags), before defaults.
+    applied: Settings,
+}
+
 /// The full configuration for `up` and `plan`: file, global flags, then the command's flags.
-/// Also says whether the image tag came from a flag that the file contradicts.
-fn stack_config(global: &GlobalArgs, flags: Settings) -> Result<(StackConfig, Option<String>), ConfigError> {
+fn stack_config(global: &GlobalArgs, flags: Settings) -> Result<Configured, ConfigError> {
     let file = file_settings(global)?;
     let file_tag = file.gitlab_image_tag.clone();
     let flag_tag = flags.gitlab_image_tag.is_some();
-    let mut cfg = config::validate(&file.overlay(flags))?;
+    let applied = file.overlay(flags);
+    let mut cfg = config::validate(&applied)?;
     if flag_tag {
         cfg.tag_source = TagSource::Flag;
     }
-    let contradicted = file_tag.filter(|t| flag_tag && *t != cfg.gitlab_image_tag);
-    Ok((cfg, contradicted))
+    let contradicted_tag = file_tag.filter(|t| flag_tag && *t != cfg.gitlab_image_tag);
+    Ok(Configured { cfg, contradicted_tag, applied })
 }
 
 /// The configuration day-two commands (upgrade, restore) converge with: what `up` last applied,

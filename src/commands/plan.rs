@@ -410,8 +410,8 @@ impl PlanReport {
 
 pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     let exit_on_error = |status: ExitStatus| if args.detailed_exitcode { ExitStatus::Failure } else { status };
-    let (mut cfg, _) =
-        stack_config(global, args.settings).map_err(|e| CliError::new(exit_on_error(ExitStatus::Usage), e))?;
+    let mut cfg =
+        stack_config(global, args.settings).map_err(|e| CliError::new(exit_on_error(ExitStatus::Usage), e))?.cfg;
     let printer = Printer::new(global, false);
     let recorded = state::read(&global.state_dir, &cfg.stack)?.filter(|s| !s.resources.is_empty());
     // Only an existing stack needs AWS: a new one is all "create", and plan works offline.

@@ -44,8 +44,7 @@ pub struct Converged {
 }
 
 pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> CliResult {
-    let applied = super::file_settings(global)?.overlay(args.settings.clone());
-    let (cfg, contradicted) = stack_config(global, args.settings)?;
+    let super::Configured { cfg, contradicted_tag: contradicted, applied } = stack_config(global, args.settings)?;
     check_writable(args.timings.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.json));
     for warning in cfg.warnings() {
