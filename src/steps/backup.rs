@@ -164,8 +164,8 @@ fn rfc3339(time: Option<&aws_smithy_types::DateTime>) -> String {
     time.and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()).unwrap_or_default()
 }
 
-/// Every recovery point of a file system, newest first.
-pub async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result<Vec<RecoveryPoint>> {
+/// Every recovery point of a file system.
+async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result<Vec<RecoveryPoint>> {
     let mut points = Vec::new();
     let mut pages =
         ctx.aws.backup.list_recovery_points_by_resource().resource_arn(file_system_arn).into_paginator().send();
@@ -184,7 +184,6 @@ pub async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result
             });
         }
     }
-    points.sort_by(|a, b| b.created.cmp(&a.created));
     Ok(points)
 }
 
