@@ -660,7 +660,7 @@ async fn up_wait_follows_the_task_through_its_first_boot_until_the_load_balancer
     assert!(run.stderr.contains("task PROVISIONING") || run.stderr.contains("task PENDING"), "{}", run.stderr);
     assert!(run.stderr.contains("task RUNNING") && run.stderr.contains("reports GitLab healthy"), "{}", run.stderr);
     // One task, never replaced mid-boot: the grace period covers the first boot.
-    let tasks = emu.calls().iter().filter(|c| c.rule.as_deref() == Some("failed-health-checks")).count();
+    let tasks = emu.rules_fired().iter().filter(|rule| *rule == "failed-health-checks").count();
     assert_eq!(tasks, 0, "a task was stopped for failing health checks during its first boot");
     let tg = id(&tool.state("wait").unwrap(), "target-group");
     let aws = emu.aws_clients();

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 pub const REGION: &str = "us-east-1";
 
+/// The capture's `service` for the strict model's own events (see harness/emulator.py).
+const MODEL_EVENTS: &str = "model";
+
 /// Percent-decoding, for documents IAM returns URL-encoded.
 pub fn url_decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -101,8 +104,15 @@ impl Emulator {
         }
     }
 
-    /// The calls the tool made through the proxy so far.
+    /// The calls the tool made through the proxy so far. The strict model's own events (an
+    /// interface released minutes after its owner went, a task stopped) are left out: they fire
+    /// on the model's clock, so they can land between any two commands; `rules_fired` has them.
     pub fn calls(&self) -> Vec<Call> {
+        self.capture().into_iter().filter(|c| c.service != MODEL_EVENTS).collect()
+    }
+
+    /// Everything captured: the tool's calls and the strict model's events.
+    fn capture(&self) -> Vec<Call> {
         let text = std::fs::read_to_string(self.dir.path().join("capture.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -140,7 +150,7 @@ impl Emulator {
 
     /// The rules of the strict model that refused a call or acted on their own so far.
     pub fn rules_fired(&self) -> Vec<String> {
-        self.calls().into_iter().filter_map(|c| c.rule).collect()
+        self.capture().into_iter().filter_map(|c| c.rule).collect()
     }
 
     pub async fn ec2(&self) -> aws_sdk_ec2::Client {
