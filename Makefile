@@ -22,7 +22,7 @@ emulator: $(VENV)/.installed
 # end-to-end tests of the real binary against the emulator.
 test: $(VENV)/.installed
 	cd lambda-efs-init && ../$(VENV)/bin/python -m unittest -v test_handler 2>&1
-	$(CARGO) test --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast
 
 # The full life of a stack against a local emulator: up -> status -> up (converged) -> down.
 demo: $(VENV)/.installed build
@@ -35,7 +35,7 @@ bench: $(VENV)/.installed build
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt

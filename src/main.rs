@@ -4,13 +4,14 @@ mod cli;
 mod commands;
 mod config;
 mod cost;
-mod engine;
 mod exit;
 mod gitlab_version;
-mod keys;
 mod printer;
-mod state;
 mod steps;
+
+// The ground floor, a crate of its own (no AWS SDK): reached as crate::engine, crate::keys and
+// crate::state like the rooms above it.
+use ground::{engine, keys, state};
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
