@@ -170,16 +170,27 @@ impl fmt::Display for Invalid {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "config file {0} does not exist\n    help: create it (`gitlab-provision init`), or drop --config to use ./{DEFAULT_CONFIG_FILE} or flags only"
-    )]
+    #[error("config file {0} does not exist")]
     Missing(PathBuf),
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path} is not valid: {message}\n    help: {help}")]
+    #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String, help: String },
     #[error("invalid configuration:\n{}", list(.0))]
     Invalid(Vec<Invalid>),
+}
+
+impl ground::Help for ConfigError {
+    fn help(&self) -> Option<String> {
+        match self {
+            ConfigError::Missing(_) => Some(format!(
+                "create it (`gitlab-provision init`), or drop --config to use ./{DEFAULT_CONFIG_FILE} or flags only"
+            )),
+            ConfigError::Parse { help, .. } => Some(help.clone()),
+            // Each invalid key carries its own help in the list.
+            ConfigError::Read { .. } | ConfigError::Invalid(_) => None,
+        }
+    }
 }
 
 fn list(problems: &[Invalid]) -> String {

@@ -33,10 +33,33 @@ impl ExitStatus {
     }
 }
 
-/// A mistake by the user (not AWS's or ours), found before anything changed.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UserError(pub String);
+pub use ground::{Diagnostic, Help};
+
+/// The help an error carries: its own (a [`Diagnostic`] or a typed error that knows what to do),
+/// or that of the first error in its chain that has one. The one place that knows which error
+/// types carry help.
+pub fn help_in(error: &anyhow::Error) -> Option<String> {
+    error.chain().find_map(|e| {
+        let as_help: Option<&dyn Help> = if let Some(d) = e.downcast_ref::<Diagnostic>() {
+            Some(d)
+        } else if let Some(e) = e.downcast_ref::<StateError>() {
+            Some(e)
+        } else if let Some(e) = e.downcast_ref::<ConfigError>() {
+            Some(e)
+        } else if let Some(e) = e.downcast_ref::<ConnectError>() {
+            Some(e)
+        } else if let Some(e) = e.downcast_ref::<crate::gitlab_version::VersionError>() {
+            Some(e)
+        } else if let Some(e) = e.downcast_ref::<crate::engine::NotOurs>() {
+            Some(e)
+        } else if let Some(e) = e.downcast_ref::<crate::steps::service::NotHealthy>() {
+            Some(e)
+        } else {
+            None
+        };
+        as_help.and_then(Help::help)
+    })
+}
 
 /// A failed run: the error, its class, and lines that say where things stand.
 #[derive(Debug)]
@@ -85,8 +108,10 @@ impl From<ConfigError> for CliError {
     }
 }
 
-impl From<UserError> for CliError {
-    fn from(error: UserError) -> Self {
+/// A diagnostic returned as such is a refusal or a mistake of the user's, found before anything
+/// changed (a diagnostic inside a failed step's error is that step's failure).
+impl From<Diagnostic> for CliError {
+    fn from(error: Diagnostic) -> Self {
         CliError::usage(error)
     }
 }

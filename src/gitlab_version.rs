@@ -145,14 +145,28 @@ pub enum Hop {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
     #[error(
-        "gitlab_image_tag {to} is older than the {from} GitLab runs: GitLab cannot be downgraded once its database has migrated\n    help: set gitlab_image_tag = \"{from}\" (or remove it: the running version is kept); to go back in time, restore a backup taken before the upgrade (`gitlab-provision backup list`)"
+        "gitlab_image_tag {to} is older than the {from} GitLab runs: GitLab cannot be downgraded once its database has migrated"
     )]
     Downgrade { from: Version, to: Version },
     #[error(
-        "GitLab {from} cannot go to {to} in one step: it must stop at {}\n    path: {}\n    help: upgrade one stop at a time with `gitlab-provision upgrade --to {to} --via {}` (pick each stop's latest patch from https://hub.docker.com/r/gitlab/gitlab-ce/tags), letting background migrations finish between stops",
-        list(.stops), path(.from, .stops, .to), vias(.stops)
+        "GitLab {from} cannot go to {to} in one step: it must stop at {}\n    path: {}",
+        list(.stops), path(.from, .stops, .to)
     )]
     AcrossStops { from: Version, to: Version, stops: Vec<Stop> },
+}
+
+impl ground::Help for VersionError {
+    fn help(&self) -> Option<String> {
+        Some(match self {
+            VersionError::Downgrade { from, .. } => format!(
+                "set gitlab_image_tag = \"{from}\" (or remove it: the running version is kept); to go back in time, restore a backup taken before the upgrade (`gitlab-provision backup list`)"
+            ),
+            VersionError::AcrossStops { to, stops, .. } => format!(
+                "upgrade one stop at a time with `gitlab-provision upgrade --to {to} --via {}` (pick each stop's latest patch from https://hub.docker.com/r/gitlab/gitlab-ce/tags), letting background migrations finish between stops",
+                vias(stops)
+            ),
+        })
+    }
 }
 
 fn list(stops: &[Stop]) -> String {
@@ -245,8 +259,15 @@ mod tests {
 
     #[test]
     fn a_refusal_prints_the_path_and_the_next_command() {
-        let err = UpgradePath::shipped().check(v("19.4.1-ce.0"), v("19.9.0-ce.0")).unwrap_err().to_string();
-        assert!(err.contains("19.4.1-ce.0 -> the latest 19.5 patch -> the latest 19.8 patch -> 19.9.0-ce.0"), "{err}");
-        assert!(err.contains("gitlab-provision upgrade --to 19.9.0-ce.0 --via 19.5.X-ce.0 --via 19.8.X-ce.0"), "{err}");
+        let err = UpgradePath::shipped().check(v("19.4.1-ce.0"), v("19.9.0-ce.0")).unwrap_err();
+        let (message, help) = (err.to_string(), ground::Help::help(&err).unwrap_or_default());
+        assert!(
+            message.contains("19.4.1-ce.0 -> the latest 19.5 patch -> the latest 19.8 patch -> 19.9.0-ce.0"),
+            "{message}"
+        );
+        assert!(
+            help.contains("gitlab-provision upgrade --to 19.9.0-ce.0 --via 19.5.X-ce.0 --via 19.8.X-ce.0"),
+            "{help}"
+        );
     }
 }

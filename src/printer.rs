@@ -179,14 +179,10 @@ impl Printer {
     /// where things stand, then one line saying what to do next.
     pub fn error(&self, failure: &CliError) {
         self.clear_bars();
-        let text = format!("{:#}", failure.error);
-        let (cause, own_help) = match text.split_once("\n    help: ") {
-            Some((cause, help)) => (cause.to_string(), Some(help.to_string())),
-            None => (text, None),
-        };
+        let cause = format!("{:#}", failure.error);
         let mut lines = vec![format!("{} {}", self.paint("error:", Tone::Bad), cause)];
         lines.extend(failure.context.iter().map(|c| format!("  {c}")));
-        if let Some(help) = failure.help.clone().or(own_help) {
+        if let Some(help) = failure.help.clone().or_else(|| crate::exit::help_in(&failure.error)) {
             lines.push(format!("{} {help}", self.paint("help:", Tone::Bold)));
         }
         eprintln!("{}", lines.join("\n"));

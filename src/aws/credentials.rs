@@ -27,24 +27,39 @@ pub struct Identity {
 /// Signing in failed in a way the user fixes (exit 2), or AWS could not be reached (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error(
-        "no AWS region is configured\n    help: set region in gitlab-provision.toml, pass --region, or set AWS_REGION"
-    )]
+    #[error("no AWS region is configured")]
     NoRegion,
-    #[error("AWS profile {name:?} does not exist in your AWS config files{}\n    help: use one of the profiles listed, or create it with `aws configure --profile {name}` (or `aws configure sso --profile {name}`)", known_profiles(.known))]
+    #[error("AWS profile {name:?} does not exist in your AWS config files{}", known_profiles(.known))]
     UnknownProfile { name: String, known: Vec<String> },
-    #[error("no AWS credentials were found{}\n    tried: {tried}\n    help: {help}", parenthesized(.detail))]
+    #[error("no AWS credentials were found{}\n    tried: {tried}", parenthesized(.detail))]
     NoCredentials { tried: String, help: String, detail: String },
-    #[error("the IAM Identity Center (SSO) session of profile {profile:?} is not signed in or has expired{}\n    help: run `aws sso login --profile {profile}`, then try again", parenthesized(.detail))]
+    #[error("the IAM Identity Center (SSO) session of profile {profile:?} is not signed in or has expired{}", parenthesized(.detail))]
     SsoLoginNeeded { profile: String, detail: String },
-    #[error("the console sign-in session (`aws login`) of profile {profile:?} is not signed in or has expired{}\n    help: run `aws login --profile {profile}`, then try again", parenthesized(.detail))]
+    #[error("the console sign-in session (`aws login`) of profile {profile:?} is not signed in or has expired{}", parenthesized(.detail))]
     LoginNeeded { profile: String, detail: String },
-    #[error("AWS refused the credentials{}: {detail}\n    help: {help}", profile_note(.profile))]
+    #[error("AWS refused the credentials{}: {detail}", profile_note(.profile))]
     Refused { profile: Option<String>, detail: String, help: String },
-    #[error(
-        "cannot reach AWS STS to check who the credentials are: {0}\n    help: check the network (and AWS_ENDPOINT_URL if you set it), then try again"
-    )]
+    #[error("cannot reach AWS STS to check who the credentials are: {0}")]
     Unreachable(String),
+}
+
+impl ground::Help for ConnectError {
+    fn help(&self) -> Option<String> {
+        Some(match self {
+            ConnectError::NoRegion => "set region in gitlab-provision.toml, pass --region, or set AWS_REGION".into(),
+            ConnectError::UnknownProfile { name, .. } => format!(
+                "use one of the profiles listed, or create it with `aws configure --profile {name}` (or `aws configure sso --profile {name}`)"
+            ),
+            ConnectError::NoCredentials { help, .. } | ConnectError::Refused { help, .. } => help.clone(),
+            ConnectError::SsoLoginNeeded { profile, .. } => {
+                format!("run `aws sso login --profile {profile}`, then try again")
+            }
+            ConnectError::LoginNeeded { profile, .. } => format!("run `aws login --profile {profile}`, then try again"),
+            ConnectError::Unreachable(_) => {
+                "check the network (and AWS_ENDPOINT_URL if you set it), then try again".into()
+            }
+        })
+    }
 }
 
 impl ConnectError {

@@ -10,7 +10,7 @@ use super::{confirm, connect, recorded_stack, refuse_other_operation, short_id, 
 use crate::aws::Ctx;
 use crate::cli::{BackupAction, BackupArgs, GlobalArgs};
 use crate::engine::{Event, Observer, StepScope};
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys;
 use crate::printer::{Printer, human_bytes, minute_utc};
 use crate::state::{self, LockedState, Operation, State, StateHandle};
@@ -32,12 +32,12 @@ pub fn targets(state: &State) -> Result<Targets, CliError> {
             None => record.id.clone(),
         }
     };
-    let missing = |what: &str| {
-        CliError::usage(UserError(format!(
-            "stack {} has no {what} recorded\n    help: run `gitlab-provision up` first: it creates the backup vault and role as part of the stack",
-            state.stack
-        )))
-    };
+    let missing =
+        |what: &str| {
+            CliError::usage(Diagnostic::new(format!("stack {} has no {what} recorded", state.stack)).with_help(
+                "run `gitlab-provision up` first: it creates the backup vault and role as part of the stack",
+            ))
+        };
     Ok(Targets {
         cluster: get(keys::SERVICE, Some("cluster")),
         file_system_arn: get(keys::FILE_SYSTEM, Some("arn")).ok_or_else(|| missing("file system"))?,
@@ -228,7 +228,7 @@ struct Points<'a> {
 
 async fn list(ctx: &Ctx, recorded: &State, printer: &Printer, json: bool) -> CliResult {
     let Some(arn) = recorded.resources.get(keys::FILE_SYSTEM).and_then(|r| r.attr("arn")) else {
-        return Err(UserError(format!("stack {} has no file system recorded", recorded.stack)).into());
+        return Err(Diagnostic::new(format!("stack {} has no file system recorded", recorded.stack)).into());
     };
     let points = backup::stack_recovery_points(ctx, &recorded.resources).await?;
     if json {

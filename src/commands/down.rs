@@ -10,7 +10,7 @@ use super::{bind_account, check_writable, connect, short_id, stack_name};
 use crate::catalog::{self, Kinds};
 use crate::cli::{DownArgs, GlobalArgs};
 use crate::engine::{self, Interrupt, Live, Teardown, counted};
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys::Kind;
 use crate::printer::{Printer, Tone, minute_utc};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
@@ -44,11 +44,9 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         && !recorded.resources.is_empty()
         && recorded.region != *region
     {
-        return Err(UserError(format!(
-            "stack {stack} lives in {}, not {region}\n    help: drop --region (down uses the stack's own region)",
-            recorded.region
-        ))
-        .into());
+        return Err(Diagnostic::new(format!("stack {stack} lives in {}, not {region}", recorded.region))
+            .with_help("drop --region (down uses the stack's own region)")
+            .into());
     }
     let has_records = recorded.as_ref().is_some_and(|s| !s.resources.is_empty());
     if has_records && !args.yes && !printer.can_ask() {
@@ -235,19 +233,19 @@ fn refuse_to_forget(
         if answer == "forget" {
             return Ok(());
         }
-        return Err(UserError("nothing was deleted; the state is unchanged".into()).into());
+        return Err(Diagnostic::new("nothing was deleted; the state is unchanged").into());
     }
-    Err(UserError(format!(
-        "{what}; nothing was deleted and the state is unchanged\n    help: check `gitlab-provision status` with the stack's own credentials and region; if they really are gone, run `gitlab-provision down --forget-missing`"
-    ))
-    .into())
+    Err(Diagnostic::new(format!("{what}; nothing was deleted and the state is unchanged"))
+        .with_help("check `gitlab-provision status` with the stack's own credentials and region; if they really are gone, run `gitlab-provision down --forget-missing`")
+        .into())
 }
 
 /// Deleting a stack deletes its data: ask for the stack name, and never assume a yes.
 fn no_terminal(stack: &str) -> CliError {
-    UserError(format!(
-        "refusing to delete stack {stack} without confirmation: there is no terminal to ask on; nothing was deleted\n    help: pass --yes to confirm"
+    Diagnostic::new(format!(
+        "refusing to delete stack {stack} without confirmation: there is no terminal to ask on; nothing was deleted"
     ))
+    .with_help("pass --yes to confirm")
     .into()
 }
 
@@ -263,9 +261,11 @@ fn confirm(stack: &str, printer: &Printer, count: usize, keeping_data: bool) -> 
     let answer = printer
         .ask(&format!("This deletes {count} resources of stack {stack}, {data}. Type the stack name to confirm:"))?;
     if answer != stack {
-        return Err(
-            UserError(format!("confirmation {:?} does not match {stack:?}; nothing was deleted", answer)).into()
-        );
+        return Err(Diagnostic::new(format!(
+            "confirmation {:?} does not match {stack:?}; nothing was deleted",
+            answer
+        ))
+        .into());
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::{connect, stack_name};
 use crate::cli::GlobalArgs;
-use crate::exit::{CliResult, ExitStatus, UserError};
+use crate::exit::{CliResult, Diagnostic, ExitStatus};
 use crate::keys;
 use crate::printer::Printer;
 use crate::state;
@@ -37,9 +37,8 @@ pub async fn run(global: &GlobalArgs, command: Option<Vec<String>>) -> CliResult
     let (stack, _) = stack_name(global)?;
     let printer = Printer::new(global, false);
     let plugin = on_path(PLUGIN).ok_or_else(|| {
-        UserError(format!(
-            "{PLUGIN} is not installed (ECS Exec needs it, as the AWS CLI does)\n    help: {PLUGIN_HELP}"
-        ))
+        Diagnostic::new(format!("{PLUGIN} is not installed (ECS Exec needs it, as the AWS CLI does)"))
+            .with_help(PLUGIN_HELP)
     })?;
     let recorded = state::read(&global.state_dir, &stack)?;
     let Some(cluster) = recorded
@@ -47,12 +46,19 @@ pub async fn run(global: &GlobalArgs, command: Option<Vec<String>>) -> CliResult
         .and_then(|s| s.resources.get(keys::SERVICE))
         .and_then(|r| r.attr("cluster").map(str::to_string))
     else {
-        return Err(UserError(format!("stack {stack} has no GitLab service recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)", global.state_dir.display())).into());
+        return Err(Diagnostic::new(format!(
+            "stack {stack} has no GitLab service recorded in {}",
+            global.state_dir.display()
+        ))
+        .with_help("run `gitlab-provision up` first (or pass --state-dir)")
+        .into());
     };
     let region = recorded.as_ref().map(|s| s.region.clone());
     let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
     let Some((task, runtime)) = running_task(&ctx, &cluster).await? else {
-        return Err(UserError("GitLab has no running task to connect to\n    help: `gitlab-provision status` says why; `gitlab-provision up` starts it".into()).into());
+        return Err(Diagnostic::new("GitLab has no running task to connect to")
+            .with_help("`gitlab-provision status` says why; `gitlab-provision up` starts it")
+            .into());
     };
     let line = match &command {
         Some(args) => shell_join(args),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::cli::{GlobalArgs, InitArgs};
 use crate::config::{self, DEFAULT_CONFIG_FILE, DEFAULT_GITLAB_IMAGE_TAG};
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::printer::Printer;
 
 /// What the file is written from.
@@ -85,11 +85,9 @@ fn ask_answers(printer: &Printer) -> anyhow::Result<Answers> {
 pub fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
     let path = global.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     if path.exists() && !args.force {
-        return Err(UserError(format!(
-            "{} already exists; it was left as it is\n    help: edit it, or pass --force to write a new one",
-            path.display()
-        ))
-        .into());
+        return Err(Diagnostic::new(format!("{} already exists; it was left as it is", path.display()))
+            .with_help("edit it, or pass --force to write a new one")
+            .into());
     }
     let printer = Printer::new(global, false);
     let answers = if !args.allowed_cidrs.is_empty() {
@@ -97,12 +95,16 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
     } else if printer.can_ask() {
         ask_answers(&printer)?
     } else {
-        return Err(UserError("init needs the networks allowed to reach GitLab, and there is no terminal to ask on\n    help: pass --allowed-cidr 203.0.113.0/24 (repeat for several)".into()).into());
+        return Err(Diagnostic::new(
+            "init needs the networks allowed to reach GitLab, and there is no terminal to ask on",
+        )
+        .with_help("pass --allowed-cidr 203.0.113.0/24 (repeat for several)")
+        .into());
     };
     let text = render(&answers);
     // What is written must be what `up` accepts.
     let settings = config::parse_toml(&text)
-        .map_err(|(message, help)| CliError::usage(anyhow::anyhow!("{message}\n    help: {help}")))?;
+        .map_err(|(message, help)| CliError::usage(Diagnostic::new(message).with_help(help)))?;
     config::validate(&settings)?;
     std::fs::write(&path, text)?;
     printer.out(&format!("wrote {}; next: `gitlab-provision plan`, then `gitlab-provision up`", path.display()));

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{connect, stack_name};
 use crate::cli::{GlobalArgs, LogsArgs};
 use crate::engine::Interrupt;
-use crate::exit::{CliResult, ExitStatus, UserError};
+use crate::exit::{CliResult, Diagnostic, ExitStatus};
 use crate::keys;
 use crate::printer::Printer;
 use crate::state;
@@ -33,14 +33,19 @@ fn rfc3339(millis: i64) -> String {
 
 pub async fn run(global: &GlobalArgs, args: LogsArgs, interrupt: Interrupt) -> CliResult {
     let since = humantime::parse_duration(&args.since).map_err(|e| {
-        UserError(format!("--since {:?}: {e}\n    help: write a duration like 10m, 2h or 1d", args.since))
+        Diagnostic::new(format!("--since {:?}: {e}", args.since)).with_help("write a duration like 10m, 2h or 1d")
     })?;
     let (stack, _) = stack_name(global)?;
     let printer = Printer::new(global, false);
     let recorded = state::read(&global.state_dir, &stack)?;
     let Some(group) = recorded.as_ref().and_then(|s| s.resources.get(keys::LOG_GROUP)).and_then(|r| r.id.clone())
     else {
-        return Err(UserError(format!("stack {stack} has no log group recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)", global.state_dir.display())).into());
+        return Err(Diagnostic::new(format!(
+            "stack {stack} has no log group recorded in {}",
+            global.state_dir.display()
+        ))
+        .with_help("run `gitlab-provision up` first (or pass --state-dir)")
+        .into());
     };
     debug_assert!(group == gitlab_log_group(&stack) || !group.is_empty());
     let region = recorded.as_ref().map(|s| s.region.clone());

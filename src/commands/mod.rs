@@ -23,7 +23,7 @@ use crate::aws::{self, Ctx, Tags};
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::{self, ConfigError, Settings, StackConfig, TagSource};
 use crate::engine::{Interrupt, RunReport};
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys;
 use crate::printer::Printer;
 pub use crate::printer::{short_id, shorten_arns};
@@ -118,11 +118,9 @@ fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigErr
 fn recorded_stack(global: &GlobalArgs, stack: &str) -> Result<State, CliError> {
     match crate::state::read(&global.state_dir, stack)? {
         Some(state) if !state.resources.is_empty() => Ok(state),
-        _ => Err(UserError(format!(
-            "stack {stack} has nothing recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)",
-            global.state_dir.display()
-        ))
-        .into()),
+        _ => Err(Diagnostic::new(format!("stack {stack} has nothing recorded in {}", global.state_dir.display()))
+            .with_help("run `gitlab-provision up` first (or pass --state-dir)")
+            .into()),
     }
 }
 
@@ -130,11 +128,9 @@ fn recorded_stack(global: &GlobalArgs, stack: &str) -> Result<State, CliError> {
 /// half done: each must be finished by running it again before another begins.
 fn refuse_other_operation(state: &State, kind: &str) -> Result<(), CliError> {
     match state.operation.as_ref().filter(|o| o.kind != kind) {
-        Some(op) => Err(UserError(format!(
-            "a {} is in progress (phase {})\n    help: run `gitlab-provision {}` again to finish it first",
-            op.kind, op.phase, op.kind
-        ))
-        .into()),
+        Some(op) => Err(Diagnostic::new(format!("a {} is in progress (phase {})", op.kind, op.phase))
+            .with_help(format!("run `gitlab-provision {}` again to finish it first", op.kind))
+            .into()),
         None => Ok(()),
     }
 }
@@ -147,14 +143,14 @@ fn confirm(printer: &Printer, what: &str, question: &str, yes: bool, help: &str)
         return Ok(());
     }
     if !printer.can_ask() {
-        return Err(UserError(format!("{what}\nnothing was done\n    help: {help}")).into());
+        return Err(Diagnostic::new(format!("{what}\nnothing was done")).with_help(help).into());
     }
     printer.warn(what);
     let answer = printer.ask(&format!("{} [y/N]", printer.paint(question, crate::printer::Tone::Bold)))?;
     if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
         Ok(())
     } else {
-        Err(UserError("nothing was done".into()).into())
+        Err(Diagnostic::new("nothing was done").into())
     }
 }
 
@@ -172,9 +168,13 @@ async fn connect(
         && let Some(account) = &state.account
         && *account != identity.account
     {
-        return Err(UserError(format!(
-            "stack {stack} lives in AWS account {account}, but these credentials are of account {} ({}); nothing was read or changed, the state is untouched\n    help: use credentials of account {account} (e.g. --profile NAME), or another --state-dir for a stack in account {}",
-            identity.account, identity.arn, identity.account
+        return Err(Diagnostic::new(format!(
+            "stack {stack} lives in AWS account {account}, but these credentials are of account {} ({}); nothing was read or changed, the state is untouched",
+            identity.account, identity.arn
+        ))
+        .with_help(format!(
+            "use credentials of account {account} (e.g. --profile NAME), or another --state-dir for a stack in account {}",
+            identity.account
         ))
         .into());
     }
@@ -288,11 +288,14 @@ fn visible_len(text: &str) -> usize {
 fn check_writable(path: Option<&std::path::Path>) -> Result<(), CliError> {
     let Some(path) = path else { return Ok(()) };
     write_timings(path, &RunReport::default()).map_err(|e| {
-        CliError::usage(UserError(format!(
-            "--timings {}: cannot write there ({}); nothing was done\n    help: name a file in a directory that exists and is writable",
-            path.display(),
-            e.root_cause()
-        )))
+        CliError::usage(
+            Diagnostic::new(format!(
+                "--timings {}: cannot write there ({}); nothing was done",
+                path.display(),
+                e.root_cause()
+            ))
+            .with_help("name a file in a directory that exists and is writable"),
+        )
     })
 }
 

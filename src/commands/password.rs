@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use super::{connect, stack_name};
 use crate::cli::GlobalArgs;
-use crate::exit::{CliResult, ExitStatus, UserError};
+use crate::exit::{CliResult, Diagnostic, ExitStatus};
 use crate::keys;
 use crate::printer::Printer;
 use crate::state;
@@ -17,7 +17,12 @@ pub async fn run(global: &GlobalArgs) -> CliResult {
     let recorded = state::read(&global.state_dir, &stack)?;
     let Some(secret) = recorded.as_ref().and_then(|s| s.resources.get(keys::ROOT_SECRET)).and_then(|r| r.id.clone())
     else {
-        return Err(UserError(format!("stack {stack} has no root secret recorded in {}\n    help: run `gitlab-provision up` first (or pass --state-dir)", global.state_dir.display())).into());
+        return Err(Diagnostic::new(format!(
+            "stack {stack} has no root secret recorded in {}",
+            global.state_dir.display()
+        ))
+        .with_help("run `gitlab-provision up` first (or pass --state-dir)")
+        .into());
     };
     let region = recorded.as_ref().map(|s| s.region.clone());
     let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;

@@ -25,7 +25,7 @@ pub struct PlanReport {
     pub stack: String,
     pub region: String,
     /// What `up` would refuse (settings that cannot change in place, a version off the upgrade path).
-    pub refused: Vec<String>,
+    pub refused: Vec<Refusal>,
     /// Exposure and other things a careful reader should know.
     pub warnings: Vec<String>,
     pub summary: Counts,
@@ -37,6 +37,30 @@ pub struct PlanReport {
     pub monthly_cost_change: Option<f64>,
     #[serde(skip)]
     pub show_all: bool,
+}
+
+/// One thing `up` would refuse, and what to do about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub problem: String,
+    /// What to do instead, when the refusal says it itself (a version's path).
+    pub help: Option<String>,
+    /// Why: a setting that cannot change, a version, or a recorded resource that is not the stack's.
+    pub reason: RefusalReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalReason {
+    FixedSetting,
+    Version,
+    NotOurs,
+}
+
+impl Refusal {
+    fn new(problem: impl Into<String>, reason: RefusalReason) -> Self {
+        Refusal { problem: problem.into(), help: None, reason }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -225,15 +249,18 @@ pub fn removals(steps: &[Step<Ctx>], records: &BTreeMap<String, ResourceRecord>)
 
 /// Refusals that do not depend on AWS: settings that cannot change in place, a version that
 /// is a downgrade or skips a required stop.
-pub fn refusals(cfg: &StackConfig, state: Option<&state::State>, region: &str, force_version: bool) -> Vec<String> {
+pub fn refusals(cfg: &StackConfig, state: Option<&state::State>, region: &str, force_version: bool) -> Vec<Refusal> {
     let Some(state) = state else { return vec![] };
-    let mut refused = catalog::replacements(state, &catalog::fixed_settings(cfg, region));
+    let mut refused: Vec<Refusal> = catalog::replacements(state, &catalog::fixed_settings(cfg, region))
+        .into_iter()
+        .map(|problem| Refusal::new(problem, RefusalReason::FixedSetting))
+        .collect();
     if !force_version
         && let Some(running) = running_version(&state.resources)
         && let Some(wanted) = crate::gitlab_version::Version::parse(&cfg.gitlab_image_tag)
         && let Err(e) = UpgradePath::shipped().check(running, wanted)
     {
-        refused.push(e.to_string());
+        refused.push(Refusal { problem: e.to_string(), help: ground::Help::help(&e), reason: RefusalReason::Version });
     }
     refused
 }
@@ -306,7 +333,7 @@ pub fn report(
             .iter()
             .flat_map(|s| s.resources.iter())
             .filter(|r| r.action == "refuse")
-            .map(|r| format!("{} {}; it is left alone", r.key, r.detail)),
+            .map(|r| Refusal::new(format!("{} {}; it is left alone", r.key, r.detail), RefusalReason::NotOurs)),
     );
     Ok(PlanReport {
         stack: cfg.stack.clone(),
@@ -328,8 +355,11 @@ impl PlanReport {
         let mut out = String::new();
         use fmt::Write as _;
         let _ = writeln!(out, "plan for stack {} in {}", self.stack, self.region);
-        for problem in &self.refused {
-            let _ = writeln!(out, "{} {problem}", paint("REFUSED:", Tone::Bad));
+        for refusal in &self.refused {
+            let _ = writeln!(out, "{} {}", paint("REFUSED:", Tone::Bad), refusal.problem);
+            if let Some(help) = &refusal.help {
+                let _ = writeln!(out, "  help: {help}");
+            }
         }
         let tone = |action: &str| match action {
             "create" | "re-create" | "resume" | "attach" => Tone::Good,

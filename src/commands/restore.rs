@@ -10,7 +10,7 @@ use super::{confirm, connect, recorded_config, recorded_stack, refuse_other_oper
 use crate::aws::call;
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::engine::{Interrupt, attrs};
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys::{self, Kind};
 use crate::printer::{Printer, human_bytes, minute_utc};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
@@ -27,16 +27,19 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     refuse_other_operation(&recorded, "restore")?;
     let point = match (&args.recovery_point, &resumed) {
         (Some(point), Some(op)) if op.attrs.get("point") != Some(point) => {
-            return Err(UserError(format!(
-                "a restore of {} is in progress; finish it first\n    help: run `gitlab-provision restore` without an argument to resume it",
+            return Err(Diagnostic::new(format!(
+                "a restore of {} is in progress; finish it first",
                 op.attrs.get("point").map(String::as_str).unwrap_or("?")
             ))
+            .with_help("run `gitlab-provision restore` without an argument to resume it")
             .into());
         }
         (Some(point), _) => point.clone(),
         (None, Some(op)) => op.attrs.get("point").cloned().unwrap_or_default(),
         (None, None) => {
-            return Err(UserError("restore needs the recovery point to bring back\n    help: `gitlab-provision backup list` shows them; pass one's ARN".into()).into());
+            return Err(Diagnostic::new("restore needs the recovery point to bring back")
+                .with_help("`gitlab-provision backup list` shows them; pass one's ARN")
+                .into());
         }
     };
     let cfg = recorded_config(global, &recorded)?;
@@ -171,10 +174,9 @@ async fn stack_point(
 ) -> Result<backup::RecoveryPoint, CliError> {
     let points = backup::stack_recovery_points(ctx, &recorded.resources).await?;
     points.into_iter().find(|p| p.arn == point).ok_or_else(|| {
-        UserError(format!(
-            "{point} is not a recovery point of this stack's file systems\n    help: `gitlab-provision backup list` shows them"
-        ))
-        .into()
+        Diagnostic::new(format!("{point} is not a recovery point of this stack's file systems"))
+            .with_help("`gitlab-provision backup list` shows them")
+            .into()
     })
 }
 

@@ -15,7 +15,7 @@ use crate::catalog::{self, Kinds};
 use crate::cli::{GlobalArgs, UpArgs};
 use crate::config::StackConfig;
 use crate::engine::{self, Event, Interrupt, Lives, Observer, RunError, RunOptions, StepScope, Teardown};
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::printer::Printer;
 use crate::state::{self, LockedState, StateHandle};
 
@@ -95,10 +95,11 @@ pub async fn converge(
     let global = options.global;
     let snapshot = state.snapshot();
     if let Some(operation) = snapshot.operation.as_ref().filter(|_| !options.during_operation) {
-        return Err(UserError(format!(
-            "a {} of stack {} is in progress (since {}); changing the stack now could lose it\n    help: run `gitlab-provision {}` again to finish it",
-            operation.kind, cfg.stack, operation.started_at, operation.kind
+        return Err(Diagnostic::new(format!(
+            "a {} of stack {} is in progress (since {}); changing the stack now could lose it",
+            operation.kind, cfg.stack, operation.started_at
         ))
+        .with_help(format!("run `gitlab-provision {}` again to finish it", operation.kind))
         .into());
     }
     super::plan::keep_running_version(&mut cfg, &snapshot.resources);
@@ -121,23 +122,7 @@ pub async fn converge(
         options.force_version,
     )?;
     if !plan.refused.is_empty() {
-        // A refusal may carry its own help (a version's path); the others share one.
-        let (problems, own_help): (Vec<&str>, Vec<&str>) =
-            plan.refused.iter().map(|r| r.split_once("\n    help: ").unwrap_or((r.as_str(), ""))).unzip();
-        let own_help: Vec<&str> = own_help.into_iter().filter(|h| !h.is_empty()).collect();
-        let help = if plan.refused.iter().any(|r| r.contains("not this stack's")) {
-            "the state names resources that belong to something else: check that this state file is this stack's own (a copied or edited file?); nothing was changed".to_string()
-        } else if own_help.len() == problems.len() {
-            own_help.join("; ")
-        } else {
-            "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)".to_string()
-        };
-        return Err(UserError(format!(
-            "stack {} cannot take this change:\n  - {}\n    help: {help}",
-            cfg.stack,
-            problems.join("\n  - ")
-        ))
-        .into());
+        return Err(refused(&cfg.stack, &plan.refused).into());
     }
     if has_records && !plan.changes_anything() {
         printer.note(&format!("no changes: {} resources as configured", plan.summary.keep));
@@ -189,6 +174,22 @@ pub async fn converge(
     Ok(Converged { changed: true })
 }
 
+/// What `up` says when it refuses: every problem, and one help. A refusal may carry its own help
+/// (a version's path); the others share one.
+fn refused(stack: &str, refusals: &[super::plan::Refusal]) -> Diagnostic {
+    use super::plan::RefusalReason;
+    let problems: Vec<&str> = refusals.iter().map(|r| r.problem.as_str()).collect();
+    let own_help: Vec<&str> = refusals.iter().filter_map(|r| r.help.as_deref()).collect();
+    let help = if refusals.iter().any(|r| r.reason == RefusalReason::NotOurs) {
+        "the state names resources that belong to something else: check that this state file is this stack's own (a copied or edited file?); nothing was changed".to_string()
+    } else if own_help.len() == problems.len() {
+        own_help.join("; ")
+    } else {
+        "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)".to_string()
+    };
+    Diagnostic::new(format!("stack {stack} cannot take this change:\n  - {}", problems.join("\n  - "))).with_help(help)
+}
+
 /// Changes that replace or interrupt something are shown, with what they cost, and need a yes.
 fn confirm_disruptions(plan: &super::plan::PlanReport, printer: &Printer, yes: bool) -> Result<(), CliError> {
     let disruptions = plan.disruptions();
@@ -231,7 +232,7 @@ fn run_failed(
     }
     match error {
         RunError::Failed { failures, not_started, preflight, .. } => {
-            let failure = failures.into_iter().next().map(|(step, e)| anyhow::anyhow!("step {step} failed: {e:#}"));
+            let failure = failures.into_iter().next().map(|(step, e)| e.context(format!("step {step} failed")));
             let mut cli = CliError::new(
                 if preflight && recorded.is_empty() { ExitStatus::Usage } else { ExitStatus::Failure },
                 failure.unwrap_or_else(|| anyhow::anyhow!("up failed")),
@@ -274,11 +275,12 @@ async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> 
     let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
     if !conflicts.is_empty() {
         let listed: Vec<String> = conflicts.iter().map(|c| format!("  - {} {}: {}", c.kind, c.id, c.why)).collect();
-        return Err(UserError(format!(
-            "stack {stack} would collide with resources that are not this stack's in {}:\n{}\n    help: choose another stack name (--stack); nothing was created",
+        return Err(Diagnostic::new(format!(
+            "stack {stack} would collide with resources that are not this stack's in {}:\n{}",
             ctx.region(),
             listed.join("\n")
         ))
+        .with_help("choose another stack name (--stack); nothing was created")
         .into());
     }
     if orphans.is_empty() {
@@ -286,12 +288,15 @@ async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> 
     }
     let listed: Vec<String> =
         orphans.iter().take(8).map(|o| format!("  - {} {} ({})", o.kind, o.found.id, o.key)).collect();
-    Err(UserError(format!(
-        "stack {stack} has no state file, but {} of its resources (tagged gitlab-provision:stack={stack}) exist in {}:\n{}{}\n    help: restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`",
+    Err(Diagnostic::new(format!(
+        "stack {stack} has no state file, but {} of its resources (tagged gitlab-provision:stack={stack}) exist in {}:\n{}{}",
         orphans.len(),
         ctx.region(),
         listed.join("\n"),
         if orphans.len() > 8 { "\n  ..." } else { "" }
+    ))
+    .with_help(format!(
+        "restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`"
     ))
     .into())
 }

@@ -7,7 +7,7 @@ use super::{confirm, connect, recorded_config, recorded_stack, refuse_other_oper
 use crate::cli::{GlobalArgs, UpgradeArgs};
 use crate::config::TagSource;
 use crate::engine::Interrupt;
-use crate::exit::{CliError, CliResult, ExitStatus, UserError};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::gitlab_version::{Hop, UpgradePath, Version, VersionError};
 use crate::printer::{Printer, Tone};
 use crate::state::{LockedState, StateHandle};
@@ -35,9 +35,10 @@ pub fn hops(path: &UpgradePath, running: Version, to: Version, via: &[Version]) 
 
 fn parse(flag: &str, tag: &str) -> Result<Version, CliError> {
     Version::parse(tag).ok_or_else(|| {
-        CliError::usage(UserError(format!(
-            "{flag} {tag:?} is not a gitlab-ce release tag\n    help: write it like 19.5.2-ce.0"
-        )))
+        CliError::usage(
+            Diagnostic::new(format!("{flag} {tag:?} is not a gitlab-ce release tag"))
+                .with_help("write it like 19.5.2-ce.0"),
+        )
     })
 }
 
@@ -49,7 +50,9 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     let recorded = recorded_stack(global, &stack)?;
     refuse_other_operation(&recorded, "backup")?;
     let Some(running) = super::plan::running_version(&recorded.resources) else {
-        return Err(UserError("the stack records no running GitLab version (no task definition)\n    help: run `gitlab-provision up` first".into()).into());
+        return Err(Diagnostic::new("the stack records no running GitLab version (no task definition)")
+            .with_help("run `gitlab-provision up` first")
+            .into());
     };
     let path = UpgradePath::shipped();
     let hops = hops(&path, running, to, &via).map_err(CliError::usage)?;

@@ -8,6 +8,8 @@ use aws_sdk_route53::types::{
     AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
+use ground::Diagnostic;
+
 use crate::aws::{Ctx, call, if_there};
 use crate::config::DomainConfig;
 use crate::engine::{Applied, Desired, Env, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary, attrs};
@@ -31,22 +33,25 @@ impl StepAction<Ctx> for CheckHostedZone {
             if_there(ctx.aws.route53.get_hosted_zone().id(zone_id).send(), || format!("reading hosted zone {zone_id}"))
                 .await?;
         let Some(zone) = zone.and_then(|z| z.hosted_zone) else {
-            anyhow::bail!(
-                "hosted_zone_id = {zone_id}: no such hosted zone in this account\n    help: use the id from `aws route53 list-hosted-zones` for {}",
-                self.domain.domain_name
-            );
+            return Err(Diagnostic::new(format!("hosted_zone_id = {zone_id}: no such hosted zone in this account"))
+                .with_help(format!("use the id from `aws route53 list-hosted-zones` for {}", self.domain.domain_name))
+                .into());
         };
         let zone_name = zone.name.trim_end_matches('.').to_ascii_lowercase();
         let domain = &self.domain.domain_name;
         if *domain != zone_name && !domain.ends_with(&format!(".{zone_name}")) {
-            anyhow::bail!(
-                "hosted_zone_id = {zone_id} serves {zone_name}, not domain_name = {domain}\n    help: use the hosted zone of {domain}, or set domain_name to {zone_name}"
-            );
+            return Err(Diagnostic::new(format!(
+                "hosted_zone_id = {zone_id} serves {zone_name}, not domain_name = {domain}"
+            ))
+            .with_help(format!("use the hosted zone of {domain}, or set domain_name to {zone_name}"))
+            .into());
         }
         if zone.config.as_ref().is_some_and(|c| c.private_zone) {
-            anyhow::bail!(
-                "hosted_zone_id = {zone_id} is a private zone: certificates cannot be validated through it\n    help: use the public hosted zone of {domain}"
-            );
+            return Err(Diagnostic::new(format!(
+                "hosted_zone_id = {zone_id} is a private zone: certificates cannot be validated through it"
+            ))
+            .with_help(format!("use the public hosted zone of {domain}"))
+            .into());
         }
         Ok(Summary::new(format!("{zone_id} serves {zone_name}"), false))
     }

@@ -6,6 +6,8 @@
 use async_trait::async_trait;
 use aws_sdk_cloudwatchlogs::types::{FilteredLogEvent, LogGroup};
 
+use ground::Diagnostic;
+
 use crate::aws::{Ctx, call, if_there};
 use crate::engine::{
     Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary,
@@ -124,9 +126,9 @@ async fn adopt_side_effect(ctx: &Ctx, key: &str, group: &str) -> anyhow::Result<
             .await?;
             Ok(())
         }
-        Owner::Foreign(why) => anyhow::bail!(
-            "log group {group} exists and is not this stack's: {why}\n    help: choose another stack name, or delete that log group if it is no one's"
-        ),
+        Owner::Foreign(why) => Err(Diagnostic::new(format!("log group {group} exists and is not this stack's: {why}"))
+            .with_help("choose another stack name, or delete that log group if it is no one's")
+            .into()),
     }
 }
 

@@ -7,6 +7,8 @@ use aws_sdk_ec2::types::{
 };
 use ipnet::Ipv4Net;
 
+use ground::Diagnostic;
+
 use crate::aws::ec2::{Ec2, Ec2Kind, Ec2Listing, Query, ec2_listing};
 use crate::aws::interfaces::{HeldBy, holders};
 use crate::aws::{Ctx, EC2_IN_USE, call, delete_when_free, fresh, if_there};
@@ -186,19 +188,18 @@ impl StepAction<Ctx> for CheckZones {
             .filter_map(|z| z.zone_name())
             .collect();
         if let Some(missing) = self.zones.iter().find(|z| !available.contains(&z.as_str())) {
-            anyhow::bail!(
-                "{chosen}: {missing} is not an available zone of {}\n    help: choose two of {}",
-                ctx.region(),
-                available.join(", ")
-            );
+            return Err(Diagnostic::new(format!("{chosen}: {missing} is not an available zone of {}", ctx.region()))
+                .with_help(format!("choose two of {}", available.join(", ")))
+                .into());
         }
         if let Some(instance_type) = self.instance_type {
             let offering = zones_offering(ctx, instance_type).await?;
             if let Some(lacking) = self.zones.iter().find(|z| !offering.contains(z)) {
-                anyhow::bail!(
-                    "{chosen}: {lacking} does not offer {instance_type}, the NAT instance's type\n    help: choose zones that do ({}), or use_nat_instance = false",
-                    offering.join(", ")
-                );
+                return Err(Diagnostic::new(format!(
+                    "{chosen}: {lacking} does not offer {instance_type}, the NAT instance's type"
+                ))
+                .with_help(format!("choose zones that do ({}), or use_nat_instance = false", offering.join(", ")))
+                .into());
             }
         }
         Ok(Summary::new(format!("{} and {} can hold the stack", self.zones[0], self.zones[1]), false))
@@ -260,12 +261,15 @@ impl SubnetsStep {
         }
         zones.sort();
         zones.truncate(2);
-        anyhow::ensure!(
-            zones.len() == 2,
-            "region {} has fewer than two available zones{}\n    help: choose two with availability_zones = [\"...\", \"...\"], or use another region",
-            ctx.region(),
-            self.instance_type.map(|t| format!(" offering {t}")).unwrap_or_default()
-        );
+        if zones.len() != 2 {
+            return Err(Diagnostic::new(format!(
+                "region {} has fewer than two available zones{}",
+                ctx.region(),
+                self.instance_type.map(|t| format!(" offering {t}")).unwrap_or_default()
+            ))
+            .with_help("choose two with availability_zones = [\"...\", \"...\"], or use another region")
+            .into());
+        }
         Ok(zones)
     }
 }
@@ -671,7 +675,7 @@ struct ImportedSubnet {
 
 impl ImportVpc {
     fn refuse(&self, problem: impl std::fmt::Display, help: &str) -> anyhow::Error {
-        anyhow::anyhow!("vpc_id = {}: {problem}\n    help: {help}", self.vpc_id)
+        Diagnostic::new(format!("vpc_id = {}: {problem}", self.vpc_id)).with_help(help).into()
     }
 
     /// Fargate's EFS mount resolves the file system's DNS name: without DNS support and

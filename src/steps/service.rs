@@ -887,11 +887,15 @@ fn stopped(tasks: &[Task]) -> Vec<StoppedTask> {
 
 /// Why `up --wait` (or an upgrade) gave up on GitLab coming up.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "GitLab did not come up: {why}\n    help: `gitlab-provision status` shows the service's events and `gitlab-provision logs --since 30m` GitLab's own output"
-)]
+#[error("GitLab did not come up: {why}")]
 pub struct NotHealthy {
     pub why: String,
+}
+
+impl ground::Help for NotHealthy {
+    fn help(&self) -> Option<String> {
+        Some("`gitlab-provision status` shows the service's events and `gitlab-provision logs --since 30m` GitLab's own output".into())
+    }
 }
 
 /// Until the load balancer reports GitLab healthy, showing the deployment's state, the task and

@@ -113,26 +113,34 @@ impl ResourceRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error(
-        "stack {stack:?} is locked by {holder}\n    help: wait for that run to finish; another up/down on the same stack would race it"
-    )]
+    #[error("stack {stack:?} is locked by {holder}")]
     Locked { stack: String, holder: String },
-    #[error(
-        "state file {path} is not valid JSON for this tool ({reason}); it was left untouched\n    help: restore {path}.backup or fix the file by hand; nothing was changed in AWS"
-    )]
+    #[error("state file {path} is not valid JSON for this tool ({reason}); it was left untouched")]
     Corrupt { path: PathBuf, reason: String },
-    #[error(
-        "state file {path} has version {found}, this build knows version {STATE_VERSION}; it was left untouched\n    help: use the gitlab-provision release that wrote it"
-    )]
+    #[error("state file {path} has version {found}, this build knows version {STATE_VERSION}; it was left untouched")]
     UnknownVersion { path: PathBuf, found: u64 },
     #[error("state file {path} belongs to stack {found:?}, not {expected:?}; it was left untouched")]
     WrongStack { path: PathBuf, found: String, expected: String },
-    #[error(
-        "{path} is {what}, not a regular file; it was left untouched\n    help: state files and locks are never followed through links or opened as special files; move it away if you did not put it there"
-    )]
+    #[error("{path} is {what}, not a regular file; it was left untouched")]
     NotRegular { path: PathBuf, what: &'static str },
     #[error("{action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl crate::Help for StateError {
+    fn help(&self) -> Option<String> {
+        Some(match self {
+            StateError::Locked { .. } => {
+                "wait for that run to finish; another up/down on the same stack would race it".into()
+            }
+            StateError::Corrupt { path, .. } => {
+                format!("restore {}.backup or fix the file by hand; nothing was changed in AWS", path.display())
+            }
+            StateError::UnknownVersion { .. } => "use the gitlab-provision release that wrote it".into(),
+            StateError::NotRegular { .. } => "state files and locks are never followed through links or opened as special files; move it away if you did not put it there".into(),
+            StateError::WrongStack { .. } | StateError::Io { .. } => return None,
+        })
+    }
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + use<'a> {

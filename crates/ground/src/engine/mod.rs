@@ -16,7 +16,8 @@ pub use decide::{Action, Change, Live, Owner, decide};
 pub use graph::{RunError, RunOptions, RunReport, Step, StepAction, StepTiming, Summary, order, run};
 pub use record::{Conflict, Desired, Discovered, Env, Found, KNOWN_AFTER, attrs, exactly};
 pub use resource::{
-    Applied, Catalog, Ensured, Existing, Lives, Lost, ResourceOps, Teardown, adopt_orphans, discover, observe, teardown,
+    Applied, Catalog, Ensured, Existing, Lives, Lost, NotOurs, ResourceOps, Teardown, adopt_orphans, discover, observe,
+    teardown,
 };
 pub use wait::{Poll, RetryPolicy, WaitError, WaitPolicy, retry_while, wait_until};
 

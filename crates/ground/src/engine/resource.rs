@@ -150,14 +150,21 @@ impl Ensured {
 
 /// A recorded resource that exists but is not this stack's: nothing changes it.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{noun} {id} (recorded as {key}) is not this stack's: {why}; it was left alone\n    help: if the state file was edited or copied from another stack, restore the right one; if this {noun} is really the stack's, tag it gitlab-provision:stack = <stack>"
-)]
+#[error("{noun} {id} (recorded as {key}) is not this stack's: {why}; it was left alone")]
 pub struct NotOurs {
     pub key: String,
     pub noun: &'static str,
     pub id: String,
     pub why: String,
+}
+
+impl crate::Help for NotOurs {
+    fn help(&self) -> Option<String> {
+        Some(format!(
+            "if the state file was edited or copied from another stack, restore the right one; if this {} is really the stack's, tag it gitlab-provision:stack = <stack>",
+            self.noun
+        ))
+    }
 }
 
 impl StepScope {
