@@ -11,7 +11,7 @@ use aws_sdk_elasticloadbalancingv2::types::ProtocolEnum;
 use crate::aws::Ctx;
 use crate::aws::ec2::Ec2;
 use crate::config::{NatKind, NetworkConfig, StackConfig};
-use crate::engine::{Catalog, ResourceOps, Step, StepAction};
+use crate::engine::{Catalog, Discovery, Interrupts, KindPolicy, ResourceOps, Step, StepAction, When};
 use crate::keys::{self, Kind};
 use crate::steps::load_balancer::{Flavour, ListenerAction, ListenerStep, LoadBalancerStep, TargetGroupStep};
 use crate::steps::network::{RouteTableStep, RouteTarget, SubnetPlan, SubnetsStep};
@@ -21,55 +21,125 @@ use crate::steps::{backup, certificate, dns, efs_init, iam, logs, nat, network, 
 // ---------------------------------------------------------------------------------------------
 // Kinds
 
-/// What the engine needs to know of a kind.
-pub struct KindInfo {
+/// A kind's row: its operations and its policy.
+pub struct KindRow {
     pub ops: &'static dyn ResourceOps<Ctx>,
-    /// Found without a record by `--discover`.
-    pub discoverable: bool,
-    /// Deletion order for resources found without a record (lower goes first).
-    pub rank: u8,
+    pub policy: KindPolicy,
 }
 
-/// The one table of kinds: the compiler checks it names every kind.
-pub fn kind_info(kind: Kind, key: &str) -> KindInfo {
-    let info = |ops: &'static dyn ResourceOps<Ctx>, discoverable: bool, rank: u8| KindInfo { ops, discoverable, rank };
+impl KindRow {
+    /// Part of the stack's data (`down --keep-data` keeps it).
+    fn data(mut self) -> Self {
+        self.policy.data = true;
+        self
+    }
+
+    /// Kept by a plain `down` while it holds something.
+    fn kept_while_holding(mut self) -> Self {
+        self.policy.kept_while_holding = true;
+        self
+    }
+}
+
+/// What GitLab's task being replaced costs: the old task stops before the new one starts.
+const RESTARTS_GITLAB: Interrupts = Interrupts {
+    when: &[When::Updated, When::Replaced],
+    what: "GitLab's task is replaced (the old one stops before the new one starts): GitLab is down until the new one has booted, typically 5-15 minutes",
+};
+
+/// The one table of kinds, a row each: the compiler checks it names every kind, and every
+/// field of a row must be given. `key` tells apart records of one kind whose policy differs
+/// (the roles and security groups go at different times).
+pub fn kind_row(kind: Kind, key: &str) -> KindRow {
+    use Discovery::{ByTags, Never};
+    let row = |ops: &'static dyn ResourceOps<Ctx>, discovery, rank, interrupts| KindRow {
+        ops,
+        policy: KindPolicy { data: false, kept_while_holding: false, interrupts, discovery, rank },
+    };
+    let nothing = Interrupts::NOTHING;
+    let groups = &Ec2::<crate::steps::security_group::SecurityGroups>::OPS;
+    let who_may_connect =
+        Interrupts { when: &[When::MembersRemoved], what: "{key} changes who may connect: {changes}" };
     match kind {
-        Kind::Service => info(&service::ServiceOps, true, 0),
-        Kind::Function => info(&efs_init::FunctionOps, true, 0),
-        Kind::Listener => info(&crate::steps::load_balancer::ListenerOps, false, 1),
-        Kind::DnsRecord => info(&dns::RecordOps, false, 1),
-        Kind::TaskDefinition => info(&service::TaskDefinitionOps, true, 1),
-        Kind::Marker => info(&efs_init::MarkerOps, false, 1),
-        Kind::RolePolicy => info(&iam::RolePolicyOps, false, 1),
-        Kind::AccessPoint => info(&storage::AccessPointOps, false, 1),
-        Kind::RouteTable => info(&Ec2::<network::RouteTables>::OPS, true, 1),
-        Kind::LoadBalancer => info(&crate::steps::load_balancer::LoadBalancerOps, true, 2),
-        Kind::Certificate => info(&certificate::CertificateOps, true, 2),
-        Kind::Instance => info(&Ec2::<nat::Instances>::OPS, true, 2),
-        Kind::NatGateway => info(&Ec2::<nat::NatGateways>::OPS, true, 2),
-        Kind::MountTarget => info(&storage::MountTargetOps, false, 2),
+        Kind::Service => row(
+            &service::ServiceOps,
+            ByTags,
+            0,
+            Interrupts {
+                when: &[When::Replaced],
+                what: "GitLab's service is replaced: GitLab is down until its new task has booted",
+            },
+        ),
+        Kind::Function => row(&efs_init::FunctionOps, ByTags, 0, nothing),
+        Kind::Listener => row(
+            &crate::steps::load_balancer::ListenerOps,
+            Never,
+            1,
+            Interrupts { when: &[When::Updated, When::Replaced, When::Removed], what: "{key} changes: {changes}" },
+        ),
+        Kind::DnsRecord => row(&dns::RecordOps, Never, 1, nothing),
+        Kind::TaskDefinition => row(&service::TaskDefinitionOps, ByTags, 1, RESTARTS_GITLAB),
+        // "This file system is prepared" goes with the file system.
+        Kind::Marker => row(&efs_init::MarkerOps, Never, 1, nothing).data(),
+        Kind::RolePolicy => row(&iam::RolePolicyOps, Never, 1, nothing),
+        Kind::AccessPoint => row(&storage::AccessPointOps, Never, 1, nothing),
+        Kind::RouteTable => row(&Ec2::<network::RouteTables>::OPS, ByTags, 1, nothing),
+        Kind::LoadBalancer => row(
+            &crate::steps::load_balancer::LoadBalancerOps,
+            ByTags,
+            2,
+            Interrupts {
+                when: &[When::Replaced, When::Removed],
+                what: "{key} is replaced or removed: unreachable meanwhile, and its address changes",
+            },
+        ),
+        Kind::Certificate => row(&certificate::CertificateOps, ByTags, 2, nothing),
+        Kind::Instance | Kind::NatGateway => row(
+            if kind == Kind::Instance { &Ec2::<nat::Instances>::OPS } else { &Ec2::<nat::NatGateways>::OPS },
+            ByTags,
+            2,
+            Interrupts {
+                when: &[When::CreatedOnRunningStack, When::Removed],
+                what: "the private subnets' outbound route moves to a new NAT: GitLab's open connections to the internet drop",
+            },
+        ),
+        Kind::MountTarget => row(
+            &storage::MountTargetOps,
+            Never,
+            2,
+            Interrupts {
+                when: &[When::Replaced],
+                what: "the file system's mount targets are replaced: GitLab must restart on them",
+            },
+        ),
         // The roles the task uses go before what they name; the initializer's (and Backup's)
         // outlive the initializer's security group (Lambda releases interfaces with its role).
-        Kind::Role if key == keys::EXECUTION_ROLE || key == keys::TASK_ROLE => info(&iam::RoleOps, true, 2),
-        Kind::Role => info(&iam::RoleOps, true, 7),
-        Kind::TargetGroup => info(&crate::steps::load_balancer::TargetGroupOps, true, 3),
-        Kind::FileSystem => info(&storage::FileSystemOps, true, 3),
-        Kind::Cluster => info(&service::ClusterOps, true, 3),
-        Kind::Secret => info(&secret::SecretOps, true, 3),
-        Kind::BackupVault => info(&backup::BackupVaultOps, true, 3),
+        Kind::Role if key == keys::EXECUTION_ROLE || key == keys::TASK_ROLE => row(&iam::RoleOps, ByTags, 2, nothing),
+        Kind::Role => row(&iam::RoleOps, ByTags, 7, nothing),
+        Kind::TargetGroup => row(&crate::steps::load_balancer::TargetGroupOps, ByTags, 3, nothing),
+        Kind::FileSystem => row(
+            &storage::FileSystemOps,
+            ByTags,
+            3,
+            Interrupts { when: &[When::Replaced], what: "a new, empty file system replaces the recorded one" },
+        )
+        .data(),
+        Kind::Cluster => row(&service::ClusterOps, ByTags, 3, nothing),
+        // The root password GitLab first booted with goes with its data.
+        Kind::Secret => row(&secret::SecretOps, ByTags, 3, nothing).data(),
+        // Backups are never deleted by this tool: a vault that holds some stays.
+        Kind::BackupVault => row(&backup::BackupVaultOps, ByTags, 3, nothing).data().kept_while_holding(),
         // Groups that admit other groups go before those groups.
-        Kind::SecurityGroup if key == keys::EFS_SECURITY_GROUP => {
-            info(&Ec2::<crate::steps::security_group::SecurityGroups>::OPS, true, 4)
-        }
+        Kind::SecurityGroup if key == keys::EFS_SECURITY_GROUP => row(groups, ByTags, 4, who_may_connect),
         Kind::SecurityGroup if key == keys::SERVICE_SECURITY_GROUP || key == keys::NAT_SECURITY_GROUP => {
-            info(&Ec2::<crate::steps::security_group::SecurityGroups>::OPS, true, 5)
+            row(groups, ByTags, 5, who_may_connect)
         }
-        Kind::SecurityGroup => info(&Ec2::<crate::steps::security_group::SecurityGroups>::OPS, true, 6),
-        Kind::LogGroup => info(&logs::LogGroupOps, true, 7),
-        Kind::ElasticIp => info(&Ec2::<nat::Addresses>::OPS, true, 7),
-        Kind::Subnet => info(&Ec2::<network::Subnets>::OPS, true, 7),
-        Kind::InternetGateway => info(&Ec2::<network::InternetGateways>::OPS, true, 7),
-        Kind::Vpc => info(&Ec2::<network::Vpcs>::OPS, true, 8),
+        Kind::SecurityGroup => row(groups, ByTags, 6, who_may_connect),
+        Kind::LogGroup => row(&logs::LogGroupOps, ByTags, 7, nothing),
+        Kind::ElasticIp => row(&Ec2::<nat::Addresses>::OPS, ByTags, 7, nothing),
+        Kind::Subnet => row(&Ec2::<network::Subnets>::OPS, ByTags, 7, nothing),
+        Kind::InternetGateway => row(&Ec2::<network::InternetGateways>::OPS, ByTags, 7, nothing),
+        Kind::Vpc => row(&Ec2::<network::Vpcs>::OPS, ByTags, 8, nothing),
     }
 }
 
@@ -78,22 +148,20 @@ pub struct Kinds;
 
 impl Catalog<Ctx> for Kinds {
     fn ops(&self, kind: &str) -> Option<&dyn ResourceOps<Ctx>> {
-        Kind::parse(kind).map(|k| kind_info(k, "").ops)
+        Kind::parse(kind).map(|k| kind_row(k, "").ops)
+    }
+
+    fn policy(&self, kind: &str, key: &str) -> Option<KindPolicy> {
+        Kind::parse(kind).map(|k| kind_row(k, key).policy)
     }
 
     fn discoverable(&self) -> Vec<&'static str> {
-        Kind::ALL.iter().filter(|k| kind_info(**k, "").discoverable).map(|k| k.as_str()).collect()
+        Kind::ALL
+            .iter()
+            .filter(|k| kind_row(**k, "").policy.discovery == Discovery::ByTags)
+            .map(|k| k.as_str())
+            .collect()
     }
-
-    fn teardown_rank(&self, kind: &str, key: &str) -> u8 {
-        Kind::parse(kind).map_or(9, |k| kind_info(k, key).rank)
-    }
-}
-
-/// What `down --keep-data` keeps: the repositories, the root credentials they go with, the note
-/// that the file system is prepared, and the backups.
-pub fn is_data(kind: &str) -> bool {
-    [Kind::FileSystem, Kind::Secret, Kind::Marker, Kind::BackupVault].iter().any(|k| k.as_str() == kind)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -816,11 +884,23 @@ mod tests {
         }
     }
 
+    /// Adding a kind is: its `Kind` entry, its step file, its row in `kind_row`, its step in a
+    /// section of `build`, and its client. The compiler asks for the row (and for the tests'
+    /// leftovers check); this test for the rest.
     #[test]
-    fn the_kinds_table_covers_every_kind() {
+    fn every_kind_has_its_row_and_a_step_that_creates_it() {
+        let created: BTreeSet<String> = variants()
+            .iter()
+            .flat_map(|(_, steps)| steps.iter().flat_map(|s| s.creates.iter().map(|(_, kind)| kind.clone())))
+            .collect();
         for kind in Kind::ALL {
-            assert!(Kinds.ops(kind.as_str()).is_some(), "{kind}");
-            assert!(Kinds.teardown_rank(kind.as_str(), "") < 9, "{kind}");
+            let row = kind_row(*kind, "");
+            assert_eq!(row.ops.noun(), kind.noun(), "{kind}: the row's operations are another kind's");
+            assert!(created.contains(kind.as_str()), "no step of any stack shape creates {kind}");
+            assert!(Kinds.policy(kind.as_str(), "").is_some() && Kinds.teardown_rank(kind.as_str(), "") < 9, "{kind}");
+            if row.policy.kept_while_holding {
+                assert!(row.policy.data, "{kind}: what is kept while it holds something is data");
+            }
         }
         assert!(Kinds.ops("ec2:nothing").is_none());
     }

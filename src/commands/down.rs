@@ -7,9 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{bind_account, check_writable, connect, short_id, stack_name};
-use crate::catalog::{self, Kinds};
+use crate::catalog::Kinds;
 use crate::cli::{DownArgs, GlobalArgs};
-use crate::engine::{self, Interrupt, Live, Teardown, counted};
+use crate::engine::{self, Catalog as _, Interrupt, Live, Teardown, counted};
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys::Kind;
 use crate::printer::{Printer, Tone, minute_utc};
@@ -84,21 +84,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let lives =
         engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
     refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
-    let mut keep: BTreeMap<String, String> = if args.keep_data {
-        let why = "--keep-data (`up` attaches it again)";
-        records.iter().filter(|(_, r)| catalog::is_data(&r.kind)).map(|(k, _)| (k.clone(), why.to_string())).collect()
-    } else {
-        BTreeMap::new()
-    };
-    // Backups are never deleted by this tool: a vault that holds some stays.
-    for (key, record) in records.iter().filter(|(_, r)| r.kind == Kind::BackupVault.as_str()) {
-        if let Some(name) = record.id.as_deref() {
-            let points = backup::points_in_vault(&ctx, name).await?;
-            if points > 0 {
-                keep.insert(key.clone(), format!("it holds {}", counted(points, "backup")));
-            }
-        }
-    }
+    let keep = kept(&ctx, &records, args.keep_data).await?;
     if !args.yes {
         confirm(&stack, &printer, records.len() + orphans.len() - keep.len(), args.keep_data)?;
     }
@@ -162,6 +148,28 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     printer.json_if_events("down", &result)?;
     report(&printer, &result, args.keep_data);
     Ok(ExitStatus::Success)
+}
+
+/// What `down` keeps, each with why: the data with `--keep-data`, and whatever holds something
+/// the tool never deletes (a vault's backups), as each kind's policy says.
+async fn kept(
+    ctx: &crate::aws::Ctx,
+    records: &BTreeMap<String, ResourceRecord>,
+    keep_data: bool,
+) -> Result<BTreeMap<String, String>, CliError> {
+    let mut keep = BTreeMap::new();
+    for (key, record) in records {
+        let Some(policy) = Kinds.policy(&record.kind, key) else { continue };
+        if keep_data && policy.data {
+            keep.insert(key.clone(), "--keep-data (`up` attaches it again)".to_string());
+        } else if policy.kept_while_holding
+            && let Some(ops) = Kinds.ops(&record.kind)
+            && let Some(held) = ops.holds(ctx, record).await?
+        {
+            keep.insert(key.clone(), format!("it holds {held}"));
+        }
+    }
+    Ok(keep)
 }
 
 fn report(printer: &Printer, result: &DownResult, keep_data: bool) {

@@ -13,7 +13,7 @@ use crate::catalog::{self, Kinds};
 use crate::cli::{GlobalArgs, PlanArgs};
 use crate::config::StackConfig;
 use crate::cost::{self, Estimate};
-use crate::engine::{self, Action, Live, Step, decide};
+use crate::engine::{self, Action, Catalog as _, Live, Step, decide};
 use crate::exit::{CliError, CliResult, ExitStatus};
 use crate::gitlab_version::UpgradePath;
 use crate::keys::{self, Kind};
@@ -109,31 +109,13 @@ impl PlanReport {
     }
 }
 
-/// What each change interrupts, from the kind of resource and the action; nothing runs yet in a
-/// stack without records.
+/// What each change interrupts, from the kind's policy; nothing runs yet in a stack without
+/// records (and a new NAT interrupts nothing until the private route exists).
 fn disruption(kind: &str, key: &str, action: &Action, records: &BTreeMap<String, ResourceRecord>) -> Option<String> {
-    let kind = Kind::parse(kind)?;
-    if records.is_empty()
-        || (matches!(kind, Kind::NatGateway | Kind::Instance) && !records.contains_key(keys::ROUTE_TABLE_PRIVATE))
-    {
-        return None;
-    }
-    let changes = action.changes().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-    match (kind, action) {
-        (Kind::TaskDefinition, Action::Update(_) | Action::Replace(_) | Action::Recreate) => Some(
-            "GitLab's task is replaced (the old one stops before the new one starts): GitLab is down until the new one has booted, typically 5-15 minutes".into(),
-        ),
-        (Kind::Service, Action::Replace(_) | Action::Recreate) => Some("GitLab's service is replaced: GitLab is down until its new task has booted".into()),
-        (Kind::NatGateway | Kind::Instance, Action::Create | Action::Replace(_) | Action::Recreate) => {
-            Some("the private subnets' outbound route moves to a new NAT: GitLab's open connections to the internet drop".into())
-        }
-        (Kind::SecurityGroup, Action::Update(_)) => Some(format!("{key} changes who may connect: {changes}")),
-        (Kind::LoadBalancer, Action::Replace(_) | Action::Recreate) => Some(format!("{key} is replaced: unreachable meanwhile, and its address changes")),
-        (Kind::Listener, Action::Replace(_) | Action::Recreate | Action::Update(_)) => Some(format!("{key} changes: {changes}")),
-        (Kind::MountTarget, Action::Replace(_)) => Some("the file system's mount targets are replaced: GitLab must restart on them".into()),
-        (Kind::FileSystem, Action::Replace(_) | Action::Recreate) => Some("a new, empty file system replaces the recorded one".into()),
-        _ => None,
-    }
+    let running = !records.is_empty()
+        && (!matches!(Kind::parse(kind), Some(Kind::NatGateway | Kind::Instance))
+            || records.contains_key(keys::ROUTE_TABLE_PRIVATE));
+    Kinds.policy(kind, key)?.disruption(key, action, running)
 }
 
 /// Decides, for every resource the steps want, what `up` would do, from the records and what
@@ -236,13 +218,7 @@ pub fn removals(steps: &[Step<Ctx>], records: &BTreeMap<String, ResourceRecord>)
             action: "delete",
             detail: "no longer in the configuration".into(),
             changes: vec![],
-            disruption: match Kind::parse(&r.kind) {
-                Some(Kind::NatGateway | Kind::Instance) => {
-                    Some("the old NAT is removed once the route uses the new one".into())
-                }
-                Some(Kind::LoadBalancer) => Some(format!("{k} is removed: what it served stops answering")),
-                _ => None,
-            },
+            disruption: Kinds.policy(&r.kind, k).and_then(|p| p.removal(k)),
         })
         .collect()
 }

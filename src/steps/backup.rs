@@ -127,6 +127,11 @@ impl ResourceOps<Ctx> for BackupVaultOps {
         Ok(())
     }
 
+    async fn holds(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Option<String>> {
+        let points = vault_points(ctx, record.id()?).await?.unwrap_or(0);
+        Ok((points > 0).then(|| counted(points, "backup")))
+    }
+
     async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
         let name = vault_name(&ctx.tags.stack);
         if vault_points(ctx, &name).await?.is_none() {
@@ -139,11 +144,6 @@ impl ResourceOps<Ctx> for BackupVaultOps {
             _ => vec![Discovered::new(keys::BACKUP_VAULT, name.clone()).with("name", name)].into(),
         })
     }
-}
-
-/// How many recovery points a vault holds (0 when it is gone).
-pub async fn points_in_vault(ctx: &Ctx, name: &str) -> anyhow::Result<i64> {
-    Ok(vault_points(ctx, name).await?.unwrap_or(0))
 }
 
 /// A backup of the file system, wherever AWS Backup keeps it.

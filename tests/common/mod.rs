@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
+use ground::keys::Kind;
 use serde_json::Value;
 
 pub const REGION: &str = "us-east-1";
@@ -380,83 +381,175 @@ pub async fn tagged_leftovers(ec2: &aws_sdk_ec2::Client, stack: &str) -> Vec<Str
     left
 }
 
-/// Everything of the stack outside EC2: by tag where the service lists tags, else by the
-/// names the tool gives (roles, log groups, secrets, functions, clusters, task definitions).
+/// Everything of the stack left in the emulator, kind by kind: every kind the tool records has
+/// its arm here (the match is exhaustive, so a new kind cannot be forgotten by the tests).
 pub async fn stack_leftovers(c: &Clients, stack: &str) -> Vec<String> {
-    let mut left = tagged_leftovers(&c.ec2, stack).await;
-    for fs in c.efs.describe_file_systems().send().await.unwrap().file_systems() {
-        if fs.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == stack) {
-            left.push(format!("file system {}", fs.file_system_id()));
-        }
+    let mut left = Vec::new();
+    for kind in Kind::ALL {
+        left.extend(leftovers_of(c, *kind, stack).await);
     }
-    for lb in c.elb.describe_load_balancers().send().await.unwrap().load_balancers() {
-        if lb.load_balancer_name() == Some(stack) {
-            left.push(format!("load balancer {}", stack));
+    left
+}
+
+fn tagged_efs(tags: &[aws_sdk_efs::types::Tag], stack: &str) -> bool {
+    tags.iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == stack)
+}
+
+/// What is left of one kind: by tag where the service lists tags, else by the names the tool
+/// gives (roles, log groups, secrets, functions, clusters, task definitions).
+async fn leftovers_of(c: &Clients, kind: Kind, stack: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    match kind {
+        // EC2 lists by tag.
+        Kind::Vpc
+        | Kind::Subnet
+        | Kind::InternetGateway
+        | Kind::RouteTable
+        | Kind::ElasticIp
+        | Kind::NatGateway
+        | Kind::Instance
+        | Kind::SecurityGroup => {
+            let noun = match kind {
+                Kind::Vpc => "vpc",
+                Kind::Subnet => "subnet",
+                Kind::InternetGateway => "igw",
+                Kind::RouteTable => "route table",
+                Kind::ElasticIp => "eip",
+                Kind::NatGateway => "nat",
+                Kind::Instance => "instance",
+                _ => "sg",
+            };
+            left.extend(
+                tagged_leftovers(&c.ec2, stack)
+                    .await
+                    .into_iter()
+                    .filter(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == noun)),
+            );
         }
-    }
-    for tg in c.elb.describe_target_groups().send().await.unwrap().target_groups() {
-        if tg.target_group_name().is_some_and(|n| n.starts_with(stack)) {
-            left.push(format!("target group {}", tg.target_group_name().unwrap()));
-        }
-    }
-    for cl in c.ecs.describe_clusters().clusters(stack).send().await.unwrap().clusters() {
-        if cl.status() == Some("ACTIVE") {
-            left.push(format!("cluster {stack}"));
-        }
-    }
-    for status in [aws_sdk_ecs::types::TaskDefinitionStatus::Active, aws_sdk_ecs::types::TaskDefinitionStatus::Inactive]
-    {
-        let out =
-            c.ecs.list_task_definitions().family_prefix(format!("{stack}-gitlab")).status(status).send().await.unwrap();
-        for arn in out.task_definition_arns() {
-            left.push(format!("task definition {arn}"));
-        }
-    }
-    for role in c.iam.list_roles().send().await.unwrap().roles() {
-        if role.role_name().starts_with(&format!("{stack}-")) {
-            left.push(format!("role {}", role.role_name()));
-        }
-    }
-    // GitLab's own, and the two AWS would create for the stack's function and cluster.
-    for prefix in [
-        format!("/gitlab-provision/{stack}/"),
-        format!("/aws/lambda/{stack}-efs-init"),
-        format!("/aws/ecs/containerinsights/{stack}/"),
-    ] {
-        for g in c.logs.describe_log_groups().log_group_name_prefix(&prefix).send().await.unwrap().log_groups() {
-            left.push(format!("log group {}", g.log_group_name().unwrap_or_default()));
-        }
-    }
-    for vault in c.backup.list_backup_vaults().send().await.unwrap().backup_vault_list() {
-        if vault.backup_vault_name() == Some(format!("gitlab-provision-{stack}").as_str()) {
-            left.push(format!("backup vault {}", vault.backup_vault_name().unwrap_or_default()));
-        }
-    }
-    for fs in c.efs.describe_file_systems().send().await.unwrap().file_systems() {
-        let points = c.efs.describe_access_points().file_system_id(fs.file_system_id()).send().await.unwrap();
-        for ap in points.access_points() {
-            if ap.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == stack) {
-                left.push(format!("access point {}", ap.access_point_id().unwrap_or_default()));
+        Kind::FileSystem => {
+            for fs in c.efs.describe_file_systems().send().await.unwrap().file_systems() {
+                if tagged_efs(fs.tags(), stack) {
+                    left.push(format!("file system {}", fs.file_system_id()));
+                }
             }
         }
-    }
-    for s in c.secrets.list_secrets().send().await.unwrap().secret_list() {
-        if s.name().is_some_and(|n| n.starts_with(&format!("gitlab-provision/{stack}/"))) && s.deleted_date().is_none()
-        {
-            left.push(format!("secret {}", s.name().unwrap()));
+        Kind::MountTarget | Kind::AccessPoint => {
+            for fs in c.efs.describe_file_systems().send().await.unwrap().file_systems() {
+                let id = fs.file_system_id();
+                if kind == Kind::MountTarget && tagged_efs(fs.tags(), stack) {
+                    let mts = c.efs.describe_mount_targets().file_system_id(id).send().await.unwrap();
+                    left.extend(mts.mount_targets().iter().map(|m| format!("mount target {}", m.mount_target_id())));
+                }
+                if kind == Kind::AccessPoint {
+                    let points = c.efs.describe_access_points().file_system_id(id).send().await.unwrap();
+                    for ap in points.access_points() {
+                        if tagged_efs(ap.tags(), stack) {
+                            left.push(format!("access point {}", ap.access_point_id().unwrap_or_default()));
+                        }
+                    }
+                }
+            }
         }
-    }
-    for f in c.lambda.list_functions().send().await.unwrap().functions() {
-        if f.function_name().is_some_and(|n| n.starts_with(&format!("{stack}-"))) {
-            left.push(format!("function {}", f.function_name().unwrap()));
+        Kind::LoadBalancer => {
+            for lb in c.elb.describe_load_balancers().send().await.unwrap().load_balancers() {
+                if lb.load_balancer_name().is_some_and(|n| n == stack || n == format!("{stack}-ssh")) {
+                    left.push(format!("load balancer {}", lb.load_balancer_name().unwrap_or_default()));
+                }
+            }
         }
-    }
-    for cert in c.acm.list_certificates().send().await.unwrap().certificate_summary_list() {
-        let arn = cert.certificate_arn().unwrap();
-        let tags = c.acm.list_tags_for_certificate().certificate_arn(arn).send().await.unwrap();
-        if tags.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == Some(stack)) {
-            left.push(format!("certificate {arn}"));
+        Kind::TargetGroup => {
+            for tg in c.elb.describe_target_groups().send().await.unwrap().target_groups() {
+                if tg.target_group_name().is_some_and(|n| n.starts_with(stack)) {
+                    left.push(format!("target group {}", tg.target_group_name().unwrap()));
+                }
+            }
         }
+        // A listener lives and dies with its load balancer.
+        Kind::Listener => {}
+        Kind::Cluster => {
+            for cl in c.ecs.describe_clusters().clusters(stack).send().await.unwrap().clusters() {
+                if cl.status() == Some("ACTIVE") {
+                    left.push(format!("cluster {stack}"));
+                }
+            }
+        }
+        // A service lives and dies with its cluster.
+        Kind::Service => {}
+        Kind::TaskDefinition => {
+            use aws_sdk_ecs::types::TaskDefinitionStatus::{Active, Inactive};
+            for status in [Active, Inactive] {
+                let family = format!("{stack}-gitlab");
+                let out = c.ecs.list_task_definitions().family_prefix(family).status(status).send().await.unwrap();
+                left.extend(out.task_definition_arns().iter().map(|arn| format!("task definition {arn}")));
+            }
+        }
+        Kind::Role => {
+            for role in c.iam.list_roles().send().await.unwrap().roles() {
+                if role.role_name().starts_with(&format!("{stack}-")) {
+                    left.push(format!("role {}", role.role_name()));
+                }
+            }
+        }
+        // An inline policy lives and dies with its role.
+        Kind::RolePolicy => {}
+        // GitLab's own, and the two AWS would create for the stack's function and cluster.
+        Kind::LogGroup => {
+            for prefix in [
+                format!("/gitlab-provision/{stack}/"),
+                format!("/aws/lambda/{stack}-efs-init"),
+                format!("/aws/ecs/containerinsights/{stack}/"),
+            ] {
+                for g in c.logs.describe_log_groups().log_group_name_prefix(&prefix).send().await.unwrap().log_groups()
+                {
+                    left.push(format!("log group {}", g.log_group_name().unwrap_or_default()));
+                }
+            }
+        }
+        Kind::BackupVault => {
+            for vault in c.backup.list_backup_vaults().send().await.unwrap().backup_vault_list() {
+                if vault.backup_vault_name() == Some(format!("gitlab-provision-{stack}").as_str()) {
+                    left.push(format!("backup vault {}", vault.backup_vault_name().unwrap_or_default()));
+                }
+            }
+        }
+        Kind::Secret => {
+            for s in c.secrets.list_secrets().send().await.unwrap().secret_list() {
+                let ours = s.name().is_some_and(|n| n.starts_with(&format!("gitlab-provision/{stack}/")));
+                if ours && s.deleted_date().is_none() {
+                    left.push(format!("secret {}", s.name().unwrap()));
+                }
+            }
+        }
+        Kind::Function => {
+            for f in c.lambda.list_functions().send().await.unwrap().functions() {
+                if f.function_name().is_some_and(|n| n.starts_with(&format!("{stack}-"))) {
+                    left.push(format!("function {}", f.function_name().unwrap()));
+                }
+            }
+        }
+        Kind::Certificate => {
+            for cert in c.acm.list_certificates().send().await.unwrap().certificate_summary_list() {
+                let arn = cert.certificate_arn().unwrap();
+                let tags = c.acm.list_tags_for_certificate().certificate_arn(arn).send().await.unwrap();
+                if tags.tags().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == Some(stack)) {
+                    left.push(format!("certificate {arn}"));
+                }
+            }
+        }
+        // The tool's records in the tests' zones: anything but the zone's own NS and SOA.
+        Kind::DnsRecord => {
+            for zone in c.route53.list_hosted_zones().send().await.unwrap().hosted_zones() {
+                let sets = c.route53.list_resource_record_sets().hosted_zone_id(zone.id()).send().await.unwrap();
+                for set in sets.resource_record_sets() {
+                    use aws_sdk_route53::types::RrType;
+                    if !matches!(set.r#type(), RrType::Ns | RrType::Soa) {
+                        left.push(format!("DNS record {} {}", set.name(), set.r#type().as_str()));
+                    }
+                }
+            }
+        }
+        // "The file system is prepared": nothing in AWS.
+        Kind::Marker => {}
     }
     left
 }

@@ -3,6 +3,7 @@
 
 mod decide;
 mod graph;
+mod policy;
 mod record;
 mod resource;
 mod wait;
@@ -14,6 +15,7 @@ pub fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) ->
 
 pub use decide::{Action, Change, Live, Owner, decide};
 pub use graph::{RunError, RunOptions, RunReport, Step, StepAction, StepTiming, Summary, order, run};
+pub use policy::{Discovery, Interrupts, KindPolicy, When};
 pub use record::{Conflict, Desired, Discovered, Env, Found, KNOWN_AFTER, attrs, exactly};
 pub use resource::{
     Applied, Catalog, Ensured, Existing, Lives, Lost, NotOurs, ResourceOps, Teardown, adopt_orphans, discover, observe,

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::decide::{Action, Live, Owner, decide};
 use super::record::{Conflict, Desired, Discovered, Found};
-use super::{Event, Interrupt, Observer, RunReport, StepScope, StepTiming};
+use super::{Event, Interrupt, KindPolicy, Observer, RunReport, StepScope, StepTiming};
 use crate::state::{RecordStatus, ResourceRecord, StateHandle};
 
 /// Read, find, delete and discover for one kind of resource. Create lives with the step that
@@ -43,6 +43,13 @@ pub trait ResourceOps<C: Sync>: Send + Sync {
     async fn discover(&self, _ctx: &C) -> anyhow::Result<Found> {
         Ok(Found::default())
     }
+
+    /// What it holds that the tool never deletes (a vault's backups, a bucket's objects), in
+    /// words ("3 backups"); `None` when it is empty. Asked for kinds whose policy keeps them
+    /// while they hold something.
+    async fn holds(&self, _ctx: &C, _record: &ResourceRecord) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// What an interrupted run may have created without recording it: the intent it saved before
@@ -53,14 +60,18 @@ pub struct Lost<'a> {
     pub token: &'a str,
 }
 
-/// Maps a record's kind to its operations.
+/// Maps a record's kind to its operations and its policy (one row of one table).
 pub trait Catalog<C: Sync>: Send + Sync {
     fn ops(&self, kind: &str) -> Option<&dyn ResourceOps<C>>;
+    /// The kind's policy; `key` tells apart records of one kind that go at different times.
+    fn policy(&self, kind: &str, key: &str) -> Option<KindPolicy>;
     /// Every kind that can be discovered without a record.
     fn discoverable(&self) -> Vec<&'static str>;
-    /// Deletion order for resources found without a record (lower goes first), since their
-    /// dependencies were never recorded.
-    fn teardown_rank(&self, kind: &str, key: &str) -> u8;
+
+    /// Deletion order for resources found without a record (lower goes first); an unknown kind last.
+    fn teardown_rank(&self, kind: &str, key: &str) -> u8 {
+        self.policy(kind, key).map_or(u8::MAX, |p| p.rank)
+    }
 }
 
 /// Live reads taken before a run, handed to `ensure` so the same resource is not read twice.
