@@ -6,6 +6,7 @@ mod config;
 mod cost;
 mod exit;
 mod gitlab_version;
+mod ops;
 mod printer;
 mod steps;
 
@@ -13,13 +14,12 @@ mod steps;
 // crate::state like the rooms above it.
 use ground::{engine, keys, state};
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{ColorChoice, GlobalArgs};
+use crate::cli::GlobalArgs;
 use crate::engine::Interrupt;
 use crate::printer::Printer;
 
@@ -87,13 +87,7 @@ fn init_logging(global: &GlobalArgs) {
         1 => "gitlab_provision=info",
         _ => "info,gitlab_provision=debug,aws_config=debug,aws_smithy_runtime=debug,aws_runtime=debug",
     };
-    let ansi = match global.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        }
-    };
+    let ansi = printer::Looks::decide(global, false).color_err;
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)

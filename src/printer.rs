@@ -30,15 +30,52 @@ pub enum Tone {
 }
 
 impl Tone {
-    fn code(self) -> &'static str {
+    fn style(self) -> anstyle::Style {
+        use anstyle::{AnsiColor, Effects, Style};
         match self {
-            Tone::Good => "32",
-            Tone::Changed => "33",
-            Tone::Bad => "31",
-            Tone::Warn => "33;1",
-            Tone::Dim => "2",
-            Tone::Bold => "1",
+            Tone::Good => AnsiColor::Green.on_default(),
+            Tone::Changed => AnsiColor::Yellow.on_default(),
+            Tone::Bad => AnsiColor::Red.on_default(),
+            Tone::Warn => AnsiColor::Yellow.on_default().effects(Effects::BOLD),
+            Tone::Dim => Style::new().effects(Effects::DIMMED),
+            Tone::Bold => Style::new().effects(Effects::BOLD),
         }
+    }
+}
+
+/// How this run's output looks, decided once, here, from the terminal, the environment and the
+/// flags: live progress only on a terminal that can redraw (not `TERM=dumb` or unset, not CI),
+/// colour as `--color` says or, by default, where the stream is a terminal that wants it
+/// (`NO_COLOR`, `TERM=dumb` and `CLICOLOR` honoured, as anstream reads them).
+#[derive(Debug, Clone, Copy)]
+pub struct Looks {
+    pub bars: bool,
+    pub color_err: bool,
+    pub color_out: bool,
+}
+
+impl Looks {
+    pub fn decide(global: &GlobalArgs, events_as_json: bool) -> Looks {
+        let redraws = std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb");
+        let bars = std::io::stderr().is_terminal()
+            && redraws
+            && global.verbose == 0
+            && !global.quiet
+            && !events_as_json
+            && std::env::var_os("CI").is_none();
+        Looks {
+            bars,
+            color_err: wants_color(global.color, anstream::AutoStream::choice(&std::io::stderr())),
+            color_out: wants_color(global.color, anstream::AutoStream::choice(&std::io::stdout())),
+        }
+    }
+}
+
+fn wants_color(choice: ColorChoice, auto: anstream::ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => !matches!(auto, anstream::ColorChoice::Never),
     }
 }
 
@@ -65,28 +102,11 @@ pub struct Printer {
     tally: Mutex<Tally>,
 }
 
-fn wants_color(choice: ColorChoice, terminal: bool) -> bool {
-    match choice {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            terminal
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::env::var("TERM").map_or(true, |t| t != "dumb")
-        }
-    }
-}
-
 impl Printer {
     /// `events_as_json`: the command streams its progress as JSON (up/down --json).
     pub fn new(global: &GlobalArgs, events_as_json: bool) -> Self {
-        let stderr_terminal = std::io::stderr().is_terminal();
-        let interactive = stderr_terminal
-            && global.verbose == 0
-            && !global.quiet
-            && !events_as_json
-            && std::env::var_os("CI").is_none();
-        let bars = interactive.then(|| Bars {
+        let looks = Looks::decide(global, events_as_json);
+        let bars = looks.bars.then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             by_step: Mutex::new(HashMap::new()),
         });
@@ -95,8 +115,8 @@ impl Printer {
             events_as_json,
             quiet: global.quiet,
             verbose: global.verbose > 0,
-            color_err: wants_color(global.color, stderr_terminal),
-            color_out: wants_color(global.color, std::io::stdout().is_terminal()),
+            color_err: looks.color_err,
+            color_out: looks.color_out,
             bars,
             tally: Mutex::new(Tally::default()),
         }
@@ -249,6 +269,30 @@ impl Printer {
     }
 }
 
+/// A plain text table: columns as wide as their widest cell on screen (colour codes and wide
+/// characters measured as they show), two spaces apart, no borders.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_header(header.iter().copied());
+    for row in rows {
+        table.add_row(row.iter().map(String::as_str));
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    let mut out = String::new();
+    for line in table.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Escapes what the user typed before it reaches a terminal.
+pub fn shown(text: &str) -> String {
+    if text.chars().any(char::is_control) { format!("{text:?}") } else { text.to_string() }
+}
+
 /// An id as people read it. For an ARN, its resource part, at most its type and its last two
 /// names ("listener/app/s/1a/2b" -> "listener/…/1a/2b"): enough to tell the stack's resources
 /// apart at a glance; `--wide` shows the whole ARN.
@@ -277,16 +321,9 @@ pub fn minute_utc(rfc3339: &str) -> String {
     }
 }
 
-/// A size as people read it: "6.0 KiB".
+/// A size as people read it: "6.30 KiB".
 pub fn human_bytes(bytes: i64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < units.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+    indicatif::HumanBytes(bytes.max(0).unsigned_abs()).to_string()
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not a reason to stop a run half-way
@@ -297,7 +334,12 @@ pub fn write_stdout(text: &str) {
 }
 
 fn paint(on: bool, text: &str, tone: Tone) -> String {
-    if on { format!("\x1b[{}m{text}\x1b[0m", tone.code()) } else { text.to_string() }
+    if on {
+        let style = tone.style();
+        format!("{style}{text}{style:#}")
+    } else {
+        text.to_string()
+    }
 }
 
 fn secs(d: Duration) -> String {
@@ -399,4 +441,32 @@ fn keep(multi: &MultiProgress, bar: Option<ProgressBar>, text: &str) {
         bar.finish_and_clear();
     }
     let _ = multi.println(text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_shorten_to_their_resource() {
+        assert_eq!(
+            short_id("arn:aws:elasticloadbalancing:us-east-1:123:loadbalancer/app/web/abc"),
+            "loadbalancer/…/web/abc"
+        );
+        assert_eq!(
+            short_id("arn:aws:elasticloadbalancing:us-east-1:123:listener/app/web/abc/def"),
+            "listener/…/abc/def"
+        );
+        assert_eq!(
+            short_id("arn:aws:ecs:us-east-1:123:task-definition/calm-gitlab:1"),
+            "task-definition/calm-gitlab:1"
+        );
+        assert_eq!(short_id("vpc-1"), "vpc-1");
+        assert_eq!(
+            shorten_arns(
+                "arn:aws:ecs:r:1:service/calm/gitlab: task_definition arn:aws:ecs:r:1:task-definition/calm-gitlab:1 -> x"
+            ),
+            "service/calm/gitlab: task_definition task-definition/calm-gitlab:1 -> x"
+        );
+    }
 }

@@ -39,6 +39,7 @@ fn expected_inventory() -> BTreeMap<String, usize> {
         ("nat", 1),
         ("sg", 4),
         ("file system", 1),
+        ("mount target", 2),
         ("load balancer", 1),
         ("target group", 1),
         ("cluster web", 1),

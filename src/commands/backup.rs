@@ -6,13 +6,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{confirm, connect, recorded_stack, refuse_other_operation, short_id, stack_name, table};
 use crate::aws::Ctx;
 use crate::cli::{BackupAction, BackupArgs, GlobalArgs};
 use crate::engine::{Event, Observer, StepScope};
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys;
+use crate::ops::confirm;
+use crate::ops::stack::{connect, recorded_stack, refuse_other_operation, stack_name};
 use crate::printer::{Printer, human_bytes, minute_utc};
+use crate::printer::{short_id, table};
 use crate::state::{self, LockedState, Operation, State, StateHandle};
 use crate::steps::{backup, service};
 
@@ -166,7 +168,7 @@ pub async fn take(
             service::scale(ctx, &scope, &cluster, 1).await
         })
         .await?;
-        super::up::wait_healthy(ctx, state, printer).await?;
+        crate::ops::converge::wait_healthy(ctx, state, printer).await?;
     }
     state.update(|s| s.operation = None, true)?;
     Ok(made)

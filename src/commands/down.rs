@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{bind_account, check_writable, connect, short_id, stack_name};
 use crate::catalog::Kinds;
 use crate::cli::{DownArgs, GlobalArgs};
 use crate::engine::{self, Catalog as _, Interrupt, Live, Teardown, counted};
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys::Kind;
-use crate::printer::{Printer, Tone, minute_utc};
+use crate::ops::check_writable;
+use crate::ops::stack::{bind_account, connect, locate, stack_name};
+use crate::printer::{Printer, Tone, minute_utc, short_id};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::backup;
 
@@ -37,17 +38,9 @@ struct LeftAlone {
 
 pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> CliResult {
     check_writable(args.timings.as_deref())?;
-    let (stack, region_flag) = stack_name(global)?;
+    let (stack, recorded) = locate(global)?;
+    let region_flag = stack_name(global)?.1;
     let printer = Arc::new(Printer::new(global, args.json));
-    let recorded = state::read(&global.state_dir, &stack)?;
-    if let (Some(recorded), Some(region)) = (&recorded, &region_flag)
-        && !recorded.resources.is_empty()
-        && recorded.region != *region
-    {
-        return Err(Diagnostic::new(format!("stack {stack} lives in {}, not {region}", recorded.region))
-            .with_help("drop --region (down uses the stack's own region)")
-            .into());
-    }
     let has_records = recorded.as_ref().is_some_and(|s| !s.resources.is_empty());
     if has_records && !args.yes && !printer.can_ask() {
         return Err(no_terminal(&stack));
@@ -61,7 +54,8 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let state = StateHandle::new(locked);
     let records = state.snapshot().resources;
     if records.is_empty() && !args.discover {
-        return super::status::nothing_recorded(global, &stack, region.as_deref(), &printer, "down --discover").await;
+        crate::ops::status::look_for_unrecorded(global, &stack, region.as_deref(), &printer, "down --discover").await?;
+        return Ok(ExitStatus::Success);
     }
     let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
     let region = ctx.region().to_string();
@@ -118,7 +112,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         state.remove_file()?;
     }
     if let Some(path) = &args.timings {
-        super::write_timings(path, &outcome.report)?;
+        crate::ops::write_timings(path, &outcome.report)?;
     }
     // Every file system the stack has had (a restore keeps the previous one): their backups stay.
     let recovery_points = if args.keep_data {

@@ -1,12 +1,11 @@
 //! `exec` and `shell`: ECS Exec into the running GitLab task, handing the session to AWS's
 //! Session Manager plugin exactly as the AWS CLI does.
 
-use super::{connect, stack_name};
 use crate::cli::GlobalArgs;
 use crate::exit::{CliResult, Diagnostic, ExitStatus};
 use crate::keys;
+use crate::ops::stack::{Reached, reach};
 use crate::printer::Printer;
-use crate::state;
 use crate::steps::service::{CONTAINER, running_task};
 
 const PLUGIN: &str = "session-manager-plugin";
@@ -34,27 +33,18 @@ fn shell_join(args: &[String]) -> String {
 
 /// `command`: what to run; `None` opens a shell.
 pub async fn run(global: &GlobalArgs, command: Option<Vec<String>>) -> CliResult {
-    let (stack, _) = stack_name(global)?;
     let printer = Printer::new(global, false);
     let plugin = on_path(PLUGIN).ok_or_else(|| {
         Diagnostic::new(format!("{PLUGIN} is not installed (ECS Exec needs it, as the AWS CLI does)"))
             .with_help(PLUGIN_HELP)
     })?;
-    let recorded = state::read(&global.state_dir, &stack)?;
-    let Some(cluster) = recorded
-        .as_ref()
-        .and_then(|s| s.resources.get(keys::SERVICE))
-        .and_then(|r| r.attr("cluster").map(str::to_string))
+    let Reached { stack, recorded, ctx } = reach(global, &printer).await?;
+    let Some(cluster) = recorded.resources.get(keys::SERVICE).and_then(|r| r.attr("cluster").map(str::to_string))
     else {
-        return Err(Diagnostic::new(format!(
-            "stack {stack} has no GitLab service recorded in {}",
-            global.state_dir.display()
-        ))
-        .with_help("run `gitlab-provision up` first (or pass --state-dir)")
-        .into());
+        return Err(Diagnostic::new(format!("stack {stack} has no GitLab service recorded"))
+            .with_help("run `gitlab-provision up` first")
+            .into());
     };
-    let region = recorded.as_ref().map(|s| s.region.clone());
-    let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
     let Some((task, runtime)) = running_task(&ctx, &cluster).await? else {
         return Err(Diagnostic::new("GitLab has no running task to connect to")
             .with_help("`gitlab-provision status` says why; `gitlab-provision up` starts it")

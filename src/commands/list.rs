@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-use super::table;
 use crate::cli::{GlobalArgs, ListArgs};
 use crate::exit::{CliResult, ExitStatus};
 use crate::printer::Printer;
@@ -72,6 +71,6 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> CliResult {
             ]
         })
         .collect();
-    printer.out(&table(&["STACK", "REGION", "ACCOUNT", "RESOURCES", "NOTE"], &rows));
+    printer.out(&crate::printer::table(&["STACK", "REGION", "ACCOUNT", "RESOURCES", "NOTE"], &rows));
     Ok(ExitStatus::Success)
 }

@@ -5,14 +5,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{connect, stack_name};
 use crate::cli::{GlobalArgs, LogsArgs};
 use crate::engine::Interrupt;
 use crate::exit::{CliResult, Diagnostic, ExitStatus};
 use crate::keys;
+use crate::ops::stack::{Reached, reach};
 use crate::printer::Printer;
-use crate::state;
-use crate::steps::logs::{events, gitlab_log_group};
+use crate::steps::logs::events;
 
 /// One log line of `logs --json`: one JSON object per line, flat, for `jq`.
 #[derive(Serialize)]
@@ -35,21 +34,13 @@ pub async fn run(global: &GlobalArgs, args: LogsArgs, interrupt: Interrupt) -> C
     let since = humantime::parse_duration(&args.since).map_err(|e| {
         Diagnostic::new(format!("--since {:?}: {e}", args.since)).with_help("write a duration like 10m, 2h or 1d")
     })?;
-    let (stack, _) = stack_name(global)?;
     let printer = Printer::new(global, false);
-    let recorded = state::read(&global.state_dir, &stack)?;
-    let Some(group) = recorded.as_ref().and_then(|s| s.resources.get(keys::LOG_GROUP)).and_then(|r| r.id.clone())
-    else {
-        return Err(Diagnostic::new(format!(
-            "stack {stack} has no log group recorded in {}",
-            global.state_dir.display()
-        ))
-        .with_help("run `gitlab-provision up` first (or pass --state-dir)")
-        .into());
+    let Reached { stack, recorded, ctx } = reach(global, &printer).await?;
+    let Some(group) = recorded.resources.get(keys::LOG_GROUP).and_then(|r| r.id.clone()) else {
+        return Err(Diagnostic::new(format!("stack {stack} has no log group recorded"))
+            .with_help("run `gitlab-provision up` first: it creates GitLab's log group")
+            .into());
     };
-    debug_assert!(group == gitlab_log_group(&stack) || !group.is_empty());
-    let region = recorded.as_ref().map(|s| s.region.clone());
-    let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut start = (now.saturating_sub(since)).as_millis() as i64;
     let mut seen: BTreeSet<String> = BTreeSet::new();

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backup::{phase, remember, targets};
-use super::{confirm, connect, recorded_config, recorded_stack, refuse_other_operation, stack_name};
 use crate::aws::call;
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::engine::{Interrupt, attrs};
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::keys::{self, Kind};
+use crate::ops::confirm;
+use crate::ops::stack::{connect, recorded_config, recorded_stack, refuse_other_operation, stack_name};
 use crate::printer::{Printer, human_bytes, minute_utc};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::{backup, service, storage};
@@ -143,11 +144,11 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     //    place, a new task definition revision), GitLab started and waited for.
     phase(&state, &printer, "restore", "converge", "switch GitLab to the restored file system", |_| async { Ok(()) })
         .await?;
-    let options = super::up::Converge::confirmed(global, interrupt, true);
-    super::up::converge(&ctx, &state, cfg, &printer, &options)
+    let options = crate::ops::converge::Converge::confirmed(global, interrupt, true);
+    crate::ops::converge::converge(&ctx, &state, cfg, &printer, &options)
         .await
         .map_err(|e| e.with_help("run `gitlab-provision restore` again to resume"))?;
-    super::up::wait_healthy(&ctx, &state, &printer).await?;
+    crate::ops::converge::wait_healthy(&ctx, &state, &printer).await?;
     state.update(|s| s.operation = None, true)?;
     let previous: Vec<String> = state
         .snapshot()

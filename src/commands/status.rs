@@ -1,130 +1,15 @@
 //! `status`: a verdict first (is GitLab healthy, and if not why), then every recorded resource
-//! with its live state, and the running GitLab explained.
+//! with its live state, and the running GitLab explained (read by `ops::status`).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use serde::Serialize;
-
-use super::{connect, gitlab_url, short_id, ssh_endpoint, stack_name, table};
-use crate::catalog::Kinds;
 use crate::cli::{GlobalArgs, StatusArgs};
-use crate::engine::{self, Conflict, Live, Owner};
 use crate::exit::{CliResult, ExitStatus};
-use crate::printer::{Printer, Tone};
-use crate::state::{self, RecordStatus};
-use crate::steps::service::{Health, describe_stop, health};
-
-#[derive(Debug, Serialize)]
-pub struct StatusReport {
-    pub stack: String,
-    pub region: String,
-    pub account: Option<String>,
-    pub state_file: String,
-    pub verdict: Verdict,
-    pub resources: Vec<ResourceStatus>,
-    /// What has the stack's names but is not its own (with `--discover`).
-    pub conflicts: Vec<Conflict>,
-    /// The running GitLab, when the stack has a service.
-    pub gitlab: Option<Health>,
-    pub ssh: Option<String>,
-}
-
-/// One word for scripts, one line for people.
-#[derive(Debug, Serialize)]
-pub struct Verdict {
-    /// healthy, starting, unhealthy, stopped, not-deployed, degraded or empty.
-    pub state: &'static str,
-    pub text: String,
-    /// Whether `status --check` exits 0.
-    pub ok: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ResourceStatus {
-    pub key: String,
-    pub kind: String,
-    pub id: Option<String>,
-    /// How the state records it; `None` for an orphan (found by `--discover`, not recorded).
-    pub recorded: Option<RecordStatus>,
-    /// ok, missing, changed, pending (create never confirmed), unknown (the read failed),
-    /// foreign (recorded, but not this stack's) or orphan (the stack's, not recorded).
-    pub live: &'static str,
-    pub detail: String,
-}
-
-fn since(started: &str) -> String {
-    let Ok(started) = humantime::parse_rfc3339_weak(started) else { return started.to_string() };
-    let minutes = std::time::SystemTime::now().duration_since(started).map(|d| d.as_secs() / 60).unwrap_or(0);
-    if minutes == 0 { "under a minute".to_string() } else { format!("{minutes} min") }
-}
-
-fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict {
-    let count = |live: &str| resources.iter().filter(|r| r.live == live).count();
-    let problems: Vec<String> = [
-        ("missing", count("missing")),
-        ("changed", count("changed")),
-        ("not this stack's", count("foreign")),
-        ("unreadable", count("unknown")),
-        ("orphan", count("orphan")),
-    ]
-    .iter()
-    .filter(|(_, n)| *n > 0)
-    .map(|(what, n)| format!("{n} {what}"))
-    .collect();
-    let resources_note =
-        if problems.is_empty() { String::new() } else { format!("; resources: {}", problems.join(", ")) };
-    if resources.is_empty() {
-        return Verdict { state: "empty", text: "nothing recorded".into(), ok: true };
-    }
-    let (state, text, healthy) = match gitlab {
-        None => ("not-deployed", "GitLab is not deployed (no service recorded)".to_string(), false),
-        Some(h) if h.healthy() => ("healthy", format!("GitLab healthy at {}", h.url.as_deref().unwrap_or("?")), true),
-        Some(h) if h.failed() => {
-            let stop = h.last_stopped.as_ref().map(|s| format!("; {}", describe_stop(s))).unwrap_or_default();
-            (
-                "unhealthy",
-                format!(
-                    "GitLab unhealthy: the deployment failed ({}){stop}",
-                    h.rollout_reason.as_deref().unwrap_or("circuit breaker")
-                ),
-                false,
-            )
-        }
-        Some(h) if h.desired == Some(0) => {
-            ("stopped", "GitLab is stopped (the service asks for 0 tasks)".to_string(), false)
-        }
-        Some(h) if h.desired.is_none() => ("unhealthy", "GitLab's service is missing".to_string(), false),
-        Some(h) => {
-            let target = h
-                .targets
-                .first()
-                .map(|t| format!(", target {}", t.state))
-                .unwrap_or_else(|| ", no target registered yet".into());
-            match &h.task {
-                Some(task) => (
-                    "starting",
-                    format!(
-                        "GitLab starting since {} (task {}{target})",
-                        h.task_started_at.as_deref().map(since).unwrap_or_else(|| "a moment".into()),
-                        task.to_lowercase()
-                    ),
-                    false,
-                ),
-                None => {
-                    let stop = h.last_stopped.as_ref().map(|s| format!(": {}", describe_stop(s))).unwrap_or_default();
-                    ("unhealthy", format!("GitLab unhealthy: no task is running{stop}"), false)
-                }
-            }
-        }
-    };
-    let degraded = !problems.is_empty();
-    Verdict {
-        state: if degraded && healthy { "degraded" } else { state },
-        text: format!("{text}{resources_note}"),
-        ok: healthy && !degraded,
-    }
-}
+use crate::ops::stack::{connect, locate};
+use crate::ops::status::{self, StatusReport, since, verdict};
+use crate::printer::{Printer, Tone, short_id, table};
+use crate::state;
+use crate::steps::service::describe_stop;
 
 impl StatusReport {
     fn render(&self, wide: bool, paint: &dyn Fn(&str, Tone) -> String) -> String {
@@ -215,16 +100,18 @@ impl StatusReport {
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
-    let (stack, region_flag) = stack_name(global)?;
+    let (stack, recorded) = locate(global)?;
     let printer = Printer::new(global, false);
     let state_file = state::state_path(&global.state_dir, &stack).display().to_string();
-    let recorded = state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
+    // `--check` is a health check: only a healthy GitLab says OK.
+    let not_ok = if args.check { ExitStatus::Degraded } else { ExitStatus::Success };
     if recorded.is_none() && !args.discover {
+        let region = crate::ops::stack::stack_name(global)?.1;
         if args.json {
             let configured = crate::aws::credentials::configured_region(global.profile.as_deref()).await;
             let empty = StatusReport {
                 stack: stack.clone(),
-                region: region_flag.clone().or(configured).unwrap_or_default(),
+                region: region.clone().or(configured).unwrap_or_default(),
                 account: None,
                 state_file,
                 verdict: verdict(&[], None),
@@ -234,119 +121,18 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
                 ssh: None,
             };
             printer.json("status", &empty)?;
-            return Ok(ExitStatus::Success);
+            return Ok(not_ok);
         }
-        return nothing_recorded(global, &stack, region_flag.as_deref(), &printer, "status --discover").await;
+        status::look_for_unrecorded(global, &stack, region.as_deref(), &printer, "status --discover").await?;
+        return Ok(not_ok);
     }
-    let region = recorded.as_ref().map(|s| s.region.clone()).or(region_flag);
+    let region = recorded.as_ref().map(|s| s.region.clone()).or(crate::ops::stack::stack_name(global)?.1);
     let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
-    let records = recorded.as_ref().map(|s| s.resources.clone()).unwrap_or_default();
-    let discovery = async {
-        if args.discover { engine::discover(ctx.clone(), Arc::new(Kinds), &records).await.map(Some) } else { Ok(None) }
-    };
-    let gitlab = async {
-        if records.contains_key(crate::keys::SERVICE) {
-            health(&ctx, &records, gitlab_url(&records)).await.map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    let (live, found, gitlab) = tokio::join!(
-        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), true),
-        discovery,
-        gitlab
-    );
-    let (orphans, conflicts) = found?.unwrap_or_default();
-    let mut resources: Vec<ResourceStatus> = records
-        .into_iter()
-        .map(|(key, record)| {
-            let (live, detail) = match live.get(&key) {
-                Some(_) if record.status == RecordStatus::Pending => {
-                    ("pending", "create was started but never confirmed; `up` adopts or creates it".to_string())
-                }
-                // An imported resource is the user's by design: read, never changed.
-                Some(Ok(Live::Present { owner: Owner::Foreign(why), .. }))
-                    if record.status != RecordStatus::Imported =>
-                {
-                    ("foreign", format!("not this stack's: {why}"))
-                }
-                Some(Ok(Live::Present { summary, drift, .. })) if drift.is_empty() => ("ok", summary.clone()),
-                Some(Ok(Live::Present { drift, .. })) => ("changed", drift.join("; ")),
-                Some(Ok(Live::Missing)) => {
-                    ("missing", "deleted outside gitlab-provision; `up` creates it again".to_string())
-                }
-                Some(Err(e)) => ("unknown", format!("{e:#}")),
-                None => ("unknown", "not read".to_string()),
-            };
-            ResourceStatus { key, kind: record.kind, id: record.id, recorded: Some(record.status), live, detail }
-        })
-        .collect();
-    for orphan in orphans {
-        resources.push(ResourceStatus {
-            key: orphan.key,
-            kind: orphan.kind,
-            id: Some(orphan.found.id),
-            recorded: None,
-            live: "orphan",
-            detail: "carries the stack's tags but no state records it; `down --discover` removes it".into(),
-        });
-    }
-    let gitlab = gitlab?;
-    let report = StatusReport {
-        stack,
-        region: ctx.region().to_string(),
-        account: ctx.account.as_ref().map(|a| a.account.clone()),
-        state_file,
-        verdict: verdict(&resources, gitlab.as_ref()),
-        ssh: recorded.as_ref().and_then(|s| ssh_endpoint(&s.resources)).map(|(h, p)| super::clone_url(&h, p)),
-        resources,
-        conflicts,
-        gitlab,
-    };
+    let report = status::read(&ctx, recorded.as_ref(), state_file, args.discover, usize::from(global.parallel)).await?;
     if args.json {
         printer.json("status", &report)?;
     } else {
         printer.out(&report.render(args.wide, &|text, tone| printer.paint_out(text, tone)));
     }
-    Ok(if args.check && !report.verdict.ok { ExitStatus::Degraded } else { ExitStatus::Success })
-}
-
-/// No state file for the stack: look for what carries its tags and say so, rather than "nothing".
-pub async fn nothing_recorded(
-    global: &GlobalArgs,
-    stack: &str,
-    region: Option<&str>,
-    printer: &Printer,
-    next: &str,
-) -> CliResult {
-    let dir = global.state_dir.display();
-    let ctx = match connect(global, stack, region, None, printer).await {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            printer.out(&format!("stack {stack}: nothing recorded in {dir}"));
-            printer.note(&format!("could not look in AWS for resources tagged with the stack: {:#}", e.error));
-            return Ok(ExitStatus::Success);
-        }
-    };
-    let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
-    if orphans.is_empty() {
-        let tail = if next.starts_with("down") { "; nothing to delete" } else { "" };
-        printer.out(&format!(
-            "stack {stack}: nothing recorded in {dir}, and nothing tagged gitlab-provision:stack={stack} in {}{tail}",
-            ctx.region()
-        ));
-    } else {
-        printer.out(&format!(
-            "stack {stack}: no state file in {dir}, but {} resources tagged gitlab-provision:stack={stack} exist in {}",
-            orphans.len(),
-            ctx.region()
-        ));
-        printer.note(&format!(
-            "are you in the right directory (or --state-dir)? If the state is lost, `gitlab-provision {next} --stack {stack}` shows or removes them"
-        ));
-    }
-    for c in conflicts {
-        printer.note(&format!("{} {} has the stack's name but is not its own: {}", c.kind, c.id, c.why));
-    }
-    Ok(ExitStatus::Success)
+    Ok(if report.verdict.ok { ExitStatus::Success } else { not_ok })
 }

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use super::{confirm, connect, recorded_config, recorded_stack, refuse_other_operation, stack_name};
 use crate::cli::{GlobalArgs, UpgradeArgs};
 use crate::config::TagSource;
 use crate::engine::Interrupt;
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::gitlab_version::{Hop, UpgradePath, Version, VersionError};
+use crate::ops::confirm;
+use crate::ops::stack::{connect, recorded_config, recorded_stack, refuse_other_operation, stack_name};
 use crate::printer::{Printer, Tone};
 use crate::state::{LockedState, StateHandle};
 
@@ -49,7 +50,7 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     let printer = Arc::new(Printer::new(global, false));
     let recorded = recorded_stack(global, &stack)?;
     refuse_other_operation(&recorded, "backup")?;
-    let Some(running) = super::plan::running_version(&recorded.resources) else {
+    let Some(running) = crate::ops::plan::running_version(&recorded.resources) else {
         return Err(Diagnostic::new("the stack records no running GitLab version (no task definition)")
             .with_help("run `gitlab-provision up` first")
             .into());
@@ -82,18 +83,18 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
         let (point, _) = super::backup::take(&ctx, &state, &printer, false, false).await?;
         printer.note(&format!("backed up before upgrading: {point} (`gitlab-provision restore` brings it back)"));
     }
-    let options = super::up::Converge::confirmed(global, interrupt, false);
+    let options = crate::ops::converge::Converge::confirmed(global, interrupt, false);
     for (i, hop) in hops.iter().enumerate() {
         cfg.gitlab_image_tag = hop.to_string();
         cfg.tag_source = TagSource::Flag;
         printer.heading(&format!("hop {} of {}: GitLab {hop}", i + 1, hops.len()));
-        super::up::converge(&ctx, &state, cfg.clone(), &printer, &options).await.map_err(|e| {
+        crate::ops::converge::converge(&ctx, &state, cfg.clone(), &printer, &options).await.map_err(|e| {
             e.with_help(format!(
                 "fix the cause and run `gitlab-provision upgrade --to {to}` again to continue from {}",
                 current(&state)
             ))
         })?;
-        super::up::wait_healthy(&ctx, &state, &printer).await?;
+        crate::ops::converge::wait_healthy(&ctx, &state, &printer).await?;
         printer.out(&format!("GitLab {hop} runs and is healthy"));
         let last = i + 1 == hops.len();
         if last {
@@ -164,7 +165,7 @@ fn upgrade_plan(hops: &[Version], no_backup: bool) -> String {
 }
 
 fn current(state: &StateHandle) -> String {
-    super::plan::running_version(&state.snapshot().resources)
+    crate::ops::plan::running_version(&state.snapshot().resources)
         .map(|v| v.to_string())
         .unwrap_or_else(|| "where it stopped".into())
 }

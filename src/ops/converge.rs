@@ -1,0 +1,308 @@
+//! Converging a stack onto a configuration: plan, ask before what disrupts, run the steps,
+//! remove what the configuration no longer has; and waiting until GitLab is healthy. `up` is
+//! this; `upgrade` and `restore` apply their configurations through it too.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::aws::Ctx;
+use crate::catalog::{self, Kinds};
+use crate::cli::GlobalArgs;
+use crate::config::StackConfig;
+use crate::engine::{self, Event, Interrupt, Lives, Observer, RunError, RunOptions, StepScope, Teardown};
+use crate::exit::{CliError, Diagnostic, ExitStatus};
+use crate::printer::Printer;
+use crate::state::{self, StateHandle};
+
+/// How `converge` may proceed.
+pub struct Converge<'a> {
+    pub global: &'a GlobalArgs,
+    /// Apply disruptive changes without asking.
+    pub yes: bool,
+    pub force_version: bool,
+    pub timings: Option<PathBuf>,
+    pub interrupt: Interrupt,
+    /// Run even though a backup or restore is recorded as in progress (they call this).
+    pub during_operation: bool,
+}
+
+impl<'a> Converge<'a> {
+    /// A converge a day-two command runs after it has asked (or been told `--yes`) itself.
+    pub fn confirmed(global: &'a GlobalArgs, interrupt: Interrupt, during_operation: bool) -> Self {
+        Converge { global, yes: true, force_version: false, timings: None, interrupt, during_operation }
+    }
+}
+
+/// What a converge did.
+pub struct Converged {
+    pub changed: bool,
+}
+
+/// Plans, asks before what disrupts, runs the steps, then removes what the configuration no
+/// longer has (after its replacements are in place).
+pub async fn converge(
+    ctx: &Arc<Ctx>,
+    state: &StateHandle,
+    mut cfg: StackConfig,
+    printer: &Arc<Printer>,
+    options: &Converge<'_>,
+) -> Result<Converged, CliError> {
+    let global = options.global;
+    let snapshot = state.snapshot();
+    if let Some(operation) = snapshot.operation.as_ref().filter(|_| !options.during_operation) {
+        return Err(Diagnostic::new(format!(
+            "a {} of stack {} is in progress (since {}); changing the stack now could lose it",
+            operation.kind, cfg.stack, operation.started_at
+        ))
+        .with_help(format!("run `gitlab-provision {}` again to finish it", operation.kind))
+        .into());
+    }
+    super::plan::keep_running_version(&mut cfg, &snapshot.resources);
+    if snapshot.resources.is_empty() {
+        refuse_lost_state(ctx, &cfg.stack).await?;
+    }
+    let lives =
+        engine::observe(ctx.clone(), Arc::new(Kinds), snapshot.resources.clone(), usize::from(global.parallel), true)
+            .await;
+    let lives: std::collections::BTreeMap<_, _> =
+        lives.into_iter().filter_map(|(k, l)| l.ok().map(|l| (k, l))).collect();
+    let region = ctx.region().to_string();
+    let has_records = !snapshot.resources.is_empty();
+    let plan = super::plan::report(
+        ctx,
+        &cfg,
+        has_records.then_some(&snapshot),
+        region.clone(),
+        &lives,
+        options.force_version,
+    )?;
+    if !plan.refused.is_empty() {
+        return Err(refused(&cfg.stack, &plan.refused).into());
+    }
+    if has_records && !plan.changes_anything() {
+        printer.note(&format!("no changes: {} resources as configured", plan.summary.keep));
+        return Ok(Converged { changed: false });
+    }
+    confirm_disruptions(&plan, printer, options.yes)?;
+    state.set_fixed(catalog::fixed_settings(&cfg, &region))?;
+
+    let steps = catalog::build(&cfg);
+    let owned = catalog::owned_keys(&steps);
+    let run_options = RunOptions {
+        max_parallel: usize::from(global.parallel),
+        interrupt: options.interrupt.clone(),
+        lives: Lives::new(lives),
+    };
+    let observer: Arc<dyn Observer> = printer.clone();
+    let result = engine::run(steps, ctx.clone(), state.clone(), observer, run_options).await;
+    printer.tally();
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => {
+            return Err(run_failed(global, &cfg.stack, state, error, options.timings.as_deref(), !has_records));
+        }
+    };
+    // What a retained record holds (a file system a restore replaced) is kept until `down`.
+    let stale: BTreeSet<String> = state
+        .snapshot()
+        .resources
+        .into_iter()
+        .filter(|(k, r)| !owned.contains(k) && r.status != state::RecordStatus::Retained)
+        .map(|(k, _)| k)
+        .collect();
+    if !stale.is_empty() {
+        printer.note(&format!(
+            "removing what the configuration no longer has: {}",
+            stale.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        let plan = Teardown {
+            only: Some(stale),
+            keep: Default::default(),
+            max_parallel: usize::from(global.parallel),
+            interrupt: options.interrupt.clone(),
+        };
+        engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), plan)
+            .await
+            .map_err(|e| CliError::failure(e).with_help("run `gitlab-provision up` again to finish removing them"))?;
+    }
+    if let Some(path) = &options.timings {
+        super::write_timings(path, &report)?;
+    }
+    Ok(Converged { changed: true })
+}
+
+/// What `up` says when it refuses: every problem, and one help. A refusal may carry its own help
+/// (a version's path); the others share one.
+fn refused(stack: &str, refusals: &[super::plan::Refusal]) -> Diagnostic {
+    use super::plan::RefusalReason;
+    let problems: Vec<&str> = refusals.iter().map(|r| r.problem.as_str()).collect();
+    let own_help: Vec<&str> = refusals.iter().filter_map(|r| r.help.as_deref()).collect();
+    let help = if refusals.iter().any(|r| r.reason == RefusalReason::NotOurs) {
+        "the state names resources that belong to something else: check that this state file is this stack's own (a copied or edited file?); nothing was changed".to_string()
+    } else if own_help.len() == problems.len() {
+        own_help.join("; ")
+    } else {
+        "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)".to_string()
+    };
+    Diagnostic::new(format!("stack {stack} cannot take this change:\n  - {}", problems.join("\n  - "))).with_help(help)
+}
+
+/// Changes that replace or interrupt something are shown, with what they cost, and need a yes.
+fn confirm_disruptions(plan: &super::plan::PlanReport, printer: &Printer, yes: bool) -> Result<(), CliError> {
+    let disruptions = plan.disruptions();
+    if disruptions.is_empty() || yes {
+        return Ok(());
+    }
+    let cost = plan
+        .monthly_cost_change
+        .filter(|c| c.abs() >= 0.01)
+        .map(|c| format!("\n  cost: {}${:.2}/month", if c > 0.0 { "+" } else { "-" }, c.abs()))
+        .unwrap_or_default();
+    let list = disruptions.iter().map(|d| format!("\n  - {d}")).collect::<String>();
+    super::confirm(
+        printer,
+        &format!("this change interrupts GitLab:{list}{cost}"),
+        "Apply it now?",
+        false,
+        "run `gitlab-provision plan` to see everything it does, then `gitlab-provision up --yes` to apply it",
+    )
+}
+
+/// A run that failed or was interrupted: cause first, then where things stand and the next command.
+fn run_failed(
+    global: &GlobalArgs,
+    stack: &str,
+    state: &StateHandle,
+    error: RunError,
+    timings: Option<&std::path::Path>,
+    was_new: bool,
+) -> CliError {
+    let state_file = state::state_path(&global.state_dir, stack);
+    let recorded = state.snapshot().resources;
+    let pending: Vec<&String> =
+        recorded.iter().filter(|(_, r)| r.status == state::RecordStatus::Pending).map(|(k, _)| k).collect();
+    let report = match &error {
+        RunError::Failed { report, .. } | RunError::Interrupted { report, .. } => Some(report),
+        RunError::Graph(_) => None,
+    };
+    if let (Some(path), Some(report)) = (timings, report) {
+        let _ = super::write_timings(path, report);
+    }
+    match error {
+        RunError::Failed { failures, not_started, preflight, .. } => {
+            let failure = failures.into_iter().next().map(|(step, e)| e.context(format!("step {step} failed")));
+            let failure = failure.unwrap_or_else(|| anyhow::anyhow!("up failed"));
+            // The failure's own help (which key to change, and to what) comes first.
+            let own = crate::exit::help_in(&failure);
+            let then = |next: &str| match &own {
+                Some(own) => format!("{own}; then {next}"),
+                None => format!("fix the cause, then {next}"),
+            };
+            // A check of the configuration failed before anything else ran: the user's to fix.
+            if preflight {
+                return CliError::usage(failure)
+                    .with_context(if was_new { "nothing was created" } else { "nothing was changed" })
+                    .with_help(then("run `gitlab-provision up` again"));
+            }
+            let mut cli = CliError::failure(failure);
+            if !not_started.is_empty() {
+                cli = cli.with_context(format!("{} did not run", crate::engine::counted(not_started.len(), "step")));
+            }
+            let cli = cli.with_context(format!(
+                "everything created so far is recorded in {} ({})",
+                state_file.display(),
+                crate::engine::counted(recorded.len(), "resource")
+            ));
+            // A running stack is never pointed at `down` after a failure: its data is there.
+            if was_new {
+                cli.with_help(then(
+                    "run `gitlab-provision up` again to resume, or `gitlab-provision down` to remove what was created",
+                ))
+            } else {
+                cli.with_help(then("run `gitlab-provision up` again to finish converging"))
+            }
+        }
+        RunError::Interrupted { not_started, .. } => {
+            let mut cli = CliError::new(
+                ExitStatus::Interrupted,
+                anyhow::anyhow!(
+                    "interrupted: the steps in flight finished and were recorded; {} did not start",
+                    not_started.len()
+                ),
+            )
+            .with_context(format!("recorded: {} resources in {}", recorded.len(), state_file.display()));
+            if !pending.is_empty() {
+                cli = cli.with_context(format!(
+                    "pending (create sent, answer not recorded; the next run adopts them): {}",
+                    pending.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if was_new {
+                cli.with_help(
+                    "run `gitlab-provision up` to resume, or `gitlab-provision down` to remove what was created",
+                )
+            } else {
+                cli.with_help("run `gitlab-provision up` to finish converging")
+            }
+        }
+        RunError::Graph(e) => CliError::failure(e),
+    }
+}
+
+/// A new stack whose resources already exist means a lost state file: creating them again
+/// would make twins. Something with the stack's names that is not its own is a conflict.
+async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> {
+    let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
+    if !conflicts.is_empty() {
+        let listed: Vec<String> = conflicts.iter().map(|c| format!("  - {} {}: {}", c.kind, c.id, c.why)).collect();
+        return Err(Diagnostic::new(format!(
+            "stack {stack} would collide with resources that are not this stack's in {}:\n{}",
+            ctx.region(),
+            listed.join("\n")
+        ))
+        .with_help("choose another stack name (--stack); nothing was created")
+        .into());
+    }
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> =
+        orphans.iter().take(8).map(|o| format!("  - {} {} ({})", o.kind, o.found.id, o.key)).collect();
+    Err(Diagnostic::new(format!(
+        "stack {stack} has no state file, but {} of its resources (tagged gitlab-provision:stack={stack}) exist in {}:\n{}{}",
+        orphans.len(),
+        ctx.region(),
+        listed.join("\n"),
+        if orphans.len() > 8 { "\n  ..." } else { "" }
+    ))
+    .with_help(format!(
+        "restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`"
+    ))
+    .into())
+}
+
+/// `up --wait` and the upgrade's hops: until GitLab is healthy, or why it will not be.
+pub async fn wait_healthy(ctx: &Ctx, state: &StateHandle, printer: &Arc<Printer>) -> Result<(), CliError> {
+    let scope = StepScope::new("gitlab-healthy", state.clone(), printer.clone());
+    printer.event(Event::Started { step: scope.step.clone(), description: "wait until GitLab has booted".into() });
+    match crate::steps::service::wait_healthy(ctx, &scope).await {
+        Ok(()) => {
+            printer.event(Event::Finished {
+                step: scope.step.clone(),
+                elapsed: scope.elapsed(),
+                summary: "the load balancer reports GitLab healthy".into(),
+                changed: true,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            printer.event(Event::Failed {
+                step: scope.step.clone(),
+                elapsed: scope.elapsed(),
+                error: format!("{e:#}"),
+            });
+            Err(CliError::failure(e))
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! A status: every recorded resource's live state, what carries the stack's tags without a
+//! record, GitLab's service explained, and one verdict.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::aws::Ctx;
+use crate::catalog::Kinds;
+use crate::cli::GlobalArgs;
+use crate::engine::{self, Conflict, Live, Owner};
+use crate::ops::stack::{clone_url, connect, gitlab_url, ssh_endpoint};
+use crate::printer::Printer;
+use crate::state::{RecordStatus, State};
+use crate::steps::service::{Health, describe_stop, health};
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub stack: String,
+    pub region: String,
+    pub account: Option<String>,
+    pub state_file: String,
+    pub verdict: Verdict,
+    pub resources: Vec<ResourceStatus>,
+    /// What has the stack's names but is not its own (with `--discover`).
+    pub conflicts: Vec<Conflict>,
+    /// The running GitLab, when the stack has a service.
+    pub gitlab: Option<Health>,
+    pub ssh: Option<String>,
+}
+
+/// One word for scripts, one line for people.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// healthy, starting, unhealthy, stopped, not-deployed, degraded or empty.
+    pub state: &'static str,
+    pub text: String,
+    /// Whether `status --check` exits 0.
+    pub ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceStatus {
+    pub key: String,
+    pub kind: String,
+    pub id: Option<String>,
+    /// How the state records it; `None` for an orphan (found by `--discover`, not recorded).
+    pub recorded: Option<RecordStatus>,
+    /// ok, missing, changed, pending (create never confirmed), unknown (the read failed),
+    /// foreign (recorded, but not this stack's) or orphan (the stack's, not recorded).
+    pub live: &'static str,
+    pub detail: String,
+}
+
+pub fn since(started: &str) -> String {
+    let Ok(started) = humantime::parse_rfc3339_weak(started) else { return started.to_string() };
+    let minutes = std::time::SystemTime::now().duration_since(started).map(|d| d.as_secs() / 60).unwrap_or(0);
+    if minutes == 0 { "under a minute".to_string() } else { format!("{minutes} min") }
+}
+
+pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict {
+    let count = |live: &str| resources.iter().filter(|r| r.live == live).count();
+    let problems: Vec<String> = [
+        ("missing", count("missing")),
+        ("changed", count("changed")),
+        ("not this stack's", count("foreign")),
+        ("unreadable", count("unknown")),
+        ("orphan", count("orphan")),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(what, n)| format!("{n} {what}"))
+    .collect();
+    let resources_note =
+        if problems.is_empty() { String::new() } else { format!("; resources: {}", problems.join(", ")) };
+    if resources.is_empty() {
+        return Verdict { state: "empty", text: "nothing recorded".into(), ok: true };
+    }
+    let (state, text, healthy) = match gitlab {
+        None => ("not-deployed", "GitLab is not deployed (no service recorded)".to_string(), false),
+        Some(h) if h.healthy() => ("healthy", format!("GitLab healthy at {}", h.url.as_deref().unwrap_or("?")), true),
+        Some(h) if h.failed() => {
+            let stop = h.last_stopped.as_ref().map(|s| format!("; {}", describe_stop(s))).unwrap_or_default();
+            (
+                "unhealthy",
+                format!(
+                    "GitLab unhealthy: the deployment failed ({}){stop}",
+                    h.rollout_reason.as_deref().unwrap_or("circuit breaker")
+                ),
+                false,
+            )
+        }
+        Some(h) if h.desired == Some(0) => {
+            ("stopped", "GitLab is stopped (the service asks for 0 tasks)".to_string(), false)
+        }
+        Some(h) if h.desired.is_none() => ("unhealthy", "GitLab's service is missing".to_string(), false),
+        Some(h) => {
+            let target = h
+                .targets
+                .first()
+                .map(|t| format!(", target {}", t.state))
+                .unwrap_or_else(|| ", no target registered yet".into());
+            match &h.task {
+                Some(task) => (
+                    "starting",
+                    format!(
+                        "GitLab starting since {} (task {}{target})",
+                        h.task_started_at.as_deref().map(since).unwrap_or_else(|| "a moment".into()),
+                        task.to_lowercase()
+                    ),
+                    false,
+                ),
+                None => {
+                    let stop = h.last_stopped.as_ref().map(|s| format!(": {}", describe_stop(s))).unwrap_or_default();
+                    ("unhealthy", format!("GitLab unhealthy: no task is running{stop}"), false)
+                }
+            }
+        }
+    };
+    let degraded = !problems.is_empty();
+    Verdict {
+        state: if degraded && healthy { "degraded" } else { state },
+        text: format!("{text}{resources_note}"),
+        ok: healthy && !degraded,
+    }
+}
+
+/// Reads everything the state records (and, with `discover`, what carries the stack's tags
+/// without a record) and GitLab's service, at once, and gives the verdict.
+pub async fn read(
+    ctx: &Arc<Ctx>,
+    recorded: Option<&State>,
+    state_file: String,
+    discover: bool,
+    parallel: usize,
+) -> anyhow::Result<StatusReport> {
+    let records = recorded.map(|s| s.resources.clone()).unwrap_or_default();
+    let discovery = async {
+        if discover { engine::discover(ctx.clone(), Arc::new(Kinds), &records).await.map(Some) } else { Ok(None) }
+    };
+    let gitlab = async {
+        if records.contains_key(crate::keys::SERVICE) {
+            health(&ctx, &records, gitlab_url(&records)).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (live, found, gitlab) =
+        tokio::join!(engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), parallel, true), discovery, gitlab);
+    let (orphans, conflicts) = found?.unwrap_or_default();
+    let mut resources: Vec<ResourceStatus> = records
+        .into_iter()
+        .map(|(key, record)| {
+            let (live, detail) = match live.get(&key) {
+                Some(_) if record.status == RecordStatus::Pending => {
+                    ("pending", "create was started but never confirmed; `up` adopts or creates it".to_string())
+                }
+                // An imported resource is the user's by design: read, never changed.
+                Some(Ok(Live::Present { owner: Owner::Foreign(why), .. }))
+                    if record.status != RecordStatus::Imported =>
+                {
+                    ("foreign", format!("not this stack's: {why}"))
+                }
+                Some(Ok(Live::Present { summary, drift, .. })) if drift.is_empty() => ("ok", summary.clone()),
+                Some(Ok(Live::Present { drift, .. })) => ("changed", drift.join("; ")),
+                Some(Ok(Live::Missing)) => {
+                    ("missing", "deleted outside gitlab-provision; `up` creates it again".to_string())
+                }
+                Some(Err(e)) => ("unknown", format!("{e:#}")),
+                None => ("unknown", "not read".to_string()),
+            };
+            ResourceStatus { key, kind: record.kind, id: record.id, recorded: Some(record.status), live, detail }
+        })
+        .collect();
+    for orphan in orphans {
+        resources.push(ResourceStatus {
+            key: orphan.key,
+            kind: orphan.kind,
+            id: Some(orphan.found.id),
+            recorded: None,
+            live: "orphan",
+            detail: "carries the stack's tags but no state records it; `down --discover` removes it".into(),
+        });
+    }
+    let gitlab = gitlab?;
+    Ok(StatusReport {
+        stack: ctx.tags.stack.clone(),
+        region: ctx.region().to_string(),
+        account: ctx.account.as_ref().map(|a| a.account.clone()),
+        state_file,
+        verdict: verdict(&resources, gitlab.as_ref()),
+        ssh: recorded.and_then(|s| ssh_endpoint(&s.resources)).map(|(h, p)| clone_url(&h, p)),
+        resources,
+        conflicts,
+        gitlab,
+    })
+}
+
+/// What a look for the stack's tagged resources found when no state records it.
+pub enum Unrecorded {
+    /// Nothing tagged with the stack in the region.
+    Nothing { region: String },
+    /// Resources of the stack exist, recorded nowhere here (another directory, a lost state).
+    Orphans { region: String, count: usize, conflicts: Vec<Conflict> },
+    /// It could not look (no credentials, no network): why.
+    CouldNotLook(String),
+}
+
+/// No state file for the stack: look for what carries its tags and say what was found, rather
+/// than "nothing"; `next` is the command that would show or remove it.
+pub async fn look_for_unrecorded(
+    global: &GlobalArgs,
+    stack: &str,
+    region: Option<&str>,
+    printer: &Printer,
+    next: &str,
+) -> anyhow::Result<Unrecorded> {
+    let found = match connect(global, stack, region, None, printer).await {
+        Err(e) => Unrecorded::CouldNotLook(format!("{:#}", e.error)),
+        Ok(ctx) => {
+            let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
+            let region = ctx.region().to_string();
+            if orphans.is_empty() && conflicts.is_empty() {
+                Unrecorded::Nothing { region }
+            } else {
+                Unrecorded::Orphans { region, count: orphans.len(), conflicts }
+            }
+        }
+    };
+    say_unrecorded(global, stack, &found, printer, next);
+    Ok(found)
+}
+
+/// Says what a look for an unrecorded stack found (`status` and `down` without a state file).
+fn say_unrecorded(global: &GlobalArgs, stack: &str, found: &Unrecorded, printer: &Printer, next: &str) {
+    let dir = global.state_dir.display();
+    match found {
+        Unrecorded::CouldNotLook(why) => {
+            printer.out(&format!("stack {stack}: nothing recorded in {dir}"));
+            printer.note(&format!("could not look in AWS for resources tagged with the stack: {why}"));
+        }
+        Unrecorded::Nothing { region } => {
+            let tail = if next.starts_with("down") { "; nothing to delete" } else { "" };
+            printer.out(&format!(
+                "stack {stack}: nothing recorded in {dir}, and nothing tagged gitlab-provision:stack={stack} in {region}{tail}"
+            ));
+        }
+        Unrecorded::Orphans { region, count, conflicts } => {
+            if *count > 0 {
+                printer.out(&format!(
+                    "stack {stack}: no state file in {dir}, but {count} resources tagged gitlab-provision:stack={stack} exist in {region}"
+                ));
+                printer.note(&format!(
+                    "are you in the right directory (or --state-dir)? If the state is lost, `gitlab-provision {next} --stack {stack}` shows or removes them"
+                ));
+            } else {
+                printer.out(&format!("stack {stack}: nothing recorded in {dir}, and nothing of it in {region}"));
+            }
+            for c in conflicts {
+                printer.note(&format!("{} {} has the stack's name but is not its own: {}", c.kind, c.id, c.why));
+            }
+        }
+    }
+}
