@@ -66,8 +66,8 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
             ByTags,
             0,
             Interrupts {
-                when: &[When::Replaced],
-                what: "GitLab's service is replaced: GitLab is down until its new task has booted",
+                when: &[When::Replaced, When::SettingChanged("exec")],
+                what: "GitLab's task is restarted (its service is replaced, or ECS Exec switched): GitLab is down until the new one has booted, typically 5-15 minutes",
             },
         ),
         Kind::Function => row(&efs_init::FunctionOps, ByTags, 0, nothing),
@@ -288,7 +288,11 @@ struct Network {
     egress: Option<&'static str>,
 }
 
-fn declare_network(s: &mut Stack, cfg: &StackConfig) -> Network {
+fn declare_network(s: &mut Stack, cfg: &Arc<StackConfig>) -> Network {
+    s.step(keys::STEP_QUOTAS)
+        .describe("check that the account's quotas have room for what this run creates")
+        .preflight()
+        .runs(crate::steps::quotas::CheckQuotas { config: cfg.clone() });
     if let Some(domain) = &cfg.domain {
         s.step(keys::STEP_PREFLIGHT)
             .describe(format!("check that hosted zone {} serves {}", domain.hosted_zone_id, domain.domain_name))
@@ -400,7 +404,7 @@ fn declare_data(s: &mut Stack, cfg: &StackConfig) {
         .creates(keys::ROOT_SECRET, Kind::Secret)
         .describe("generate GitLab's root password into Secrets Manager")
         .runs(secret::RootSecretStep { email: cfg.gitlab_root_email.clone() });
-    for (key, name, what) in [
+    let mut groups = vec![
         (keys::LOG_GROUP, logs::gitlab_log_group(stack), "GitLab's log group"),
         (
             keys::INIT_LOG_GROUP,
@@ -412,7 +416,11 @@ fn declare_data(s: &mut Stack, cfg: &StackConfig) {
             logs::insights_log_group(&keys::names::cluster(stack)),
             "Container Insights' log group",
         ),
-    ] {
+    ];
+    if cfg.exec {
+        groups.push((keys::EXEC_LOG_GROUP, logs::exec_log_group(stack), "the ECS Exec sessions' log group"));
+    }
+    for (key, name, what) in groups {
         s.step(key)
             .creates(key, Kind::LogGroup)
             .describe(format!("create {what} {name} with {}-day retention", logs::RETENTION_DAYS))
@@ -515,15 +523,23 @@ fn declare_roles_and_initializer(s: &mut Stack, cfg: &StackConfig) {
             managed: &[],
             policy: Box::new(move |ctx, env| iam::execution_policy(ctx, env, registry.as_deref(), ecr)),
         });
+    let mut task_role_needs = vec![keys::FILE_SYSTEM];
+    if cfg.exec {
+        task_role_needs.push(keys::EXEC_LOG_GROUP);
+    }
     s.step(keys::TASK_ROLE)
-        .needs(&[keys::FILE_SYSTEM])
+        .needs(&task_role_needs)
         .creates(keys::TASK_ROLE, Kind::Role)
-        .describe("create the task role: mount the file system, ECS Exec")
+        .describe(if cfg.exec {
+            "create the task role: mount the file system, ECS Exec and its session log"
+        } else {
+            "create the task role: mount the file system"
+        })
         .runs(iam::RoleStep {
             key: keys::TASK_ROLE,
             service: "ecs-tasks.amazonaws.com",
             managed: &[],
-            policy: Box::new(iam::task_policy),
+            policy: if cfg.exec { Box::new(iam::task_policy_with_exec) } else { Box::new(iam::task_policy) },
         });
     s.step(keys::INIT_ROLE)
         .creates(keys::INIT_ROLE, Kind::Role)
@@ -699,11 +715,19 @@ fn declare_ssh(s: &mut Stack, cfg: &StackConfig, net: &Network) -> Option<&'stat
 /// GitLab itself: cluster, task definition and service.
 fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network, listeners: Vec<&'static str>) {
     let https = cfg.domain.is_some();
+    let mut cluster_needs = vec![keys::INSIGHTS_LOG_GROUP];
+    if cfg.exec {
+        cluster_needs.push(keys::EXEC_LOG_GROUP);
+    }
     s.step(keys::CLUSTER)
-        .needs(&[keys::INSIGHTS_LOG_GROUP])
+        .needs(&cluster_needs)
         .creates(keys::CLUSTER, Kind::Cluster)
-        .describe("create the ECS cluster with Container Insights")
-        .runs(service::ClusterStep);
+        .describe(if cfg.exec {
+            "create the ECS cluster with Container Insights, ECS Exec sessions logged to their log group"
+        } else {
+            "create the ECS cluster with Container Insights"
+        })
+        .runs(service::ClusterStep { exec_logged: cfg.exec });
     let mut td_needs =
         vec![keys::VPC, keys::EXECUTION_ROLE, keys::TASK_ROLE, keys::FILE_SYSTEM, keys::ROOT_SECRET, keys::LOG_GROUP];
     if !https {
@@ -741,8 +765,11 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network, listener
     s.step(keys::SERVICE)
         .needs(&service_needs)
         .creates(keys::SERVICE, Kind::Service)
-        .describe("create the Fargate service (1 task, min 0% / max 100%, circuit breaker, ECS Exec)")
-        .runs(service::ServiceStep { ssh: cfg.ssh_port.is_some() });
+        .describe(format!(
+            "create the Fargate service (1 task, min 0% / max 100%, circuit breaker{})",
+            if cfg.exec { ", ECS Exec" } else { "" }
+        ))
+        .runs(service::ServiceStep { ssh: cfg.ssh_port.is_some(), exec: cfg.exec });
 }
 
 /// Record keys the steps create; a recorded key outside this set is left over from an earlier
@@ -860,7 +887,7 @@ mod tests {
         for (name, steps) in variants() {
             for step in &steps {
                 let ok = step.creates.iter().any(|(k, _)| *k == step.name)
-                    || [keys::STEP_SUBNETS, keys::STEP_MOUNT_TARGETS, keys::STEP_PREFLIGHT, keys::STEP_ZONE_CHECK]
+                    || [keys::STEP_SUBNETS, keys::STEP_MOUNT_TARGETS, keys::STEP_PREFLIGHT, keys::STEP_ZONE_CHECK, keys::STEP_QUOTAS]
                         .contains(&step.name.as_str());
                 assert!(ok, "{name}: step {} creates {:?}", step.name, step.creates);
             }

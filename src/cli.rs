@@ -213,6 +213,12 @@ pub struct UpgradeArgs {
     /// Show what the upgrade would do (path, backup, each hop's downtime) and change nothing
     #[arg(long)]
     pub plan: bool,
+    /// Give up on the backup (and start GitLab again) when AWS Backup has not started its job by then
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub start_within: String,
+    /// One JSON event per line on stdout as it goes, then the result
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +231,13 @@ pub struct BackupArgs {
     /// Stop GitLab for the backup without asking
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Give up (and start GitLab again) when AWS Backup has not started the job by then; AWS allows
+    /// an on-demand job up to an hour to start
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub start_within: String,
+    /// One JSON event per line on stdout as it goes, then the result
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,7 +252,7 @@ pub enum BackupAction {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The recovery point's ARN (from `backup list`)
+    /// The recovery point: its id as `backup list` shows it, or its ARN (resumes one in progress when omitted)
     pub recovery_point: Option<String>,
     /// Switch GitLab without asking
     #[arg(long, short = 'y')]
@@ -247,6 +260,12 @@ pub struct RestoreArgs {
     /// Show what the restore would do and change nothing
     #[arg(long)]
     pub plan: bool,
+    /// The GitLab version that wrote the backup's data, for a backup that does not record it
+    #[arg(long, value_name = "TAG")]
+    pub gitlab_version: Option<String>,
+    /// One JSON event per line on stdout as it goes, then the result
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +279,12 @@ pub struct LogsArgs {
     /// One JSON object per line: timestamp, stream, message
     #[arg(long)]
     pub json: bool,
+    /// Only the last N lines (of the --since window)
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// The ECS Exec sessions' log (who ran what in a shell), instead of GitLab's
+    #[arg(long)]
+    pub exec: bool,
 }
 
 #[derive(Debug, Args)]

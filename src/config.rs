@@ -29,7 +29,7 @@ const SECURITY_GROUP_RULES: usize = 60;
 
 /// Every configurable key. The same struct is the TOML schema and the command-line flags
 /// of `up` and `plan`, so a key and its flag cannot drift apart.
-#[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Stack name (global flag --stack)
@@ -104,55 +104,35 @@ pub struct Settings {
     #[arg(long, value_name = "PORT", help_heading = "Git over SSH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
+    /// Allow shells in GitLab's container (`exec`, `shell`), each session logged [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<bool>,
 }
 
 impl Settings {
-    /// Values in `over` win; the rest come from `self`.
+    /// Values in `over` win; the rest come from `self`. Field by field through their serialized
+    /// form, so a new key needs no line here.
     pub fn overlay(self, over: Settings) -> Settings {
-        Settings {
-            stack: over.stack.or(self.stack),
-            region: over.region.or(self.region),
-            allowed_cidrs: over.allowed_cidrs.or(self.allowed_cidrs),
-            vpc_cidr: over.vpc_cidr.or(self.vpc_cidr),
-            use_nat_instance: over.use_nat_instance.or(self.use_nat_instance),
-            vpc_id: over.vpc_id.or(self.vpc_id),
-            availability_zones: over.availability_zones.or(self.availability_zones),
-            domain_name: over.domain_name.or(self.domain_name),
-            sub_domain: over.sub_domain.or(self.sub_domain),
-            hosted_zone_id: over.hosted_zone_id.or(self.hosted_zone_id),
-            gitlab_root_email: over.gitlab_root_email.or(self.gitlab_root_email),
-            gitlab_image: over.gitlab_image.or(self.gitlab_image),
-            gitlab_image_tag: over.gitlab_image_tag.or(self.gitlab_image_tag),
-            gitlab_image_credentials: over.gitlab_image_credentials.or(self.gitlab_image_credentials),
-            task_cpu: over.task_cpu.or(self.task_cpu),
-            task_memory_mib: over.task_memory_mib.or(self.task_memory_mib),
-            ssh: over.ssh.or(self.ssh),
-            ssh_port: over.ssh_port.or(self.ssh_port),
-        }
+        let fields = |settings: &Settings| match serde_json::to_value(settings) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        let mut merged = fields(&self);
+        merged.extend(fields(&over).into_iter().filter(|(_, v)| !v.is_null()));
+        serde_json::from_value(serde_json::Value::Object(merged)).unwrap_or(over)
+    }
+
+    /// Every key the file accepts, from the type itself (for "did you mean" and the README test).
+    pub fn keys() -> Vec<String> {
+        let schema = schemars::schema_for!(Settings);
+        schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }
-
-/// Every key the file accepts, for "did you mean".
-pub const KEYS: &[&str] = &[
-    "stack",
-    "region",
-    "allowed_cidrs",
-    "vpc_cidr",
-    "use_nat_instance",
-    "vpc_id",
-    "availability_zones",
-    "domain_name",
-    "sub_domain",
-    "hosted_zone_id",
-    "gitlab_root_email",
-    "gitlab_image",
-    "gitlab_image_tag",
-    "gitlab_image_credentials",
-    "task_cpu",
-    "task_memory_mib",
-    "ssh",
-    "ssh_port",
-];
 
 /// One problem with one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,27 +194,30 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
     parse_toml(&text).map_err(|(message, help)| ConfigError::Parse { path, message, help })
 }
 
-/// Parses the file; an unknown key gets the nearest known one as a suggestion.
+/// Parses the file. Every unknown key is reported at once, each with the nearest known one
+/// (serde alone stops at the first); other mistakes carry serde's own words.
 pub fn parse_toml(text: &str) -> Result<Settings, (String, String)> {
-    toml::from_str(text).map_err(|e| {
-        let message = e.to_string().trim_end().to_string();
-        let help = unknown_key(&message)
-            .and_then(|unknown| {
-                did_you_mean(unknown, KEYS).map(|known| {
-                    format!("did you mean `{known}`? (keys are listed in the README under \"Configuration\")")
-                })
-            })
-            .unwrap_or_else(|| {
-                "keys are listed in the README under \"Configuration\"; `gitlab-provision init` writes a commented file"
-                    .into()
-            });
-        (message, help)
-    })
-}
-
-fn unknown_key(message: &str) -> Option<&str> {
-    let rest = message.split("unknown field `").nth(1)?;
-    rest.split('`').next()
+    const WHERE: &str = "keys are listed in the README under \"Configuration\"; `gitlab-provision init` writes a commented file";
+    let table: toml::Table = toml::from_str(text).map_err(|e| (e.to_string().trim_end().to_string(), WHERE.to_string()))?;
+    let keys = Settings::keys();
+    let known: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let unknown: Vec<&String> = table.keys().filter(|k| !known.contains(&k.as_str())).collect();
+    if !unknown.is_empty() {
+        let noun = if unknown.len() == 1 { "key" } else { "keys" };
+        let listed = unknown.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        let near: Vec<String> = unknown
+            .iter()
+            .filter_map(|k| did_you_mean(k, &known).map(|near| (k, near)))
+            .map(|(k, near)| if unknown.len() == 1 { format!("`{near}`") } else { format!("`{near}` for `{k}`") })
+            .collect();
+        let help = if near.is_empty() {
+            WHERE.to_string()
+        } else {
+            format!("did you mean {}? (keys are listed in the README under \"Configuration\")", near.join(", "))
+        };
+        return Err((format!("unknown {noun} {listed}"), help));
+    }
+    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| (e.to_string().trim_end().to_string(), WHERE.to_string()))
 }
 
 /// The known word closest to `word`, when it is close enough to be a typo.
@@ -303,6 +286,8 @@ pub struct StackConfig {
     pub task_memory_mib: u32,
     /// The SSH port, when Git over SSH is on.
     pub ssh_port: Option<u16>,
+    /// ECS Exec (`exec`, `shell`) on the service, its sessions logged.
+    pub exec: bool,
 }
 
 impl StackConfig {
@@ -408,6 +393,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
             task_cpu,
             task_memory_mib,
             ssh_port,
+            exec: s.exec.unwrap_or(true),
         })
     } else {
         Err(ConfigError::Invalid(problems.0))
@@ -974,6 +960,14 @@ mod tests {
         assert!(help.contains("did you mean `vpc_cidr`"), "{help}");
         let (message, _) = parse_toml("task_cpu = \"2048\"\n").unwrap_err();
         assert!(message.contains("task_cpu"), "{message}");
+        // Every unknown key at once, each with its nearest valid key.
+        let (message, help) = parse_toml("alowed_cidrs = []\nvpc_cdir = \"x\"\nsssh = true\n").unwrap_err();
+        for key in ["alowed_cidrs", "vpc_cdir", "sssh"] {
+            assert!(message.contains(key), "{message}");
+        }
+        for near in ["`allowed_cidrs` for `alowed_cidrs`", "`vpc_cidr` for `vpc_cdir`", "`ssh` for `sssh`"] {
+            assert!(help.contains(near), "{help}");
+        }
     }
 
     #[test]

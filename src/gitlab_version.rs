@@ -71,6 +71,8 @@ struct StopsFile {
     scheduled_from: String,
     scheduled_minors: Vec<u32>,
     stops: Vec<String>,
+    #[serde(default)]
+    latest_patches: std::collections::BTreeMap<String, String>,
 }
 
 /// The upgrade path rules, as dated data.
@@ -80,6 +82,8 @@ pub struct UpgradePath {
     scheduled_from: (u32, u32),
     scheduled_minors: Vec<u32>,
     stops: Vec<Stop>,
+    /// The latest patch of each stop known on `as_of`, by minor release.
+    latest_patches: std::collections::BTreeMap<(u32, u32), u32>,
 }
 
 impl UpgradePath {
@@ -102,6 +106,35 @@ impl UpgradePath {
                 .map(|s| minor(s))
                 .map(|(major, minor, patch)| Stop { major, minor, patch })
                 .collect(),
+            latest_patches: file
+                .latest_patches
+                .values()
+                .map(|v| minor(v))
+                .map(|(major, minor, patch)| ((major, minor), patch.expect("a patch")))
+                .collect(),
+        }
+    }
+
+    /// Whether `version` is a required stop.
+    pub fn is_stop(&self, version: Version) -> bool {
+        let release = version.minor_release();
+        self.stops.iter().any(|s| (s.major, s.minor) == release)
+            || (release >= self.scheduled_from && self.scheduled_minors.contains(&release.1))
+    }
+
+    /// The latest patch of a stop this build knows (`None`: a stop released after its data).
+    pub fn latest_patch(&self, version: Version) -> Option<u32> {
+        self.latest_patches.get(&version.minor_release()).copied()
+    }
+
+    /// A stop must be deployed at its latest patch (GitLab: "rather than the first patch
+    /// release"): at least the latest this build knows.
+    pub fn check_stop_patch(&self, version: Version) -> Result<(), VersionError> {
+        match self.latest_patch(version) {
+            Some(latest) if self.is_stop(version) && version.patch < latest => {
+                Err(VersionError::EarlyPatch { given: version, latest: Version { patch: latest, build: 0, ..version } })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -153,6 +186,11 @@ pub enum VersionError {
         list(.stops), path(.from, .stops, .to)
     )]
     AcrossStops { from: Version, to: Version, stops: Vec<Stop> },
+    #[error(
+        "{given} is an early patch of the required stop {}.{}: GitLab asks for the stop's latest patch, {latest} or later",
+        .given.major, .given.minor
+    )]
+    EarlyPatch { given: Version, latest: Version },
 }
 
 impl ground::Help for VersionError {
@@ -165,6 +203,7 @@ impl ground::Help for VersionError {
                 "upgrade one stop at a time with `gitlab-provision upgrade --to {to} --via {}` (pick each stop's latest patch from https://hub.docker.com/r/gitlab/gitlab-ce/tags), letting background migrations finish between stops",
                 vias(stops)
             ),
+            VersionError::EarlyPatch { latest, .. } => format!("use --via {latest} (or a later patch of it)"),
         })
     }
 }
@@ -252,6 +291,7 @@ mod tests {
                 Ok(Hop::Upgrade) => "upgrade".to_string(),
                 Err(VersionError::Downgrade { .. }) => "downgrade".to_string(),
                 Err(VersionError::AcrossStops { stops, .. }) => list(&stops).replace(", ", ","),
+                Err(e @ VersionError::EarlyPatch { .. }) => e.to_string(),
             };
             assert_eq!(got, want, "{from} -> {to}");
         }
@@ -269,5 +309,32 @@ mod tests {
             help.contains("gitlab-provision upgrade --to 19.9.0-ce.0 --via 19.5.X-ce.0 --via 19.8.X-ce.0"),
             "{help}"
         );
+    }
+
+    /// The data's latest patches agree with the "Required version" tables GitLab publishes
+    /// (a copy, dated, in data/gitlab-upgrade-paths-table.md): each row is a known stop at the
+    /// patch the data names, and each stop of those majors in the data has its row.
+    #[test]
+    fn the_stops_match_gitlab_s_table() {
+        let table = include_str!("../data/gitlab-upgrade-paths-table.md");
+        let rows: Vec<Version> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix('|')?.split('|').next())
+            .filter_map(|cell| Version::parse(&format!("{}-ce.0", cell.trim())))
+            .collect();
+        assert!(rows.len() >= 15, "the table has its rows: {rows:?}");
+        let path = UpgradePath::shipped();
+        for row in &rows {
+            assert_eq!(path.latest_patch(*row), Some(row.patch), "{row}: the data's latest patch differs from GitLab's table");
+        }
+        for (&(major, minor), &patch) in &path.latest_patches {
+            if (15..=17).contains(&major) {
+                assert!(
+                    rows.iter().any(|r| (r.major, r.minor, r.patch) == (major, minor, patch)),
+                    "{major}.{minor}.{patch} is in the data but not in GitLab's table"
+                );
+            }
+        }
+        assert_eq!(path.as_of, "2026-12-04", "refreshed data carries the date it was read");
     }
 }

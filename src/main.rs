@@ -54,7 +54,8 @@ fn main() -> ExitCode {
 /// is consistent at every instant, so nothing is lost either way.
 async fn watch_signals(interrupt: Interrupt) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    for count in 0.. {
+    let mut count = 0;
+    loop {
         let terminated = async {
             match term.as_mut() {
                 Some(term) => {
@@ -67,10 +68,15 @@ async fn watch_signals(interrupt: Interrupt) {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminated => {}
         }
+        // During an exec session Ctrl-C is the session's (the plugin passes it on).
+        if commands::exec::session::ACTIVE.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
         if count > 0 {
             eprintln!("\nstopped at once; the state file is consistent: run the command again to resume");
             std::process::exit(130);
         }
+        count += 1;
         interrupt.raise();
         eprintln!(
             "\nstopping: no new step starts; the ones in flight finish and are recorded (Ctrl-C again to exit now)"

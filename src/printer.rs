@@ -82,7 +82,8 @@ fn wants_color(choice: ColorChoice, auto: anstream::ColorChoice) -> bool {
 #[derive(Default)]
 struct Tally {
     unchanged: usize,
-    skipped: usize,
+    /// Steps that did not run, by why.
+    skipped: std::collections::BTreeMap<&'static str, usize>,
 }
 
 struct Bars {
@@ -190,6 +191,19 @@ impl Printer {
         Ok(())
     }
 
+    /// One JSON document on a line of its own (a stream of them: `logs --json`).
+    pub fn json_line(&self, kind: &str, value: &impl Serialize) -> anyhow::Result<()> {
+        let mut doc = serde_json::to_value(value)?;
+        if let serde_json::Value::Object(fields) = &mut doc {
+            let mut with_schema = serde_json::Map::new();
+            with_schema.insert("schema".into(), format!("gitlab-provision.{kind}/{SCHEMA_VERSION}").into());
+            with_schema.extend(std::mem::take(fields));
+            doc = serde_json::Value::Object(with_schema);
+        }
+        write_stdout(&format!("{doc}\n"));
+        Ok(())
+    }
+
     /// The final JSON document of a command that streamed its progress as JSON events.
     pub fn json_if_events(&self, kind: &str, value: &impl Serialize) -> anyhow::Result<()> {
         if self.events_as_json { self.json(kind, value) } else { Ok(()) }
@@ -226,8 +240,8 @@ impl Printer {
         if tally.unchanged > 0 {
             parts.push(format!("{} unchanged", tally.unchanged));
         }
-        if tally.skipped > 0 {
-            parts.push(format!("{} not run (a step they need failed)", tally.skipped));
+        for (why, count) in &tally.skipped {
+            parts.push(format!("{count} not run ({why})"));
         }
         if !parts.is_empty() && !self.quiet && !self.events_as_json {
             self.say(&self.paint(&parts.join(", "), Tone::Dim));
@@ -286,6 +300,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Text from outside (a log line) as a terminal may safely show it: control characters (an
+/// escape sequence that would move the cursor, clear the screen or fake colour) written out as
+/// escapes, tabs kept.
+pub fn escaped(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// Escapes what the user typed before it reaches a terminal.
@@ -373,9 +399,9 @@ impl Observer for Printer {
                     self.line(&step, &format!("{} after {}: {error}", self.paint("FAILED", Tone::Bad), secs(elapsed)))
                 }
                 Event::Skipped { step, reason } => {
-                    tally.skipped += 1;
+                    *tally.skipped.entry(reason.as_str()).or_default() += 1;
                     if self.verbose {
-                        self.line(&step, &format!("not run: {reason}"));
+                        self.line(&step, &format!("not run: {}", reason.as_str()));
                     }
                 }
             }
@@ -424,8 +450,8 @@ impl Observer for Printer {
                     &format!("{mark} {step:<24} {failed} after {}: {error}", secs(elapsed)),
                 );
             }
-            Event::Skipped { step, .. } => {
-                tally.skipped += 1;
+            Event::Skipped { step, reason } => {
+                *tally.skipped.entry(reason.as_str()).or_default() += 1;
                 if let Some(bar) = by_step.remove(&step) {
                     bar.finish_and_clear();
                 }

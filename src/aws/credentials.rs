@@ -185,6 +185,7 @@ fn clients_from(sdk: &SdkConfig, region: String, profile: Option<&str>) -> Clien
         logs: client!(aws_sdk_cloudwatchlogs),
         route53: client!(aws_sdk_route53),
         secrets: client!(aws_sdk_secretsmanager),
+        quotas: client!(aws_sdk_servicequotas),
         ssm: client!(aws_sdk_ssm),
         sts: client!(aws_sdk_sts),
     }

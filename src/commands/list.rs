@@ -31,11 +31,14 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> CliResult {
     for name in state::stacks_in(&global.state_dir)? {
         stacks.push(match state::read(&global.state_dir, &name) {
             Ok(Some(s)) => StackSummary {
+                operation: crate::ops::journal::Journal::read(&s)
+                    .ok()
+                    .flatten()
+                    .map(|j| format!("{} in progress since {}", j.command(), j.started_at())),
                 stack: name,
                 region: s.region,
                 account: s.account,
                 resources: s.resources.len(),
-                operation: s.operation.map(|o| format!("{} ({})", o.kind, o.phase)),
                 error: None,
             },
             Ok(None) => continue,

@@ -26,7 +26,7 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
         Command::Plan(args) => plan::run(&global, args).await,
         Command::Password => password::run(&global).await,
         Command::Upgrade(args) => upgrade::run(&global, args, interrupt).await,
-        Command::Backup(args) => backup::run(&global, args).await,
+        Command::Backup(args) => backup::run(&global, args, interrupt).await,
         Command::Restore(args) => restore::run(&global, args, interrupt).await,
         Command::Logs(args) => logs::run(&global, args, interrupt).await,
         Command::Exec(args) => exec::run(&global, Some(args.command)).await,

@@ -49,15 +49,10 @@ pub async fn converge(
     options: &Converge<'_>,
 ) -> Result<Converged, CliError> {
     let global = options.global;
-    let snapshot = state.snapshot();
-    if let Some(operation) = snapshot.operation.as_ref().filter(|_| !options.during_operation) {
-        return Err(Diagnostic::new(format!(
-            "a {} of stack {} is in progress (since {}); changing the stack now could lose it",
-            operation.kind, cfg.stack, operation.started_at
-        ))
-        .with_help(format!("run `gitlab-provision {}` again to finish it", operation.kind))
-        .into());
+    if !options.during_operation {
+        settle_dead_operation(ctx, state, printer).await?;
     }
+    let snapshot = state.snapshot();
     super::plan::keep_running_version(&mut cfg, &snapshot.resources);
     if snapshot.resources.is_empty() {
         refuse_lost_state(ctx, &cfg.stack).await?;
@@ -81,6 +76,7 @@ pub async fn converge(
         return Err(refused(&cfg.stack, &plan.refused).into());
     }
     if has_records && !plan.changes_anything() {
+        note_running_version(state)?;
         printer.note(&format!("no changes: {} resources as configured", plan.summary.keep));
         return Ok(Converged { changed: false });
     }
@@ -129,7 +125,17 @@ pub async fn converge(
     if let Some(path) = &options.timings {
         super::write_timings(path, &report)?;
     }
+    note_running_version(state)?;
     Ok(Converged { changed: true })
+}
+
+/// Notes the GitLab version the stack runs (from now on), so a restore knows which version wrote
+/// the data of a backup that does not say.
+fn note_running_version(state: &StateHandle) -> Result<(), CliError> {
+    match super::plan::running_version(&state.snapshot().resources) {
+        Some(version) => super::journal::note_version(state, &version.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// What `up` says when it refuses: every problem, and one help. A refusal may carry its own help
@@ -146,6 +152,23 @@ fn refused(stack: &str, refusals: &[super::plan::Refusal]) -> Diagnostic {
         "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)".to_string()
     };
     Diagnostic::new(format!("stack {stack} cannot take this change:\n  - {}", problems.join("\n  - "))).with_help(help)
+}
+
+/// A day-two operation the state records as in progress, when `up` runs, is one whose run died
+/// (it held the stack's lock, which `up` now has): `up` is never blocked by it. It rolls back what
+/// cannot be finished here (a backup's job stopped, a restore that had not switched abandoned) and
+/// starts GitLab again if the operation stopped it; the converge that follows finishes the rest.
+async fn settle_dead_operation(ctx: &Arc<Ctx>, state: &StateHandle, printer: &Printer) -> Result<(), CliError> {
+    use super::journal::Journal;
+    match Journal::current(state)? {
+        None => Ok(()),
+        Some(Journal::Backup(journal)) => super::backup::settle_dead(ctx, state, printer, &journal).await,
+        Some(Journal::Restore(journal)) => super::restore::settle_dead(ctx, state, printer, &journal).await,
+        Some(Journal::Upgrade(journal)) => {
+            super::upgrade::settle_dead(printer, &journal)?;
+            Journal::write(state, None)
+        }
+    }
 }
 
 /// Changes that replace or interrupt something are shown, with what they cost, and need a yes.
@@ -223,15 +246,24 @@ fn run_failed(
                 cli.with_help(then("run `gitlab-provision up` again to finish converging"))
             }
         }
-        RunError::Interrupted { not_started, .. } => {
-            let mut cli = CliError::new(
-                ExitStatus::Interrupted,
-                anyhow::anyhow!(
-                    "interrupted: the steps in flight finished and were recorded; {} did not start",
-                    not_started.len()
-                ),
-            )
-            .with_context(format!("recorded: {} resources in {}", recorded.len(), state_file.display()));
+        RunError::Interrupted { stopped, not_started, .. } => {
+            let mut parts = vec!["the steps in flight finished and were recorded".to_string()];
+            if !stopped.is_empty() {
+                parts.push(format!(
+                    "{} stopped waiting (what {} made is recorded and is found again)",
+                    crate::engine::counted(stopped.len(), "step"),
+                    if stopped.len() == 1 { "it" } else { "they" }
+                ));
+            }
+            if !not_started.is_empty() {
+                parts.push(format!("{} did not start", crate::engine::counted(not_started.len(), "step")));
+            }
+            let mut cli = CliError::new(ExitStatus::Interrupted, anyhow::anyhow!("interrupted: {}", parts.join("; ")))
+                .with_context(format!(
+                    "recorded: {} in {}",
+                    crate::engine::counted(recorded.len(), "resource"),
+                    state_file.display()
+                ));
             if !pending.is_empty() {
                 cli = cli.with_context(format!(
                     "pending (create sent, answer not recorded; the next run adopts them): {}",

@@ -2,10 +2,14 @@
 //! backup, a restore, an upgrade's hop. Handlers in `commands/` parse, call one of these and
 //! print; no handler calls another.
 
+pub mod backup;
 pub mod converge;
+pub mod journal;
 pub mod plan;
+pub mod restore;
 pub mod stack;
 pub mod status;
+pub mod upgrade;
 
 use anyhow::Context as _;
 

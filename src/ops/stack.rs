@@ -82,17 +82,6 @@ pub fn recorded_stack(global: &GlobalArgs, stack: &str) -> Result<State, CliErro
     }
 }
 
-/// Refuses to start a day-two operation while another one (backup, restore, upgrade) is
-/// half done: each must be finished by running it again before another begins.
-pub fn refuse_other_operation(state: &State, kind: &str) -> Result<(), CliError> {
-    match state.operation.as_ref().filter(|o| o.kind != kind) {
-        Some(op) => Err(Diagnostic::new(format!("a {} is in progress (phase {})", op.kind, op.phase))
-            .with_help(format!("run `gitlab-provision {}` again to finish it first", op.kind))
-            .into()),
-        None => Ok(()),
-    }
-}
-
 /// Signs in, and binds the run to the account the stack lives in: another account's
 /// credentials are refused before any other call. Says where the run works and as whom.
 pub async fn connect(
@@ -222,7 +211,6 @@ pub async fn reach(global: &GlobalArgs, printer: &Printer) -> Result<Reached, Cl
 
 /// A recorded stack, reached and locked for a change: for day-two operations.
 pub struct Opened {
-    pub stack: String,
     pub ctx: Arc<Ctx>,
     pub state: crate::state::StateHandle,
 }
@@ -236,7 +224,7 @@ pub async fn open(global: &GlobalArgs, printer: &Printer, operation: &str) -> Re
     }
     let state = crate::state::StateHandle::new(locked);
     bind_account(&state, &ctx)?;
-    Ok(Opened { stack, ctx, state })
+    Ok(Opened { ctx, state })
 }
 
 /// A stack `up` creates or converges: reached in the region the configuration names (an
@@ -251,7 +239,7 @@ pub async fn open_to_converge(global: &GlobalArgs, cfg: &StackConfig, printer: &
     }
     let state = crate::state::StateHandle::new(locked);
     bind_account(&state, &ctx)?;
-    Ok(Opened { stack: cfg.stack.clone(), ctx, state })
+    Ok(Opened { ctx, state })
 }
 
 #[cfg(test)]

@@ -2,23 +2,17 @@
 //! points there are, and restores into a new file system. The vault is never deleted while it
 //! holds backups: `down` keeps it and says how to remove them.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use async_trait::async_trait;
-use aws_sdk_backup::types::{BackupJobState, RestoreJobStatus};
 
 use crate::aws::{Absent, AwsResultExt, Ctx, call, if_there};
 use crate::engine::counted;
 use crate::engine::{
-    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
-    Summary, WaitPolicy, attrs, wait_until,
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope,
+    Summary, attrs,
 };
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
-
-/// A backup of a small team's file system takes minutes; a first (full) one of a large one, hours.
-const JOB_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(6 * 3600));
 
 pub fn vault_name(stack: &str) -> String {
     format!("gitlab-provision-{stack}")
@@ -147,9 +141,14 @@ impl ResourceOps<Ctx> for BackupVaultOps {
 }
 
 /// A backup of the file system, wherever AWS Backup keeps it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct RecoveryPoint {
     pub arn: String,
+    /// The short id tables show (the start of the point's id), accepted by `restore`.
+    pub id: String,
+    /// The GitLab version of its data: from its tag, the tool's notes, or the versions the stack
+    /// ran when it was taken; `null` when nothing says.
+    pub version: Option<String>,
     /// The file system it is a copy of (the current one, or one a restore replaced).
     pub file_system: String,
     pub vault: String,
@@ -173,8 +172,11 @@ async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result<Vec
         let page = page.or_aws(|| format!("listing the backups of {file_system_arn}")).absent_ok()?;
         for point in page.map(|p| p.recovery_points.unwrap_or_default()).unwrap_or_default() {
             let vault = point.backup_vault_name().unwrap_or_default().to_string();
+            let arn = point.recovery_point_arn().unwrap_or_default().to_string();
             points.push(RecoveryPoint {
-                arn: point.recovery_point_arn().unwrap_or_default().to_string(),
+                id: short_point_id(&arn),
+                version: None,
+                arn,
                 file_system: file_system_arn.to_string(),
                 on_demand: vault == vault_name(&ctx.tags.stack),
                 vault,
@@ -187,14 +189,32 @@ async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result<Vec
     Ok(points)
 }
 
+/// "A363616B" for ".../recovery-point:A363616B-...": what tables show, and `restore` accepts.
+pub fn short_point_id(arn: &str) -> String {
+    let id = arn.rsplit([':', '/']).next().unwrap_or(arn);
+    id.split('-').next().unwrap_or(id).to_string()
+}
+
 /// The recovery points of every file system the stack records (a restore keeps the one it
-/// replaced, and its backups stay restorable), newest first.
+/// replaced, and its backups stay restorable), newest first. Each file system is checked to be
+/// the stack's first: a record pointing at another stack's file system lists nothing of it.
 pub async fn stack_recovery_points(
     ctx: &Ctx,
     records: &std::collections::BTreeMap<String, ResourceRecord>,
 ) -> anyhow::Result<Vec<RecoveryPoint>> {
     let mut points = Vec::new();
-    for record in records.values().filter(|r| r.kind == Kind::FileSystem.as_str()) {
+    for (key, record) in records.iter().filter(|(_, r)| r.kind == Kind::FileSystem.as_str()) {
+        if let Live::Present { owner: Owner::Foreign(why), .. } =
+            crate::engine::ResourceOps::read_owned(&super::storage::FileSystemOps, ctx, record).await?
+        {
+            return Err(crate::engine::NotOurs {
+                key: key.clone(),
+                noun: Kind::FileSystem.noun(),
+                id: record.id.clone().unwrap_or_default(),
+                why,
+            }
+            .into());
+        }
         if let Some(arn) = record.attr("arn") {
             points.extend(recovery_points(ctx, arn).await?);
         }
@@ -203,14 +223,29 @@ pub async fn stack_recovery_points(
     Ok(points)
 }
 
-/// Starts an on-demand backup of the file system into the vault; returns the job id.
+/// The tag a recovery point carries with the GitLab version of its data.
+pub const VERSION_TAG: &str = "gitlab-provision:gitlab-version";
+
+/// How long AWS Backup may take to start the job before it expires it on its own: its minimum
+/// (StartBackupJob: "must be at least 60 minutes"), so a job whose run died never copies hours
+/// later, with GitLab running again.
+const START_WINDOW_MINUTES: i64 = 60;
+
+/// Starts an on-demand backup of the file system into the vault, tagging the recovery point with
+/// the stack and the GitLab version; returns the job id. `token` makes a retry of this attempt
+/// get the same job back.
 pub async fn start_backup(
     ctx: &Ctx,
     vault: &str,
     file_system_arn: &str,
     role_arn: &str,
     token: &str,
+    version: Option<&str>,
 ) -> anyhow::Result<String> {
+    let mut tags = ctx.tags.map(keys::FILE_SYSTEM);
+    if let Some(version) = version {
+        tags.insert(VERSION_TAG.to_string(), version.to_string());
+    }
     let out = call(
         ctx.aws
             .backup
@@ -219,7 +254,8 @@ pub async fn start_backup(
             .resource_arn(file_system_arn)
             .iam_role_arn(role_arn)
             .idempotency_token(token)
-            .set_recovery_point_tags(Some(ctx.tags.map(keys::FILE_SYSTEM)))
+            .start_window_minutes(START_WINDOW_MINUTES)
+            .set_recovery_point_tags(Some(tags))
             .send(),
         || format!("starting a backup of {file_system_arn}"),
     )
@@ -227,44 +263,109 @@ pub async fn start_backup(
     out.backup_job_id.context("StartBackupJob returned no job id")
 }
 
-/// Waits for a backup job, with its progress; returns the recovery point it made.
-pub async fn wait_backup(ctx: &Ctx, scope: &StepScope, job: &str) -> anyhow::Result<(String, i64)> {
-    let done = wait_until(scope, &format!("backup job {job}"), JOB_WAIT, || async {
-        let out = call(ctx.aws.backup.describe_backup_job().backup_job_id(job).send(), || {
-            format!("reading backup job {job}")
-        })
-        .await?;
-        let state = out.state().cloned().unwrap_or(BackupJobState::Created);
-        Ok(match state {
-            BackupJobState::Completed => Poll::Ready((
-                out.recovery_point_arn().unwrap_or_default().to_string(),
-                out.backup_size_in_bytes().unwrap_or(0),
-            )),
-            BackupJobState::Failed | BackupJobState::Aborted | BackupJobState::Expired => {
-                Poll::Failed(format!("{}: {}", state.as_str(), out.status_message().unwrap_or("no message")))
-            }
-            _ => Poll::Pending(format!("{} {}%", state.as_str().to_lowercase(), out.percent_done().unwrap_or("0"))),
-        })
-    })
-    .await?;
-    Ok(done)
+/// Where an AWS Backup job (of either kind) stands.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    /// AWS's state: CREATED, PENDING, RUNNING, COMPLETED, FAILED, ABORTED, EXPIRED... (restore
+    /// jobs: PENDING, RUNNING, COMPLETED, ABORTED, FAILED).
+    pub state: String,
+    pub message: Option<String>,
+    pub percent: Option<String>,
+    pub created: Option<std::time::SystemTime>,
+    /// What it made: the recovery point (backup) or the resource (restore).
+    pub made: Option<String>,
+    pub bytes: i64,
 }
 
-/// Starts restoring a recovery point into a new file system; returns the job id.
+impl JobState {
+    /// Not yet running: AWS has not started it (an on-demand job may wait up to an hour).
+    pub fn waiting_to_start(&self) -> bool {
+        matches!(self.state.as_str(), "CREATED" | "PENDING")
+    }
+
+    pub fn completed(&self) -> bool {
+        self.state == "COMPLETED"
+    }
+
+    /// Over without what it was for: failed, expired, aborted, or partial.
+    pub fn ended_without_result(&self) -> bool {
+        matches!(self.state.as_str(), "FAILED" | "ABORTED" | "EXPIRED" | "PARTIAL")
+    }
+
+    /// "FAILED: the message AWS gave".
+    pub fn outcome(&self) -> String {
+        format!("{}: {}", self.state, self.message.as_deref().unwrap_or("AWS Backup gave no message"))
+    }
+}
+
+fn system_time(time: Option<&aws_smithy_types::DateTime>) -> Option<std::time::SystemTime> {
+    time.and_then(|t| std::time::SystemTime::try_from(*t).ok())
+}
+
+pub async fn backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
+    let out = call(ctx.aws.backup.describe_backup_job().backup_job_id(job).send(), || {
+        format!("reading backup job {job}")
+    })
+    .await?;
+    Ok(JobState {
+        state: out.state().map_or("CREATED", |s| s.as_str()).to_string(),
+        message: out.status_message().map(str::to_string),
+        percent: out.percent_done().map(str::to_string),
+        created: system_time(out.creation_date()),
+        made: out.recovery_point_arn().map(str::to_string),
+        bytes: out.backup_size_in_bytes().unwrap_or(0),
+    })
+}
+
+/// Asks AWS Backup to stop a job that has not finished; one that already ended is left as it is.
+pub async fn stop_backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<()> {
+    match call(ctx.aws.backup.stop_backup_job().backup_job_id(job).send(), || format!("stopping backup job {job}")).await
+    {
+        Ok(_) => Ok(()),
+        // Already over (or gone): nothing to stop.
+        Err(e) if e.is_code(&["InvalidRequestException"]) || e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The GitLab version a recovery point's tags name, if any.
+pub async fn point_version(ctx: &Ctx, point: &str) -> anyhow::Result<Option<String>> {
+    let out = if_there(ctx.aws.backup.list_tags().resource_arn(point).send(), || {
+        format!("reading the tags of {point}")
+    })
+    .await?;
+    Ok(out.and_then(|o| o.tags.unwrap_or_default().remove(VERSION_TAG)))
+}
+
+/// What AWS Backup says a restore of the point needs (for EFS: the file system it copies, its
+/// encryption and performance mode...): a restore starts from this and overrides only what must
+/// change.
+pub async fn restore_metadata(
+    ctx: &Ctx,
+    vault: &str,
+    point: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let out = call(
+        ctx.aws.backup.get_recovery_point_restore_metadata().backup_vault_name(vault).recovery_point_arn(point).send(),
+        || format!("reading the restore metadata of {point}"),
+    )
+    .await?;
+    Ok(out.restore_metadata.unwrap_or_default())
+}
+
+/// Starts restoring a recovery point into a new file system; returns the job id. `token` is
+/// this attempt's: the job's idempotency token and the new file system's creation token.
 pub async fn start_restore(
     ctx: &Ctx,
     point: &str,
-    source_fs: &str,
     role_arn: &str,
     token: &str,
+    mut metadata: std::collections::HashMap<String, String>,
 ) -> anyhow::Result<String> {
-    let metadata = [
-        ("file-system-id", source_fs),
-        ("newFileSystem", "true"),
-        ("Encrypted", "true"),
-        ("PerformanceMode", "generalPurpose"),
-        ("CreationToken", token),
-    ];
+    metadata.insert("newFileSystem".into(), "true".into());
+    metadata.insert("CreationToken".into(), token.into());
+    metadata.insert("Encrypted".into(), "true".into());
+    metadata.entry("PerformanceMode".into()).or_insert_with(|| "generalPurpose".into());
     let out = call(
         ctx.aws
             .backup
@@ -273,7 +374,7 @@ pub async fn start_restore(
             .iam_role_arn(role_arn)
             .resource_type("EFS")
             .idempotency_token(token)
-            .set_metadata(Some(metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+            .set_metadata(Some(metadata))
             .send(),
         || format!("starting the restore of {point}"),
     )
@@ -281,23 +382,23 @@ pub async fn start_restore(
     out.restore_job_id.context("StartRestoreJob returned no job id")
 }
 
-/// Waits for a restore job; returns the new file system's id.
-pub async fn wait_restore(ctx: &Ctx, scope: &StepScope, job: &str) -> anyhow::Result<String> {
-    let arn = wait_until(scope, &format!("restore job {job}"), JOB_WAIT, || async {
-        let out = call(ctx.aws.backup.describe_restore_job().restore_job_id(job).send(), || {
-            format!("reading restore job {job}")
-        })
-        .await?;
-        let status = out.status().cloned().unwrap_or(RestoreJobStatus::Pending);
-        Ok(match status {
-            RestoreJobStatus::Completed => Poll::Ready(out.created_resource_arn().unwrap_or_default().to_string()),
-            RestoreJobStatus::Failed | RestoreJobStatus::Aborted => {
-                Poll::Failed(format!("{}: {}", status.as_str(), out.status_message().unwrap_or("no message")))
-            }
-            _ => Poll::Pending(format!("{} {}%", status.as_str().to_lowercase(), out.percent_done().unwrap_or("0"))),
-        })
+pub async fn restore_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
+    let out = call(ctx.aws.backup.describe_restore_job().restore_job_id(job).send(), || {
+        format!("reading restore job {job}")
     })
     .await?;
+    Ok(JobState {
+        state: out.status().map_or("PENDING", |s| s.as_str()).to_string(),
+        message: out.status_message().map(str::to_string),
+        percent: out.percent_done().map(str::to_string),
+        created: system_time(out.creation_date()),
+        made: out.created_resource_arn().map(str::to_string),
+        bytes: out.backup_size_in_bytes().unwrap_or(0),
+    })
+}
+
+/// The file system id a restore made, from its ARN.
+pub fn restored_file_system(arn: &str) -> anyhow::Result<String> {
     arn.rsplit('/')
         .next()
         .map(str::to_string)

@@ -51,19 +51,29 @@ fn arn_of(env: &Env, key: &str) -> anyhow::Result<String> {
 
 /// Who may assume a role: the service, and only on behalf of this account (the confused-deputy
 /// guard AWS recommends); ECS tasks also only from this region's ECS.
+///
+/// AWS Backup is trusted as AWS's own default service role (AWSBackupDefaultServiceRole) trusts
+/// it, without conditions: AWS documents no confused-deputy keys for AWS Backup assuming its
+/// service role (its guidance covers the SNS topic and KMS key policies only), and a condition on
+/// a key the service does not send makes every backup and restore fail. See the README, "Safety".
 fn trust(ctx: &Ctx, service: &str) -> String {
     let account = ctx.account_id();
-    let mut condition = json!({ "StringEquals": { "aws:SourceAccount": account } });
-    if service == "ecs-tasks.amazonaws.com" {
-        condition["ArnLike"] =
-            json!({ "aws:SourceArn": format!("arn:{}:ecs:{}:{account}:*", ctx.partition(), ctx.region()) });
-    }
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole", "Condition": condition}]
-    })
-    .to_string()
+    let statement = match service {
+        BACKUP_SERVICE => json!({"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}),
+        _ => {
+            let mut condition = json!({ "StringEquals": { "aws:SourceAccount": account } });
+            if service == "ecs-tasks.amazonaws.com" {
+                condition["ArnLike"] =
+                    json!({ "aws:SourceArn": format!("arn:{}:ecs:{}:{account}:*", ctx.partition(), ctx.region()) });
+            }
+            json!({"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole", "Condition": condition})
+        }
+    };
+    json!({"Version": "2012-10-17", "Statement": [statement]}).to_string()
 }
+
+/// AWS Backup's service principal.
+pub const BACKUP_SERVICE: &str = "backup.amazonaws.com";
 
 /// Write this log group; read this secret (and the registry's credentials when configured);
 /// pull from ECR when the image is there.
@@ -103,13 +113,29 @@ fn efs_rights(env: &Env) -> anyhow::Result<serde_json::Value> {
     )
 }
 
-/// Mount and write this file system as root (GitLab chowns its own trees); ECS Exec's channel.
+/// Mount and write this file system as root (GitLab chowns its own trees).
 pub fn task_policy(_ctx: &Ctx, env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(Some(json!({"Version": "2012-10-17", "Statement": [efs_rights(env)?]})))
+}
+
+/// The task policy, with ECS Exec: its channels, and writing each session to the stack's exec
+/// log group (the ECS developer guide's "IAM permissions required for ECS Exec": DescribeLogGroups
+/// cannot be scoped to a group, the rest can).
+pub fn task_policy_with_exec(ctx: &Ctx, env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
+    let group = format!(
+        "arn:{}:logs:{}:{}:log-group:{}:*",
+        ctx.partition(),
+        ctx.region(),
+        ctx.account_id(),
+        env.id(keys::EXEC_LOG_GROUP)?
+    );
     Ok(Some(json!({
         "Version": "2012-10-17",
         "Statement": [
             efs_rights(env)?,
             {"Effect": "Allow", "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], "Resource": "*"},
+            {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
+            {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"], "Resource": group},
         ]
     })))
 }

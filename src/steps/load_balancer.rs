@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
+    ListenerAttribute,
     Action, ActionTypeEnum, Certificate, Listener, LoadBalancer, LoadBalancerAttribute, LoadBalancerSchemeEnum,
     LoadBalancerStateEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, RedirectActionConfig,
     RedirectActionStatusCodeEnum, TargetGroup, TargetGroupAttribute, TargetTypeEnum,
@@ -474,6 +475,11 @@ pub enum ListenerAction {
     RedirectToHttps,
 }
 
+/// Git over SSH: a long push or clone may sit idle (the server computing a pack) longer than the
+/// NLB's default 350 s; 600 s like the ALB's idle timeout (the listener attribute
+/// `tcp.idle_timeout.seconds`, 60-6000, ModifyListenerAttributes).
+pub const TCP_IDLE_TIMEOUT_SECONDS: u32 = 600;
+
 pub struct ListenerStep {
     pub key: &'static str,
     pub load_balancer: &'static str,
@@ -500,6 +506,10 @@ impl StepAction<Ctx> for ListenerStep {
             ("ssl_policy", if certificate.is_some() { TLS_POLICY.to_string() } else { String::new() }),
             ("certificate", certificate.unwrap_or_default()),
         ]);
+        let mut wanted = wanted;
+        if self.protocol == ProtocolEnum::Tcp {
+            wanted.insert("idle_timeout".into(), TCP_IDLE_TIMEOUT_SECONDS.to_string());
+        }
         Ok(vec![Desired::new(self.key, Kind::Listener, wanted).replaced_on(&["load_balancer_arn"])])
     }
 
@@ -571,6 +581,16 @@ impl StepAction<Ctx> for ListenerStep {
                     .context("CreateListener returned no ARN")?
                     .to_string(),
                 };
+                if *protocol == ProtocolEnum::Tcp {
+                    let idle = ListenerAttribute::builder()
+                        .key("tcp.idle_timeout.seconds")
+                        .value(TCP_IDLE_TIMEOUT_SECONDS.to_string())
+                        .build();
+                    call(elb.modify_listener_attributes().listener_arn(&arn).attributes(idle).send(), || {
+                        format!("setting the TCP idle timeout of the listener on port {port}")
+                    })
+                    .await?;
+                }
                 Ok(Applied::id(arn))
             })
             .await?;

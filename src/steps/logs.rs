@@ -25,6 +25,11 @@ pub fn gitlab_log_group(stack: &str) -> String {
     format!("/gitlab-provision/{stack}/gitlab")
 }
 
+/// ECS Exec sessions of the stack's cluster are logged here (the cluster's logging override).
+pub fn exec_log_group(stack: &str) -> String {
+    format!("/gitlab-provision/{stack}/exec")
+}
+
 /// Lambda writes a function's logs here, creating the group if it does not exist.
 pub fn function_log_group(function: &str) -> String {
     format!("/aws/lambda/{function}")
@@ -202,23 +207,37 @@ impl ResourceOps<Ctx> for LogGroupOps {
 }
 
 /// GitLab's log events since `start` (epoch ms), from every task's stream, oldest first.
-pub async fn events(
+/// Every event of the group's streams (those starting with `prefix`, when given) from `start`
+/// (milliseconds), oldest first. FilterLogEvents may answer empty pages that still carry a token
+/// ("Partially full or empty pages don't necessarily mean that pagination is finished"): it is
+/// followed until AWS gives none (or gives the same one twice, which would loop).
+pub async fn events_since(
     ctx: &Ctx,
     group: &str,
+    prefix: Option<&str>,
     start: i64,
-    token: Option<String>,
-) -> anyhow::Result<(Vec<FilteredLogEvent>, Option<String>)> {
-    let out = call(
-        ctx.aws
-            .logs
-            .filter_log_events()
-            .log_group_name(group)
-            .log_stream_name_prefix(STREAM_PREFIX)
-            .start_time(start)
-            .set_next_token(token)
-            .send(),
-        || format!("reading log group {group}"),
-    )
-    .await?;
-    Ok((out.events.unwrap_or_default(), out.next_token))
+) -> anyhow::Result<Vec<FilteredLogEvent>> {
+    let mut events = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = call(
+            ctx.aws
+                .logs
+                .filter_log_events()
+                .log_group_name(group)
+                .set_log_stream_name_prefix(prefix.map(str::to_string))
+                .start_time(start)
+                .set_next_token(token.clone())
+                .send(),
+            || format!("reading log group {group}"),
+        )
+        .await?;
+        events.extend(out.events.unwrap_or_default());
+        match out.next_token {
+            Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
+            _ => break,
+        }
+    }
+    events.sort_by_key(|e| e.timestamp().unwrap_or_default());
+    Ok(events)
 }

@@ -11,6 +11,7 @@ pub mod iam;
 pub mod load_balancer;
 pub mod logs;
 pub mod nat;
+pub mod quotas;
 pub mod network;
 pub mod secret;
 pub mod security_group;

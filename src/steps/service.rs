@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Cluster, ClusterField, ClusterSetting, ClusterSettingName, Compatibility,
+    AssignPublicIp, AwsVpcConfiguration, Cluster, ClusterConfiguration, ClusterField, ClusterSetting, ClusterSettingName,
+    Compatibility, ExecuteCommandConfiguration, ExecuteCommandLogConfiguration, ExecuteCommandLogging,
     ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus,
     EfsAuthorizationConfig, EfsAuthorizationConfigIam, EfsTransitEncryption, EfsVolumeConfiguration, KeyValuePair,
     LaunchType, LinuxParameters, LoadBalancer, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration,
@@ -79,19 +80,48 @@ async fn describe_cluster(ctx: &Ctx, name: &str) -> anyhow::Result<Option<Cluste
     Ok(out.clusters.unwrap_or_default().into_iter().find(|c| c.status() == Some("ACTIVE")))
 }
 
-pub struct ClusterStep;
+pub struct ClusterStep {
+    /// ECS Exec sessions logged to the stack's exec log group (the cluster's logging override).
+    pub exec_logged: bool,
+}
+
+impl ClusterStep {
+    /// ECS Exec's logging: every session to the exec log group, or none when exec is off.
+    fn exec_configuration(group: Option<&str>) -> ClusterConfiguration {
+        let exec = match group {
+            Some(group) => ExecuteCommandConfiguration::builder()
+                .logging(ExecuteCommandLogging::Override)
+                .log_configuration(
+                    ExecuteCommandLogConfiguration::builder()
+                        .cloud_watch_log_group_name(group)
+                        .cloud_watch_encryption_enabled(false)
+                        .build(),
+                )
+                .build(),
+            None => ExecuteCommandConfiguration::builder().logging(ExecuteCommandLogging::None).build(),
+        };
+        ClusterConfiguration::builder().execute_command_configuration(exec).build()
+    }
+}
 
 #[async_trait]
 impl StepAction<Ctx> for ClusterStep {
-    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
-        let wanted = attrs([("name", names::cluster(&ctx.tags.stack)), ("container_insights", "enabled".into())]);
+    fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let exec = if self.exec_logged { env.id(keys::EXEC_LOG_GROUP)? } else { "none".to_string() };
+        let wanted = attrs([
+            ("name", names::cluster(&ctx.tags.stack)),
+            ("container_insights", "enabled".into()),
+            ("exec_logging", exec),
+        ]);
         Ok(vec![Desired::new(keys::CLUSTER, Kind::Cluster, wanted).replaced_on(&["name"])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
         let name = want.attrs["name"].clone();
-        let name_ref = name.as_str();
+        let group = self.exec_logged.then(|| want.attrs["exec_logging"].clone());
+        let configuration = Self::exec_configuration(group.as_deref());
+        let (name_ref, configuration) = (name.as_str(), &configuration);
         let ensured = scope
             .ensure(ctx, &ClusterOps, want, |existing, _| async move {
                 let ecs = &ctx.aws.ecs;
@@ -110,12 +140,17 @@ impl StepAction<Ctx> for ClusterStep {
                             })
                             .await?;
                         }
+                        call(ecs.update_cluster().cluster(&existing.id).configuration(configuration.clone()).send(), || {
+                            format!("setting ECS Exec's logging on {name_ref}")
+                        })
+                        .await?;
                         existing.id
                     }
                     None => call(
                         ecs.create_cluster()
                             .cluster_name(name_ref)
                             .settings(insights)
+                            .configuration(configuration.clone())
                             .set_tags(Some(ctx.tags.list(keys::CLUSTER)))
                             .send(),
                         || format!("creating cluster {name_ref}"),
@@ -128,7 +163,8 @@ impl StepAction<Ctx> for ClusterStep {
                 Ok(Applied::id(arn))
             })
             .await?;
-        Ok(Summary::new(format!("{} {name} (Container Insights on)", ensured.verb()), ensured.changed()))
+        let exec = if self.exec_logged { ", ECS Exec sessions logged" } else { "" };
+        Ok(Summary::new(format!("{} {name} (Container Insights on{exec})", ensured.verb()), ensured.changed()))
     }
 }
 
@@ -550,6 +586,8 @@ pub fn deployment_configuration() -> DeploymentConfiguration {
 pub struct ServiceStep {
     /// Register with the SSH target group too.
     pub ssh: bool,
+    /// ECS Exec on its tasks (a task keeps the flag it was started with: a change restarts it).
+    pub exec: bool,
 }
 
 #[async_trait]
@@ -568,8 +606,12 @@ impl StepAction<Ctx> for ServiceStep {
             ("target_group", target_groups.join(",")),
             ("deployment", "min 0% / max 100%, circuit breaker with rollback".into()),
             ("grace_seconds", HEALTH_CHECK_GRACE_SECONDS.to_string()),
+            ("exec", if self.exec { "on" } else { "off" }.into()),
         ]);
-        Ok(vec![Desired::new(keys::SERVICE, Kind::Service, wanted).replaced_on(&["cluster"])])
+        // Services made before `exec` was a setting have it on.
+        Ok(vec![
+            Desired::new(keys::SERVICE, Kind::Service, wanted).replaced_on(&["cluster"]).assuming(&[("exec", "on")]),
+        ])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -591,6 +633,8 @@ impl StepAction<Ctx> for ServiceStep {
                 LoadBalancer::builder().target_group_arn(tg).container_name(CONTAINER).container_port(port).build()
             })
             .collect();
+        let exec = self.exec;
+        let exec_changed = scope.state.get(keys::SERVICE).is_some_and(|r| want.recorded(&r, "exec") != Some(&want.attrs["exec"]));
         let (cluster, td) = (want.attrs["cluster"].clone(), want.attrs["task_definition"].clone());
         let (cluster_ref, td_ref, network, load_balancers) = (cluster.as_str(), td.as_str(), &network, &load_balancers);
         // On an account's first use of ECS its service-linked role may not be assumable yet;
@@ -615,7 +659,9 @@ impl StepAction<Ctx> for ServiceStep {
                                     .set_load_balancers(Some(load_balancers.clone()))
                                     .deployment_configuration(deployment_configuration())
                                     .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
-                                    .enable_execute_command(true)
+                                    .enable_execute_command(exec)
+                                    // A running task keeps the ECS Exec flag it started with.
+                                    .force_new_deployment(exec_changed)
                                     .send(),
                                 || format!("updating service {SERVICE_NAME}"),
                             )
@@ -637,7 +683,7 @@ impl StepAction<Ctx> for ServiceStep {
                                 .set_load_balancers(Some(load_balancers.clone()))
                                 .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
                                 .deployment_configuration(deployment_configuration())
-                                .enable_execute_command(true)
+                                .enable_execute_command(exec)
                                 .propagate_tags(PropagateTags::Service)
                                 .enable_ecs_managed_tags(true)
                                 .set_tags(Some(ctx.tags.list(keys::SERVICE)))
@@ -682,6 +728,11 @@ impl ResourceOps<Ctx> for ServiceOps {
                     && s.task_definition() != Some(want)
                 {
                     drift.push(format!("runs {}", s.task_definition().unwrap_or("?")));
+                }
+                // A GitLab left stopped (an operation that died, a hand-made change) is started
+                // again by `up`; one put to sleep on purpose is recorded as such.
+                if s.desired_count() == 0 && record.attr("asleep") != Some("true") {
+                    drift.push("GitLab is stopped (the service asks for 0 tasks)".to_string());
                 }
                 let summary = format!(
                     "desired {} running {} pending {}",
@@ -756,13 +807,19 @@ fn task_states(tasks: &[Task]) -> String {
         .join(", ")
 }
 
-/// Asks the service for `desired` tasks and, for 0, waits until every task has stopped (a
-/// consistent backup or a file-system swap needs GitLab fully stopped).
-pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) -> anyhow::Result<()> {
+/// Asks the service for `desired` tasks, without waiting.
+pub async fn set_desired(ctx: &Ctx, cluster: &str, desired: i32) -> anyhow::Result<()> {
     call(ctx.aws.ecs.update_service().cluster(cluster).service(SERVICE_NAME).desired_count(desired).send(), || {
         format!("setting {SERVICE_NAME} to {}", counted(desired, "task"))
     })
     .await?;
+    Ok(())
+}
+
+/// Asks the service for `desired` tasks and, for 0, waits until every task has stopped (a
+/// consistent backup or a file-system swap needs GitLab fully stopped).
+pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) -> anyhow::Result<()> {
+    set_desired(ctx, cluster, desired).await?;
     if desired > 0 {
         return Ok(());
     }
@@ -779,12 +836,34 @@ pub async fn scale(ctx: &Ctx, scope: &StepScope, cluster: &str, desired: i32) ->
 }
 
 /// The running GitLab task, for `exec` and `shell`: its id and the container's runtime id.
-pub async fn running_task(ctx: &Ctx, cluster: &str) -> anyhow::Result<Option<(String, String)>> {
+pub async fn running_task(ctx: &Ctx, cluster: &str) -> anyhow::Result<Option<RunningTask>> {
     let running = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
     Ok(running.iter().filter(|t| t.last_status() == Some("RUNNING")).find_map(|t| {
-        let runtime = t.containers().iter().find(|c| c.name() == Some(CONTAINER)).and_then(|c| c.runtime_id())?;
-        Some((short_task(t).to_string(), runtime.to_string()))
+        let container = t.containers().iter().find(|c| c.name() == Some(CONTAINER))?;
+        let agent = container
+            .managed_agents()
+            .iter()
+            .find(|a| a.name().map(|n| n.as_str()) == Some("ExecuteCommandAgent"))
+            .and_then(|a| a.last_status())
+            .map(str::to_string);
+        Some(RunningTask {
+            id: short_task(t).to_string(),
+            runtime: container.runtime_id()?.to_string(),
+            exec_enabled: t.enable_execute_command(),
+            exec_agent: agent,
+        })
     }))
+}
+
+/// GitLab's running task, as ECS Exec needs it.
+pub struct RunningTask {
+    pub id: String,
+    /// The container's runtime id (the Session Manager target names it).
+    pub runtime: String,
+    /// Whether the task was started with ECS Exec on (a task keeps the flag it started with).
+    pub exec_enabled: bool,
+    /// The ExecuteCommandAgent's state: RUNNING once it can take a session.
+    pub exec_agent: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -808,6 +887,30 @@ pub struct Health {
     pub targets: Vec<TargetState>,
     pub ssh_targets: Vec<TargetState>,
     pub last_event: Option<String>,
+    /// The service's recent events, newest first (why a task cannot be placed is said here).
+    pub events: Vec<ServiceEvent>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ServiceEvent {
+    pub at: Option<String>,
+    pub message: String,
+}
+
+/// What keeps a task from starting, from a stopped task's reason or a service event, when it will
+/// not go away by waiting: the task cannot be placed (a vCPU quota, no capacity), its image
+/// cannot be pulled, or its volumes or secrets cannot be set up (ECS's "stopped task error
+/// messages").
+pub fn cannot_start(text: &str) -> bool {
+    const SIGNS: [&str; 6] = [
+        "unable to place a task",
+        "CannotPullContainerError",
+        "ResourceInitializationError",
+        "CannotStartContainerError",
+        "reached the limit on the number of",
+        "Capacity is unavailable",
+    ];
+    SIGNS.iter().any(|sign| text.contains(sign))
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -849,6 +952,12 @@ pub async fn health(
         health.rollout = primary.and_then(|d| d.rollout_state()).map(|r| r.as_str().to_string());
         health.rollout_reason = primary.and_then(|d| d.rollout_state_reason()).map(str::to_string);
         health.last_event = service.events().first().and_then(|e| e.message()).map(str::to_string);
+        health.events = service
+            .events()
+            .iter()
+            .take(5)
+            .filter_map(|e| Some(ServiceEvent { at: rfc3339(e.created_at()), message: e.message()?.to_string() }))
+            .collect();
         let all = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
         if let Some(task) = all.iter().find(|t| t.last_status() != Some("STOPPED")) {
             health.task = task.last_status().map(str::to_string);
@@ -904,7 +1013,7 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
     let records = scope.state.snapshot().resources;
     let cluster = records.get(keys::SERVICE).and_then(|r| r.attr("cluster")).map(str::to_string);
     let started = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
-    let outcome = wait_until(scope, "GitLab to boot and pass /-/readiness", BOOT_WAIT, || async {
+    let outcome = wait_until(scope, "GitLab", BOOT_WAIT, || async {
         let h = health(ctx, &records, None).await?;
         if h.healthy() {
             return Ok(Poll::Ready(()));
@@ -919,6 +1028,17 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
                 "the deployment failed ({}){stopped}",
                 h.rollout_reason.as_deref().unwrap_or("the circuit breaker rolled it back")
             )));
+        }
+        // What will not fix itself ends the wait at once, with AWS's words.
+        let new = |at: Option<&str>| {
+            at.and_then(|t| aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).ok())
+                .is_some_and(|t| t.secs() >= started.secs())
+        };
+        if let Some(event) = h.events.iter().find(|e| new(e.at.as_deref()) && cannot_start(&e.message)) {
+            return Ok(Poll::Failed(format!("a task cannot start: {}", event.message)));
+        }
+        if let Some(stop) = h.last_stopped.as_ref().filter(|s| new(s.stopped_at.as_deref()) && cannot_start(&s.reason)) {
+            return Ok(Poll::Failed(format!("a task cannot start: {}", describe_stop(stop))));
         }
         if let Some(cluster) = &cluster {
             let all = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
@@ -945,14 +1065,12 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
         let targets = if h.targets.is_empty() {
             "no target yet".to_string()
         } else {
-            h.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            format!("target {}", h.targets.iter().map(|t| t.state.as_str()).collect::<Vec<_>>().join(", "))
         };
+        // What changes first: the line fits 80 columns with the step's name in front of it.
         Ok(Poll::Pending(format!(
-            "{targets}; task {}, running {} pending {}, rollout {}",
-            h.task.as_deref().unwrap_or("not started"),
-            h.running.unwrap_or(0),
-            h.pending.unwrap_or(0),
-            h.rollout.as_deref().unwrap_or("?").to_lowercase()
+            "task {}, {targets}",
+            h.task.as_deref().map_or_else(|| "not started".to_string(), str::to_lowercase)
         )))
     })
     .await;

@@ -25,8 +25,11 @@ until its stdin closes (so it dies with the test that started it).
   "refused" (the error code) and "rule"; what it does on its own schedule (an interface Lambda
   cannot release, a log group a service creates) as {"service": "model", "rule": ...}.
   --control names a JSON file of knobs a test may set (e.g. {"gitlab_first_boot": 100} in AWS
-  seconds, {"pull_error": "..."}).
+  seconds, {"pull_error": "..."}; strict.py lists them). A call the model makes to moto on the
+  caller's behalf that moto refuses is answered with moto's error, never a dropped connection.
+- Service Quotas calls are service "servicequotas" (their signing name), read-only (Get/List).
 - --model-scale F (the benchmark): --time-scale F, and every call takes API_LATENCY.
+- `start()` runs all of it inside a Python process (the model's own tests use it).
 The product never knows any of this: it only sees AWS_ENDPOINT_URL.
 """
 
@@ -154,6 +157,20 @@ def error_body(service, headers, code, message):
     return "application/x-amz-json-1.1", json.dumps({"__type": code, "message": message, "Message": message}).encode()
 
 
+def model_error(e):
+    """(status, code, message) for an exception the strict model raised while answering: an AWS
+    error moto gave the model's own call (MountTargetNotFound...) is the caller's answer too;
+    anything else is the model's fault, answered as a 500 (the SDK retries; stderr says why)."""
+    response = getattr(e, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 400
+        return status, response["Error"]["Code"], response["Error"].get("Message") or str(e)
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
+    return 500, "InternalFailure", f"strict model: {type(e).__name__}: {e}"
+
+
 def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict, api_latency):
     def record(entry):
         with capture_lock, open(capture_path, "a") as f:
@@ -200,6 +217,11 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
                     record(entry)
                     record_model_events()
                     return self.send_error_answer(refusal.status, refusal.code, refusal.message)
+                except Exception as e:  # the model's own call to moto failed: answer, never drop
+                    status, code, message = model_error(e)
+                    entry.update(refused=code, rule="model-error")
+                    record(entry)
+                    return self.send_error_answer(status, code, message)
                 if answer is not None:
                     entry.update(rule=answer.rule)
                     record(entry)
@@ -220,7 +242,10 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
             if rule and rule.get("status"):
                 return self.send_error_answer(int(rule["status"]), rule.get("code", "InternalError"), rule.get("message", "injected by the test harness"))
             if strict:
-                data = strict.after(request, resp.status, data)
+                try:
+                    data = strict.after(request, resp.status, data)
+                except Exception as e:  # moto's answer stands
+                    print(f"strict model: after {action}: {type(e).__name__}: {e}", file=sys.stderr)
                 record_model_events()
             invoke = INVOKE.match(self.path)
             if invoke and resp.status == 200 and invoke.group(1).endswith("-efs-init"):
@@ -271,6 +296,61 @@ class QuietServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class Harness:
+    """moto and the proxy, running in this process (see start)."""
+
+    def __init__(self, endpoint, moto_url, efs_root, strict, proxy, moto):
+        self.endpoint, self.moto_url, self.efs_root, self.strict = endpoint, moto_url, efs_root, strict
+        self._proxy, self._moto = proxy, moto
+
+    def close(self):
+        self._proxy.shutdown()
+        self._proxy.server_close()
+        self._moto.stop()
+
+
+# moto's name for each service whose backend is imported before the first request.
+PRELOADED = ("acm", "backup", "ec2", "ecs", "efs", "elbv2", "iam", "awslambda", "logs", "route53", "secretsmanager",
+             "service-quotas", "sts", "ssm")
+
+
+def start(capture, faults=None, control=None, efs_root=None, scale=0.002, lenient=False, api_latency=0.0):
+    """Starts moto and the proxy (with the strict model unless `lenient`) on free ports of this
+    process; returns a Harness. The command line below and the model's own tests use it."""
+    efs_root = efs_root or os.path.join(os.path.dirname(os.path.abspath(capture)), "efs")
+    os.makedirs(efs_root, exist_ok=True)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    if not lenient:
+        # moto's own knob for certificates: ISSUED this many seconds after the request.
+        from moto import settings as moto_settings
+
+        moto_settings.ACM_VALIDATION_WAIT = max(1, round(RULES["certificate-validation"].seconds * scale))
+    # moto imports each service's backend on its first request; a tool that opens with a dozen
+    # concurrent reads would wait seconds for imports contending for the GIL. Import them first.
+    from moto.backends import get_backend
+
+    for service in PRELOADED:
+        try:
+            get_backend(service)["123456789012"]["us-east-1" if service != "route53" else "global"]
+        except Exception:
+            pass  # a moto without this service
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    _, moto_port = moto.get_host_and_port()
+    strict = None if lenient else Strict(scale, f"http://127.0.0.1:{moto_port}", efs_root, control)
+    # No Docker engine here: moto must not try to run functions in containers.
+    conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=30)
+    conn.request("POST", "/moto-api/config", body=json.dumps({"lambda": {"use_docker": False}}), headers={"Content-Type": "application/json"})
+    conn.getresponse().read()
+    conn.close()
+    open(capture, "w").close()
+    handler = make_handler(moto_port, capture, Faults(faults), threading.Lock(), efs_root, strict, api_latency)
+    proxy = QuietServer(("127.0.0.1", 0), handler)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return Harness(f"http://127.0.0.1:{proxy.server_address[1]}", f"http://127.0.0.1:{moto_port}", efs_root, strict, proxy, moto)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--capture", required=True)
@@ -282,40 +362,9 @@ def main():
     parser.add_argument("--api-latency", type=float, default=API_LATENCY, help="the round trip --model-scale adds, in seconds (default 0.05)")
     parser.add_argument("--lenient", action="store_true", help="bare moto behind the proxy: no strict model")
     args = parser.parse_args()
-    efs_root = args.efs_root or os.path.join(os.path.dirname(os.path.abspath(args.capture)), "efs")
-    os.makedirs(efs_root, exist_ok=True)
-    scale = args.model_scale or args.time_scale
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    if not args.lenient:
-        # moto's own knob for certificates: ISSUED this many seconds after the request.
-        from moto import settings as moto_settings
-
-        moto_settings.ACM_VALIDATION_WAIT = max(1, round(RULES["certificate-validation"][0] * scale))
-    # moto imports each service's backend on its first request; a tool that opens with a dozen
-    # concurrent reads would wait seconds for imports contending for the GIL. Import them first.
-    from moto.backends import get_backend
-
-    for service in ("acm", "backup", "ec2", "ecs", "efs", "elbv2", "iam", "awslambda", "logs", "route53", "secretsmanager", "sts", "ssm"):
-        try:
-            get_backend(service)["123456789012"]["us-east-1" if service != "route53" else "global"]
-        except Exception:
-            pass
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    _, moto_port = moto.get_host_and_port()
-    strict = None if args.lenient else Strict(scale, f"http://127.0.0.1:{moto_port}", efs_root, args.control)
-    # No Docker engine here: moto must not try to run functions in containers.
-    conn = http.client.HTTPConnection("127.0.0.1", moto_port, timeout=30)
-    conn.request("POST", "/moto-api/config", body=json.dumps({"lambda": {"use_docker": False}}), headers={"Content-Type": "application/json"})
-    conn.getresponse().read()
-    conn.close()
-    open(args.capture, "w").close()
-    handler = make_handler(moto_port, args.capture, Faults(args.faults), threading.Lock(), efs_root, strict, args.api_latency if args.model_scale else 0)
-    proxy = QuietServer(("127.0.0.1", 0), handler)
-    proxy.daemon_threads = True
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    print(json.dumps({"endpoint": f"http://127.0.0.1:{proxy.server_address[1]}", "moto": f"http://127.0.0.1:{moto_port}", "efs_root": efs_root}), flush=True)
+    harness = start(args.capture, args.faults, args.control, args.efs_root, args.model_scale or args.time_scale, args.lenient,
+                    args.api_latency if args.model_scale else 0.0)
+    print(json.dumps({"endpoint": harness.endpoint, "moto": harness.moto_url, "efs_root": harness.efs_root}), flush=True)
     sys.stdin.read()  # until the test closes our stdin or exits
 
 

@@ -5,14 +5,51 @@ and refuse to go while something still uses them. This module sits in the harnes
 makes the emulator do the same, so a test that passes here has met what AWS would do. It is on
 for every end-to-end test. The product never knows: it only sees AWS_ENDPOINT_URL.
 
-Every rule is listed in RULES with its source and (where it has one) its AWS-side duration.
-Durations are multiplied by the time scale (tests: 0.002, so AWS's 20 minutes take 2.4 s here);
-"once" windows are not timed: the first call that AWS could refuse is refused, so the product's
-retry is exercised on every run, whatever the scale.
+Every rule is listed in RULES with its AWS-side duration (where it has one), its source, and the
+product code that handles it (handled_by). Durations are multiplied by the time scale (tests:
+0.002, so AWS's 20 minutes take 2.4 s here); "once" windows are not timed: the first call that
+AWS could refuse is refused, so the product's retry is exercised on every run, whatever the scale.
+
+What it models:
+- pending states after a create (NAT gateway, load balancer, mount target, file system, Lambda in
+  a VPC, instance, certificate validation);
+- read-after-create and propagation windows (EC2 ids, Lambda's role, a new certificate on a
+  listener, a secret name still reserved, ECS's service-linked role);
+- what lingers after a delete (load balancer and Lambda interfaces, NAT gateway deleting,
+  instance shutting-down, mount target deleting, a certificate still in use) and the dependency
+  checks AWS makes on delete (security groups, subnets, VPCs, gateways, addresses, route tables,
+  clusters with tasks, vaults with recovery points); DeleteMountTarget of a gone target answers
+  404 MountTargetNotFound;
+- ECS on Fargate: a task's life and GitLab's boot, health checks, the circuit breaker, tasks that
+  cannot start (knobs pull_error: CannotPullContainerError; init_error: ResourceInitializationError
+  right after PROVISIONING; placement_error: no task placed, "(service gitlab) was unable to place
+  a task. Reason: ..." in the service's events), ECS Exec (enableExecuteCommand as it was when the
+  task started, the ExecuteCommandAgent PENDING then RUNNING in DescribeTasks' managedAgents,
+  knob exec_agent_state; ExecuteCommand refused with InvalidParameterException otherwise);
+- AWS Backup: backup jobs CREATED (backup-job-start), RUNNING, COMPLETED, EXPIRED past their
+  StartWindowMinutes (default 8 hours, at least 60) or CompleteWindowMinutes, StopBackupJob
+  (ABORTING, ABORTED; InvalidRequestException once ended), knob backup_job_outcome; recovery
+  points with their RecoveryPointTags (ListTags) and restore metadata (file-system-id, Encrypted,
+  PerformanceMode, CreationToken); restore jobs into a new file system, their Metadata checked
+  (newFileSystem, CreationToken 1-64 characters, file-system-id, a CreationToken already taken
+  fails FileSystemAlreadyExists), knob restore_job_outcome; either job FAILED when the service
+  role's trust conditions backup.amazonaws.com on aws:SourceAccount or aws:SourceArn;
+- CloudWatch Logs: FilterLogEvents' empty pages that still carry a nextToken (knob
+  logs_empty_pages);
+- Service Quotas: GetServiceQuota (NoSuchResourceException unless the knob quotas sets an applied
+  value) and GetAWSDefaultServiceQuota for the Fargate vCPU, Elastic IP and load balancer quotas;
+- NLB listeners: tcp.idle_timeout.seconds outside 60-6000 refused (ValidationError).
+
+Knobs (the --control JSON file, re-read on every use): a rule's name with '-' -> '_' overrides
+its AWS seconds (e.g. {"gitlab_first_boot": 4000}); besides: pull_error, init_error,
+placement_error (strings), exec_agent_state (a lastStatus), backup_job_outcome and
+restore_job_outcome ({"state": "FAILED", "message": "..."}), logs_empty_pages (a count), quotas
+({"L-3032A538": 1.0}).
 
 How it works:
 - `before(req)` may refuse a call (an AWS error), answer it itself (APIs moto lacks: AWS Backup
-  jobs, ECS tasks and ECS Exec; deletes AWS performs over time), or let it through.
+  jobs, ECS tasks and ECS Exec, Service Quotas outside vpc; deletes AWS performs over time), or
+  let it through.
 - `after(req, status, body)` notes what was created or deleted and rewrites describe answers
   with what AWS would still say (pending, deleting, shutting-down, in-use, target health...).
 - `tick()` runs scheduled events (an interface released, a task stopped, a job completed), from
@@ -32,66 +69,184 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from typing import List, NamedTuple, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 # ---------------------------------------------------------------------------------------------
-# The rules: name -> (AWS-side seconds or None for "once", source).
+# The rules: name -> Rule(AWS-side seconds or None for "once", source, handled_by).
+#
+# handled_by names the product code that copes with what the rule makes AWS do, as
+# "path:function" (path from the repository root; "Type::function" for a method of an impl),
+# so a rule's change can be followed to the code that depends on it (tests/harness/test_strict.py
+# checks each exists). pending("...") marks a handler the Rust side does not have yet: the name
+# it will have, for whoever reconciles the two (a comment says what is missing).
+
+
+class Rule(NamedTuple):
+    seconds: Optional[float]
+    source: str
+    handled_by: List[str]
+
+
+PENDING = " (pending)"
+
+
+def pending(reference):
+    """A handled_by entry the Rust side has not written yet."""
+    return reference + PENDING
+
 
 RULES = {
     # Pending after create (the latency model of round one).
-    "nat-gateway-pending": (90, "NAT gateway pending -> available: 60-120 s observed; AWS docs 'a few minutes'"),
-    "load-balancer-provisioning": (150, "ALB provisioning -> active: 120-180 s observed"),
-    "mount-target-creating": (80, "EFS mount target creating -> available: ~80 s observed"),
-    "file-system-creating": (5, "EFS file system creating -> available: seconds"),
-    "function-pending": (60, "Lambda in a VPC Pending -> Active: Hyperplane ENI creation, up to 90 s (Lambda docs)"),
-    "instance-pending": (40, "EC2 instance pending -> running: ~40 s observed"),
-    "certificate-validation": (120, "ACM DNS validation PENDING_VALIDATION -> ISSUED once the CNAME resolves: ~2 min observed"),
+    "nat-gateway-pending": Rule(90, "NAT gateway pending -> available: 60-120 s observed; AWS docs 'a few minutes'",
+                                ["src/steps/nat.rs:NatGatewayStep::apply"]),
+    "load-balancer-provisioning": Rule(150, "ALB provisioning -> active: 120-180 s observed",
+                                       ["src/steps/load_balancer.rs:LoadBalancerStep::apply"]),
+    "mount-target-creating": Rule(80, "EFS mount target creating -> available: ~80 s observed",
+                                  ["src/steps/storage.rs:MountTargetsStep::apply"]),
+    "file-system-creating": Rule(5, "EFS file system creating -> available: seconds",
+                                 ["src/steps/storage.rs:converge_file_system"]),
+    "function-pending": Rule(60, "Lambda in a VPC Pending -> Active: Hyperplane ENI creation, up to 90 s (Lambda docs)",
+                             ["src/steps/efs_init.rs:RunEfsInitializer::ensure_function"]),
+    "instance-pending": Rule(40, "EC2 instance pending -> running: ~40 s observed",
+                             ["src/steps/nat.rs:NatInstanceStep::apply"]),
+    "certificate-validation": Rule(120, "ACM DNS validation PENDING_VALIDATION -> ISSUED once the CNAME resolves: ~2 min observed",
+                                   ["src/steps/certificate.rs:CertificateStep::apply"]),
     # Read-after-create and propagation windows ("once": the first call AWS may refuse is refused).
-    "ec2-read-after-create": (None, "AWS 'Eventual consistency in the Amazon EC2 API': InvalidGroup.NotFound etc. right after a create; Terraform RetryWhenNewResourceNotFound"),
-    "lambda-role-not-assumable": (None, "Lambda CreateFunction right after CreateRole: 'The role defined for the function cannot be assumed by Lambda' (IAM propagation; audit #8)"),
-    "lambda-role-no-vpc-permission": (None, "Lambda CreateFunction right after AttachRolePolicy: 'does not have permissions to call CreateNetworkInterface on EC2' (Cumulus docs; audit #8)"),
-    "listener-certificate-not-found": (None, "ELB CreateListener right after ACM issued the certificate: CertificateNotFound (Terraform listener.go retries it; audit #11)"),
-    "secret-name-reserved": (30, "Secrets Manager DeleteSecret: 'actual deletion with an asynchronous background process ... use back off and retry' (API reference; audit #12)"),
-    "ecs-service-linked-role": (None, "First CreateService in an account: 'Unable to assume the service linked role' (Terraform cluster.go retryClusterCreate; audit #14)"),
+    "ec2-read-after-create": Rule(None, "AWS 'Eventual consistency in the Amazon EC2 API': InvalidGroup.NotFound etc. right after a create; Terraform RetryWhenNewResourceNotFound",
+                                  ["src/aws/mod.rs:fresh", "src/aws/ec2.rs:get_fresh"]),
+    "lambda-role-not-assumable": Rule(None, "Lambda CreateFunction right after CreateRole: 'The role defined for the function cannot be assumed by Lambda' (IAM propagation; audit #8)",
+                                      ["src/steps/efs_init.rs:RunEfsInitializer::ensure_function", "src/aws/mod.rs:propagated"]),
+    "lambda-role-no-vpc-permission": Rule(None, "Lambda CreateFunction right after AttachRolePolicy: 'does not have permissions to call CreateNetworkInterface on EC2' (Cumulus docs; audit #8)",
+                                          ["src/steps/efs_init.rs:RunEfsInitializer::ensure_function", "src/aws/mod.rs:propagated"]),
+    "listener-certificate-not-found": Rule(None, "ELB CreateListener right after ACM issued the certificate: CertificateNotFound (Terraform listener.go retries it; audit #11)",
+                                           ["src/steps/load_balancer.rs:ListenerStep::apply", "src/aws/mod.rs:propagated"]),
+    "secret-name-reserved": Rule(30, "Secrets Manager DeleteSecret: 'actual deletion with an asynchronous background process ... use back off and retry' (API reference; audit #12)",
+                                 ["src/steps/secret.rs:RootSecretStep::apply"]),
+    "ecs-service-linked-role": Rule(None, "First CreateService in an account: 'Unable to assume the service linked role' (Terraform cluster.go retryClusterCreate; audit #14)",
+                                    ["src/steps/service.rs:ServiceStep::apply"]),
     # Lingering after delete.
-    "load-balancer-interfaces-linger": (240, "ELB interfaces (description 'ELB app/...', public IPs) stay minutes after DeleteLoadBalancer; Terraform waits up to 35 min (elbv2 waitForALBNetworkInterfacesToDetach; audit #1)"),
-    "nat-gateway-deleting": (60, "NAT gateway 'deleting' ~1 min, its Elastic IP associated meanwhile (AWS NAT gateway docs; hashicorp/terraform#1303; audit #18)"),
-    "instance-shutting-down": (45, "EC2 instance shutting-down before terminated, its public address mapped (EC2 instance lifecycle docs)"),
-    "mount-target-deleting": (60, "EFS mount target 'deleting' for a while, its interface in place (EFS API reference; audit #17)"),
-    "lambda-interfaces-linger": (1200, "Lambda Hyperplane ENIs released up to 20 min after the function is deleted (Terraform commit a54c065; audit #19)"),
-    "lambda-interfaces-need-the-role": (None, "Lambda deletes its interfaces with the function's execution role: without it (or its VPC permissions) they stay (aws/serverless-application-model#1169; audit #7)"),
-    "certificate-in-use-after-listener": (180, "ACM keeps InUseBy minutes after the listener and load balancer are gone: ResourceInUseException (Terraform acm certificate.go retries 20 min; audit #5)"),
+    "load-balancer-interfaces-linger": Rule(240, "ELB interfaces (description 'ELB app/...', public IPs) stay minutes after DeleteLoadBalancer; Terraform waits up to 35 min (elbv2 waitForALBNetworkInterfacesToDetach; audit #1)",
+                                            ["src/aws/mod.rs:delete_when_free", "src/aws/interfaces.rs:holders"]),
+    "nat-gateway-deleting": Rule(60, "NAT gateway 'deleting' ~1 min, its Elastic IP associated meanwhile (AWS NAT gateway docs; hashicorp/terraform#1303; audit #18)",
+                                 ["src/steps/nat.rs:NatGateways::delete", "src/steps/nat.rs:Addresses::delete"]),
+    "instance-shutting-down": Rule(45, "EC2 instance shutting-down before terminated, its public address mapped (EC2 instance lifecycle docs)",
+                                   ["src/steps/nat.rs:Instances::delete"]),
+    "mount-target-deleting": Rule(60, "EFS mount target 'deleting' for a while, its interface in place (EFS API reference; audit #17)",
+                                  ["src/steps/storage.rs:delete_mount_target", "src/steps/storage.rs:FileSystemOps::delete"]),
+    "lambda-interfaces-linger": Rule(1200, "Lambda Hyperplane ENIs released up to 20 min after the function is deleted (Terraform commit a54c065; audit #19)",
+                                     ["src/aws/interfaces.rs:holders", "src/aws/mod.rs:delete_when_free"]),
+    "lambda-interfaces-need-the-role": Rule(None, "Lambda deletes its interfaces with the function's execution role: without it (or its VPC permissions) they stay (aws/serverless-application-model#1169; audit #7)",
+                                            ["src/catalog.rs:declare_security_groups", "src/catalog.rs:kind_row"]),
+    "certificate-in-use-after-listener": Rule(180, "ACM keeps InUseBy minutes after the listener and load balancer are gone: ResourceInUseException (Terraform acm certificate.go retries 20 min; audit #5)",
+                                              ["src/steps/certificate.rs:CertificateOps::delete", "src/aws/mod.rs:delete_when_released"]),
     # Dependencies AWS enforces on delete and moto does not.
-    "security-group-in-use": (None, "DeleteSecurityGroup with an interface using it or a group referencing it: DependencyViolation 'resource sg-... has a dependent object' (EC2 API reference)"),
-    "subnet-in-use": (None, "DeleteSubnet with interfaces in it: DependencyViolation 'The subnet ... has dependencies and cannot be deleted.' (EC2 API reference)"),
-    "vpc-not-empty": (None, "DeleteVpc with subnets, gateways, groups, route tables or interfaces: DependencyViolation (EC2 API reference)"),
-    "gateway-mapped-addresses": (None, "DetachInternetGateway while public addresses are mapped in the VPC: 'Network vpc-... has some mapped public address(es)' (hashicorp/terraform#497, #1303, #1628)"),
-    "gateway-attached": (None, "DeleteInternetGateway while attached: DependencyViolation (EC2 API reference)"),
-    "address-in-use": (None, "ReleaseAddress while associated: InvalidIPAddress.InUse (EC2 API reference)"),
-    "route-table-associated": (None, "DeleteRouteTable with subnet associations: DependencyViolation (EC2 API reference)"),
-    "instance-type-not-offered": (None, "RunInstances of a type the zone does not offer: Unsupported 'Your requested instance type (t4g.nano) is not supported in your requested Availability Zone' (moto's offerings data already lacks t4g in use1-az3; audit #10)"),
-    "security-group-name": (None, "CreateSecurityGroup: 'Group names may not be in the format sg-*' (EC2 API reference; audit #24)"),
-    "cluster-contains-tasks": (None, "DeleteCluster while a task is not STOPPED: ClusterContainsTasksException (ECS API reference; Terraform cluster.go; audit #2)"),
-    "backup-vault-not-empty": (None, "DeleteBackupVault with recovery points: InvalidRequestException (AWS Backup API reference)"),
+    "security-group-in-use": Rule(None, "DeleteSecurityGroup with an interface using it or a group referencing it: DependencyViolation 'resource sg-... has a dependent object' (EC2 API reference)",
+                                  ["src/steps/security_group.rs:SecurityGroups::delete", "src/aws/interfaces.rs:holders"]),
+    "subnet-in-use": Rule(None, "DeleteSubnet with interfaces in it: DependencyViolation 'The subnet ... has dependencies and cannot be deleted.' (EC2 API reference)",
+                          ["src/steps/network.rs:Subnets::delete", "src/aws/interfaces.rs:holders"]),
+    "vpc-not-empty": Rule(None, "DeleteVpc with subnets, gateways, groups, route tables or interfaces: DependencyViolation (EC2 API reference)",
+                          ["src/steps/network.rs:Vpcs::delete"]),
+    "gateway-mapped-addresses": Rule(None, "DetachInternetGateway while public addresses are mapped in the VPC: 'Network vpc-... has some mapped public address(es)' (hashicorp/terraform#497, #1303, #1628)",
+                                     ["src/steps/network.rs:InternetGateways::delete", "src/aws/interfaces.rs:holders"]),
+    "gateway-attached": Rule(None, "DeleteInternetGateway while attached: DependencyViolation (EC2 API reference)",
+                             ["src/steps/network.rs:InternetGateways::delete"]),
+    "address-in-use": Rule(None, "ReleaseAddress while associated: InvalidIPAddress.InUse (EC2 API reference)",
+                           ["src/steps/nat.rs:Addresses::delete"]),
+    "route-table-associated": Rule(None, "DeleteRouteTable with subnet associations: DependencyViolation (EC2 API reference)",
+                                   ["src/steps/network.rs:RouteTables::delete"]),
+    "instance-type-not-offered": Rule(None, "RunInstances of a type the zone does not offer: Unsupported 'Your requested instance type (t4g.nano) is not supported in your requested Availability Zone' (moto's offerings data already lacks t4g in use1-az3; audit #10)",
+                                      ["src/steps/network.rs:CheckZones::apply"]),
+    "security-group-name": Rule(None, "CreateSecurityGroup: 'Group names may not be in the format sg-*' (EC2 API reference; audit #24)",
+                                ["src/config.rs:check_stack_name"]),
+    "cluster-contains-tasks": Rule(None, "DeleteCluster while a task is not STOPPED: ClusterContainsTasksException (ECS API reference; Terraform cluster.go; audit #2)",
+                                   ["src/steps/service.rs:ClusterOps::delete"]),
+    "backup-vault-not-empty": Rule(None, "DeleteBackupVault with recovery points: InvalidRequestException (AWS Backup API reference)",
+                                   ["src/steps/backup.rs:BackupVaultOps::delete"]),
+    "mount-target-not-found": Rule(None, "EFS DeleteMountTarget of a mount target that does not exist (any more): 404 MountTargetNotFound 'Mount target ... does not exist.' (EFS API reference, DeleteMountTarget errors)",
+                                   ["src/steps/storage.rs:delete_mount_target"]),
+    "update-file-system": Rule(None, "EFS UpdateFileSystem and PutBackupPolicy, answered by the model (moto lacks them); FileSystemNotFound for an unknown id (EFS API reference)",
+                               ["src/steps/storage.rs:converge_file_system"]),
     # ECS on Fargate: a task's life, and what ECS does with it.
-    "task-provisioning": (20, "Fargate task PROVISIONING (its interface attached): 15-30 s observed"),
-    "image-pull": (90, "Fargate pulls the 1.5 GB gitlab-ce image on every task start (no image cache): 60-120 s observed"),
-    "gitlab-first-boot": (660, "GitLab's first boot on EFS at 2 vCPU (reconfigure, initdb, schema load over NFS): 5-6 min off EFS per the guide; no published figure on EFS; modelled past ECS's usual 600 s grace (audit #4)"),
-    "gitlab-boot": (240, "GitLab's later boots (data in place): reconfigure and services start, ~4 min observed"),
-    "health-check": (30, "Target group health check every 30 s; healthy after 2, unhealthy after 10 (the stack's target group)"),
-    "deregistration-delay": (30, "Target draining for the target group's deregistration delay (30 s in the stack)"),
-    "gitlab-stop": (60, "GitLab's services stop within the task's stopTimeout (120 s): ~1 min observed"),
-    "task-deprovisioning": (20, "Fargate task DEPROVISIONING (interface detached) before STOPPED: ~20 s observed"),
-    "failed-health-checks": (None, "A task whose target stays unhealthy past the grace period is stopped: 'Task failed ELB health checks'; 3 failures trip the deployment circuit breaker (ECS docs, ServiceDeploymentCircuitBreaker)"),
-    "efs-mount-needs-dns-and-directory": (None, "A task's EFS volume fails to mount without VPC DNS or with a missing root directory: ResourceInitializationError (ECS EFS troubleshooting; audit #13)"),
-    "container-insights-log-group": (None, "Container Insights creates /aws/ecs/containerinsights/<cluster>/performance when tasks run (audit #28)"),
-    "lambda-log-group": (None, "Lambda creates /aws/lambda/<function> on first invoke through its role's logs:CreateLogGroup (audit #28)"),
+    "task-provisioning": Rule(20, "Fargate task PROVISIONING (its interface attached): 15-30 s observed",
+                              ["src/steps/service.rs:wait_healthy"]),
+    "image-pull": Rule(90, "Fargate pulls the 1.5 GB gitlab-ce image on every task start (no image cache): 60-120 s observed",
+                       ["src/steps/service.rs:wait_healthy"]),
+    "gitlab-first-boot": Rule(660, "GitLab's first boot on EFS at 2 vCPU (reconfigure, initdb, schema load over NFS): 5-6 min off EFS per the guide; no published figure on EFS; modelled past ECS's usual 600 s grace (audit #4)",
+                              ["src/steps/service.rs:wait_healthy"]),
+    "gitlab-boot": Rule(240, "GitLab's later boots (data in place): reconfigure and services start, ~4 min observed",
+                        ["src/steps/service.rs:wait_healthy"]),
+    "health-check": Rule(30, "Target group health check every 30 s; healthy after 2, unhealthy after 10 (the stack's target group)",
+                         ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:health"]),
+    "deregistration-delay": Rule(30, "Target draining for the target group's deregistration delay (30 s in the stack)",
+                                 ["src/steps/service.rs:ServiceOps::delete", "src/steps/service.rs:scale"]),
+    "gitlab-stop": Rule(60, "GitLab's services stop within the task's stopTimeout (120 s): ~1 min observed",
+                        ["src/steps/service.rs:ServiceOps::delete", "src/steps/service.rs:scale"]),
+    "task-deprovisioning": Rule(20, "Fargate task DEPROVISIONING (interface detached) before STOPPED: ~20 s observed",
+                                ["src/steps/service.rs:ServiceOps::delete", "src/steps/service.rs:scale"]),
+    "failed-health-checks": Rule(None, "A task whose target stays unhealthy past the grace period is stopped: 'Task failed ELB health checks'; 3 failures trip the deployment circuit breaker (ECS docs, ServiceDeploymentCircuitBreaker)",
+                                 ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:describe_stop"]),
+    "efs-mount-needs-dns-and-directory": Rule(None, "A task's EFS volume fails to mount without VPC DNS or with a missing root directory: ResourceInitializationError (ECS EFS troubleshooting; audit #13)",
+                                              ["src/steps/network.rs:create_vpc", "src/steps/network.rs:ImportVpc::check_dns", "src/steps/efs_init.rs:invoke"]),
+    "cannot-pull-container": Rule(None, "A task whose image cannot be pulled stops: stopCode TaskFailedToStart, stoppedReason 'CannotPullContainerError: ...' (ECS dev guide task_cannot_pull_image.md; notes day-two-facts §7); knob pull_error",
+                                  ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:describe_stop"]),
+    "resource-initialization-error": Rule(None, "A task that cannot set up its volumes, secrets or registry auth stops right after PROVISIONING: stoppedReason 'ResourceInitializationError: failed to invoke EFS utils commands to set up EFS volumes: ...' / 'unable to pull secrets or registry auth: ...' (re:Post ecs-unable-to-pull-secrets; notes day-two-facts §7); knob init_error",
+                                          ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:describe_stop"]),
+    # The service's events are read by status, but wait_healthy does not give up on a task that
+    # is never placed yet: it waits out BOOT_WAIT.
+    "task-placement-error": Rule(60, "A service that cannot place a task starts none and says so in its events, newest first: '(service gitlab) was unable to place a task. Reason: You’ve reached the limit on the number of vCPUs you can run concurrently' (ECS dev guide service-event-messages.md); one event per 60 s here (ECS de-duplicates repeats, interval undocumented); knob placement_error",
+                                 ["src/steps/service.rs:health", pending("src/steps/service.rs:wait_healthy")]),
+    "container-insights-log-group": Rule(None, "Container Insights creates /aws/ecs/containerinsights/<cluster>/performance when tasks run (audit #28)",
+                                         ["src/steps/logs.rs:adopt_side_effect"]),
+    "lambda-log-group": Rule(None, "Lambda creates /aws/lambda/<function> on first invoke through its role's logs:CreateLogGroup (audit #28)",
+                             ["src/steps/logs.rs:adopt_side_effect"]),
+    # ECS Exec (moto lacks ExecuteCommand: the model answers it).
+    "ecs-exec": Rule(None, "ECS ExecuteCommand, answered by the model: a Session Manager session for a task of the cluster; 'The specified task ... could not be found' otherwise (ECS API reference)",
+                     ["src/commands/exec.rs:run", "src/steps/service.rs:running_task"]),
+    # exec runs as soon as the task is RUNNING: it reads neither enableExecuteCommand nor the
+    # agent's lastStatus yet, so a PENDING agent is an error instead of a wait.
+    "exec-agent-start": Rule(15, "The ExecuteCommandAgent's lastStatus in DescribeTasks' managedAgents: 'If the lastStatus property of the ExecuteCommandAgent is listed as RUNNING and the enableExecuteCommand property is set to true, then your task is ready' (ECS dev guide ecs-exec.md); PENDING for seconds after the container starts (amazon-ecs-exec-checker); knob exec_agent_state",
+                             [pending("src/steps/service.rs:running_task")]),
+    "exec-not-enabled": Rule(None, "ExecuteCommand on a task started without enableExecuteCommand, or whose agent is not RUNNING: InvalidParameterException 'The execute command failed because execute command was not enabled when the task was run or the execute command agent isn’t running. ...' (user reports, notes day-two-facts §6)",
+                             ["src/commands/exec.rs:run", pending("src/steps/service.rs:running_task")]),
     # AWS Backup (moto has vaults only).
-    "backup-job": (120, "AWS Backup job CREATED -> RUNNING -> COMPLETED: minutes for a small file system"),
-    "restore-job": (300, "AWS Backup restore job PENDING -> RUNNING -> COMPLETED into a new file system, data under aws-backup-restore_<date>/ (AWS Backup 'Restore an Amazon EFS file system')"),
+    "backup-job": Rule(120, "AWS Backup job RUNNING -> COMPLETED: minutes for a small file system",
+                       ["src/ops/backup.rs:take", "src/ops/backup.rs:wait_for_job", "src/steps/backup.rs:start_backup", "src/steps/backup.rs:backup_job"]),
+    "backup-job-start": Rule(30, "StartBackupJob: 'During the start window, the backup job status remains in CREATED status until it has successfully begun or until the start window time has run out'; an on-demand job 'will transition in state of Running within an hour' (AWS Backup API reference; creating-a-backup.html)",
+                             ["src/ops/backup.rs:wait_for_job"]),
+    "backup-start-window": Rule(480 * 60, "StartWindowMinutes: 'the default is 8 hours. If this value is included, it must be at least 60 minutes ... until the job status changes to EXPIRED'; CompleteWindowMinutes: 'a successfully started backup must complete, or else Backup will cancel the job'; StatusMessage 'Backup job expired before completion.' (AWS Backup API reference; notes day-two-facts §3)",
+                                ["src/steps/backup.rs:start_backup", "src/ops/backup.rs:wait_for_job"]),
+    "backup-job-outcome": Rule(None, "BackupJobState FAILED, ABORTED, EXPIRED, PARTIAL with a StatusMessage and no recovery point; 'AWS Backup doesn't retry failed backup jobs' (AWS Backup API reference; re:Post backup-failed-job); knob backup_job_outcome",
+                               ["src/ops/backup.rs:wait_for_job", "src/ops/backup.rs:take", "src/ops/backup.rs:roll_back"]),
+    "backup-job-stop": Rule(10, "StopBackupJob: 'Attempts to cancel a job to create a one-time backup of a resource' (EFS supported): ABORTING -> ABORTED; InvalidRequestException on a job that has ended (AWS Backup API reference; notes day-two-facts §3)",
+                            ["src/steps/backup.rs:stop_backup_job", "src/ops/backup.rs:roll_back"]),
+    "recovery-point-tags": Rule(None, "StartBackupJob RecoveryPointTags: 'The tags to assign to the resources'; ListTags: 'Valid targets for ListTags are recovery points, backup plans, and backup vaults' (AWS Backup API reference; notes day-two-facts §4)",
+                                ["src/steps/backup.rs:start_backup", "src/steps/backup.rs:point_version"]),
+    "restore-job": Rule(300, "AWS Backup restore job PENDING -> RUNNING -> COMPLETED into a new file system, data under aws-backup-restore_<date>/ (AWS Backup 'Restore an Amazon EFS file system')",
+                        ["src/ops/restore.rs:restore", "src/ops/restore.rs:restore_job", "src/steps/backup.rs:start_restore", "src/steps/backup.rs:restore_job"]),
+    "restore-job-outcome": Rule(None, "RestoreJobStatus ABORTED or FAILED with a StatusMessage, no resource created (AWS Backup API reference); knob restore_job_outcome",
+                                ["src/ops/restore.rs:restore_job"]),
+    "restore-metadata": Rule(None, "StartRestoreJob Metadata for EFS: newFileSystem; CreationToken 'A string of up to 64 ASCII characters' (EFS CreateFileSystem), needed for a new file system (aws/aws-cli#4467); file-system-id 'The ID of the Amazon EFS file system that is backed up by Backup. Returned in GetRecoveryPointRestoreMetadata' (notes day-two-facts §2)",
+                             ["src/steps/backup.rs:start_restore", "src/steps/backup.rs:restore_metadata", "src/ops/restore.rs:restore_job"]),
+    "restore-creation-token-taken": Rule(None, "EFS CreateFileSystem with a CreationToken a file system already has: FileSystemAlreadyExists (EFS API reference); a restore whose Metadata copies the source's token fails so (notes day-two-facts §2)",
+                                         ["src/steps/backup.rs:start_restore"]),
+    "trust-policy-condition-keys": Rule(None, "The service role must trust backup.amazonaws.com (AWS Backup iam-service-roles.html); AWS documents no aws:SourceAccount/aws:SourceArn sent when AWS Backup assumes it (its confused-deputy guidance covers SNS and KMS policies only): such a Condition makes the job fail 'IAM Role ... cannot be assumed by AWS Backup' (notes day-two-facts §1; landing-zone-accelerator-on-aws#194)",
+                                        ["src/steps/iam.rs:trust"]),
+    # CloudWatch Logs.
+    "logs-empty-pages": Rule(None, "FilterLogEvents: 'A returned page might only be partially full, or even empty ... Partially full or empty pages don't necessarily mean that pagination is finished ... If the results don't include a nextToken, then pagination is finished' (CloudWatch Logs API reference); knob logs_empty_pages",
+                             ["src/steps/logs.rs:events_since", "src/commands/logs.rs:run"]),
+    # Service Quotas (moto knows the vpc service code only).
+    # pending: the quota check the Rust side adds (aws-sdk-servicequotas).
+    "service-quotas": Rule(None, "GetServiceQuota 'Retrieves the applied quota value ... If the applied quota value is not available for a quota, the quota is not retrieved' (NoSuchResourceException, aws/aws-cli#6629); GetAWSDefaultServiceQuota the default; fargate L-3032A538 / L-36FBB829, ec2 L-0263D0A3, elasticloadbalancing L-53DA6B97 / L-69A177A2 (notes day-two-facts §8); knob quotas",
+                           [pending("src/steps/quotas.rs:check_quotas")]),
+    # Network Load Balancer.
+    # pending: the SSH listener does not set tcp.idle_timeout.seconds yet.
+    "listener-idle-timeout-range": Rule(None, "Listener attribute tcp.idle_timeout.seconds: 'The valid range is 60-6000 seconds. The default is 350 seconds.' ModifyListenerAttributes outside it: ValidationError (elbv2 API reference ListenerAttribute.Key)",
+                                        [pending("src/steps/load_balancer.rs:ListenerStep::apply")]),
 }
 
 EC2_NOT_FOUND = {
@@ -107,6 +262,25 @@ EC2_CREATES = {
     "CreateVpc": "vpcId", "CreateSubnet": "subnetId", "CreateSecurityGroup": "groupId", "CreateRouteTable": "routeTableId",
     "CreateInternetGateway": "internetGatewayId", "CreateNatGateway": "natGatewayId", "RunInstances": "instanceId",
 }
+# Service Quotas the model answers: (service code, quota code) -> (name, service name, AWS default).
+QUOTAS = {
+    ("fargate", "L-3032A538"): ("Fargate On-Demand vCPU resource count", "AWS Fargate", 6),
+    ("fargate", "L-36FBB829"): ("Fargate Spot vCPU resource count", "AWS Fargate", 6),
+    ("ec2", "L-0263D0A3"): ("EC2-VPC Elastic IPs", "Amazon Elastic Compute Cloud (Amazon EC2)", 5),
+    ("elasticloadbalancing", "L-53DA6B97"): ("Application Load Balancers per Region", "Elastic Load Balancing (ELB)", 50),
+    ("elasticloadbalancing", "L-69A177A2"): ("Network Load Balancers per Region", "Elastic Load Balancing (ELB)", 50),
+}
+# ECS ExecuteCommand's refusal of a task started without exec or whose agent is not running (with
+# AWS's typographic apostrophe).
+EXEC_NOT_ENABLED = (
+    "The execute command failed because execute command was not enabled when the task was run or the execute command "
+    "agent isn\u2019t running. Wait and try again or run a new task with execute command enabled and try again."
+)
+# AWS Backup: the states in which a backup job has not ended (StopBackupJob stops these); the
+# principal it assumes the service role as, and the condition keys it is not documented to send.
+BACKUP_JOB_ACTIVE = ("CREATED", "PENDING", "RUNNING")
+BACKUP_PRINCIPAL = "backup.amazonaws.com"
+UNSENT_CONDITION_KEYS = {"aws:sourceaccount", "aws:sourcearn"}
 # How long after a create a call naming the new id may still be refused (real seconds: the
 # point is that the first such call is refused, so its retry is exercised).
 FRESH_WINDOW = 5.0
@@ -229,6 +403,7 @@ class Strict:
         self.fired = []  # (rule, detail) for the capture
         self.accounts = {}  # credentials -> account
         self.function_mounts = {}  # function name -> file system id
+        self.log_queries = {}  # the model's FilterLogEvents token -> {"params", "left": empty pages still to give}
         threading.Thread(target=self.run_events, daemon=True).start()
 
     # -- time -------------------------------------------------------------------------------
@@ -245,7 +420,7 @@ class Strict:
 
     def duration(self, rule):
         override = self.control().get(rule.replace("-", "_"))
-        return (override if override is not None else RULES[rule][0]) * self.scale
+        return (override if override is not None else RULES[rule].seconds) * self.scale
 
     def at(self, delay, description, fn):
         with self.lock:
@@ -634,6 +809,8 @@ class Strict:
     # Elastic Load Balancing
 
     def before_elasticloadbalancing(self, req):
+        if req.action == "ModifyListenerAttributes":
+            self.check_listener_attributes(req)
         if req.action in ("CreateListener", "ModifyListener"):
             for cert in [v for k, v in req.form.items() if re.fullmatch(r"Certificates\.member\.\d+\.CertificateArn", k)]:
                 with self.lock:
@@ -655,6 +832,22 @@ class Strict:
             for cert, listener in used:
                 self.release_certificate(cert, listener)
         return None
+
+    def check_listener_attributes(self, req):
+        """tcp.idle_timeout.seconds: 'The valid range is 60-6000 seconds' (moto stores any value)."""
+        for key, name in req.form.items():
+            m = re.fullmatch(r"Attributes\.member\.(\d+)\.Key", key)
+            if not m or name != "tcp.idle_timeout.seconds":
+                continue
+            value = req.form.get(f"Attributes.member.{m.group(1)}.Value", "")
+            try:
+                seconds = int(value)
+            except ValueError:
+                seconds = None
+            if seconds is None or not 60 <= seconds <= 6000:
+                self.refuse(400, "ValidationError",
+                            f"The value of 'tcp.idle_timeout.seconds' must be an integer between 60 and 6000 (was '{value}')",
+                            "listener-idle-timeout-range")
 
     def release_certificate(self, cert, listener):
         with self.lock:
@@ -865,6 +1058,74 @@ class Strict:
                 pass
 
     # =========================================================================================
+    # CloudWatch Logs: FilterLogEvents may answer empty pages that still carry a nextToken.
+
+    def before_logs(self, req):
+        if req.action != "FilterLogEvents":
+            return None
+        body = dict(req.json or {})
+        token = body.pop("nextToken", None)
+        with self.lock:
+            query = self.log_queries.pop(token, None) if token else None
+        if token and query is None:
+            return None  # moto's own token: its next page
+        if query is None:
+            empty = self.control().get("logs_empty_pages") or 0
+            if empty <= 0:
+                return None
+            query = {"params": body, "left": int(empty)}
+        if query["left"] > 0:
+            # An empty page, and a token for the rest (a new one each time: a client must not
+            # see a token twice).
+            query["left"] -= 1
+            next_token = f"harness-empty-page/{uuid.uuid4().hex}"
+            with self.lock:
+                self.log_queries[next_token] = query
+            page = {"events": [], "searchedLogStreams": [], "nextToken": next_token}
+            return Answer(200, json.dumps(page).encode(), "application/x-amz-json-1.1", rule="logs-empty-pages")
+        # The empty pages are over: the query's first page as moto gives it (its own token after).
+        page = self.client("logs", req.who).filter_log_events(**query["params"])
+        page.pop("ResponseMetadata", None)
+        return Answer(200, json.dumps(page, default=str).encode(), "application/x-amz-json-1.1")
+
+    # =========================================================================================
+    # Service Quotas (moto knows the vpc service code only).
+
+    def before_servicequotas(self, req):
+        body = req.json or {}
+        service, code = body.get("ServiceCode"), body.get("QuotaCode")
+        if req.action not in ("GetServiceQuota", "GetAWSDefaultServiceQuota"):
+            return None
+        if service not in {s for s, _ in QUOTAS} and req.action == "GetServiceQuota":
+            return None  # moto's (vpc)
+        known = QUOTAS.get((service, code))
+        if known is None and service == "vpc":
+            from moto.servicequotas.resources.default_quotas.vpc import VPC_DEFAULT_QUOTAS
+
+            default = next((dict(q) for q in VPC_DEFAULT_QUOTAS if q["QuotaCode"] == code), None)
+            if default is None:
+                self.refuse(400, "NoSuchResourceException", "The specified resource does not exist.", "service-quotas")
+            default["QuotaArn"] = f"arn:aws:servicequotas:{req.region}::vpc/{code}"
+            return Answer(200, json.dumps({"Quota": default}).encode(), "application/x-amz-json-1.1", rule="service-quotas")
+        if known is None:
+            self.refuse(400, "NoSuchResourceException", "The specified resource does not exist.", "service-quotas")
+        name, service_name, default = known
+        quota = {
+            "ServiceCode": service, "ServiceName": service_name, "QuotaCode": code, "QuotaName": name, "Value": float(default),
+            "Unit": "None", "Adjustable": True, "GlobalQuota": False,
+        }
+        if req.action == "GetAWSDefaultServiceQuota":
+            quota["QuotaArn"] = f"arn:aws:servicequotas:{req.region}::{service}/{code}"
+            return Answer(200, json.dumps({"Quota": quota}).encode(), "application/x-amz-json-1.1", rule="service-quotas")
+        # GetServiceQuota: only a quota whose value was changed has an applied value.
+        applied = (self.control().get("quotas") or {}).get(code)
+        if applied is None:
+            self.refuse(400, "NoSuchResourceException", "The specified resource does not exist.", "service-quotas")
+        quota["Value"] = float(applied)
+        quota["QuotaArn"] = f"arn:aws:servicequotas:{req.region}:{self.account_of(req.who)}:{service}/{code}"
+        return Answer(200, json.dumps({"Quota": quota}).encode(), "application/x-amz-json-1.1", rule="service-quotas")
+
+    # =========================================================================================
     # EFS
 
     def efs_dir(self, fs_id):
@@ -885,9 +1146,15 @@ class Strict:
             with self.lock:
                 if ident in self.deferred:
                     return Answer(204, b"", rule="mount-target-deleting")
-            targets = self.client("efs", req.who).describe_mount_targets(MountTargetId=ident)["MountTargets"] if ident else []
+            try:
+                targets = self.client("efs", req.who).describe_mount_targets(MountTargetId=ident)["MountTargets"]
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "MountTargetNotFound":
+                    raise
+                targets = []
             if not targets:
-                return None
+                # Gone (or never there): what EFS answers, as moto would for its own delete.
+                self.refuse(404, "MountTargetNotFound", f"Mount target '{ident}' does not exist.", "mount-target-not-found")
             with self.lock:
                 self.deferred[ident] = ("mount-target", time.monotonic())
             who = req.who
@@ -1089,8 +1356,25 @@ class Strict:
                 old_alive = [t for t in mine if t["deployment"] != deployment["id"] and t["last"] != "STOPPED"]
                 need = service["desired"] - len(running)
             if need > 0 and not old_alive:
+                reason = self.control().get("placement_error")
+                if reason:
+                    self.placement_failed(service, reason)
+                    continue
                 for _ in range(need):
                     self.start_task(service, deployment)
+
+    def placement_failed(self, service, reason):
+        """The scheduler could not place the task (a quota, capacity): no task starts, and the
+        service's events say so, again every so often while it lasts."""
+        now = time.monotonic()
+        with self.lock:
+            last = service.get("placement_event_at")
+            if last is not None and now - last < self.duration("task-placement-error"):
+                return
+            service["placement_event_at"] = now
+            message = f"(service {service['name']}) was unable to place a task. Reason: {reason}"
+            self.event(service, message)
+        self.fired.append(("task-placement-error", message))
 
     def start_task(self, service, deployment):
         who = service["who"]
@@ -1112,6 +1396,8 @@ class Strict:
             "last": "PROVISIONING", "desired": "RUNNING", "created": now_epoch(), "started": None, "stopping": None,
             "stopped": None, "reason": None, "stop_code": None, "exit_code": None,
             "runtime_id": f"{task_id}-{uuid.uuid4().int % 10**10}", "registered": [], "grace": service.get("grace", 0),
+            # ECS Exec is the service's setting when the task starts: changing it later needs new tasks.
+            "exec": bool(service.get("exec")), "running_since": None,
             "next": time.monotonic() + self.duration("task-provisioning"),
         }
         with self.lock:
@@ -1145,11 +1431,14 @@ class Strict:
             return
         last = task["last"]
         if last == "PROVISIONING":
-            problem = self.mount_problem(task)
+            init_error = self.control().get("init_error")
+            problem = None if init_error else self.mount_problem(task)
             with self.lock:
+                if init_error:
+                    self.fail_task(task, "TaskFailedToStart", f"ResourceInitializationError: {init_error}", rule="resource-initialization-error")
+                    return
                 if problem:
-                    self.fired.append(("efs-mount-needs-dns-and-directory", task["id"]))
-                    self.fail_task(task, "TaskFailedToStart", problem)
+                    self.fail_task(task, "TaskFailedToStart", problem, rule="efs-mount-needs-dns-and-directory")
                     return
                 task["last"] = "PENDING"
                 task["pull_error"] = self.control().get("pull_error")
@@ -1157,7 +1446,7 @@ class Strict:
         elif last == "PENDING":
             if task.get("pull_error"):
                 with self.lock:
-                    self.fail_task(task, "TaskFailedToStart", f"CannotPullContainerError: {task['pull_error']}")
+                    self.fail_task(task, "TaskFailedToStart", f"CannotPullContainerError: {task['pull_error']}", rule="cannot-pull-container")
                 return
             self.task_running(task, now)
         elif last == "RUNNING":
@@ -1220,13 +1509,13 @@ class Strict:
         with self.lock:
             if task["desired"] != "RUNNING":
                 return  # stopped while it was starting: its stop goes on from where stop_task put it
-            task.update(last="RUNNING", started=now_epoch(), boot_done=boot_done, healthy_at=healthy_at,
+            task.update(last="RUNNING", started=now_epoch(), running_since=time.monotonic(), boot_done=boot_done, healthy_at=healthy_at,
                         unhealthy_at=unhealthy_at if boot_done > unhealthy_at else None, kill_at=kill_at)
             task["next"] = min(t for t in (kill_at, boot_done) if t is not None)
 
-    def fail_task(self, task, stop_code, reason, exit_code=None):
+    def fail_task(self, task, stop_code, reason, exit_code=None, rule="failed-health-checks"):
         self.stop_task(task, stop_code, reason, exit_code)
-        self.fired.append(("failed-health-checks" if "health checks" in reason else "task-failed", reason))
+        self.fired.append((rule, reason))
         service = self.services.get(task["service"])
         if not service:
             return
@@ -1400,12 +1689,17 @@ class Strict:
         }
         if task["last"] == "STOPPED" and task["exit_code"] is not None:
             container["exitCode"] = task["exit_code"]
+        if task["exec"]:
+            agent = {"name": "ExecuteCommandAgent", "lastStatus": self.exec_agent_state(task)}
+            if agent["lastStatus"] == "RUNNING" and task["started"]:
+                agent["lastStartedAt"] = task["started"] + RULES["exec-agent-start"].seconds * self.scale
+            container["managedAgents"] = [agent]
         doc = {
             "taskArn": task["arn"], "clusterArn": task["cluster"], "taskDefinitionArn": task["task_definition"],
             "group": f"service:{self.services[task['service']]['name']}" if task["service"] in self.services else None,
             "startedBy": task["deployment"], "lastStatus": task["last"], "desiredStatus": task["desired"], "launchType": "FARGATE",
             "cpu": task["definition"].get("cpu"), "memory": task["definition"].get("memory"), "createdAt": task["created"],
-            "enableExecuteCommand": bool(self.services.get(task["service"], {}).get("exec")),
+            "enableExecuteCommand": task["exec"],
             "stoppingAt": task["stopping"],
             "containers": [container],
             "attachments": [{"id": str(uuid.uuid5(uuid.NAMESPACE_URL, task["eni"])), "type": "ElasticNetworkInterface", "status": "ATTACHED",
@@ -1445,19 +1739,30 @@ class Strict:
                     failures.append({"arn": ident, "reason": "MISSING"})
         return Answer(200, json.dumps({"tasks": found, "failures": failures}).encode(), "application/x-amz-json-1.1")
 
+    def exec_agent_state(self, task):
+        """The ExecuteCommandAgent's lastStatus: PENDING until the container runs and for a few
+        seconds after, then RUNNING (knob exec_agent_state: what it reports while the task runs),
+        STOPPED once the task is stopping."""
+        last = task["last"]
+        if last in ("PROVISIONING", "PENDING"):
+            return "PENDING"
+        if last in ("STOPPING", "DEPROVISIONING", "STOPPED"):
+            return "STOPPED"
+        forced = self.control().get("exec_agent_state")
+        if forced:
+            return forced
+        since = task.get("running_since")
+        if since is None or time.monotonic() - since < self.duration("exec-agent-start"):
+            return "PENDING"
+        return "RUNNING"
+
     def execute_command(self, req, body):
         with self.lock:
             task = self.tasks.get(body.get("task", "")) or next((t for t in self.tasks.values() if t["id"] == body.get("task")), None)
-            service = self.services.get(task["service"]) if task else None
         if task is None:
             self.refuse(400, "InvalidParameterException", f"The specified task {body.get('task')} could not be found", "ecs-exec")
-        if not (service and service.get("exec")):
-            self.refuse(400, "InvalidParameterException",
-                        "The execute command failed because execute command was not enabled when the task was run or the execute command agent isn't running. Wait and try the request again or run a new task with execute command enabled and try again.",
-                        "ecs-exec")
-        if task["last"] != "RUNNING":
-            self.refuse(400, "TargetNotConnectedException",
-                        "The execute command failed due to an internal error. Try again later.", "ecs-exec")
+        if not task["exec"] or self.exec_agent_state(task) != "RUNNING":
+            self.refuse(400, "InvalidParameterException", EXEC_NOT_ENABLED, "exec-not-enabled")
         session = {"sessionId": f"ecs-execute-command-{uuid.uuid4().hex[:17]}",
                    "streamUrl": f"wss://ssmmessages.{req.region}.amazonaws.com/v1/data-channel/ecs-execute-command-x?role=publish_subscribe",
                    "tokenValue": "harness-token"}
@@ -1507,23 +1812,28 @@ class Strict:
         body = req.json or {}
         if method == "PUT" and path.rstrip("/") == "/backup-jobs":
             return self.start_backup_job(req, body)
-        m = re.match(r"^/backup-jobs/([^/]+)$", path)
+        m = re.match(r"^/backup-jobs/([^/]+)/?$", path)
         if method == "GET" and m:
             return self.describe_job(self.backup_jobs, unquote(m.group(1)), "backup")
+        if method == "POST" and m:
+            return self.stop_backup_job(unquote(m.group(1)))
         if method == "PUT" and path.rstrip("/") == "/restore-jobs":
             return self.start_restore_job(req, body)
-        m = re.match(r"^/restore-jobs/([^/]+)$", path)
+        m = re.match(r"^/restore-jobs/([^/]+)/?$", path)
         if method == "GET" and m:
             return self.describe_job(self.restore_jobs, unquote(m.group(1)), "restore")
+        m = re.match(r"^/tags/(.+?)/?$", path)
+        if method == "GET" and m and ":recovery-point:" in unquote(m.group(1)):
+            return self.list_point_tags(req, unquote(m.group(1)))  # vaults' tags are moto's
         m = re.match(r"^/resources/(.+)/recovery-points/?$", path)
         if method == "GET" and m:
             resource = unquote(m.group(1))
             # ListRecoveryPointsByResource names the size BackupSizeBytes (by vault: BackupSizeInBytes).
-            return self.list_points(lambda p: p["ResourceArn"] == resource and p["account"] == self.account_of(req.who), "BackupSizeBytes")
+            return self.list_points(lambda p: p["ResourceArn"] == resource and p["_account"] == self.account_of(req.who), "BackupSizeBytes")
         m = re.match(r"^/backup-vaults/([^/]+)/recovery-points/?$", path)
         if method == "GET" and m:
             vault = unquote(m.group(1))
-            return self.list_points(lambda p: p["BackupVaultName"] == vault and p["account"] == self.account_of(req.who))
+            return self.list_points(lambda p: p["BackupVaultName"] == vault and p["_account"] == self.account_of(req.who))
         m = re.match(r"^/backup-vaults/([^/]+)/recovery-points/(.+?)(/restore-metadata)?$", path)
         if m:
             point = self.recovery_points.get(unquote(m.group(2)))
@@ -1534,13 +1844,17 @@ class Strict:
                     self.recovery_points.pop(point["RecoveryPointArn"], None)
                 return Answer(200, b"{}")
             if m.group(3):
-                meta = {"file-system-id": point["ResourceArn"].rsplit("/", 1)[-1], "Encrypted": "true", "PerformanceMode": "generalPurpose"}
-                return Answer(200, json.dumps({"BackupVaultArn": point["BackupVaultArn"], "RecoveryPointArn": point["RecoveryPointArn"], "RestoreMetadata": meta}).encode())
+                # What AWS Backup needs to restore the point: the source file system's settings,
+                # its CreationToken included (a restore that copies it unchanged collides).
+                return Answer(200, json.dumps({
+                    "BackupVaultArn": point["BackupVaultArn"], "RecoveryPointArn": point["RecoveryPointArn"], "ResourceType": "EFS",
+                    "RestoreMetadata": dict(point["_restore_metadata"]),
+                }).encode())
             return Answer(200, json.dumps(self.point_json(point)).encode())
         m = re.match(r"^/backup-vaults/([^/]+)/?$", path)
         if method == "DELETE" and m:
             vault = unquote(m.group(1))
-            count = sum(1 for p in self.recovery_points.values() if p["BackupVaultName"] == vault and p["account"] == self.account_of(req.who))
+            count = sum(1 for p in self.recovery_points.values() if p["BackupVaultName"] == vault and p["_account"] == self.account_of(req.who))
             if count:
                 self.refuse(400, "InvalidRequestException", f"Backup vault cannot be deleted (contains {count} recovery points)", "backup-vault-not-empty")
         return None
@@ -1553,12 +1867,13 @@ class Strict:
             vault = unquote(m.group(1))
             account = self.account_of(req.who)
             with self.lock:
-                doc["NumberOfRecoveryPoints"] = sum(1 for p in self.recovery_points.values() if p["BackupVaultName"] == vault and p["account"] == account)
+                doc["NumberOfRecoveryPoints"] = sum(1 for p in self.recovery_points.values() if p["BackupVaultName"] == vault and p["_account"] == account)
             return json.dumps(doc).encode()
         return data
 
-    def point_json(self, point):
-        return {k: v for k, v in point.items() if k not in ("account", "snapshot")}
+    @staticmethod
+    def point_json(point):
+        return {k: v for k, v in point.items() if not k.startswith("_")}
 
     def list_points(self, match, size_field="BackupSizeInBytes"):
         with self.lock:
@@ -1567,21 +1882,75 @@ class Strict:
             point[size_field] = point.pop("BackupSizeInBytes")
         return Answer(200, json.dumps({"RecoveryPoints": points}).encode())
 
+    def list_point_tags(self, req, arn):
+        """ListTags of a recovery point: the RecoveryPointTags its backup job was given."""
+        with self.lock:
+            point = self.recovery_points.get(arn)
+        if point is None or point["_account"] != self.account_of(req.who):
+            self.refuse(404, "ResourceNotFoundException", f"Recovery point {arn} not found", "recovery-point-tags")
+        return Answer(200, json.dumps({"Tags": dict(point["_tags"])}).encode(), rule="recovery-point-tags")
+
     def describe_job(self, jobs, ident, kind):
         with self.lock:
             job = jobs.get(ident)
-        if job is None:
-            self.refuse(404, "ResourceNotFoundException", f"{kind} job {ident} not found", f"{kind}-job")
-        job = dict(job)
-        started = job.pop("_started")
-        length = job.pop("_length")
-        done = job.pop("_done", None)
-        elapsed = time.monotonic() - started
-        if done is not None:
-            job["PercentDone"] = "100.0"
+            if job is None:
+                self.refuse(404, "ResourceNotFoundException", f"{kind} job {ident} not found", f"{kind}-job")
+            doc = {k: v for k, v in job.items() if not k.startswith("_")}
+            run_from, length = job.get("_run_from"), job["_length"]
+        state = doc.get("State") or doc.get("Status")
+        if state == "COMPLETED":
+            doc["PercentDone"] = "100.0"
+        elif run_from is None:
+            doc["PercentDone"] = "0.0"
         else:
-            job["PercentDone"] = f"{min(99.0, 100.0 * elapsed / max(length, 1e-6)):.1f}"
-        return Answer(200, json.dumps(job).encode())
+            doc["PercentDone"] = f"{min(99.0, 100.0 * (time.monotonic() - run_from) / max(length, 1e-6)):.1f}"
+        return Answer(200, json.dumps(doc).encode())
+
+    def end_job(self, job, field, state, message, rule, detail):
+        """A job over without what it was for (FAILED, ABORTED, EXPIRED...), with AWS's message."""
+        with self.lock:
+            job.update({field: state, "StatusMessage": message, "CompletionDate": now_epoch()})
+        self.fired.append((rule, detail))
+
+    def outcome_knob(self, knob):
+        """The end a test asks jobs to come to instead of COMPLETED: (state, message) or None."""
+        outcome = self.control().get(knob)
+        if not isinstance(outcome, dict) or not outcome.get("state") or outcome["state"] == "COMPLETED":
+            return None
+        state = str(outcome["state"]).upper()
+        return state, outcome.get("message") or f"The job ended {state} (set by the test's {knob})."
+
+    def backup_role_problem(self, who, role_arn):
+        """Why AWS Backup could not assume the role: (message, rule), or None when it can. It
+        assumes it as backup.amazonaws.com, sending no aws:SourceAccount or aws:SourceArn (AWS
+        documents none for the service role), so a trust statement conditioned on them does not
+        match."""
+        message = f"IAM Role {role_arn} cannot be assumed by AWS Backup"
+        try:
+            role = self.client("iam", who).get_role(RoleName=(role_arn or "").rsplit("/", 1)[-1])["Role"]
+        except Exception:
+            return message, "backup-job"
+        document = role.get("AssumeRolePolicyDocument") or {}
+        if isinstance(document, str):
+            document = json.loads(unquote(document))
+        statements = document.get("Statement") or []
+        conditioned = False
+        for statement in [statements] if isinstance(statements, dict) else statements:
+            principal = statement.get("Principal")
+            services = principal.get("Service") if isinstance(principal, dict) else None
+            services = [services] if isinstance(services, str) else (services or [])
+            actions = statement.get("Action")
+            actions = [actions] if isinstance(actions, str) else (actions or [])
+            if statement.get("Effect") != "Allow" or BACKUP_PRINCIPAL not in services:
+                continue
+            if not any(a.lower() in ("sts:assumerole", "sts:*", "*") for a in actions):
+                continue
+            keys = {key.lower() for operator in (statement.get("Condition") or {}).values() for key in (operator or {})}
+            if keys & UNSENT_CONDITION_KEYS:
+                conditioned = True
+                continue
+            return None
+        return message, "trust-policy-condition-keys" if conditioned else "backup-job"
 
     def start_backup_job(self, req, body):
         token = body.get("IdempotencyToken")
@@ -1595,19 +1964,40 @@ class Strict:
             vault_arn = backup.describe_backup_vault(BackupVaultName=vault)["BackupVaultArn"]
         except Exception:
             self.refuse(400, "ResourceNotFoundException", f"Backup vault {vault} does not exist", "backup-job")
+        role = body.get("IamRoleArn")
+        if not role:
+            self.refuse(400, "MissingParameterValueException", "IamRoleArn is required", "backup-job")
+        window, complete = body.get("StartWindowMinutes"), body.get("CompleteWindowMinutes")
+        if window is not None and window < 60:
+            self.refuse(400, "InvalidParameterValueException",
+                        f"StartWindowMinutes must be at least 60 minutes (was {window})", "backup-start-window")
+        if complete is not None and window is not None and complete < window:
+            self.refuse(400, "InvalidParameterValueException",
+                        "CompleteWindowMinutes must be greater than or equal to StartWindowMinutes", "backup-start-window")
         resource = body.get("ResourceArn", "")
         fs = resource.rsplit("/", 1)[-1]
-        if not self.client("efs", req.who).describe_file_systems(FileSystemId=fs)["FileSystems"]:
+        try:
+            source = self.client("efs", req.who).describe_file_systems(FileSystemId=fs)["FileSystems"][0]
+        except Exception:
             self.refuse(400, "InvalidParameterValueException", f"Invalid resource ARN {resource}", "backup-job")
         account = vault_arn.split(":")[4]
         job_id = str(uuid.uuid4()).upper()
         point_arn = f"arn:aws:backup:{req.region}:{account}:recovery-point:{str(uuid.uuid4()).upper()}"
         created = now_epoch()
-        length = self.duration("backup-job")
+        # The model's clock: AWS's minutes times the scale, like every other duration.
+        window_s = window * 60 * self.scale if window is not None else self.duration("backup-start-window")
+        complete_s = complete * 60 * self.scale if complete is not None else None
+        start_delay, length = self.duration("backup-job-start"), self.duration("backup-job")
+        outcome = self.outcome_knob("backup_job_outcome")
+        role_problem = self.backup_role_problem(req.who, role)
+        restore_metadata = {
+            "file-system-id": fs, "Encrypted": "true" if source.get("Encrypted") else "false",
+            "PerformanceMode": source.get("PerformanceMode", "generalPurpose"), "CreationToken": source.get("CreationToken", ""),
+        }
         job = {
             "BackupJobId": job_id, "BackupVaultName": vault, "BackupVaultArn": vault_arn, "ResourceArn": resource, "ResourceType": "EFS",
-            "IamRoleArn": body.get("IamRoleArn"), "State": "CREATED", "CreationDate": created, "RecoveryPointArn": point_arn,
-            "_started": time.monotonic(), "_length": length,
+            "IamRoleArn": role, "State": "CREATED", "CreationDate": created, "StartBy": created + window_s,
+            "RecoveryPointArn": point_arn, "IsParent": False, "_length": length, "_run_from": None,
         }
         with self.lock:
             self.backup_jobs[job_id] = job
@@ -1615,25 +2005,75 @@ class Strict:
                 self.tokens[("backup", token)] = job_id
         snapshot_dir = os.path.join(self.efs_root, ".recovery-points", point_arn.rsplit(":", 1)[-1])
 
-        def running():
+        def expire():
+            with self.lock:
+                if job["State"] not in BACKUP_JOB_ACTIVE:
+                    return
+            self.end_job(job, "State", "EXPIRED", "Backup job expired before completion.", "backup-start-window", job_id)
+
+        def begin():
+            with self.lock:
+                if job["State"] != "CREATED":
+                    return  # stopped meanwhile
+            if role_problem:
+                self.end_job(job, "State", "FAILED", role_problem[0], role_problem[1], f"{job_id}: {role}")
+                return
             with self.lock:
                 job["State"] = "RUNNING"
+                job["_run_from"] = time.monotonic()
+            self.at(length, f"backup job {job_id} at its end", end)
 
-        def completed():
-            source = self.efs_dir(fs)
-            shutil.copytree(source, snapshot_dir, dirs_exist_ok=True, symlinks=True)
+        def end():
+            with self.lock:
+                if job["State"] != "RUNNING":
+                    return
+            if outcome:
+                self.end_job(job, "State", outcome[0], outcome[1], "backup-job-outcome", f"{job_id} {outcome[0]}")
+                return
+            shutil.copytree(self.efs_dir(fs), snapshot_dir, dirs_exist_ok=True, symlinks=True)
             size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(snapshot_dir) for f in files) + 6144
             with self.lock:
-                job.update({"State": "COMPLETED", "CompletionDate": now_epoch(), "BackupSizeInBytes": size, "_done": True})
+                if job["State"] != "RUNNING":
+                    return
+                job.update({"State": "COMPLETED", "CompletionDate": now_epoch(), "BackupSizeInBytes": size})
                 self.recovery_points[point_arn] = {
                     "RecoveryPointArn": point_arn, "BackupVaultName": vault, "BackupVaultArn": vault_arn, "ResourceArn": resource,
                     "ResourceType": "EFS", "CreationDate": created, "CompletionDate": now_epoch(), "Status": "COMPLETED",
-                    "BackupSizeInBytes": size, "IamRoleArn": body.get("IamRoleArn"), "account": account, "snapshot": snapshot_dir,
+                    "BackupSizeInBytes": size, "IamRoleArn": role, "_account": account, "_snapshot": snapshot_dir,
+                    "_tags": dict(body.get("RecoveryPointTags") or {}), "_restore_metadata": restore_metadata,
                 }
 
-        self.at(length * 0.1, f"backup job {job_id} running", running)
-        self.at(length, f"backup job {job_id} completed", completed)
-        return Answer(200, json.dumps({"BackupJobId": job_id, "RecoveryPointArn": point_arn, "CreationDate": created}).encode(), rule="backup-job")
+        if start_delay > window_s:
+            # Not begun within its start window: EXPIRED when the window runs out.
+            self.at(window_s, f"backup job {job_id} start window over", expire)
+        else:
+            self.at(start_delay, f"backup job {job_id} running", begin)
+        if complete_s is not None:
+            self.at(complete_s, f"backup job {job_id} complete window over", expire)
+        return Answer(200, json.dumps({"BackupJobId": job_id, "RecoveryPointArn": point_arn, "CreationDate": created, "IsParent": False}).encode(),
+                      rule="backup-job")
+
+    def stop_backup_job(self, ident):
+        """StopBackupJob: a job that has not ended goes ABORTING, then ABORTED (no recovery
+        point); one that has ended cannot be stopped."""
+        with self.lock:
+            job = self.backup_jobs.get(ident)
+            if job is None:
+                self.refuse(404, "ResourceNotFoundException", f"Backup job {ident} not found", "backup-job-stop")
+            state = job["State"]
+            if state not in BACKUP_JOB_ACTIVE:
+                self.refuse(400, "InvalidRequestException",
+                            f"Backup job {ident} cannot be stopped because it is in state {state}.", "backup-job-stop")
+            job["State"] = "ABORTING"
+
+        def aborted():
+            with self.lock:
+                if job["State"] != "ABORTING":
+                    return
+            self.end_job(job, "State", "ABORTED", "Backup job was stopped by user.", "backup-job-stop", ident)
+
+        self.at(self.duration("backup-job-stop"), f"backup job {ident} aborted", aborted)
+        return Answer(200, b"{}", rule="backup-job-stop")
 
     def start_restore_job(self, req, body):
         token = body.get("IdempotencyToken")
@@ -1645,12 +2085,27 @@ class Strict:
             self.refuse(400, "ResourceNotFoundException", f"Recovery point {body.get('RecoveryPointArn')} not found", "restore-job")
         metadata = body.get("Metadata") or {}
         if metadata.get("newFileSystem") != "true":
-            self.refuse(400, "InvalidParameterValueException", "the harness models restores into a new file system only", "restore-job")
+            self.refuse(400, "InvalidParameterValueException", "the harness models restores into a new file system only (newFileSystem \"true\")", "restore-metadata")
+        creation_token = metadata.get("CreationToken")
+        if not creation_token:
+            self.refuse(400, "InvalidParameterValueException", "Restore metadata CreationToken is required to restore to a new file system", "restore-metadata")
+        if len(creation_token) > 64:
+            self.refuse(400, "InvalidParameterValueException",
+                        f"Restore metadata CreationToken must be at most 64 characters (was {len(creation_token)})", "restore-metadata")
+        source = point["_restore_metadata"]["file-system-id"]
+        given = metadata.get("file-system-id")
+        wrong_source = None
+        if given is not None and given != source:
+            wrong_source = (f"Invalid restore metadata: file-system-id {given} is not the file system recovery point "
+                            f"{point['RecoveryPointArn']} is a backup of ({source})", "restore-metadata")
+        role = body.get("IamRoleArn")
+        role_problem = self.backup_role_problem(req.who, role) if role else None
+        outcome = self.outcome_knob("restore_job_outcome")
         job_id = str(uuid.uuid4()).upper()
         length = self.duration("restore-job")
         job = {
             "RestoreJobId": job_id, "RecoveryPointArn": point["RecoveryPointArn"], "Status": "PENDING", "CreationDate": now_epoch(),
-            "IamRoleArn": body.get("IamRoleArn"), "ResourceType": "EFS", "_started": time.monotonic(), "_length": length,
+            "IamRoleArn": role, "ResourceType": "EFS", "_length": length, "_run_from": None,
         }
         with self.lock:
             self.restore_jobs[job_id] = job
@@ -1658,21 +2113,47 @@ class Strict:
                 self.tokens[("restore", token)] = job_id
         who = req.who
 
+        def token_taken():
+            """EFS CreateFileSystem's answer to a CreationToken a file system already has."""
+            taken = self.client("efs", who).describe_file_systems(CreationToken=creation_token)["FileSystems"]
+            if taken:
+                return (f"FileSystemAlreadyExists: File system '{taken[0]['FileSystemId']}' already exists with creation token "
+                        f"'{creation_token}'", "restore-creation-token-taken")
+            return None
+
         def running():
             with self.lock:
+                if job["Status"] != "PENDING":
+                    return
+            problem = role_problem or wrong_source or token_taken()
+            if problem:
+                self.end_job(job, "Status", "FAILED", problem[0], problem[1], job_id)
+                return
+            with self.lock:
                 job["Status"] = "RUNNING"
+                job["_run_from"] = time.monotonic()
 
         def completed():
-            efs = self.client("efs", who)
-            created = efs.create_file_system(
-                CreationToken=metadata.get("CreationToken") or job_id, Encrypted=metadata.get("Encrypted") == "true",
-                PerformanceMode=metadata.get("PerformanceMode", "generalPurpose"),
-            )
+            with self.lock:
+                if job["Status"] != "RUNNING":
+                    return
+            if outcome:
+                self.end_job(job, "Status", outcome[0], outcome[1], "restore-job-outcome", f"{job_id} {outcome[0]}")
+                return
+            try:
+                created = self.client("efs", who).create_file_system(
+                    CreationToken=creation_token, Encrypted=metadata.get("Encrypted") == "true",
+                    PerformanceMode=metadata.get("PerformanceMode", "generalPurpose"),
+                )
+            except ClientError as e:  # the token was taken while the job ran
+                self.end_job(job, "Status", "FAILED", f"{e.response['Error']['Code']}: {e.response['Error'].get('Message', '')}",
+                             "restore-creation-token-taken", job_id)
+                return
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S-%fZ")
             target = os.path.join(self.efs_dir(created["FileSystemId"]), f"aws-backup-restore_{stamp}")
-            shutil.copytree(point["snapshot"], target, dirs_exist_ok=True, symlinks=True)
+            shutil.copytree(point["_snapshot"], target, dirs_exist_ok=True, symlinks=True)
             with self.lock:
-                job.update({"Status": "COMPLETED", "CompletionDate": now_epoch(), "CreatedResourceArn": created["FileSystemArn"], "_done": True,
+                job.update({"Status": "COMPLETED", "CompletionDate": now_epoch(), "CreatedResourceArn": created["FileSystemArn"],
                             "BackupSizeInBytes": point["BackupSizeInBytes"]})
 
         self.at(length * 0.1, f"restore job {job_id} running", running)

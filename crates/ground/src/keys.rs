@@ -105,6 +105,8 @@ pub const BACKUP_VAULT: &str = "backup-vault";
 pub const LOG_GROUP: &str = "log-group";
 pub const INIT_LOG_GROUP: &str = "init-log-group";
 pub const INSIGHTS_LOG_GROUP: &str = "insights-log-group";
+/// Where ECS Exec sessions are logged: who ran what in GitLab's container.
+pub const EXEC_LOG_GROUP: &str = "exec-log-group";
 
 // Roles.
 pub const EXECUTION_ROLE: &str = "execution-role";
@@ -137,6 +139,7 @@ pub const STEP_SUBNETS: &str = "subnets";
 pub const STEP_MOUNT_TARGETS: &str = "mount-targets";
 pub const STEP_PREFLIGHT: &str = "preflight";
 pub const STEP_ZONE_CHECK: &str = "zone-check";
+pub const STEP_QUOTAS: &str = "quotas";
 
 /// AWS names that derive from the stack's name, where more than one area needs them.
 pub mod names {

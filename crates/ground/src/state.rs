@@ -14,9 +14,13 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 /// Version 2 added the account and partition the stack lives in, and in-flight operations.
-/// Version 1 files load as they are (their account is recorded by the next run that writes).
-pub const STATE_VERSION: u32 = 2;
-const READABLE_VERSIONS: [u64; 2] = [1, 2];
+/// Version 3 keeps what the layers above record beside the resources (a day-two operation's
+/// journal, the GitLab versions the stack ran) as named notes, and lists as lists.
+/// Older files load as they are and are upgraded by the next write.
+pub const STATE_VERSION: u32 = 3;
+const READABLE_VERSIONS: [u64; 3] = [1, 2, 3];
+/// Where a version 2 file's in-flight operation goes: the day-two layer reads it from there.
+pub const JOURNAL_NOTE: &str = "journal";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -43,20 +47,10 @@ pub struct State {
     /// version is the task definition's): what day-two commands converge the stack with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<serde_json::Value>,
-    /// A backup or restore that has not finished: running it again resumes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operation: Option<Operation>,
-}
-
-/// An operation that spans several runs' worth of waiting (backup, restore), recorded so an
-/// interrupted one can be resumed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Operation {
-    pub kind: String,
-    pub phase: String,
-    pub started_at: String,
-    #[serde(default)]
-    pub attrs: BTreeMap<String, String>,
+    /// What the layers above keep beside the records, by name, each typed where it is used
+    /// (the engine knows none of them): a day-two operation's journal, the versions GitLab ran.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -207,12 +201,23 @@ pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
             return Err(StateError::Corrupt { path, reason: "no \"version\" field".into() });
         }
     }
+    let mut value = value;
+    // Migration 2 -> 3: an in-flight operation becomes the journal note, in its old shape (the
+    // day-two layer reads both shapes).
+    if let Some(fields) = value.as_object_mut()
+        && let Some(operation) = fields.remove("operation").filter(|o| !o.is_null())
+    {
+        let notes = fields.entry("notes").or_insert_with(|| serde_json::json!({}));
+        if let Some(notes) = notes.as_object_mut() {
+            notes.insert(JOURNAL_NOTE.to_string(), operation);
+        }
+    }
     let mut state: State =
         serde_json::from_value(value).map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     if state.stack != stack {
         return Err(StateError::WrongStack { path, found: state.stack, expected: stack.to_string() });
     }
-    // Migration 1 -> 2: the new fields default to unknown; the next save writes version 2.
+    // Migration 1 -> 2: the new fields default to unknown; the next save writes the current version.
     state.version = STATE_VERSION;
     Ok(Some(state))
 }
@@ -320,7 +325,7 @@ impl LockedState {
             fixed: BTreeMap::new(),
             resources: BTreeMap::new(),
             settings: None,
-            operation: None,
+            notes: BTreeMap::new(),
         });
         Ok(LockedState { dir: dir.to_path_buf(), path: state_path(dir, stack), state, taken_over, _lock: lock })
     }
@@ -426,6 +431,26 @@ impl StateHandle {
 
     pub fn is_empty(&self) -> bool {
         self.with(|s| s.state().resources.is_empty())
+    }
+
+    /// A note kept beside the records (see [`State::notes`]).
+    pub fn note(&self, name: &str) -> Option<serde_json::Value> {
+        self.with(|s| s.state().notes.get(name).cloned())
+    }
+
+    /// Sets (or with `None` removes) a note and saves, even before the first resource.
+    pub fn set_note(&self, name: &str, value: Option<serde_json::Value>) -> Result<(), StateError> {
+        self.update(
+            |s| match value {
+                Some(value) => {
+                    s.notes.insert(name.to_string(), value);
+                }
+                None => {
+                    s.notes.remove(name);
+                }
+            },
+            true,
+        )
     }
 
     /// Changes the stack-wide fields (account, operation) and saves, when there is a file to
@@ -538,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_file_loads_and_is_saved_as_version_2() {
+    fn a_version_1_file_loads_and_is_saved_as_the_current_version() {
         let dir = tempfile::tempdir().unwrap();
         let v1 = r#"{"version": 1, "lineage": "abc", "serial": 3, "stack": "s1", "region": "us-east-1",
             "fixed": {"region": "us-east-1"}, "resources": {"vpc": {"kind": "ec2:vpc", "step": "vpc",
@@ -550,7 +575,21 @@ mod tests {
         handle.update(|s| s.account = Some("123456789012".into()), false).unwrap();
         let saved: serde_json::Value =
             serde_json::from_slice(&fs::read(state_path(dir.path(), "s1")).unwrap()).unwrap();
-        assert_eq!((saved["version"].as_u64(), saved["account"].as_str()), (Some(2), Some("123456789012")));
+        assert_eq!(
+            (saved["version"].as_u64(), saved["account"].as_str()),
+            (Some(u64::from(STATE_VERSION)), Some("123456789012"))
+        );
+    }
+
+    #[test]
+    fn a_version_2_operation_becomes_the_journal_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = r#"{"version": 2, "lineage": "abc", "serial": 3, "stack": "s1", "region": "us-east-1",
+            "resources": {}, "operation": {"kind": "backup", "phase": "backup-job", "started_at": "x",
+            "attrs": {"job": "J1"}}}"#;
+        fs::write(state_path(dir.path(), "s1"), v2).unwrap();
+        let state = read(dir.path(), "s1").unwrap().unwrap();
+        assert_eq!(state.notes[JOURNAL_NOTE]["attrs"]["job"], "J1", "{:?}", state.notes);
     }
 
     #[test]

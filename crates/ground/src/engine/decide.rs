@@ -153,9 +153,9 @@ pub fn decide(record: Option<&ResourceRecord>, live: Option<&Live>, desired: &De
     let mut changes: Vec<Change> = desired
         .attrs
         .iter()
-        .filter(|(name, value)| record.attrs.get(*name) != Some(value))
+        .filter(|(name, value)| desired.recorded(record, name) != Some(value.as_str()))
         .map(|(name, value)| {
-            let recorded = record.attr(name);
+            let recorded = desired.recorded(record, name);
             if desired.sets.contains(&name.as_str()) {
                 let members = |text: Option<&str>| -> std::collections::BTreeSet<String> {
                     text.unwrap_or_default().split(';').filter(|m| !m.is_empty()).map(str::to_string).collect()

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use super::record::{Desired, Env};
 use super::resource::Lives;
-use super::{Event, Interrupt, Observer, StepScope};
+use super::{Event, Interrupt, Observer, SkipReason, StepScope};
 use crate::state::StateHandle;
 
 /// What a step did, in one line, and whether it changed anything.
@@ -181,7 +181,13 @@ pub enum RunError {
         report: RunReport,
     },
     #[error("interrupted: {} not started", crate::engine::counted(.not_started.len(), "step"))]
-    Interrupted { not_started: Vec<String>, report: RunReport },
+    Interrupted {
+        /// Steps whose wait Ctrl-C stopped (what they made is recorded).
+        stopped: Vec<String>,
+        /// Steps that never started.
+        not_started: Vec<String>,
+        report: RunReport,
+    },
 }
 
 fn describe_failures(failures: &[(String, anyhow::Error)]) -> String {
@@ -267,7 +273,7 @@ pub async fn run<C: Send + Sync + 'static>(
             // Ctrl-C stopped its wait: what it made is recorded (or found again by the next
             // run), so it is not a failure, only unfinished.
             Err(error) if options.interrupt.raised() && super::wait::WaitError::is_interrupted(&error) => {
-                observer.event(Event::Skipped { step: name.clone(), reason: "interrupted while waiting".into() });
+                observer.event(Event::Skipped { step: name.clone(), reason: SkipReason::Interrupted });
                 stopped.push(name);
             }
             Err(error) => {
@@ -277,16 +283,20 @@ pub async fn run<C: Send + Sync + 'static>(
         }
     }
 
-    let mut not_started: Vec<String> = waiting.into_keys().collect();
-    not_started.extend(stopped);
-    if failures.is_empty() && not_started.is_empty() {
+    let not_started: Vec<String> = waiting.into_keys().collect();
+    if failures.is_empty() && not_started.is_empty() && stopped.is_empty() {
         return Ok(report);
     }
     if failures.is_empty() {
-        return Err(RunError::Interrupted { not_started, report });
+        for step in &not_started {
+            observer.event(Event::Skipped { step: step.clone(), reason: SkipReason::Interrupted });
+        }
+        return Err(RunError::Interrupted { stopped, not_started, report });
     }
+    let mut not_started = not_started;
+    not_started.extend(stopped);
     for step in &not_started {
-        observer.event(Event::Skipped { step: step.clone(), reason: "upstream failed".into() });
+        observer.event(Event::Skipped { step: step.clone(), reason: SkipReason::UpstreamFailed });
     }
     let preflight = failures.iter().all(|(step, _)| preflight.contains(step))
         && report.timings.iter().all(|t| preflight.contains(&t.step));
@@ -391,7 +401,7 @@ mod tests {
         ];
         let err =
             run(steps, Arc::new(()), state, rec.clone(), RunOptions { interrupt, ..options() }).await.unwrap_err();
-        let RunError::Interrupted { not_started, report } = err else { panic!("expected Interrupted") };
+        let RunError::Interrupted { not_started, report, .. } = err else { panic!("expected Interrupted") };
         assert_eq!(not_started, vec!["second".to_string()]);
         assert_eq!(report.timings.len(), 1, "the running step finished and was recorded");
     }

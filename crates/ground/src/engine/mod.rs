@@ -36,7 +36,29 @@ pub enum Event {
     Progress { step: String, message: String },
     Finished { step: String, elapsed: Duration, summary: String, changed: bool },
     Failed { step: String, elapsed: Duration, error: String },
-    Skipped { step: String, reason: String },
+    Skipped { step: String, reason: SkipReason },
+}
+
+/// Why a step did not run (or did not finish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// A step it needs failed.
+    UpstreamFailed,
+    /// Ctrl-C: it stopped waiting (what it made is recorded) or never started.
+    Interrupted,
+    /// For a teardown: something depending on it could not be deleted.
+    StillUsed,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::UpstreamFailed => "a step it needs failed",
+            SkipReason::Interrupted => "interrupted",
+            SkipReason::StillUsed => "a resource depending on it could not be deleted",
+        }
+    }
 }
 
 pub trait Observer: Send + Sync {

@@ -54,6 +54,8 @@ pub enum When {
     MembersRemoved,
     /// Removed because the configuration no longer has it.
     Removed,
+    /// Converged in place with this setting changed (other updates interrupt nothing).
+    SettingChanged(&'static str),
 }
 
 impl KindPolicy {
@@ -77,6 +79,10 @@ impl KindPolicy {
                     })
             }
             When::Removed => false,
+            When::SettingChanged(name) => {
+                matches!(action, Action::Update(_))
+                    && changes.iter().any(|c| matches!(c, Change::Setting { setting, .. } if setting == name))
+            }
         });
         applies.then(|| self.describe(key, changes))
     }

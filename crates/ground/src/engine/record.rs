@@ -26,11 +26,14 @@ pub struct Desired {
     pub replace_on: &'static [&'static str],
     /// Settings that are sets (members separated by `;`): a change shows what is added and removed.
     pub sets: &'static [&'static str],
+    /// Settings newer than some records: a record without one had it at this value (so adding
+    /// a setting to a kind changes nothing on the stacks that already run).
+    pub assumed: &'static [(&'static str, &'static str)],
 }
 
 impl Desired {
     pub fn new(key: &str, kind: impl ToString, attrs: BTreeMap<String, String>) -> Self {
-        Desired { key: key.to_string(), kind: kind.to_string(), attrs, replace_on: &[], sets: &[] }
+        Desired { key: key.to_string(), kind: kind.to_string(), attrs, replace_on: &[], sets: &[], assumed: &[] }
     }
 
     pub fn replaced_on(mut self, settings: &'static [&'static str]) -> Self {
@@ -41,6 +44,20 @@ impl Desired {
     pub fn with_sets(mut self, settings: &'static [&'static str]) -> Self {
         self.sets = settings;
         self
+    }
+
+    /// See [`Desired::assumed`].
+    pub fn assuming(mut self, settings: &'static [(&'static str, &'static str)]) -> Self {
+        self.assumed = settings;
+        self
+    }
+
+    /// What the record says of a setting, or what a record without it had.
+    pub fn recorded<'r>(&self, record: &'r crate::state::ResourceRecord, name: &str) -> Option<&'r str>
+    where
+        'static: 'r,
+    {
+        record.attr(name).or_else(|| self.assumed.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
     }
 }
 

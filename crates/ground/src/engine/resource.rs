@@ -447,7 +447,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
             }
             // Ctrl-C stopped its wait: still recorded, the next `down` goes on with it.
             Err(error) if interrupt.raised() && super::wait::WaitError::is_interrupted(&error) => {
-                observer.event(Event::Skipped { step: key.clone(), reason: "interrupted while waiting".into() });
+                observer.event(Event::Skipped { step: key.clone(), reason: super::SkipReason::Interrupted });
                 stopped.push(key);
             }
             Err(error) => {
@@ -465,10 +465,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
     blocked.extend(stopped);
     if !interrupt.raised() {
         for key in &blocked {
-            observer.event(Event::Skipped {
-                step: key.clone(),
-                reason: "a resource depending on it could not be deleted".into(),
-            });
+            observer.event(Event::Skipped { step: key.clone(), reason: super::SkipReason::StillUsed });
         }
     }
     if failures.is_empty() && blocked.is_empty() {
