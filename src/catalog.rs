@@ -75,7 +75,17 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
             &crate::steps::load_balancer::ListenerOps,
             Never,
             1,
-            Interrupts { when: &[When::Updated, When::Replaced, When::Removed], what: "{key} changes: {changes}" },
+            // A new certificate or idle timeout interrupts nobody; another port, protocol or target does.
+            Interrupts {
+                when: &[
+                    When::Replaced,
+                    When::Removed,
+                    When::SettingChanged("port"),
+                    When::SettingChanged("protocol"),
+                    When::SettingChanged("target"),
+                ],
+                what: "{key} changes: {changes}",
+            },
         ),
         Kind::DnsRecord => row(&dns::RecordOps, Never, 1, nothing),
         Kind::TaskDefinition => row(&service::TaskDefinitionOps, ByTags, 1, RESTARTS_GITLAB),
