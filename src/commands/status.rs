@@ -91,8 +91,15 @@ impl StatusReport {
             if let Some(ssh) = &self.ssh {
                 let _ = writeln!(out, "  ssh:            {ssh}, target health: {}", targets(&g.ssh_targets));
             }
-            if let Some(event) = &g.last_event {
-                let _ = writeln!(out, "  last event:     {event}");
+            if self.verdict.ok {
+                if let Some(event) = &g.last_event {
+                    let _ = writeln!(out, "  last event:     {event}");
+                }
+            } else {
+                // Why it is not healthy is usually in ECS's own words.
+                for event in g.events.iter().take(3) {
+                    let _ = writeln!(out, "  event:          {} {}", event.at.as_deref().map(crate::printer::minute_utc).unwrap_or_default(), event.message);
+                }
             }
         }
         out

@@ -264,10 +264,19 @@ fn run_failed(
                     crate::engine::counted(recorded.len(), "resource"),
                     state_file.display()
                 ));
-            if !pending.is_empty() {
+            let (not_ready, unanswered): (Vec<&String>, Vec<&String>) =
+                pending.iter().partition(|k| recorded.get(k.as_str()).is_some_and(|r| r.id.is_some()));
+            let list = |keys: &[&String]| keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+            if !not_ready.is_empty() {
                 cli = cli.with_context(format!(
-                    "pending (create sent, answer not recorded; the next run adopts them): {}",
-                    pending.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    "created, not ready yet (recorded with their ids; the next run waits for them): {}",
+                    list(&not_ready)
+                ));
+            }
+            if !unanswered.is_empty() {
+                cli = cli.with_context(format!(
+                    "create sent, answer not recorded (the next run finds and adopts them): {}",
+                    list(&unanswered)
                 ));
             }
             if was_new {

@@ -90,6 +90,11 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
                 false,
             )
         }
+        Some(h) if why_it_cannot_start(h).is_some() => (
+            "unhealthy",
+            format!("GitLab cannot start: {}", why_it_cannot_start(h).unwrap_or_default()),
+            false,
+        ),
         Some(h) if h.desired == Some(0) => {
             ("stopped", "GitLab is stopped (the service asks for 0 tasks)".to_string(), false)
         }
@@ -152,6 +157,9 @@ pub async fn read(
         .into_iter()
         .map(|(key, record)| {
             let (live, detail) = match live.get(&key) {
+                Some(_) if record.status == RecordStatus::Pending && record.id.is_some() => {
+                    ("pending", "created, but not ready when the run stopped; `up` waits for it".to_string())
+                }
                 Some(_) if record.status == RecordStatus::Pending => {
                     ("pending", "create was started but never confirmed; `up` adopts or creates it".to_string())
                 }
@@ -261,4 +269,17 @@ fn say_unrecorded(global: &GlobalArgs, stack: &str, found: &Unrecorded, printer:
             }
         }
     }
+}
+
+/// What keeps GitLab's task from starting, when ECS says so (a task that cannot be placed, an
+/// image that cannot be pulled, volumes or secrets that cannot be set up).
+fn why_it_cannot_start(h: &Health) -> Option<String> {
+    use crate::steps::service::cannot_start;
+    if h.running.unwrap_or(0) > 0 {
+        return None;
+    }
+    if let Some(stop) = h.last_stopped.as_ref().filter(|s| cannot_start(&s.reason)) {
+        return Some(describe_stop(stop));
+    }
+    h.events.first().filter(|e| cannot_start(&e.message)).map(|e| e.message.clone())
 }

@@ -183,6 +183,7 @@ impl StepAction<Ctx> for LoadBalancerStep {
                     .context("CreateLoadBalancer returned no ARN")?
                     .to_string(),
                 };
+                scope.created(key, &arn)?;
                 let settings = flavour
                     .attributes()
                     .into_iter()

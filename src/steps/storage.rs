@@ -95,6 +95,7 @@ async fn converge_file_system(
             .file_system_id
         }
     };
+    scope.created(keys::FILE_SYSTEM, &id)?;
     let fs = wait_until(scope, &format!("file system {id} to become available"), EFS_WAIT, || async {
         Ok(match describe_file_system(ctx, &id).await? {
             Some(fs) => life_cycle(Some(&fs.life_cycle_state().clone()), fs),
@@ -284,6 +285,7 @@ impl StepAction<Ctx> for MountTargetsStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let ensures = scope.wanted(ctx, self)?.into_iter().map(|want| {
+            let key = want.key.clone();
             let (fs, subnet, group) = (
                 want.attrs["file_system_id"].clone(),
                 want.attrs["subnet_id"].clone(),
@@ -318,6 +320,7 @@ impl StepAction<Ctx> for MountTargetsStep {
                                 .mount_target_id
                             }
                         };
+                        scope.created(&key, &id)?;
                         wait_until(scope, &format!("mount target {id} to become available"), EFS_WAIT, || async {
                             Ok(match describe_mount_target(ctx, &id).await? {
                                 Some(mt) => life_cycle(Some(mt.life_cycle_state()), ()),

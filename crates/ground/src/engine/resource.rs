@@ -179,6 +179,16 @@ impl crate::Help for NotOurs {
 }
 
 impl StepScope {
+    /// Saves the id a create call answered for `key`, before the step waits for the resource to
+    /// be ready: a wait that Ctrl-C (or a crash) stops leaves a pending record with its id, and
+    /// the next run waits for that resource instead of looking for it.
+    pub fn created(&self, key: &str, id: &str) -> anyhow::Result<()> {
+        if let Some(record) = self.state.get(key).filter(|r| r.status == RecordStatus::Pending && r.id.is_none()) {
+            self.state.put(key, ResourceRecord { id: Some(id.to_string()), ..record })?;
+        }
+        Ok(())
+    }
+
     /// Makes `desired` exist as [`decide`] says, calling `apply(existing, token)` only when
     /// something must change: with the id to converge, or `None` to create (after the intent is
     /// saved as pending; the token is deterministic for this stack, key and generation).
@@ -265,7 +275,22 @@ impl StepScope {
             Action::Resume => {
                 let token = idempotency_token(&self.state.lineage(), &key, generation);
                 let pending = record.as_ref().expect("pending resources are recorded");
-                match ops.find(ctx, &Lost { key: &key, record: pending, token: &token }).await? {
+                // Created, and its id saved, but not ready when the run stopped: finished now.
+                let known = match &pending.id {
+                    Some(id) => match read_settled(ops, ctx, pending, true).await? {
+                        Live::Present { owner: Owner::Foreign(why), .. } => {
+                            return Err(NotOurs { key, noun: ops.noun(), id: id.clone(), why }.into());
+                        }
+                        Live::Present { .. } => Some(id.clone()),
+                        Live::Missing => None,
+                    },
+                    None => None,
+                };
+                let found = match known {
+                    Some(id) => Some(id),
+                    None => ops.find(ctx, &Lost { key: &key, record: pending, token: &token }).await?,
+                };
+                match found {
                     Some(found) => {
                         self.progress(format!(
                             "found {} {found} created by an interrupted run; adopting it",
