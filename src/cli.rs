@@ -32,6 +32,79 @@ Examples:
 
 Every flag is also a key of gitlab-provision.toml (flags win).";
 
+const DOWN_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision down                      asks you to type the stack name, then deletes it
+  gitlab-provision down --keep-data --yes    keep the file system and root secret for a later `up`
+  gitlab-provision down --discover --yes     also remove what carries the stack's tags (a lost state)";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision status                    verdict, resources, GitLab's service
+  gitlab-provision status --check            exit 0 only when GitLab is healthy (for cron or monitoring)
+  gitlab-provision status --json | jq .verdict.state";
+
+const PLAN_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision plan                          what `up` would do, changes first, and the cost
+  gitlab-provision plan --detailed-exitcode      exit 0: nothing to do, 2: changes, 1: error (CI)
+  gitlab-provision plan --out plan.json          save it; `gitlab-provision up plan.json` applies exactly it";
+
+const PASSWORD_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision password | pbcopy         root's password for the first sign-in";
+
+const UPGRADE_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision upgrade --to 19.4.2-ce.0 --plan
+      the path, the backup and each hop's downtime; changes nothing
+  gitlab-provision upgrade --to 19.9.0-ce.0 --via 19.5.3-ce.0 --via 19.8.1-ce.0
+      through each required stop, a backup first, healthy between hops";
+
+const BACKUP_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision backup --yes              stop GitLab, copy, start it again (consistent)
+  gitlab-provision backup --online           no downtime; PostgreSQL's copy is crash-consistent
+  gitlab-provision backup list               recovery points with their GitLab versions";
+
+const RESTORE_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision restore A363616B --plan   what a restore of that point would do
+  gitlab-provision restore A363616B --yes    restore it, with the GitLab version that wrote it
+  gitlab-provision restore                   resume a restore that was interrupted";
+
+const LOGS_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision logs --since 30m          GitLab's output of the last half hour
+  gitlab-provision logs -f                   keep following, across task replacements
+  gitlab-provision logs --tail 50 --json     the last 50 lines as JSON objects
+  gitlab-provision logs --exec --since 1d    who ran what in a shell";
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision exec -- gitlab-rake gitlab:check
+  gitlab-provision exec -- gitlab-ctl status
+  gitlab-provision exec -- gitlab-rake \"gitlab:password:reset[root]\"";
+
+const SHELL_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision shell                     then e.g. `gitlab-rails console`; the session is logged";
+
+const INIT_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision init                                  asks who may reach GitLab, HTTPS, NAT
+  gitlab-provision init --allowed-cidr 203.0.113.0/24    without questions (scripts)";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision list                      the stacks in ./state
+  gitlab-provision list --state-dir ~/stacks --json";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision completions zsh > ~/.zfunc/_gitlab-provision
+  gitlab-provision completions bash > /etc/bash_completion.d/gitlab-provision";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gitlab-provision",
@@ -91,35 +164,51 @@ pub enum Command {
     #[command(after_help = UP_EXAMPLES)]
     Up(UpArgs),
     /// Delete everything the state records, in reverse dependency order
+    #[command(after_help = DOWN_EXAMPLES)]
     Down(DownArgs),
     /// Show whether GitLab is healthy and every recorded resource's live state
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
     /// Show what `up` would create or change, changing nothing
+    #[command(after_help = PLAN_EXAMPLES)]
     Plan(PlanArgs),
     /// Print GitLab's root password (and nothing else), for scripts
+    #[command(after_help = PASSWORD_EXAMPLES)]
     Password,
     /// Upgrade GitLab along its upgrade path: backup, each required stop, health between
+    #[command(after_help = UPGRADE_EXAMPLES)]
     Upgrade(UpgradeArgs),
     /// Back up the file system with AWS Backup (GitLab stopped for a consistent copy), or list backups
+    #[command(after_help = BACKUP_EXAMPLES)]
     Backup(BackupArgs),
     /// Restore a backup into a new file system and switch GitLab to it
+    #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
     /// Show GitLab's container logs
+    #[command(after_help = LOGS_EXAMPLES)]
     Logs(LogsArgs),
     /// Run a command in the GitLab container (ECS Exec), e.g. `exec -- gitlab-rake gitlab:check`
+    #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
     /// Open a shell in the GitLab container (ECS Exec)
+    #[command(after_help = SHELL_EXAMPLES)]
     Shell,
     /// Write a commented gitlab-provision.toml
+    #[command(after_help = INIT_EXAMPLES)]
     Init(InitArgs),
     /// List the stacks of the state directory
+    #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
     /// Print shell completions
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// A plan saved by `plan --out`: apply exactly it (refused if the stack changed since)
+    #[arg(value_name = "PLAN_FILE")]
+    pub plan_file: Option<PathBuf>,
     #[command(flatten)]
     pub settings: Settings,
     /// Apply changes that replace the running task or interrupt traffic without asking
@@ -191,6 +280,9 @@ pub struct PlanArgs {
     /// List unchanged resources too
     #[arg(long)]
     pub all: bool,
+    /// Save the plan to FILE for review; `gitlab-provision up FILE` applies exactly it
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

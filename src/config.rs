@@ -126,11 +126,7 @@ impl Settings {
     /// Every key the file accepts, from the type itself (for "did you mean" and the README test).
     pub fn keys() -> Vec<String> {
         let schema = schemars::schema_for!(Settings);
-        schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default()
+        schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -197,8 +193,10 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
 /// Parses the file. Every unknown key is reported at once, each with the nearest known one
 /// (serde alone stops at the first); other mistakes carry serde's own words.
 pub fn parse_toml(text: &str) -> Result<Settings, (String, String)> {
-    const WHERE: &str = "keys are listed in the README under \"Configuration\"; `gitlab-provision init` writes a commented file";
-    let table: toml::Table = toml::from_str(text).map_err(|e| (e.to_string().trim_end().to_string(), WHERE.to_string()))?;
+    const WHERE: &str =
+        "keys are listed in the README under \"Configuration\"; `gitlab-provision init` writes a commented file";
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| (e.to_string().trim_end().to_string(), WHERE.to_string()))?;
     let keys = Settings::keys();
     let known: Vec<&str> = keys.iter().map(String::as_str).collect();
     let unknown: Vec<&String> = table.keys().filter(|k| !known.contains(&k.as_str())).collect();
@@ -217,7 +215,9 @@ pub fn parse_toml(text: &str) -> Result<Settings, (String, String)> {
         };
         return Err((format!("unknown {noun} {listed}"), help));
     }
-    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| (e.to_string().trim_end().to_string(), WHERE.to_string()))
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| (e.to_string().trim_end().to_string(), WHERE.to_string()))
 }
 
 /// The known word closest to `word`, when it is close enough to be a typo.
@@ -231,7 +231,7 @@ pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
 }
 
 /// The NAT flavour for a VPC this tool creates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatKind {
     Gateway,
@@ -341,19 +341,7 @@ impl Problems {
 /// Validates everything that can be known without AWS, collecting every problem.
 pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
     let mut problems = Problems::default();
-    let stack = s.stack.clone().unwrap_or_else(|| DEFAULT_STACK.to_string());
-    if let Err(problem) = check_stack_name(&stack) {
-        problems.add(
-            "stack",
-            problem,
-            "use 1-32 characters of a-z, 0-9 and '-', starting with a letter, e.g. gitlab-ml",
-        );
-    }
-    if let Some(region) = &s.region
-        && !is_region(region)
-    {
-        problems.add("region", format!("{region:?} is not an AWS region name"), "write it like eu-west-1 or us-east-1");
-    }
+    let stack = validate_where(s, &mut problems);
     let domain = validate_domain(s, &mut problems);
     let allowed_cidrs = validate_cidrs(s, domain.is_some(), &mut problems);
     let network = validate_network(s, &mut problems);
@@ -398,6 +386,42 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
     } else {
         Err(ConfigError::Invalid(problems.0))
     }
+}
+
+/// The stack's name and region: what every command checks, `up` or not.
+fn validate_where(s: &Settings, problems: &mut Problems) -> String {
+    let stack = s.stack.clone().unwrap_or_else(|| DEFAULT_STACK.to_string());
+    if let Err(problem) = check_stack_name(&stack) {
+        problems.add(
+            "stack",
+            problem,
+            "use 1-32 characters of a-z, 0-9 and '-', starting with a letter, e.g. gitlab-ml",
+        );
+    }
+    if let Some(region) = &s.region
+        && !known_region(region)
+    {
+        let regions = regions();
+        let near = did_you_mean(region, &regions);
+        problems.add(
+            "region",
+            format!("{region:?} is not an AWS region"),
+            match near {
+                Some(near) => format!("did you mean {near}? (regions as of {REGIONS_AS_OF}: data/regions.toml)"),
+                None => {
+                    format!("write it like eu-west-1 or us-east-1 (regions as of {REGIONS_AS_OF}: data/regions.toml)")
+                }
+            },
+        );
+    }
+    stack
+}
+
+/// The stack's name and region alone, for commands that read nothing else of the configuration.
+pub fn validate_stack_and_region(s: &Settings) -> Result<String, ConfigError> {
+    let mut problems = Problems::default();
+    let stack = validate_where(s, &mut problems);
+    if problems.0.is_empty() { Ok(stack) } else { Err(ConfigError::Invalid(problems.0)) }
 }
 
 fn validate_cidrs(s: &Settings, https: bool, problems: &mut Problems) -> Vec<Ipv4Net> {
@@ -701,6 +725,33 @@ pub fn fargate_memory_choices(cpu: u32) -> Option<Vec<u32>> {
     Some((from..=to).step_by(step as usize).collect())
 }
 
+const REGIONS_FILE: &str = include_str!("../data/regions.toml");
+const REGIONS_AS_OF: &str = "2026-12-04";
+
+/// Every region of every partition, from data/regions.toml.
+fn regions() -> Vec<&'static str> {
+    static REGIONS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    REGIONS
+        .get_or_init(|| {
+            let table: toml::Table = toml::from_str(REGIONS_FILE).expect("data/regions.toml is checked by a test");
+            table
+                .values()
+                .filter_map(|v| v.as_array())
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
+        .iter()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Whether `s` names a region of one of AWS's partitions.
+pub fn known_region(s: &str) -> bool {
+    regions().contains(&s)
+}
+
+/// Shaped like a region name (for zones: `us-east-1a`).
 pub fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
@@ -999,5 +1050,19 @@ mod tests {
         assert!(fargate_memory_choices(8192).unwrap().contains(&61440));
         assert!(!fargate_memory_choices(8192).unwrap().contains(&18432));
         assert!(fargate_memory_choices(3000).is_none());
+    }
+
+    #[test]
+    fn regions_are_checked_against_the_partitions_list() {
+        assert!(known_region("eu-west-1") && known_region("us-gov-west-1") && known_region("cn-north-1"));
+        let s = Settings {
+            region: Some("us-esat-1".into()),
+            allowed_cidrs: Some(vec!["203.0.113.0/24".into()]),
+            ..Default::default()
+        };
+        let Err(ConfigError::Invalid(problems)) = validate(&s) else { panic!("a typo is refused") };
+        assert!(problems[0].help.contains("did you mean us-east-1"), "{problems:?}");
+        let table: toml::Table = toml::from_str(REGIONS_FILE).unwrap();
+        assert_eq!(table["as_of"].as_str(), Some(REGIONS_AS_OF), "the date the message gives is the file's");
     }
 }

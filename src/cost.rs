@@ -34,14 +34,14 @@ const EFS_WRITE_GB: f64 = 10.0;
 const NAT_TRAFFIC_GB: f64 = 20.0;
 const LOG_GB: f64 = 2.0;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CostLine {
     pub item: String,
     pub assumption: String,
     pub usd_per_month: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Estimate {
     pub prices: &'static str,
     pub lines: Vec<CostLine>,

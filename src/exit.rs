@@ -117,11 +117,11 @@ impl From<Diagnostic> for CliError {
 }
 
 impl From<StateError> for CliError {
-    /// A state that is not usable as it is (damaged, another version's, a link or special file)
-    /// is the user's to look at: nothing was done, exit 2. A lock held or an I/O error is not.
+    /// A state that is not usable as it is (damaged, another version's, a link or special file),
+    /// or a stack another run holds, is a refusal: nothing was done, exit 2. An I/O error is not.
     fn from(error: StateError) -> Self {
         match error {
-            StateError::Locked { .. } | StateError::Io { .. } => CliError::failure(error),
+            StateError::Io { .. } => CliError::failure(error),
             _ => CliError::usage(error),
         }
     }

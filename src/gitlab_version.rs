@@ -325,7 +325,11 @@ mod tests {
         assert!(rows.len() >= 15, "the table has its rows: {rows:?}");
         let path = UpgradePath::shipped();
         for row in &rows {
-            assert_eq!(path.latest_patch(*row), Some(row.patch), "{row}: the data's latest patch differs from GitLab's table");
+            assert_eq!(
+                path.latest_patch(*row),
+                Some(row.patch),
+                "{row}: the data's latest patch differs from GitLab's table"
+            );
         }
         for (&(major, minor), &patch) in &path.latest_patches {
             if (15..=17).contains(&major) {

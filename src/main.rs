@@ -8,6 +8,8 @@ mod exit;
 mod gitlab_version;
 mod ops;
 mod printer;
+#[cfg(test)]
+mod schemas;
 mod steps;
 
 // The ground floor, a crate of its own (no AWS SDK): reached as crate::engine, crate::keys and

@@ -263,24 +263,45 @@ impl Printer {
 
     fn json_event(&self, event: &Event) {
         let (kind, step, seconds, text, changed) = match event {
-            Event::Started { step, description } => ("started", step, None, description.as_str(), None),
-            Event::Progress { step, message } => ("progress", step, None, message.as_str(), None),
+            Event::Started { step, description } => (EventKind::Started, step, None, description.as_str(), None),
+            Event::Progress { step, message } => (EventKind::Progress, step, None, message.as_str(), None),
             Event::Finished { step, elapsed, summary, changed } => {
-                ("finished", step, Some(elapsed), summary.as_str(), Some(*changed))
+                (EventKind::Finished, step, Some(elapsed), summary.as_str(), Some(*changed))
             }
-            Event::Failed { step, elapsed, error } => ("failed", step, Some(elapsed), error.as_str(), None),
-            Event::Skipped { step, reason } => ("skipped", step, None, reason.as_str(), None),
+            Event::Failed { step, elapsed, error } => (EventKind::Failed, step, Some(elapsed), error.as_str(), None),
+            Event::Skipped { step, reason } => (EventKind::Skipped, step, None, reason.as_str(), None),
         };
-        let doc = serde_json::json!({
-            "schema": format!("gitlab-provision.event/{SCHEMA_VERSION}"),
-            "event": kind,
-            "step": step,
-            "seconds": seconds.map(Duration::as_secs_f64),
-            "message": text,
-            "changed": changed,
-        });
-        write_stdout(&format!("{doc}\n"));
+        let doc = EventDoc {
+            event: kind,
+            step: step.clone(),
+            seconds: seconds.map(Duration::as_secs_f64),
+            message: text.to_string(),
+            changed,
+        };
+        let _ = self.json_line("event", &doc);
     }
+}
+
+/// One line of a command's progress as `--json` streams it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct EventDoc {
+    pub event: EventKind,
+    pub step: String,
+    /// How long it took, for finished and failed steps.
+    pub seconds: Option<f64>,
+    pub message: String,
+    /// Whether it changed anything, for finished steps.
+    pub changed: Option<bool>,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Started,
+    Progress,
+    Finished,
+    Failed,
+    Skipped,
 }
 
 /// A plain text table: columns as wide as their widest cell on screen (colour codes and wide

@@ -98,11 +98,14 @@ fn bad_configs_and_flags_are_refused_before_any_call() {
 }
 
 #[test]
-fn plan_for_a_new_stack_needs_no_aws_and_lists_every_step() {
+fn plan_for_a_new_stack_works_without_credentials_and_lists_every_step() {
     let (endpoint, calls) = counting_endpoint();
     let tool = Tool::new(&endpoint);
     tool.write("gitlab-provision.toml", OK_CIDR);
-    let run = tool.run(&["plan", "--json"]).ok();
+    // Without credentials it plans offline (with them it first looks for what `up` would find).
+    let offline = [("AWS_ACCESS_KEY_ID", None), ("AWS_SECRET_ACCESS_KEY", None)];
+    let run = tool.run_with(&["plan", "--json"], &offline).ok();
+    assert!(run.stderr.contains("planned offline"), "{}", run.stderr);
     let plan = run.json();
     let steps: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     for step in
@@ -120,7 +123,7 @@ fn plan_for_a_new_stack_needs_no_aws_and_lists_every_step() {
     );
     let total = plan["monthly_cost"]["total_usd_per_month"].as_f64().unwrap();
     assert!(total > 100.0 && total < 250.0, "{total}");
-    let text = tool.run(&["plan"]).ok();
+    let text = tool.run_with(&["plan"], &offline).ok();
     assert!(text.stdout.contains("nat-gateway") && text.stdout.contains("create"), "{}", text.stdout);
     assert!(
         text.stdout.contains("estimated monthly cost") && text.stdout.contains("use_nat_instance = true would save"),

@@ -99,7 +99,7 @@ async fn a_failure_keeps_the_record_and_reads_cause_first() {
     let run = tool.run(&up("fail", &[])).fails_with(1);
     // Finished steps stay on screen; the failed one says why; what did not run is a count.
     assert!(run.stderr.contains("vpc                      done in"), "{}", run.stderr);
-    assert!(run.stderr.contains("not run (a step they need failed)"), "{}", run.stderr);
+    assert!(run.stderr.contains("not run (a step it needs failed)"), "{}", run.stderr);
     let block = &run.stderr[run.stderr.find("error:").expect("an error block")..];
     assert!(block.starts_with("error: step load-balancer failed:"), "{block}");
     assert_eq!(block.matches("help:").count(), 1, "{block}");

@@ -388,7 +388,7 @@ async fn a_concurrent_run_on_the_same_stack_is_refused() {
         assert!(std::time::Instant::now() < deadline, "first up never took the lock");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let second = tool.run(&args(&["up", "--stack", "busy"], CIDRS)).fails_with(1);
+    let second = tool.run(&args(&["up", "--stack", "busy"], CIDRS)).fails_with(2);
     assert!(
         second.stderr.contains("locked by process") && second.stderr.contains(&first.id().to_string()),
         "{}",

@@ -21,7 +21,8 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
         return list(global, json).await;
     }
     let start_within = humantime::parse_duration(&args.start_within).map_err(|e| {
-        Diagnostic::new(format!("--start-within {:?}: {e}", args.start_within)).with_help("write a duration like 15m or 1h")
+        Diagnostic::new(format!("--start-within {:?}: {e}", args.start_within))
+            .with_help("write a duration like 15m or 1h")
     })?;
     let printer = Arc::new(Printer::new(global, args.json));
     let opened = open(global, &printer, "backup").await?;
@@ -54,7 +55,10 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
         },
         taken.version.as_deref().map(|v| format!(", GitLab {v}")).unwrap_or_default()
     ));
-    printer.note(&format!("restore it with `gitlab-provision restore {}`", crate::steps::backup::short_point_id(&taken.recovery_point)));
+    printer.note(&format!(
+        "restore it with `gitlab-provision restore {}`",
+        crate::steps::backup::short_point_id(&taken.recovery_point)
+    ));
     Ok(ExitStatus::Success)
 }
 
@@ -79,7 +83,8 @@ async fn list(global: &GlobalArgs, json: bool) -> CliResult {
         return Ok(ExitStatus::Success);
     }
     if points.is_empty() {
-        printer.out(&format!("no backups of {} yet; `gitlab-provision backup` takes one", crate::printer::short_id(&arn)));
+        printer
+            .out(&format!("no backups of {} yet; `gitlab-provision backup` takes one", crate::printer::short_id(&arn)));
         return Ok(ExitStatus::Success);
     }
     let rows: Vec<Vec<String>> = points

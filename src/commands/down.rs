@@ -17,8 +17,8 @@ use crate::printer::{Printer, Tone, minute_utc, short_id};
 use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::backup;
 
-#[derive(Serialize)]
-struct DownResult {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct DownResult {
     stack: String,
     region: String,
     removed: usize,
@@ -30,8 +30,8 @@ struct DownResult {
     recovery_points: Vec<backup::RecoveryPoint>,
 }
 
-#[derive(Serialize)]
-struct LeftAlone {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LeftAlone {
     key: String,
     why: String,
 }
@@ -84,7 +84,10 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     }
     // Recorded first, so a crash from here on leaves them in the state for the next `down`.
     engine::adopt_orphans(&state, &Kinds, &orphans)?;
-    printer.heading(&format!("deleting stack {stack}: {} resources", records.len() + orphans.len() - keep.len()));
+    printer.heading(&format!(
+        "deleting stack {stack}: {}",
+        crate::engine::counted(records.len() + orphans.len() - keep.len(), "resource")
+    ));
     let plan = Teardown { only: None, keep: keep.clone(), max_parallel: usize::from(global.parallel), interrupt };
     let outcome = engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), plan).await;
     printer.tally();

@@ -66,18 +66,67 @@ use_nat_instance = {nat}
     )
 }
 
-fn ask_answers(printer: &Printer) -> anyhow::Result<Answers> {
-    let cidrs = printer.ask("Which networks may reach GitLab? (IPv4 CIDRs, comma-separated, e.g. 203.0.113.0/24)")?;
-    let allowed_cidrs = cidrs.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
-    let domain =
-        printer.ask("A domain for HTTPS with a public Route 53 zone? (e.g. example.com; empty for plain HTTP)")?;
-    let domain = if domain.is_empty() {
-        None
-    } else {
-        let sub = printer.ask("GitLab's name under it? (e.g. gitlab)")?;
-        let zone = printer.ask("The hosted zone's id? (from `aws route53 list-hosted-zones`)")?;
-        Some((domain, sub, zone))
-    };
+/// Asks until the answer passes the configuration's own checks of the keys it sets (at most
+/// three times), showing each problem and its fix as it is given.
+fn ask_valid<T>(
+    printer: &Printer,
+    ask: &mut dyn FnMut(&Printer) -> anyhow::Result<T>,
+    settings_of: &dyn Fn(&T) -> config::Settings,
+    keys: &[&str],
+) -> Result<T, CliError> {
+    for _ in 0..3 {
+        let answer = ask(printer)?;
+        let problems = match config::validate(&settings_of(&answer)) {
+            Err(config::ConfigError::Invalid(problems)) => problems,
+            _ => return Ok(answer),
+        };
+        let mine: Vec<&config::Invalid> =
+            problems.iter().filter(|p| keys.iter().any(|k| p.key.starts_with(k))).collect();
+        if mine.is_empty() {
+            return Ok(answer);
+        }
+        for problem in mine {
+            printer.warn(&format!("{}: {} ({})", problem.key, problem.problem, problem.help));
+        }
+    }
+    Err(Diagnostic::new("no valid answer after three tries; nothing was written")
+        .with_help("run `gitlab-provision init` again, or pass the values as flags")
+        .into())
+}
+
+fn ask_answers(printer: &Printer) -> Result<Answers, CliError> {
+    let allowed_cidrs = ask_valid(
+        printer,
+        &mut |p| {
+            let cidrs = p.ask("Which networks may reach GitLab? (IPv4 CIDRs, comma-separated, e.g. 203.0.113.0/24)")?;
+            Ok(cidrs.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect::<Vec<_>>())
+        },
+        &|cidrs: &Vec<String>| config::Settings { allowed_cidrs: Some(cidrs.clone()), ..Default::default() },
+        &["allowed_cidrs"],
+    )?;
+    let domain = ask_valid(
+        printer,
+        &mut |p| {
+            let domain =
+                p.ask("A domain for HTTPS with a public Route 53 zone? (e.g. example.com; empty for plain HTTP)")?;
+            if domain.is_empty() {
+                return Ok(None);
+            }
+            let sub = p.ask("GitLab's name under it? (e.g. gitlab)")?;
+            let zone = p.ask("The hosted zone's id? (from `aws route53 list-hosted-zones`)")?;
+            Ok(Some((domain, sub, zone)))
+        },
+        &|domain: &Option<(String, String, String)>| match domain {
+            Some((d, s, z)) => config::Settings {
+                domain_name: Some(d.clone()),
+                sub_domain: Some(s.clone()),
+                hosted_zone_id: Some(z.clone()),
+                ..Default::default()
+            },
+            None => config::Settings::default(),
+        },
+        &["domain_name", "sub_domain", "hosted_zone_id"],
+    )?;
     let nat = printer.ask("Use a NAT instance (cheaper) instead of a NAT gateway? [y/N]")?;
     Ok(Answers { allowed_cidrs, domain, nat_instance: matches!(nat.to_ascii_lowercase().as_str(), "y" | "yes") })
 }

@@ -7,8 +7,8 @@ use crate::exit::{CliResult, ExitStatus};
 use crate::printer::Printer;
 use crate::state;
 
-#[derive(Serialize)]
-struct StackSummary {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct StackSummary {
     stack: String,
     region: String,
     account: Option<String>,
@@ -19,8 +19,8 @@ struct StackSummary {
     error: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Listing {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Listing {
     state_dir: String,
     stacks: Vec<StackSummary>,
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use crate::catalog::Kinds;
 use crate::cli::{GlobalArgs, PlanArgs};
 use crate::engine;
-use crate::exit::{CliError, CliResult, ExitStatus};
-use crate::ops::plan::{PlanReport, keep_running_version, report};
-use crate::ops::stack::{connect, stack_config};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
+use crate::ops::converge::refuse_lost_state;
+use crate::ops::plan::{PlanAction, PlanReport, SavedPlan, keep_running_version, report};
+use crate::ops::stack::{Configured, connect, locate, stack_config};
 use crate::printer::{Printer, Tone, shorten_arns, table};
-use crate::state;
 
 impl PlanReport {
     /// The plan as text, changes first; `painter` colours an action.
@@ -25,22 +25,22 @@ impl PlanReport {
                 let _ = writeln!(out, "  help: {help}");
             }
         }
-        let tone = |action: &str| match action {
-            "create" | "re-create" | "resume" | "attach" => Tone::Good,
-            "update" => Tone::Changed,
-            "replace" | "delete" | "refuse" => Tone::Bad,
-            _ => Tone::Dim,
+        let tone = |action: PlanAction| match action {
+            PlanAction::Create | PlanAction::Recreate | PlanAction::Resume | PlanAction::Attach => Tone::Good,
+            PlanAction::Update => Tone::Changed,
+            PlanAction::Replace | PlanAction::Delete | PlanAction::Refuse => Tone::Bad,
+            PlanAction::Keep => Tone::Dim,
         };
         let mut rows = Vec::new();
         let mut kept = 0;
         for step in &self.steps {
             for r in &step.resources {
-                if r.action == "keep" && !self.show_all {
+                if r.action == PlanAction::Keep && !self.show_all {
                     kept += 1;
                     continue;
                 }
                 rows.push(vec![
-                    paint(r.action, tone(r.action)),
+                    paint(r.action.as_str(), tone(r.action)),
                     r.key.clone(),
                     r.kind.clone(),
                     shorten_arns(&r.detail),
@@ -48,7 +48,12 @@ impl PlanReport {
             }
         }
         for r in &self.removals {
-            rows.push(vec![paint(r.action, tone(r.action)), r.key.clone(), r.kind.clone(), shorten_arns(&r.detail)]);
+            rows.push(vec![
+                paint(r.action.as_str(), tone(r.action)),
+                r.key.clone(),
+                r.kind.clone(),
+                shorten_arns(&r.detail),
+            ]);
         }
         if rows.is_empty() {
             let _ = writeln!(out, "no changes: {kept} resources as configured");
@@ -102,14 +107,20 @@ impl PlanReport {
     }
 }
 
+/// How long `plan` of a new stack waits for AWS before it plans offline.
+const LOOKUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     let exit_on_error = |status: ExitStatus| if args.detailed_exitcode { ExitStatus::Failure } else { status };
-    let mut cfg =
-        stack_config(global, args.settings).map_err(|e| CliError::new(exit_on_error(ExitStatus::Usage), e))?.cfg;
+    let refused = |e: CliError| CliError { status: exit_on_error(e.status), ..e };
+    let Configured { mut cfg, applied, .. } =
+        stack_config(global, args.settings).map_err(|e| CliError::new(exit_on_error(ExitStatus::Usage), e))?;
     let printer = Printer::new(global, false);
-    let recorded = state::read(&global.state_dir, &cfg.stack)?.filter(|s| !s.resources.is_empty());
-    // Only an existing stack needs AWS: a new one is all "create", and plan works offline.
+    // A stack recorded in another region: one line, nothing listed under it.
+    let (_, recorded) = locate(global).map_err(refused)?;
     let (ctx, lives, region) = match &recorded {
+        // A new stack is all "create"; with credentials, what `up` would find is looked for
+        // first (a lost state file, names taken by another stack), as `up` does.
         None => {
             let configured = crate::aws::credentials::configured_region(global.profile.as_deref()).await;
             let Some(region) = cfg.region.clone().or(configured) else {
@@ -118,7 +129,24 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
                     crate::aws::credentials::ConnectError::NoRegion,
                 ));
             };
-            let ctx = Arc::new(crate::aws::credentials::offline_context(&cfg.stack, &region));
+            let look = tokio::time::timeout(LOOKUP_WITHIN, connect(global, &cfg.stack, Some(&region), None, &printer));
+            let reached = match look.await {
+                Ok(reached) => reached,
+                Err(_) => Err(CliError::failure(anyhow::anyhow!("AWS did not answer within {}s", LOOKUP_WITHIN.as_secs()))),
+            };
+            let ctx = match reached {
+                Ok(ctx) => {
+                    refuse_lost_state(&ctx, &cfg.stack).await.map_err(refused)?;
+                    ctx
+                }
+                Err(e) => {
+                    printer.note(&format!(
+                        "planned offline: could not look in AWS for what `up` would find ({:#})",
+                        e.error
+                    ));
+                    Arc::new(crate::aws::credentials::offline_context(&cfg.stack, &region))
+                }
+            };
             (ctx, BTreeMap::new(), region)
         }
         Some(state) => {
@@ -141,6 +169,19 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     }
     let mut report = report(&ctx, &cfg, recorded.as_ref(), region, &lives, false)?;
     report.show_all = args.all;
+    if let Some(path) = &args.out {
+        let account =
+            ctx.account.as_ref().map(|a| a.account.clone()).or(recorded.as_ref().and_then(|s| s.account.clone()));
+        let saved = SavedPlan::of(&report, recorded.as_ref(), applied, account);
+        std::fs::write(path, serde_json::to_vec_pretty(&saved)?).map_err(|e| {
+            CliError::usage(Diagnostic::new(format!("--out {}: cannot write there ({e})", path.display())))
+        })?;
+        printer.note(&format!(
+            "plan saved to {}; `gitlab-provision up {}` applies exactly it, and refuses if the stack changed meanwhile",
+            path.display(),
+            path.display()
+        ));
+    }
     if args.json {
         printer.json("plan", &report)?;
     } else {

@@ -36,7 +36,9 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     };
     if args.plan {
         let Some(chosen) = &chosen else {
-            return Err(Diagnostic::new("restore --plan needs the recovery point").with_help("`gitlab-provision backup list` shows them").into());
+            return Err(Diagnostic::new("restore --plan needs the recovery point")
+                .with_help("`gitlab-provision backup list` shows them")
+                .into());
         };
         printer.out(&plan_text(&recorded, chosen));
         return Ok(ExitStatus::Success);
@@ -55,10 +57,10 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
         "restored {} into {} in {:.0}s; GitLab {} runs on it",
         restored.recovery_point, restored.file_system, restored.seconds, restored.version
     ));
-    if !restored.kept.is_empty() {
+    for kept in &restored.kept {
         printer.note(&format!(
-            "the file system GitLab ran on before is kept: {}; once you are sure, remove it with `aws efs delete-file-system --file-system-id <its id>`, or keep it until `gitlab-provision down`",
-            restored.kept.join(", ")
+            "the file system GitLab ran on before is kept as {} ({}); once you are sure, remove it with `aws efs delete-file-system --file-system-id {}`, or keep it until `gitlab-provision down`",
+            kept.key, kept.file_system, kept.file_system
         ));
     }
     Ok(ExitStatus::Success)

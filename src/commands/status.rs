@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::exit::{CliResult, ExitStatus};
 use crate::ops::stack::{connect, locate};
-use crate::ops::status::{self, StatusReport, since, verdict};
+use crate::ops::status::{self, LiveState, StatusReport, since, verdict};
 use crate::printer::{Printer, Tone, short_id, table};
 use crate::state;
 use crate::steps::service::describe_stop;
@@ -16,7 +16,7 @@ impl StatusReport {
         let mut out = String::new();
         let tone = if self.verdict.ok {
             Tone::Good
-        } else if self.verdict.state == "starting" {
+        } else if self.verdict.state == status::VerdictState::Starting {
             Tone::Changed
         } else {
             Tone::Bad
@@ -36,12 +36,12 @@ impl StatusReport {
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_else(|| "-".into());
                 let live_tone = match r.live {
-                    "ok" => Tone::Good,
-                    "changed" | "pending" | "orphan" => Tone::Changed,
+                    LiveState::Ok => Tone::Good,
+                    LiveState::Changed | LiveState::Pending | LiveState::Orphan => Tone::Changed,
                     _ => Tone::Bad,
                 };
                 let id = r.id.clone().map(|id| if wide { id } else { short_id(&id) }).unwrap_or_else(|| "-".into());
-                vec![r.key.clone(), id, recorded, paint(r.live, live_tone), r.detail.clone()]
+                vec![r.key.clone(), id, recorded, paint(r.live.as_str(), live_tone), r.detail.clone()]
             })
             .collect();
         let _ = write!(out, "{}", table(&["RESOURCE", "ID", "RECORDED", "LIVE", "DETAIL"], &rows));
@@ -98,7 +98,12 @@ impl StatusReport {
             } else {
                 // Why it is not healthy is usually in ECS's own words.
                 for event in g.events.iter().take(3) {
-                    let _ = writeln!(out, "  event:          {} {}", event.at.as_deref().map(crate::printer::minute_utc).unwrap_or_default(), event.message);
+                    let _ = writeln!(
+                        out,
+                        "  event:          {} {}",
+                        event.at.as_deref().map(crate::printer::minute_utc).unwrap_or_default(),
+                        event.message
+                    );
                 }
             }
         }
@@ -126,6 +131,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
                 conflicts: vec![],
                 gitlab: None,
                 ssh: None,
+                gitlab_version: Default::default(),
             };
             printer.json("status", &empty)?;
             return Ok(not_ok);

@@ -9,9 +9,10 @@ use crate::aws::Ctx;
 use crate::cli::{GlobalArgs, UpArgs};
 use crate::config::StackConfig;
 use crate::engine::Interrupt;
-use crate::exit::{CliError, CliResult, ExitStatus};
+use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::ops::check_writable;
 use crate::ops::converge::{Converge, converge, wait_healthy};
+use crate::ops::plan::SavedPlan;
 use crate::ops::stack::{
     Configured, Opened, clone_url, gitlab_url, open_to_converge, password_command, record_settings, ssh_endpoint,
     stack_config,
@@ -20,7 +21,15 @@ use crate::printer::{Printer, shown};
 use crate::state::{self, StateHandle};
 
 pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> CliResult {
-    let Configured { cfg, contradicted_tag: contradicted, applied } = stack_config(global, args.settings)?;
+    let saved = args.plan_file.as_deref().map(|path| load_plan(path, &args.settings)).transpose()?;
+    let Configured { cfg, contradicted_tag: contradicted, applied } = match &saved {
+        // A saved plan is applied with the settings it was made with, not today's file.
+        Some(plan) => {
+            let cfg = crate::config::validate(&plan.settings)?;
+            Configured { cfg, contradicted_tag: None, applied: plan.settings.clone() }
+        }
+        None => stack_config(global, args.settings)?,
+    };
     check_writable(args.timings.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.json));
     for warning in cfg.warnings() {
@@ -40,18 +49,42 @@ pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> Cli
         timings: args.timings.clone(),
         interrupt,
         during_operation: false,
+        // The saved plan was the review: what it decides needs no second yes.
+        expected: saved.clone(),
     };
+    let options = Converge { yes: options.yes || saved.is_some(), ..options };
+    let had_gitlab = state.get(crate::keys::SERVICE).is_some_and(|r| r.status == state::RecordStatus::Created);
     let converged = converge(&ctx, &state, cfg.clone(), &printer, &options).await?;
+    // The first boot (migrations, seeding) is the long one; a restart is minutes.
+    let first_boot = !had_gitlab && converged.changed;
     record_settings(&state, &applied)?;
     if args.wait {
         wait_healthy(&ctx, &state, &printer).await?;
     }
-    report_up(global, &ctx, &state, &cfg, &printer, converged.changed, args.wait)?;
+    report_up(global, &ctx, &state, &cfg, &printer, converged.changed, first_boot && !args.wait)?;
     Ok(ExitStatus::Success)
 }
 
-#[derive(Serialize)]
-struct UpResult {
+/// A plan `plan --out` saved: readable, and not mixed with settings given now.
+fn load_plan(path: &std::path::Path, flags: &crate::config::Settings) -> Result<SavedPlan, CliError> {
+    if *flags != crate::config::Settings::default() {
+        return Err(Diagnostic::new(
+            "`up PLAN_FILE` applies the plan's own settings; settings given as flags are not part of it",
+        )
+        .with_help("drop the flags, or make a new plan with them (`gitlab-provision plan --out FILE ...`)")
+        .into());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(Diagnostic::new(format!("cannot read the saved plan {}: {e}", path.display()))))?;
+    serde_json::from_str::<SavedPlan>(&text).map_err(|e| {
+        Diagnostic::new(format!("{} is not a plan saved by `gitlab-provision plan --out` ({e})", path.display()))
+            .with_help("make one with `gitlab-provision plan --out FILE`")
+            .into()
+    })
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct UpResult {
     stack: String,
     region: String,
     account: Option<String>,
@@ -62,6 +95,8 @@ struct UpResult {
     ssh: Option<String>,
     user: &'static str,
     password_command: String,
+    /// The GitLab version the stack now records (deployed by this run or kept).
+    gitlab_version: Option<String>,
 }
 
 fn report_up(
@@ -71,7 +106,7 @@ fn report_up(
     cfg: &StackConfig,
     printer: &Printer,
     changed: bool,
-    waited: bool,
+    first_boot: bool,
 ) -> Result<(), CliError> {
     let snapshot = state.snapshot();
     let state_file = state::state_path(&global.state_dir, &cfg.stack).display().to_string();
@@ -88,13 +123,14 @@ fn report_up(
         ssh: ssh.clone(),
         user: "root",
         password_command: password_command(global, &cfg.stack),
+        gitlab_version: crate::ops::plan::running_version(&snapshot.resources).map(|v| v.to_string()),
     };
     printer.json_if_events("up", &result)?;
     printer.out(&format!(
-        "stack {} is up in {}: {} resources recorded in {state_file}",
+        "stack {} is up in {}: {} recorded in {state_file}",
         cfg.stack,
         ctx.region(),
-        snapshot.resources.len()
+        crate::engine::counted(snapshot.resources.len(), "resource")
     ));
     if let Some(url) = url {
         printer.out(&format!("GitLab:   {url}"));
@@ -103,7 +139,7 @@ fn report_up(
         if let Some(ssh) = ssh {
             printer.out(&format!("clone:    {ssh}"));
         }
-        if !waited && changed {
+        if first_boot {
             printer.note("GitLab's first boot on EFS takes 10-20 minutes; `gitlab-provision status` shows its progress (or use up --wait)");
         }
     }

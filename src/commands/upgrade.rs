@@ -28,7 +28,8 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     let to = parse("--to", &args.to)?;
     let via = args.via.iter().map(|v| parse("--via", v)).collect::<Result<Vec<_>, _>>()?;
     let start_within = humantime::parse_duration(&args.start_within).map_err(|e| {
-        Diagnostic::new(format!("--start-within {:?}: {e}", args.start_within)).with_help("write a duration like 15m or 1h")
+        Diagnostic::new(format!("--start-within {:?}: {e}", args.start_within))
+            .with_help("write a duration like 15m or 1h")
     })?;
     let printer = Arc::new(Printer::new(global, args.json));
     let (stack, recorded) = locate(global)?;
@@ -49,7 +50,12 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     }
     let mut shown = vec![running.to_string()];
     shown.extend(hops.iter().map(ToString::to_string));
-    printer.heading(&format!("upgrade path: {} (stops from {}, as of {})", shown.join(" -> "), path.source, path.as_of));
+    printer.heading(&format!(
+        "upgrade path: {} (stops from {}, as of {})",
+        shown.join(" -> "),
+        path.source,
+        path.as_of
+    ));
     for hop in hops.iter().filter(|h| path.is_stop(**h) && path.latest_patch(**h).is_none()) {
         printer.note(&format!(
             "this build does not know the latest {}.{} patch: check https://hub.docker.com/r/gitlab/gitlab-ce/tags that {hop} is it",
@@ -64,7 +70,12 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     let opened = open(global, &printer, "upgrade").await?;
     confirm_upgrade(&printer, hops.len(), args.no_backup, args.yes)?;
     let go_on = |hop: Version, rest: &[Version]| go_on(&printer, &args, to, hop, rest);
-    let backup = (!args.no_backup).then(|| BackupOptions { consistent: true, start_within, for_upgrade: true, interrupt: interrupt.clone() });
+    let backup = (!args.no_backup).then(|| BackupOptions {
+        consistent: true,
+        start_within,
+        for_upgrade: true,
+        interrupt: interrupt.clone(),
+    });
     let upgraded = upgrade(&opened, &printer, Hops { global, cfg, hops, backup, interrupt, go_on: &go_on }).await?;
     printer.json_if_events("upgrade", &upgraded)?;
     if upgraded.stopped_at.is_none() {
@@ -91,7 +102,11 @@ fn go_on(printer: &Printer, args: &UpgradeArgs, to: Version, hop: Version, rest:
         return Ok(true);
     }
     if !printer.can_ask() {
-        printer.note(&format!("before {} its background migrations must finish: {}; then run `{next}`", rest[0], migrations_hint()));
+        printer.note(&format!(
+            "before {} its background migrations must finish: {}; then run `{next}`",
+            rest[0],
+            migrations_hint()
+        ));
         return Ok(false);
     }
     printer.note(&format!(
@@ -145,4 +160,3 @@ fn confirm_upgrade(printer: &Printer, hops: usize, no_backup: bool, yes: bool) -
     );
     confirm(printer, &what, "Go ahead?", yes, "pass --yes to proceed without a terminal")
 }
-

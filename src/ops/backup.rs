@@ -54,12 +54,12 @@ pub struct Targets {
 
 pub fn targets(state: &State) -> Result<Targets, CliError> {
     let record = |key: &str| state.resources.get(key);
-    let missing = |what: &str| {
-        CliError::usage(
-            Diagnostic::new(format!("stack {} has no {what} recorded", state.stack))
-                .with_help("run `gitlab-provision up` first: it creates the backup vault and role as part of the stack"),
-        )
-    };
+    let missing =
+        |what: &str| {
+            CliError::usage(Diagnostic::new(format!("stack {} has no {what} recorded", state.stack)).with_help(
+                "run `gitlab-provision up` first: it creates the backup vault and role as part of the stack",
+            ))
+        };
     Ok(Targets {
         cluster: record(keys::SERVICE).and_then(|r| r.attr("cluster")).map(str::to_string),
         file_system_arn: record(keys::FILE_SYSTEM)
@@ -72,7 +72,13 @@ pub fn targets(state: &State) -> Result<Targets, CliError> {
 }
 
 /// One phase of a long operation, shown as a step (started, its waits, finished or failed).
-pub async fn phase<T, F, Fut>(printer: &Arc<Printer>, state: &StateHandle, name: &str, what: &str, work: F) -> anyhow::Result<T>
+pub async fn phase<T, F, Fut>(
+    printer: &Arc<Printer>,
+    state: &StateHandle,
+    name: &str,
+    what: &str,
+    work: F,
+) -> anyhow::Result<T>
 where
     F: FnOnce(StepScope) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -109,7 +115,9 @@ where
         Err(e) if WaitError::is_interrupted(e) => {
             printer.event(Event::Skipped { step: name.to_string(), reason: crate::engine::SkipReason::Interrupted })
         }
-        Err(e) => printer.event(Event::Failed { step: name.to_string(), elapsed: scope.elapsed(), error: format!("{e:#}") }),
+        Err(e) => {
+            printer.event(Event::Failed { step: name.to_string(), elapsed: scope.elapsed(), error: format!("{e:#}") })
+        }
     }
     result
 }
@@ -205,10 +213,17 @@ async fn run(
             // Recorded before the call: from here on GitLab must be started again whatever happens.
             journal.stopped_gitlab = true;
             save(state, journal).await?;
-            phase_with(printer, state, "stop-gitlab", "stop GitLab so PostgreSQL's files are consistent", interrupt, |scope| {
-                let ctx = ctx.clone();
-                async move { service::scale(&ctx, &scope, &cluster, 0).await }
-            })
+            phase_with(
+                printer,
+                state,
+                "stop-gitlab",
+                "stop GitLab so PostgreSQL's files are consistent",
+                interrupt,
+                |scope| {
+                    let ctx = ctx.clone();
+                    async move { service::scale(&ctx, &scope, &cluster, 0).await }
+                },
+            )
             .await?;
             stopped_at = Some(SystemTime::now());
         }
@@ -292,11 +307,17 @@ async fn run(
 
 /// How a job's wait ended.
 enum JobEnd {
-    Completed { point: String, bytes: i64 },
+    Completed {
+        point: String,
+        bytes: i64,
+    },
     /// FAILED, EXPIRED, ABORTED or PARTIAL, with AWS's message.
     Ended(backup::JobState),
     /// Still CREATED (or PENDING) past the bound.
-    NotStarted { waited: Duration, state: String },
+    NotStarted {
+        waited: Duration,
+        state: String,
+    },
 }
 
 /// Waits for the job, showing its state and how long it has been in it; gives up on one that
@@ -398,7 +419,12 @@ async fn restart_now(ctx: &Ctx, targets: &Targets, desired: i32) -> anyhow::Resu
 /// Finishes what a backup that died left behind, for `up`: its job stopped (or, when it had
 /// completed, noted), GitLab started again if the backup stopped it, the journal closed. Says
 /// what it did.
-pub async fn settle_dead(ctx: &Arc<Ctx>, state: &StateHandle, printer: &Printer, journal: &BackupJournal) -> Result<(), CliError> {
+pub async fn settle_dead(
+    ctx: &Arc<Ctx>,
+    state: &StateHandle,
+    printer: &Printer,
+    journal: &BackupJournal,
+) -> Result<(), CliError> {
     let snapshot = state.snapshot();
     let targets = targets(&snapshot)?;
     if let Some(job) = &journal.job {
@@ -419,7 +445,9 @@ pub async fn settle_dead(ctx: &Arc<Ctx>, state: &StateHandle, printer: &Printer,
             ));
         } else if !now.ended_without_result() {
             backup::stop_backup_job(ctx, job).await?;
-            printer.warn(&format!("an interrupted backup's job {job} was stopped; run `gitlab-provision backup` to take one"));
+            printer.warn(&format!(
+                "an interrupted backup's job {job} was stopped; run `gitlab-provision backup` to take one"
+            ));
         }
     }
     if journal.stopped_gitlab && !journal.for_upgrade {
@@ -460,13 +488,19 @@ pub async fn points(ctx: &Ctx, state: &State) -> Result<Vec<backup::RecoveryPoin
 
 /// The recovery point `wanted` names among the stack's: its ARN, or its id or the start of it,
 /// as tables show it, when only one matches.
-pub fn find_point<'a>(points: &'a [backup::RecoveryPoint], wanted: &str) -> Result<&'a backup::RecoveryPoint, CliError> {
+pub fn find_point<'a>(
+    points: &'a [backup::RecoveryPoint],
+    wanted: &str,
+) -> Result<&'a backup::RecoveryPoint, CliError> {
     if let Some(point) = points.iter().find(|p| p.arn == wanted) {
         return Ok(point);
     }
     let id = wanted.rsplit([':', '/']).next().unwrap_or(wanted).to_ascii_uppercase();
     let matching: Vec<&backup::RecoveryPoint> = if id.len() >= 4 {
-        points.iter().filter(|p| p.arn.rsplit([':', '/']).next().is_some_and(|full| full.to_ascii_uppercase().starts_with(&id))).collect()
+        points
+            .iter()
+            .filter(|p| p.arn.rsplit([':', '/']).next().is_some_and(|full| full.to_ascii_uppercase().starts_with(&id)))
+            .collect()
     } else {
         Vec::new()
     };

@@ -25,12 +25,14 @@ pub struct Converge<'a> {
     pub interrupt: Interrupt,
     /// Run even though a backup or restore is recorded as in progress (they call this).
     pub during_operation: bool,
+    /// A plan saved by `plan --out`: applied only if it still holds, exactly as decided.
+    pub expected: Option<super::plan::SavedPlan>,
 }
 
 impl<'a> Converge<'a> {
     /// A converge a day-two command runs after it has asked (or been told `--yes`) itself.
     pub fn confirmed(global: &'a GlobalArgs, interrupt: Interrupt, during_operation: bool) -> Self {
-        Converge { global, yes: true, force_version: false, timings: None, interrupt, during_operation }
+        Converge { global, yes: true, force_version: false, timings: None, interrupt, during_operation, expected: None }
     }
 }
 
@@ -75,9 +77,20 @@ pub async fn converge(
     if !plan.refused.is_empty() {
         return Err(refused(&cfg.stack, &plan.refused).into());
     }
+    if let Some(saved) = &options.expected {
+        let differences = saved.differences(&snapshot, &plan);
+        if !differences.is_empty() {
+            return Err(Diagnostic::new(format!(
+                "the saved plan no longer holds; nothing was changed:\n  - {}",
+                differences.join("\n  - ")
+            ))
+            .with_help("make a new plan (`gitlab-provision plan --out FILE`), review it, and apply that one")
+            .into());
+        }
+    }
     if has_records && !plan.changes_anything() {
         note_running_version(state)?;
-        printer.note(&format!("no changes: {} resources as configured", plan.summary.keep));
+        printer.note(&format!("no changes: {} as configured", crate::engine::counted(plan.summary.keep, "resource")));
         return Ok(Converged { changed: false });
     }
     confirm_disruptions(&plan, printer, options.yes)?;
@@ -293,7 +306,7 @@ fn run_failed(
 
 /// A new stack whose resources already exist means a lost state file: creating them again
 /// would make twins. Something with the stack's names that is not its own is a conflict.
-async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> {
+pub async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> {
     let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
     if !conflicts.is_empty() {
         let listed: Vec<String> = conflicts.iter().map(|c| format!("  - {} {}: {}", c.kind, c.id, c.why)).collect();

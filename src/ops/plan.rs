@@ -15,7 +15,7 @@ use crate::gitlab_version::UpgradePath;
 use crate::keys::{self, Kind};
 use crate::state::{self, RecordStatus, ResourceRecord};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PlanReport {
     pub stack: String,
     pub region: String,
@@ -30,12 +30,14 @@ pub struct PlanReport {
     pub monthly_cost: Estimate,
     /// The estimate's change against what the stack runs now (for an existing stack).
     pub monthly_cost_change: Option<f64>,
+    /// The GitLab version the state records, and what `up` would deploy.
+    pub gitlab_version: super::status::GitLabVersion,
     #[serde(skip)]
     pub show_all: bool,
 }
 
 /// One thing `up` would refuse, and what to do about it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Refusal {
     pub problem: String,
     /// What to do instead, when the refusal says it itself (a version's path).
@@ -44,7 +46,7 @@ pub struct Refusal {
     pub reason: RefusalReason,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusalReason {
     FixedSetting,
@@ -58,7 +60,7 @@ impl Refusal {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct Counts {
     pub create: usize,
     pub update: usize,
@@ -67,7 +69,7 @@ pub struct Counts {
     pub keep: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PlannedStep {
     pub step: String,
     pub after: Vec<String>,
@@ -75,17 +77,62 @@ pub struct PlannedStep {
     pub resources: Vec<PlannedResource>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PlannedResource {
     pub key: String,
     pub kind: String,
-    /// create, keep, attach, update, replace, re-create, resume, refuse or delete.
-    pub action: &'static str,
+    pub action: PlanAction,
     /// The id and what a read found, or what changes.
     pub detail: String,
     pub changes: Vec<String>,
     /// What the change interrupts, when it does.
     pub disruption: Option<String>,
+}
+
+/// What `up` does to one resource, as `plan` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanAction {
+    Create,
+    Keep,
+    Attach,
+    Update,
+    Replace,
+    #[serde(rename = "re-create")]
+    Recreate,
+    Resume,
+    Refuse,
+    Delete,
+}
+
+impl PlanAction {
+    pub fn of(action: &Action) -> PlanAction {
+        match action {
+            Action::Create => PlanAction::Create,
+            Action::Keep => PlanAction::Keep,
+            Action::Attach(_) => PlanAction::Attach,
+            Action::Update(_) => PlanAction::Update,
+            Action::Replace(_) => PlanAction::Replace,
+            Action::Resume => PlanAction::Resume,
+            Action::Recreate => PlanAction::Recreate,
+            Action::Refuse(_) => PlanAction::Refuse,
+        }
+    }
+
+    /// The word `plan` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanAction::Create => "create",
+            PlanAction::Keep => "keep",
+            PlanAction::Attach => "attach",
+            PlanAction::Update => "update",
+            PlanAction::Replace => "replace",
+            PlanAction::Recreate => "re-create",
+            PlanAction::Resume => "resume",
+            PlanAction::Refuse => "refuse",
+            PlanAction::Delete => "delete",
+        }
+    }
 }
 
 impl PlanReport {
@@ -94,7 +141,7 @@ impl PlanReport {
     }
 
     pub fn changes_anything(&self) -> bool {
-        self.rows().any(|r| r.action != "keep")
+        self.rows().any(|r| r.action != PlanAction::Keep)
     }
 
     /// The changes that replace or interrupt something, one line each.
@@ -159,7 +206,7 @@ pub fn plan_steps(
                 PlannedResource {
                     key: desired.key.clone(),
                     kind: desired.kind.clone(),
-                    action: action.verb(),
+                    action: PlanAction::of(&action),
                     changes: action.changes().iter().map(ToString::to_string).collect(),
                     disruption: disruption(&desired.kind, &desired.key, &action, records),
                     detail,
@@ -175,7 +222,7 @@ pub fn plan_steps(
                 Some(record) => resources.push(PlannedResource {
                     key: key.clone(),
                     kind: kind.clone(),
-                    action: "keep",
+                    action: PlanAction::Keep,
                     detail: record.id.clone().unwrap_or_default(),
                     changes: vec![],
                     disruption: None,
@@ -183,7 +230,7 @@ pub fn plan_steps(
                 None if step.preflight => resources.push(PlannedResource {
                     key: key.clone(),
                     kind: kind.clone(),
-                    action: "create",
+                    action: PlanAction::Create,
                     detail: "imported: checked and recorded, never changed".into(),
                     changes: vec![],
                     disruption: None,
@@ -210,7 +257,7 @@ pub fn removals(steps: &[Step<Ctx>], records: &BTreeMap<String, ResourceRecord>)
         .map(|(k, r)| PlannedResource {
             key: k.clone(),
             kind: r.kind.clone(),
-            action: "delete",
+            action: PlanAction::Delete,
             detail: "no longer in the configuration".into(),
             changes: vec![],
             disruption: Kinds.policy(&r.kind, k).and_then(|p| p.removal(k)),
@@ -287,10 +334,10 @@ pub fn report(
     let mut summary = Counts::default();
     for r in planned.iter().flat_map(|s| s.resources.iter()).chain(removals.iter()) {
         match r.action {
-            "create" | "re-create" | "resume" => summary.create += 1,
-            "update" | "attach" => summary.update += 1,
-            "replace" => summary.replace += 1,
-            "delete" => summary.delete += 1,
+            PlanAction::Create | PlanAction::Recreate | PlanAction::Resume => summary.create += 1,
+            PlanAction::Update | PlanAction::Attach => summary.update += 1,
+            PlanAction::Replace => summary.replace += 1,
+            PlanAction::Delete => summary.delete += 1,
             _ => summary.keep += 1,
         }
     }
@@ -303,7 +350,7 @@ pub fn report(
         planned
             .iter()
             .flat_map(|s| s.resources.iter())
-            .filter(|r| r.action == "refuse")
+            .filter(|r| r.action == PlanAction::Refuse)
             .map(|r| Refusal::new(format!("{} {}; it is left alone", r.key, r.detail), RefusalReason::NotOurs)),
     );
     Ok(PlanReport {
@@ -316,6 +363,114 @@ pub fn report(
         removals,
         monthly_cost,
         monthly_cost_change,
+        gitlab_version: super::status::GitLabVersion {
+            recorded: running_version(records).map(|v| v.to_string()),
+            running: None,
+            wanted: Some(cfg.gitlab_image_tag.clone()),
+        },
         show_all: false,
     })
+}
+
+/// A plan saved by `plan --out FILE`, for `up FILE` to apply exactly as it was reviewed: the
+/// settings it was made with, the state it was decided against, and every decision.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct SavedPlan {
+    pub stack: String,
+    pub region: String,
+    pub account: Option<String>,
+    /// The state it was decided against (`null` for a stack that did not exist yet): `up FILE`
+    /// refuses once another run has changed it.
+    pub lineage: Option<String>,
+    pub serial: Option<u64>,
+    /// The settings it was made with (file and flags); `up FILE` applies these, not today's file.
+    pub settings: crate::config::Settings,
+    pub decisions: Vec<Decision>,
+    pub made_at: String,
+}
+
+/// One resource's decision in a saved plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Decision {
+    pub key: String,
+    pub kind: String,
+    pub action: PlanAction,
+    pub changes: Vec<String>,
+}
+
+impl PlanReport {
+    /// Every decision, to save or to compare with a saved plan's.
+    pub fn decisions(&self) -> Vec<Decision> {
+        self.rows()
+            .map(|r| Decision {
+                key: r.key.clone(),
+                kind: r.kind.clone(),
+                action: r.action,
+                changes: r.changes.clone(),
+            })
+            .collect()
+    }
+}
+
+impl SavedPlan {
+    pub fn of(
+        report: &PlanReport,
+        state: Option<&state::State>,
+        settings: crate::config::Settings,
+        account: Option<String>,
+    ) -> Self {
+        SavedPlan {
+            stack: report.stack.clone(),
+            region: report.region.clone(),
+            account,
+            lineage: state.map(|s| s.lineage.clone()),
+            serial: state.map(|s| s.serial),
+            settings,
+            decisions: report.decisions(),
+            made_at: state::now_rfc3339(),
+        }
+    }
+
+    /// What differs between this plan and the stack as it is now, one line each: the state
+    /// changed (another run), or a resource would now be decided otherwise (changed behind the
+    /// plan's back). Empty when the plan still holds.
+    pub fn differences(&self, now: &state::State, fresh: &PlanReport) -> Vec<String> {
+        let has_records = !now.resources.is_empty();
+        let mut differences = Vec::new();
+        match (&self.lineage, self.serial) {
+            (Some(lineage), Some(serial)) if *lineage != now.lineage || serial != now.serial => differences.push(format!(
+                "the state changed since the plan was made (serial {serial}, now {}): another run changed the stack",
+                now.serial
+            )),
+            (None, _) if has_records => {
+                differences.push("the plan was made for a new stack, and the stack now exists".to_string())
+            }
+            _ => {}
+        }
+        let planned: BTreeMap<&str, &Decision> = self.decisions.iter().map(|d| (d.key.as_str(), d)).collect();
+        let fresh_decisions = fresh.decisions();
+        let now_decided: BTreeMap<&str, &Decision> = fresh_decisions.iter().map(|d| (d.key.as_str(), d)).collect();
+        for key in planned.keys().chain(now_decided.keys()).collect::<BTreeSet<_>>() {
+            match (planned.get(key), now_decided.get(key)) {
+                (Some(a), Some(b)) if a == b => {}
+                (Some(a), Some(b)) => differences.push(format!(
+                    "{key}: planned {}{}, now {}{}",
+                    a.action.as_str(),
+                    said(&a.changes),
+                    b.action.as_str(),
+                    said(&b.changes)
+                )),
+                (Some(a), None) => {
+                    differences.push(format!("{key}: planned {}, no longer in the plan", a.action.as_str()))
+                }
+                (None, Some(b)) => differences.push(format!("{key}: not planned, now {}", b.action.as_str())),
+                (None, None) => {}
+            }
+        }
+        differences
+    }
+}
+
+fn said(changes: &[String]) -> String {
+    if changes.is_empty() { String::new() } else { format!(" ({})", changes.join("; ")) }
 }

@@ -133,8 +133,15 @@ pub struct Restored {
     pub file_system: String,
     pub version: String,
     /// The file systems GitLab ran on before, kept (retained) until removed.
-    pub kept: Vec<String>,
+    pub kept: Vec<KeptFileSystem>,
     pub seconds: f64,
+}
+
+/// A file system kept by a restore: its record key and id.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct KeptFileSystem {
+    pub key: String,
+    pub file_system: String,
 }
 
 /// Runs a restore, or resumes the one the journal records.
@@ -190,7 +197,9 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
             Err(e) if WaitError::is_interrupted(&e) => {
                 return Err(CliError::new(ExitStatus::Interrupted, e)
                     .with_context("GitLab keeps running on its current data; the restore job goes on in AWS Backup")
-                    .with_help("run `gitlab-provision restore` to go on with it, or `gitlab-provision up` to abandon it"));
+                    .with_help(
+                        "run `gitlab-provision restore` to go on with it, or `gitlab-provision up` to abandon it",
+                    ));
             }
             Err(e) => {
                 Journal::write(state, None)?;
@@ -226,7 +235,7 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
         .resources
         .iter()
         .filter(|(k, _)| k.starts_with(PREVIOUS))
-        .map(|(k, r)| format!("{k} ({})", r.id.as_deref().unwrap_or("?")))
+        .map(|(k, r)| KeptFileSystem { key: k.clone(), file_system: r.id.clone().unwrap_or_default() })
         .collect();
     Ok(Restored {
         recovery_point: journal.point.clone(),
@@ -257,14 +266,15 @@ async fn restore_job(
             .map(|p| p.vault)
             .ok_or_else(|| anyhow::anyhow!("recovery point {} is no longer there", journal.point))?;
         let (point, role, token) = (journal.point.clone(), t.role_arn.clone(), journal.token.clone());
-        let job = phase(printer, state, "start-restore", "start an AWS Backup restore job into a new file system", |_| {
-            let ctx = ctx.clone();
-            async move {
-                let metadata = backup::restore_metadata(&ctx, &vault, &point).await?;
-                backup::start_restore(&ctx, &point, &role, &token, metadata).await
-            }
-        })
-        .await?;
+        let job =
+            phase(printer, state, "start-restore", "start an AWS Backup restore job into a new file system", |_| {
+                let ctx = ctx.clone();
+                async move {
+                    let metadata = backup::restore_metadata(&ctx, &vault, &point).await?;
+                    backup::start_restore(&ctx, &point, &role, &token, metadata).await
+                }
+            })
+            .await?;
         journal.job = Some(job);
         Journal::write(state, Some(&Journal::Restore(journal.clone()))).map_err(|e| e.error)?;
     }
@@ -317,11 +327,12 @@ async fn switch(
     let swapped = state.get(keys::FILE_SYSTEM).and_then(|r| r.id) == Some(new_fs.clone());
     if !swapped {
         if let Some(cluster) = targets(&state.snapshot())?.cluster {
-            let stopped = phase_with(printer, state, "stop-gitlab", "stop GitLab (downtime starts)", Some(interrupt), |scope| {
-                let (ctx, cluster) = (ctx.clone(), cluster.clone());
-                async move { service::scale(&ctx, &scope, &cluster, 0).await }
-            })
-            .await;
+            let stopped =
+                phase_with(printer, state, "stop-gitlab", "stop GitLab (downtime starts)", Some(interrupt), |scope| {
+                    let (ctx, cluster) = (ctx.clone(), cluster.clone());
+                    async move { service::scale(&ctx, &scope, &cluster, 0).await }
+                })
+                .await;
             if let Err(e) = stopped {
                 // Not switched yet: GitLab goes back to the data it had.
                 let _ = service::set_desired(ctx, &cluster, journal.desired_before).await;
@@ -343,7 +354,9 @@ async fn switch(
     options.force_version = true;
     converge(ctx, state, cfg, printer, &options).await.map_err(|e| {
         let e = e.with_context("GitLab is stopped: the switch to the restored file system is half done");
-        e.with_help("run `gitlab-provision restore` to finish it (or `gitlab-provision up`, which finishes converging onto it)")
+        e.with_help(
+            "run `gitlab-provision restore` to finish it (or `gitlab-provision up`, which finishes converging onto it)",
+        )
     })?;
     Ok(())
 }
@@ -356,7 +369,12 @@ async fn swap(ctx: &Ctx, state: &StateHandle, new_fs: &str) -> Result<(), CliErr
     let slot = free_slot(&state.snapshot(), PREVIOUS);
     state.put(
         &slot,
-        ResourceRecord { status: RecordStatus::Retained, depends_on: vec![], step: "restore".into(), ..current.clone() },
+        ResourceRecord {
+            status: RecordStatus::Retained,
+            depends_on: vec![],
+            step: "restore".into(),
+            ..current.clone()
+        },
     )?;
     let fs = storage::describe_file_system(ctx, new_fs).await?;
     let arn = fs.as_ref().and_then(|f| f.file_system_arn()).unwrap_or_default().to_string();
@@ -383,9 +401,14 @@ async fn swap(ctx: &Ctx, state: &StateHandle, new_fs: &str) -> Result<(), CliErr
 /// For `up`, a restore whose run died: before the switch it is abandoned (GitLab keeps its data;
 /// a file system the job already made is kept, retained, for the user to remove); after it, `up`
 /// finishes converging onto the restored data, and GitLab is started again.
-pub async fn settle_dead(ctx: &Ctx, state: &StateHandle, printer: &Printer, journal: &RestoreJournal) -> Result<(), CliError> {
-    let swapped = journal.new_file_system.is_some()
-        && state.get(keys::FILE_SYSTEM).and_then(|r| r.id) == journal.new_file_system;
+pub async fn settle_dead(
+    ctx: &Ctx,
+    state: &StateHandle,
+    printer: &Printer,
+    journal: &RestoreJournal,
+) -> Result<(), CliError> {
+    let swapped =
+        journal.new_file_system.is_some() && state.get(keys::FILE_SYSTEM).and_then(|r| r.id) == journal.new_file_system;
     if !swapped {
         let made = match (&journal.new_file_system, &journal.job) {
             (Some(fs), _) => Some(fs.clone()),
@@ -421,7 +444,10 @@ pub async fn settle_dead(ctx: &Ctx, state: &StateHandle, printer: &Printer, jour
             service::set_desired(ctx, &cluster, journal.desired_before).await?;
         }
     } else {
-        printer.note(&format!("finishing the switch to the restored file system {}", journal.new_file_system.as_deref().unwrap_or("?")));
+        printer.note(&format!(
+            "finishing the switch to the restored file system {}",
+            journal.new_file_system.as_deref().unwrap_or("?")
+        ));
     }
     Journal::write(state, None)
 }

@@ -61,14 +61,7 @@ pub fn record_settings(state: &crate::state::StateHandle, applied: &Settings) ->
 /// Only the stack name (and an explicit region), for commands that work from the state.
 pub fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), ConfigError> {
     let settings = file_settings(global)?;
-    let stack = settings.stack.unwrap_or_else(|| config::DEFAULT_STACK.to_string());
-    config::check_stack_name(&stack).map_err(|problem| {
-        ConfigError::Invalid(vec![config::Invalid {
-            key: "stack".into(),
-            problem,
-            help: "use 1-32 characters of a-z, 0-9 and '-', starting with a letter".into(),
-        }])
-    })?;
+    let stack = config::validate_stack_and_region(&settings)?;
     Ok((stack, settings.region))
 }
 

@@ -14,7 +14,7 @@ use crate::printer::Printer;
 use crate::state::{RecordStatus, State};
 use crate::steps::service::{Health, describe_stop, health};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct StatusReport {
     pub stack: String,
     pub region: String,
@@ -26,20 +26,97 @@ pub struct StatusReport {
     pub conflicts: Vec<Conflict>,
     /// The running GitLab, when the stack has a service.
     pub gitlab: Option<Health>,
+    /// The GitLab version the state records, and the one the running task runs.
+    pub gitlab_version: GitLabVersion,
     pub ssh: Option<String>,
 }
 
+/// GitLab's version: what the state records (its task definition), what runs (the live task's
+/// image), and for a plan, what `up` would deploy. `null` where there is none.
+#[derive(Debug, Default, Clone, Serialize, schemars::JsonSchema)]
+pub struct GitLabVersion {
+    pub recorded: Option<String>,
+    pub running: Option<String>,
+    pub wanted: Option<String>,
+}
+
+impl GitLabVersion {
+    pub fn of(
+        records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>,
+        health: Option<&Health>,
+    ) -> Self {
+        GitLabVersion {
+            recorded: super::plan::running_version(records).map(|v| v.to_string()),
+            running: health
+                .and_then(|h| h.task_image.as_deref())
+                .and_then(|image| image.rsplit(':').next())
+                .and_then(crate::gitlab_version::Version::parse)
+                .map(|v| v.to_string()),
+            wanted: None,
+        }
+    }
+}
+
+/// What a live read says of a recorded resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LiveState {
+    /// As recorded.
+    Ok,
+    /// Deleted outside the tool.
+    Missing,
+    /// Changed outside the tool.
+    Changed,
+    /// Its create was never confirmed, or it was not ready when the run stopped.
+    Pending,
+    /// The read failed.
+    Unknown,
+    /// Recorded, but not this stack's.
+    Foreign,
+    /// The stack's (by its tags), not recorded (`--discover`).
+    Orphan,
+}
+
+impl LiveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveState::Ok => "ok",
+            LiveState::Missing => "missing",
+            LiveState::Changed => "changed",
+            LiveState::Pending => "pending",
+            LiveState::Unknown => "unknown",
+            LiveState::Foreign => "foreign",
+            LiveState::Orphan => "orphan",
+        }
+    }
+}
+
+/// The verdict in one word, for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerdictState {
+    Healthy,
+    Starting,
+    Unhealthy,
+    Stopped,
+    NotDeployed,
+    /// Healthy, but resources are missing, changed or not the stack's.
+    Degraded,
+    /// Nothing recorded.
+    Empty,
+}
+
 /// One word for scripts, one line for people.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Verdict {
     /// healthy, starting, unhealthy, stopped, not-deployed, degraded or empty.
-    pub state: &'static str,
+    pub state: VerdictState,
     pub text: String,
     /// Whether `status --check` exits 0.
     pub ok: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ResourceStatus {
     pub key: String,
     pub kind: String,
@@ -48,7 +125,7 @@ pub struct ResourceStatus {
     pub recorded: Option<RecordStatus>,
     /// ok, missing, changed, pending (create never confirmed), unknown (the read failed),
     /// foreign (recorded, but not this stack's) or orphan (the stack's, not recorded).
-    pub live: &'static str,
+    pub live: LiveState,
     pub detail: String,
 }
 
@@ -59,13 +136,13 @@ pub fn since(started: &str) -> String {
 }
 
 pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict {
-    let count = |live: &str| resources.iter().filter(|r| r.live == live).count();
+    let count = |live: LiveState| resources.iter().filter(|r| r.live == live).count();
     let problems: Vec<String> = [
-        ("missing", count("missing")),
-        ("changed", count("changed")),
-        ("not this stack's", count("foreign")),
-        ("unreadable", count("unknown")),
-        ("orphan", count("orphan")),
+        ("missing", count(LiveState::Missing)),
+        ("changed", count(LiveState::Changed)),
+        ("not this stack's", count(LiveState::Foreign)),
+        ("unreadable", count(LiveState::Unknown)),
+        ("orphan", count(LiveState::Orphan)),
     ]
     .iter()
     .filter(|(_, n)| *n > 0)
@@ -74,15 +151,17 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
     let resources_note =
         if problems.is_empty() { String::new() } else { format!("; resources: {}", problems.join(", ")) };
     if resources.is_empty() {
-        return Verdict { state: "empty", text: "nothing recorded".into(), ok: true };
+        return Verdict { state: VerdictState::Empty, text: "nothing recorded".into(), ok: true };
     }
     let (state, text, healthy) = match gitlab {
-        None => ("not-deployed", "GitLab is not deployed (no service recorded)".to_string(), false),
-        Some(h) if h.healthy() => ("healthy", format!("GitLab healthy at {}", h.url.as_deref().unwrap_or("?")), true),
+        None => (VerdictState::NotDeployed, "GitLab is not deployed (no service recorded)".to_string(), false),
+        Some(h) if h.healthy() => {
+            (VerdictState::Healthy, format!("GitLab healthy at {}", h.url.as_deref().unwrap_or("?")), true)
+        }
         Some(h) if h.failed() => {
             let stop = h.last_stopped.as_ref().map(|s| format!("; {}", describe_stop(s))).unwrap_or_default();
             (
-                "unhealthy",
+                VerdictState::Unhealthy,
                 format!(
                     "GitLab unhealthy: the deployment failed ({}){stop}",
                     h.rollout_reason.as_deref().unwrap_or("circuit breaker")
@@ -91,14 +170,14 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
             )
         }
         Some(h) if why_it_cannot_start(h).is_some() => (
-            "unhealthy",
+            VerdictState::Unhealthy,
             format!("GitLab cannot start: {}", why_it_cannot_start(h).unwrap_or_default()),
             false,
         ),
         Some(h) if h.desired == Some(0) => {
-            ("stopped", "GitLab is stopped (the service asks for 0 tasks)".to_string(), false)
+            (VerdictState::Stopped, "GitLab is stopped (the service asks for 0 tasks)".to_string(), false)
         }
-        Some(h) if h.desired.is_none() => ("unhealthy", "GitLab's service is missing".to_string(), false),
+        Some(h) if h.desired.is_none() => (VerdictState::Unhealthy, "GitLab's service is missing".to_string(), false),
         Some(h) => {
             let target = h
                 .targets
@@ -107,7 +186,7 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
                 .unwrap_or_else(|| ", no target registered yet".into());
             match &h.task {
                 Some(task) => (
-                    "starting",
+                    VerdictState::Starting,
                     format!(
                         "GitLab starting since {} (task {}{target})",
                         h.task_started_at.as_deref().map(since).unwrap_or_else(|| "a moment".into()),
@@ -117,14 +196,14 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
                 ),
                 None => {
                     let stop = h.last_stopped.as_ref().map(|s| format!(": {}", describe_stop(s))).unwrap_or_default();
-                    ("unhealthy", format!("GitLab unhealthy: no task is running{stop}"), false)
+                    (VerdictState::Unhealthy, format!("GitLab unhealthy: no task is running{stop}"), false)
                 }
             }
         }
     };
     let degraded = !problems.is_empty();
     Verdict {
-        state: if degraded && healthy { "degraded" } else { state },
+        state: if degraded && healthy { VerdictState::Degraded } else { state },
         text: format!("{text}{resources_note}"),
         ok: healthy && !degraded,
     }
@@ -158,24 +237,25 @@ pub async fn read(
         .map(|(key, record)| {
             let (live, detail) = match live.get(&key) {
                 Some(_) if record.status == RecordStatus::Pending && record.id.is_some() => {
-                    ("pending", "created, but not ready when the run stopped; `up` waits for it".to_string())
+                    (LiveState::Pending, "created, but not ready when the run stopped; `up` waits for it".to_string())
                 }
-                Some(_) if record.status == RecordStatus::Pending => {
-                    ("pending", "create was started but never confirmed; `up` adopts or creates it".to_string())
-                }
+                Some(_) if record.status == RecordStatus::Pending => (
+                    LiveState::Pending,
+                    "create was started but never confirmed; `up` adopts or creates it".to_string(),
+                ),
                 // An imported resource is the user's by design: read, never changed.
                 Some(Ok(Live::Present { owner: Owner::Foreign(why), .. }))
                     if record.status != RecordStatus::Imported =>
                 {
-                    ("foreign", format!("not this stack's: {why}"))
+                    (LiveState::Foreign, format!("not this stack's: {why}"))
                 }
-                Some(Ok(Live::Present { summary, drift, .. })) if drift.is_empty() => ("ok", summary.clone()),
-                Some(Ok(Live::Present { drift, .. })) => ("changed", drift.join("; ")),
+                Some(Ok(Live::Present { summary, drift, .. })) if drift.is_empty() => (LiveState::Ok, summary.clone()),
+                Some(Ok(Live::Present { drift, .. })) => (LiveState::Changed, drift.join("; ")),
                 Some(Ok(Live::Missing)) => {
-                    ("missing", "deleted outside gitlab-provision; `up` creates it again".to_string())
+                    (LiveState::Missing, "deleted outside gitlab-provision; `up` creates it again".to_string())
                 }
-                Some(Err(e)) => ("unknown", format!("{e:#}")),
-                None => ("unknown", "not read".to_string()),
+                Some(Err(e)) => (LiveState::Unknown, format!("{e:#}")),
+                None => (LiveState::Unknown, "not read".to_string()),
             };
             ResourceStatus { key, kind: record.kind, id: record.id, recorded: Some(record.status), live, detail }
         })
@@ -186,7 +266,7 @@ pub async fn read(
             kind: orphan.kind,
             id: Some(orphan.found.id),
             recorded: None,
-            live: "orphan",
+            live: LiveState::Orphan,
             detail: "carries the stack's tags but no state records it; `down --discover` removes it".into(),
         });
     }
@@ -198,6 +278,7 @@ pub async fn read(
         state_file,
         verdict: verdict(&resources, gitlab.as_ref()),
         ssh: recorded.and_then(|s| ssh_endpoint(&s.resources)).map(|(h, p)| clone_url(&h, p)),
+        gitlab_version: GitLabVersion::of(&recorded.map(|s| s.resources.clone()).unwrap_or_default(), gitlab.as_ref()),
         resources,
         conflicts,
         gitlab,

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use crate::aws::{Absent, AwsResultExt, Ctx, call, if_there};
 use crate::engine::counted;
 use crate::engine::{
-    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope,
-    Summary, attrs,
+    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary,
+    attrs,
 };
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
@@ -303,10 +303,9 @@ fn system_time(time: Option<&aws_smithy_types::DateTime>) -> Option<std::time::S
 }
 
 pub async fn backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
-    let out = call(ctx.aws.backup.describe_backup_job().backup_job_id(job).send(), || {
-        format!("reading backup job {job}")
-    })
-    .await?;
+    let out =
+        call(ctx.aws.backup.describe_backup_job().backup_job_id(job).send(), || format!("reading backup job {job}"))
+            .await?;
     Ok(JobState {
         state: out.state().map_or("CREATED", |s| s.as_str()).to_string(),
         message: out.status_message().map(str::to_string),
@@ -319,7 +318,8 @@ pub async fn backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
 
 /// Asks AWS Backup to stop a job that has not finished; one that already ended is left as it is.
 pub async fn stop_backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<()> {
-    match call(ctx.aws.backup.stop_backup_job().backup_job_id(job).send(), || format!("stopping backup job {job}")).await
+    match call(ctx.aws.backup.stop_backup_job().backup_job_id(job).send(), || format!("stopping backup job {job}"))
+        .await
     {
         Ok(_) => Ok(()),
         // Already over (or gone): nothing to stop.
@@ -330,10 +330,9 @@ pub async fn stop_backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<()> {
 
 /// The GitLab version a recovery point's tags name, if any.
 pub async fn point_version(ctx: &Ctx, point: &str) -> anyhow::Result<Option<String>> {
-    let out = if_there(ctx.aws.backup.list_tags().resource_arn(point).send(), || {
-        format!("reading the tags of {point}")
-    })
-    .await?;
+    let out =
+        if_there(ctx.aws.backup.list_tags().resource_arn(point).send(), || format!("reading the tags of {point}"))
+            .await?;
     Ok(out.and_then(|o| o.tags.unwrap_or_default().remove(VERSION_TAG)))
 }
 
@@ -383,10 +382,9 @@ pub async fn start_restore(
 }
 
 pub async fn restore_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
-    let out = call(ctx.aws.backup.describe_restore_job().restore_job_id(job).send(), || {
-        format!("reading restore job {job}")
-    })
-    .await?;
+    let out =
+        call(ctx.aws.backup.describe_restore_job().restore_job_id(job).send(), || format!("reading restore job {job}"))
+            .await?;
     Ok(JobState {
         state: out.status().map_or("PENDING", |s| s.as_str()).to_string(),
         message: out.status_message().map(str::to_string),

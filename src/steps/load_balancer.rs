@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
-    ListenerAttribute,
-    Action, ActionTypeEnum, Certificate, Listener, LoadBalancer, LoadBalancerAttribute, LoadBalancerSchemeEnum,
-    LoadBalancerStateEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, RedirectActionConfig,
+    Action, ActionTypeEnum, Certificate, Listener, ListenerAttribute, LoadBalancer, LoadBalancerAttribute,
+    LoadBalancerSchemeEnum, LoadBalancerStateEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, RedirectActionConfig,
     RedirectActionStatusCodeEnum, TargetGroup, TargetGroupAttribute, TargetTypeEnum,
 };
 
@@ -687,13 +686,11 @@ pub async fn target_health(ctx: &Ctx, target_group: &str) -> anyhow::Result<Vec<
 }
 
 /// One target's health as the load balancer sees it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct TargetState {
     pub target: String,
     pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 

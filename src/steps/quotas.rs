@@ -47,9 +47,11 @@ async fn value(ctx: &Ctx, quota: &Quota) -> anyhow::Result<Option<f64>> {
         Ok(out) => return Ok(out.quota.and_then(|q| q.value)),
         Err(e) if aws_sdk_servicequotas::error::ProvideErrorMetadata::code(&e) == Some("NoSuchResourceException") => {}
         Err(e) => {
-            return Err(crate::aws::AwsResultExt::or_aws(Err::<(), _>(e), || format!("reading the quota {}", quota.name))
-                .unwrap_err()
-                .into());
+            return Err(crate::aws::AwsResultExt::or_aws(Err::<(), _>(e), || {
+                format!("reading the quota {}", quota.name)
+            })
+            .unwrap_err()
+            .into());
         }
     }
     let default = call(
@@ -61,7 +63,10 @@ async fn value(ctx: &Ctx, quota: &Quota) -> anyhow::Result<Option<f64>> {
 }
 
 /// What the stack needs of each quota that this run would create, given what the state holds.
-pub fn needs(cfg: &StackConfig, recorded: &BTreeMap<String, crate::state::ResourceRecord>) -> BTreeMap<&'static str, f64> {
+pub fn needs(
+    cfg: &StackConfig,
+    recorded: &BTreeMap<String, crate::state::ResourceRecord>,
+) -> BTreeMap<&'static str, f64> {
     let missing = |key: &str| recorded.get(key).is_none_or(|r| r.status == crate::state::RecordStatus::Pending);
     let mut needs = BTreeMap::new();
     if missing(keys::SERVICE) {
@@ -93,7 +98,8 @@ async fn in_use(ctx: &Ctx, what: &str) -> anyhow::Result<Option<f64>> {
             let mut pages = ctx.aws.elb.describe_load_balancers().into_paginator().send();
             while let Some(page) = pages.next().await {
                 let page = crate::aws::AwsResultExt::or_aws(page, || "listing load balancers".to_string())?;
-                count += page.load_balancers().iter().filter(|lb| lb.r#type().map(|t| t.as_str()) == Some(wanted)).count();
+                count +=
+                    page.load_balancers().iter().filter(|lb| lb.r#type().map(|t| t.as_str()) == Some(wanted)).count();
             }
             Some(count as f64)
         }
@@ -166,7 +172,9 @@ mod tests {
     #[test]
     fn the_quota_data_names_each_need_with_its_source() {
         let quotas = shipped();
-        for what in ["fargate-vcpu", "fargate-spot-vcpu", "elastic-ips", "application-load-balancers", "network-load-balancers"] {
+        for what in
+            ["fargate-vcpu", "fargate-spot-vcpu", "elastic-ips", "application-load-balancers", "network-load-balancers"]
+        {
             let q = quotas.get(what).unwrap_or_else(|| panic!("{what} missing"));
             assert!(q.code.starts_with("L-") && q.source.starts_with("https://"), "{q:?}");
         }

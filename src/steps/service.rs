@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Cluster, ClusterConfiguration, ClusterField, ClusterSetting, ClusterSettingName,
-    Compatibility, ExecuteCommandConfiguration, ExecuteCommandLogConfiguration, ExecuteCommandLogging,
-    ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus,
-    EfsAuthorizationConfig, EfsAuthorizationConfigIam, EfsTransitEncryption, EfsVolumeConfiguration, KeyValuePair,
-    LaunchType, LinuxParameters, LoadBalancer, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration,
-    NetworkMode, OsFamily, PortMapping, PropagateTags, RepositoryCredentials, RuntimePlatform, Secret, Service,
-    ServiceField, Task, TaskDefinitionField, TaskDefinitionStatus, TransportProtocol, Volume,
+    AssignPublicIp, AwsVpcConfiguration, Cluster, ClusterConfiguration, ClusterField, ClusterSetting,
+    ClusterSettingName, Compatibility, ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker,
+    DeploymentConfiguration, DesiredStatus, EfsAuthorizationConfig, EfsAuthorizationConfigIam, EfsTransitEncryption,
+    EfsVolumeConfiguration, ExecuteCommandConfiguration, ExecuteCommandLogConfiguration, ExecuteCommandLogging,
+    KeyValuePair, LaunchType, LinuxParameters, LoadBalancer, LogConfiguration, LogDriver, MountPoint,
+    NetworkConfiguration, NetworkMode, OsFamily, PortMapping, PropagateTags, RepositoryCredentials, RuntimePlatform,
+    Secret, Service, ServiceField, Task, TaskDefinitionField, TaskDefinitionStatus, TransportProtocol, Volume,
 };
 
 use super::load_balancer::{TargetState, target_health};
@@ -140,9 +140,10 @@ impl StepAction<Ctx> for ClusterStep {
                             })
                             .await?;
                         }
-                        call(ecs.update_cluster().cluster(&existing.id).configuration(configuration.clone()).send(), || {
-                            format!("setting ECS Exec's logging on {name_ref}")
-                        })
+                        call(
+                            ecs.update_cluster().cluster(&existing.id).configuration(configuration.clone()).send(),
+                            || format!("setting ECS Exec's logging on {name_ref}"),
+                        )
                         .await?;
                         existing.id
                     }
@@ -634,7 +635,8 @@ impl StepAction<Ctx> for ServiceStep {
             })
             .collect();
         let exec = self.exec;
-        let exec_changed = scope.state.get(keys::SERVICE).is_some_and(|r| want.recorded(&r, "exec") != Some(&want.attrs["exec"]));
+        let exec_changed =
+            scope.state.get(keys::SERVICE).is_some_and(|r| want.recorded(&r, "exec") != Some(&want.attrs["exec"]));
         let (cluster, td) = (want.attrs["cluster"].clone(), want.attrs["task_definition"].clone());
         let (cluster_ref, td_ref, network, load_balancers) = (cluster.as_str(), td.as_str(), &network, &load_balancers);
         // On an account's first use of ECS its service-linked role may not be assumable yet;
@@ -870,7 +872,7 @@ pub struct RunningTask {
 // GitLab's health, for `status` and `up --wait`
 
 /// What an operator wants to know about the running GitLab.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Health {
     pub url: Option<String>,
     pub desired: Option<i32>,
@@ -882,6 +884,8 @@ pub struct Health {
     /// The running (or starting) task: its status and when it started (RFC 3339).
     pub task: Option<String>,
     pub task_started_at: Option<String>,
+    /// The image the running (or starting) task runs: the GitLab version live.
+    pub task_image: Option<String>,
     /// The last task that stopped: why, and the container's exit code.
     pub last_stopped: Option<StoppedTask>,
     pub targets: Vec<TargetState>,
@@ -913,7 +917,7 @@ pub fn cannot_start(text: &str) -> bool {
     SIGNS.iter().any(|sign| text.contains(sign))
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct StoppedTask {
     pub task: String,
     pub reason: String,
@@ -962,6 +966,12 @@ pub async fn health(
         if let Some(task) = all.iter().find(|t| t.last_status() != Some("STOPPED")) {
             health.task = task.last_status().map(str::to_string);
             health.task_started_at = rfc3339(task.started_at().or(task.created_at()));
+            health.task_image = task
+                .containers()
+                .iter()
+                .find(|c| c.name() == Some(CONTAINER))
+                .and_then(|c| c.image())
+                .map(str::to_string);
         }
         health.last_stopped = stopped(&all).into_iter().next();
     }
@@ -1037,7 +1047,8 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
         if let Some(event) = h.events.iter().find(|e| new(e.at.as_deref()) && cannot_start(&e.message)) {
             return Ok(Poll::Failed(format!("a task cannot start: {}", event.message)));
         }
-        if let Some(stop) = h.last_stopped.as_ref().filter(|s| new(s.stopped_at.as_deref()) && cannot_start(&s.reason)) {
+        if let Some(stop) = h.last_stopped.as_ref().filter(|s| new(s.stopped_at.as_deref()) && cannot_start(&s.reason))
+        {
             return Ok(Poll::Failed(format!("a task cannot start: {}", describe_stop(stop))));
         }
         if let Some(cluster) = &cluster {

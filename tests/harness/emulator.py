@@ -167,7 +167,7 @@ def model_error(e):
         return status, response["Error"]["Code"], response["Error"].get("Message") or str(e)
     import traceback
 
-    traceback.print_exc(file=sys.stderr)
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
     return 500, "InternalFailure", f"strict model: {type(e).__name__}: {e}"
 
 
@@ -219,7 +219,9 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
                     return self.send_error_answer(refusal.status, refusal.code, refusal.message)
                 except Exception as e:  # the model's own call to moto failed: answer, never drop
                     status, code, message = model_error(e)
-                    entry.update(refused=code, rule="model-error")
+                    entry.update(refused=code)
+                    if status >= 500:
+                        entry.update(rule="model-error")  # the model's bug, for whoever reads the capture
                     record(entry)
                     return self.send_error_answer(status, code, message)
                 if answer is not None:

@@ -193,13 +193,11 @@ RULES = {
     "efs-mount-needs-dns-and-directory": Rule(None, "A task's EFS volume fails to mount without VPC DNS or with a missing root directory: ResourceInitializationError (ECS EFS troubleshooting; audit #13)",
                                               ["src/steps/network.rs:create_vpc", "src/steps/network.rs:ImportVpc::check_dns", "src/steps/efs_init.rs:invoke"]),
     "cannot-pull-container": Rule(None, "A task whose image cannot be pulled stops: stopCode TaskFailedToStart, stoppedReason 'CannotPullContainerError: ...' (ECS dev guide task_cannot_pull_image.md; notes day-two-facts §7); knob pull_error",
-                                  ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:describe_stop"]),
+                                  ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:cannot_start", "src/ops/status.rs:why_it_cannot_start"]),
     "resource-initialization-error": Rule(None, "A task that cannot set up its volumes, secrets or registry auth stops right after PROVISIONING: stoppedReason 'ResourceInitializationError: failed to invoke EFS utils commands to set up EFS volumes: ...' / 'unable to pull secrets or registry auth: ...' (re:Post ecs-unable-to-pull-secrets; notes day-two-facts §7); knob init_error",
-                                          ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:describe_stop"]),
-    # The service's events are read by status, but wait_healthy does not give up on a task that
-    # is never placed yet: it waits out BOOT_WAIT.
+                                          ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:cannot_start", "src/ops/status.rs:why_it_cannot_start"]),
     "task-placement-error": Rule(60, "A service that cannot place a task starts none and says so in its events, newest first: '(service gitlab) was unable to place a task. Reason: You’ve reached the limit on the number of vCPUs you can run concurrently' (ECS dev guide service-event-messages.md); one event per 60 s here (ECS de-duplicates repeats, interval undocumented); knob placement_error",
-                                 ["src/steps/service.rs:health", pending("src/steps/service.rs:wait_healthy")]),
+                                 ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:cannot_start", "src/ops/status.rs:why_it_cannot_start"]),
     "container-insights-log-group": Rule(None, "Container Insights creates /aws/ecs/containerinsights/<cluster>/performance when tasks run (audit #28)",
                                          ["src/steps/logs.rs:adopt_side_effect"]),
     "lambda-log-group": Rule(None, "Lambda creates /aws/lambda/<function> on first invoke through its role's logs:CreateLogGroup (audit #28)",
@@ -207,12 +205,10 @@ RULES = {
     # ECS Exec (moto lacks ExecuteCommand: the model answers it).
     "ecs-exec": Rule(None, "ECS ExecuteCommand, answered by the model: a Session Manager session for a task of the cluster; 'The specified task ... could not be found' otherwise (ECS API reference)",
                      ["src/commands/exec.rs:run", "src/steps/service.rs:running_task"]),
-    # exec runs as soon as the task is RUNNING: it reads neither enableExecuteCommand nor the
-    # agent's lastStatus yet, so a PENDING agent is an error instead of a wait.
     "exec-agent-start": Rule(15, "The ExecuteCommandAgent's lastStatus in DescribeTasks' managedAgents: 'If the lastStatus property of the ExecuteCommandAgent is listed as RUNNING and the enableExecuteCommand property is set to true, then your task is ready' (ECS dev guide ecs-exec.md); PENDING for seconds after the container starts (amazon-ecs-exec-checker); knob exec_agent_state",
-                             [pending("src/steps/service.rs:running_task")]),
+                             ["src/steps/service.rs:running_task", "src/commands/exec.rs:ready_for_exec"]),
     "exec-not-enabled": Rule(None, "ExecuteCommand on a task started without enableExecuteCommand, or whose agent is not RUNNING: InvalidParameterException 'The execute command failed because execute command was not enabled when the task was run or the execute command agent isn’t running. ...' (user reports, notes day-two-facts §6)",
-                             ["src/commands/exec.rs:run", pending("src/steps/service.rs:running_task")]),
+                             ["src/commands/exec.rs:ready_for_exec", "src/commands/exec.rs:run"]),
     # AWS Backup (moto has vaults only).
     "backup-job": Rule(120, "AWS Backup job RUNNING -> COMPLETED: minutes for a small file system",
                        ["src/ops/backup.rs:take", "src/ops/backup.rs:wait_for_job", "src/steps/backup.rs:start_backup", "src/steps/backup.rs:backup_job"]),
@@ -240,13 +236,11 @@ RULES = {
     "logs-empty-pages": Rule(None, "FilterLogEvents: 'A returned page might only be partially full, or even empty ... Partially full or empty pages don't necessarily mean that pagination is finished ... If the results don't include a nextToken, then pagination is finished' (CloudWatch Logs API reference); knob logs_empty_pages",
                              ["src/steps/logs.rs:events_since", "src/commands/logs.rs:run"]),
     # Service Quotas (moto knows the vpc service code only).
-    # pending: the quota check the Rust side adds (aws-sdk-servicequotas).
     "service-quotas": Rule(None, "GetServiceQuota 'Retrieves the applied quota value ... If the applied quota value is not available for a quota, the quota is not retrieved' (NoSuchResourceException, aws/aws-cli#6629); GetAWSDefaultServiceQuota the default; fargate L-3032A538 / L-36FBB829, ec2 L-0263D0A3, elasticloadbalancing L-53DA6B97 / L-69A177A2 (notes day-two-facts §8); knob quotas",
-                           [pending("src/steps/quotas.rs:check_quotas")]),
+                           ["src/steps/quotas.rs:check_quotas", "src/steps/quotas.rs:value"]),
     # Network Load Balancer.
-    # pending: the SSH listener does not set tcp.idle_timeout.seconds yet.
     "listener-idle-timeout-range": Rule(None, "Listener attribute tcp.idle_timeout.seconds: 'The valid range is 60-6000 seconds. The default is 350 seconds.' ModifyListenerAttributes outside it: ValidationError (elbv2 API reference ListenerAttribute.Key)",
-                                        [pending("src/steps/load_balancer.rs:ListenerStep::apply")]),
+                                        ["src/steps/load_balancer.rs:ListenerStep::apply"]),
 }
 
 EC2_NOT_FOUND = {
@@ -404,6 +398,9 @@ class Strict:
         self.accounts = {}  # credentials -> account
         self.function_mounts = {}  # function name -> file system id
         self.log_queries = {}  # the model's FilterLogEvents token -> {"params", "left": empty pages still to give}
+        self.session = boto3.session.Session()
+        self.clients = {}  # (service, who) -> boto3 client to moto
+        self.clients_lock = threading.Lock()
         threading.Thread(target=self.run_events, daemon=True).start()
 
     # -- time -------------------------------------------------------------------------------
@@ -463,11 +460,19 @@ class Strict:
     # -- moto, directly -----------------------------------------------------------------------
 
     def client(self, service, who):
-        access_key, region, token = who
-        return boto3.client(
-            service, endpoint_url=self.moto_url, region_name=region, aws_access_key_id=access_key,
-            aws_secret_access_key="strict-model", aws_session_token=token, config=Config(retries={"max_attempts": 1}),
-        )
+        """A boto3 client straight to moto with the caller's credentials; made once per service
+        and caller (making one takes tens of milliseconds; a made client is thread-safe, the
+        session that makes it is not)."""
+        with self.clients_lock:
+            made = self.clients.get((service, who))
+            if made is None:
+                access_key, region, token = who
+                made = self.session.client(
+                    service, endpoint_url=self.moto_url, region_name=region, aws_access_key_id=access_key,
+                    aws_secret_access_key="strict-model", aws_session_token=token, config=Config(retries={"max_attempts": 1}),
+                )
+                self.clients[(service, who)] = made
+        return made
 
     def account_of(self, who):
         with self.lock:
@@ -1063,7 +1068,7 @@ class Strict:
     def before_logs(self, req):
         if req.action != "FilterLogEvents":
             return None
-        body = dict(req.json or {})
+        body = {k: v for k, v in (req.json or {}).items() if v is not None}
         token = body.pop("nextToken", None)
         with self.lock:
             query = self.log_queries.pop(token, None) if token else None
@@ -1497,7 +1502,9 @@ class Strict:
         unhealthy_at = now + 10 * check
         grace_end = now + task["grace"] * self.scale
         kill_at = None
-        if boot_done > unhealthy_at and max(grace_end, unhealthy_at) < healthy_at:
+        # Only a load balancer's health checks stop a task that is slow to boot.
+        checked = any(lb.get("targetGroupArn") for lb in (self.services.get(task["service"]) or {}).get("load_balancers") or [])
+        if checked and boot_done > unhealthy_at and max(grace_end, unhealthy_at) < healthy_at:
             kill_at = max(grace_end, unhealthy_at)
         if task["desired"] != "RUNNING":
             return
@@ -1692,7 +1699,7 @@ class Strict:
         if task["exec"]:
             agent = {"name": "ExecuteCommandAgent", "lastStatus": self.exec_agent_state(task)}
             if agent["lastStatus"] == "RUNNING" and task["started"]:
-                agent["lastStartedAt"] = task["started"] + RULES["exec-agent-start"].seconds * self.scale
+                agent["lastStartedAt"] = task["started"] + self.duration("exec-agent-start")
             container["managedAgents"] = [agent]
         doc = {
             "taskArn": task["arn"], "clusterArn": task["cluster"], "taskDefinitionArn": task["task_definition"],

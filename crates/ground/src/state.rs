@@ -53,7 +53,7 @@ pub struct State {
     pub notes: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordStatus {
     /// The create call is about to be made or was made without its answer being recorded:

@@ -89,7 +89,7 @@ impl Discovered {
 
 /// Something with the stack's name that is not the stack's own: `up` refuses to create beside
 /// it, `status --discover` shows it, nothing touches it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Conflict {
     pub kind: String,
     pub id: String,
