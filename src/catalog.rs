@@ -972,7 +972,7 @@ mod tests {
                             ("arn", "arn"),
                         ]
                         .into_iter()
-                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .map(|(a, b)| (a.to_string(), serde_json::Value::from(b)))
                         .collect(),
                         generation: 0,
                         updated_at: String::new(),

@@ -132,7 +132,9 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
             let look = tokio::time::timeout(LOOKUP_WITHIN, connect(global, &cfg.stack, Some(&region), None, &printer));
             let reached = match look.await {
                 Ok(reached) => reached,
-                Err(_) => Err(CliError::failure(anyhow::anyhow!("AWS did not answer within {}s", LOOKUP_WITHIN.as_secs()))),
+                Err(_) => {
+                    Err(CliError::failure(anyhow::anyhow!("AWS did not answer within {}s", LOOKUP_WITHIN.as_secs())))
+                }
             };
             let ctx = match reached {
                 Ok(ctx) => {

@@ -244,8 +244,7 @@ pub fn version_at(versions: &[VersionSince], at: &str) -> Option<String> {
     let at = humantime::parse_rfc3339_weak(at).ok()?;
     versions
         .iter()
-        .filter(|v| humantime::parse_rfc3339_weak(&v.since).is_ok_and(|since| since <= at))
-        .next_back()
+        .rfind(|v| humantime::parse_rfc3339_weak(&v.since).is_ok_and(|since| since <= at))
         .map(|v| v.version.clone())
 }
 

@@ -224,7 +224,7 @@ pub async fn read(
     };
     let gitlab = async {
         if records.contains_key(crate::keys::SERVICE) {
-            health(&ctx, &records, gitlab_url(&records)).await.map(Some)
+            health(ctx, &records, gitlab_url(&records)).await.map(Some)
         } else {
             Ok(None)
         }

@@ -40,6 +40,9 @@ pub fn hops(path: &UpgradePath, running: Version, to: Version, via: &[Version]) 
     Ok(hops)
 }
 
+/// Asked between hops, with the hop deployed and the rest: go on (background migrations done)?
+pub type GoOn<'a> = dyn Fn(Version, &[Version]) -> Result<bool, CliError> + Sync + 'a;
+
 /// What a hop changes and asks.
 pub struct Hops<'a> {
     pub global: &'a GlobalArgs,
@@ -48,7 +51,7 @@ pub struct Hops<'a> {
     pub backup: Option<BackupOptions>,
     pub interrupt: crate::engine::Interrupt,
     /// Asked between hops: go on (background migrations finished)?
-    pub go_on: &'a (dyn Fn(Version, &[Version]) -> Result<bool, CliError> + Sync),
+    pub go_on: &'a GoOn<'a>,
 }
 
 /// What an upgrade did.

@@ -52,7 +52,7 @@ impl StepAction<Ctx> for BackupVaultStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let name = want.attrs["name"].clone();
+        let name = want.text("name").to_string();
         let name_ref = name.as_str();
         let ensured = scope
             .ensure(ctx, &BackupVaultOps, want, |existing, token| async move {

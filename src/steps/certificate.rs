@@ -167,7 +167,11 @@ impl ResourceOps<Ctx> for CertificateOps {
     async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
         let Some(domain) = lost.record.attr("domain") else { return Ok(None) };
         let found = self.discover(ctx).await?;
-        Ok(found.ours.into_iter().find(|d| d.attrs.get("domain").map(String::as_str) == Some(domain)).map(|d| d.id))
+        Ok(found
+            .ours
+            .into_iter()
+            .find(|d| d.attrs.get("domain").and_then(|v| v.as_str()) == Some(domain))
+            .map(|d| d.id))
     }
 
     /// ACM keeps counting a certificate "in use" for minutes after its listener and load

@@ -59,13 +59,13 @@ impl StepAction<Ctx> for RunEfsInitializer {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let fs_id = want.attrs["file_system_id"].clone();
+        let fs_id = want.text("file_system_id").to_string();
         let ensured = scope
             .ensure(ctx, &MarkerOps, want, |_existing, _| async {
                 let prepared = self.run(ctx, scope, &fs_id).await?;
                 let mut applied = Applied::id(fs_id.clone())
-                    .with("created", prepared.created.join(","))
-                    .with("existing", prepared.existing.join(","));
+                    .with_value("created", &prepared.created)
+                    .with_value("existing", &prepared.existing);
                 if let Some(from) = prepared.restored_from {
                     applied = applied.with("restored_from", from);
                 }

@@ -169,22 +169,18 @@ impl StepAction<Ctx> for RoleStep {
         let managed: Vec<String> =
             self.managed.iter().map(|m| format!("arn:{}:iam::aws:policy/{m}", ctx.partition())).collect();
         let policy = (self.policy)(ctx, env)?.map(|p| p.to_string()).unwrap_or_default();
-        let wanted = attrs([
-            ("name", name_for(ctx, env, self.key)?),
-            ("trust", trust(ctx, self.service)),
-            ("policy", policy),
-            ("managed", managed.join(",")),
-        ]);
-        Ok(vec![Desired::new(self.key, Kind::Role, wanted).replaced_on(&["name"])])
+        let wanted =
+            attrs([("name", name_for(ctx, env, self.key)?), ("trust", trust(ctx, self.service)), ("policy", policy)]);
+        Ok(vec![Desired::new(self.key, Kind::Role, wanted).with("managed", managed).replaced_on(&["name"])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
         let (name, trust, policy, managed) = (
-            want.attrs["name"].clone(),
-            want.attrs["trust"].clone(),
-            want.attrs["policy"].clone(),
-            want.attrs["managed"].clone(),
+            want.text("name").to_string(),
+            want.text("trust").to_string(),
+            want.text("policy").to_string(),
+            want.list("managed"),
         );
         let (role, key) = (name.as_str(), self.key);
         let ensured = scope
@@ -234,7 +230,21 @@ impl StepAction<Ctx> for RoleStep {
                     )
                     .await?;
                 }
-                for policy_arn in managed.split(',').filter(|m| !m.is_empty()) {
+                // Exactly the managed policies wanted: what an earlier version attached and this
+                // one no longer wants (AWS Backup's broad policies, say) is detached.
+                let attached = call(iam.list_attached_role_policies().role_name(role).send(), || {
+                    format!("listing the policies attached to {role}")
+                })
+                .await?;
+                for old in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
+                    if !managed.iter().any(|m| m == old) {
+                        call(iam.detach_role_policy().role_name(role).policy_arn(old).send(), || {
+                            format!("detaching {old} from {role}")
+                        })
+                        .await?;
+                    }
+                }
+                for policy_arn in &managed {
                     call(iam.attach_role_policy().role_name(role).policy_arn(policy_arn).send(), || {
                         format!("attaching {policy_arn} to {role}")
                     })
@@ -357,7 +367,7 @@ pub fn init_role_policy(env: &Env) -> anyhow::Result<Desired> {
 
 /// Grants the initializer's file-system rights (recorded, so they are revoked after a crash).
 pub async fn grant(ctx: &Ctx, scope: &StepScope, want: Desired) -> anyhow::Result<()> {
-    let (role, policy) = (want.attrs["role"].clone(), want.attrs["policy"].clone());
+    let (role, policy) = (want.text("role").to_string(), want.text("policy").to_string());
     scope
         .ensure(ctx, &RolePolicyOps, want, |_existing, _| async move {
             call(

@@ -127,24 +127,21 @@ async fn load_balancer_named(ctx: &Ctx, name: &str) -> anyhow::Result<Option<Loa
 impl StepAction<Ctx> for LoadBalancerStep {
     fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let subnets = keys::PUBLIC_SUBNETS.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut wanted = attrs([
-            ("name", load_balancer_name(ctx, self.flavour)),
-            ("subnets", subnets.join(",")),
-            ("security_group", env.id(self.security_group)?),
-        ]);
-        if self.flavour == Flavour::Application {
-            wanted.insert("idle_timeout".into(), IDLE_TIMEOUT_SECONDS.to_string());
-        } else {
-            wanted.insert("cross_zone".into(), "true".into());
-        }
-        Ok(vec![Desired::new(self.key, Kind::LoadBalancer, wanted).replaced_on(&["name"])])
+        let wanted =
+            attrs([("name", load_balancer_name(ctx, self.flavour)), ("security_group", env.id(self.security_group)?)]);
+        let desired = Desired::new(self.key, Kind::LoadBalancer, wanted).with("subnets", subnets);
+        let desired = match self.flavour {
+            Flavour::Application => desired.with("idle_timeout", IDLE_TIMEOUT_SECONDS.to_string()),
+            Flavour::Network => desired.with("cross_zone", "true"),
+        };
+        Ok(vec![desired.replaced_on(&["name"])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let name = want.attrs["name"].clone();
-        let subnets: Vec<String> = want.attrs["subnets"].split(',').map(str::to_string).collect();
-        let group = want.attrs["security_group"].clone();
+        let name = want.text("name").to_string();
+        let subnets: Vec<String> = want.list("subnets");
+        let group = want.text("security_group").to_string();
         let (name_ref, subnets, group, flavour, key) =
             (name.as_str(), &subnets, group.as_str(), self.flavour, self.key);
         let ensured = scope
@@ -335,7 +332,7 @@ impl StepAction<Ctx> for TargetGroupStep {
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let vpc_id = scope.id_of(keys::VPC)?;
         let want = scope.wanted_one(ctx, self)?;
-        let name = want.attrs["name"].clone();
+        let name = want.text("name").to_string();
         let (name_ref, vpc, port, flavour, key) = (name.as_str(), vpc_id.as_str(), self.port, self.flavour, self.key);
         let ensured = scope
             .ensure(ctx, &TargetGroupOps, want, |existing, _| async move {
@@ -506,18 +503,19 @@ impl StepAction<Ctx> for ListenerStep {
             ("ssl_policy", if certificate.is_some() { TLS_POLICY.to_string() } else { String::new() }),
             ("certificate", certificate.unwrap_or_default()),
         ]);
-        let mut wanted = wanted;
-        if self.protocol == ProtocolEnum::Tcp {
-            wanted.insert("idle_timeout".into(), TCP_IDLE_TIMEOUT_SECONDS.to_string());
-        }
-        Ok(vec![Desired::new(self.key, Kind::Listener, wanted).replaced_on(&["load_balancer_arn"])])
+        let desired = Desired::new(self.key, Kind::Listener, wanted).replaced_on(&["load_balancer_arn"]);
+        Ok(vec![if self.protocol == ProtocolEnum::Tcp {
+            desired.with("idle_timeout", TCP_IDLE_TIMEOUT_SECONDS.to_string())
+        } else {
+            desired
+        }])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
         let action = match self.action {
             ListenerAction::Forward(_) => {
-                Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(&want.attrs["target"]).build()
+                Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(want.text("target")).build()
             }
             ListenerAction::RedirectToHttps => {
                 let redirect = RedirectActionConfig::builder()
@@ -528,8 +526,8 @@ impl StepAction<Ctx> for ListenerStep {
                 Action::builder().r#type(ActionTypeEnum::Redirect).redirect_config(redirect).build()
             }
         };
-        let certificate = Some(want.attrs["certificate"].clone()).filter(|c| !c.is_empty());
-        let (lb, target) = (want.attrs["load_balancer_arn"].clone(), want.attrs["target"].clone());
+        let certificate = Some(want.text("certificate").to_string()).filter(|c| !c.is_empty());
+        let (lb, target) = (want.text("load_balancer_arn").to_string(), want.text("target").to_string());
         let (port, key, protocol, action, certificate, lb) =
             (self.port, self.key, &self.protocol, &action, &certificate, lb.as_str());
         let ensured = scope

@@ -143,7 +143,7 @@ impl StepAction<Ctx> for NatGatewayStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let (subnet, allocation) = (want.attrs["subnet_id"].clone(), want.attrs["allocation_id"].clone());
+        let (subnet, allocation) = (want.text("subnet_id").to_string(), want.text("allocation_id").to_string());
         let (subnet_ref, allocation_ref) = (subnet.as_str(), allocation.as_str());
         let ensured = scope
             .ensure(ctx, &Ec2::<NatGateways>::OPS, want, |existing, token| async move {
@@ -303,7 +303,7 @@ impl StepAction<Ctx> for NatInstanceStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let (subnet, group) = (want.attrs["subnet_id"].clone(), want.attrs["security_group"].clone());
+        let (subnet, group) = (want.text("subnet_id").to_string(), want.text("security_group").to_string());
         let (subnet_ref, group_ref) = (subnet.as_str(), group.as_str());
         let ensured = scope
             .ensure(ctx, &Ec2::<Instances>::OPS, want, |existing, token| async move {

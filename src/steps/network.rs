@@ -481,8 +481,8 @@ impl Ec2Kind for RouteTables {
         {
             drift.push(format!("default route goes to {}, not {want}", target.as_deref().unwrap_or("nothing")));
         }
-        for subnet in record.attr("subnets").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
-            if !associated.contains(&subnet) {
+        for subnet in record.list("subnets") {
+            if !associated.contains(&subnet.as_str()) {
                 drift.push(format!("{subnet} is not associated"));
             }
         }
@@ -551,15 +551,15 @@ pub struct RouteTableStep {
 impl StepAction<Ctx> for RouteTableStep {
     fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let subnets = self.subnets.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
-        let wanted = attrs([("route_target", self.target.resolve(env)?), ("subnets", subnets.join(","))]);
-        Ok(vec![Desired::new(self.key, Kind::RouteTable, wanted)])
+        let wanted = attrs([("route_target", self.target.resolve(env)?)]);
+        Ok(vec![Desired::new(self.key, Kind::RouteTable, wanted).with("subnets", subnets)])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let vpc_id = scope.id_of(keys::VPC)?;
         let want = scope.wanted_one(ctx, self)?;
-        let target = want.attrs["route_target"].clone();
-        let subnets: Vec<String> = want.attrs["subnets"].split(',').map(str::to_string).collect();
+        let target = want.text("route_target").to_string();
+        let subnets: Vec<String> = want.list("subnets");
         let (key, vpc, target_ref, subnets) = (self.key, vpc_id.as_str(), target.as_str(), &subnets);
         let ensured = scope
             .ensure(ctx, &Ec2::<RouteTables>::OPS, want, |existing, token| async move {

@@ -67,7 +67,7 @@ impl StepAction<Ctx> for RootSecretStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let name = want.attrs["name"].clone();
+        let name = want.text("name").to_string();
         let (name_ref, email) = (name.as_str(), self.email.as_str());
         let ensured = scope
             .ensure(ctx, &SecretOps, want, |existing, _| async move {

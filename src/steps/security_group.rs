@@ -13,7 +13,7 @@ use crate::aws::ec2::{Ec2, Ec2Kind, ec2_listing};
 use crate::aws::interfaces::{HeldBy, holders};
 use crate::aws::{Ctx, EC2_IN_USE, Holders, call, delete_when_free, fresh, if_there};
 use crate::engine::counted;
-use crate::engine::{Applied, Desired, Env, StepAction, StepScope, Summary, attrs};
+use crate::engine::{Applied, Desired, Env, StepAction, StepScope, Summary};
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
 
@@ -138,7 +138,7 @@ fn live_rules(group: &SecurityGroup) -> BTreeMap<String, String> {
 }
 
 fn recorded_rules(record: &ResourceRecord) -> BTreeSet<String> {
-    record.attr("ingress").unwrap_or_default().split(';').filter(|s| !s.is_empty()).map(str::to_string).collect()
+    record.list("ingress").into_iter().collect()
 }
 
 pub struct SecurityGroups;
@@ -225,8 +225,12 @@ impl SecurityGroupStep {
 impl StepAction<Ctx> for SecurityGroupStep {
     fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let rules: BTreeSet<String> = self.resolved(env)?.iter().map(Rule::canonical).collect();
-        let ingress = rules.into_iter().collect::<Vec<_>>().join(";");
-        Ok(vec![Desired::new(self.key, Kind::SecurityGroup, attrs([("ingress", ingress)])).with_sets(&["ingress"])])
+        let ingress: Vec<String> = rules.into_iter().collect();
+        Ok(vec![
+            Desired::new(self.key, Kind::SecurityGroup, Default::default())
+                .with("ingress", ingress)
+                .with_sets(&["ingress"]),
+        ])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {

@@ -118,8 +118,8 @@ impl StepAction<Ctx> for ClusterStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let name = want.attrs["name"].clone();
-        let group = self.exec_logged.then(|| want.attrs["exec_logging"].clone());
+        let name = want.text("name").to_string();
+        let group = self.exec_logged.then(|| want.text("exec_logging").to_string());
         let configuration = Self::exec_configuration(group.as_deref());
         let (name_ref, configuration) = (name.as_str(), &configuration);
         let ensured = scope
@@ -334,21 +334,20 @@ impl StepAction<Ctx> for TaskDefinitionStep {
             ("memory", cfg.task_memory_mib.to_string()),
             ("omnibus_config", omnibus),
             ("file_system_id", env.id(keys::FILE_SYSTEM)?),
-            ("roles", format!("{} {}", env.id(keys::EXECUTION_ROLE)?, env.id(keys::TASK_ROLE)?)),
+            ("execution_role", env.id(keys::EXECUTION_ROLE)?),
+            ("task_role", env.id(keys::TASK_ROLE)?),
             ("secret", env.id(keys::ROOT_SECRET)?),
         ]);
         if let Some(credentials) = &cfg.gitlab_image_credentials {
-            wanted.insert("registry_credentials".into(), credentials.clone());
+            wanted.insert("registry_credentials".into(), credentials.clone().into());
         }
-        if ssh.is_some() {
-            wanted.insert("ports".into(), "80,22".into());
-        }
-        Ok(vec![Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted)])
+        let desired = Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted);
+        Ok(vec![if ssh.is_some() { desired.with("ports", [80, 22]) } else { desired }])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let settings = want.attrs.clone();
+        let settings = want.clone();
         let cfg = &self.config;
         let ensured = scope
             // Registering is how a task definition changes: each change is a new revision.
@@ -368,17 +367,19 @@ impl StepAction<Ctx> for TaskDefinitionStep {
     }
 }
 
-async fn register(ctx: &Ctx, cfg: &StackConfig, settings: BTreeMap<String, String>) -> anyhow::Result<Applied> {
-    let secret_arn = &settings["secret"];
-    let fs_id = &settings["file_system_id"];
-    let (execution_role, task_role) = settings["roles"].split_once(' ').context("two roles")?;
+async fn register(ctx: &Ctx, cfg: &StackConfig, settings: Desired) -> anyhow::Result<Applied> {
+    let secret_arn = settings.text("secret");
+    let fs_id = settings.text("file_system_id");
+    let (execution_role, task_role) = (settings.text("execution_role"), settings.text("task_role"));
     let log_group = super::logs::gitlab_log_group(&ctx.tags.stack);
     let mut container = ContainerDefinition::builder()
         .name(CONTAINER)
         .image(cfg.image())
         .essential(true)
         .port_mappings(PortMapping::builder().container_port(80).protocol(TransportProtocol::Tcp).build())
-        .environment(KeyValuePair::builder().name("GITLAB_OMNIBUS_CONFIG").value(&settings["omnibus_config"]).build())
+        .environment(
+            KeyValuePair::builder().name("GITLAB_OMNIBUS_CONFIG").value(settings.text("omnibus_config")).build(),
+        )
         // Only read on first boot; injected by ECS from the secret, never as plain environment.
         .secrets(Secret::builder().name("GITLAB_ROOT_PASSWORD").value_from(format!("{secret_arn}:password::")).build()?)
         .secrets(Secret::builder().name("GITLAB_ROOT_EMAIL").value_from(format!("{secret_arn}:email::")).build()?)
@@ -393,11 +394,12 @@ async fn register(ctx: &Ctx, cfg: &StackConfig, settings: BTreeMap<String, Strin
         // ECS Exec wants an init process; GitLab's runit is happier with one too.
         .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
         .stop_timeout(STOP_TIMEOUT_SECONDS);
-    if settings.contains_key("ports") {
-        container =
-            container.port_mappings(PortMapping::builder().container_port(22).protocol(TransportProtocol::Tcp).build());
+    // Every port but the web's, which every task definition has.
+    for port in settings.list("ports").iter().filter_map(|p| p.parse::<i32>().ok()).filter(|p| *p != 80) {
+        container = container
+            .port_mappings(PortMapping::builder().container_port(port).protocol(TransportProtocol::Tcp).build());
     }
-    if let Some(credentials) = settings.get("registry_credentials") {
+    if let Some(credentials) = settings.attrs.get("registry_credentials").and_then(|v| v.as_str()) {
         container = container
             .repository_credentials(RepositoryCredentials::builder().credentials_parameter(credentials).build()?);
     }
@@ -413,7 +415,7 @@ async fn register(ctx: &Ctx, cfg: &StackConfig, settings: BTreeMap<String, Strin
             .build()?;
         volumes.push(Volume::builder().name(name).efs_volume_configuration(efs).build());
     }
-    let family = &settings["family"];
+    let family = settings.text("family");
     let out = call(
         ctx.aws
             .ecs
@@ -595,24 +597,20 @@ pub struct ServiceStep {
 impl StepAction<Ctx> for ServiceStep {
     fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let subnets = keys::PRIVATE_SUBNETS.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut target_groups = vec![env.id(keys::TARGET_GROUP)?];
-        if self.ssh {
-            target_groups.push(env.id(keys::SSH_TARGET_GROUP)?);
-        }
         let wanted = attrs([
             ("cluster", env.id(keys::CLUSTER)?),
             ("task_definition", env.id(keys::TASK_DEFINITION)?),
-            ("subnets", subnets.join(",")),
             ("security_group", env.id(keys::SERVICE_SECURITY_GROUP)?),
-            ("target_group", target_groups.join(",")),
+            ("target_group", env.id(keys::TARGET_GROUP)?),
             ("deployment", "min 0% / max 100%, circuit breaker with rollback".into()),
             ("grace_seconds", HEALTH_CHECK_GRACE_SECONDS.to_string()),
             ("exec", if self.exec { "on" } else { "off" }.into()),
         ]);
+        let desired = Desired::new(keys::SERVICE, Kind::Service, wanted).with("subnets", subnets);
+        let desired =
+            if self.ssh { desired.with("ssh_target_group", env.id(keys::SSH_TARGET_GROUP)?) } else { desired };
         // Services made before `exec` was a setting have it on.
-        Ok(vec![
-            Desired::new(keys::SERVICE, Kind::Service, wanted).replaced_on(&["cluster"]).assuming(&[("exec", "on")]),
-        ])
+        Ok(vec![desired.replaced_on(&["cluster"]).assuming(&[("exec", "on")])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -620,24 +618,27 @@ impl StepAction<Ctx> for ServiceStep {
         let network = NetworkConfiguration::builder()
             .awsvpc_configuration(
                 AwsVpcConfiguration::builder()
-                    .set_subnets(Some(want.attrs["subnets"].split(',').map(str::to_string).collect()))
-                    .security_groups(&want.attrs["security_group"])
+                    .set_subnets(Some(want.list("subnets")))
+                    .security_groups(want.text("security_group"))
                     .assign_public_ip(AssignPublicIp::Disabled)
                     .build()?,
             )
             .build();
-        let load_balancers: Vec<LoadBalancer> = want.attrs["target_group"]
-            .split(',')
-            .enumerate()
-            .map(|(i, tg)| {
-                let port = if i == 0 { 80 } else { 22 };
+        let web = Some((want.text("target_group"), 80));
+        let ssh = want.attrs.get("ssh_target_group").and_then(|v| v.as_str()).map(|tg| (tg, 22));
+        let load_balancers: Vec<LoadBalancer> = web
+            .into_iter()
+            .chain(ssh)
+            .map(|(tg, port)| {
                 LoadBalancer::builder().target_group_arn(tg).container_name(CONTAINER).container_port(port).build()
             })
             .collect();
         let exec = self.exec;
-        let exec_changed =
-            scope.state.get(keys::SERVICE).is_some_and(|r| want.recorded(&r, "exec") != Some(&want.attrs["exec"]));
-        let (cluster, td) = (want.attrs["cluster"].clone(), want.attrs["task_definition"].clone());
+        let exec_changed = scope
+            .state
+            .get(keys::SERVICE)
+            .is_some_and(|r| want.recorded(&r, "exec").as_ref() != want.attrs.get("exec"));
+        let (cluster, td) = (want.text("cluster").to_string(), want.text("task_definition").to_string());
         let (cluster_ref, td_ref, network, load_balancers) = (cluster.as_str(), td.as_str(), &network, &load_balancers);
         // On an account's first use of ECS its service-linked role may not be assumable yet;
         // a listener created a moment ago may not be visible to ECS yet.

@@ -287,9 +287,9 @@ impl StepAction<Ctx> for MountTargetsStep {
         let ensures = scope.wanted(ctx, self)?.into_iter().map(|want| {
             let key = want.key.clone();
             let (fs, subnet, group) = (
-                want.attrs["file_system_id"].clone(),
-                want.attrs["subnet_id"].clone(),
-                want.attrs["security_group"].clone(),
+                want.text("file_system_id").to_string(),
+                want.text("subnet_id").to_string(),
+                want.text("security_group").to_string(),
             );
             async move {
                 scope

@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -183,6 +184,12 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
 
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            # An answer is written as headers, then body: without this, Nagle's algorithm holds
+            # the body until the client's delayed ACK of the headers (~40 ms a call, on keep-alive).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, *args):
             pass

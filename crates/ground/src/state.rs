@@ -77,9 +77,10 @@ pub struct ResourceRecord {
     /// Keys of the records this one was created from; teardown deletes this one first.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// What is needed to read, converge and delete it.
+    /// What is needed to read, converge and delete it: its settings and what AWS answered, each
+    /// a JSON value of its own type.
     #[serde(default)]
-    pub attrs: BTreeMap<String, String>,
+    pub attrs: BTreeMap<String, serde_json::Value>,
     /// Bumped each time the resource is re-created, so idempotency tokens differ.
     #[serde(default)]
     pub generation: u32,
@@ -87,8 +88,14 @@ pub struct ResourceRecord {
 }
 
 impl ResourceRecord {
+    /// A text attribute.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.get(name).map(String::as_str)
+        self.attrs.get(name).and_then(serde_json::Value::as_str)
+    }
+
+    /// A list attribute's items (none when it is not a list).
+    pub fn list(&self, name: &str) -> Vec<String> {
+        crate::engine::members(self.attrs.get(name))
     }
 
     /// Whether the record was written less than `window` ago (false when its time is unreadable).
@@ -212,6 +219,13 @@ pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
             notes.insert(JOURNAL_NOTE.to_string(), operation);
         }
     }
+    if value.get("version").and_then(serde_json::Value::as_u64).is_some_and(|v| v < 3)
+        && let Some(resources) = value.get_mut("resources").and_then(serde_json::Value::as_object_mut)
+    {
+        for record in resources.values_mut() {
+            lists_from_v2(record);
+        }
+    }
     let mut state: State =
         serde_json::from_value(value).map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     if state.stack != stack {
@@ -220,6 +234,54 @@ pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
     // Migration 1 -> 2: the new fields default to unknown; the next save writes the current version.
     state.version = STATE_VERSION;
     Ok(Some(state))
+}
+
+/// Migration 2 -> 3 of one record: the lists version 2 kept joined in a string become lists, and
+/// the values it kept by position get names of their own. Only these attributes were lists.
+fn lists_from_v2(record: &mut serde_json::Value) {
+    const JOINED: [(&str, &str, char); 8] = [
+        ("ec2:security-group", "ingress", ';'),
+        ("elbv2:load-balancer", "subnets", ','),
+        ("ecs:service", "subnets", ','),
+        ("ec2:route-table", "subnets", ','),
+        ("iam:role", "managed", ','),
+        ("ecs:task-definition", "ports", ','),
+        ("local:marker", "created", ','),
+        ("local:marker", "existing", ','),
+    ];
+    let kind = record.get("kind").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    let Some(attrs) = record.get_mut("attrs").and_then(serde_json::Value::as_object_mut) else { return };
+    for (of, name, separator) in JOINED {
+        if of != kind {
+            continue;
+        }
+        if let Some(serde_json::Value::String(joined)) = attrs.get(name).cloned() {
+            let items: Vec<serde_json::Value> = joined
+                .split(separator)
+                .filter(|item| !item.is_empty())
+                .map(|item| match item.parse::<u64>() {
+                    Ok(number) => serde_json::Value::from(number),
+                    Err(_) => serde_json::Value::from(item),
+                })
+                .collect();
+            attrs.insert(name.to_string(), serde_json::Value::Array(items));
+        }
+    }
+    // Two roles by position, and the SSH target group second: named.
+    if kind == "ecs:task-definition"
+        && let Some(serde_json::Value::String(roles)) = attrs.remove("roles")
+        && let Some((execution, task)) = roles.split_once(' ')
+    {
+        attrs.insert("execution_role".into(), execution.into());
+        attrs.insert("task_role".into(), task.into());
+    }
+    if kind == "ecs:service"
+        && let Some(serde_json::Value::String(groups)) = attrs.get("target_group").cloned()
+        && let Some((web, ssh)) = groups.split_once(',')
+    {
+        attrs.insert("target_group".into(), web.into());
+        attrs.insert("ssh_target_group".into(), ssh.into());
+    }
 }
 
 /// The stacks whose state files are in `dir`, by name.
@@ -579,6 +641,36 @@ mod tests {
             (saved["version"].as_u64(), saved["account"].as_str()),
             (Some(u64::from(STATE_VERSION)), Some("123456789012"))
         );
+    }
+
+    #[test]
+    fn version_2_lists_become_lists_and_positions_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = r#"{"version": 2, "lineage": "abc", "serial": 3, "stack": "s1", "region": "us-east-1", "resources": {
+            "sg": {"kind": "ec2:security-group", "step": "sg", "status": "created", "id": "sg-1", "updated_at": "",
+                   "attrs": {"ingress": "tcp:80:cidr:1.2.3.0/24;tcp:443:cidr:1.2.3.0/24"}},
+            "td": {"kind": "ecs:task-definition", "step": "td", "status": "created", "id": "td:1", "updated_at": "",
+                   "attrs": {"roles": "arn:exec arn:task", "ports": "80,22", "cpu": "2048"}},
+            "svc": {"kind": "ecs:service", "step": "svc", "status": "created", "id": "svc", "updated_at": "",
+                    "attrs": {"subnets": "subnet-a,subnet-b", "target_group": "arn:web,arn:ssh"}},
+            "role": {"kind": "iam:role", "step": "role", "status": "created", "id": "r", "updated_at": "",
+                     "attrs": {"managed": ""}}}}"#;
+        fs::write(state_path(dir.path(), "s1"), v2).unwrap();
+        let state = read(dir.path(), "s1").unwrap().unwrap();
+        let attrs = |key: &str| serde_json::to_value(&state.resources[key].attrs).unwrap();
+        assert_eq!(attrs("sg")["ingress"], serde_json::json!(["tcp:80:cidr:1.2.3.0/24", "tcp:443:cidr:1.2.3.0/24"]));
+        assert_eq!(attrs("td")["ports"], serde_json::json!([80, 22]));
+        assert_eq!(
+            (attrs("td")["execution_role"].clone(), attrs("td")["task_role"].clone()),
+            ("arn:exec".into(), "arn:task".into())
+        );
+        assert_eq!(attrs("td")["cpu"], "2048", "scalars stay as they were");
+        assert_eq!(attrs("svc")["subnets"], serde_json::json!(["subnet-a", "subnet-b"]));
+        assert_eq!(
+            (attrs("svc")["target_group"].clone(), attrs("svc")["ssh_target_group"].clone()),
+            ("arn:web".into(), "arn:ssh".into())
+        );
+        assert_eq!(attrs("role")["managed"], serde_json::json!([]));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::record::Desired;
+use super::record::{Desired, members, shown};
 use crate::state::{RecordStatus, ResourceRecord};
 
 /// Whose a live resource is, as far as one read could tell.
@@ -153,21 +153,34 @@ pub fn decide(record: Option<&ResourceRecord>, live: Option<&Live>, desired: &De
     let mut changes: Vec<Change> = desired
         .attrs
         .iter()
-        .filter(|(name, value)| desired.recorded(record, name) != Some(value.as_str()))
+        .filter(|(name, value)| {
+            let recorded = desired.recorded(record, name);
+            if desired.sets.contains(&name.as_str()) {
+                let set =
+                    |v: Option<&serde_json::Value>| members(v).into_iter().collect::<std::collections::BTreeSet<_>>();
+                set(recorded.as_ref()) != set(Some(value))
+            } else {
+                recorded.as_ref() != Some(value)
+            }
+        })
         .map(|(name, value)| {
             let recorded = desired.recorded(record, name);
             if desired.sets.contains(&name.as_str()) {
-                let members = |text: Option<&str>| -> std::collections::BTreeSet<String> {
-                    text.unwrap_or_default().split(';').filter(|m| !m.is_empty()).map(str::to_string).collect()
+                let members = |v: Option<&serde_json::Value>| -> std::collections::BTreeSet<String> {
+                    members(v).into_iter().collect()
                 };
-                let (before, after) = (members(recorded), members(Some(value)));
+                let (before, after) = (members(recorded.as_ref()), members(Some(value)));
                 return Change::Members {
                     setting: name.clone(),
                     added: after.difference(&before).cloned().collect(),
                     removed: before.difference(&after).cloned().collect(),
                 };
             }
-            Change::Setting { setting: name.clone(), from: recorded.unwrap_or("unset").to_string(), to: value.clone() }
+            Change::Setting {
+                setting: name.clone(),
+                from: recorded.as_ref().map_or_else(|| "unset".to_string(), shown),
+                to: shown(value),
+            }
         })
         .collect();
     let replace = changes
@@ -254,10 +267,11 @@ mod tests {
     fn changes_name_the_setting_and_both_values() {
         let action = decide(Some(&record(RecordStatus::Created, "10.0.0.0/18")), None, &desired("10.0.64.0/18"));
         assert_eq!(action.changes()[0].to_string(), "cidr 10.0.0.0/18 -> 10.0.64.0/18");
-        let mut wants_sets = Desired::new("sg", "ec2:security-group", attrs([("ingress", "a;c".to_string())]));
+        let mut wants_sets = Desired::new("sg", "ec2:security-group", Default::default()).with("ingress", ["a", "c"]);
         wants_sets.sets = &["ingress"];
         let mut group = record(RecordStatus::Created, "x");
-        group.attrs = attrs([("ingress", "a;b".to_string())]);
+        group.attrs = Default::default();
+        group.attrs.insert("ingress".into(), serde_json::json!(["b", "a"]));
         assert_eq!(decide(Some(&group), None, &wants_sets).changes()[0].to_string(), "ingress +c -b");
     }
 }

@@ -16,7 +16,7 @@ pub fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) ->
 pub use decide::{Action, Change, Live, Owner, decide};
 pub use graph::{RunError, RunOptions, RunReport, Step, StepAction, StepTiming, Summary, order, run};
 pub use policy::{Discovery, Interrupts, KindPolicy, When};
-pub use record::{Conflict, Desired, Discovered, Env, Found, KNOWN_AFTER, attrs, exactly};
+pub use record::{Attrs, Conflict, Desired, Discovered, Env, Found, KNOWN_AFTER, attrs, exactly, members, shown};
 pub use resource::{
     Applied, Catalog, Ensured, Existing, Lives, Lost, NotOurs, ResourceOps, Teardown, adopt_orphans, discover, observe,
     teardown,

@@ -10,9 +10,31 @@ use crate::state::{RecordStatus, ResourceRecord};
 /// Shown by `plan` for a value that exists only once `up` has created what it comes from.
 pub const KNOWN_AFTER: &str = "(known after up)";
 
-/// Builds a record's attributes from pairs.
-pub fn attrs<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+/// A record's attributes: its settings and what AWS answered (ARNs, names), by name, each a JSON
+/// value of its own type (a list is a list).
+pub type Attrs = BTreeMap<String, serde_json::Value>;
+
+/// Builds a record's attributes from pairs of text settings.
+pub fn attrs<const N: usize>(pairs: [(&str, String); N]) -> Attrs {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect()
+}
+
+/// A value as people read it: text as it is, a list as its items, anything else as JSON.
+pub fn shown(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(", "),
+        serde_json::Value::Null => "unset".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The members of a list value (a set's members); nothing for anything else.
+pub fn members(value: Option<&serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::Array(items)) => items.iter().map(shown).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// What a step wants to exist under a key.
@@ -21,10 +43,11 @@ pub struct Desired {
     pub key: String,
     pub kind: String,
     /// Settings compared with the record: a difference is an update in place.
-    pub attrs: BTreeMap<String, String>,
+    pub attrs: Attrs,
     /// Settings that cannot change in place: a difference replaces the resource.
     pub replace_on: &'static [&'static str],
-    /// Settings that are sets (members separated by `;`): a change shows what is added and removed.
+    /// Settings that are sets (lists whose order does not matter): a change shows what is added
+    /// and removed.
     pub sets: &'static [&'static str],
     /// Settings newer than some records: a record without one had it at this value (so adding
     /// a setting to a kind changes nothing on the stacks that already run).
@@ -32,7 +55,7 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(key: &str, kind: impl ToString, attrs: BTreeMap<String, String>) -> Self {
+    pub fn new(key: &str, kind: impl ToString, attrs: Attrs) -> Self {
         Desired { key: key.to_string(), kind: kind.to_string(), attrs, replace_on: &[], sets: &[], assumed: &[] }
     }
 
@@ -46,6 +69,22 @@ impl Desired {
         self
     }
 
+    /// A setting of its own type (a list, a number), beside the text ones.
+    pub fn with(mut self, name: &str, value: impl serde::Serialize) -> Self {
+        self.attrs.insert(name.to_string(), serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
+        self
+    }
+
+    /// A text setting, as wanted ("" when it has none).
+    pub fn text(&self, name: &str) -> &str {
+        self.attrs.get(name).and_then(|v| v.as_str()).unwrap_or_default()
+    }
+
+    /// A list setting's items, as wanted.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        members(self.attrs.get(name))
+    }
+
     /// See [`Desired::assumed`].
     pub fn assuming(mut self, settings: &'static [(&'static str, &'static str)]) -> Self {
         self.assumed = settings;
@@ -53,11 +92,10 @@ impl Desired {
     }
 
     /// What the record says of a setting, or what a record without it had.
-    pub fn recorded<'r>(&self, record: &'r crate::state::ResourceRecord, name: &str) -> Option<&'r str>
-    where
-        'static: 'r,
-    {
-        record.attr(name).or_else(|| self.assumed.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
+    pub fn recorded(&self, record: &crate::state::ResourceRecord, name: &str) -> Option<serde_json::Value> {
+        record.attrs.get(name).cloned().or_else(|| {
+            self.assumed.iter().find(|(n, _)| *n == name).map(|(_, v)| serde_json::Value::String(v.to_string()))
+        })
     }
 }
 
@@ -73,7 +111,7 @@ pub struct Discovered {
     pub key: String,
     pub id: String,
     /// What deleting it needs (as a record's attrs would hold).
-    pub attrs: BTreeMap<String, String>,
+    pub attrs: Attrs,
 }
 
 impl Discovered {
@@ -82,7 +120,7 @@ impl Discovered {
     }
 
     pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.attrs.insert(name.to_string(), value.into());
+        self.attrs.insert(name.to_string(), serde_json::Value::String(value.into()));
         self
     }
 }
@@ -136,6 +174,11 @@ impl Env<'_> {
             None if self.planning => Ok(KNOWN_AFTER.to_string()),
             None => anyhow::bail!("{key} is not recorded in the state; its step must run first"),
         }
+    }
+
+    /// A list attribute of a record this step needs.
+    pub fn list(&self, key: &str, name: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self.record(key)?.map(|r| r.list(name)).unwrap_or_default())
     }
 
     /// An attribute of a record this step needs.

@@ -97,7 +97,7 @@ pub struct Existing {
 /// and DNS names, kept in the record next to the settings).
 pub struct Applied {
     pub id: String,
-    pub attrs: BTreeMap<String, String>,
+    pub attrs: super::Attrs,
 }
 
 impl Applied {
@@ -106,7 +106,13 @@ impl Applied {
     }
 
     pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.attrs.insert(name.to_string(), value.into());
+        self.attrs.insert(name.to_string(), serde_json::Value::String(value.into()));
+        self
+    }
+
+    /// An output of its own type (a list).
+    pub fn with_value(mut self, name: &str, value: impl serde::Serialize) -> Self {
+        self.attrs.insert(name.to_string(), serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
         self
     }
 }
