@@ -47,8 +47,8 @@ fn expected_inventory() -> BTreeMap<String, usize> {
         ("role web-us-east-1-task-role", 1),
         ("role web-us-east-1-init-role", 1),
         ("role web-us-east-1-backup-role", 1),
-        // GitLab's, the initializer's Lambda log group and Container Insights'.
-        ("log group", 3),
+        // GitLab's, the exec sessions', the initializer's Lambda log group and Container Insights'.
+        ("log group", 4),
         ("backup vault", 1),
         ("secret gitlab-provision/web/root", 1),
     ]

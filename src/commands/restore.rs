@@ -29,7 +29,11 @@ pub async fn run(global: &GlobalArgs, args: RestoreArgs, interrupt: Interrupt) -
     let printer = Arc::new(Printer::new(global, args.json));
     let opened = open(global, &printer, "restore").await?;
     let recorded = opened.state.snapshot();
-    let resuming = matches!(Journal::read(&recorded)?, Some(Journal::Restore(_)));
+    let resuming = match Journal::read(&recorded)? {
+        Some(Journal::Restore(_)) => true,
+        Some(other) => return Err(crate::ops::backup::other_operation(&other)),
+        None => false,
+    };
     let chosen = match &args.recovery_point {
         Some(point) => Some(choose(&opened.ctx, &recorded, point, version).await?),
         None => None,

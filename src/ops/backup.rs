@@ -341,7 +341,7 @@ async fn wait_for_job(ctx: &Ctx, scope: &StepScope, job: &str, start_within: Dur
                 start_within.as_secs() / 60
             ))
         } else {
-            Poll::Pending(format!("{} {}%, {minutes} min", now.state.to_lowercase(), now.percent.unwrap_or_default()))
+            Poll::Pending(format!("{} for {minutes} min", now.state.to_lowercase()))
         })
     })
     .await?;

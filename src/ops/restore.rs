@@ -291,11 +291,7 @@ async fn restore_job(
                 } else if now.ended_without_result() {
                     crate::engine::Poll::Failed(format!("AWS Backup's restore job {job} ended {}", now.outcome()))
                 } else {
-                    crate::engine::Poll::Pending(format!(
-                        "{} {}%, {minutes} min",
-                        now.state.to_lowercase(),
-                        now.percent.unwrap_or_default()
-                    ))
+                    crate::engine::Poll::Pending(format!("{} for {minutes} min", now.state.to_lowercase()))
                 })
             })
             .await?;

@@ -158,6 +158,11 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
         Some(h) if h.healthy() => {
             (VerdictState::Healthy, format!("GitLab healthy at {}", h.url.as_deref().unwrap_or("?")), true)
         }
+        Some(h) if why_it_cannot_start(h).is_some() => (
+            VerdictState::Unhealthy,
+            format!("GitLab cannot start: {}", why_it_cannot_start(h).unwrap_or_default()),
+            false,
+        ),
         Some(h) if h.failed() => {
             let stop = h.last_stopped.as_ref().map(|s| format!("; {}", describe_stop(s))).unwrap_or_default();
             (
@@ -169,11 +174,6 @@ pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict
                 false,
             )
         }
-        Some(h) if why_it_cannot_start(h).is_some() => (
-            VerdictState::Unhealthy,
-            format!("GitLab cannot start: {}", why_it_cannot_start(h).unwrap_or_default()),
-            false,
-        ),
         Some(h) if h.desired == Some(0) => {
             (VerdictState::Stopped, "GitLab is stopped (the service asks for 0 tasks)".to_string(), false)
         }

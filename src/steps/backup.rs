@@ -270,7 +270,6 @@ pub struct JobState {
     /// jobs: PENDING, RUNNING, COMPLETED, ABORTED, FAILED).
     pub state: String,
     pub message: Option<String>,
-    pub percent: Option<String>,
     pub created: Option<std::time::SystemTime>,
     /// What it made: the recovery point (backup) or the resource (restore).
     pub made: Option<String>,
@@ -309,7 +308,6 @@ pub async fn backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
     Ok(JobState {
         state: out.state().map_or("CREATED", |s| s.as_str()).to_string(),
         message: out.status_message().map(str::to_string),
-        percent: out.percent_done().map(str::to_string),
         created: system_time(out.creation_date()),
         made: out.recovery_point_arn().map(str::to_string),
         bytes: out.backup_size_in_bytes().unwrap_or(0),
@@ -388,7 +386,6 @@ pub async fn restore_job(ctx: &Ctx, job: &str) -> anyhow::Result<JobState> {
     Ok(JobState {
         state: out.status().map_or("PENDING", |s| s.as_str()).to_string(),
         message: out.status_message().map(str::to_string),
-        percent: out.percent_done().map(str::to_string),
         created: system_time(out.creation_date()),
         made: out.created_resource_arn().map(str::to_string),
         bytes: out.backup_size_in_bytes().unwrap_or(0),

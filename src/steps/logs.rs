@@ -191,6 +191,7 @@ impl ResourceOps<Ctx> for LogGroupOps {
             (keys::LOG_GROUP, gitlab_log_group(stack)),
             (keys::INIT_LOG_GROUP, function_log_group(&keys::names::init_function(stack))),
             (keys::INSIGHTS_LOG_GROUP, insights_log_group(&keys::names::cluster(stack))),
+            (keys::EXEC_LOG_GROUP, exec_log_group(stack)),
         ] {
             if describe(ctx, &name).await?.is_none() {
                 continue;

@@ -1029,17 +1029,6 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
         if h.healthy() {
             return Ok(Poll::Ready(()));
         }
-        if h.failed() {
-            let stopped = h
-                .last_stopped
-                .as_ref()
-                .map(|s| format!("; last stopped task: {}", describe_stop(s)))
-                .unwrap_or_default();
-            return Ok(Poll::Failed(format!(
-                "the deployment failed ({}){stopped}",
-                h.rollout_reason.as_deref().unwrap_or("the circuit breaker rolled it back")
-            )));
-        }
         // What will not fix itself ends the wait at once, with AWS's words.
         let new = |at: Option<&str>| {
             at.and_then(|t| aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).ok())
@@ -1051,6 +1040,17 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
         if let Some(stop) = h.last_stopped.as_ref().filter(|s| new(s.stopped_at.as_deref()) && cannot_start(&s.reason))
         {
             return Ok(Poll::Failed(format!("a task cannot start: {}", describe_stop(stop))));
+        }
+        if h.failed() {
+            let stopped = h
+                .last_stopped
+                .as_ref()
+                .map(|s| format!("; last stopped task: {}", describe_stop(s)))
+                .unwrap_or_default();
+            return Ok(Poll::Failed(format!(
+                "the deployment failed ({}){stopped}",
+                h.rollout_reason.as_deref().unwrap_or("the circuit breaker rolled it back")
+            )));
         }
         if let Some(cluster) = &cluster {
             let all = tasks(ctx, cluster, Some(SERVICE_NAME)).await?;
@@ -1075,14 +1075,14 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
             }
         }
         let targets = if h.targets.is_empty() {
-            "no target yet".to_string()
+            "no target".to_string()
         } else {
             format!("target {}", h.targets.iter().map(|t| t.state.as_str()).collect::<Vec<_>>().join(", "))
         };
         // What changes first: the line fits 80 columns with the step's name in front of it.
         Ok(Poll::Pending(format!(
-            "task {}, {targets}",
-            h.task.as_deref().map_or_else(|| "not started".to_string(), str::to_lowercase)
+            "{}, {targets}",
+            h.task.as_deref().map_or_else(|| "no task yet".to_string(), str::to_lowercase)
         )))
     })
     .await;

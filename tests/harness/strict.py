@@ -1439,6 +1439,9 @@ class Strict:
             init_error = self.control().get("init_error")
             problem = None if init_error else self.mount_problem(task)
             with self.lock:
+                # Stopped while this tick looked at it: its stop goes on from where stop_task put it.
+                if task["last"] != "PROVISIONING":
+                    return
                 if init_error:
                     self.fail_task(task, "TaskFailedToStart", f"ResourceInitializationError: {init_error}", rule="resource-initialization-error")
                     return
@@ -1507,6 +1510,10 @@ class Strict:
         if checked and boot_done > unhealthy_at and max(grace_end, unhealthy_at) < healthy_at:
             kill_at = max(grace_end, unhealthy_at)
         if task["desired"] != "RUNNING":
+            with self.lock:
+                if task["last"] == "PENDING":  # stopped during its pull: it never runs
+                    task["last"] = "DEPROVISIONING"
+                    task["next"] = now + self.duration("task-deprovisioning")
             return
         self.register_targets(task)
         self.container_insights(task)
