@@ -61,6 +61,15 @@ Examples:
   gitlab-provision upgrade --to 19.9.0-ce.0 --via 19.5.3-ce.0 --via 19.8.1-ce.0
       through each required stop, a backup first, healthy between hops";
 
+const SLEEP_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision sleep                     stop GitLab until its schedule wakes it (or `wake`)
+  gitlab-provision sleep --through-schedule  away for a week: the schedule is held until `wake`";
+
+const WAKE_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision wake --wait               start GitLab and wait until it answers";
+
 const BACKUP_EXAMPLES: &str = "\
 Examples:
   gitlab-provision backup --yes              stop GitLab, copy, start it again (consistent)
@@ -178,6 +187,12 @@ pub enum Command {
     /// Upgrade GitLab along its upgrade path: backup, each required stop, health between
     #[command(after_help = UPGRADE_EXAMPLES)]
     Upgrade(UpgradeArgs),
+    /// Stop GitLab until its next scheduled wake, or until `wake` (its data stays as it is)
+    #[command(after_help = SLEEP_EXAMPLES)]
+    Sleep(SleepArgs),
+    /// Start a sleeping GitLab (until its next scheduled sleep)
+    #[command(after_help = WAKE_EXAMPLES)]
+    Wake(WakeArgs),
     /// Back up the file system with AWS Backup (GitLab stopped for a consistent copy), or list backups
     #[command(after_help = BACKUP_EXAMPLES)]
     Backup(BackupArgs),
@@ -314,6 +329,20 @@ pub struct UpgradeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SleepArgs {
+    /// Hold the schedule until `wake` (a team away): no scheduled wake in between
+    #[arg(long)]
+    pub through_schedule: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WakeArgs {
+    /// Wait until the load balancer reports GitLab healthy
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BackupArgs {
     #[command(subcommand)]
     pub action: Option<BackupAction>,
@@ -394,6 +423,9 @@ pub struct InitArgs {
     /// The networks allowed to reach GitLab (asked on a terminal when not given)
     #[arg(long = "allowed-cidr", value_name = "CIDR")]
     pub allowed_cidrs: Vec<String>,
+    /// Write hardening = "strict" (asked on a terminal when --allowed-cidr is not given)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

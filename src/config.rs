@@ -48,10 +48,16 @@ pub struct Settings {
     #[arg(long, value_name = "CIDR", help_heading = "Network")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc_cidr: Option<String>,
-    /// Use a t4g.nano NAT instance instead of a NAT gateway (about $30/month less)
+    /// Use a t4g.nano NAT instance instead of a NAT gateway (the same as egress = "nat-instance")
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Network")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_nat_instance: Option<bool>,
+    /// How GitLab reaches the internet: nat-instance (a t4g.nano), nat-gateway, or public-ip (no
+    /// NAT: GitLab's task gets a public address, its security group admits only the load
+    /// balancers) [default: nat-instance for a new stack; an existing stack keeps its own]
+    #[arg(long, value_name = "EGRESS", help_heading = "Network")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
     /// Use this existing VPC instead of creating one
     #[arg(long, value_name = "VPC_ID", help_heading = "Network")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +110,41 @@ pub struct Settings {
     #[arg(long, value_name = "PORT", help_heading = "Git over SSH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
+    /// IAM role or user ARN allowed, beside whoever created the stack, to read the root password and
+    /// delete backups (repeat; config: admin_principals)
+    #[arg(long = "admin-principal", value_name = "ARN", help_heading = "Security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_principals: Option<Vec<String>>,
+    /// Security profile: default, or strict for an audit (adds flow logs, load-balancer access
+    /// logs, a WAF, a vault lock, network ACLs that let out only what GitLab uses) [default: default]
+    #[arg(long, value_name = "PROFILE", help_heading = "Security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardening: Option<Hardening>,
+    /// GitLab's CPU architecture: arm64 (Graviton, 20% cheaper) or x86_64 [default: arm64 where
+    /// GitLab ships an official arm64 image (18.2 on), else x86_64]
+    #[arg(long, value_name = "ARCH", help_heading = "Cost")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_architecture: Option<Architecture>,
+    /// on-demand, or spot (Fargate Spot: about 70% less; stopped with two minutes' notice when
+    /// AWS needs the capacity; x86_64 only) [default: on-demand]
+    #[arg(long, value_name = "CAPACITY", help_heading = "Cost")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    /// Office hours: GitLab sleeps outside them, e.g. "Mon-Fri 07:30-19:30 Europe/Berlin"
+    /// (config: schedule = { days = "Mon-Fri", start = "07:30", stop = "19:30", timezone = "Europe/Berlin" })
+    #[arg(long, value_name = "DAYS HH:MM-HH:MM ZONE", value_parser = crate::schedule::parse_flag, help_heading = "Cost")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduleSetting>,
+    /// Put GitLab to sleep after this long without a request, e.g. 2h; the next request wakes it
+    /// (15m to 24h)
+    #[arg(long, value_name = "DURATION", help_heading = "Cost")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_sleep: Option<String>,
+    /// Move files nobody read for this long to EFS Infrequent Access, e.g. 30d (1d, 7d, 14d, 30d,
+    /// 60d, 90d, 180d, 270d or 365d) [default: off]
+    #[arg(long, value_name = "DAYS", help_heading = "Cost")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub efs_infrequent_access_after: Option<String>,
     /// Allow shells in GitLab's container (`exec`, `shell`), each session logged [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "GitLab")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,17 +271,66 @@ pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-/// The NAT flavour for a VPC this tool creates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+/// How far the stack goes beyond the defaults for a security audit.
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
-pub enum NatKind {
-    Gateway,
-    Instance,
+pub enum Hardening {
+    /// The secret, the file system and the backups guarded; no public IPs by default; deletion
+    /// protection; a scoped backup role; a customer-managed KMS key for the log groups and the
+    /// secret; 365-day logs; network ACLs per subnet tier. What every stack gets.
+    #[default]
+    Default,
+    /// Also: VPC flow logs and load-balancer access logs to a bucket of the stack's, an AWS WAF
+    /// web ACL on the load balancer, a vault lock, and network ACLs that let out only the ports
+    /// GitLab uses.
+    Strict,
+}
+
+/// How GitLab's task reaches the internet from a VPC the tool creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    /// AWS's managed NAT gateway (about $33/month).
+    NatGateway,
+    /// A t4g.nano NAT instance (about $4/month; one instance, patched by its AMI's updates).
+    NatInstance,
+    /// No NAT: the task runs in the public subnets with a public address.
+    PublicIp,
+}
+
+/// GitLab's CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    #[value(name = "x86_64")]
+    X86_64,
+    Arm64,
+}
+
+impl Architecture {
+    /// ECS's name (`runtimePlatform.cpuArchitecture`).
+    pub fn ecs(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "X86_64",
+            Architecture::Arm64 => "ARM64",
+        }
+    }
+}
+
+/// Fargate's capacity: on-demand, or Spot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capacity {
+    #[default]
+    OnDemand,
+    Spot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkConfig {
-    Create { vpc_cidr: Ipv4Net, nat: NatKind, zones: Option<[String; 2]> },
+    Create { vpc_cidr: Ipv4Net, egress: Egress, zones: Option<[String; 2]> },
     Import { vpc_id: String },
 }
 
@@ -288,12 +378,61 @@ pub struct StackConfig {
     pub ssh_port: Option<u16>,
     /// ECS Exec (`exec`, `shell`) on the service, its sessions logged.
     pub exec: bool,
+    pub hardening: Hardening,
+    /// Whether the configuration named the egress (else an existing stack keeps its own).
+    pub egress_chosen: bool,
+    /// The architecture asked for; `None`: decided from the image (see [`StackConfig::architecture`]).
+    pub cpu_architecture: Option<Architecture>,
+    pub capacity: Capacity,
+    pub schedule: Option<crate::schedule::OfficeHours>,
+    /// Minutes without a request before GitLab sleeps (a multiple of 5).
+    pub idle_sleep_minutes: Option<u32>,
+    /// Days without a read before a file moves to EFS Infrequent Access.
+    pub efs_ia_days: Option<u32>,
+    /// Put to sleep by `sleep` (the state's note; set by `up` and `plan`, not the configuration).
+    pub asleep: bool,
+    /// Who, beside the operator, may read the root secret and delete backups (IAM ARNs).
+    pub admin_principals: Vec<String>,
+    /// The principal that created the stack (its IAM role or user ARN), recorded at its first
+    /// `up`: never locked out of what the resource policies guard. Set by `up` and `plan` from
+    /// the state, not by the configuration.
+    pub operator: Option<String>,
 }
 
 impl StackConfig {
     /// The image reference the task runs.
     pub fn image(&self) -> String {
         format!("{}:{}", self.gitlab_image, self.gitlab_image_tag)
+    }
+
+    /// The task's architecture, and why it is x86_64 when nobody asked: arm64 where GitLab
+    /// ships an official arm64 image of this version, never on Spot.
+    pub fn architecture(&self) -> (Architecture, Option<String>) {
+        if let Some(asked) = self.cpu_architecture {
+            return (asked, None);
+        }
+        if self.capacity == Capacity::Spot {
+            return (Architecture::X86_64, Some("Fargate Spot runs x86_64 only".into()));
+        }
+        let Some(version) = crate::gitlab_version::Version::parse(&self.gitlab_image_tag) else {
+            return (Architecture::X86_64, Some(format!("{} is not a release tag", self.gitlab_image_tag)));
+        };
+        match crate::requirements::arm64(&self.gitlab_image, version) {
+            Ok(()) => (Architecture::Arm64, None),
+            Err(why) => (Architecture::X86_64, Some(format!("{why}; set cpu_architecture = \"arm64\" if it has one"))),
+        }
+    }
+
+    /// The egress of a VPC the tool creates (`None` for an imported VPC).
+    pub fn egress(&self) -> Option<Egress> {
+        match self.network {
+            NetworkConfig::Create { egress, .. } => Some(egress),
+            NetworkConfig::Import { .. } => None,
+        }
+    }
+
+    pub fn strict(&self) -> bool {
+        self.hardening == Hardening::Strict
     }
 
     /// Whether the image is pulled from ECR (the execution role then needs ECR's pull rights).
@@ -318,6 +457,11 @@ impl StackConfig {
                     "allowed_cidrs {cidr} opens GitLab to {reach}: anyone there can reach its sign-in page; list your office or VPN networks instead"
                 ));
             }
+        }
+        if self.strict() && matches!(self.network, NetworkConfig::Import { .. }) {
+            warnings.push(
+                "hardening = \"strict\" leaves an imported VPC as it is: its flow logs and network ACLs are its owner's to set".into(),
+            );
         }
         if self.domain.is_none() {
             warnings.push(
@@ -366,6 +510,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
     if ssh_port == Some(0) {
         problems.add("ssh_port", "0 is not a port".into(), "use 22, or a port such as 2222");
     }
+    let (schedule, idle_sleep_minutes, efs_ia_days) = validate_running(s, &mut problems);
     if problems.0.is_empty() {
         Ok(StackConfig {
             stack,
@@ -382,6 +527,16 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
             task_memory_mib,
             ssh_port,
             exec: s.exec.unwrap_or(true),
+            hardening: s.hardening.unwrap_or_default(),
+            egress_chosen: s.egress.is_some() || s.use_nat_instance.is_some(),
+            cpu_architecture: s.cpu_architecture,
+            capacity: s.capacity.unwrap_or_default(),
+            schedule,
+            idle_sleep_minutes,
+            efs_ia_days,
+            asleep: false,
+            admin_principals: s.admin_principals.clone().unwrap_or_default(),
+            operator: None,
         })
     } else {
         Err(ConfigError::Invalid(problems.0))
@@ -475,6 +630,7 @@ fn validate_network(s: &Settings, problems: &mut Problems) -> NetworkConfig {
         for (key, given) in [
             ("vpc_cidr", s.vpc_cidr.is_some()),
             ("use_nat_instance", s.use_nat_instance.is_some()),
+            ("egress", s.egress.is_some()),
             ("availability_zones", s.availability_zones.is_some()),
         ] {
             if given {
@@ -511,7 +667,19 @@ fn validate_network(s: &Settings, problems: &mut Problems) -> NetworkConfig {
             Ipv4Net::default()
         }
     };
-    let nat = if s.use_nat_instance.unwrap_or(false) { NatKind::Instance } else { NatKind::Gateway };
+    let alias = s.use_nat_instance.map(|on| if on { Egress::NatInstance } else { Egress::NatGateway });
+    let egress = match (s.egress, alias) {
+        (Some(egress), Some(alias)) if egress != alias => {
+            problems.add(
+                "use_nat_instance",
+                format!("use_nat_instance = {} contradicts egress", s.use_nat_instance.unwrap_or_default()),
+                "remove use_nat_instance: egress says it (\"nat-instance\", \"nat-gateway\" or \"public-ip\")",
+            );
+            egress
+        }
+        (Some(egress), _) | (None, Some(egress)) => egress,
+        (None, None) => Egress::NatInstance,
+    };
     let zones = s.availability_zones.as_ref().and_then(|zones| {
         let ok = zones.len() == 2 && zones[0] != zones[1] && zones.iter().all(|z| is_zone(z));
         if !ok {
@@ -529,7 +697,62 @@ fn validate_network(s: &Settings, problems: &mut Problems) -> NetworkConfig {
         }
         Some([zones[0].clone(), zones[1].clone()])
     });
-    NetworkConfig::Create { vpc_cidr, nat, zones }
+    NetworkConfig::Create { vpc_cidr, egress, zones }
+}
+
+/// When and how GitLab runs: the schedule, the idle sleep, the file system's cheaper class,
+/// and Spot with the architecture it allows.
+fn validate_running(
+    s: &Settings,
+    problems: &mut Problems,
+) -> (Option<crate::schedule::OfficeHours>, Option<u32>, Option<u32>) {
+    let schedule = s.schedule.as_ref().and_then(|setting| match crate::schedule::OfficeHours::from_setting(setting) {
+        Ok(hours) => Some(hours),
+        Err(wrong) => {
+            for (field, problem) in wrong {
+                problems.add(
+                    &format!("schedule.{field}"),
+                    problem,
+                    "write it like schedule = { days = \"Mon-Fri\", start = \"07:30\", stop = \"19:30\", timezone = \"Europe/Berlin\" }",
+                );
+            }
+            None
+        }
+    });
+    let idle = s.idle_sleep.as_deref().and_then(|text| match humantime::parse_duration(text) {
+        Ok(d) if (15 * 60..=24 * 3600).contains(&d.as_secs()) => Some((d.as_secs() / 60).div_ceil(5) as u32 * 5),
+        Ok(_) => {
+            problems.add("idle_sleep", format!("{text:?} is outside 15m to 24h"), "CloudWatch's alarm looks back at most a day: use e.g. 2h");
+            None
+        }
+        Err(_) => {
+            problems.add("idle_sleep", format!("{text:?} is not a duration"), "write it like 2h or 90m");
+            None
+        }
+    });
+    const IA_DAYS: [u32; 9] = [1, 7, 14, 30, 60, 90, 180, 270, 365];
+    let ia = s.efs_infrequent_access_after.as_deref().and_then(|text| {
+        let days = humantime::parse_duration(text).ok().map(|d| d.as_secs() / 86400).and_then(|d| u32::try_from(d).ok());
+        match days.filter(|d| IA_DAYS.contains(d)) {
+            Some(days) => Some(days),
+            None => {
+                problems.add(
+                    "efs_infrequent_access_after",
+                    format!("{text:?} is not one of EFS's periods"),
+                    "use 1d, 7d, 14d, 30d, 60d, 90d, 180d, 270d or 365d",
+                );
+                None
+            }
+        }
+    });
+    if s.capacity == Some(Capacity::Spot) && s.cpu_architecture == Some(Architecture::Arm64) {
+        problems.add(
+            "capacity",
+            "Fargate Spot runs x86_64 tasks only (AWS offers no ARM on Spot)".into(),
+            "set cpu_architecture = \"x86_64\" for Spot, or capacity = \"on-demand\" for Graviton",
+        );
+    }
+    (schedule, idle, ia)
 }
 
 fn validate_domain(s: &Settings, problems: &mut Problems) -> Option<DomainConfig> {
@@ -599,6 +822,15 @@ fn validate_image(s: &Settings, problems: &mut Problems) -> (String, String) {
                 "use a release tag like {DEFAULT_GITLAB_IMAGE_TAG} (moving tags such as latest or rc can upgrade GitLab across versions on any restart)"
             ),
         );
+    }
+    for (i, arn) in s.admin_principals.iter().flatten().enumerate() {
+        if !is_principal_arn(arn) {
+            problems.add(
+                &format!("admin_principals[{i}]"),
+                format!("{arn:?} is not the ARN of an IAM role or user"),
+                "write it like arn:aws:iam::123456789012:role/Admins (a role's ARN with its path, not an assumed-role session)",
+            );
+        }
     }
     if let Some(arn) = &s.gitlab_image_credentials
         && !(arn.starts_with("arn:") && arn.contains(":secretsmanager:") && arn.contains(":secret:"))
@@ -751,6 +983,17 @@ pub fn known_region(s: &str) -> bool {
     regions().contains(&s)
 }
 
+/// `arn:<partition>:iam::<account>:role/...` or `:user/...`: what `aws:PrincipalArn` holds.
+fn is_principal_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if partition.starts_with("aws")
+            && account.len() == 12
+            && account.chars().all(|c| c.is_ascii_digit())
+            && (resource.starts_with("role/") || resource.starts_with("user/"))
+            && !resource.contains('*'))
+}
+
 /// Shaped like a region name (for zones: `us-east-1a`).
 pub fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
@@ -828,7 +1071,7 @@ mod tests {
         assert_eq!(cfg.stack, "gitlab");
         assert_eq!(
             cfg.network,
-            NetworkConfig::Create { vpc_cidr: "10.0.0.0/16".parse().unwrap(), nat: NatKind::Gateway, zones: None }
+            NetworkConfig::Create { vpc_cidr: "10.0.0.0/16".parse().unwrap(), egress: Egress::NatInstance, zones: None }
         );
         assert_eq!((cfg.task_cpu, cfg.task_memory_mib), (2048, 6144));
         assert_ne!(cfg.gitlab_image_tag, "latest");

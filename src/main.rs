@@ -8,6 +8,8 @@ mod exit;
 mod gitlab_version;
 mod ops;
 mod printer;
+mod requirements;
+mod schedule;
 #[cfg(test)]
 mod schemas;
 mod steps;

@@ -180,6 +180,13 @@ fn discoverability_help_completions_init_and_did_you_mean() {
         "next step named"
     );
     tool.run(&["init", "--allowed-cidr", "198.51.100.0/24"]).fails_with(2);
+    assert!(written.contains("hardening = \"default\""), "{written}");
+    tool.run(&["plan"]).ok();
+    // --strict writes the audited profile, which plan prices.
+    tool.run(&["init", "--allowed-cidr", "198.51.100.0/24", "--strict", "--force"]).ok();
+    let strict = tool.run(&["plan", "--json"]).json();
+    assert!(strict["steps"].to_string().contains("web-acl"), "{strict:#}");
+    tool.run(&["init", "--allowed-cidr", "198.51.100.0/24", "--force"]).ok();
     tool.run(&["plan"]).ok();
     // Hosted zone ids as the AWS CLI prints them; names with capitals and a trailing dot.
     let plan = tool

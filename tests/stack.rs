@@ -148,9 +148,11 @@ async fn http_stack_has_every_property_aws_would_show() {
     let attached = c.iam.list_attached_role_policies().role_name("web-us-east-1-init-role").send().await.unwrap();
     assert!(attached.attached_policies().iter().any(|p| p.policy_name() == Some("AWSLambdaVPCAccessExecutionRole")));
 
-    // Logs with a retention period.
+    // Logs kept a year, encrypted with the stack's own key.
     let groups = c.logs.describe_log_groups().log_group_name_prefix("/gitlab-provision/web/").send().await.unwrap();
-    assert_eq!(groups.log_groups()[0].retention_in_days(), Some(30));
+    assert_eq!(groups.log_groups()[0].retention_in_days(), Some(365));
+    let key = state["resources"]["key"]["attrs"]["arn"].as_str().unwrap();
+    assert_eq!(groups.log_groups()[0].kms_key_id(), Some(key));
 
     // ECS: cluster, task definition, service.
     let cluster = c

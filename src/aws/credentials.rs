@@ -175,19 +175,25 @@ fn clients_from(sdk: &SdkConfig, region: String, profile: Option<&str>) -> Clien
         region,
         profile: profile.map(str::to_string),
         acm: client!(aws_sdk_acm),
+        scaling: client!(aws_sdk_applicationautoscaling),
         backup: client!(aws_sdk_backup),
+        cloudtrail: client!(aws_sdk_cloudtrail),
+        cloudwatch: client!(aws_sdk_cloudwatch),
         ec2: client!(aws_sdk_ec2),
         ecs: client!(aws_sdk_ecs),
         efs: client!(aws_sdk_efs),
         elb: client!(aws_sdk_elasticloadbalancingv2),
         iam: client!(aws_sdk_iam),
+        kms: client!(aws_sdk_kms),
         lambda: client!(aws_sdk_lambda),
         logs: client!(aws_sdk_cloudwatchlogs),
         route53: client!(aws_sdk_route53),
+        s3: client!(aws_sdk_s3),
         secrets: client!(aws_sdk_secretsmanager),
         quotas: client!(aws_sdk_servicequotas),
         ssm: client!(aws_sdk_ssm),
         sts: client!(aws_sdk_sts),
+        waf: client!(aws_sdk_wafv2),
     }
 }
 
@@ -266,4 +272,17 @@ fn classify(err: &(dyn std::error::Error + 'static), code: &Option<String>, prof
 
 fn last_cause(chain: &str) -> String {
     chain.rsplit(": ").next().unwrap_or_default().trim().chars().take(200).collect()
+}
+
+/// The IAM ARN that `aws:PrincipalArn` holds for these credentials, as a resource policy names
+/// it: an assumed role's role ARN with its path (the session ARN STS gives drops the path, so the
+/// role is read), a user's or the root's ARN as it is.
+pub async fn principal_arn(ctx: &super::Ctx) -> anyhow::Result<Option<String>> {
+    let Some(identity) = &ctx.account else { return Ok(None) };
+    let arn = &identity.arn;
+    let Some(role) = arn.split_once(":assumed-role/").and_then(|(_, rest)| rest.split('/').next()) else {
+        return Ok(Some(arn.clone()));
+    };
+    let out = super::call(ctx.aws.iam.get_role().role_name(role).send(), || format!("reading role {role}")).await?;
+    Ok(out.role.map(|r| r.arn))
 }

@@ -6,6 +6,7 @@ mod calls;
 pub mod credentials;
 pub mod ec2;
 pub mod interfaces;
+pub mod policies;
 pub mod tags;
 
 use std::future::Future;
@@ -23,19 +24,25 @@ pub struct Clients {
     /// The profile the user named, for the Session Manager plugin (`exec`, `shell`).
     pub profile: Option<String>,
     pub acm: aws_sdk_acm::Client,
+    pub scaling: aws_sdk_applicationautoscaling::Client,
     pub backup: aws_sdk_backup::Client,
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub ecs: aws_sdk_ecs::Client,
     pub efs: aws_sdk_efs::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub iam: aws_sdk_iam::Client,
+    pub kms: aws_sdk_kms::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub route53: aws_sdk_route53::Client,
+    pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub quotas: aws_sdk_servicequotas::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub sts: aws_sdk_sts::Client,
+    pub waf: aws_sdk_wafv2::Client,
 }
 
 /// What every step and resource operation may use: the clients, the stack's tags and names, and
@@ -89,10 +96,11 @@ impl AwsError {
         self.code.as_deref().unwrap_or_default()
     }
 
-    /// EC2 spells it `InvalidVpcID.NotFound`, `NatGatewayNotFound`; others `ResourceNotFoundException`, `NoSuchHostedZone`.
+    /// EC2 spells it `InvalidVpcID.NotFound`, `NatGatewayNotFound`; others `ResourceNotFoundException`,
+    /// `NoSuchHostedZone`; WAF `WAFNonexistentItemException`.
     pub fn is_not_found(&self) -> bool {
         let code = self.code();
-        code.contains("NotFound") || code.starts_with("NoSuch")
+        code.contains("NotFound") || code.starts_with("NoSuch") || code == "WAFNonexistentItemException"
     }
 
     pub fn is_code(&self, codes: &[&str]) -> bool {

@@ -63,6 +63,12 @@ sdk_tags! {
         |t| (t.key(), t.value());
     aws_sdk_acm::types::Tag => |k, v| Self::builder().key(k).value(v).build().expect("key and value are set"),
         |t| (t.key(), t.value().unwrap_or_default());
+    aws_sdk_kms::types::Tag => |k, v| Self::builder().tag_key(k).tag_value(v).build().expect("key and value are set"),
+        |t| (t.tag_key(), t.tag_value());
+    aws_sdk_s3::types::Tag => |k, v| Self::builder().key(k).value(v).build().expect("key and value are set"),
+        |t| (t.key(), t.value());
+    aws_sdk_wafv2::types::Tag => |k, v| Self::builder().key(k).value(v).build().expect("key and value are set"),
+        |t| (t.key(), t.value());
 }
 
 impl Tags {

@@ -13,6 +13,8 @@ struct Answers {
     allowed_cidrs: Vec<String>,
     domain: Option<(String, String, String)>,
     nat_instance: bool,
+    /// `hardening = "strict"`: for an organisation under an audit.
+    strict: bool,
 }
 
 fn quoted(items: &[String]) -> String {
@@ -59,10 +61,19 @@ use_nat_instance = {nat}
 # Git over SSH through a network load balancer.
 # ssh = true
 # ssh_port = 22
+
+# Security. Every stack guards its root secret, file system and backups (the README's "Safety").
+# "strict" adds, for an audit: VPC flow logs and load-balancer access logs to a bucket, a KMS
+# key for the logs and the secret, 365-day logs, network ACLs, a WAF, a vault lock (about
+# $10/month more; `plan` prices each).
+hardening = "{hardening}"
+# Who besides you may read the root password and delete backups (IAM role or user ARNs).
+# admin_principals = ["arn:aws:iam::123456789012:role/GitLabAdmins"]
 "#,
         cidrs = quoted(&a.allowed_cidrs),
         nat = a.nat_instance,
         tag = DEFAULT_GITLAB_IMAGE_TAG,
+        hardening = if a.strict { "strict" } else { "default" },
     )
 }
 
@@ -127,8 +138,12 @@ fn ask_answers(printer: &Printer) -> Result<Answers, CliError> {
         },
         &["domain_name", "sub_domain", "hosted_zone_id"],
     )?;
-    let nat = printer.ask("Use a NAT instance (cheaper) instead of a NAT gateway? [y/N]")?;
-    Ok(Answers { allowed_cidrs, domain, nat_instance: matches!(nat.to_ascii_lowercase().as_str(), "y" | "yes") })
+    let yes = |answer: String| matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes");
+    let nat_instance = yes(printer.ask("Use a NAT instance (cheaper) instead of a NAT gateway? [y/N]")?);
+    let strict = yes(printer.ask(
+        "Will the account be audited? Strict hardening adds flow and access logs, a KMS key, network ACLs, a WAF (about $10/month) [y/N]",
+    )?);
+    Ok(Answers { allowed_cidrs, domain, nat_instance, strict })
 }
 
 pub fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
@@ -140,7 +155,7 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
     }
     let printer = Printer::new(global, false);
     let answers = if !args.allowed_cidrs.is_empty() {
-        Answers { allowed_cidrs: args.allowed_cidrs, domain: None, nat_instance: false }
+        Answers { allowed_cidrs: args.allowed_cidrs, domain: None, nat_instance: false, strict: args.strict }
     } else if printer.can_ask() {
         ask_answers(&printer)?
     } else {
@@ -167,17 +182,19 @@ mod tests {
     #[test]
     fn the_written_file_is_what_up_accepts() {
         for answers in [
-            Answers { allowed_cidrs: vec!["203.0.113.0/24".into()], domain: None, nat_instance: true },
+            Answers { allowed_cidrs: vec!["203.0.113.0/24".into()], domain: None, nat_instance: true, strict: true },
             Answers {
                 allowed_cidrs: vec!["203.0.113.0/24".into(), "198.51.100.7/32".into()],
                 domain: Some(("example.com".into(), "git".into(), "Z0123".into())),
                 nat_instance: false,
+                strict: false,
             },
         ] {
             let settings = config::parse_toml(&render(&answers)).unwrap_or_else(|e| panic!("{e:?}"));
             let cfg = config::validate(&settings).unwrap();
             assert_eq!(cfg.allowed_cidrs.len(), answers.allowed_cidrs.len());
             assert_eq!(cfg.domain.is_some(), answers.domain.is_some());
+            assert_eq!(cfg.strict(), answers.strict);
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod password;
 pub mod plan;
 pub mod restore;
+pub mod sleep;
 pub mod status;
 pub mod up;
 pub mod upgrade;
@@ -26,6 +27,8 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
         Command::Plan(args) => plan::run(&global, args).await,
         Command::Password => password::run(&global).await,
         Command::Upgrade(args) => upgrade::run(&global, args, interrupt).await,
+        Command::Sleep(args) => sleep::sleep(&global, args).await,
+        Command::Wake(args) => sleep::wake(&global, args).await,
         Command::Backup(args) => backup::run(&global, args, interrupt).await,
         Command::Restore(args) => restore::run(&global, args, interrupt).await,
         Command::Logs(args) => logs::run(&global, args, interrupt).await,

@@ -9,7 +9,7 @@ use crate::cli::{GlobalArgs, PlanArgs};
 use crate::engine;
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::ops::converge::refuse_lost_state;
-use crate::ops::plan::{PlanAction, PlanReport, SavedPlan, keep_running_version, report};
+use crate::ops::plan::{PlanAction, PlanReport, SavedPlan, keep_what_runs, report};
 use crate::ops::stack::{Configured, connect, locate, stack_config};
 use crate::printer::{Printer, Tone, shorten_arns, table};
 
@@ -93,15 +93,13 @@ impl PlanReport {
                 change.abs()
             );
         }
-        match cost.nat_instance_saving_usd_per_month {
-            Some(s) if s > 0.0 => {
-                let _ =
-                    writeln!(out, "use_nat_instance = true would save about ${s:.2}/month (a single instance as NAT)");
-            }
-            Some(s) => {
-                let _ = writeln!(out, "the NAT instance saves about ${:.2}/month over a NAT gateway", -s);
-            }
-            None => {}
+        if let Some(cheaper) = &cost.cheaper {
+            let _ = writeln!(
+                out,
+                "{} would save about ${:.2}/month, with the same data safety",
+                cheaper.settings.join(" and "),
+                cheaper.saving_usd_per_month
+            );
         }
         out
     }
@@ -167,10 +165,16 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
         }
     };
     if let Some(state) = &recorded {
-        keep_running_version(&mut cfg, &state.resources);
+        keep_what_runs(&mut cfg, &state.resources);
+        cfg.asleep = crate::ops::sleep::recorded_sleep(state).is_some();
     }
+    cfg.operator = match recorded.as_ref().and_then(crate::ops::stack::recorded_operator) {
+        Some(operator) => Some(operator),
+        None => crate::aws::credentials::principal_arn(&ctx).await.unwrap_or(None),
+    };
     let mut report = report(&ctx, &cfg, recorded.as_ref(), region, &lives, false)?;
     report.show_all = args.all;
+    report.warnings.extend(crate::steps::cloudtrail::warning(&ctx, cfg.exec).await);
     if let Some(path) = &args.out {
         let account =
             ctx.account.as_ref().map(|a| a.account.clone()).or(recorded.as_ref().and_then(|s| s.account.clone()));

@@ -45,6 +45,13 @@ impl StatusReport {
             })
             .collect();
         let _ = write!(out, "{}", table(&["RESOURCE", "ID", "RECORDED", "LIVE", "DETAIL"], &rows));
+        let hardening = match self.hardening {
+            crate::config::Hardening::Strict => {
+                "strict (the default's, plus WAF, VPC flow logs, load balancer access logs, vault lock)"
+            }
+            crate::config::Hardening::Default => "default (the stack's KMS key, network ACLs, 365-day logs)",
+        };
+        let _ = writeln!(out, "hardening: {hardening}");
         for c in &self.conflicts {
             let _ = writeln!(
                 out,
@@ -77,6 +84,13 @@ impl StatusReport {
                 _ => "none".into(),
             };
             let _ = writeln!(out, "  task:           {task}");
+            if g.capacity.as_deref() == Some("FARGATE_SPOT") || g.spot_interruptions > 0 {
+                let _ = writeln!(
+                    out,
+                    "  capacity:       Fargate Spot, {} in the last hour",
+                    ground::engine::counted(g.spot_interruptions, "interruption")
+                );
+            }
             if let Some(stop) = &g.last_stopped {
                 let _ = writeln!(out, "  last stopped:   {}", describe_stop(stop));
             }
@@ -132,6 +146,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
                 gitlab: None,
                 ssh: None,
                 gitlab_version: Default::default(),
+                hardening: Default::default(),
             };
             printer.json("status", &empty)?;
             return Ok(not_ok);

@@ -42,6 +42,9 @@ pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> Cli
         ));
     }
     let Opened { ctx, state, .. } = open_to_converge(global, &cfg, &printer).await?;
+    if let Some(warning) = crate::steps::cloudtrail::warning(&ctx, cfg.exec).await {
+        printer.warn(&warning);
+    }
     let options = Converge {
         global,
         yes: args.yes,

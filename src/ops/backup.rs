@@ -144,8 +144,7 @@ pub async fn take(opened: &Opened, printer: &Arc<Printer>, options: &BackupOptio
             BackupJournal {
                 started_at: now_rfc3339(),
                 phase: BackupPhase::StoppingGitLab,
-                // A sleeping GitLab (no task) is consistent as it is.
-                consistent: options.consistent && desired_before > 0,
+                consistent: options.consistent,
                 desired_before,
                 stopped_gitlab: false,
                 token: journal::attempt_token(&snapshot.lineage, "backup"),
@@ -207,7 +206,9 @@ async fn run(
     let mut stopped_at = None;
     if journal.phase == BackupPhase::StoppingGitLab {
         save(state, journal).await?;
+        // A sleeping GitLab (no task) is consistent as it is: nothing to stop, nothing to start.
         if journal.consistent
+            && journal.desired_before > 0
             && let Some(cluster) = targets.cluster.clone()
         {
             // Recorded before the call: from here on GitLab must be started again whatever happens.

@@ -54,8 +54,11 @@ pub async fn converge(
     if !options.during_operation {
         settle_dead_operation(ctx, state, printer).await?;
     }
+    cfg.operator = super::stack::operator(ctx, state, &cfg.admin_principals).await?;
+    // A GitLab put to sleep stays asleep through `up`.
+    cfg.asleep = super::sleep::recorded_sleep(&state.snapshot()).is_some();
     let snapshot = state.snapshot();
-    super::plan::keep_running_version(&mut cfg, &snapshot.resources);
+    super::plan::keep_what_runs(&mut cfg, &snapshot.resources);
     if snapshot.resources.is_empty() {
         refuse_lost_state(ctx, &cfg.stack).await?;
     }

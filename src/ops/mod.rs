@@ -7,6 +7,7 @@ pub mod converge;
 pub mod journal;
 pub mod plan;
 pub mod restore;
+pub mod sleep;
 pub mod stack;
 pub mod status;
 pub mod upgrade;

@@ -289,32 +289,38 @@ pub fn running_version(records: &BTreeMap<String, ResourceRecord>) -> Option<cra
     crate::gitlab_version::Version::parse(image.rsplit(':').next()?)
 }
 
-/// Keeps what runs when neither the file nor a flag names a version.
-pub fn keep_running_version(cfg: &mut StackConfig, records: &BTreeMap<String, ResourceRecord>) {
+/// Keeps what runs where the configuration does not say: the version when neither the file nor
+/// a flag names one, and the egress of a stack made before egress was a setting (or by its
+/// default of then: a NAT gateway), so a new default never rebuilds a running stack's network.
+pub fn keep_what_runs(cfg: &mut StackConfig, records: &BTreeMap<String, ResourceRecord>) {
     if cfg.tag_source == crate::config::TagSource::Default
         && let Some(running) = running_version(records)
     {
         cfg.gitlab_image_tag = running.to_string();
         cfg.tag_source = crate::config::TagSource::Running;
     }
+    if let crate::config::NetworkConfig::Create { egress, .. } = &mut cfg.network
+        && !cfg.egress_chosen
+        && records.contains_key(keys::VPC)
+    {
+        use crate::config::Egress;
+        *egress = if records.contains_key(keys::NAT_GATEWAY) {
+            Egress::NatGateway
+        } else if records.contains_key(keys::NAT_INSTANCE) {
+            Egress::NatInstance
+        } else {
+            Egress::PublicIp
+        };
+    }
 }
 
-/// The cost of what the records say the stack runs now.
-fn recorded_cost(records: &BTreeMap<String, ResourceRecord>) -> Option<Estimate> {
-    let td = records.get(keys::TASK_DEFINITION)?;
-    let nat = if records.contains_key(keys::NAT_GATEWAY) {
-        Some(crate::config::NatKind::Gateway)
-    } else if records.contains_key(keys::NAT_INSTANCE) {
-        Some(crate::config::NatKind::Instance)
-    } else {
-        None
-    };
-    Some(cost::estimate_of(&cost::Inputs {
-        cpu: td.attr("cpu")?.parse().ok()?,
-        memory_mib: td.attr("memory")?.parse().ok()?,
-        nat,
-        ssh: records.contains_key(keys::SSH_LOAD_BALANCER),
-    }))
+/// The cost of what the stack runs now: the settings `up` applied, with what runs.
+fn recorded_cost(state: Option<&state::State>) -> Option<Estimate> {
+    let state = state?;
+    let applied: crate::config::Settings = serde_json::from_value(state.settings.clone()?).ok()?;
+    let mut cfg = crate::config::validate(&applied).ok()?;
+    keep_what_runs(&mut cfg, &state.resources);
+    Some(cost::estimate(&cfg))
 }
 
 /// The whole plan for a configuration against a stack's records and what live reads found.
@@ -342,7 +348,7 @@ pub fn report(
         }
     }
     let monthly_cost = cost::estimate(cfg);
-    let monthly_cost_change = recorded_cost(records)
+    let monthly_cost_change = recorded_cost(state)
         .map(|before| ((monthly_cost.total_usd_per_month - before.total_usd_per_month) * 100.0).round() / 100.0);
     // A recorded resource that is not this stack's is never changed: the whole run is refused.
     let mut refused = refusals(cfg, state, &region, force_version);

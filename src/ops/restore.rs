@@ -220,6 +220,7 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
     }
     // Started again whatever converging changed (a configuration that did not change leaves the
     // service at the 0 tasks it was stopped to).
+    super::sleep::end_for(opened, printer, "the restore").await?;
     if let Some(cluster) = targets(&state.snapshot())?.cluster {
         let desired = journal.desired_before;
         phase(printer, state, "start-gitlab", "start GitLab on the restored data", |scope| {

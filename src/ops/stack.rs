@@ -235,6 +235,47 @@ pub async fn open_to_converge(global: &GlobalArgs, cfg: &StackConfig, printer: &
     Ok(Opened { ctx, state })
 }
 
+/// The note of who created the stack (the principal its resource policies never lock out).
+const OPERATOR_NOTE: &str = "operator";
+
+/// Who created the stack, as the state records it.
+pub fn recorded_operator(state: &State) -> Option<String> {
+    state.notes.get(OPERATOR_NOTE).and_then(|v| v.as_str()).map(str::to_string)
+}
+
+/// The stack's operator: recorded at its first `up` (these credentials' principal), then kept.
+/// A run by someone who is neither the operator nor among `admin_principals` is refused: the
+/// root secret and the backups are guarded against them, and converging would fail half-way.
+pub async fn operator(ctx: &Ctx, state: &crate::state::StateHandle, admins: &[String]) -> Result<Option<String>, CliError> {
+    let me = aws::credentials::principal_arn(ctx).await?;
+    let Some(operator) = recorded_operator(&state.snapshot()) else {
+        let Some(me) = me else {
+            // Guarding the secret and the backups with nobody named would lock everyone out.
+            if admins.is_empty() {
+                return Err(Diagnostic::new(
+                    "these credentials' IAM principal could not be told, and admin_principals names nobody: the root secret and the backups would be guarded against everyone",
+                )
+                .with_help("name the role or user that administers the stack in admin_principals, and run `gitlab-provision up` again")
+                .into());
+            }
+            return Ok(None);
+        };
+        // Saved with the stack's first resource (a run that creates nothing writes no state).
+        state.update(|s| drop(s.notes.insert(OPERATOR_NOTE.to_string(), serde_json::json!(me))), false)?;
+        return Ok(Some(me));
+    };
+    if let Some(me) = me.filter(|me| *me != operator && !admins.contains(me)) {
+        return Err(Diagnostic::new(format!(
+            "{me} is not among the stack's admins (its operator {operator}, and admin_principals): the root secret and the backups are guarded against it"
+        ))
+        .with_help(format!(
+            "ask an admin to add {me} to admin_principals and run `gitlab-provision up`, or use the operator's credentials"
+        ))
+        .into());
+    }
+    Ok(Some(operator))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

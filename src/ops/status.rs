@@ -29,6 +29,18 @@ pub struct StatusReport {
     /// The GitLab version the state records, and the one the running task runs.
     pub gitlab_version: GitLabVersion,
     pub ssh: Option<String>,
+    /// The security profile the records show: `strict` once its web ACL or log bucket exist.
+    pub hardening: crate::config::Hardening,
+}
+
+/// The profile a stack's records show.
+pub fn recorded_hardening(records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>) -> crate::config::Hardening {
+    use crate::keys;
+    if [keys::WEB_ACL, keys::LOG_BUCKET].iter().any(|k| records.contains_key(*k)) {
+        crate::config::Hardening::Strict
+    } else {
+        crate::config::Hardening::Default
+    }
 }
 
 /// GitLab's version: what the state records (its task definition), what runs (the live task's
@@ -99,6 +111,8 @@ pub enum VerdictState {
     Starting,
     Unhealthy,
     Stopped,
+    /// No task, on purpose: `sleep`, the schedule, the idle sleep.
+    Asleep,
     NotDeployed,
     /// Healthy, but resources are missing, changed or not the stack's.
     Degraded,
@@ -109,7 +123,7 @@ pub enum VerdictState {
 /// One word for scripts, one line for people.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Verdict {
-    /// healthy, starting, unhealthy, stopped, not-deployed, degraded or empty.
+    /// healthy, starting, unhealthy, stopped, asleep, not-deployed, degraded or empty.
     pub state: VerdictState,
     pub text: String,
     /// Whether `status --check` exits 0.
@@ -135,7 +149,38 @@ pub fn since(started: &str) -> String {
     if minutes == 0 { "under a minute".to_string() } else { format!("{minutes} min") }
 }
 
+/// Why GitLab has no task when that is meant: `sleep`, its schedule, its idle sleep.
+pub fn asleep_because(state: &crate::state::State) -> Option<String> {
+    let settings: crate::config::Settings =
+        state.settings.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    let cfg = crate::config::validate(&settings).ok();
+    if let Some(sleep) = super::sleep::recorded_sleep(state) {
+        let since = crate::printer::minute_utc(&sleep.since);
+        return Some(match sleep.until {
+            Some(until) => format!("GitLab is asleep since {since}, wakes at {until} (schedule)"),
+            None => format!("GitLab is asleep since {since}, until `gitlab-provision wake`"),
+        });
+    }
+    let cfg = cfg?;
+    if cfg.schedule.is_some() {
+        let wakes = super::sleep::next_scheduled_wake(&cfg).unwrap_or_else(|| "?".into());
+        return Some(format!("GitLab is asleep outside its office hours, wakes at {wakes} (schedule)"));
+    }
+    cfg.idle_sleep_minutes.map(|m| format!("GitLab is asleep after {m} minutes without a request; the next request wakes it"))
+}
+
 pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict {
+    verdict_asleep(resources, gitlab, None)
+}
+
+/// The verdict, where a GitLab with no task may be asleep on purpose.
+pub fn verdict_asleep(resources: &[ResourceStatus], gitlab: Option<&Health>, asleep: Option<String>) -> Verdict {
+    if let (Some(why), Some(h)) = (&asleep, gitlab)
+        && h.desired == Some(0)
+        && !resources.is_empty()
+    {
+        return Verdict { state: VerdictState::Asleep, text: why.clone(), ok: true };
+    }
     let count = |live: LiveState| resources.iter().filter(|r| r.live == live).count();
     let problems: Vec<String> = [
         ("missing", count(LiveState::Missing)),
@@ -276,9 +321,10 @@ pub async fn read(
         region: ctx.region().to_string(),
         account: ctx.account.as_ref().map(|a| a.account.clone()),
         state_file,
-        verdict: verdict(&resources, gitlab.as_ref()),
+        verdict: verdict_asleep(&resources, gitlab.as_ref(), recorded.and_then(asleep_because)),
         ssh: recorded.and_then(|s| ssh_endpoint(&s.resources)).map(|(h, p)| clone_url(&h, p)),
         gitlab_version: GitLabVersion::of(&recorded.map(|s| s.resources.clone()).unwrap_or_default(), gitlab.as_ref()),
+        hardening: recorded.map(|s| recorded_hardening(&s.resources)).unwrap_or_default(),
         resources,
         conflicts,
         gitlab,

@@ -400,3 +400,182 @@ pub fn restored_file_system(arn: &str) -> anyhow::Result<String> {
         .filter(|id| id.starts_with("fs-"))
         .with_context(|| format!("the restore made {arn:?}, not a file system"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// The vault's access policy
+
+/// What deletes or shortens a backup, or lifts this protection. (AWS Backup's access policies
+/// take no wildcard in Action: each is named.)
+const GUARDED: [&str; 6] = [
+    "backup:DeleteRecoveryPoint",
+    "backup:UpdateRecoveryPointLifecycle",
+    "backup:PutBackupVaultAccessPolicy",
+    "backup:DeleteBackupVaultAccessPolicy",
+    "backup:PutBackupVaultLockConfiguration",
+    "backup:DeleteBackupVaultLockConfiguration",
+];
+
+/// Only the stack's admins delete or shorten its backups (AWS Backup's documented
+/// "deny deleting recovery points but to these principals" policy).
+pub struct VaultPolicyStep {
+    pub config: std::sync::Arc<crate::config::StackConfig>,
+}
+
+#[async_trait]
+impl StepAction<Ctx> for VaultPolicyStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let vault = env.id(keys::BACKUP_VAULT)?;
+        let allowed = crate::aws::policies::admins(self.config.operator.as_deref(), &self.config.admin_principals, &[]);
+        let policy = crate::aws::policies::document(vec![crate::aws::policies::deny_all_but(
+            "OnlyTheStacksAdminsDeleteBackups",
+            &GUARDED,
+            "*",
+            &allowed,
+            serde_json::json!("*"),
+        )]);
+        Ok(vec![Desired::new(keys::BACKUP_VAULT_POLICY, Kind::VaultPolicy, attrs([("vault", vault), ("policy", policy)]))])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (vault, policy) = (want.text("vault").to_string(), want.text("policy").to_string());
+        let (vault_ref, policy_ref) = (vault.as_str(), policy.as_str());
+        let ensured = scope
+            .ensure(ctx, &VaultPolicyOps, want, |_, _| async move {
+                call(
+                    ctx.aws.backup.put_backup_vault_access_policy().backup_vault_name(vault_ref).policy(policy_ref).send(),
+                    || format!("setting the access policy of {vault_ref}"),
+                )
+                .await?;
+                Ok(Applied::id(vault_ref))
+            })
+            .await?;
+        Ok(Summary::new(format!("{} (only the stack's admins delete backups)", ensured.verb()), ensured.changed()))
+    }
+}
+
+pub struct VaultPolicyOps;
+
+#[async_trait]
+impl ResourceOps<Ctx> for VaultPolicyOps {
+    fn noun(&self) -> &'static str {
+        Kind::VaultPolicy.noun()
+    }
+
+    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let vault = record.id()?;
+        let out = if_there(ctx.aws.backup.get_backup_vault_access_policy().backup_vault_name(vault).send(), || {
+            format!("reading the access policy of {vault}")
+        })
+        .await?;
+        Ok(match out.and_then(|o| o.policy) {
+            None => Live::Missing,
+            Some(live) => {
+                let same = record.attr("policy").is_some_and(|want| crate::aws::policies::same(want, &live));
+                let drift = if same { vec![] } else { vec!["the policy was changed outside gitlab-provision".into()] };
+                Live::present("only the stack's admins delete backups", drift).owned_by(Owner::Ours)
+            }
+        })
+    }
+
+    async fn find(&self, _ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        Ok(lost.record.attr("vault").map(str::to_string))
+    }
+
+    /// Forgotten, not removed: the policy goes with what it guards (AWS deletes it with its
+    /// resource), and a resource `down --keep-data` or a restore keeps stays guarded.
+    async fn delete(&self, _ctx: &Ctx, _record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The vault's lock (`hardening = "strict"`)
+
+/// No recovery point in the vault can be deleted, or its lifecycle shortened, before it is this
+/// old: a week, in which a mistake or an intruder is noticed.
+pub const MIN_RETENTION_DAYS: i64 = 7;
+
+/// Vault Lock in governance mode (no ChangeableForDays): enforced on everyone, removable by an
+/// admin (the vault policy denies removing it to anyone else), so `down` can still finish. The
+/// irreversible compliance mode is left to the account's owners.
+pub struct VaultLockStep;
+
+#[async_trait]
+impl StepAction<Ctx> for VaultLockStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([("vault", env.id(keys::BACKUP_VAULT)?), ("min_retention_days", MIN_RETENTION_DAYS.to_string())]);
+        Ok(vec![Desired::new(keys::VAULT_LOCK, Kind::VaultLock, wanted).replaced_on(&["vault"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let vault = want.text("vault").to_string();
+        let vault_ref = vault.as_str();
+        let ensured = scope
+            .ensure(ctx, &VaultLockOps, want, |_, _| async move {
+                call(
+                    ctx.aws
+                        .backup
+                        .put_backup_vault_lock_configuration()
+                        .backup_vault_name(vault_ref)
+                        .min_retention_days(MIN_RETENTION_DAYS)
+                        .send(),
+                    || format!("locking vault {vault_ref}"),
+                )
+                .await?;
+                Ok(Applied::id(vault_ref))
+            })
+            .await?;
+        Ok(ensured.summary(&format!(" (backups kept at least {MIN_RETENTION_DAYS} days, governance mode)")))
+    }
+}
+
+pub struct VaultLockOps;
+
+#[async_trait]
+impl ResourceOps<Ctx> for VaultLockOps {
+    fn noun(&self) -> &'static str {
+        Kind::VaultLock.noun()
+    }
+
+    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let vault = record.id()?;
+        let out = if_there(ctx.aws.backup.describe_backup_vault().backup_vault_name(vault).send(), || {
+            format!("reading vault {vault}")
+        })
+        .await?;
+        Ok(match out.filter(|v| v.locked == Some(true)) {
+            None => Live::Missing,
+            Some(v) => {
+                let days = v.min_retention_days.unwrap_or_default();
+                let drift = if days < MIN_RETENTION_DAYS {
+                    vec![format!("its minimum retention is {days} days")]
+                } else {
+                    vec![]
+                };
+                Live::present(format!("backups kept at least {days} days"), drift).owned_by(Owner::Ours)
+            }
+        })
+    }
+
+    async fn find(&self, _ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        Ok(lost.record.attr("vault").map(str::to_string))
+    }
+
+    /// Lifted when the stack no longer wants it; a vault `down` keeps (it holds backups) keeps
+    /// its lock (the row keeps the lock while the vault holds backups).
+    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+        let vault = record.id()?;
+        if_there(ctx.aws.backup.delete_backup_vault_lock_configuration().backup_vault_name(vault).send(), || {
+            format!("unlocking vault {vault}")
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn holds(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Option<String>> {
+        let points = vault_points(ctx, record.id()?).await?.unwrap_or(0);
+        Ok((points > 0).then(|| counted(points, "backup")))
+    }
+}

@@ -4,20 +4,17 @@
 //! each is recorded before it is created and removed right after, so a crash leaves nothing
 //! unrecorded and a finished run leaves nothing behind but the "prepared" marker.
 
-use std::io::Write as _;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::{Architecture, FileSystemConfig, FunctionCode, Runtime, State, VpcConfig};
+use aws_sdk_lambda::types::{Architecture, FileSystemConfig, FunctionCode, Runtime, VpcConfig};
 use serde_json::json;
 
 use super::{iam, storage};
-use crate::aws::{AwsError, Ctx, call, if_there, propagated};
+use crate::aws::{AwsError, Ctx, call, propagated};
 use crate::engine::{
-    Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Poll, ResourceOps, StepAction, StepScope, Summary,
-    WaitPolicy, attrs, wait_until,
+    Applied, Desired, Env, Live, Lost, ResourceOps, StepAction, StepScope, Summary, attrs,
 };
 use crate::keys::{self, Kind, names};
 use crate::state::ResourceRecord;
@@ -27,18 +24,9 @@ const MOUNT_PATH: &str = "/mnt/efs";
 pub const GITLAB_BASE: &str = "srv/gitlab";
 pub const GITLAB_DIRECTORIES: [&str; 3] = ["data", "logs", "config"];
 
-/// A function in a VPC takes up to a minute or two to become active (its network interfaces).
-const FUNCTION_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(600));
-
-/// The deployment package: handler.py alone, stored uncompressed (it is a few KB).
+/// The deployment package: handler.py alone.
 pub fn package() -> anyhow::Result<Vec<u8>> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .unix_permissions(0o644);
-    zip.start_file("handler.py", options)?;
-    zip.write_all(HANDLER_SOURCE.as_bytes())?;
-    Ok(zip.finish()?.into_inner())
+    super::lambda::package(HANDLER_SOURCE)
 }
 
 pub struct RunEfsInitializer;
@@ -99,7 +87,7 @@ impl RunEfsInitializer {
         // Its job is done: delete it now, so its network interfaces start draining long before
         // `down`; then what only it needed.
         for (key, ops) in [
-            (keys::INIT_FUNCTION, &FunctionOps as &dyn ResourceOps<Ctx>),
+            (keys::INIT_FUNCTION, &super::lambda::FunctionOps as &dyn ResourceOps<Ctx>),
             (keys::INIT_ACCESS_POINT, &storage::AccessPointOps),
             (keys::INIT_ROLE_POLICY, &iam::RolePolicyOps),
         ] {
@@ -126,7 +114,7 @@ impl RunEfsInitializer {
         let want = Desired::new(keys::INIT_FUNCTION, Kind::Function, attrs([("name", name.to_string())]));
         let (role, group, subnets, zip, mount) = (role.as_str(), group.as_str(), &subnets, &zip, &mount);
         scope
-            .ensure(ctx, &FunctionOps, want, |existing, _| async move {
+            .ensure(ctx, &super::lambda::FunctionOps, want, |existing, _| async move {
                 if existing.is_none() {
                     // Right after its role or the role's policies are created, Lambda's
                     // pre-flight check may not see them yet.
@@ -164,15 +152,7 @@ impl RunEfsInitializer {
                     })
                     .await?;
                 }
-                wait_until(scope, &format!("function {name} to become active"), FUNCTION_WAIT, || async {
-                    Ok(match function_state(ctx, name).await? {
-                        Some((State::Active, _)) => Poll::Ready(()),
-                        Some((State::Failed, reason)) => Poll::Failed(reason),
-                        Some((state, _)) => Poll::Pending(state.as_str().to_lowercase()),
-                        None => Poll::Pending("not visible yet".into()),
-                    })
-                })
-                .await?;
+                super::lambda::wait_active(ctx, scope, name).await?;
                 Ok(Applied::id(name))
             })
             .await?;
@@ -214,70 +194,6 @@ async fn invoke(ctx: &Ctx, scope: &StepScope, name: &str, fs_id: &str) -> anyhow
     let missing: Vec<&String> = expected.iter().filter(|d| !created.contains(d) && !existing.contains(d)).collect();
     anyhow::ensure!(missing.is_empty(), "the EFS initializer did not report {missing:?}; it answered {payload}");
     Ok(Prepared { created, existing, restored_from: result["restored_from"].as_str().map(str::to_string) })
-}
-
-async fn function_state(ctx: &Ctx, name: &str) -> anyhow::Result<Option<(State, String)>> {
-    let out = if_there(ctx.aws.lambda.get_function_configuration().function_name(name).send(), || {
-        format!("reading function {name}")
-    })
-    .await?;
-    Ok(out.map(|c| (c.state().cloned().unwrap_or(State::Pending), c.state_reason().unwrap_or_default().to_string())))
-}
-
-async fn function_owner(ctx: &Ctx, name: &str) -> anyhow::Result<Option<crate::engine::Owner>> {
-    let out = if_there(ctx.aws.lambda.get_function().function_name(name).send(), || format!("reading function {name}"))
-        .await?;
-    Ok(out.map(|f| {
-        let tags = f.tags.unwrap_or_default();
-        ctx.tags.owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    }))
-}
-
-pub struct FunctionOps;
-
-#[async_trait]
-impl ResourceOps<Ctx> for FunctionOps {
-    fn noun(&self) -> &'static str {
-        Kind::Function.noun()
-    }
-
-    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        Ok(match function_state(ctx, record.id()?).await? {
-            None => Live::Missing,
-            Some((state, _)) => Live::present(state.as_str().to_lowercase(), vec![]),
-        })
-    }
-
-    async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        let live = self.read(ctx, record).await?;
-        Ok(match function_owner(ctx, record.id()?).await? {
-            Some(owner) => live.owned_by(owner),
-            None => Live::Missing,
-        })
-    }
-
-    async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
-        let Some(name) = lost.record.attr("name") else { return Ok(None) };
-        Ok(function_owner(ctx, name).await?.filter(|o| *o == crate::engine::Owner::Ours).map(|_| name.to_string()))
-    }
-
-    async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
-        let name = record.id()?;
-        if_there(ctx.aws.lambda.delete_function().function_name(name).send(), || format!("deleting function {name}"))
-            .await?;
-        Ok(())
-    }
-
-    async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
-        let name = names::init_function(&ctx.tags.stack);
-        Ok(match function_owner(ctx, &name).await? {
-            None => Found::default(),
-            Some(crate::engine::Owner::Foreign(why)) => {
-                Found { ours: vec![], conflicts: vec![Conflict { kind: Kind::Function.to_string(), id: name, why }] }
-            }
-            Some(_) => vec![Discovered::new(keys::INIT_FUNCTION, name.clone()).with("name", name)].into(),
-        })
-    }
 }
 
 /// The marker has nothing in AWS: it is present, and the stack's, as long as it is recorded.

@@ -96,6 +96,11 @@ pub fn execution_policy(
         json!({"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": log_group}),
         json!({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secrets}),
     ];
+    // The stack's key decrypts the secret, through Secrets Manager only.
+    statements.push(json!({
+        "Effect": "Allow", "Action": "kms:Decrypt", "Resource": arn_of(env, keys::KEY)?,
+        "Condition": {"StringEquals": {"kms:ViaService": format!("secretsmanager.{}.amazonaws.com", ctx.region())}}
+    }));
     if ecr {
         statements.push(json!({"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}));
         statements.push(json!({
@@ -150,8 +155,30 @@ pub fn no_inline_policy(_ctx: &Ctx, _env: &Env) -> anyhow::Result<Option<serde_j
 }
 
 pub const LAMBDA_VPC_ACCESS: &str = "service-role/AWSLambdaVPCAccessExecutionRole";
-pub const BACKUP_POLICIES: &[&str] =
-    &["service-role/AWSBackupServiceRolePolicyForBackup", "service-role/AWSBackupServiceRolePolicyForRestores"];
+/// What AWS Backup needs to back up the stack's file system into its vault and restore it to a
+/// new one: the EFS, vault and KMS statements of AWS's managed AWSBackupServiceRolePolicyForBackup
+/// and AWSBackupServiceRolePolicyForRestores (whole, they reach every EC2, RDS and file system in
+/// the account), scoped to this file system and vault. A restore makes a file system whose id is
+/// not known before: restoring, tagging and (for a failed restore) deleting one is allowed on
+/// the account's file systems, creating one takes `*` (IAM's resource for CreateFileSystem).
+pub fn backup_policy(ctx: &Ctx, env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
+    let (partition, region, account) = (ctx.partition(), ctx.region(), ctx.account_id());
+    let file_systems = format!("arn:{partition}:elasticfilesystem:{region}:{account}:file-system/*");
+    Ok(Some(json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "BackUpTheStacksFileSystem", "Effect": "Allow", "Action": ["elasticfilesystem:Backup", "elasticfilesystem:DescribeTags"], "Resource": arn_of(env, keys::FILE_SYSTEM)?},
+            {"Sid": "RestoreToANewFileSystem", "Effect": "Allow", "Action": ["elasticfilesystem:Restore", "elasticfilesystem:DescribeFileSystems", "elasticfilesystem:DeleteFileSystem", "elasticfilesystem:TagResource"], "Resource": file_systems},
+            {"Sid": "CreateTheRestoredFileSystem", "Effect": "Allow", "Action": "elasticfilesystem:CreateFileSystem", "Resource": "*"},
+            {"Sid": "TheStacksVault", "Effect": "Allow", "Action": ["backup:DescribeBackupVault", "backup:CopyIntoBackupVault"], "Resource": arn_of(env, keys::BACKUP_VAULT)?},
+            {"Sid": "TagItsRecoveryPoints", "Effect": "Allow", "Action": "backup:TagResource", "Resource": format!("arn:{partition}:backup:{region}:{account}:recovery-point:*")},
+            {"Sid": "FindTaggedResources", "Effect": "Allow", "Action": "tag:GetResources", "Resource": "*"},
+            {"Sid": "DescribeKeys", "Effect": "Allow", "Action": "kms:DescribeKey", "Resource": "*"},
+            {"Sid": "GrantsForAwsResources", "Effect": "Allow", "Action": "kms:CreateGrant", "Resource": "*", "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}}},
+            {"Sid": "KeysThroughEfsOnly", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncryptTo", "kms:ReEncryptFrom", "kms:GenerateDataKeyWithoutPlaintext"], "Resource": "*", "Condition": {"StringLike": {"kms:ViaService": format!("elasticfilesystem.{region}.amazonaws.com")}}},
+        ]
+    })))
+}
 
 /// A role's inline policy, computed from the records of what it uses (`None`: no inline policy).
 pub type PolicyFn = Box<dyn Fn(&Ctx, &Env) -> anyhow::Result<Option<serde_json::Value>> + Send + Sync>;

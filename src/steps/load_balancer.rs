@@ -55,6 +55,13 @@ impl Flavour {
     /// What each flavour sets beyond the defaults: the ALB's idle timeout and header hygiene;
     /// the NLB's cross-zone balancing (one task in one of two zones must be reachable from both).
     fn attributes(self) -> Vec<(&'static str, String)> {
+        let mut attributes = self.own_attributes();
+        // `down` lifts it first; a delete from the console or another tool is refused.
+        attributes.push((DELETION_PROTECTION, "true".into()));
+        attributes
+    }
+
+    fn own_attributes(self) -> Vec<(&'static str, String)> {
         match self {
             Flavour::Application => vec![
                 ("idle_timeout.timeout_seconds", IDLE_TIMEOUT_SECONDS.to_string()),
@@ -64,6 +71,21 @@ impl Flavour {
         }
     }
 }
+
+/// Access logs on, to the bucket under the load balancer's prefix; or off.
+fn access_log_attributes(bucket: Option<&str>) -> Vec<(&'static str, String)> {
+    match bucket {
+        Some(bucket) => vec![
+            ("access_logs.s3.enabled", "true".into()),
+            ("access_logs.s3.bucket", bucket.to_string()),
+            ("access_logs.s3.prefix", crate::steps::s3::LOAD_BALANCER_LOG_PREFIX.into()),
+        ],
+        None => vec![("access_logs.s3.enabled", "false".into())],
+    }
+}
+
+/// The attribute that makes AWS refuse DeleteLoadBalancer.
+const DELETION_PROTECTION: &str = "deletion_protection.enabled";
 
 /// The load balancers' names: the ALB is the stack's name, the NLB `<stack>-ssh`.
 pub fn load_balancer_name(ctx: &Ctx, flavour: Flavour) -> String {
@@ -105,6 +127,17 @@ pub struct LoadBalancerStep {
     pub key: &'static str,
     pub flavour: Flavour,
     pub security_group: &'static str,
+    /// Access logs to the stack's log bucket (`hardening = "strict"`).
+    pub access_logs: bool,
+}
+
+/// Whether AWS refuses to delete the load balancer (None: it is gone).
+async fn deletion_protection(ctx: &Ctx, arn: &str) -> anyhow::Result<Option<bool>> {
+    let out = if_there(ctx.aws.elb.describe_load_balancer_attributes().load_balancer_arn(arn).send(), || {
+        format!("reading the attributes of {arn}")
+    })
+    .await?;
+    Ok(out.map(|o| o.attributes().iter().any(|a| a.key() == Some(DELETION_PROTECTION) && a.value() == Some("true"))))
 }
 
 async fn describe_load_balancer(ctx: &Ctx, arn: &str) -> anyhow::Result<Option<LoadBalancer>> {
@@ -129,11 +162,16 @@ impl StepAction<Ctx> for LoadBalancerStep {
         let subnets = keys::PUBLIC_SUBNETS.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
         let wanted =
             attrs([("name", load_balancer_name(ctx, self.flavour)), ("security_group", env.id(self.security_group)?)]);
-        let desired = Desired::new(self.key, Kind::LoadBalancer, wanted).with("subnets", subnets);
+        let desired = Desired::new(self.key, Kind::LoadBalancer, wanted)
+            .with("subnets", subnets)
+            // Round two's load balancers had no protection (nor access logs: below).
+            .with("deletion_protection", "on");
         let desired = match self.flavour {
             Flavour::Application => desired.with("idle_timeout", IDLE_TIMEOUT_SECONDS.to_string()),
             Flavour::Network => desired.with("cross_zone", "true"),
         };
+        let access_logs = if self.access_logs { env.id(keys::LOG_BUCKET)? } else { "off".to_string() };
+        let desired = desired.with("access_logs", access_logs).assuming(&[("deletion_protection", "off"), ("access_logs", "off")]);
         Ok(vec![desired.replaced_on(&["name"])])
     }
 
@@ -142,8 +180,9 @@ impl StepAction<Ctx> for LoadBalancerStep {
         let name = want.text("name").to_string();
         let subnets: Vec<String> = want.list("subnets");
         let group = want.text("security_group").to_string();
-        let (name_ref, subnets, group, flavour, key) =
-            (name.as_str(), &subnets, group.as_str(), self.flavour, self.key);
+        let logs_bucket = Some(want.text("access_logs").to_string()).filter(|b| b != "off");
+        let (name_ref, subnets, group, flavour, key, logs_bucket) =
+            (name.as_str(), &subnets, group.as_str(), self.flavour, self.key, logs_bucket.as_deref());
         let ensured = scope
             .ensure(ctx, &LoadBalancerOps, want, |existing, _| async move {
                 let elb = &ctx.aws.elb;
@@ -183,6 +222,7 @@ impl StepAction<Ctx> for LoadBalancerStep {
                 let settings = flavour
                     .attributes()
                     .into_iter()
+                    .chain(access_log_attributes(logs_bucket))
                     .map(|(k, v)| LoadBalancerAttribute::builder().key(k).value(v).build());
                 call(
                     elb.modify_load_balancer_attributes()
@@ -223,17 +263,26 @@ impl ResourceOps<Ctx> for LoadBalancerOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        Ok(match describe_load_balancer(ctx, record.id()?).await? {
-            None => Live::Missing,
-            Some(lb) => Live::present(
-                format!(
-                    "{} {}",
-                    lb.state().and_then(|s| s.code()).map(|c| c.as_str()).unwrap_or("?"),
-                    lb.dns_name().unwrap_or_default()
-                ),
-                vec![],
+        let arn = record.id()?;
+        let Some(lb) = describe_load_balancer(ctx, arn).await? else { return Ok(Live::Missing) };
+        let protected = deletion_protection(ctx, arn).await?;
+        let mut drift = vec![];
+        if record.attr("deletion_protection") == Some("on") && protected == Some(false) {
+            drift.push("deletion protection is off".to_string());
+        }
+        let shown = match protected {
+            Some(true) => ", deletion protection on",
+            Some(false) => ", deletion protection off",
+            None => "",
+        };
+        Ok(Live::present(
+            format!(
+                "{} {}{shown}",
+                lb.state().and_then(|s| s.code()).map(|c| c.as_str()).unwrap_or("?"),
+                lb.dns_name().unwrap_or_default()
             ),
-        })
+            drift,
+        ))
     }
 
     async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
@@ -253,6 +302,13 @@ impl ResourceOps<Ctx> for LoadBalancerOps {
     /// deletes wait for the interfaces themselves.
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
         let arn = record.id()?;
+        // Its protection lifted first: the one thing that makes this delete deliberate.
+        let unprotect = LoadBalancerAttribute::builder().key(DELETION_PROTECTION).value("false").build();
+        if_there(
+            ctx.aws.elb.modify_load_balancer_attributes().load_balancer_arn(arn).attributes(unprotect).send(),
+            || format!("lifting the deletion protection of {arn}"),
+        )
+        .await?;
         if_there(ctx.aws.elb.delete_load_balancer().load_balancer_arn(arn).send(), || {
             format!("deleting load balancer {arn}")
         })
@@ -450,14 +506,65 @@ impl ResourceOps<Ctx> for TargetGroupOps {
 
     async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
         let mut found = Found::default();
-        for (key, flavour) in [(keys::TARGET_GROUP, Flavour::Application), (keys::SSH_TARGET_GROUP, Flavour::Network)] {
-            let name = target_group_name(ctx, flavour);
+        let named = [
+            (keys::TARGET_GROUP, target_group_name(ctx, Flavour::Application)),
+            (keys::SSH_TARGET_GROUP, target_group_name(ctx, Flavour::Network)),
+            (keys::WAKE_TARGET_GROUP, wake_target_group_name(ctx)),
+        ];
+        for (key, name) in named {
             let arn = target_group_named(ctx, &name).await?.and_then(|tg| tg.target_group_arn);
             let more = classify(ctx, Kind::TargetGroup, key, &name, arn).await?;
             found.ours.extend(more.ours);
             found.conflicts.extend(more.conflicts);
         }
         Ok(found)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wake function's target group (`idle_sleep`)
+
+pub fn wake_target_group_name(ctx: &Ctx) -> String {
+    ctx.tags.short_name("wake", 32)
+}
+
+/// A target group whose one target is the function that wakes a sleeping GitLab: the listener
+/// forwards to it while GitLab sleeps. The function registers itself once its permission exists.
+pub struct WakeTargetGroupStep;
+
+#[async_trait]
+impl StepAction<Ctx> for WakeTargetGroupStep {
+    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let wanted = attrs([("name", wake_target_group_name(ctx)), ("target_type", "lambda".into())]);
+        Ok(vec![Desired::new(keys::WAKE_TARGET_GROUP, Kind::TargetGroup, wanted).replaced_on(&["name"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let name = want.text("name").to_string();
+        let name_ref = name.as_str();
+        let ensured = scope
+            .ensure(ctx, &TargetGroupOps, want, |existing, _| async move {
+                if let Some(existing) = existing {
+                    return Ok(Applied::id(existing.id));
+                }
+                // A function target: no protocol, port or VPC; health checks off by default.
+                let out = call(
+                    ctx.aws
+                        .elb
+                        .create_target_group()
+                        .name(name_ref)
+                        .target_type(TargetTypeEnum::Lambda)
+                        .set_tags(Some(ctx.tags.list(keys::WAKE_TARGET_GROUP)))
+                        .send(),
+                    || format!("creating target group {name_ref}"),
+                )
+                .await?;
+                let arn = out.target_groups().first().and_then(|tg| tg.target_group_arn()).context("CreateTargetGroup returned no ARN")?;
+                Ok(Applied::id(arn))
+            })
+            .await?;
+        Ok(ensured.summary(" (the wake function's)"))
     }
 }
 
@@ -540,6 +647,18 @@ impl StepAction<Ctx> for ListenerStep {
                 let not_visible = |e: &AwsError| e.is_code(&["CertificateNotFound", "CertificateNotFoundException"]);
                 let arn = match existing {
                     Some(existing) => {
+                        // A GitLab asleep (idle_sleep) is answered by the wake function: a change
+                        // to the listener keeps sending requests there.
+                        let wake = scope.state.get(keys::WAKE_TARGET_GROUP).and_then(|r| r.id);
+                        let live = describe_listener(ctx, &existing.id).await?;
+                        let asleep = wake.as_deref().is_some_and(|wake| {
+                            live.iter().flat_map(|l| l.default_actions()).any(|a| a.target_group_arn() == Some(wake))
+                        });
+                        let action = if asleep {
+                            &Action::builder().r#type(ActionTypeEnum::Forward).set_target_group_arn(wake.clone()).build()
+                        } else {
+                            action
+                        };
                         propagated(not_visible, || async {
                             call(
                                 elb.modify_listener()

@@ -16,8 +16,9 @@ use crate::engine::{
 use crate::keys::{self, Kind};
 use crate::state::ResourceRecord;
 
-/// A month of logs is enough to debug an incident and cheap at GitLab's volume.
-pub const RETENTION_DAYS: i32 = 30;
+/// A year of logs: what audits ask for (and a scanner's threshold), and cheap at GitLab's volume
+/// (CloudWatch Logs stores a GB for $0.03 a month).
+pub const RETENTION_DAYS: i32 = 365;
 /// Where ECS's awslogs driver writes GitLab's container: `gitlab/gitlab/<task id>`.
 pub const STREAM_PREFIX: &str = "gitlab";
 
@@ -69,44 +70,76 @@ async fn owner(ctx: &Ctx, name: &str) -> anyhow::Result<Owner> {
 pub struct LogGroupStep {
     pub key: &'static str,
     pub name: String,
+    pub retention_days: i32,
+    /// Encrypted with the stack's KMS key (`hardening = "strict"`), else with CloudWatch's own.
+    pub encrypted: bool,
 }
+
+/// What a group without the stack's key records as its key.
+const SERVICE_KEY: &str = "CloudWatch Logs' own";
 
 #[async_trait]
 impl StepAction<Ctx> for LogGroupStep {
-    fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
-        Ok(vec![Desired::new(self.key, Kind::LogGroup, attrs([("retention_days", RETENTION_DAYS.to_string())]))])
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let key = if self.encrypted { env.attr(keys::KEY, "arn")? } else { SERVICE_KEY.to_string() };
+        let wanted = attrs([("retention_days", self.retention_days.to_string()), ("kms_key", key)]);
+        // Round two's groups were encrypted with the service's key.
+        Ok(vec![Desired::new(self.key, Kind::LogGroup, wanted).assuming(&[("kms_key", SERVICE_KEY)])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let (group, key) = (self.name.as_str(), self.key);
+        let (group, key, days) = (self.name.as_str(), self.key, self.retention_days);
+        let kms_key = Some(want.text("kms_key").to_string()).filter(|k| k != SERVICE_KEY);
+        let recorded_key = scope.state.get(key).and_then(|r| r.attr("kms_key").map(str::to_string));
+        let kms_ref = kms_key.as_deref();
         let ensured = scope
             .ensure(ctx, &LogGroupOps, want, |existing, _| async move {
                 let logs = &ctx.aws.logs;
+                // Whether the group has the key it should: a new one is created with it; one
+                // adopted or recorded with another key gets it.
+                let mut keyed = recorded_key.as_deref().unwrap_or(SERVICE_KEY) == kms_ref.unwrap_or(SERVICE_KEY);
                 if existing.is_none() {
                     let created = call(
-                        logs.create_log_group().log_group_name(group).set_tags(Some(ctx.tags.map(key))).send(),
+                        logs.create_log_group()
+                            .log_group_name(group)
+                            .set_kms_key_id(kms_ref.map(str::to_string))
+                            .set_tags(Some(ctx.tags.map(key)))
+                            .send(),
                         || format!("creating log group {group}"),
                     )
                     .await;
-                    match created {
+                    keyed = match created {
                         Err(e) if e.is_code(&["ResourceAlreadyExistsException"]) => {
-                            adopt_side_effect(ctx, key, group).await?
+                            adopt_side_effect(ctx, key, group).await?;
+                            kms_ref.is_none()
                         }
-                        other => {
-                            other?;
-                        }
+                        other => other.map(|_| true)?,
+                    };
+                }
+                if !keyed {
+                    match kms_ref {
+                        Some(kms) => call(logs.associate_kms_key().log_group_name(group).kms_key_id(kms).send(), || {
+                            format!("encrypting log group {group} with the stack's key")
+                        })
+                        .await
+                        .map(drop)?,
+                        None => call(logs.disassociate_kms_key().log_group_name(group).send(), || {
+                            format!("returning log group {group} to CloudWatch Logs' own key")
+                        })
+                        .await
+                        .map(drop)?,
                     }
                 }
-                call(
-                    logs.put_retention_policy().log_group_name(group).retention_in_days(RETENTION_DAYS).send(),
-                    || format!("setting the retention of {group}"),
-                )
+                call(logs.put_retention_policy().log_group_name(group).retention_in_days(days).send(), || {
+                    format!("setting the retention of {group}")
+                })
                 .await?;
                 Ok(Applied::id(group).with("arn", group_arn(ctx, group)))
             })
             .await?;
-        Ok(ensured.summary(&format!(" ({RETENTION_DAYS} days)")))
+        let encrypted = if kms_key.is_some() { ", the stack's key" } else { "" };
+        Ok(ensured.summary(&format!(" ({days} days{encrypted})")))
     }
 }
 
@@ -157,11 +190,16 @@ impl ResourceOps<Ctx> for LogGroupOps {
         Ok(match describe(ctx, name_of(record)?).await? {
             None => Live::Missing,
             Some(g) => {
-                let drift = match (record.attr("retention_days"), g.retention_in_days()) {
+                let mut drift = match (record.attr("retention_days"), g.retention_in_days()) {
                     (Some(want), Some(have)) if want == have.to_string() => vec![],
                     (Some(want), have) => vec![format!("retention is {have:?} days, not {want}")],
                     _ => vec![],
                 };
+                if let Some(want) = record.attr("kms_key").filter(|k| *k != SERVICE_KEY)
+                    && g.kms_key_id() != Some(want)
+                {
+                    drift.push("it is no longer encrypted with the stack's key".to_string());
+                }
                 Live::present(format!("{} bytes stored", g.stored_bytes().unwrap_or(0)), drift)
             }
         })
@@ -192,6 +230,7 @@ impl ResourceOps<Ctx> for LogGroupOps {
             (keys::INIT_LOG_GROUP, function_log_group(&keys::names::init_function(stack))),
             (keys::INSIGHTS_LOG_GROUP, insights_log_group(&keys::names::cluster(stack))),
             (keys::EXEC_LOG_GROUP, exec_log_group(stack)),
+            (keys::WAF_LOG_GROUP, crate::steps::waf::waf_log_group(stack)),
         ] {
             if describe(ctx, &name).await?.is_none() {
                 continue;

@@ -5,15 +5,23 @@
 
 pub mod backup;
 pub mod certificate;
+pub mod cloudtrail;
 pub mod dns;
 pub mod efs_init;
 pub mod iam;
+pub mod kms;
+pub mod lambda;
 pub mod load_balancer;
 pub mod logs;
 pub mod nat;
 pub mod network;
 pub mod quotas;
+pub mod s3;
+pub mod scaling;
 pub mod secret;
 pub mod security_group;
 pub mod service;
 pub mod storage;
+pub mod traffic;
+pub mod wake;
+pub mod waf;

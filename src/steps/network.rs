@@ -58,7 +58,13 @@ pub struct VpcStep {
 #[async_trait]
 impl StepAction<Ctx> for VpcStep {
     fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
-        Ok(vec![Desired::new(keys::VPC, Kind::Vpc, attrs([("cidr", self.cidr.to_string())])).replaced_on(&["cidr"])])
+        let wanted = attrs([("cidr", self.cidr.to_string()), ("default_security_group", "no rules".into())]);
+        // Round two left the default group's rules (all from itself in, all out).
+        Ok(vec![
+            Desired::new(keys::VPC, Kind::Vpc, wanted)
+                .replaced_on(&["cidr"])
+                .assuming(&[("default_security_group", "as created")]),
+        ])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -99,7 +105,47 @@ async fn create_vpc(ctx: &Ctx, cidr: Ipv4Net, existing: Option<Existing>) -> any
         format!("enabling DNS hostnames on {vpc_id}")
     })
     .await?;
+    close_default_group(ctx, &vpc_id).await?;
     Ok(Applied::id(vpc_id))
+}
+
+/// Strips the rules of the VPC's default security group (all traffic from itself, all out), as
+/// CDK's VPC does: nothing of the stack uses it, and anything put in it by mistake is then
+/// closed rather than open. AWS does not let the group itself be deleted.
+async fn close_default_group(ctx: &Ctx, vpc_id: &str) -> anyhow::Result<()> {
+    let ec2 = &ctx.aws.ec2;
+    let out = call(
+        ec2.describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+            .filters(Filter::builder().name("group-name").values("default").build())
+            .send(),
+        || format!("reading the default security group of {vpc_id}"),
+    )
+    .await?;
+    for group in out.security_groups() {
+        let Some(id) = group.group_id() else { continue };
+        if !group.ip_permissions().is_empty() {
+            call(
+                ec2.revoke_security_group_ingress()
+                    .group_id(id)
+                    .set_ip_permissions(Some(group.ip_permissions().to_vec()))
+                    .send(),
+                || format!("removing the inbound rules of {vpc_id}'s default security group {id}"),
+            )
+            .await?;
+        }
+        if !group.ip_permissions_egress().is_empty() {
+            call(
+                ec2.revoke_security_group_egress()
+                    .group_id(id)
+                    .set_ip_permissions(Some(group.ip_permissions_egress().to_vec()))
+                    .send(),
+                || format!("removing the outbound rules of {vpc_id}'s default security group {id}"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,11 +163,13 @@ impl Ec2Kind for Subnets {
         if record.attr("cidr").is_some_and(|c| c != cidr) {
             drift.push(format!("CIDR is {cidr}"));
         }
+        // Nothing the stack launches takes an address by default: the NAT instance asks for its
+        // own (a subnet that hands them out is a scanner's high finding).
         if record.status == RecordStatus::Created
-            && record.attr("public") == Some("true")
-            && subnet.map_public_ip_on_launch() != Some(true)
+            && record.attr("public_ip_on_launch") == Some("false")
+            && subnet.map_public_ip_on_launch() == Some(true)
         {
-            drift.push("public IPs on launch are off".into());
+            drift.push("public IPs on launch are on".into());
         }
         (format!("{cidr} in {}", subnet.availability_zone().unwrap_or_default()), drift)
     }
@@ -282,8 +330,12 @@ impl StepAction<Ctx> for SubnetsStep {
             .subnets
             .iter()
             .map(|(key, cidr, public, _)| {
-                Desired::new(key, Kind::Subnet, attrs([("cidr", cidr.to_string()), ("public", public.to_string())]))
-                    .replaced_on(&["cidr"])
+                let wanted =
+                    attrs([("cidr", cidr.to_string()), ("public", public.to_string()), ("public_ip_on_launch", "false".into())]);
+                // Round two's public subnets handed out public IPs on launch.
+                let before: &'static [(&str, &str)] =
+                    if *public { &[("public_ip_on_launch", "true")] } else { &[("public_ip_on_launch", "false")] };
+                Desired::new(key, Kind::Subnet, wanted).replaced_on(&["cidr"]).assuming(before)
             })
             .collect())
     }
@@ -293,12 +345,12 @@ impl StepAction<Ctx> for SubnetsStep {
         let zones = self.zones(ctx, scope).await?;
         let wants = scope.wanted(ctx, self)?;
         let mut ensures = Vec::new();
-        for ((_, cidr, public, zone), want) in self.plan.subnets.iter().zip(wants) {
+        for ((_, cidr, _, zone), want) in self.plan.subnets.iter().zip(wants) {
             let (az, vpc, key) = (zones[*zone].clone(), vpc_id.as_str(), want.key.clone());
             ensures.push(async move {
                 scope
                     .ensure(ctx, &Ec2::<Subnets>::OPS, want, |existing, _| async move {
-                        create_subnet(ctx, vpc, &key, *cidr, &az, *public, existing).await
+                        create_subnet(ctx, vpc, &key, *cidr, &az, existing).await
                     })
                     .await
             });
@@ -316,12 +368,23 @@ async fn create_subnet(
     key: &str,
     cidr: Ipv4Net,
     az: &str,
-    public: bool,
     existing: Option<Existing>,
 ) -> anyhow::Result<Applied> {
     let ec2 = &ctx.aws.ec2;
     let subnet_id = match existing {
-        Some(existing) => existing.id,
+        // A subnet created before public IPs on launch were turned off, or turned on since.
+        Some(existing) => {
+            let id = existing.id;
+            // A resumed create names a subnet EC2 may not show yet.
+            fresh(|| async {
+                call(ec2.modify_subnet_attribute().subnet_id(&id).map_public_ip_on_launch(bool_value(false)).send(), || {
+                    format!("turning off public IPs on launch in {id}")
+                })
+                .await
+            })
+            .await?;
+            id
+        }
         None => call(
             ec2.create_subnet()
                 .vpc_id(vpc_id)
@@ -337,16 +400,8 @@ async fn create_subnet(
         .context("CreateSubnet returned no id")?
         .to_string(),
     };
-    if public {
-        fresh(|| async {
-            call(
-                ec2.modify_subnet_attribute().subnet_id(&subnet_id).map_public_ip_on_launch(bool_value(true)).send(),
-                || format!("enabling public IPs on {subnet_id}"),
-            )
-            .await
-        })
-        .await?;
-    }
+    // Visible before the NAT, the routes and the load balancers name it.
+    Ec2::<Subnets>::get_fresh(ctx, &subnet_id).await?;
     Ok(Applied::id(subnet_id).with("az", az))
 }
 

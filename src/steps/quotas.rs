@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::aws::{Ctx, call};
-use crate::config::{NatKind, NetworkConfig, StackConfig};
+use crate::config::{Egress, NetworkConfig, StackConfig};
 use crate::engine::{StepAction, StepScope, Summary};
 use crate::exit::Diagnostic;
 use crate::keys;
@@ -72,7 +72,7 @@ pub fn needs(
     if missing(keys::SERVICE) {
         needs.insert("fargate-vcpu", f64::from(cfg.task_cpu) / 1024.0);
     }
-    if matches!(cfg.network, NetworkConfig::Create { nat: NatKind::Gateway, .. }) && missing(keys::NAT_EIP) {
+    if matches!(cfg.network, NetworkConfig::Create { egress: Egress::NatGateway, .. }) && missing(keys::NAT_EIP) {
         needs.insert("elastic-ips", 1.0);
     }
     if missing(keys::LOAD_BALANCER) {

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 
-use crate::aws::{Absent, AwsError, AwsResultExt, Ctx, call, if_there, propagated};
+use crate::aws::{Absent, AwsError, AwsResultExt, Ctx, call, if_there, policies, propagated};
 use crate::engine::{
     Applied, Conflict, Desired, Discovered, Env, Found, Live, Lost, Owner, ResourceOps, StepAction, StepScope, Summary,
     attrs,
@@ -56,30 +56,39 @@ pub async fn read_password(ctx: &Ctx, secret_id: &str) -> anyhow::Result<String>
 
 pub struct RootSecretStep {
     pub email: String,
+    /// Encrypted with the stack's KMS key (`hardening = "strict"`), else Secrets Manager's.
+    pub encrypted: bool,
 }
+
+/// Secrets Manager's own key, as a secret without the stack's key records it.
+const SERVICE_KEY: &str = "aws/secretsmanager";
 
 #[async_trait]
 impl StepAction<Ctx> for RootSecretStep {
-    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
-        let wanted = attrs([("name", secret_name(&ctx.tags.stack)), ("email", self.email.clone())]);
-        Ok(vec![Desired::new(keys::ROOT_SECRET, Kind::Secret, wanted)])
+    fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let key = if self.encrypted { env.attr(keys::KEY, "arn")? } else { SERVICE_KEY.to_string() };
+        let wanted = attrs([("name", secret_name(&ctx.tags.stack)), ("email", self.email.clone()), ("kms_key", key)]);
+        Ok(vec![Desired::new(keys::ROOT_SECRET, Kind::Secret, wanted).assuming(&[("kms_key", SERVICE_KEY)])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let name = want.text("name").to_string();
-        let (name_ref, email) = (name.as_str(), self.email.as_str());
+        let (name, key) = (want.text("name").to_string(), want.text("kms_key").to_string());
+        let (name_ref, email, key) = (name.as_str(), self.email.as_str(), key.as_str());
+        let kms = (key != SERVICE_KEY).then(|| key.to_string());
         let ensured = scope
             .ensure(ctx, &SecretOps, want, |existing, _| async move {
                 let secrets = &ctx.aws.secrets;
                 let arn = match existing {
-                    // Only the e-mail can change: keep the password GitLab was first booted with.
+                    // Only the e-mail and the key can change: keep the password GitLab was first
+                    // booted with (a new version, encrypted with the key wanted).
                     Some(existing) => {
                         let password = read_password(ctx, &existing.id).await?;
                         call(
                             secrets
-                                .put_secret_value()
+                                .update_secret()
                                 .secret_id(&existing.id)
+                                .kms_key_id(key)
                                 .secret_string(secret_value(email, &password))
                                 .send(),
                             || format!("updating secret {name_ref}"),
@@ -98,6 +107,7 @@ impl StepAction<Ctx> for RootSecretStep {
                                     .create_secret()
                                     .name(name_ref)
                                     .description("GitLab root credentials (gitlab-provision)")
+                                    .set_kms_key_id(kms.clone())
                                     .secret_string(secret_value(email, &password))
                                     .set_tags(Some(ctx.tags.list(keys::ROOT_SECRET)))
                                     .send(),
@@ -166,5 +176,97 @@ impl ResourceOps<Ctx> for SecretOps {
             }
             _ => vec![Discovered::new(keys::ROOT_SECRET, arn).with("name", name)].into(),
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The root secret's resource policy
+
+/// The root secret readable by GitLab's execution role and the stack's admins alone: anyone else
+/// with account-wide Secrets Manager rights (PowerUser, a CI role) is denied every action on it.
+pub struct SecretPolicyStep {
+    pub config: std::sync::Arc<crate::config::StackConfig>,
+}
+
+#[async_trait]
+impl StepAction<Ctx> for SecretPolicyStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let secret = env.id(keys::ROOT_SECRET)?;
+        let allowed = policies::admins(
+            self.config.operator.as_deref(),
+            &self.config.admin_principals,
+            &[env.id(keys::EXECUTION_ROLE)?],
+        );
+        let policy = policies::document(vec![policies::deny_all_but(
+            "OnlyGitLabAndItsAdmins",
+            &["secretsmanager:*"],
+            "*",
+            &allowed,
+            serde_json::json!("*"),
+        )]);
+        Ok(vec![Desired::new(keys::ROOT_SECRET_POLICY, Kind::SecretPolicy, attrs([("secret", secret), ("policy", policy)]))])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (secret, policy) = (want.text("secret").to_string(), want.text("policy").to_string());
+        let (secret_ref, policy_ref) = (secret.as_str(), policy.as_str());
+        let ensured = scope
+            .ensure(ctx, &SecretPolicyOps, want, |_, _| async move {
+                // A policy that would make the secret public is refused by AWS, not applied.
+                call(
+                    ctx.aws
+                        .secrets
+                        .put_resource_policy()
+                        .secret_id(secret_ref)
+                        .resource_policy(policy_ref)
+                        .block_public_policy(true)
+                        .send(),
+                    || format!("setting who may read {secret_ref}"),
+                )
+                .await?;
+                Ok(Applied::id(secret_ref))
+            })
+            .await?;
+        Ok(Summary::new(
+            format!("{} (GitLab's execution role and the stack's admins only)", ensured.verb()),
+            ensured.changed(),
+        ))
+    }
+}
+
+pub struct SecretPolicyOps;
+
+#[async_trait]
+impl ResourceOps<Ctx> for SecretPolicyOps {
+    fn noun(&self) -> &'static str {
+        Kind::SecretPolicy.noun()
+    }
+
+    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let secret = record.id()?;
+        let out = if_there(ctx.aws.secrets.get_resource_policy().secret_id(secret).send(), || {
+            format!("reading who may read {secret}")
+        })
+        .await?;
+        Ok(match out.and_then(|o| o.resource_policy) {
+            None => Live::Missing,
+            Some(live) => {
+                let same = record.attr("policy").is_some_and(|want| policies::same(want, &live));
+                let drift = if same { vec![] } else { vec!["the policy was changed outside gitlab-provision".into()] };
+                // Whose it is: its secret's.
+                Live::present("admins only", drift).owned_by(Owner::Ours)
+            }
+        })
+    }
+
+    async fn find(&self, _ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        Ok(lost.record.attr("secret").map(str::to_string))
+    }
+
+    /// Forgotten, not removed: the policy goes with what it guards (AWS deletes it with its
+    /// resource), and a resource `down --keep-data` or a restore keeps stays guarded.
+    async fn delete(&self, _ctx: &Ctx, _record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+        Ok(())
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Cluster, ClusterConfiguration, ClusterField, ClusterSetting,
+    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, Cluster, ClusterConfiguration, ClusterField,
+    ClusterSetting,
     ClusterSettingName, Compatibility, ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker,
     DeploymentConfiguration, DesiredStatus, EfsAuthorizationConfig, EfsAuthorizationConfigIam, EfsTransitEncryption,
     EfsVolumeConfiguration, ExecuteCommandConfiguration, ExecuteCommandLogConfiguration, ExecuteCommandLogging,
@@ -83,7 +84,12 @@ async fn describe_cluster(ctx: &Ctx, name: &str) -> anyhow::Result<Option<Cluste
 pub struct ClusterStep {
     /// ECS Exec sessions logged to the stack's exec log group (the cluster's logging override).
     pub exec_logged: bool,
+    /// Fargate Spot among the cluster's capacity providers.
+    pub spot: bool,
 }
+
+/// The providers a cluster offers its services: Fargate, and Fargate Spot when asked for.
+const SPOT_PROVIDERS: [&str; 2] = ["FARGATE", "FARGATE_SPOT"];
 
 impl ClusterStep {
     /// ECS Exec's logging: every session to the exec log group, or none when exec is off.
@@ -112,8 +118,10 @@ impl StepAction<Ctx> for ClusterStep {
             ("name", names::cluster(&ctx.tags.stack)),
             ("container_insights", "enabled".into()),
             ("exec_logging", exec),
+            ("capacity_providers", if self.spot { SPOT_PROVIDERS.join(",") } else { "default".into() }),
         ]);
-        Ok(vec![Desired::new(keys::CLUSTER, Kind::Cluster, wanted).replaced_on(&["name"])])
+        let desired = Desired::new(keys::CLUSTER, Kind::Cluster, wanted).replaced_on(&["name"]);
+        Ok(vec![desired.assuming(&[("capacity_providers", "default")])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -121,7 +129,7 @@ impl StepAction<Ctx> for ClusterStep {
         let name = want.text("name").to_string();
         let group = self.exec_logged.then(|| want.text("exec_logging").to_string());
         let configuration = Self::exec_configuration(group.as_deref());
-        let (name_ref, configuration) = (name.as_str(), &configuration);
+        let (name_ref, configuration, spot) = (name.as_str(), &configuration, self.spot);
         let ensured = scope
             .ensure(ctx, &ClusterOps, want, |existing, _| async move {
                 let ecs = &ctx.aws.ecs;
@@ -161,6 +169,19 @@ impl StepAction<Ctx> for ClusterStep {
                     .and_then(|c| c.cluster_arn)
                     .context("CreateCluster returned no ARN")?,
                 };
+                // Fargate Spot is a provider the cluster must offer before a service asks for it;
+                // once offered, it stays (a service may still use it while the stack moves off).
+                if spot {
+                    call(
+                        ecs.put_cluster_capacity_providers()
+                            .cluster(&arn)
+                            .set_capacity_providers(Some(SPOT_PROVIDERS.iter().map(|p| p.to_string()).collect()))
+                            .set_default_capacity_provider_strategy(Some(vec![]))
+                            .send(),
+                        || format!("offering Fargate Spot in {name_ref}"),
+                    )
+                    .await?;
+                }
                 Ok(Applied::id(arn))
             })
             .await?;
@@ -337,11 +358,13 @@ impl StepAction<Ctx> for TaskDefinitionStep {
             ("execution_role", env.id(keys::EXECUTION_ROLE)?),
             ("task_role", env.id(keys::TASK_ROLE)?),
             ("secret", env.id(keys::ROOT_SECRET)?),
+            ("architecture", cfg.architecture().0.ecs().to_string()),
         ]);
         if let Some(credentials) = &cfg.gitlab_image_credentials {
             wanted.insert("registry_credentials".into(), credentials.clone().into());
         }
-        let desired = Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted);
+        // Task definitions registered before the architecture was a setting are x86_64.
+        let desired = Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted).assuming(&[("architecture", "X86_64")]);
         Ok(vec![if ssh.is_some() { desired.with("ports", [80, 22]) } else { desired }])
     }
 
@@ -353,14 +376,16 @@ impl StepAction<Ctx> for TaskDefinitionStep {
             // Registering is how a task definition changes: each change is a new revision.
             .ensure(ctx, &TaskDefinitionOps, want, |_existing, _| register(ctx, cfg, settings))
             .await?;
+        let (architecture, _) = cfg.architecture();
         Ok(Summary::new(
             format!(
-                "{} {} ({}, {} CPU / {} MiB)",
+                "{} {} ({}, {} CPU / {} MiB, {})",
                 ensured.verb(),
                 ensured.id().rsplit('/').next().unwrap_or_default(),
                 cfg.gitlab_image_tag,
                 cfg.task_cpu,
-                cfg.task_memory_mib
+                cfg.task_memory_mib,
+                architecture.ecs().to_lowercase()
             ),
             ensured.changed(),
         ))
@@ -430,7 +455,7 @@ async fn register(ctx: &Ctx, cfg: &StackConfig, settings: Desired) -> anyhow::Re
             .runtime_platform(
                 RuntimePlatform::builder()
                     .operating_system_family(OsFamily::Linux)
-                    .cpu_architecture(CpuArchitecture::X8664)
+                    .cpu_architecture(CpuArchitecture::from(settings.text("architecture")))
                     .build(),
             )
             .container_definitions(container.build())
@@ -591,12 +616,26 @@ pub struct ServiceStep {
     pub ssh: bool,
     /// ECS Exec on its tasks (a task keeps the flag it was started with: a change restarts it).
     pub exec: bool,
+    /// In the public subnets with a public address (egress = "public-ip"), else the private ones.
+    pub public: bool,
+    /// On Fargate Spot.
+    pub spot: bool,
+    /// Its task count is Application Auto Scaling's (a schedule, the idle sleep) or the user's
+    /// (`sleep`): `up` leaves it as it is.
+    pub scaled: bool,
+}
+
+/// Fargate or Fargate Spot, as a service asks for it.
+fn capacity_strategy(spot: bool) -> CapacityProviderStrategyItem {
+    let provider = if spot { "FARGATE_SPOT" } else { "FARGATE" };
+    CapacityProviderStrategyItem::builder().capacity_provider(provider).weight(1).base(0).build().expect("provider set")
 }
 
 #[async_trait]
 impl StepAction<Ctx> for ServiceStep {
     fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
-        let subnets = keys::PRIVATE_SUBNETS.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
+        let tier = if self.public { keys::PUBLIC_SUBNETS } else { keys::PRIVATE_SUBNETS };
+        let subnets = tier.iter().map(|k| env.id(k)).collect::<anyhow::Result<Vec<_>>>()?;
         let wanted = attrs([
             ("cluster", env.id(keys::CLUSTER)?),
             ("task_definition", env.id(keys::TASK_DEFINITION)?),
@@ -605,12 +644,15 @@ impl StepAction<Ctx> for ServiceStep {
             ("deployment", "min 0% / max 100%, circuit breaker with rollback".into()),
             ("grace_seconds", HEALTH_CHECK_GRACE_SECONDS.to_string()),
             ("exec", if self.exec { "on" } else { "off" }.into()),
+            ("capacity", if self.spot { "FARGATE_SPOT" } else { "FARGATE" }.into()),
+            ("public_ip", if self.public { "on" } else { "off" }.into()),
+            ("scaled", self.scaled.to_string()),
         ]);
         let desired = Desired::new(keys::SERVICE, Kind::Service, wanted).with("subnets", subnets);
         let desired =
             if self.ssh { desired.with("ssh_target_group", env.id(keys::SSH_TARGET_GROUP)?) } else { desired };
-        // Services made before `exec` was a setting have it on.
-        Ok(vec![desired.replaced_on(&["cluster"]).assuming(&[("exec", "on")])])
+        // Services made before these were settings: exec on, Fargate, private.
+        Ok(vec![desired.replaced_on(&["cluster"]).assuming(&[("exec", "on"), ("capacity", "FARGATE"), ("public_ip", "off"), ("scaled", "false")])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -620,7 +662,7 @@ impl StepAction<Ctx> for ServiceStep {
                 AwsVpcConfiguration::builder()
                     .set_subnets(Some(want.list("subnets")))
                     .security_groups(want.text("security_group"))
-                    .assign_public_ip(AssignPublicIp::Disabled)
+                    .assign_public_ip(if self.public { AssignPublicIp::Enabled } else { AssignPublicIp::Disabled })
                     .build()?,
             )
             .build();
@@ -634,10 +676,12 @@ impl StepAction<Ctx> for ServiceStep {
             })
             .collect();
         let exec = self.exec;
-        let exec_changed = scope
-            .state
-            .get(keys::SERVICE)
-            .is_some_and(|r| want.recorded(&r, "exec").as_ref() != want.attrs.get("exec"));
+        let changed = |setting: &str| {
+            scope.state.get(keys::SERVICE).is_some_and(|r| want.recorded(&r, setting).as_ref() != want.attrs.get(setting))
+        };
+        // A running task keeps the ECS Exec flag and the capacity it started with.
+        let (exec_changed, capacity_changed) = (changed("exec"), changed("capacity"));
+        let (spot, scaled) = (self.spot, self.scaled);
         let (cluster, td) = (want.text("cluster").to_string(), want.text("task_definition").to_string());
         let (cluster_ref, td_ref, network, load_balancers) = (cluster.as_str(), td.as_str(), &network, &load_balancers);
         // On an account's first use of ECS its service-linked role may not be assumable yet;
@@ -657,14 +701,14 @@ impl StepAction<Ctx> for ServiceStep {
                                     .cluster(cluster_ref)
                                     .service(SERVICE_NAME)
                                     .task_definition(td_ref)
-                                    .desired_count(1)
+                                    .set_desired_count((!scaled).then_some(1))
                                     .network_configuration(network.clone())
                                     .set_load_balancers(Some(load_balancers.clone()))
                                     .deployment_configuration(deployment_configuration())
                                     .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
                                     .enable_execute_command(exec)
-                                    // A running task keeps the ECS Exec flag it started with.
-                                    .force_new_deployment(exec_changed)
+                                    .set_capacity_provider_strategy(capacity_changed.then(|| vec![capacity_strategy(spot)]))
+                                    .force_new_deployment(exec_changed || capacity_changed)
                                     .send(),
                                 || format!("updating service {SERVICE_NAME}"),
                             )
@@ -680,7 +724,8 @@ impl StepAction<Ctx> for ServiceStep {
                                 .service_name(SERVICE_NAME)
                                 .task_definition(td_ref)
                                 .desired_count(1)
-                                .launch_type(LaunchType::Fargate)
+                                .set_launch_type((!spot).then_some(LaunchType::Fargate))
+                                .set_capacity_provider_strategy(spot.then(|| vec![capacity_strategy(true)]))
                                 .platform_version("LATEST")
                                 .network_configuration(network.clone())
                                 .set_load_balancers(Some(load_balancers.clone()))
@@ -734,7 +779,7 @@ impl ResourceOps<Ctx> for ServiceOps {
                 }
                 // A GitLab left stopped (an operation that died, a hand-made change) is started
                 // again by `up`; one put to sleep on purpose is recorded as such.
-                if s.desired_count() == 0 && record.attr("asleep") != Some("true") {
+                if s.desired_count() == 0 && record.attr("asleep") != Some("true") && record.attr("scaled") != Some("true") {
                     drift.push("GitLab is stopped (the service asks for 0 tasks)".to_string());
                 }
                 let summary = format!(
@@ -894,6 +939,10 @@ pub struct Health {
     pub last_event: Option<String>,
     /// The service's recent events, newest first (why a task cannot be placed is said here).
     pub events: Vec<ServiceEvent>,
+    /// Where the running task was placed: FARGATE or FARGATE_SPOT.
+    pub capacity: Option<String>,
+    /// Tasks Fargate Spot reclaimed among those ECS still lists (stopped tasks stay about an hour).
+    pub spot_interruptions: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
@@ -967,6 +1016,7 @@ pub async fn health(
         if let Some(task) = all.iter().find(|t| t.last_status() != Some("STOPPED")) {
             health.task = task.last_status().map(str::to_string);
             health.task_started_at = rfc3339(task.started_at().or(task.created_at()));
+            health.capacity = task.capacity_provider_name().map(str::to_string);
             health.task_image = task
                 .containers()
                 .iter()
@@ -975,6 +1025,8 @@ pub async fn health(
                 .map(str::to_string);
         }
         health.last_stopped = stopped(&all).into_iter().next();
+        health.spot_interruptions =
+            all.iter().filter(|t| t.stop_code().is_some_and(|c| c.as_str() == SPOT_INTERRUPTION)).count() as u32;
     }
     for (key, into) in [(keys::TARGET_GROUP, &mut health.targets), (keys::SSH_TARGET_GROUP, &mut health.ssh_targets)] {
         if let Some(tg) = records.get(key).and_then(|r| r.id.as_deref()) {
@@ -1094,11 +1146,18 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
 }
 
 pub fn describe_stop(stop: &StoppedTask) -> String {
-    match stop.exit_code {
+    let told = match stop.exit_code {
         Some(code) => format!("task {} stopped: {} (exit code {code})", stop.task, stop.reason),
         None => format!("task {} stopped: {}", stop.task, stop.reason),
+    };
+    if stop.reason.starts_with("Your Spot Task was interrupted") {
+        return format!("{told}; Fargate Spot took its capacity back, the service starts another (capacity = \"on-demand\" avoids this)");
     }
+    told
 }
+
+/// ECS's stop code for a Fargate Spot task AWS reclaimed (DescribeTasks stopCode).
+const SPOT_INTERRUPTION: &str = "SpotInterruption";
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use aws_sdk_efs::types::{
     PerformanceMode, PosixUser, RootDirectory, Status, ThroughputMode,
 };
 
-use crate::aws::{AwsResultExt, Ctx, Holders, call, delete_when_free, if_there};
+use crate::aws::{AwsResultExt, Ctx, Holders, call, delete_when_free, if_there, policies};
 use crate::engine::counted;
 use crate::engine::{
     Applied, Desired, Discovered, Env, Existing, Found, Live, Lost, Owner, Poll, ResourceOps, StepAction, StepScope,
@@ -50,23 +50,59 @@ fn file_system_owner(ctx: &Ctx, fs: &FileSystemDescription) -> Owner {
     ctx.tags.owner(fs.tags().iter().map(|t| (t.key(), t.value())))
 }
 
-pub struct FileSystemStep;
+pub struct FileSystemStep {
+    /// Days without a read before a file moves to Infrequent Access (`None`: never).
+    pub ia_days: Option<u32>,
+}
 
 #[async_trait]
 impl StepAction<Ctx> for FileSystemStep {
     fn desired(&self, _ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
-        let wanted =
-            attrs([("encrypted", "true".into()), ("throughput", "elastic".into()), ("backups", "enabled".into())]);
-        Ok(vec![Desired::new(keys::FILE_SYSTEM, Kind::FileSystem, wanted)])
+        let ia = self.ia_days.map_or_else(|| "off".to_string(), |d| format!("after {d} days"));
+        let wanted = attrs([
+            ("encrypted", "true".into()),
+            ("throughput", "elastic".into()),
+            ("backups", "enabled".into()),
+            ("infrequent_access", ia),
+        ]);
+        Ok(vec![Desired::new(keys::FILE_SYSTEM, Kind::FileSystem, wanted).assuming(&[("infrequent_access", "off")])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
+        let ia_days = self.ia_days;
         let ensured = scope
-            .ensure(ctx, &FileSystemOps, want, |existing, token| converge_file_system(ctx, scope, existing, token))
+            .ensure(ctx, &FileSystemOps, want, |existing, token| async move {
+                let existing_known = existing.is_some();
+                let applied = converge_file_system(ctx, scope, existing, token).await?;
+                // A new file system without the cheaper class needs no call.
+                if existing_known || ia_days.is_some() {
+                    set_infrequent_access(ctx, &applied.id, ia_days).await?;
+                }
+                Ok(applied)
+            })
             .await?;
-        Ok(ensured.summary(" (encrypted, elastic throughput, backups on)"))
+        let ia = ia_days.map(|d| format!(", Infrequent Access after {d} days")).unwrap_or_default();
+        Ok(ensured.summary(&format!(" (encrypted, elastic throughput, backups on{ia})")))
     }
+}
+
+/// Files unread for `days` move to EFS Infrequent Access and come back on their first read;
+/// `None` takes the policy away (files stay where they are until read).
+async fn set_infrequent_access(ctx: &Ctx, id: &str, days: Option<u32>) -> anyhow::Result<()> {
+    use aws_sdk_efs::types::{LifecyclePolicy, TransitionToIaRules, TransitionToPrimaryStorageClassRules};
+    let policies = match days {
+        None => vec![],
+        Some(days) => vec![
+            LifecyclePolicy::builder().transition_to_ia(TransitionToIaRules::from(format!("AFTER_{days}_DAY{}", if days == 1 { "" } else { "S" }).as_str())).build(),
+            LifecyclePolicy::builder().transition_to_primary_storage_class(TransitionToPrimaryStorageClassRules::After1Access).build(),
+        ],
+    };
+    call(ctx.aws.efs.put_lifecycle_configuration().file_system_id(id).set_lifecycle_policies(Some(policies)).send(), || {
+        format!("setting when files of {id} move to Infrequent Access")
+    })
+    .await?;
+    Ok(())
 }
 
 async fn converge_file_system(
@@ -486,5 +522,86 @@ impl ResourceOps<Ctx> for AccessPointOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         delete_access_point(ctx, record.id()?).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file system's policy
+
+/// What EFS lets NFS clients do.
+const CLIENT_ACTIONS: [&str; 3] =
+    ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"];
+
+/// TLS only, and only GitLab's task and the initializer mount it (anonymous clients included in
+/// the denied: they have no principal). Denies alone: what the task and the initializer may do
+/// is their roles' own policies', so a role created again is not locked out.
+pub struct FileSystemPolicyStep;
+
+#[async_trait]
+impl StepAction<Ctx> for FileSystemPolicyStep {
+    fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let fs = env.attr(keys::FILE_SYSTEM, "arn")?;
+        let mounters = vec![env.id(keys::TASK_ROLE)?, env.id(keys::INIT_ROLE)?];
+        let policy = policies::document(vec![
+            policies::deny_without_tls("TlsOnly", &fs),
+            policies::deny_all_but("OnlyGitLabAndItsInitializer", &CLIENT_ACTIONS, &fs, &mounters, serde_json::json!({"AWS": "*"})),
+        ]);
+        let wanted = attrs([("file_system_id", env.id(keys::FILE_SYSTEM)?), ("policy", policy)]);
+        Ok(vec![Desired::new(keys::FILE_SYSTEM_POLICY, Kind::FileSystemPolicy, wanted).replaced_on(&["file_system_id"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let (fs, policy) = (want.text("file_system_id").to_string(), want.text("policy").to_string());
+        let (fs_ref, policy_ref) = (fs.as_str(), policy.as_str());
+        let ensured = scope
+            .ensure(ctx, &FileSystemPolicyOps, want, |_, _| async move {
+                call(
+                    ctx.aws.efs.put_file_system_policy().file_system_id(fs_ref).policy(policy_ref).send(),
+                    || format!("setting the policy of {fs_ref}"),
+                )
+                .await?;
+                Ok(Applied::id(fs_ref))
+            })
+            .await?;
+        Ok(Summary::new(
+            format!("{} (TLS only; GitLab and its initializer alone mount it)", ensured.verb()),
+            ensured.changed(),
+        ))
+    }
+}
+
+pub struct FileSystemPolicyOps;
+
+#[async_trait]
+impl ResourceOps<Ctx> for FileSystemPolicyOps {
+    fn noun(&self) -> &'static str {
+        Kind::FileSystemPolicy.noun()
+    }
+
+    async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
+        let fs = record.id()?;
+        let out = if_there(ctx.aws.efs.describe_file_system_policy().file_system_id(fs).send(), || {
+            format!("reading the policy of {fs}")
+        })
+        .await?;
+        Ok(match out.and_then(|o| o.policy) {
+            None => Live::Missing,
+            Some(live) => {
+                let same = record.attr("policy").is_some_and(|want| policies::same(want, &live));
+                let drift = if same { vec![] } else { vec!["the policy was changed outside gitlab-provision".into()] };
+                Live::present("TLS only, GitLab and its initializer", drift).owned_by(Owner::Ours)
+            }
+        })
+    }
+
+    async fn find(&self, _ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
+        Ok(lost.record.attr("file_system_id").map(str::to_string))
+    }
+
+    /// Forgotten, not removed: the policy goes with what it guards (AWS deletes it with its
+    /// resource), and a resource `down --keep-data` or a restore keeps stays guarded.
+    async fn delete(&self, _ctx: &Ctx, _record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
+        Ok(())
     }
 }

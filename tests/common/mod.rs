@@ -9,6 +9,8 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use ground::keys::Kind;
 use serde_json::Value;
 
+pub mod policy;
+
 pub const REGION: &str = "us-east-1";
 
 /// The capture's `service` for the strict model's own events (see harness/emulator.py).
@@ -171,7 +173,11 @@ impl Emulator {
 
     fn clients_at(&self, endpoint: &str) -> Clients {
         macro_rules! client {
-            ($krate:ident) => {{
+            ($krate:ident) => {
+                client!($krate, endpoint)
+            };
+            ($krate:ident, $endpoint:expr) => {{
+                let endpoint = $endpoint;
                 let config = $krate::Config::builder()
                     .behavior_version($krate::config::BehaviorVersion::latest())
                     .region($krate::config::Region::new(REGION))
@@ -183,18 +189,26 @@ impl Emulator {
         }
         Clients {
             acm: client!(aws_sdk_acm),
+            scaling: client!(aws_sdk_applicationautoscaling),
             backup: client!(aws_sdk_backup),
+            cloudtrail: client!(aws_sdk_cloudtrail),
+            // Always through the harness: the SDK speaks CBOR to CloudWatch, moto JSON, and the
+            // harness translates (it adds nothing else to CloudWatch).
+            cloudwatch: client!(aws_sdk_cloudwatch, self.endpoint.as_str()),
             ec2: client!(aws_sdk_ec2),
             ecs: client!(aws_sdk_ecs),
             efs: client!(aws_sdk_efs),
             elb: client!(aws_sdk_elasticloadbalancingv2),
             iam: client!(aws_sdk_iam),
+            kms: client!(aws_sdk_kms),
             lambda: client!(aws_sdk_lambda),
             logs: client!(aws_sdk_cloudwatchlogs),
             route53: client!(aws_sdk_route53),
+            s3: client!(aws_sdk_s3),
             secrets: client!(aws_sdk_secretsmanager),
             ssm: client!(aws_sdk_ssm),
             sts: client!(aws_sdk_sts),
+            waf: client!(aws_sdk_wafv2),
         }
     }
 
@@ -216,18 +230,24 @@ impl Emulator {
 
 pub struct Clients {
     pub acm: aws_sdk_acm::Client,
+    pub scaling: aws_sdk_applicationautoscaling::Client,
     pub backup: aws_sdk_backup::Client,
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub ecs: aws_sdk_ecs::Client,
     pub efs: aws_sdk_efs::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub iam: aws_sdk_iam::Client,
+    pub kms: aws_sdk_kms::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub route53: aws_sdk_route53::Client,
+    pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub sts: aws_sdk_sts::Client,
+    pub waf: aws_sdk_wafv2::Client,
 }
 
 impl Drop for Emulator {
@@ -550,6 +570,83 @@ async fn leftovers_of(c: &Clients, kind: Kind, stack: &str) -> Vec<String> {
         }
         // "The file system is prepared": nothing in AWS.
         Kind::Marker => {}
+        // A resource policy lives and dies with its secret, file system or vault; so does a lock.
+        Kind::SecretPolicy | Kind::FileSystemPolicy | Kind::VaultPolicy | Kind::VaultLock => {}
+        Kind::FlowLog => {
+            for flow in c.ec2.describe_flow_logs().send().await.unwrap().flow_logs() {
+                if flow.tags().iter().any(|t| t.key() == Some("gitlab-provision:stack") && t.value() == Some(stack)) {
+                    left.push(format!("flow log {}", flow.flow_log_id().unwrap_or_default()));
+                }
+            }
+        }
+        Kind::NetworkAcl => {
+            let f = aws_sdk_ec2::types::Filter::builder().name("tag:gitlab-provision:stack").values(stack).build();
+            for acl in c.ec2.describe_network_acls().filters(f).send().await.unwrap().network_acls() {
+                left.push(format!("network ACL {}", acl.network_acl_id().unwrap_or_default()));
+            }
+        }
+        // A key whose deletion is scheduled is gone as far as anything can use it.
+        Kind::Key => {
+            for alias in c.kms.list_aliases().send().await.unwrap().aliases() {
+                if alias.alias_name() == Some(format!("alias/gitlab-provision/{stack}").as_str()) {
+                    left.push(format!("KMS alias {}", alias.alias_name().unwrap_or_default()));
+                }
+            }
+            for key in c.kms.list_keys().send().await.unwrap().keys() {
+                let id = key.key_id().unwrap_or_default();
+                let meta = c.kms.describe_key().key_id(id).send().await.unwrap();
+                let state = meta.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
+                let tags = c.kms.list_resource_tags().key_id(id).send().await.unwrap();
+                let ours = tags.tags().iter().any(|t| t.tag_key() == "gitlab-provision:stack" && t.tag_value() == stack);
+                if ours && state.as_deref() != Some("PendingDeletion") {
+                    left.push(format!("KMS key {id}"));
+                }
+            }
+        }
+        Kind::Bucket => {
+            for bucket in c.s3.list_buckets().send().await.unwrap().buckets() {
+                if bucket.name().is_some_and(|n| n.starts_with(&format!("{stack}-"))) {
+                    left.push(format!("bucket {}", bucket.name().unwrap_or_default()));
+                }
+            }
+        }
+        // Application Auto Scaling lists by the service's resource id (the cluster is the stack's name).
+        Kind::ScalableTarget | Kind::ScheduledAction | Kind::ScalingPolicy => {
+            use aws_sdk_applicationautoscaling::types::ServiceNamespace;
+            let resource = format!("service/{stack}/gitlab");
+            let found: Vec<String> = match kind {
+                Kind::ScalableTarget => {
+                    let out = c.scaling.describe_scalable_targets().service_namespace(ServiceNamespace::Ecs);
+                    let out = out.resource_ids(&resource).send().await.unwrap();
+                    out.scalable_targets().iter().map(|t| format!("scalable target {}", t.resource_id())).collect()
+                }
+                Kind::ScheduledAction => {
+                    let out = c.scaling.describe_scheduled_actions().service_namespace(ServiceNamespace::Ecs);
+                    let out = out.resource_id(&resource).send().await.unwrap();
+                    out.scheduled_actions().iter().map(|a| format!("scheduled action {}", a.scheduled_action_name())).collect()
+                }
+                _ => {
+                    let out = c.scaling.describe_scaling_policies().service_namespace(ServiceNamespace::Ecs);
+                    let out = out.resource_id(&resource).send().await.unwrap();
+                    out.scaling_policies().iter().map(|p| format!("scaling policy {}", p.policy_name())).collect()
+                }
+            };
+            left.extend(found);
+        }
+        Kind::Alarm => {
+            let out = c.cloudwatch.describe_alarms().alarm_name_prefix(format!("{stack}-")).send().await.unwrap();
+            for alarm in out.metric_alarms() {
+                left.push(format!("alarm {}", alarm.alarm_name().unwrap_or_default()));
+            }
+        }
+        Kind::WebAcl => {
+            let acls = c.waf.list_web_acls().scope(aws_sdk_wafv2::types::Scope::Regional).send().await.unwrap();
+            for acl in acls.web_acls() {
+                if acl.name().is_some_and(|n| n.starts_with(&format!("{stack}-"))) {
+                    left.push(format!("web ACL {}", acl.name().unwrap_or_default()));
+                }
+            }
+        }
     }
     left
 }

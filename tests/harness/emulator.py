@@ -34,6 +34,7 @@ The product never knows any of this: it only sees AWS_ENDPOINT_URL.
 """
 
 import argparse
+import datetime
 import http.client
 import json
 import logging
@@ -53,6 +54,7 @@ os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 os.environ.setdefault("MOTO_ACM_VALIDATION_WAIT", "1")
 os.environ.setdefault("MOTO_ECS_SERVICE_RUNNING", "1")
 
+import cbor2  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lambda-efs-init"))
@@ -66,6 +68,26 @@ FUNCTION = re.compile(r"^/2015-03-31/functions/([^/?]+)")
 # One API call: ~50 ms round trip from a client in the region (only with --model-scale, for the
 # benchmark: a round trip costs the same whatever the time scale).
 API_LATENCY = 0.05
+
+
+# The Smithy RPC v2 CBOR protocol's path: /service/{ServiceName}/operation/{Operation}.
+RPC_V2 = re.compile(r"^/service/([A-Za-z0-9_]+)/operation/([A-Za-z0-9_]+)")
+
+
+def cbor_timestamps(value, key=""):
+    """JSON's epoch-second timestamps (fields named ...Timestamp, ...Timestamps) as datetimes."""
+    if isinstance(value, dict):
+        return {k: cbor_timestamps(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cbor_timestamps(v, key) for v in value]
+    if key.endswith(("Timestamp", "Timestamps")) and isinstance(value, (int, float)):
+        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    if key.endswith(("Timestamp", "Timestamps")) and isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    return value
 
 
 READ_PREFIXES = ("Describe", "Get", "List", "Head", "Check")
@@ -198,6 +220,10 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
             received = time.monotonic()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            self.cbor = False
+            rpc = RPC_V2.match(self.path)
+            if rpc and self.headers.get("smithy-protocol") == "rpc-v2-cbor":
+                body = self.from_cbor(rpc.group(1), rpc.group(2), body)
             service, action, mutating = classify(self.headers, body, self.command, self.path)
             rule = faults.match(service, action)
             fault = bool(rule and (rule.get("status") or rule.get("drop")))
@@ -266,6 +292,8 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
                     strict.lambda_invoked(request, name)
                     record_model_events()
                 return self.send_answer(200, "application/json", data, extra)
+            if self.cbor:
+                return self.send_answer(resp.status, "application/cbor", data)
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
@@ -276,7 +304,34 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
             with capture_lock, open(capture_path + ".durations", "a") as f:
                 f.write(f"{service} {time.monotonic() - received:.6f}\n")
 
+        def from_cbor(self, target, operation, body):
+            """moto 5.2.5 speaks CloudWatch's JSON and query protocols, not the Smithy RPC v2 CBOR
+            one the Rust SDK uses (CloudWatch lists rpcv2Cbor first): the request is passed on as
+            AWS JSON 1.0 and the answer turned back into CBOR (send_answer, the forward below)."""
+            self.cbor = True
+            document = cbor2.loads(body) if body else {}
+            for header, value in (("Content-Type", "application/x-amz-json-1.0"), ("X-Amz-Target", f"{target}.{operation}")):
+                del self.headers[header]
+                self.headers[header] = value
+            del self.headers["smithy-protocol"]
+            self.path = "/"
+            data = json.dumps(document, default=lambda v: v.timestamp() if hasattr(v, "timestamp") else str(v)).encode()
+            del self.headers["Content-Length"]
+            self.headers["Content-Length"] = str(len(data))
+            return data
+
+        def to_cbor(self, data):
+            """A JSON answer as CBOR: its timestamps (epoch seconds in JSON) as CBOR's tag 1."""
+            try:
+                document = json.loads(data) if data else {}
+            except ValueError:
+                return data
+            return cbor2.dumps(cbor_timestamps(document), datetime_as_timestamp=True)
+
         def send_answer(self, status, content_type, data, extra=None):
+            if self.cbor:
+                content_type, data = "application/cbor", self.to_cbor(data)
+                extra = {**(extra or {}), "smithy-protocol": "rpc-v2-cbor"}
             self.send_response(status)
             for k, v in (extra or {}).items():
                 self.send_header(k, v)

@@ -43,7 +43,8 @@ What it models:
 Knobs (the --control JSON file, re-read on every use): a rule's name with '-' -> '_' overrides
 its AWS seconds (e.g. {"gitlab_first_boot": 4000}); besides: pull_error, init_error,
 placement_error (strings), exec_agent_state (a lastStatus), backup_job_outcome and
-restore_job_outcome ({"state": "FAILED", "message": "..."}), logs_empty_pages (a count), quotas
+restore_job_outcome ({"state": "FAILED", "message": "..."}), logs_empty_pages (a count), spot_interruptions
+(how many running Fargate Spot tasks AWS reclaims, counted from the emulator's start), quotas
 ({"L-3032A538": 1.0}).
 
 How it works:
@@ -61,6 +62,7 @@ How it works:
 import copy
 import datetime
 import json
+import tomllib
 import os
 import re
 import shutil
@@ -165,6 +167,18 @@ RULES = {
                                 ["src/config.rs:check_stack_name"]),
     "cluster-contains-tasks": Rule(None, "DeleteCluster while a task is not STOPPED: ClusterContainsTasksException (ECS API reference; Terraform cluster.go; audit #2)",
                                    ["src/steps/service.rs:ClusterOps::delete"]),
+    "load-balancer-deletion-protection": Rule(None, "DeleteLoadBalancer with deletion_protection.enabled: OperationNotPermitted 'Load balancer ... cannot be deleted because deletion protection is enabled' (ELB API reference, DeleteLoadBalancer; application-load-balancers.html#deletion-protection)",
+                                              ["src/steps/load_balancer.rs:LoadBalancerOps::delete"]),
+    "vault-access-policy": Rule(None, "PutBackupVaultAccessPolicy / GetBackupVaultAccessPolicy / DeleteBackupVaultAccessPolicy (AWS Backup API reference; moto answers 'Not yet implemented'): stored per vault, Get of a vault without one is ResourceNotFoundException",
+                                ["src/steps/backup.rs:VaultPolicyStep::apply", "src/steps/backup.rs:VaultPolicyOps::read", "src/steps/backup.rs:VaultPolicyOps::delete"]),
+    "backup-role-rights": Rule(None, "A job runs with its IamRoleArn's permissions: a role not allowed elasticfilesystem:Backup on the file system (backup) or elasticfilesystem:Restore and CreateFilesystem (restore) ends the job FAILED, 'Access denied' (AWS Backup iam-service-roles.html; the managed AWSBackupServiceRolePolicyForBackup/ForRestores grant them); the model evaluates the role's Allow statements by action and resource",
+                               ["src/steps/iam.rs:backup_policy"]),
+    "logs-kms-key": Rule(None, "CreateLogGroup with kmsKeyId and AssociateKmsKey: 'the KMS key must ... have a key policy that allows CloudWatch Logs (logs.<region>.amazonaws.com) to use it', else AccessDeniedException 'The specified KMS key does not exist or is not allowed to be used with Arn ...' (CloudWatch Logs User Guide, encrypt-log-data-kms.html; moto lacks AssociateKmsKey/DisassociateKmsKey and checks nothing)",
+                         ["src/steps/logs.rs:LogGroupStep::apply", "src/steps/kms.rs:key_policy"]),
+    "access-log-bucket-permission": Rule(None, "ModifyLoadBalancerAttributes access_logs.s3.enabled=true: ELB writes a test file and answers InvalidConfigurationRequest 'Access Denied for bucket: NAME. Please check S3bucket permission' unless the bucket exists and its policy lets ELB's log delivery (its regional account, or logdelivery.elasticloadbalancing.amazonaws.com) put objects under PREFIX/AWSLogs/ACCOUNT/ (ELB User Guide, enable-access-logging.html; moto stores any value)",
+                                         ["src/steps/s3.rs:log_bucket_policy", "src/steps/load_balancer.rs:access_log_attributes"]),
+    "web-acl-associated": Rule(None, "DeleteWebACL of an ACL still associated with a resource: WAFAssociatedItemException (WAF API reference, DeleteWebACL: 'disassociate it from all resources first'; moto deletes it)",
+                               ["src/steps/waf.rs:WebAclOps::delete"]),
     "backup-vault-not-empty": Rule(None, "DeleteBackupVault with recovery points: InvalidRequestException (AWS Backup API reference)",
                                    ["src/steps/backup.rs:BackupVaultOps::delete"]),
     "mount-target-not-found": Rule(None, "EFS DeleteMountTarget of a mount target that does not exist (any more): 404 MountTargetNotFound 'Mount target ... does not exist.' (EFS API reference, DeleteMountTarget errors)",
@@ -196,6 +210,10 @@ RULES = {
                                   ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:cannot_start", "src/ops/status.rs:why_it_cannot_start"]),
     "resource-initialization-error": Rule(None, "A task that cannot set up its volumes, secrets or registry auth stops right after PROVISIONING: stoppedReason 'ResourceInitializationError: failed to invoke EFS utils commands to set up EFS volumes: ...' / 'unable to pull secrets or registry auth: ...' (re:Post ecs-unable-to-pull-secrets; notes day-two-facts §7); knob init_error",
                                           ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:cannot_start", "src/ops/status.rs:why_it_cannot_start"]),
+    "service-capacity-provider-strategy": Rule(None, "CreateService/UpdateService's capacityProviderStrategy is kept and DescribeServices answers it, without launchType (a service has one or the other; ECS API CreateService); a task placed on FARGATE_SPOT says capacityProviderName FARGATE_SPOT (DescribeTasks). moto 5.2.5 drops the strategy and answers launchType EC2",
+                                                       ["src/steps/service.rs:capacity_strategy", "src/steps/service.rs:health"]),
+    "spot-interruption": Rule(None, "A Fargate Spot task reclaimed by AWS gets a two-minute warning, then stops with stopCode SpotInterruption and stoppedReason 'Your Spot Task was interrupted.'; the service starts a replacement when capacity allows (ECS dev guide fargate-capacity-providers.md, 'Handling Fargate Spot termination notices'); knob spot_interruptions",
+                              ["src/steps/service.rs:describe_stop", "src/commands/status.rs:render"]),
     "task-placement-error": Rule(60, "A service that cannot place a task starts none and says so in its events, newest first: '(service gitlab) was unable to place a task. Reason: You’ve reached the limit on the number of vCPUs you can run concurrently' (ECS dev guide service-event-messages.md); one event per 60 s here (ECS de-duplicates repeats, interval undocumented); knob placement_error",
                                  ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:cannot_start", "src/ops/status.rs:why_it_cannot_start"]),
     "container-insights-log-group": Rule(None, "Container Insights creates /aws/ecs/containerinsights/<cluster>/performance when tasks run (audit #28)",
@@ -284,6 +302,49 @@ class Refusal(Exception):
     def __init__(self, status, code, message, rule):
         super().__init__(message)
         self.status, self.code, self.message, self.rule = status, code, message, rule
+
+
+def policy_statements(document):
+    """A policy document's statements as a list (IAM gives documents URL-encoded)."""
+    if isinstance(document, str):
+        document = json.loads(unquote(document))
+    statements = document.get("Statement") or []
+    return [statements] if isinstance(statements, dict) else list(statements)
+
+
+def iam_match(pattern, value):
+    """IAM's wildcards: `*` any run, `?` one character; actions case-insensitively."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.IGNORECASE) is not None
+
+
+# ELB's log-delivery accounts of the regions older than August 2022: AWS's table, kept as data
+# with its source in data/elb-log-accounts.toml.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "elb-log-accounts.toml"), "rb") as _f:
+    ELB_LOG_ACCOUNTS = tomllib.load(_f)["accounts"]
+
+
+def context_allows(condition, group_arn):
+    """A key-policy condition on kms:EncryptionContext:aws:logs:arn that admits the group (no
+    condition on it admits every group)."""
+    for operator, keys in condition.items():
+        for key, values in (keys or {}).items():
+            if key.lower() != "kms:encryptioncontext:aws:logs:arn":
+                continue
+            values = [values] if isinstance(values, str) else values
+            if operator.startswith("ArnLike") or operator.startswith("StringLike"):
+                return any(iam_match(v, group_arn) for v in values)
+            if operator.startswith("ArnEquals") or operator.startswith("StringEquals"):
+                return group_arn in values
+    return True
+
+
+def statement_covers(statement, action, resource):
+    """Whether an identity statement names the action and the resource (its conditions are not
+    evaluated: the model asks what the role could ever do)."""
+    as_list = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
+    return (any(iam_match(a, action) for a in as_list(statement.get("Action")))
+            and any(iam_match(r, resource) for r in as_list(statement.get("Resource"))))
 
 
 class Answer:
@@ -393,6 +454,9 @@ class Strict:
         self.backup_jobs = {}
         self.restore_jobs = {}
         self.recovery_points = {}  # arn -> dict
+        self.vault_policies = {}  # vault arn -> access policy (moto lacks them)
+        self.waf_associations = {}  # resource ARN -> web ACL ARN
+        self.log_group_keys = {}  # (account, region, group) -> key ARN, None once removed (moto lacks AssociateKmsKey)
         self.tokens = {}
         self.fired = []  # (rule, detail) for the capture
         self.accounts = {}  # credentials -> account
@@ -401,6 +465,7 @@ class Strict:
         self.session = boto3.session.Session()
         self.clients = {}  # (service, who) -> boto3 client to moto
         self.clients_lock = threading.Lock()
+        self.spot_reclaimed = 0  # Fargate Spot tasks reclaimed so far (knob spot_interruptions)
         threading.Thread(target=self.run_events, daemon=True).start()
 
     # -- time -------------------------------------------------------------------------------
@@ -816,6 +881,8 @@ class Strict:
     def before_elasticloadbalancing(self, req):
         if req.action == "ModifyListenerAttributes":
             self.check_listener_attributes(req)
+        if req.action == "ModifyLoadBalancerAttributes":
+            self.check_access_log_bucket(req)
         if req.action in ("CreateListener", "ModifyListener"):
             for cert in [v for k, v in req.form.items() if re.fullmatch(r"Certificates\.member\.\d+\.CertificateArn", k)]:
                 with self.lock:
@@ -831,12 +898,50 @@ class Strict:
                 self.release_certificate(used[0], listener)
         if req.action == "DeleteLoadBalancer":
             arn = req.form.get("LoadBalancerArn")
+            self.refuse_protected_load_balancer(req, arn)
             with self.lock:
                 listeners = [l for l, (_, lb) in self.listener_certificates.items() if lb == arn]
                 used = [(self.listener_certificates.pop(l)[0], l) for l in listeners]
             for cert, listener in used:
                 self.release_certificate(cert, listener)
         return None
+
+    def check_access_log_bucket(self, req):
+        """ELB writes a test object when access logs are turned on: the bucket must let it."""
+        attributes = {}
+        for key, name in req.form.items():
+            m = re.fullmatch(r"Attributes\.member\.(\d+)\.Key", key)
+            if m:
+                attributes[name] = req.form.get(f"Attributes.member.{m.group(1)}.Value", "")
+        if attributes.get("access_logs.s3.enabled") != "true":
+            return
+        bucket, prefix = attributes.get("access_logs.s3.bucket", ""), attributes.get("access_logs.s3.prefix", "")
+        account = self.account_of(req.who)
+        denied = f"Access Denied for bucket: {bucket}. Please check S3bucket permission"
+        try:
+            policy = json.loads(self.client("s3", req.who).get_bucket_policy(Bucket=bucket)["Policy"])
+        except Exception:
+            self.refuse(400, "InvalidConfigurationRequest", denied, "access-log-bucket-permission")
+        target = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}AWSLogs/{account}/test-object"
+        principals = ("logdelivery.elasticloadbalancing.amazonaws.com", f":iam::{ELB_LOG_ACCOUNTS.get(req.region, '-')}:root")
+        allowed = any(
+            st.get("Effect") == "Allow" and any(p in json.dumps(st.get("Principal")) for p in principals)
+            and statement_covers(st, "s3:PutObject", target)
+            for st in policy_statements(policy))
+        if not allowed:
+            self.refuse(400, "InvalidConfigurationRequest", denied, "access-log-bucket-permission")
+        self.fired.append(("access-log-bucket-permission", bucket))
+
+    def refuse_protected_load_balancer(self, req, arn):
+        """moto deletes a load balancer whatever its deletion protection; AWS refuses."""
+        try:
+            attributes = self.client("elbv2", req.who).describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]
+        except Exception:
+            return  # not there: moto answers as AWS does
+        if any(a["Key"] == "deletion_protection.enabled" and a["Value"] == "true" for a in attributes):
+            self.refuse(400, "OperationNotPermitted",
+                        f"Load balancer '{arn}' cannot be deleted because deletion protection is enabled",
+                        "load-balancer-deletion-protection")
 
     def check_listener_attributes(self, req):
         """tcp.idle_timeout.seconds: 'The valid range is 60-6000 seconds' (moto stores any value)."""
@@ -1066,6 +1171,12 @@ class Strict:
     # CloudWatch Logs: FilterLogEvents may answer empty pages that still carry a nextToken.
 
     def before_logs(self, req):
+        if req.action in ("CreateLogGroup", "AssociateKmsKey"):
+            return self.log_group_key(req, (req.json or {}))
+        if req.action == "DisassociateKmsKey":
+            with self.lock:
+                self.log_group_keys[(self.account_of(req.who), req.region, (req.json or {}).get("logGroupName"))] = None
+            return Answer(200, b"{}", "application/x-amz-json-1.1", rule="logs-kms-key")
         if req.action != "FilterLogEvents":
             return None
         body = {k: v for k, v in (req.json or {}).items() if v is not None}
@@ -1092,6 +1203,77 @@ class Strict:
         page = self.client("logs", req.who).filter_log_events(**query["params"])
         page.pop("ResponseMetadata", None)
         return Answer(200, json.dumps(page, default=str).encode(), "application/x-amz-json-1.1")
+
+    def log_group_key(self, req, body):
+        """A log group's KMS key must let CloudWatch Logs use it for that group: the key is
+        enabled and its policy allows logs.<region>.amazonaws.com with an encryption context
+        naming the group (ArnLike/ArnEquals). AssociateKmsKey is the model's (moto lacks it)."""
+        key, group = body.get("kmsKeyId"), body.get("logGroupName")
+        if not key:
+            return None
+        account = self.account_of(req.who)
+        group_arn = f"arn:aws:logs:{req.region}:{account}:log-group:{group}"
+        denied = (f"The specified KMS key does not exist or is not allowed to be used with Arn '{group_arn}'")
+        kms = self.client("kms", req.who)
+        try:
+            meta = kms.describe_key(KeyId=key)["KeyMetadata"]
+            policy = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
+        except Exception:
+            self.refuse(400, "AccessDeniedException", denied, "logs-kms-key")
+        service = f"logs.{req.region}.amazonaws.com"
+        usable = meta.get("KeyState") == "Enabled" and any(
+            st.get("Effect") == "Allow" and service in json.dumps(st.get("Principal"))
+            and any(iam_match(a, "kms:GenerateDataKey") for a in ([st["Action"]] if isinstance(st.get("Action"), str) else st.get("Action", [])))
+            and context_allows(st.get("Condition") or {}, group_arn)
+            for st in policy_statements(policy))
+        if not usable:
+            self.refuse(400, "AccessDeniedException", denied, "logs-kms-key")
+        if req.action == "AssociateKmsKey":
+            with self.lock:
+                self.log_group_keys[(account, req.region, group)] = meta["Arn"]
+            return Answer(200, b"{}", "application/x-amz-json-1.1", rule="logs-kms-key")
+        self.fired.append(("logs-kms-key", group))
+        return None
+
+    def after_logs(self, req, data):
+        """DescribeLogGroups shows the keys the model associated or removed."""
+        if req.action != "DescribeLogGroups":
+            return data
+        doc = json.loads(data)
+        account = self.account_of(req.who)
+        with self.lock:
+            for group in doc.get("logGroups", []):
+                override = (account, req.region, group.get("logGroupName"))
+                if override in self.log_group_keys:
+                    key = self.log_group_keys[override]
+                    if key:
+                        group["kmsKeyId"] = key
+                    else:
+                        group.pop("kmsKeyId", None)
+        return json.dumps(doc).encode()
+
+    # =========================================================================================
+    # AWS WAF
+
+    def before_wafv2(self, req):
+        """Which resource each web ACL is in front of (moto keeps it but cannot list it), so an
+        ACL in use is not deleted."""
+        body = req.json or {}
+        if req.action == "AssociateWebACL":
+            with self.lock:
+                self.waf_associations[body.get("ResourceArn")] = body.get("WebACLArn")
+        elif req.action == "DisassociateWebACL":
+            with self.lock:
+                self.waf_associations.pop(body.get("ResourceArn"), None)
+        elif req.action == "DeleteWebACL":
+            ident, name = body.get("Id", ""), body.get("Name", "")
+            with self.lock:
+                used = [r for r, acl in self.waf_associations.items() if acl and acl.endswith(f"/{name}/{ident}")]
+            if used:
+                self.refuse(400, "WAFAssociatedItemException",
+                            "AWS WAF couldn't perform the operation because your resource is being used by another resource or it's associated with another resource.",
+                            "web-acl-associated")
+        return None
 
     # =========================================================================================
     # Service Quotas (moto knows the vpc service code only).
@@ -1321,6 +1503,9 @@ class Strict:
             model["load_balancers"] = setting("loadBalancers", [])
             model["grace"] = setting("healthCheckGracePeriodSeconds", 0)
             model["exec"] = setting("enableExecuteCommand", False)
+            # moto 5.2.5 drops capacityProviderStrategy and answers launchType EC2 (rule
+            # service-capacity-provider-strategy).
+            model["strategy"] = setting("capacityProviderStrategy", None) or None
             for name in ("networkConfiguration", "loadBalancers", "healthCheckGracePeriodSeconds", "enableExecuteCommand"):
                 model[name] = setting(name, None)
             new_definition = service["taskDefinition"]
@@ -1403,6 +1588,9 @@ class Strict:
             "runtime_id": f"{task_id}-{uuid.uuid4().int % 10**10}", "registered": [], "grace": service.get("grace", 0),
             # ECS Exec is the service's setting when the task starts: changing it later needs new tasks.
             "exec": bool(service.get("exec")), "running_since": None,
+            # The provider the strategy picked: FARGATE_SPOT when it weighs anything there.
+            "capacity": "FARGATE_SPOT" if any(p.get("capacityProvider") == "FARGATE_SPOT" and p.get("weight", 0) > 0
+                                              for p in service.get("strategy") or []) else None,
             "next": time.monotonic() + self.duration("task-provisioning"),
         }
         with self.lock:
@@ -1432,6 +1620,15 @@ class Strict:
 
     def advance_task(self, task):
         now = time.monotonic()
+        if task["last"] == "RUNNING" and task.get("capacity") == "FARGATE_SPOT" and self.spot_reclaimed < int(self.control().get("spot_interruptions") or 0):
+            # Whenever AWS wants the capacity back. Two minutes' warning (SIGTERM at the end, the
+            # stop timeout at most 120 s): here the stop begins at once, on the model's clock.
+            with self.lock:
+                if task["desired"] == "RUNNING":
+                    self.spot_reclaimed += 1
+                    self.stop_task(task, "SpotInterruption", "Your Spot Task was interrupted.")
+                    self.fired.append(("spot-interruption", task["id"]))
+                    return
         if now < task["next"]:
             return
         last = task["last"]
@@ -1712,6 +1909,7 @@ class Strict:
             "taskArn": task["arn"], "clusterArn": task["cluster"], "taskDefinitionArn": task["task_definition"],
             "group": f"service:{self.services[task['service']]['name']}" if task["service"] in self.services else None,
             "startedBy": task["deployment"], "lastStatus": task["last"], "desiredStatus": task["desired"], "launchType": "FARGATE",
+            "capacityProviderName": task.get("capacity") or "FARGATE",
             "cpu": task["definition"].get("cpu"), "memory": task["definition"].get("memory"), "createdAt": task["created"],
             "enableExecuteCommand": task["exec"],
             "stoppingAt": task["stopping"],
@@ -1813,6 +2011,14 @@ class Strict:
                         "failedTasks": d["failed"], "createdAt": d["created"], "updatedAt": now_epoch(), "launchType": "FARGATE",
                         "rolloutState": d["rollout"], "rolloutStateReason": d["reason"],
                     })
+                if model.get("strategy"):
+                    service["capacityProviderStrategy"] = model["strategy"]
+                    service.pop("launchType", None)
+                    for d in deployments:
+                        d.pop("launchType", None)
+                        d["capacityProviderStrategy"] = model["strategy"]
+                else:
+                    service["launchType"] = "FARGATE"
                 service["deployments"] = deployments
                 service["events"] = copy.deepcopy(model["events"][:20])
                 changed = True
@@ -1865,13 +2071,42 @@ class Strict:
                     "RestoreMetadata": dict(point["_restore_metadata"]),
                 }).encode())
             return Answer(200, json.dumps(self.point_json(point)).encode())
+        m = re.match(r"^/backup-vaults/([^/]+)/access-policy/?$", path)
+        if m:
+            return self.vault_access_policy(req, unquote(m.group(1)), body)
         m = re.match(r"^/backup-vaults/([^/]+)/?$", path)
         if method == "DELETE" and m:
             vault = unquote(m.group(1))
             count = sum(1 for p in self.recovery_points.values() if p["BackupVaultName"] == vault and p["_account"] == self.account_of(req.who))
             if count:
                 self.refuse(400, "InvalidRequestException", f"Backup vault cannot be deleted (contains {count} recovery points)", "backup-vault-not-empty")
+            arn = f"arn:aws:backup:{req.region}:{self.account_of(req.who)}:backup-vault:{vault}"
+            with self.lock:
+                self.vault_policies.pop(arn, None)  # a vault's policy goes with it
         return None
+
+    def vault_access_policy(self, req, vault, body):
+        """The vault's access policy, kept by the model (moto: 'Not yet implemented')."""
+        try:
+            arn = self.client("backup", req.who).describe_backup_vault(BackupVaultName=vault)["BackupVaultArn"]
+        except Exception:
+            self.refuse(404, "ResourceNotFoundException", f"Backup vault {vault} does not exist", "vault-access-policy")
+        with self.lock:
+            if req.method == "PUT":
+                try:
+                    json.loads(body.get("Policy") or "")
+                except ValueError:
+                    self.refuse(400, "InvalidParameterValueException", "Policy is not valid JSON", "vault-access-policy")
+                self.vault_policies[arn] = body["Policy"]
+                return Answer(200, b"{}", rule="vault-access-policy")
+            if req.method == "DELETE":
+                self.vault_policies.pop(arn, None)
+                return Answer(200, b"{}", rule="vault-access-policy")
+            policy = self.vault_policies.get(arn)
+        if policy is None:
+            self.refuse(404, "ResourceNotFoundException", f"Backup vault {vault} has no access policy", "vault-access-policy")
+        return Answer(200, json.dumps({"BackupVaultName": vault, "BackupVaultArn": arn, "Policy": policy}).encode(),
+                      rule="vault-access-policy")
 
     def after_backup(self, req, data):
         """A vault's description counts the recovery points the model holds in it."""
@@ -1966,6 +2201,30 @@ class Strict:
             return None
         return message, "trust-policy-condition-keys" if conditioned else "backup-job"
 
+    def role_rights_problem(self, who, role_arn, actions, resource):
+        """Why the role may not do `actions` on `resource`: (message, rule), or None. AWS's
+        managed backup and restore policies allow all of them; otherwise the role's inline and
+        attached customer policies are read: an Allow must cover each action (wildcards as IAM
+        matches them) and the resource, and no Deny may."""
+        iam = self.client("iam", who)
+        name = (role_arn or "").rsplit("/", 1)[-1]
+        statements = []
+        try:
+            attached = iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+            if any(p["PolicyName"].startswith("AWSBackupServiceRolePolicyFor") for p in attached):
+                return None
+            for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+                document = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+                statements += policy_statements(document)
+        except Exception:
+            return f"IAM Role {role_arn} cannot be assumed by AWS Backup", "backup-job"
+        for action in actions:
+            matching = [st for st in statements if statement_covers(st, action, resource)]
+            if any(st.get("Effect") == "Deny" for st in matching) or not any(st.get("Effect") == "Allow" for st in matching):
+                return (f"Access denied: {role_arn} is not authorized to perform {action} on resource {resource}",
+                        "backup-role-rights")
+        return None
+
     def start_backup_job(self, req, body):
         token = body.get("IdempotencyToken")
         with self.lock:
@@ -2003,7 +2262,8 @@ class Strict:
         complete_s = complete * 60 * self.scale if complete is not None else None
         start_delay, length = self.duration("backup-job-start"), self.duration("backup-job")
         outcome = self.outcome_knob("backup_job_outcome")
-        role_problem = self.backup_role_problem(req.who, role)
+        role_problem = self.backup_role_problem(req.who, role) or self.role_rights_problem(
+            req.who, role, ["elasticfilesystem:Backup"], resource)
         restore_metadata = {
             "file-system-id": fs, "Encrypted": "true" if source.get("Encrypted") else "false",
             "PerformanceMode": source.get("PerformanceMode", "generalPurpose"), "CreationToken": source.get("CreationToken", ""),
@@ -2113,7 +2373,9 @@ class Strict:
             wrong_source = (f"Invalid restore metadata: file-system-id {given} is not the file system recovery point "
                             f"{point['RecoveryPointArn']} is a backup of ({source})", "restore-metadata")
         role = body.get("IamRoleArn")
-        role_problem = self.backup_role_problem(req.who, role) if role else None
+        arn_prefix = point["ResourceArn"].rsplit("/", 1)[0]
+        role_problem = (self.backup_role_problem(req.who, role) or self.role_rights_problem(
+            req.who, role, ["elasticfilesystem:Restore", "elasticfilesystem:CreateFilesystem"], f"{arn_prefix}/fs-new")) if role else None
         outcome = self.outcome_knob("restore_job_outcome")
         job_id = str(uuid.uuid4()).upper()
         length = self.duration("restore-job")

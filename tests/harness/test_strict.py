@@ -425,6 +425,56 @@ class LoadBalancerRules(ModelTest):
         self.assertEqual(self.fired("listener-idle-timeout-range"), 3)
 
 
+    @covers("access-log-bucket-permission")
+    def test_access_logs_are_turned_on_only_into_a_bucket_that_lets_elb_write(self):
+        elb, s3 = client("elbv2"), client("s3")
+        _, subnets, group = self.network()
+        lb = elb.create_load_balancer(Name=name("lb"), Subnets=subnets, SecurityGroups=[group])["LoadBalancers"][0]["LoadBalancerArn"]
+        bucket = name("logs")
+        logs_on = lambda: elb.modify_load_balancer_attributes(LoadBalancerArn=lb, Attributes=[  # noqa: E731
+            {"Key": "access_logs.s3.enabled", "Value": "true"}, {"Key": "access_logs.s3.bucket", "Value": bucket},
+            {"Key": "access_logs.s3.prefix", "Value": "lb"}])
+        self.assertEqual(code_of(logs_on), "InvalidConfigurationRequest", "no such bucket")
+        s3.create_bucket(Bucket=bucket)
+        elsewhere = {"Effect": "Allow", "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}, "Action": "s3:PutObject",
+                     "Resource": f"arn:aws:s3:::{bucket}/other/AWSLogs/{ACCOUNT}/*"}
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [elsewhere]}))
+        self.assertEqual(code_of(logs_on), "InvalidConfigurationRequest", "the policy covers another prefix")
+        under = dict(elsewhere, Resource=f"arn:aws:s3:::{bucket}/lb/AWSLogs/{ACCOUNT}/*")
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [under]}))
+        logs_on()
+        self.assertEqual(self.fired("access-log-bucket-permission"), 3)
+
+    @covers("web-acl-associated")
+    def test_a_web_acl_in_front_of_a_load_balancer_is_not_deleted(self):
+        elb, waf = client("elbv2"), client("wafv2")
+        _, subnets, group = self.network()
+        lb = elb.create_load_balancer(Name=name("lb"), Subnets=subnets, SecurityGroups=[group])["LoadBalancers"][0]["LoadBalancerArn"]
+        visibility = {"SampledRequestsEnabled": True, "CloudWatchMetricsEnabled": True, "MetricName": "m"}
+        acl = waf.create_web_acl(Name=name("acl"), Scope="REGIONAL", DefaultAction={"Allow": {}}, Rules=[], VisibilityConfig=visibility)["Summary"]
+        waf.associate_web_acl(WebACLArn=acl["ARN"], ResourceArn=lb)
+        delete = lambda: waf.delete_web_acl(Name=acl["Name"], Scope="REGIONAL", Id=acl["Id"], LockToken=acl["LockToken"])  # noqa: E731
+        self.assertEqual(code_of(delete), "WAFAssociatedItemException")
+        waf.disassociate_web_acl(ResourceArn=lb)
+        delete()
+        self.assertEqual(self.fired("web-acl-associated"), 1)
+
+    @covers("load-balancer-deletion-protection")
+    def test_a_protected_load_balancer_is_not_deleted_until_its_protection_is_lifted(self):
+        elb = client("elbv2")
+        _, subnets, group = self.network()
+        lb = elb.create_load_balancer(Name=name("lb"), Subnets=subnets, SecurityGroups=[group])["LoadBalancers"][0]["LoadBalancerArn"]
+        protect = lambda on: elb.modify_load_balancer_attributes(  # noqa: E731
+            LoadBalancerArn=lb, Attributes=[{"Key": "deletion_protection.enabled", "Value": on}])
+        protect("true")
+        self.assertEqual(code_of(elb.delete_load_balancer, LoadBalancerArn=lb), "OperationNotPermitted")
+        self.assertEqual(len(elb.describe_load_balancers(LoadBalancerArns=[lb])["LoadBalancers"]), 1)
+        protect("false")
+        elb.delete_load_balancer(LoadBalancerArn=lb)
+        self.assertEqual(code_of(elb.describe_load_balancers, LoadBalancerArns=[lb]), "LoadBalancerNotFound")
+        self.assertEqual(self.fired("load-balancer-deletion-protection"), 1)
+
+
 # =============================================================================================
 # Secrets Manager, IAM and Lambda
 
@@ -632,10 +682,13 @@ class EcsRules(ModelTest):
     def target_group(self):
         return self.elb.create_target_group(Name=name("tg"), Protocol="HTTP", Port=80, VpcId=self.vpc_id, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
 
-    def service(self, definition=None, target_group=None, grace=1200, exec_enabled=False, subnet=None, count=1):
+    def service(self, definition=None, target_group=None, grace=1200, exec_enabled=False, subnet=None, count=1, strategy=None):
         request = dict(cluster=self.cluster, serviceName="gitlab", taskDefinition=definition or self.definition(), desiredCount=count,
                        launchType="FARGATE", healthCheckGracePeriodSeconds=grace, enableExecuteCommand=exec_enabled,
                        networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet or self.subnet_id], "securityGroups": [self.group_id]}})
+        if strategy:
+            del request["launchType"]
+            request["capacityProviderStrategy"] = strategy
         if target_group:
             request["loadBalancers"] = [{"targetGroupArn": target_group, "containerName": "gitlab", "containerPort": 80}]
         for attempt in range(2):  # ECS's service-linked role on the account's first service
@@ -804,6 +857,35 @@ class EcsRules(ModelTest):
         self.until("a stopped task", lambda: self.tasks("STOPPED"))
         self.assertIn("Failed to resolve", self.tasks("STOPPED")[0]["stoppedReason"])
 
+    @covers("service-capacity-provider-strategy", "spot-interruption")
+    def test_a_spot_service_keeps_its_strategy_and_a_reclaimed_task_is_replaced(self):
+        spot = [{"capacityProvider": "FARGATE_SPOT", "weight": 1, "base": 0}]
+        service = self.service(strategy=spot)
+        described = self.ecs.describe_services(cluster=self.cluster, services=[service])["services"][0]
+        self.assertEqual(described["capacityProviderStrategy"], spot)
+        self.assertNotIn("launchType", described)
+        first = self.first_task()
+        self.status_becomes(first, "RUNNING")
+        self.assertEqual(self.task(first)["capacityProviderName"], "FARGATE_SPOT")
+        # AWS reclaims one task: it stops with Spot's code and reason; the service starts another.
+        self.knobs(spot_interruptions=H.strict.spot_reclaimed + 1)
+        self.nudge(first)
+        stopped = self.until("the interruption", lambda: self.task(first)["desiredStatus"] == "STOPPED" and self.task(first))
+        self.assertEqual((stopped["stopCode"], stopped["stoppedReason"]), ("SpotInterruption", "Your Spot Task was interrupted."))
+        self.until("a replacement", lambda: [t for t in self.tasks() if t["taskArn"] != first])
+        # One interruption asked, one given: the replacement runs on.
+        replacement = next(t["taskArn"] for t in self.tasks() if t["taskArn"] != first)
+        self.status_becomes(replacement, "RUNNING")
+        self.nudge(replacement)
+        time.sleep(0.05)
+        self.assertEqual(self.task(replacement)["desiredStatus"], "RUNNING")
+        # Back to on-demand: the strategy is replaced, not merged.
+        on_demand = [{"capacityProvider": "FARGATE", "weight": 1, "base": 0}]
+        self.ecs.update_service(cluster=self.cluster, service=service, capacityProviderStrategy=on_demand, forceNewDeployment=True)
+        described = self.ecs.describe_services(cluster=self.cluster, services=[service])["services"][0]
+        self.assertEqual(described["capacityProviderStrategy"], on_demand)
+        self.knobs()
+
     @covers("task-placement-error")
     def test_a_service_that_cannot_place_a_task_says_so_in_its_events(self):
         reason = "You\u2019ve reached the limit on the number of vCPUs you can run concurrently"
@@ -885,7 +967,10 @@ class BackupRules(ModelTest):
         self.backup, self.efs, self.iam = client("backup"), client("efs"), client("iam")
         self.vault = name("vault")
         self.backup.create_backup_vault(BackupVaultName=self.vault, BackupVaultTags={"owner": "test"})
-        self.role = self.iam.create_role(RoleName=name("backup"), AssumeRolePolicyDocument=trust())["Role"]["Arn"]
+        role = name("backup")
+        self.role = self.iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust())["Role"]["Arn"]
+        self.iam.put_role_policy(RoleName=role, PolicyName="efs", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["elasticfilesystem:Backup", "elasticfilesystem:Restore", "elasticfilesystem:CreateFileSystem"], "Resource": "*"}]}))
         self.fs = self.efs.create_file_system(CreationToken=name("source"), PerformanceMode="generalPurpose", Encrypted=True)["FileSystemId"]
         self.fs_arn = f"arn:aws:elasticfilesystem:{REGION}:{ACCOUNT}:file-system/{self.fs}"
         data = H.strict.efs_dir(self.fs)
@@ -999,6 +1084,37 @@ class BackupRules(ModelTest):
         self.assertEqual(code_of(self.backup.list_tags, ResourceArn=missing), "ResourceNotFoundException")
         self.assertEqual(self.fired("recovery-point-tags"), 3)
 
+    @covers("backup-role-rights")
+    def test_a_job_runs_with_its_roles_rights_and_fails_without_them(self):
+        role = name("narrow")
+        arn = self.iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust())["Role"]["Arn"]
+        other = self.fs_arn.rsplit("/", 1)[0] + "/fs-00000000"
+        self.iam.put_role_policy(RoleName=role, PolicyName="other", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "elasticfilesystem:Backup", "Resource": other}]}))
+        job = self.ends(self.start(role=arn)["BackupJobId"], "FAILED")
+        self.assertIn("not authorized to perform elasticfilesystem:Backup", job["StatusMessage"])
+        # Allowed on this file system (IAM's wildcards): it completes; a restore still needs its own rights.
+        self.iam.put_role_policy(RoleName=role, PolicyName="other", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "elasticfilesystem:Back*", "Resource": self.fs_arn}]}))
+        done = self.ends(self.start(role=arn)["BackupJobId"], "COMPLETED")
+        restore = self.backup.start_restore_job(RecoveryPointArn=done["RecoveryPointArn"], IamRoleArn=arn, ResourceType="EFS",
+                                                Metadata={"newFileSystem": "true", "CreationToken": name("restored")})["RestoreJobId"]
+        ended = self.until("the restore's end", lambda: (j := self.backup.describe_restore_job(RestoreJobId=restore))["Status"] in ("COMPLETED", "FAILED", "ABORTED") and j)
+        self.assertEqual(ended["Status"], "FAILED")
+        self.assertIn("elasticfilesystem:Restore", ended["StatusMessage"])
+        self.assertEqual(self.fired("backup-role-rights"), 2)
+
+    @covers("vault-access-policy")
+    def test_a_vault_keeps_its_access_policy_until_it_is_deleted(self):
+        self.assertEqual(code_of(self.backup.get_backup_vault_access_policy, BackupVaultName=self.vault), "ResourceNotFoundException")
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "backup:DeleteRecoveryPoint", "Resource": "*"}]})
+        self.backup.put_backup_vault_access_policy(BackupVaultName=self.vault, Policy=policy)
+        self.assertEqual(json.loads(self.backup.get_backup_vault_access_policy(BackupVaultName=self.vault)["Policy"]), json.loads(policy))
+        self.assertEqual(code_of(self.backup.put_backup_vault_access_policy, BackupVaultName=self.vault, Policy="{not json"), "InvalidParameterValueException")
+        self.assertEqual(code_of(self.backup.put_backup_vault_access_policy, BackupVaultName=name("none"), Policy=policy), "ResourceNotFoundException")
+        self.backup.delete_backup_vault_access_policy(BackupVaultName=self.vault)
+        self.assertEqual(code_of(self.backup.get_backup_vault_access_policy, BackupVaultName=self.vault), "ResourceNotFoundException")
+
     @covers("backup-vault-not-empty")
     def test_a_vault_goes_once_empty(self):
         point = self.point()
@@ -1020,7 +1136,9 @@ class BackupRules(ModelTest):
             self.assertEqual((ended["Status"], ended["StatusMessage"]), ("FAILED", f"IAM Role {role} cannot be assumed by AWS Backup"))
         self.assertEqual(self.fired("trust-policy-condition-keys"), 4)
         # Another condition key, or none: assumed.
-        other = self.iam.create_role(RoleName=name("other"), AssumeRolePolicyDocument=trust({"Bool": {"aws:SecureTransport": "true"}}))["Role"]["Arn"]
+        other_name = name("other")
+        other = self.iam.create_role(RoleName=other_name, AssumeRolePolicyDocument=trust({"Bool": {"aws:SecureTransport": "true"}}))["Role"]["Arn"]
+        self.iam.attach_role_policy(RoleName=other_name, PolicyArn="arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForBackup")
         self.ends(self.start(role=other)["BackupJobId"], "COMPLETED")
         self.ends(self.start()["BackupJobId"], "COMPLETED")
         self.assertEqual(self.fired("trust-policy-condition-keys"), 4)
@@ -1104,6 +1222,34 @@ class BackupRules(ModelTest):
 
 
 class LogsAndQuotaRules(ModelTest):
+    @covers("logs-kms-key")
+    def test_a_log_group_takes_a_key_only_if_its_policy_lets_cloudwatch_logs_use_it_for_that_group(self):
+        logs, kms = client("logs"), client("kms")
+        group = f"/test/{name('keyed')}"
+        root = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"}
+        bare = kms.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [root]}))["KeyMetadata"]["Arn"]
+        self.assertEqual(code_of(logs.create_log_group, logGroupName=group, kmsKeyId=bare), "AccessDeniedException")
+        for_logs = {"Effect": "Allow", "Principal": {"Service": f"logs.{REGION}.amazonaws.com"}, "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                    "Resource": "*", "Condition": {"ArnLike": {"kms:EncryptionContext:aws:logs:arn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/test/*"}}}
+        key = kms.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [root, for_logs]}))["KeyMetadata"]["Arn"]
+        logs.create_log_group(logGroupName=group, kmsKeyId=key)
+        shown = lambda g: logs.describe_log_groups(logGroupNamePrefix=g)["logGroups"][0].get("kmsKeyId")  # noqa: E731
+        self.assertEqual(shown(group), key)
+        # Associated later, and removed: DescribeLogGroups says so.
+        other = f"/test/{name('later')}"
+        logs.create_log_group(logGroupName=other)
+        self.assertIsNone(shown(other))
+        logs.associate_kms_key(logGroupName=other, kmsKeyId=key)
+        self.assertEqual(shown(other), key)
+        logs.disassociate_kms_key(logGroupName=other)
+        self.assertIsNone(shown(other))
+        # A group outside the key's context is refused.
+        outside = f"/elsewhere/{name('x')}"
+        logs.create_log_group(logGroupName=outside)
+        self.assertEqual(code_of(logs.associate_kms_key, logGroupName=outside, kmsKeyId=key), "AccessDeniedException")
+        self.assertGreaterEqual(self.fired("logs-kms-key"), 5)
+
+
     @covers("logs-empty-pages")
     def test_filter_log_events_may_answer_empty_pages_before_the_events(self):
         logs = client("logs")

@@ -55,6 +55,19 @@ kinds! {
     TaskDefinition => "ecs:task-definition", "task definition";
     Service => "ecs:service", "service";
     BackupVault => "backup:vault", "backup vault";
+    SecretPolicy => "secretsmanager:resource-policy", "secret policy";
+    FileSystemPolicy => "efs:file-system-policy", "file system policy";
+    VaultPolicy => "backup:vault-access-policy", "vault access policy";
+    Key => "kms:key", "KMS key";
+    Bucket => "s3:bucket", "bucket";
+    FlowLog => "ec2:flow-log", "flow log";
+    NetworkAcl => "ec2:network-acl", "network ACL";
+    WebAcl => "wafv2:web-acl", "web ACL";
+    VaultLock => "backup:vault-lock", "vault lock";
+    ScalableTarget => "application-autoscaling:scalable-target", "scalable target";
+    ScheduledAction => "application-autoscaling:scheduled-action", "scheduled action";
+    ScalingPolicy => "application-autoscaling:scaling-policy", "scaling policy";
+    Alarm => "cloudwatch:alarm", "alarm";
 }
 
 impl std::fmt::Display for Kind {
@@ -100,6 +113,34 @@ pub const INIT_ACCESS_POINT: &str = "init-access-point";
 pub const EFS_PREPARED: &str = "efs-prepared";
 pub const INIT_FUNCTION: &str = "init-function";
 pub const BACKUP_VAULT: &str = "backup-vault";
+/// `hardening = "strict"`: the customer-managed key of the log groups and the secret, the
+/// bucket of access and flow logs, the VPC's flow log, a network ACL per subnet tier, the web
+/// ACL on the load balancer and its log group, the vault's lock.
+pub const KEY: &str = "key";
+pub const LOG_BUCKET: &str = "log-bucket";
+pub const FLOW_LOG: &str = "flow-log";
+pub const NETWORK_ACL_PUBLIC: &str = "network-acl-public";
+pub const NETWORK_ACL_PRIVATE: &str = "network-acl-private";
+pub const WEB_ACL: &str = "web-acl";
+pub const WAF_LOG_GROUP: &str = "waf-log-group";
+pub const VAULT_LOCK: &str = "vault-lock";
+/// When GitLab runs (Application Auto Scaling on the service): office hours, the idle sleep
+/// (its alarm and policy), and the function that wakes it on the first request.
+pub const SCALABLE_TARGET: &str = "scalable-target";
+pub const SCHEDULE_WAKE: &str = "schedule-wake";
+pub const SCHEDULE_SLEEP: &str = "schedule-sleep";
+pub const IDLE_POLICY: &str = "idle-policy";
+pub const IDLE_ALARM: &str = "idle-alarm";
+pub const WAKE_ROLE: &str = "wake-role";
+pub const WAKE_LOG_GROUP: &str = "wake-log-group";
+pub const WAKE_FUNCTION: &str = "wake-function";
+pub const WAKE_TARGET_GROUP: &str = "wake-target-group";
+/// Who may read the root secret: GitLab's execution role and the stack's admins only.
+pub const ROOT_SECRET_POLICY: &str = "root-secret-policy";
+/// TLS only, and only GitLab's task and the initializer mount the file system.
+pub const FILE_SYSTEM_POLICY: &str = "file-system-policy";
+/// Only the stack's admins delete or shorten its backups.
+pub const BACKUP_VAULT_POLICY: &str = "backup-vault-policy";
 
 // Logs.
 pub const LOG_GROUP: &str = "log-group";
@@ -151,6 +192,11 @@ pub mod names {
     /// The ECS cluster.
     pub fn cluster(stack: &str) -> String {
         stack.to_string()
+    }
+
+    /// The function that wakes a sleeping GitLab.
+    pub fn wake_function(stack: &str) -> String {
+        format!("{stack}-wake")
     }
 }
 

@@ -76,9 +76,16 @@ pub enum Change {
     },
 }
 
+/// Longer values (policy documents) are shown as "changed".
+const LONG_VALUE: usize = 80;
+
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // A policy document is not read in a progress line: that it changed is the news.
+            Change::Setting { setting, from, to } if from.len().max(to.len()) > LONG_VALUE => {
+                write!(f, "{setting} changed")
+            }
             Change::Setting { setting, from, to } => write!(f, "{setting} {from} -> {to}"),
             Change::Members { setting, added, removed } => {
                 let members: Vec<String> =

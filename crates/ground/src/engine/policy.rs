@@ -18,7 +18,7 @@ pub struct KindPolicy {
     pub discovery: Discovery,
     /// Deletion order for resources found without a record (lower goes first), since their
     /// dependencies were never recorded.
-    pub rank: u8,
+    pub rank: i8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,8 +69,8 @@ pub trait Catalog<C: Sync>: Send + Sync {
     fn discoverable(&self) -> Vec<&'static str>;
 
     /// Deletion order for resources found without a record (lower goes first); an unknown kind last.
-    fn teardown_rank(&self, kind: &str, key: &str) -> u8 {
-        self.policy(kind, key).map_or(u8::MAX, |p| p.rank)
+    fn teardown_rank(&self, kind: &str, key: &str) -> i8 {
+        self.policy(kind, key).map_or(i8::MAX, |p| p.rank)
     }
 }
 
@@ -704,7 +704,7 @@ pub fn adopt_orphans<C: Sync>(state: &StateHandle, catalog: &dyn Catalog<C>, orp
             },
         );
     }
-    let rank: BTreeMap<String, u8> = all.iter().map(|(k, r)| (k.clone(), catalog.teardown_rank(&r.kind, k))).collect();
+    let rank: BTreeMap<String, i8> = all.iter().map(|(k, r)| (k.clone(), catalog.teardown_rank(&r.kind, k))).collect();
     let orphan_keys: BTreeSet<&String> = orphans.iter().map(|o| &o.key).collect();
     for (key, mut record) in all.clone() {
         let is_orphan = orphan_keys.contains(&key);
