@@ -131,7 +131,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
     /// Office hours: GitLab sleeps outside them, e.g. "Mon-Fri 07:30-19:30 Europe/Berlin"
-    /// (config: schedule = { days = "Mon-Fri", start = "07:30", stop = "19:30", timezone = "Europe/Berlin" })
+    /// (config: the same line, or schedule = { days = "Mon-Fri", start = "07:30", stop = "19:30", timezone = "Europe/Berlin" })
     #[arg(long, value_name = "DAYS HH:MM-HH:MM ZONE", value_parser = crate::schedule::parse_flag, help_heading = "Cost")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::schedule::ScheduleSetting>,
@@ -463,6 +463,11 @@ impl StackConfig {
                 "hardening = \"strict\" leaves an imported VPC as it is: its flow logs and network ACLs are its owner's to set".into(),
             );
         }
+        if matches!(self.network, NetworkConfig::Create { egress: Egress::PublicIp, .. }) {
+            warnings.push(
+                "egress = \"public-ip\": GitLab's task has a public address; its security group admits only the load balancers, so that is all that reaches it (`status` shows a rule added by hand)".into(),
+            );
+        }
         if self.domain.is_none() {
             warnings.push(
                 "GitLab is served over plain HTTP: the root password and every session travel in clear text; add HTTPS with domain_name, sub_domain and hosted_zone_id (a public Route 53 zone)".into(),
@@ -713,7 +718,7 @@ fn validate_running(
                 problems.add(
                     &format!("schedule.{field}"),
                     problem,
-                    "write it like schedule = { days = \"Mon-Fri\", start = \"07:30\", stop = \"19:30\", timezone = \"Europe/Berlin\" }",
+                    "write it like schedule = \"Mon-Fri 07:30-19:30 Europe/Berlin\"",
                 );
             }
             None

@@ -351,7 +351,7 @@ fn cheaper(i: &Inputs, total: f64) -> Option<Cheaper> {
         })
         .ok()?;
         best.scheduled_hours = Some(office.running_hours_per_month());
-        settings.push("schedule = { days = \"Mon-Fri\", start = \"07:30\", stop = \"19:30\", timezone = ... }".to_string());
+        settings.push("schedule = \"Mon-Fri 07:30-19:30 <your time zone>\"".to_string());
     }
     let saving = round(total - estimate_of(&best).total_usd_per_month);
     (saving >= 1.0).then_some(Cheaper { settings, saving_usd_per_month: saving })

@@ -109,7 +109,7 @@ fn plan_for_a_new_stack_works_without_credentials_and_lists_every_step() {
     let plan = run.json();
     let steps: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     for step in
-        ["vpc", "subnets", "internet-gateway", "route-table-public", "nat-eip", "nat-gateway", "route-table-private"]
+        ["vpc", "subnets", "internet-gateway", "route-table-public", "nat-security-group", "nat-instance", "route-table-private", "key", "network-acl-private"]
     {
         assert!(steps.contains(&step), "{step} missing from {steps:?}");
     }
@@ -124,9 +124,9 @@ fn plan_for_a_new_stack_works_without_credentials_and_lists_every_step() {
     let total = plan["monthly_cost"]["total_usd_per_month"].as_f64().unwrap();
     assert!(total > 100.0 && total < 250.0, "{total}");
     let text = tool.run_with(&["plan"], &offline).ok();
-    assert!(text.stdout.contains("nat-gateway") && text.stdout.contains("create"), "{}", text.stdout);
+    assert!(text.stdout.contains("nat-instance") && text.stdout.contains("create"), "{}", text.stdout);
     assert!(
-        text.stdout.contains("estimated monthly cost") && text.stdout.contains("use_nat_instance = true would save"),
+        text.stdout.contains("estimated monthly cost") && text.stdout.contains("egress = \"public-ip\"") && text.stdout.contains("would save"),
         "{}",
         text.stdout
     );

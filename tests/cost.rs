@@ -35,7 +35,8 @@ async fn office_hours_and_the_idle_sleep_are_scheduled_and_sleep_and_wake_hold_t
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
     tool.write("gitlab-provision.toml", STACK_CHEAP);
-    tool.run(&["up", "--yes"]).ok();
+    let run = tool.run(&["up", "--yes"]).ok();
+    assert!(run.stderr.contains("GitLab's task has a public address"), "the trade is said: {}", run.stderr);
     let state = tool.state("cheap").unwrap();
 
     // Office hours: a wake ten minutes before 07:30 and a sleep at 19:30, Berlin time, weekdays.
@@ -215,6 +216,16 @@ async fn fargate_spot_places_the_task_there_and_status_counts_its_interruptions(
     assert!(emu.rules_fired().iter().any(|r| r == "spot-interruption"));
     // It comes back by itself.
     tool.run(&["up", "--yes", "--wait"]).ok();
+    // No Spot capacity: the wait ends at once with ECS's words and the fix.
+    let unavailable = "Capacity is unavailable at this time. Please try again later or in a different availability zone";
+    emu.set_control(json!({"placement_error": unavailable}));
+    tool.run(&["sleep", "--stack", "spotty"]).ok();
+    let run = tool.run(&["wake", "--stack", "spotty", "--wait"]);
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains(unavailable) && run.stderr.contains("up --capacity on-demand"), "{}", run.stderr);
+    let v = verdict(&tool);
+    assert!(v["text"].as_str().unwrap().contains("--capacity on-demand"), "{v}");
+    emu.set_control(json!({}));
     tool.run(&["down", "--yes", "--stack", "spotty"]).ok();
     assert_eq!(stack_leftovers(&c, "spotty").await, Vec::<String>::new());
 }

@@ -40,7 +40,7 @@ async fn nat_gateway_stack_up_status_converged_up_down() {
     let ec2 = emu.ec2().await;
     let tool = Tool::new(&emu.endpoint);
 
-    tool.run(&args(&["up", "--stack", "net1", "--vpc-cidr", "10.42.0.0/16"], CIDRS)).ok();
+    tool.run(&args(&["up", "--stack", "net1", "--vpc-cidr", "10.42.0.0/16", "--egress", "nat-gateway"], CIDRS)).ok();
     let state = tool.state("net1").expect("state written");
 
     // The VPC honours vpc_cidr (the reference app ignores it) and has DNS on.
@@ -125,7 +125,7 @@ async fn nat_gateway_stack_up_status_converged_up_down() {
     // A second up creates nothing and makes no mutating call: one read per resource at most.
     emu.clear_calls();
     let before = by_key(&tool.state("net1").unwrap());
-    tool.run(&args(&["up", "--stack", "net1", "--vpc-cidr", "10.42.0.0/16"], CIDRS)).ok();
+    tool.run(&args(&["up", "--stack", "net1", "--vpc-cidr", "10.42.0.0/16", "--egress", "nat-gateway"], CIDRS)).ok();
     let calls = emu.calls();
     let mutating: Vec<_> = calls.iter().filter(|c| c.mutating).collect();
     assert!(mutating.is_empty(), "converged up mutated: {mutating:?}");
@@ -329,13 +329,13 @@ async fn failure_mid_way_then_resume_creates_no_twins() {
     let ec2 = emu.ec2().await;
     let tool = Tool::new(&emu.endpoint);
     emu.set_faults(json!([{"action": "CreateRouteTable", "status": 403, "code": "UnauthorizedOperation", "times": 1}]));
-    let run = tool.run(&args(&["up", "--stack", "resume"], CIDRS)).fails_with(1);
+    let run = tool.run(&args(&["up", "--stack", "resume", "--egress", "nat-gateway"], CIDRS)).fails_with(1);
     assert!(run.stderr.contains("UnauthorizedOperation") && run.stderr.contains("step route-table-"), "{}", run.stderr);
     assert!(run.stderr.contains("run `gitlab-provision up` again"), "{}", run.stderr);
     let partial = tool.state("resume").unwrap();
     assert!(partial["resources"]["vpc"]["status"] == "created");
 
-    tool.run(&args(&["up", "--stack", "resume"], CIDRS)).ok();
+    tool.run(&args(&["up", "--stack", "resume", "--egress", "nat-gateway"], CIDRS)).ok();
     let counts = count_tagged(&ec2, "resume").await;
     let expected: BTreeMap<String, usize> =
         [("vpc", 1), ("subnet", 4), ("igw", 1), ("route table", 2), ("eip", 1), ("nat", 1), ("sg", 4)]
@@ -357,7 +357,7 @@ async fn created_but_unrecorded_resources_are_adopted_not_duplicated() {
         {"action": "CreateVpc", "status": 403, "code": "UnauthorizedOperation", "times": 1, "when": "after"},
         {"action": "AllocateAddress", "status": 403, "code": "UnauthorizedOperation", "times": 1, "when": "after"}
     ]));
-    tool.run(&args(&["up", "--stack", "adopt"], CIDRS)).fails_with(1);
+    tool.run(&args(&["up", "--stack", "adopt", "--egress", "nat-gateway"], CIDRS)).fails_with(1);
     let state = tool.state("adopt").unwrap();
     assert_eq!(state["resources"]["vpc"]["status"], "pending");
     // status says the create was never confirmed.
@@ -367,7 +367,7 @@ async fn created_but_unrecorded_resources_are_adopted_not_duplicated() {
         "{status:#}"
     );
 
-    tool.run(&args(&["up", "--stack", "adopt"], CIDRS)).ok();
+    tool.run(&args(&["up", "--stack", "adopt", "--egress", "nat-gateway"], CIDRS)).ok();
     let counts = count_tagged(&ec2, "adopt").await;
     assert_eq!(counts.get("vpc"), Some(&1), "{counts:?}");
     assert_eq!(counts.get("eip"), Some(&1), "{counts:?}");
@@ -499,7 +499,7 @@ async fn switching_nat_flavour_converges_and_removes_the_old_one() {
     let emu = Emulator::start();
     let ec2 = emu.ec2().await;
     let tool = Tool::new(&emu.endpoint);
-    tool.run(&args(&["up", "--stack", "swap"], CIDRS)).ok();
+    tool.run(&args(&["up", "--stack", "swap", "--egress", "nat-gateway"], CIDRS)).ok();
     let vpc = id(&tool.state("swap").unwrap(), "vpc");
     // Moving the private subnets to another NAT interrupts GitLab's outbound traffic: asked, or --yes.
     let refused = tool.run(&args(&["up", "--stack", "swap", "--use-nat-instance"], CIDRS)).fails_with(2);

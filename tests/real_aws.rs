@@ -58,7 +58,7 @@ async fn down_right_after_up_waits_for_what_aws_is_still_releasing() {
     emu.set_control(json!({"lambda_interfaces_linger": 7500, "load_balancer_interfaces_linger": 1200}));
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
-    tool.run(&up("lin", &[])).ok();
+    tool.run(&up("lin", &["--egress", "nat-gateway"])).ok();
     let state = tool.state("lin").unwrap();
     let init_group = state["resources"]["init-security-group"]["id"].as_str().unwrap().to_string();
     let init_role = state["resources"]["init-role"]["attrs"]["name"].as_str().unwrap().to_string();

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::{Clients, Emulator, Tool, count_tagged, stack_leftovers};
 use serde_json::json;
 
-const UP: &[&str] = &["up", "--allowed-cidr", "203.0.113.0/24"];
+// A NAT gateway (not the default NAT instance): its address and deleting state are what these
+// tests put through faults, kills and discovery.
+const UP: &[&str] = &["up", "--allowed-cidr", "203.0.113.0/24", "--egress", "nat-gateway"];
 
 fn with_stack<'a>(args: &[&'a str], stack: &'a str) -> Vec<&'a str> {
     let mut v = args.to_vec();
@@ -38,6 +40,9 @@ fn expected_inventory() -> BTreeMap<String, usize> {
         ("eip", 1),
         ("nat", 1),
         ("sg", 4),
+        ("network ACL", 2),
+        ("KMS key", 1),
+        ("KMS alias", 1),
         ("file system", 1),
         ("mount target", 2),
         ("load balancer", 1),
@@ -258,11 +263,14 @@ async fn down_keep_data_keeps_repositories_and_password_for_the_next_up() {
     // The network, load balancer and service are gone; the data (and the vault for its
     // backups) is not.
     let left = stack_leftovers(&c, "web").await;
-    assert_eq!(left.len(), 3, "{left:?}");
+    // The key too: the secret and the logs are encrypted with it.
+    assert_eq!(left.len(), 5, "{left:?}");
     assert!(
         left.iter().any(|l| l.starts_with("file system"))
             && left.iter().any(|l| l.starts_with("secret"))
-            && left.iter().any(|l| l.starts_with("backup vault")),
+            && left.iter().any(|l| l.starts_with("backup vault"))
+            && left.iter().any(|l| l.starts_with("KMS key"))
+            && left.iter().any(|l| l.starts_with("KMS alias")),
         "{left:?}"
     );
     let state = tool.state("web").expect("the state keeps the retained records");

@@ -143,7 +143,7 @@ async fn down_lifts_the_deletion_protection_it_set_and_nothing_else_can_delete_t
         assert!(refused.is_err(), "{key} was deleted despite its protection");
     }
     let status = tool.run(&["status", "--stack", "dp"]).ok();
-    assert!(status.stdout.contains("deletion protection on"), "{}", status.stdout);
+    assert!(status.stdout.contains("deletion-protected"), "{}", status.stdout);
 
     // Every stack's subnets have their tier's network ACL: SSH (on 22 here) only from the
     // allowed network; outbound open by default.

@@ -401,12 +401,12 @@ fn say_unrecorded(global: &GlobalArgs, stack: &str, found: &Unrecorded, printer:
 /// What keeps GitLab's task from starting, when ECS says so (a task that cannot be placed, an
 /// image that cannot be pulled, volumes or secrets that cannot be set up).
 fn why_it_cannot_start(h: &Health) -> Option<String> {
-    use crate::steps::service::cannot_start;
+    use crate::steps::service::{cannot_start, with_fix};
     if h.running.unwrap_or(0) > 0 {
         return None;
     }
     if let Some(stop) = h.last_stopped.as_ref().filter(|s| cannot_start(&s.reason)) {
-        return Some(describe_stop(stop));
+        return Some(with_fix(describe_stop(stop)));
     }
-    h.events.first().filter(|e| cannot_start(&e.message)).map(|e| e.message.clone())
+    h.events.first().filter(|e| cannot_start(&e.message)).map(|e| with_fix(e.message.clone()))
 }

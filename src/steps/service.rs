@@ -967,6 +967,18 @@ pub fn cannot_start(text: &str) -> bool {
     SIGNS.iter().any(|sign| text.contains(sign))
 }
 
+/// Why a task cannot start, with the fix where there is one of ours: Fargate Spot without
+/// capacity ("Capacity is unavailable at this time", ECS's service event) goes away on regular
+/// Fargate.
+pub fn with_fix(why: String) -> String {
+    if why.contains("Capacity is unavailable") {
+        return format!(
+            "{why} (Fargate Spot has no capacity for GitLab now: `gitlab-provision up --capacity on-demand` runs it on regular Fargate, on the same data)"
+        );
+    }
+    why
+}
+
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct StoppedTask {
     pub task: String,
@@ -1087,11 +1099,11 @@ pub async fn wait_healthy(ctx: &Ctx, scope: &StepScope) -> anyhow::Result<()> {
                 .is_some_and(|t| t.secs() >= started.secs())
         };
         if let Some(event) = h.events.iter().find(|e| new(e.at.as_deref()) && cannot_start(&e.message)) {
-            return Ok(Poll::Failed(format!("a task cannot start: {}", event.message)));
+            return Ok(Poll::Failed(format!("a task cannot start: {}", with_fix(event.message.clone()))));
         }
         if let Some(stop) = h.last_stopped.as_ref().filter(|s| new(s.stopped_at.as_deref()) && cannot_start(&s.reason))
         {
-            return Ok(Poll::Failed(format!("a task cannot start: {}", describe_stop(stop))));
+            return Ok(Poll::Failed(format!("a task cannot start: {}", with_fix(describe_stop(stop)))));
         }
         if h.failed() {
             let stopped = h

@@ -171,6 +171,12 @@ def error_body(service, headers, code, message):
             f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
             f"<Message>{message}</Message></Error></Errors><RequestID>harness</RequestID></Response>"
         ).encode()
+    if service == "s3":
+        # REST-XML without the query protocol's ErrorResponse wrapper (S3 API, "Error responses").
+        return "application/xml", (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>harness</RequestId></Error>"
+        ).encode()
     if "x-www-form-urlencoded" in headers.get("Content-Type", "") or service == "route53":
         # The query protocol (IAM, ELB, STS) and REST-XML (Route 53).
         return "text/xml", (
@@ -342,6 +348,10 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
 
         def send_error_answer(self, status, code, message):
             service, _, _ = classify(self.headers, b"", self.command, self.path)
+            if service == "s3" and "throttl" in code.lower():
+                # S3 throttles as 503 SlowDown, never a 400 (S3 API, "Error responses"); a HEAD's
+                # answer has no body, so the status is all the client sees.
+                status, code = 503, "SlowDown"
             content_type, data = error_body(service, self.headers, code, message)
             self.send_answer(status, content_type, data, {"x-amzn-ErrorType": code})
 

@@ -194,7 +194,7 @@ RULES = {
                               ["src/steps/service.rs:wait_healthy"]),
     "gitlab-boot": Rule(240, "GitLab's later boots (data in place): reconfigure and services start, ~4 min observed",
                         ["src/steps/service.rs:wait_healthy"]),
-    "health-check": Rule(30, "Target group health check every 30 s; healthy after 2, unhealthy after 10 (the stack's target group)",
+    "health-check": Rule(30, "The load balancer checks a target every HealthCheckIntervalSeconds, healthy after HealthyThresholdCount passing checks, unhealthy after UnhealthyThresholdCount failures (ELB User Guide, target-group-health-checks.html): read from the task's target group; 30 s, 2 and 10 without one",
                          ["src/steps/service.rs:wait_healthy", "src/steps/service.rs:health"]),
     "deregistration-delay": Rule(30, "Target draining for the target group's deregistration delay (30 s in the stack)",
                                  ["src/steps/service.rs:ServiceOps::delete", "src/steps/service.rs:scale"]),
@@ -1696,10 +1696,11 @@ class Strict:
         the first time, on an empty file system); the load balancer checks it every 30 s."""
         first = not os.path.exists(os.path.join(self.data_dir(task), ".gitlab-initialized"))
         boot = self.duration("gitlab-first-boot" if first else "gitlab-boot")
-        check = self.duration("health-check")
+        interval, healthy, unhealthy = self.health_check_of(task)
         boot_done = now + boot
-        healthy_at = boot_done + 2 * check
-        unhealthy_at = now + 10 * check
+        # Ready between two checks: on average half an interval, then `healthy` passing checks.
+        healthy_at = boot_done + (healthy - 0.5) * interval
+        unhealthy_at = now + unhealthy * interval
         grace_end = now + task["grace"] * self.scale
         kill_at = None
         # Only a load balancer's health checks stop a task that is slow to boot.
@@ -1807,6 +1808,23 @@ class Strict:
                     with open(key, "w") as f:
                         f.write(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{uuid.uuid4().hex}\n-----END OPENSSH PRIVATE KEY-----\n")
         self.write_logs(task, ["gitlab Reconfigured!", "==> /var/log/gitlab/gitlab-rails/production.log <==", "Puma started"])
+
+    def health_check_of(self, task):
+        """The task's target group's health check as the load balancer runs it: (interval in model
+        seconds, healthy count, unhealthy count); the rule's 30 s, 2 and 10 without one."""
+        service = self.services.get(task["service"]) or {}
+        tg = next((lb.get("targetGroupArn") for lb in service.get("load_balancers") or [] if lb.get("targetGroupArn")), None)
+        interval, healthy, unhealthy = RULES["health-check"].seconds, 2, 10
+        if tg:
+            try:
+                group = self.client("elbv2", task["who"]).describe_target_groups(TargetGroupArns=[tg])["TargetGroups"][0]
+                interval = group.get("HealthCheckIntervalSeconds") or interval
+                healthy = group.get("HealthyThresholdCount") or healthy
+                unhealthy = group.get("UnhealthyThresholdCount") or unhealthy
+            except Exception as e:  # a group deleted meanwhile: the defaults
+                print(f"strict model: health check of {tg}: {e}", file=sys.stderr)
+        override = self.control().get("health_check")  # a test stretching the checks
+        return (override if override is not None else interval) * self.scale, healthy, unhealthy
 
     def register_targets(self, task):
         service = self.services.get(task["service"])
