@@ -18,7 +18,7 @@ use crate::steps::network::{RouteTableStep, RouteTarget, SubnetPlan, SubnetsStep
 use crate::steps::security_group::{IngressRule, SecurityGroupStep, Source};
 use crate::steps::{
     backup, certificate, dns, efs_init, iam, kms, logs, nat, network, s3, scaling, secret, service, storage, traffic,
-    wake, waf,
+    waf, wake,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -439,9 +439,10 @@ fn declare_network(s: &mut Stack, cfg: &Arc<StackConfig>) -> Network {
 
 /// In a VPC the tool creates: a network ACL per tier; under `hardening = "strict"`, the flow log.
 fn declare_traffic_records(s: &mut Stack, cfg: &Arc<StackConfig>, vpc_cidr: ipnet::Ipv4Net) {
-    for (key, public, subnets) in
-        [(keys::NETWORK_ACL_PUBLIC, true, keys::PUBLIC_SUBNETS), (keys::NETWORK_ACL_PRIVATE, false, keys::PRIVATE_SUBNETS)]
-    {
+    for (key, public, subnets) in [
+        (keys::NETWORK_ACL_PUBLIC, true, keys::PUBLIC_SUBNETS),
+        (keys::NETWORK_ACL_PRIVATE, false, keys::PRIVATE_SUBNETS),
+    ] {
         let rules = traffic::rules(public, vpc_cidr, cfg).len();
         s.step(key)
             .needs(&[keys::VPC, subnets[0], subnets[1]])
@@ -509,7 +510,9 @@ fn declare_data(s: &mut Stack, cfg: &StackConfig) {
         s.step(log_key)
             .needs(key)
             .creates(log_key, Kind::LogGroup)
-            .describe(format!("create {what} {name} with {retention_days}-day retention, encrypted with the stack's key"))
+            .describe(format!(
+                "create {what} {name} with {retention_days}-day retention, encrypted with the stack's key"
+            ))
             .runs(logs::LogGroupStep { key: log_key, name, retention_days, encrypted: true });
     }
     if strict {
@@ -712,7 +715,7 @@ fn declare_web_entrance(s: &mut Stack, cfg: &StackConfig, net: &Network) -> Vec<
         .needs(&lb_needs)
         .creates(keys::LOAD_BALANCER, Kind::LoadBalancer)
         .describe(format!(
-            "create the internet-facing load balancer (idle timeout {}s, deletion protection{}) and wait until active",
+            "create the internet-facing load balancer (idle timeout {}s, deletion protection{}); GitLab starts while it provisions",
             crate::steps::load_balancer::IDLE_TIMEOUT_SECONDS,
             if strict { ", access logs to the log bucket" } else { "" }
         ))
@@ -811,7 +814,9 @@ fn declare_ssh(s: &mut Stack, cfg: &StackConfig, net: &Network) -> Option<&'stat
     s.step(keys::SSH_LOAD_BALANCER)
         .needs(&nlb_needs)
         .creates(keys::SSH_LOAD_BALANCER, Kind::LoadBalancer)
-        .describe("create the internet-facing network load balancer for SSH (cross-zone) and wait until active")
+        .describe(
+            "create the internet-facing network load balancer for SSH (cross-zone); GitLab starts while it provisions",
+        )
         .runs(LoadBalancerStep {
             key: keys::SSH_LOAD_BALANCER,
             flavour: Flavour::Network,
@@ -932,7 +937,9 @@ fn declare_running_hours(s: &mut Stack, cfg: &StackConfig) {
         .describe("let Application Auto Scaling set GitLab's service between 0 and 1 task")
         .runs(scaling::ScalableTargetStep);
     if let Some(hours) = &cfg.schedule {
-        for (key, what) in [(keys::SCHEDULE_WAKE, "wake GitLab before"), (keys::SCHEDULE_SLEEP, "put GitLab to sleep after")] {
+        for (key, what) in
+            [(keys::SCHEDULE_WAKE, "wake GitLab before"), (keys::SCHEDULE_SLEEP, "put GitLab to sleep after")]
+        {
             s.step(key)
                 .needs(&[keys::SCALABLE_TARGET])
                 .creates(key, Kind::ScheduledAction)

@@ -320,7 +320,9 @@ impl Architecture {
 }
 
 /// Fargate's capacity: on-demand, or Spot.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capacity {
     #[default]
@@ -727,7 +729,11 @@ fn validate_running(
     let idle = s.idle_sleep.as_deref().and_then(|text| match humantime::parse_duration(text) {
         Ok(d) if (15 * 60..=24 * 3600).contains(&d.as_secs()) => Some((d.as_secs() / 60).div_ceil(5) as u32 * 5),
         Ok(_) => {
-            problems.add("idle_sleep", format!("{text:?} is outside 15m to 24h"), "CloudWatch's alarm looks back at most a day: use e.g. 2h");
+            problems.add(
+                "idle_sleep",
+                format!("{text:?} is outside 15m to 24h"),
+                "CloudWatch's alarm looks back at most a day: use e.g. 2h",
+            );
             None
         }
         Err(_) => {
@@ -737,7 +743,8 @@ fn validate_running(
     });
     const IA_DAYS: [u32; 9] = [1, 7, 14, 30, 60, 90, 180, 270, 365];
     let ia = s.efs_infrequent_access_after.as_deref().and_then(|text| {
-        let days = humantime::parse_duration(text).ok().map(|d| d.as_secs() / 86400).and_then(|d| u32::try_from(d).ok());
+        let days =
+            humantime::parse_duration(text).ok().map(|d| d.as_secs() / 86400).and_then(|d| u32::try_from(d).ok());
         match days.filter(|d| IA_DAYS.contains(d)) {
             Some(days) => Some(days),
             None => {
@@ -1076,7 +1083,11 @@ mod tests {
         assert_eq!(cfg.stack, "gitlab");
         assert_eq!(
             cfg.network,
-            NetworkConfig::Create { vpc_cidr: "10.0.0.0/16".parse().unwrap(), egress: Egress::NatInstance, zones: None }
+            NetworkConfig::Create {
+                vpc_cidr: "10.0.0.0/16".parse().unwrap(),
+                egress: Egress::NatInstance,
+                zones: None
+            }
         );
         assert_eq!((cfg.task_cpu, cfg.task_memory_mib), (2048, 6144));
         assert_ne!(cfg.gitlab_image_tag, "latest");

@@ -202,7 +202,11 @@ fn fargate_lines(p: &Prices, i: &Inputs, hours: f64, when: &str) -> Vec<CostLine
             format!("{vcpu} vCPU x {when} x ${vcpu_hour}"),
             vcpu * hours * vcpu_hour * factor,
         ),
-        line(&format!("Fargate memory ({arch}{spot})"), format!("{gb} GB x {when} x ${gb_hour}"), gb * hours * gb_hour * factor),
+        line(
+            &format!("Fargate memory ({arch}{spot})"),
+            format!("{gb} GB x {when} x ${gb_hour}"),
+            gb * hours * gb_hour * factor,
+        ),
     ]
 }
 
@@ -236,11 +240,16 @@ fn network_lines(p: &Prices, i: &Inputs, hours: f64) -> Vec<CostLine> {
     }
     // Each load balancer has an address in each of two zones; a NAT one; a task with its own
     // address (public-ip egress) one while it runs.
-    let always = if i.ssh { 4.0 } else { 2.0 } + if matches!(i.egress, Some(Egress::NatGateway | Egress::NatInstance)) { 1.0 } else { 0.0 };
+    let always = if i.ssh { 4.0 } else { 2.0 }
+        + if matches!(i.egress, Some(Egress::NatGateway | Egress::NatInstance)) { 1.0 } else { 0.0 };
     let task = if i.egress == Some(Egress::PublicIp) { hours } else { 0.0 };
     lines.push(line(
         "Public IPv4 addresses",
-        format!("{always} x 730 h{} x ${}", if task > 0.0 { format!(" + the task's {task:.0} h") } else { String::new() }, n.public_ipv4_hour),
+        format!(
+            "{always} x 730 h{} x ${}",
+            if task > 0.0 { format!(" + the task's {task:.0} h") } else { String::new() },
+            n.public_ipv4_hour
+        ),
         (always * HOURS + task) * n.public_ipv4_hour,
     ));
     lines
@@ -254,7 +263,10 @@ fn storage_lines(p: &Prices, i: &Inputs, hours: f64) -> Vec<CostLine> {
     let efs = match i.efs_ia_days {
         None => line(
             "EFS storage and I/O",
-            format!("{REPOSITORY_GB} GB x ${}; {read:.0} GB read, {written:.0} GB written (elastic)", s.efs_standard_gb_month),
+            format!(
+                "{REPOSITORY_GB} GB x ${}; {read:.0} GB read, {written:.0} GB written (elastic)",
+                s.efs_standard_gb_month
+            ),
             REPOSITORY_GB * s.efs_standard_gb_month + io,
         ),
         Some(days) => {
@@ -272,7 +284,11 @@ fn storage_lines(p: &Prices, i: &Inputs, hours: f64) -> Vec<CostLine> {
     };
     vec![
         efs,
-        line("EFS backups", format!("{REPOSITORY_GB} GB x ${}", s.backup_efs_warm_gb_month), REPOSITORY_GB * s.backup_efs_warm_gb_month),
+        line(
+            "EFS backups",
+            format!("{REPOSITORY_GB} GB x ${}", s.backup_efs_warm_gb_month),
+            REPOSITORY_GB * s.backup_efs_warm_gb_month,
+        ),
     ]
 }
 
@@ -306,7 +322,10 @@ fn service_lines(p: &Prices, i: &Inputs, hours: f64) -> Vec<CostLine> {
         ));
         lines.push(line(
             "Flow and access logs in S3 (strict)",
-            format!("{FLOW_LOG_GB} GB flow logs x ${}; {stored} GB stored x ${}", v.vended_logs_s3_gb, p.storage.s3_standard_gb_month),
+            format!(
+                "{FLOW_LOG_GB} GB flow logs x ${}; {stored} GB stored x ${}",
+                v.vended_logs_s3_gb, p.storage.s3_standard_gb_month
+            ),
             FLOW_LOG_GB * v.vended_logs_s3_gb + stored * p.storage.s3_standard_gb_month,
         ));
     }
@@ -321,9 +340,16 @@ pub fn estimate_of(i: &Inputs) -> Estimate {
     lines.extend(storage_lines(&p, i, hours));
     lines.extend(service_lines(&p, i, hours));
     let total = round(lines.iter().map(|l| l.usd_per_month).sum::<f64>());
-    let spot = if i.capacity == Capacity::Spot { format!("; Spot's discount as of {}", p.fargate.spot_as_of) } else { String::new() };
+    let spot = if i.capacity == Capacity::Spot {
+        format!("; Spot's discount as of {}", p.fargate.spot_as_of)
+    } else {
+        String::new()
+    };
     Estimate {
-        prices: format!("{} on-demand list prices as of {} (data/prices.toml){spot}; check before budgeting", p.region, p.as_of),
+        prices: format!(
+            "{} on-demand list prices as of {} (data/prices.toml){spot}; check before budgeting",
+            p.region, p.as_of
+        ),
         lines,
         total_usd_per_month: total,
         running_hours_per_month: round(hours),
@@ -394,7 +420,8 @@ mod tests {
         assert!((item(&x86_gateway, "Fargate") - (2.0 * 730.0 * 0.04048 + 6.0 * 730.0 * 0.004445)).abs() < 0.02);
         assert!((item(&x86_gateway, "NAT gateway") - (730.0 * 0.045 + 20.0 * 0.045)).abs() < 0.01);
         // Office hours: 12 h 10 min on 5 days; Fargate, capacity units and logs scale with them.
-        let office = cfg(|s| s.schedule = Some(crate::schedule::parse_flag("Mon-Fri 07:30-19:30 Europe/Berlin").unwrap()));
+        let office =
+            cfg(|s| s.schedule = Some(crate::schedule::parse_flag("Mon-Fri 07:30-19:30 Europe/Berlin").unwrap()));
         let e = estimate(&office);
         let hours = (12.0 + 10.0 / 60.0) * 5.0 * 52.0 / 12.0;
         assert!((e.running_hours_per_month - hours).abs() < 0.01);
@@ -420,7 +447,10 @@ mod tests {
     fn the_hint_names_the_cheapest_configuration_with_the_same_data_safety() {
         let e = estimate(&cfg(|_| {}));
         let cheaper = e.cheaper.as_ref().unwrap();
-        assert!(cheaper.settings.iter().any(|s| s.contains("public-ip")) && cheaper.settings.iter().any(|s| s.contains("schedule")));
+        assert!(
+            cheaper.settings.iter().any(|s| s.contains("public-ip"))
+                && cheaper.settings.iter().any(|s| s.contains("schedule"))
+        );
         assert!(cheaper.saving_usd_per_month > 40.0, "{cheaper:?}");
         let already = estimate(&cfg(|s| {
             s.egress = Some(Egress::PublicIp);

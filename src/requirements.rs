@@ -34,7 +34,10 @@ pub fn arm64(image: &str, version: Version) -> Result<(), String> {
     }
     let from = Version::parse(&arm64.from).expect("checked by a test");
     if version < from {
-        return Err(format!("{} has official arm64 images from {from} on ({}, read {as_of}), not {version}", arm64.image, arm64.source));
+        return Err(format!(
+            "{} has official arm64 images from {from} on ({}, read {as_of}), not {version}",
+            arm64.image, arm64.source
+        ));
     }
     Ok(())
 }

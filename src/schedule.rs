@@ -55,7 +55,9 @@ impl TryFrom<WrittenSchedule> for ScheduleSetting {
     fn try_from(written: WrittenSchedule) -> Result<Self, String> {
         match written {
             WrittenSchedule::Line(line) => parse_flag(&line),
-            WrittenSchedule::Table(ScheduleTable { days, start, stop, timezone }) => Ok(ScheduleSetting { days, start, stop, timezone }),
+            WrittenSchedule::Table(ScheduleTable { days, start, stop, timezone }) => {
+                Ok(ScheduleSetting { days, start, stop, timezone })
+            }
         }
     }
 }
@@ -123,7 +125,10 @@ fn parse_days(text: &str) -> Result<Vec<Weekday>, String> {
 
 fn parse_time(text: &str) -> Result<Time, String> {
     let (h, m) = text.split_once(':').ok_or_else(|| format!("{text:?} is not HH:MM"))?;
-    let (h, m): (i8, i8) = (h.parse().map_err(|_| format!("{text:?} is not HH:MM"))?, m.parse().map_err(|_| format!("{text:?} is not HH:MM"))?);
+    let (h, m): (i8, i8) = (
+        h.parse().map_err(|_| format!("{text:?} is not HH:MM"))?,
+        m.parse().map_err(|_| format!("{text:?} is not HH:MM"))?,
+    );
     Time::new(h, m, 0, 0).map_err(|_| format!("{text:?} is not a time of day"))
 }
 
@@ -203,7 +208,9 @@ impl OfficeHours {
         let mut best: Option<(bool, Zoned)> = None;
         for offset in 0..9 {
             let date = here.date().checked_add(jiff::Span::new().days(offset)).ok()?;
-            for (wakes, time, shift) in [(true, wake, if day_before { 1 } else { 0 }), (false, self.stop, if next_day { -1 } else { 0 })] {
+            for (wakes, time, shift) in
+                [(true, wake, if day_before { 1 } else { 0 }), (false, self.stop, if next_day { -1 } else { 0 })]
+            {
                 // The working day this change belongs to.
                 let workday = date.checked_add(jiff::Span::new().days(shift)).ok()?;
                 if !self.days.contains(&workday.weekday()) {
@@ -225,7 +232,14 @@ impl OfficeHours {
 impl fmt::Display for OfficeHours {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let days: Vec<String> = self.days.iter().map(|d| format!("{d:?}")[..3].to_string()).collect();
-        write!(f, "{} {}-{} {}", days.join(","), self.start.strftime("%H:%M"), self.stop.strftime("%H:%M"), self.timezone)
+        write!(
+            f,
+            "{} {}-{} {}",
+            days.join(","),
+            self.start.strftime("%H:%M"),
+            self.stop.strftime("%H:%M"),
+            self.timezone
+        )
     }
 }
 
@@ -234,7 +248,12 @@ mod tests {
     use super::*;
 
     fn hours(days: &str, start: &str, stop: &str) -> OfficeHours {
-        let setting = ScheduleSetting { days: days.into(), start: start.into(), stop: stop.into(), timezone: "Europe/Berlin".into() };
+        let setting = ScheduleSetting {
+            days: days.into(),
+            start: start.into(),
+            stop: stop.into(),
+            timezone: "Europe/Berlin".into(),
+        };
         OfficeHours::from_setting(&setting).unwrap()
     }
 
@@ -244,7 +263,9 @@ mod tests {
         assert_eq!(h.wake_cron(), "cron(20 7 ? * MON,TUE,WED,THU,FRI *)");
         assert_eq!(h.sleep_cron(), "cron(30 19 ? * MON,TUE,WED,THU,FRI *)");
         // 12 h 10 min on 5 days a week.
-        assert!((h.running_hours_per_month() - 12.0 * 5.0 * 52.0 / 12.0 - 10.0 / 60.0 * 5.0 * 52.0 / 12.0).abs() < 0.01);
+        assert!(
+            (h.running_hours_per_month() - 12.0 * 5.0 * 52.0 / 12.0 - 10.0 / 60.0 * 5.0 * 52.0 / 12.0).abs() < 0.01
+        );
         // A start just after midnight wakes the day before; a night shift stops the next day.
         let night = hours("Sun-Thu", "00:05", "08:00");
         assert_eq!(night.wake_cron(), "cron(55 23 ? * SUN,MON,TUE,WED,SAT *)");
@@ -254,7 +275,12 @@ mod tests {
 
     #[test]
     fn a_bad_schedule_names_each_field() {
-        let setting = ScheduleSetting { days: "Mon-Fry".into(), start: "7h".into(), stop: "19:30".into(), timezone: "Berlin".into() };
+        let setting = ScheduleSetting {
+            days: "Mon-Fry".into(),
+            start: "7h".into(),
+            stop: "19:30".into(),
+            timezone: "Berlin".into(),
+        };
         let problems = OfficeHours::from_setting(&setting).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|(f, _)| *f).collect();
         assert_eq!(fields, ["days", "start", "timezone"]);

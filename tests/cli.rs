@@ -108,9 +108,17 @@ fn plan_for_a_new_stack_works_without_credentials_and_lists_every_step() {
     assert!(run.stderr.contains("planned offline"), "{}", run.stderr);
     let plan = run.json();
     let steps: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    for step in
-        ["vpc", "subnets", "internet-gateway", "route-table-public", "nat-security-group", "nat-instance", "route-table-private", "key", "network-acl-private"]
-    {
+    for step in [
+        "vpc",
+        "subnets",
+        "internet-gateway",
+        "route-table-public",
+        "nat-security-group",
+        "nat-instance",
+        "route-table-private",
+        "key",
+        "network-acl-private",
+    ] {
         assert!(steps.contains(&step), "{step} missing from {steps:?}");
     }
     assert!(
@@ -126,7 +134,9 @@ fn plan_for_a_new_stack_works_without_credentials_and_lists_every_step() {
     let text = tool.run_with(&["plan"], &offline).ok();
     assert!(text.stdout.contains("nat-instance") && text.stdout.contains("create"), "{}", text.stdout);
     assert!(
-        text.stdout.contains("estimated monthly cost") && text.stdout.contains("egress = \"public-ip\"") && text.stdout.contains("would save"),
+        text.stdout.contains("estimated monthly cost")
+            && text.stdout.contains("egress = \"public-ip\"")
+            && text.stdout.contains("would save"),
         "{}",
         text.stdout
     );

@@ -13,6 +13,9 @@ const STACK_CHEAP: &str = "stack = \"cheap\"\nallowed_cidrs = [\"203.0.113.0/24\
     schedule = \"Mon-Fri 07:30-19:30 Europe/Berlin\"\nidle_sleep = \"30m\"\negress = \"public-ip\"\n\
     efs_infrequent_access_after = \"30d\"\n";
 
+/// A scheduled action as read back: name, schedule, time zone, min and max capacity.
+type ScheduledAction = (String, String, Option<String>, Option<i32>, Option<i32>);
+
 async fn bounds(emu: &Emulator, stack: &str) -> (i32, i32) {
     let out = emu.clients().scaling.describe_scalable_targets().service_namespace(ServiceNamespace::Ecs);
     let out = out.resource_ids(format!("service/{stack}/gitlab")).send().await.unwrap();
@@ -43,7 +46,7 @@ async fn office_hours_and_the_idle_sleep_are_scheduled_and_sleep_and_wake_hold_t
     let resource = "service/cheap/gitlab";
     let out = c.scaling.describe_scheduled_actions().service_namespace(ServiceNamespace::Ecs);
     let out = out.resource_id(resource).send().await.unwrap();
-    let mut actions: Vec<(String, String, Option<String>, Option<i32>, Option<i32>)> = out
+    let mut actions: Vec<ScheduledAction> = out
         .scheduled_actions()
         .iter()
         .map(|a| {
@@ -61,8 +64,20 @@ async fn office_hours_and_the_idle_sleep_are_scheduled_and_sleep_and_wake_hold_t
     assert_eq!(
         actions,
         vec![
-            ("cheap-schedule-sleep".into(), "cron(30 19 ? * MON,TUE,WED,THU,FRI *)".into(), Some("Europe/Berlin".into()), Some(0), Some(0)),
-            ("cheap-schedule-wake".into(), "cron(20 7 ? * MON,TUE,WED,THU,FRI *)".into(), Some("Europe/Berlin".into()), Some(1), Some(1)),
+            (
+                "cheap-schedule-sleep".into(),
+                "cron(30 19 ? * MON,TUE,WED,THU,FRI *)".into(),
+                Some("Europe/Berlin".into()),
+                Some(0),
+                Some(0)
+            ),
+            (
+                "cheap-schedule-wake".into(),
+                "cron(20 7 ? * MON,TUE,WED,THU,FRI *)".into(),
+                Some("Europe/Berlin".into()),
+                Some(1),
+                Some(1)
+            ),
         ]
     );
 
@@ -106,11 +121,8 @@ async fn office_hours_and_the_idle_sleep_are_scheduled_and_sleep_and_wake_hold_t
     // Infrequent Access after 30 days.
     let fs = id(&state, "file-system");
     let out = c.efs.describe_lifecycle_configuration().file_system_id(&fs).send().await.unwrap();
-    let ia: Vec<String> = out
-        .lifecycle_policies()
-        .iter()
-        .filter_map(|p| p.transition_to_ia().map(|t| t.as_str().to_string()))
-        .collect();
+    let ia: Vec<String> =
+        out.lifecycle_policies().iter().filter_map(|p| p.transition_to_ia().map(|t| t.as_str().to_string())).collect();
     assert_eq!(ia, vec!["AFTER_30_DAYS".to_string()]);
     assert_eq!(bounds(&emu, "cheap").await, (0, 1));
 
@@ -181,7 +193,10 @@ async fn fargate_spot_places_the_task_there_and_status_counts_its_interruptions(
     let emu = Emulator::start();
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
-    tool.write("gitlab-provision.toml", "stack = \"spotty\"\nallowed_cidrs = [\"203.0.113.0/24\"]\ncapacity = \"spot\"\n");
+    tool.write(
+        "gitlab-provision.toml",
+        "stack = \"spotty\"\nallowed_cidrs = [\"203.0.113.0/24\"]\ncapacity = \"spot\"\n",
+    );
     tool.run(&["up", "--yes", "--wait"]).ok();
     let cluster = c.ecs.describe_clusters().clusters("spotty").send().await.unwrap();
     assert!(cluster.clusters()[0].capacity_providers().iter().any(|p| p == "FARGATE_SPOT"));
@@ -217,7 +232,8 @@ async fn fargate_spot_places_the_task_there_and_status_counts_its_interruptions(
     // It comes back by itself.
     tool.run(&["up", "--yes", "--wait"]).ok();
     // No Spot capacity: the wait ends at once with ECS's words and the fix.
-    let unavailable = "Capacity is unavailable at this time. Please try again later or in a different availability zone";
+    let unavailable =
+        "Capacity is unavailable at this time. Please try again later or in a different availability zone";
     emu.set_control(json!({"placement_error": unavailable}));
     tool.run(&["sleep", "--stack", "spotty"]).ok();
     let run = tool.run(&["wake", "--stack", "spotty", "--wait"]);
@@ -235,13 +251,18 @@ fn each_cheaper_road_is_priced_and_spot_with_arm_is_refused_before_any_call() {
     let emu = Emulator::start();
     let tool = Tool::new(&emu.endpoint);
     let estimate = |extra: &str| -> f64 {
-        tool.write("gitlab-provision.toml", &format!("stack = \"priced\"\nallowed_cidrs = [\"203.0.113.0/24\"]\n{extra}"));
+        tool.write(
+            "gitlab-provision.toml",
+            &format!("stack = \"priced\"\nallowed_cidrs = [\"203.0.113.0/24\"]\n{extra}"),
+        );
         let plan = tool.run(&["plan", "--json"]).ok().json();
         plan["monthly_cost"]["total_usd_per_month"].as_f64().expect("an estimate")
     };
     let base = estimate("");
     let scheduled = estimate("schedule = \"Mon-Fri 07:30-19:30 Europe/Berlin\"\n");
-    let as_table = estimate("schedule = { days = \"Mon-Fri\", start = \"07:30\", stop = \"19:30\", timezone = \"Europe/Berlin\" }\n");
+    let as_table = estimate(
+        "schedule = { days = \"Mon-Fri\", start = \"07:30\", stop = \"19:30\", timezone = \"Europe/Berlin\" }\n",
+    );
     let public = estimate("schedule = \"Mon-Fri 07:30-19:30 Europe/Berlin\"\negress = \"public-ip\"\n");
     let spot = estimate("capacity = \"spot\"\n");
     assert!(base <= 115.0, "the default stack: ${base}");
@@ -258,7 +279,10 @@ fn each_cheaper_road_is_priced_and_spot_with_arm_is_refused_before_any_call() {
     let run = tool.run(&["up", "--yes"]).fails_with(2);
     assert!(run.stderr.contains("capacity") && run.stderr.contains("cpu_architecture"), "{}", run.stderr);
     assert!(emu.calls().iter().all(|c| !c.mutating), "a refused configuration changed something");
-    tool.write("gitlab-provision.toml", "stack = \"priced\"\nallowed_cidrs = [\"203.0.113.0/24\"]\nidle_sleep = \"7m\"\n");
+    tool.write(
+        "gitlab-provision.toml",
+        "stack = \"priced\"\nallowed_cidrs = [\"203.0.113.0/24\"]\nidle_sleep = \"7m\"\n",
+    );
     let run = tool.run(&["plan"]).fails_with(2);
     assert!(run.stderr.contains("idle_sleep"), "{}", run.stderr);
 }

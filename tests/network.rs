@@ -88,6 +88,21 @@ async fn nat_gateway_stack_up_status_converged_up_down() {
         default.ip_permissions().is_empty() && default.ip_permissions_egress().is_empty(),
         "the default group keeps rules: {default:?}"
     );
+    // Nor does the default network ACL, once every subnet has the stack's own.
+    let acls = ec2
+        .describe_network_acls()
+        .filters(Filter::builder().name("vpc-id").values(&vpc_id).build())
+        .filters(Filter::builder().name("default").values("true").build())
+        .send()
+        .await
+        .unwrap();
+    let default_acl = &acls.network_acls()[0];
+    assert!(default_acl.associations().is_empty(), "{default_acl:?}");
+    assert!(
+        default_acl.entries().iter().all(|e| e.rule_number() == Some(32767)),
+        "the default network ACL keeps rules: {:?}",
+        default_acl.entries()
+    );
     assert_ne!(seen[0].1, seen[1].1, "public subnets in distinct zones");
     assert_ne!(seen[2].1, seen[3].1, "private subnets in distinct zones");
 
@@ -142,7 +157,16 @@ async fn nat_gateway_stack_up_status_converged_up_down() {
     // balancer's deletion protection and a key's rotation are not in their descriptions.
     let account_reads = calls
         .iter()
-        .filter(|c| ["GetCallerIdentity", "DescribeTrails", "GetTrailStatus", "DescribeLoadBalancerAttributes", "GetKeyRotationStatus"].contains(&c.action.as_str()))
+        .filter(|c| {
+            [
+                "GetCallerIdentity",
+                "DescribeTrails",
+                "GetTrailStatus",
+                "DescribeLoadBalancerAttributes",
+                "GetKeyRotationStatus",
+            ]
+            .contains(&c.action.as_str())
+        })
         .count();
     assert!(account_reads <= 5, "{calls:?}");
     let owner_reads = owner_reads + account_reads;
@@ -189,6 +213,17 @@ async fn nat_instance_stack() {
     assert_eq!(instance.instance_type().map(|t| t.as_str()), Some("t4g.nano"));
     assert_eq!(instance.subnet_id(), Some(id(&state, "subnet-public-a").as_str()));
     assert_eq!(instance.source_dest_check(), Some(false), "a NAT instance must forward others' packets");
+    let volumes = ec2
+        .describe_volumes()
+        .filters(Filter::builder().name("attachment.instance-id").values(&instance_id).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !volumes.volumes().is_empty() && volumes.volumes().iter().all(|v| v.encrypted() == Some(true)),
+        "the NAT instance's volume is encrypted: {:?}",
+        volumes.volumes()
+    );
     let ami = emu_ssm_value(&emu, "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64").await;
     assert_eq!(instance.image_id(), Some(ami.as_str()), "Amazon Linux 2023 arm64 from the public SSM parameter");
     let user_data = ec2

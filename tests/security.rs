@@ -51,7 +51,9 @@ async fn the_secret_the_data_and_the_backups_admit_only_whom_the_stack_names() {
     let out = c.efs.describe_file_system_policy().file_system_id(&fs).send().await.unwrap();
     let fs_policy = out.policy().expect("the file system has a policy").to_string();
     let (task_role, init_role) = (id(&state, "task-role"), id(&state, "init-role"));
-    for action in ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"] {
+    for action in
+        ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"]
+    {
         assert_eq!(decide(&fs_policy, &Request::by(&task_role, action, &fs_arn)), Decision::Allowed, "{action}");
         assert_eq!(decide(&fs_policy, &Request::by(&init_role, action, &fs_arn)), Decision::Allowed, "{action}");
         assert_eq!(
@@ -73,7 +75,9 @@ async fn the_secret_the_data_and_the_backups_admit_only_whom_the_stack_names() {
     let out = emu.aws_clients().backup.get_backup_vault_access_policy().backup_vault_name(&vault).send().await.unwrap();
     let vault_policy = out.policy().unwrap().to_string();
     let point = "arn:aws:backup:us-east-1:123456789012:recovery-point:1";
-    for action in ["backup:DeleteRecoveryPoint", "backup:UpdateRecoveryPointLifecycle", "backup:DeleteBackupVaultAccessPolicy"] {
+    for action in
+        ["backup:DeleteRecoveryPoint", "backup:UpdateRecoveryPointLifecycle", "backup:DeleteBackupVaultAccessPolicy"]
+    {
         assert_eq!(decide(&vault_policy, &Request::by(UNRELATED, action, point)), Decision::ExplicitDeny, "{action}");
         assert_eq!(decide(&vault_policy, &Request::by(&operator, action, point)), Decision::Allowed, "{action}");
     }
@@ -156,7 +160,11 @@ async fn down_lifts_the_deletion_protection_it_set_and_nothing_else_can_delete_t
         .filter_map(|e| e.cidr_block())
         .collect();
     assert_eq!(ssh, ["203.0.113.0/24"]);
-    assert!(entries.iter().any(|e| e.egress() == Some(true) && e.protocol() == Some("-1") && e.cidr_block() == Some("0.0.0.0/0")));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.egress() == Some(true) && e.protocol() == Some("-1") && e.cidr_block() == Some("0.0.0.0/0"))
+    );
 
     tool.run(&["down", "--stack", "dp", "--yes"]).ok();
     assert_eq!(stack_leftovers(&c, "dp").await, Vec::<String>::new());
@@ -174,7 +182,8 @@ async fn someone_outside_the_stacks_admins_is_refused_before_anything_changes_un
     let colleague = user.user().unwrap().arn().to_string();
     let key = c.iam.create_access_key().user_name("colleague").send().await.unwrap();
     let key = key.access_key().unwrap();
-    let as_colleague = [("AWS_ACCESS_KEY_ID", Some(key.access_key_id())), ("AWS_SECRET_ACCESS_KEY", Some(key.secret_access_key()))];
+    let as_colleague =
+        [("AWS_ACCESS_KEY_ID", Some(key.access_key_id())), ("AWS_SECRET_ACCESS_KEY", Some(key.secret_access_key()))];
 
     emu.clear_calls();
     let refused = tool.run_with(&up("op", &["--yes"]), &as_colleague).fails_with(2);
@@ -195,8 +204,11 @@ async fn strict_hardening_logs_encrypts_filters_and_locks_and_down_keep_data_kee
     let emu = Emulator::start();
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
-    let plan = tool.run(&["plan", "--stack", "st", "--allowed-cidr", "203.0.113.0/24", "--hardening", "strict", "--json"]).json();
-    let items: Vec<&str> = plan["monthly_cost"]["lines"].as_array().unwrap().iter().filter_map(|l| l["item"].as_str()).collect();
+    let plan = tool
+        .run(&["plan", "--stack", "st", "--allowed-cidr", "203.0.113.0/24", "--hardening", "strict", "--json"])
+        .json();
+    let items: Vec<&str> =
+        plan["monthly_cost"]["lines"].as_array().unwrap().iter().filter_map(|l| l["item"].as_str()).collect();
     assert!(items.iter().filter(|i| i.ends_with("(strict)")).count() == 2, "{items:?}");
 
     tool.run(&up("st", &["--hardening", "strict"])).ok();
@@ -229,12 +241,17 @@ async fn strict_hardening_logs_encrypts_filters_and_locks_and_down_keep_data_kee
     assert_eq!(flow.log_destination(), Some(format!("arn:aws:s3:::{bucket}").as_str()));
     let lb = id(&state, "load-balancer");
     let attributes = c.elb.describe_load_balancer_attributes().load_balancer_arn(&lb).send().await.unwrap();
-    let attribute = |k: &str| attributes.attributes().iter().find(|a| a.key() == Some(k)).and_then(|a| a.value()).map(str::to_string);
+    let attribute = |k: &str| {
+        attributes.attributes().iter().find(|a| a.key() == Some(k)).and_then(|a| a.value()).map(str::to_string)
+    };
     assert_eq!(attribute("access_logs.s3.enabled").as_deref(), Some("true"));
     assert_eq!(attribute("access_logs.s3.bucket"), Some(bucket.clone()));
 
     // Network ACLs: each subnet in its tier's; remote desktop denied from anywhere first.
-    for (acl_key, subnets) in [("network-acl-public", ["subnet-public-a", "subnet-public-b"]), ("network-acl-private", ["subnet-private-a", "subnet-private-b"])] {
+    for (acl_key, subnets) in [
+        ("network-acl-public", ["subnet-public-a", "subnet-public-b"]),
+        ("network-acl-private", ["subnet-private-a", "subnet-private-b"]),
+    ] {
         let acl = c.ec2.describe_network_acls().network_acl_ids(id(&state, acl_key)).send().await.unwrap();
         let acl = &acl.network_acls()[0];
         let associated: Vec<&str> = acl.associations().iter().filter_map(|a| a.subnet_id()).collect();
@@ -246,7 +263,10 @@ async fn strict_hardening_logs_encrypts_filters_and_locks_and_down_keep_data_kee
         inbound.sort_by_key(|e| e.rule_number());
         let first_for_3389 = inbound
             .iter()
-            .find(|e| e.protocol() == Some("-1") || e.port_range().is_some_and(|p| p.from() <= Some(3389) && p.to() >= Some(3389)))
+            .find(|e| {
+                e.protocol() == Some("-1")
+                    || e.port_range().is_some_and(|p| p.from() <= Some(3389) && p.to() >= Some(3389))
+            })
             .unwrap();
         assert_eq!(first_for_3389.rule_action().map(|a| a.as_str()), Some("deny"), "{acl_key}");
     }
@@ -271,8 +291,19 @@ async fn strict_hardening_logs_encrypts_filters_and_locks_and_down_keep_data_kee
     assert!(c.s3.head_bucket().bucket(&bucket).send().await.is_ok(), "the log bucket went");
     let kept = c.kms.describe_key().key_id(&key).send().await.unwrap();
     assert_eq!(kept.key_metadata().unwrap().key_state().map(|s| s.as_str()), Some("Enabled"));
-    assert!(c.waf.get_web_acl_for_resource().resource_arn(&lb).send().await.map(|o| o.web_acl.is_none()).unwrap_or(true));
-    assert!(c.ec2.describe_flow_logs().send().await.unwrap().flow_logs().iter().all(|f| f.resource_id() != Some(vpc.as_str())));
+    assert!(
+        c.waf.get_web_acl_for_resource().resource_arn(&lb).send().await.map(|o| o.web_acl.is_none()).unwrap_or(true)
+    );
+    assert!(
+        c.ec2
+            .describe_flow_logs()
+            .send()
+            .await
+            .unwrap()
+            .flow_logs()
+            .iter()
+            .all(|f| f.resource_id() != Some(vpc.as_str()))
+    );
 
     // Everything, then: the key waits out AWS's 30 days, the bucket is emptied and gone.
     tool.run(&["down", "--stack", "st", "--yes"]).ok();

@@ -18,7 +18,9 @@ pub async fn sleep(global: &GlobalArgs, args: SleepArgs) -> CliResult {
     let opened = open(global, &printer, "sleep").await?;
     let asleep = crate::ops::sleep::sleep(&opened, &cfg, &printer, args.through_schedule).await?;
     printer.out(&match &asleep.until {
-        Some(until) => format!("GitLab sleeps until its schedule wakes it ({until}); `gitlab-provision wake` starts it sooner"),
+        Some(until) => {
+            format!("GitLab sleeps until its schedule wakes it ({until}); `gitlab-provision wake` starts it sooner")
+        }
         None => "GitLab sleeps until `gitlab-provision wake`".to_string(),
     });
     Ok(ExitStatus::Success)

@@ -60,11 +60,9 @@ fn mark_scaled(state: &StateHandle, scaled: bool) -> Result<(), CliError> {
 }
 
 fn cluster_of(state: &State) -> Result<String, CliError> {
-    state
-        .resources
-        .get(keys::CLUSTER)
-        .and_then(|r| r.id.clone())
-        .ok_or_else(|| Diagnostic::new("the stack records no GitLab service").with_help("run `gitlab-provision up` first").into())
+    state.resources.get(keys::CLUSTER).and_then(|r| r.id.clone()).ok_or_else(|| {
+        Diagnostic::new("the stack records no GitLab service").with_help("run `gitlab-provision up` first").into()
+    })
 }
 
 /// When the schedule next wakes GitLab (in its time zone), if it has one.
@@ -83,7 +81,12 @@ pub fn next_scheduled_wake(cfg: &StackConfig) -> Option<String> {
     None
 }
 
-pub async fn sleep(opened: &Opened, cfg: &StackConfig, printer: &Arc<Printer>, through_schedule: bool) -> Result<Sleep, CliError> {
+pub async fn sleep(
+    opened: &Opened,
+    cfg: &StackConfig,
+    printer: &Arc<Printer>,
+    through_schedule: bool,
+) -> Result<Sleep, CliError> {
     let (ctx, state) = (&opened.ctx, &opened.state);
     let snapshot = state.snapshot();
     let cluster = cluster_of(&snapshot)?;

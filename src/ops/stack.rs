@@ -246,7 +246,11 @@ pub fn recorded_operator(state: &State) -> Option<String> {
 /// The stack's operator: recorded at its first `up` (these credentials' principal), then kept.
 /// A run by someone who is neither the operator nor among `admin_principals` is refused: the
 /// root secret and the backups are guarded against them, and converging would fail half-way.
-pub async fn operator(ctx: &Ctx, state: &crate::state::StateHandle, admins: &[String]) -> Result<Option<String>, CliError> {
+pub async fn operator(
+    ctx: &Ctx,
+    state: &crate::state::StateHandle,
+    admins: &[String],
+) -> Result<Option<String>, CliError> {
     let me = aws::credentials::principal_arn(ctx).await?;
     let Some(operator) = recorded_operator(&state.snapshot()) else {
         let Some(me) = me else {

@@ -34,7 +34,9 @@ pub struct StatusReport {
 }
 
 /// The profile a stack's records show.
-pub fn recorded_hardening(records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>) -> crate::config::Hardening {
+pub fn recorded_hardening(
+    records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>,
+) -> crate::config::Hardening {
     use crate::keys;
     if [keys::WEB_ACL, keys::LOG_BUCKET].iter().any(|k| records.contains_key(*k)) {
         crate::config::Hardening::Strict
@@ -166,7 +168,8 @@ pub fn asleep_because(state: &crate::state::State) -> Option<String> {
         let wakes = super::sleep::next_scheduled_wake(&cfg).unwrap_or_else(|| "?".into());
         return Some(format!("GitLab is asleep outside its office hours, wakes at {wakes} (schedule)"));
     }
-    cfg.idle_sleep_minutes.map(|m| format!("GitLab is asleep after {m} minutes without a request; the next request wakes it"))
+    cfg.idle_sleep_minutes
+        .map(|m| format!("GitLab is asleep after {m} minutes without a request; the next request wakes it"))
 }
 
 pub fn verdict(resources: &[ResourceStatus], gitlab: Option<&Health>) -> Verdict {

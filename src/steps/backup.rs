@@ -433,7 +433,11 @@ impl StepAction<Ctx> for VaultPolicyStep {
             &allowed,
             serde_json::json!("*"),
         )]);
-        Ok(vec![Desired::new(keys::BACKUP_VAULT_POLICY, Kind::VaultPolicy, attrs([("vault", vault), ("policy", policy)]))])
+        Ok(vec![Desired::new(
+            keys::BACKUP_VAULT_POLICY,
+            Kind::VaultPolicy,
+            attrs([("vault", vault), ("policy", policy)]),
+        )])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -443,7 +447,12 @@ impl StepAction<Ctx> for VaultPolicyStep {
         let ensured = scope
             .ensure(ctx, &VaultPolicyOps, want, |_, _| async move {
                 call(
-                    ctx.aws.backup.put_backup_vault_access_policy().backup_vault_name(vault_ref).policy(policy_ref).send(),
+                    ctx.aws
+                        .backup
+                        .put_backup_vault_access_policy()
+                        .backup_vault_name(vault_ref)
+                        .policy(policy_ref)
+                        .send(),
                     || format!("setting the access policy of {vault_ref}"),
                 )
                 .await?;
@@ -504,7 +513,8 @@ pub struct VaultLockStep;
 #[async_trait]
 impl StepAction<Ctx> for VaultLockStep {
     fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
-        let wanted = attrs([("vault", env.id(keys::BACKUP_VAULT)?), ("min_retention_days", MIN_RETENTION_DAYS.to_string())]);
+        let wanted =
+            attrs([("vault", env.id(keys::BACKUP_VAULT)?), ("min_retention_days", MIN_RETENTION_DAYS.to_string())]);
         Ok(vec![Desired::new(keys::VAULT_LOCK, Kind::VaultLock, wanted).replaced_on(&["vault"])])
     }
 

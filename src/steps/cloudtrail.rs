@@ -57,7 +57,9 @@ pub async fn warning(ctx: &Ctx, exec: bool) -> Option<String> {
         Coverage::Logging(_) => return None,
         Coverage::None => "the account has no CloudTrail trail",
         Coverage::NotLogging => "no CloudTrail trail is logging in this region",
-        Coverage::Unknown(_) => "these credentials cannot read CloudTrail, so whether a trail records shells is unknown",
+        Coverage::Unknown(_) => {
+            "these credentials cannot read CloudTrail, so whether a trail records shells is unknown"
+        }
     };
     Some(format!(
         "{why}: who opens a shell in GitLab (`exec`, `shell`) is kept only 90 days in Event history; create a multi-region trail, or set exec = false"

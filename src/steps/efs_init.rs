@@ -4,7 +4,6 @@
 //! each is recorded before it is created and removed right after, so a crash leaves nothing
 //! unrecorded and a finished run leaves nothing behind but the "prepared" marker.
 
-
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_lambda::primitives::Blob;
@@ -13,9 +12,7 @@ use serde_json::json;
 
 use super::{iam, storage};
 use crate::aws::{AwsError, Ctx, call, propagated};
-use crate::engine::{
-    Applied, Desired, Env, Live, Lost, ResourceOps, StepAction, StepScope, Summary, attrs,
-};
+use crate::engine::{Applied, Desired, Env, Live, Lost, ResourceOps, StepAction, StepScope, Summary, attrs};
 use crate::keys::{self, Kind, names};
 use crate::state::ResourceRecord;
 

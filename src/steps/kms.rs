@@ -55,8 +55,8 @@ fn key_policy(ctx: &Ctx) -> String {
 async fn alias_target(ctx: &Ctx, alias: &str) -> anyhow::Result<Option<String>> {
     let mut marker = None;
     loop {
-        let out = call(ctx.aws.kms.list_aliases().set_marker(marker.clone()).send(), || "listing KMS aliases".into())
-            .await?;
+        let out =
+            call(ctx.aws.kms.list_aliases().set_marker(marker.clone()).send(), || "listing KMS aliases".into()).await?;
         if let Some(found) = out.aliases().iter().find(|a| a.alias_name() == Some(alias)) {
             return Ok(found.target_key_id().map(str::to_string));
         }
@@ -68,7 +68,8 @@ async fn alias_target(ctx: &Ctx, alias: &str) -> anyhow::Result<Option<String>> 
 }
 
 async fn key_owner(ctx: &Ctx, key: &str) -> anyhow::Result<Owner> {
-    let out = call(ctx.aws.kms.list_resource_tags().key_id(key).send(), || format!("reading the tags of key {key}")).await?;
+    let out =
+        call(ctx.aws.kms.list_resource_tags().key_id(key).send(), || format!("reading the tags of key {key}")).await?;
     Ok(ctx.tags.owner(out.tags().iter().map(|t| (t.tag_key(), t.tag_value()))))
 }
 
@@ -91,9 +92,10 @@ impl StepAction<Ctx> for KeyStep {
                 let kms = &ctx.aws.kms;
                 let id = match existing {
                     Some(existing) => {
-                        call(kms.put_key_policy().key_id(&existing.id).policy_name("default").policy(policy).send(), || {
-                            format!("setting the policy of key {}", existing.id)
-                        })
+                        call(
+                            kms.put_key_policy().key_id(&existing.id).policy_name("default").policy(policy).send(),
+                            || format!("setting the policy of key {}", existing.id),
+                        )
                         .await?;
                         existing.id
                     }
@@ -107,7 +109,10 @@ impl StepAction<Ctx> for KeyStep {
                             || "creating the stack's KMS key".into(),
                         )
                         .await?;
-                        let id = created.key_metadata().map(|m| m.key_id().to_string()).context("CreateKey returned no key")?;
+                        let id = created
+                            .key_metadata()
+                            .map(|m| m.key_id().to_string())
+                            .context("CreateKey returned no key")?;
                         scope.created(keys::KEY, &id)?;
                         call(kms.create_alias().alias_name(alias).target_key_id(&id).send(), || {
                             format!("naming key {id} {alias}")
@@ -178,7 +183,8 @@ impl ResourceOps<Ctx> for KeyOps {
         if let Some(alias) = record.attr("alias") {
             if_there(ctx.aws.kms.delete_alias().alias_name(alias).send(), || format!("removing alias {alias}")).await?;
         }
-        let scheduled = ctx.aws.kms.schedule_key_deletion().key_id(id).pending_window_in_days(DELETION_WINDOW_DAYS).send();
+        let scheduled =
+            ctx.aws.kms.schedule_key_deletion().key_id(id).pending_window_in_days(DELETION_WINDOW_DAYS).send();
         match if_there(scheduled, || format!("scheduling the deletion of key {id}")).await {
             // Already scheduled: nothing more to do.
             Err(e) if e.is_code(&["KMSInvalidStateException"]) => Ok(()),

@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use aws_sdk_lambda::types::State;
 
 use crate::aws::{Ctx, if_there};
-use crate::engine::{
-    Conflict, Discovered, Found, Live, Lost, Poll, ResourceOps, StepScope, WaitPolicy, wait_until,
-};
+use crate::engine::{Conflict, Discovered, Found, Live, Lost, Poll, ResourceOps, StepScope, WaitPolicy, wait_until};
 use crate::keys::{self, Kind, names};
 use crate::state::ResourceRecord;
 
@@ -98,7 +96,9 @@ impl ResourceOps<Ctx> for FunctionOps {
     async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
         let mut found = Found::default();
         let stack = &ctx.tags.stack;
-        for (key, name) in [(keys::INIT_FUNCTION, names::init_function(stack)), (keys::WAKE_FUNCTION, names::wake_function(stack))] {
+        for (key, name) in
+            [(keys::INIT_FUNCTION, names::init_function(stack)), (keys::WAKE_FUNCTION, names::wake_function(stack))]
+        {
             match function_owner(ctx, &name).await? {
                 None => {}
                 Some(crate::engine::Owner::Foreign(why)) => {
@@ -110,4 +110,3 @@ impl ResourceOps<Ctx> for FunctionOps {
         Ok(found)
     }
 }
-

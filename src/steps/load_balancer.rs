@@ -153,6 +153,30 @@ async fn describe_load_balancer(ctx: &Ctx, arn: &str) -> anyhow::Result<Option<L
     Ok(out.and_then(|o| o.load_balancers.and_then(|v| v.into_iter().next())))
 }
 
+/// Until the load balancer is `active` (two to three minutes after its creation): for what AWS
+/// refuses before (a WAF association), and for `up` to say the URL answers.
+pub async fn wait_active(ctx: &Ctx, scope: &StepScope, arn: &str) -> anyhow::Result<LoadBalancer> {
+    wait_until(scope, &format!("load balancer {} to become active", short_arn(arn)), ELB_WAIT, || async {
+        Ok(match describe_load_balancer(ctx, arn).await? {
+            Some(lb) => match lb.state().and_then(|s| s.code()) {
+                Some(LoadBalancerStateEnum::Active) => Poll::Ready(lb),
+                Some(LoadBalancerStateEnum::Failed) => {
+                    Poll::Failed(lb.state().and_then(|s| s.reason()).unwrap_or("failed").to_string())
+                }
+                state => Poll::Pending(state.map(|s| s.as_str().to_string()).unwrap_or_default()),
+            },
+            None => Poll::Pending("not visible yet".into()),
+        })
+    })
+    .await
+    .map_err(Into::into)
+}
+
+/// `app/<name>/<id>` of a load balancer's ARN, for messages.
+fn short_arn(arn: &str) -> &str {
+    arn.split_once(":loadbalancer/").map_or(arn, |(_, rest)| rest)
+}
+
 async fn load_balancer_named(ctx: &Ctx, name: &str) -> anyhow::Result<Option<LoadBalancer>> {
     let out = if_there(ctx.aws.elb.describe_load_balancers().names(name).send(), || {
         format!("looking for load balancer {name}")
@@ -176,7 +200,9 @@ impl StepAction<Ctx> for LoadBalancerStep {
             Flavour::Network => desired.with("cross_zone", "true"),
         };
         let access_logs = if self.access_logs { env.id(keys::LOG_BUCKET)? } else { "off".to_string() };
-        let desired = desired.with("access_logs", access_logs).assuming(&[("deletion_protection", "off"), ("access_logs", "off")]);
+        let desired = desired
+            .with("access_logs", access_logs)
+            .assuming(&[("deletion_protection", "off"), ("access_logs", "off")]);
         Ok(vec![desired.replaced_on(&["name"])])
     }
 
@@ -191,7 +217,7 @@ impl StepAction<Ctx> for LoadBalancerStep {
         let ensured = scope
             .ensure(ctx, &LoadBalancerOps, want, |existing, _| async move {
                 let elb = &ctx.aws.elb;
-                let arn = match existing {
+                let lb = match existing {
                     Some(existing) => {
                         call(
                             elb.set_subnets().load_balancer_arn(&existing.id).set_subnets(Some(subnets.clone())).send(),
@@ -203,7 +229,9 @@ impl StepAction<Ctx> for LoadBalancerStep {
                             || format!("setting the security group of {name_ref}"),
                         )
                         .await?;
-                        existing.id
+                        describe_load_balancer(ctx, &existing.id)
+                            .await?
+                            .with_context(|| format!("load balancer {} is gone", existing.id))?
                     }
                     None => call(
                         elb.create_load_balancer()
@@ -219,10 +247,10 @@ impl StepAction<Ctx> for LoadBalancerStep {
                     .await?
                     .load_balancers()
                     .first()
-                    .and_then(|lb| lb.load_balancer_arn())
-                    .context("CreateLoadBalancer returned no ARN")?
-                    .to_string(),
+                    .cloned()
+                    .context("CreateLoadBalancer returned no load balancer")?,
                 };
+                let arn = lb.load_balancer_arn().context("CreateLoadBalancer returned no ARN")?.to_string();
                 scope.created(key, &arn)?;
                 let settings = flavour
                     .attributes()
@@ -237,19 +265,9 @@ impl StepAction<Ctx> for LoadBalancerStep {
                     || format!("setting the attributes of {name_ref}"),
                 )
                 .await?;
-                let lb = wait_until(scope, &format!("load balancer {name_ref} to become active"), ELB_WAIT, || async {
-                    Ok(match describe_load_balancer(ctx, &arn).await? {
-                        Some(lb) => match lb.state().and_then(|s| s.code()) {
-                            Some(LoadBalancerStateEnum::Active) => Poll::Ready(lb),
-                            Some(LoadBalancerStateEnum::Failed) => {
-                                Poll::Failed(lb.state().and_then(|s| s.reason()).unwrap_or("failed").to_string())
-                            }
-                            state => Poll::Pending(state.map(|s| s.as_str().to_string()).unwrap_or_default()),
-                        },
-                        None => Poll::Pending("not visible yet".into()),
-                    })
-                })
-                .await?;
+                // Not waited for here: listeners, the service and GitLab's first boot go ahead
+                // while it provisions (AWS accepts listeners and targets then; its name and zone
+                // are in CreateLoadBalancer's answer). What needs it active waits: `wait_active`.
                 Ok(Applied::id(arn)
                     .with("dns_name", lb.dns_name().unwrap_or_default())
                     .with("zone_id", lb.canonical_hosted_zone_id().unwrap_or_default()))
@@ -565,7 +583,11 @@ impl StepAction<Ctx> for WakeTargetGroupStep {
                     || format!("creating target group {name_ref}"),
                 )
                 .await?;
-                let arn = out.target_groups().first().and_then(|tg| tg.target_group_arn()).context("CreateTargetGroup returned no ARN")?;
+                let arn = out
+                    .target_groups()
+                    .first()
+                    .and_then(|tg| tg.target_group_arn())
+                    .context("CreateTargetGroup returned no ARN")?;
                 Ok(Applied::id(arn))
             })
             .await?;
@@ -660,7 +682,10 @@ impl StepAction<Ctx> for ListenerStep {
                             live.iter().flat_map(|l| l.default_actions()).any(|a| a.target_group_arn() == Some(wake))
                         });
                         let action = if asleep {
-                            &Action::builder().r#type(ActionTypeEnum::Forward).set_target_group_arn(wake.clone()).build()
+                            &Action::builder()
+                                .r#type(ActionTypeEnum::Forward)
+                                .set_target_group_arn(wake.clone())
+                                .build()
                         } else {
                             action
                         };

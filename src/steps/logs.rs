@@ -119,11 +119,13 @@ impl StepAction<Ctx> for LogGroupStep {
                 }
                 if !keyed {
                     match kms_ref {
-                        Some(kms) => call(logs.associate_kms_key().log_group_name(group).kms_key_id(kms).send(), || {
-                            format!("encrypting log group {group} with the stack's key")
-                        })
-                        .await
-                        .map(drop)?,
+                        Some(kms) => {
+                            call(logs.associate_kms_key().log_group_name(group).kms_key_id(kms).send(), || {
+                                format!("encrypting log group {group} with the stack's key")
+                            })
+                            .await
+                            .map(drop)?
+                        }
                         None => call(logs.disassociate_kms_key().log_group_name(group).send(), || {
                             format!("returning log group {group} to CloudWatch Logs' own key")
                         })

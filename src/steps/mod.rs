@@ -23,5 +23,5 @@ pub mod security_group;
 pub mod service;
 pub mod storage;
 pub mod traffic;
-pub mod wake;
 pub mod waf;
+pub mod wake;

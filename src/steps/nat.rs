@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    Address, DomainType, HttpTokensState, Instance, InstanceMetadataOptionsRequest,
+    Address, BlockDeviceMapping, DomainType, EbsBlockDevice, HttpTokensState, Instance, InstanceMetadataOptionsRequest,
     InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, NatGateway, NatGatewayState, ResourceType,
-    Tag,
+    Tag, VolumeType,
 };
 use base64::Engine as _;
 use ipnet::Ipv4Net;
@@ -375,6 +375,21 @@ async fn launch_nat_instance(ctx: &Ctx, subnet: &str, group: &str, token: String
             .max_count(1)
             .client_token(token)
             .network_interfaces(interface)
+            // Encrypted at rest (with the account's EBS key), as everything of the stack is.
+            // Amazon Linux 2023's root device; 8 GB gp3, gone with the instance.
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .encrypted(true)
+                            .volume_type(VolumeType::Gp3)
+                            .volume_size(8)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
             .user_data(base64::engine::general_purpose::STANDARD.encode(NAT_USER_DATA))
             .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
             .tag_specifications(ctx.tags.ec2(ResourceType::Instance, keys::NAT_INSTANCE))

@@ -330,8 +330,11 @@ impl StepAction<Ctx> for SubnetsStep {
             .subnets
             .iter()
             .map(|(key, cidr, public, _)| {
-                let wanted =
-                    attrs([("cidr", cidr.to_string()), ("public", public.to_string()), ("public_ip_on_launch", "false".into())]);
+                let wanted = attrs([
+                    ("cidr", cidr.to_string()),
+                    ("public", public.to_string()),
+                    ("public_ip_on_launch", "false".into()),
+                ]);
                 // Round two's public subnets handed out public IPs on launch.
                 let before: &'static [(&str, &str)] =
                     if *public { &[("public_ip_on_launch", "true")] } else { &[("public_ip_on_launch", "false")] };
@@ -377,9 +380,10 @@ async fn create_subnet(
             let id = existing.id;
             // A resumed create names a subnet EC2 may not show yet.
             fresh(|| async {
-                call(ec2.modify_subnet_attribute().subnet_id(&id).map_public_ip_on_launch(bool_value(false)).send(), || {
-                    format!("turning off public IPs on launch in {id}")
-                })
+                call(
+                    ec2.modify_subnet_attribute().subnet_id(&id).map_public_ip_on_launch(bool_value(false)).send(),
+                    || format!("turning off public IPs on launch in {id}"),
+                )
                 .await
             })
             .await?;

@@ -10,8 +10,8 @@ use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
     ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
     ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule, PublicAccessBlockConfiguration,
-    ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
-    ServerSideEncryptionRule, Tagging, VersioningConfiguration,
+    ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+    Tagging, VersioningConfiguration,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -113,7 +113,8 @@ async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &s
         format!("blocking public access to {bucket}")
     })
     .await?;
-    let owner_enforced = OwnershipControlsRule::builder().object_ownership(ObjectOwnership::BucketOwnerEnforced).build()?;
+    let owner_enforced =
+        OwnershipControlsRule::builder().object_ownership(ObjectOwnership::BucketOwnerEnforced).build()?;
     let controls = OwnershipControls::builder().rules(owner_enforced).build()?;
     call(s3.put_bucket_ownership_controls().bucket(bucket).ownership_controls(controls).send(), || {
         format!("disabling the ACLs of {bucket}")
@@ -147,9 +148,10 @@ async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &s
     call(s3.put_bucket_policy().bucket(bucket).policy(policy).send(), || format!("setting the policy of {bucket}"))
         .await?;
     let tags: Vec<aws_sdk_s3::types::Tag> = ctx.tags.list(key);
-    call(s3.put_bucket_tagging().bucket(bucket).tagging(Tagging::builder().set_tag_set(Some(tags)).build()?).send(), || {
-        format!("tagging {bucket}")
-    })
+    call(
+        s3.put_bucket_tagging().bucket(bucket).tagging(Tagging::builder().set_tag_set(Some(tags)).build()?).send(),
+        || format!("tagging {bucket}"),
+    )
     .await?;
     Ok(())
 }
@@ -160,11 +162,8 @@ pub struct LogBucketStep;
 impl StepAction<Ctx> for LogBucketStep {
     fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
         let name = bucket_name(ctx, "logs");
-        let wanted = attrs([
-            ("policy", log_bucket_policy(ctx, &name)),
-            ("name", name),
-            ("expire_days", LOG_DAYS.to_string()),
-        ]);
+        let wanted =
+            attrs([("policy", log_bucket_policy(ctx, &name)), ("name", name), ("expire_days", LOG_DAYS.to_string())]);
         Ok(vec![Desired::new(keys::LOG_BUCKET, Kind::Bucket, wanted).replaced_on(&["name"])])
     }
 
@@ -179,8 +178,9 @@ impl StepAction<Ctx> for LogBucketStep {
                     // us-east-1 takes no location constraint; every other region needs its own.
                     if ctx.region() != "us-east-1" {
                         let location = BucketLocationConstraint::from(ctx.region());
-                        create = create
-                            .create_bucket_configuration(CreateBucketConfiguration::builder().location_constraint(location).build());
+                        create = create.create_bucket_configuration(
+                            CreateBucketConfiguration::builder().location_constraint(location).build(),
+                        );
                     }
                     match call(create.send(), || format!("creating bucket {name}")).await {
                         // A crash after the create: ours, finished below.
@@ -273,14 +273,19 @@ impl ResourceOps<Ctx> for BucketOps {
         if !bucket_exists(ctx, bucket).await? {
             return Ok(());
         }
-        retry_while(RetryPolicy::PROPAGATION, |e: &anyhow::Error| is_not_empty(e), || async {
-            let deleted = empty(ctx, bucket).await?;
-            if deleted > 0 {
-                scope.progress(format!("deleted {deleted} objects of {bucket}"));
-            }
-            if_there(ctx.aws.s3.delete_bucket().bucket(bucket).send(), || format!("deleting bucket {bucket}")).await?;
-            Ok(())
-        })
+        retry_while(
+            RetryPolicy::PROPAGATION,
+            |e: &anyhow::Error| is_not_empty(e),
+            || async {
+                let deleted = empty(ctx, bucket).await?;
+                if deleted > 0 {
+                    scope.progress(format!("deleted {deleted} objects of {bucket}"));
+                }
+                if_there(ctx.aws.s3.delete_bucket().bucket(bucket).send(), || format!("deleting bucket {bucket}"))
+                    .await?;
+                Ok(())
+            },
+        )
         .await
     }
 

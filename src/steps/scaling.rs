@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_applicationautoscaling::types::{
-    AdjustmentType, MetricAggregationType, PolicyType, ScalableDimension, ScalableTargetAction, ScalableTarget,
+    AdjustmentType, MetricAggregationType, PolicyType, ScalableDimension, ScalableTarget, ScalableTargetAction,
     ServiceNamespace, StepAdjustment, StepScalingPolicyConfiguration, SuspendedState,
 };
 
@@ -69,7 +69,10 @@ pub struct ScalableTargetStep;
 impl StepAction<Ctx> for ScalableTargetStep {
     fn desired(&self, _ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let resource = resource_id(&env.id(keys::CLUSTER)?);
-        Ok(vec![Desired::new(keys::SCALABLE_TARGET, Kind::ScalableTarget, attrs([("resource", resource)])).replaced_on(&["resource"])])
+        Ok(vec![
+            Desired::new(keys::SCALABLE_TARGET, Kind::ScalableTarget, attrs([("resource", resource)]))
+                .replaced_on(&["resource"]),
+        ])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -102,8 +105,7 @@ impl ResourceOps<Ctx> for ScalableTargetOps {
         Ok(match scalable_target(ctx, record.id()?).await? {
             None => Live::Missing,
             Some(t) => {
-                let suspended =
-                    t.suspended_state().and_then(|s| s.scheduled_scaling_suspended()).unwrap_or(false);
+                let suspended = t.suspended_state().and_then(|s| s.scheduled_scaling_suspended()).unwrap_or(false);
                 let schedule = if suspended { ", schedule held" } else { "" };
                 Live::present(format!("{} to {} tasks{schedule}", t.min_capacity(), t.max_capacity()), vec![])
                     .owned_by(Owner::Ours)
@@ -186,7 +188,9 @@ impl StepAction<Ctx> for ScheduledActionStep {
                         .scalable_dimension(DIMENSION)
                         .schedule(schedule_ref)
                         .timezone(timezone_ref)
-                        .scalable_target_action(ScalableTargetAction::builder().min_capacity(tasks).max_capacity(tasks).build())
+                        .scalable_target_action(
+                            ScalableTargetAction::builder().min_capacity(tasks).max_capacity(tasks).build(),
+                        )
                         .send(),
                     || format!("scheduling {name_ref} ({schedule_ref}, {timezone_ref})"),
                 )
@@ -238,7 +242,8 @@ impl ResourceOps<Ctx> for ScheduledActionOps {
                 if record.attr("timezone").is_some_and(|t| Some(t) != a.timezone()) {
                     drift.push(format!("its time zone is {}", a.timezone().unwrap_or("UTC")));
                 }
-                Live::present(format!("{} {}", a.schedule(), a.timezone().unwrap_or("UTC")), drift).owned_by(Owner::Ours)
+                Live::present(format!("{} {}", a.schedule(), a.timezone().unwrap_or("UTC")), drift)
+                    .owned_by(Owner::Ours)
             }
         })
     }

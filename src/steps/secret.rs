@@ -204,7 +204,11 @@ impl StepAction<Ctx> for SecretPolicyStep {
             &allowed,
             serde_json::json!("*"),
         )]);
-        Ok(vec![Desired::new(keys::ROOT_SECRET_POLICY, Kind::SecretPolicy, attrs([("secret", secret), ("policy", policy)]))])
+        Ok(vec![Desired::new(
+            keys::ROOT_SECRET_POLICY,
+            Kind::SecretPolicy,
+            attrs([("secret", secret), ("policy", policy)]),
+        )])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {

@@ -9,8 +9,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, Cluster, ClusterConfiguration, ClusterField,
-    ClusterSetting,
-    ClusterSettingName, Compatibility, ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker,
+    ClusterSetting, ClusterSettingName, Compatibility, ContainerDefinition, CpuArchitecture, DeploymentCircuitBreaker,
     DeploymentConfiguration, DesiredStatus, EfsAuthorizationConfig, EfsAuthorizationConfigIam, EfsTransitEncryption,
     EfsVolumeConfiguration, ExecuteCommandConfiguration, ExecuteCommandLogConfiguration, ExecuteCommandLogging,
     KeyValuePair, LaunchType, LinuxParameters, LoadBalancer, LogConfiguration, LogDriver, MountPoint,
@@ -43,7 +42,8 @@ const STOP_TIMEOUT_SECONDS: i32 = 120;
 const DRAIN_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(900));
 /// `up --wait`: image pull, first boot on EFS, health checks; generous, but a failed rollout or
 /// a task that keeps stopping ends it early.
-pub const BOOT_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(2700));
+/// Polled every 3 s at most: a woken GitLab is seen healthy within seconds, for a few calls.
+pub const BOOT_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(2700)).polling_at_most(Duration::from_secs(3));
 /// How many tasks may stop during a wait before it gives up (the circuit breaker's minimum).
 const STOPS_BEFORE_GIVING_UP: usize = 3;
 
@@ -364,7 +364,8 @@ impl StepAction<Ctx> for TaskDefinitionStep {
             wanted.insert("registry_credentials".into(), credentials.clone().into());
         }
         // Task definitions registered before the architecture was a setting are x86_64.
-        let desired = Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted).assuming(&[("architecture", "X86_64")]);
+        let desired =
+            Desired::new(keys::TASK_DEFINITION, Kind::TaskDefinition, wanted).assuming(&[("architecture", "X86_64")]);
         Ok(vec![if ssh.is_some() { desired.with("ports", [80, 22]) } else { desired }])
     }
 
@@ -652,7 +653,12 @@ impl StepAction<Ctx> for ServiceStep {
         let desired =
             if self.ssh { desired.with("ssh_target_group", env.id(keys::SSH_TARGET_GROUP)?) } else { desired };
         // Services made before these were settings: exec on, Fargate, private.
-        Ok(vec![desired.replaced_on(&["cluster"]).assuming(&[("exec", "on"), ("capacity", "FARGATE"), ("public_ip", "off"), ("scaled", "false")])])
+        Ok(vec![desired.replaced_on(&["cluster"]).assuming(&[
+            ("exec", "on"),
+            ("capacity", "FARGATE"),
+            ("public_ip", "off"),
+            ("scaled", "false"),
+        ])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -677,7 +683,10 @@ impl StepAction<Ctx> for ServiceStep {
             .collect();
         let exec = self.exec;
         let changed = |setting: &str| {
-            scope.state.get(keys::SERVICE).is_some_and(|r| want.recorded(&r, setting).as_ref() != want.attrs.get(setting))
+            scope
+                .state
+                .get(keys::SERVICE)
+                .is_some_and(|r| want.recorded(&r, setting).as_ref() != want.attrs.get(setting))
         };
         // A running task keeps the ECS Exec flag and the capacity it started with.
         let (exec_changed, capacity_changed) = (changed("exec"), changed("capacity"));
@@ -707,7 +716,9 @@ impl StepAction<Ctx> for ServiceStep {
                                     .deployment_configuration(deployment_configuration())
                                     .health_check_grace_period_seconds(HEALTH_CHECK_GRACE_SECONDS)
                                     .enable_execute_command(exec)
-                                    .set_capacity_provider_strategy(capacity_changed.then(|| vec![capacity_strategy(spot)]))
+                                    .set_capacity_provider_strategy(
+                                        capacity_changed.then(|| vec![capacity_strategy(spot)]),
+                                    )
                                     .force_new_deployment(exec_changed || capacity_changed)
                                     .send(),
                                 || format!("updating service {SERVICE_NAME}"),
@@ -779,7 +790,10 @@ impl ResourceOps<Ctx> for ServiceOps {
                 }
                 // A GitLab left stopped (an operation that died, a hand-made change) is started
                 // again by `up`; one put to sleep on purpose is recorded as such.
-                if s.desired_count() == 0 && record.attr("asleep") != Some("true") && record.attr("scaled") != Some("true") {
+                if s.desired_count() == 0
+                    && record.attr("asleep") != Some("true")
+                    && record.attr("scaled") != Some("true")
+                {
                     drift.push("GitLab is stopped (the service asks for 0 tasks)".to_string());
                 }
                 let summary = format!(
@@ -1163,7 +1177,9 @@ pub fn describe_stop(stop: &StoppedTask) -> String {
         None => format!("task {} stopped: {}", stop.task, stop.reason),
     };
     if stop.reason.starts_with("Your Spot Task was interrupted") {
-        return format!("{told}; Fargate Spot took its capacity back, the service starts another (capacity = \"on-demand\" avoids this)");
+        return format!(
+            "{told}; Fargate Spot took its capacity back, the service starts another (capacity = \"on-demand\" avoids this)"
+        );
     }
     told
 }

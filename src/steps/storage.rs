@@ -94,13 +94,20 @@ async fn set_infrequent_access(ctx: &Ctx, id: &str, days: Option<u32>) -> anyhow
     let policies = match days {
         None => vec![],
         Some(days) => vec![
-            LifecyclePolicy::builder().transition_to_ia(TransitionToIaRules::from(format!("AFTER_{days}_DAY{}", if days == 1 { "" } else { "S" }).as_str())).build(),
-            LifecyclePolicy::builder().transition_to_primary_storage_class(TransitionToPrimaryStorageClassRules::After1Access).build(),
+            LifecyclePolicy::builder()
+                .transition_to_ia(TransitionToIaRules::from(
+                    format!("AFTER_{days}_DAY{}", if days == 1 { "" } else { "S" }).as_str(),
+                ))
+                .build(),
+            LifecyclePolicy::builder()
+                .transition_to_primary_storage_class(TransitionToPrimaryStorageClassRules::After1Access)
+                .build(),
         ],
     };
-    call(ctx.aws.efs.put_lifecycle_configuration().file_system_id(id).set_lifecycle_policies(Some(policies)).send(), || {
-        format!("setting when files of {id} move to Infrequent Access")
-    })
+    call(
+        ctx.aws.efs.put_lifecycle_configuration().file_system_id(id).set_lifecycle_policies(Some(policies)).send(),
+        || format!("setting when files of {id} move to Infrequent Access"),
+    )
     .await?;
     Ok(())
 }
@@ -544,10 +551,18 @@ impl StepAction<Ctx> for FileSystemPolicyStep {
         let mounters = vec![env.id(keys::TASK_ROLE)?, env.id(keys::INIT_ROLE)?];
         let policy = policies::document(vec![
             policies::deny_without_tls("TlsOnly", &fs),
-            policies::deny_all_but("OnlyGitLabAndItsInitializer", &CLIENT_ACTIONS, &fs, &mounters, serde_json::json!({"AWS": "*"})),
+            policies::deny_all_but(
+                "OnlyGitLabAndItsInitializer",
+                &CLIENT_ACTIONS,
+                &fs,
+                &mounters,
+                serde_json::json!({"AWS": "*"}),
+            ),
         ]);
         let wanted = attrs([("file_system_id", env.id(keys::FILE_SYSTEM)?), ("policy", policy)]);
-        Ok(vec![Desired::new(keys::FILE_SYSTEM_POLICY, Kind::FileSystemPolicy, wanted).replaced_on(&["file_system_id"])])
+        Ok(vec![
+            Desired::new(keys::FILE_SYSTEM_POLICY, Kind::FileSystemPolicy, wanted).replaced_on(&["file_system_id"]),
+        ])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -556,10 +571,9 @@ impl StepAction<Ctx> for FileSystemPolicyStep {
         let (fs_ref, policy_ref) = (fs.as_str(), policy.as_str());
         let ensured = scope
             .ensure(ctx, &FileSystemPolicyOps, want, |_, _| async move {
-                call(
-                    ctx.aws.efs.put_file_system_policy().file_system_id(fs_ref).policy(policy_ref).send(),
-                    || format!("setting the policy of {fs_ref}"),
-                )
+                call(ctx.aws.efs.put_file_system_policy().file_system_id(fs_ref).policy(policy_ref).send(), || {
+                    format!("setting the policy of {fs_ref}")
+                })
                 .await?;
                 Ok(Applied::id(fs_ref))
             })

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    FlowLog, FlowLogsResourceType, LogDestinationType, NetworkAcl, NetworkAclEntry, PortRange, ResourceType, RuleAction,
-    TrafficType,
+    FlowLog, FlowLogsResourceType, LogDestinationType, NetworkAcl, NetworkAclEntry, PortRange, ResourceType,
+    RuleAction, TrafficType,
 };
 use ipnet::Ipv4Net;
 
@@ -130,7 +130,9 @@ impl Ec2Kind for NetworkAcls {
         let live: Vec<String> = acl.entries().iter().filter_map(Rule::of).map(|r| r.text()).collect();
         let mut drift = vec![];
         let recorded = record.list("rules");
-        if !recorded.is_empty() && recorded.iter().any(|r| !live.contains(r)) || live.iter().any(|r| !recorded.contains(r)) {
+        if !recorded.is_empty() && recorded.iter().any(|r| !live.contains(r))
+            || live.iter().any(|r| !recorded.contains(r))
+        {
             drift.push("its rules were changed outside gitlab-provision".to_string());
         }
         let subnets = associated(acl);
@@ -156,7 +158,8 @@ impl Ec2Kind for NetworkAcls {
     }
 }
 
-async fn default_acl(ctx: &Ctx, vpc: &str) -> anyhow::Result<String> {
+/// The VPC's default network ACL (AWS creates it with the VPC; it cannot be deleted).
+async fn describe_default_acl(ctx: &Ctx, vpc: &str) -> anyhow::Result<aws_sdk_ec2::types::NetworkAcl> {
     use aws_sdk_ec2::types::Filter;
     let out = call(
         ctx.aws
@@ -168,11 +171,12 @@ async fn default_acl(ctx: &Ctx, vpc: &str) -> anyhow::Result<String> {
         || format!("reading the default network ACL of {vpc}"),
     )
     .await?;
-    out.network_acls()
-        .first()
-        .and_then(|a| a.network_acl_id())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("{vpc} has no default network ACL"))
+    out.network_acls().first().cloned().ok_or_else(|| anyhow::anyhow!("{vpc} has no default network ACL"))
+}
+
+async fn default_acl(ctx: &Ctx, vpc: &str) -> anyhow::Result<String> {
+    let acl = describe_default_acl(ctx, vpc).await?;
+    acl.network_acl_id().map(str::to_string).ok_or_else(|| anyhow::anyhow!("{vpc}'s default network ACL has no id"))
 }
 
 /// Moves a subnet to `acl` (a subnet always has exactly one ACL: its association is replaced).
@@ -201,6 +205,26 @@ async fn associate(ctx: &Ctx, subnet: &str, acl: &str) -> anyhow::Result<()> {
         format!("giving {subnet} network ACL {acl}")
     })
     .await?;
+    Ok(())
+}
+
+/// Once no subnet uses the VPC's default network ACL (the second tier's step finds it so), its
+/// allow-everything rules are deleted, as the default security group's are: nothing of the stack
+/// uses it, and a subnet someone adds to the VPC later is then closed rather than open. AWS keeps
+/// the ACL itself and its final deny.
+async fn close_default_acl(ctx: &Ctx, vpc: &str) -> anyhow::Result<()> {
+    let acl = describe_default_acl(ctx, vpc).await?;
+    let Some(id) = acl.network_acl_id().filter(|_| acl.associations().is_empty()) else { return Ok(()) };
+    // 32767 is AWS's own final rule, which cannot be deleted.
+    for entry in acl.entries().iter().filter(|e| e.rule_number() != Some(32767)) {
+        let (Some(number), Some(egress)) = (entry.rule_number(), entry.egress()) else { continue };
+        // The other tier's step may have removed it a moment ago.
+        if_there(
+            ctx.aws.ec2.delete_network_acl_entry().network_acl_id(id).rule_number(number).egress(egress).send(),
+            || format!("removing rule {number} of {vpc}'s default network ACL {id}"),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -245,6 +269,7 @@ impl StepAction<Ctx> for NetworkAclStep {
                 for subnet in subnets {
                     associate(ctx, subnet, &id).await?;
                 }
+                close_default_acl(ctx, vpc).await?;
                 Ok(Applied::id(id))
             })
             .await?;
@@ -257,7 +282,12 @@ async fn ensure_acl(ctx: &Ctx, vpc: &str, key: &str, existing: Option<Existing>)
         return Ok(existing.id);
     }
     let out = call(
-        ctx.aws.ec2.create_network_acl().vpc_id(vpc).tag_specifications(ctx.tags.ec2(ResourceType::NetworkAcl, key)).send(),
+        ctx.aws
+            .ec2
+            .create_network_acl()
+            .vpc_id(vpc)
+            .tag_specifications(ctx.tags.ec2(ResourceType::NetworkAcl, key))
+            .send(),
         || format!("creating a network ACL in {vpc}"),
     )
     .await?;
@@ -417,12 +447,19 @@ mod tests {
             assert_eq!(first_match(&rules, 22), Some(false), "public {public}");
             assert_eq!(first_match(&rules, 40000), Some(true), "return traffic, public {public}");
             assert!(rules.iter().filter(|r| r.inbound).all(|r| r.ports.is_some() || r.cidr == "10.0.0.0/16"));
-            assert!(rules.iter().filter(|r| r.inbound).count() <= 20 && rules.iter().filter(|r| !r.inbound).count() <= 20);
+            assert!(
+                rules.iter().filter(|r| r.inbound).count() <= 20 && rules.iter().filter(|r| !r.inbound).count() <= 20
+            );
         }
         // The served ports, SSH on 22 included, from the allowed networks only.
         let public = rules(true, vpc, &cfg);
         for port in [22, 80, 443] {
-            assert!(public.iter().any(|r| r.allow && r.inbound && r.ports == Some((port, port)) && r.cidr == "203.0.113.0/24"), "{port}");
+            assert!(
+                public
+                    .iter()
+                    .any(|r| r.allow && r.inbound && r.ports == Some((port, port)) && r.cidr == "203.0.113.0/24"),
+                "{port}"
+            );
         }
         assert_eq!(first_match(&rules(false, vpc, &cfg), 443), None, "nothing outside reaches the private tier");
         // Out: anything by default, the ports GitLab uses under strict.

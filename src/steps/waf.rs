@@ -30,7 +30,11 @@ pub fn waf_log_group(stack: &str) -> String {
 }
 
 fn metrics(name: &str) -> Result<VisibilityConfig, aws_sdk_wafv2::error::BuildError> {
-    VisibilityConfig::builder().sampled_requests_enabled(true).cloud_watch_metrics_enabled(true).metric_name(name).build()
+    VisibilityConfig::builder()
+        .sampled_requests_enabled(true)
+        .cloud_watch_metrics_enabled(true)
+        .metric_name(name)
+        .build()
 }
 
 fn common_rule_set() -> anyhow::Result<Rule> {
@@ -43,8 +47,11 @@ fn common_rule_set() -> anyhow::Result<Rule> {
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let group =
-        ManagedRuleGroupStatement::builder().vendor_name("AWS").name(RULE_SET).set_rule_action_overrides(Some(overrides)).build()?;
+    let group = ManagedRuleGroupStatement::builder()
+        .vendor_name("AWS")
+        .name(RULE_SET)
+        .set_rule_action_overrides(Some(overrides))
+        .build()?;
     Ok(Rule::builder()
         .name(RULE_SET)
         .priority(0)
@@ -66,8 +73,9 @@ fn name_and_id(record: &ResourceRecord) -> anyhow::Result<(&str, &str)> {
 }
 
 async fn web_acl_owner(ctx: &Ctx, arn: &str) -> anyhow::Result<Owner> {
-    let out = call(ctx.aws.waf.list_tags_for_resource().resource_arn(arn).send(), || format!("reading the tags of {arn}"))
-        .await?;
+    let out =
+        call(ctx.aws.waf.list_tags_for_resource().resource_arn(arn).send(), || format!("reading the tags of {arn}"))
+            .await?;
     let tags = out.tag_info_for_resource().map(|t| t.tag_list()).unwrap_or_default();
     Ok(ctx.tags.owner(tags.iter().map(|t| (t.key(), t.value()))))
 }
@@ -101,7 +109,11 @@ impl StepAction<Ctx> for WebAclStep {
                             waf.create_web_acl()
                                 .name(name)
                                 .scope(Scope::Regional)
-                                .default_action(DefaultAction::builder().allow(aws_sdk_wafv2::types::AllowAction::builder().build()).build())
+                                .default_action(
+                                    DefaultAction::builder()
+                                        .allow(aws_sdk_wafv2::types::AllowAction::builder().build())
+                                        .build(),
+                                )
                                 .rules(common_rule_set()?)
                                 .visibility_config(metrics(name)?)
                                 .set_tags(Some(ctx.tags.list(keys::WEB_ACL)))
@@ -115,7 +127,9 @@ impl StepAction<Ctx> for WebAclStep {
                         arn
                     }
                 };
-                // A load balancer WAF has not heard of yet answers WAFUnavailableEntityException.
+                // WAF refuses a load balancer that is still provisioning (and, for a moment
+                // after, one it has not heard of yet: WAFUnavailableEntityException).
+                super::load_balancer::wait_active(ctx, scope, lb).await?;
                 propagated(
                     |e: &AwsError| e.is_code(&["WAFUnavailableEntityException"]),
                     || async {
@@ -126,7 +140,8 @@ impl StepAction<Ctx> for WebAclStep {
                     },
                 )
                 .await?;
-                let logging = LoggingConfiguration::builder().resource_arn(&arn).log_destination_configs(group).build()?;
+                let logging =
+                    LoggingConfiguration::builder().resource_arn(&arn).log_destination_configs(group).build()?;
                 call(waf.put_logging_configuration().logging_configuration(logging).send(), || {
                     format!("logging the requests of web ACL {name}")
                 })

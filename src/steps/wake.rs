@@ -26,12 +26,24 @@ pub fn alarm_name(stack: &str) -> String {
 }
 
 fn alarm_arn(ctx: &Ctx) -> String {
-    format!("arn:{}:cloudwatch:{}:{}:alarm:{}", ctx.partition(), ctx.region(), ctx.account_id(), alarm_name(&ctx.tags.stack))
+    format!(
+        "arn:{}:cloudwatch:{}:{}:alarm:{}",
+        ctx.partition(),
+        ctx.region(),
+        ctx.account_id(),
+        alarm_name(&ctx.tags.stack)
+    )
 }
 
 fn service_arn(ctx: &Ctx, cluster: &str) -> String {
     let cluster = cluster.rsplit('/').next().unwrap_or(cluster);
-    format!("arn:{}:ecs:{}:{}:service/{cluster}/{}", ctx.partition(), ctx.region(), ctx.account_id(), super::service::SERVICE_NAME)
+    format!(
+        "arn:{}:ecs:{}:{}:service/{cluster}/{}",
+        ctx.partition(),
+        ctx.region(),
+        ctx.account_id(),
+        super::service::SERVICE_NAME
+    )
 }
 
 /// The wake function's rights: start this service (its scalable target's bounds and its task
@@ -72,7 +84,11 @@ impl StepAction<Ctx> for WakeFunctionStep {
             // the target, so it does not wait for its record).
             ("resource", super::scaling::resource_id(&env.id(keys::CLUSTER)?)),
         ]);
-        Ok(vec![Desired::new(keys::WAKE_FUNCTION, Kind::Function, wanted).replaced_on(&["name", "role", "wake_target_group"])])
+        Ok(vec![Desired::new(keys::WAKE_FUNCTION, Kind::Function, wanted).replaced_on(&[
+            "name",
+            "role",
+            "wake_target_group",
+        ])])
     }
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
@@ -92,9 +108,10 @@ impl StepAction<Ctx> for WakeFunctionStep {
                     .variables("BOOT_MINUTES", WAKE_MINUTES.to_string())
                     .build();
                 if existing.is_some() {
-                    call(lambda.update_function_configuration().function_name(name).environment(environment).send(), || {
-                        format!("updating function {name}")
-                    })
+                    call(
+                        lambda.update_function_configuration().function_name(name).environment(environment).send(),
+                        || format!("updating function {name}"),
+                    )
                     .await?;
                 } else {
                     create(ctx, name, settings.text("role"), environment).await?;
@@ -111,7 +128,8 @@ impl StepAction<Ctx> for WakeFunctionStep {
 async fn create(ctx: &Ctx, name: &str, role: &str, environment: Environment) -> anyhow::Result<()> {
     let zip = super::lambda::package(HANDLER_SOURCE)?;
     // A role created moments ago may not be assumable by Lambda yet.
-    let not_yet = |e: &AwsError| e.is_code(&["InvalidParameterValueException"]) && e.message.contains("cannot be assumed");
+    let not_yet =
+        |e: &AwsError| e.is_code(&["InvalidParameterValueException"]) && e.message.contains("cannot be assumed");
     propagated(not_yet, || async {
         call(
             ctx.aws
@@ -163,10 +181,11 @@ async fn permit_and_register(ctx: &Ctx, name: &str, target_group: &str) -> anyho
             other => drop(other?),
         }
     }
-    let arn = call(lambda.get_function_configuration().function_name(name).send(), || format!("reading function {name}"))
-        .await?
-        .function_arn
-        .context("GetFunctionConfiguration returned no ARN")?;
+    let arn =
+        call(lambda.get_function_configuration().function_name(name).send(), || format!("reading function {name}"))
+            .await?
+            .function_arn
+            .context("GetFunctionConfiguration returned no ARN")?;
     let target = aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder().id(&arn).build();
     call(ctx.aws.elb.register_targets().target_group_arn(target_group).targets(target).send(), || {
         format!("registering {name} in {target_group}")
@@ -222,9 +241,17 @@ impl StepAction<Ctx> for IdleAlarmStep {
                         .cloudwatch
                         .put_metric_alarm()
                         .alarm_name(name)
-                        .alarm_description(format!("GitLab unused for {minutes} minutes: it sleeps until the next request"))
+                        .alarm_description(format!(
+                            "GitLab unused for {minutes} minutes: it sleeps until the next request"
+                        ))
                         .metrics(MetricDataQuery::builder().id("requests").metric_stat(stat).return_data(false).build())
-                        .metrics(MetricDataQuery::builder().id("filled").expression("FILL(requests, 0)").return_data(true).build())
+                        .metrics(
+                            MetricDataQuery::builder()
+                                .id("filled")
+                                .expression("FILL(requests, 0)")
+                                .return_data(true)
+                                .build(),
+                        )
                         .evaluation_periods(periods)
                         .datapoints_to_alarm(periods)
                         // No datapoint at all (FILL has nothing to fill when the load balancer
@@ -236,7 +263,13 @@ impl StepAction<Ctx> for IdleAlarmStep {
                         .alarm_actions(settings.text("function"))
                         // Back to OK (requests again): the function lets GitLab sleep again later.
                         .ok_actions(settings.text("function"))
-                        .set_tags(Some(ctx.tags.pairs(keys::IDLE_ALARM).into_iter().map(|(k, v)| aws_sdk_cloudwatch::types::Tag::builder().key(k).value(v).build()).collect()))
+                        .set_tags(Some(
+                            ctx.tags
+                                .pairs(keys::IDLE_ALARM)
+                                .into_iter()
+                                .map(|(k, v)| aws_sdk_cloudwatch::types::Tag::builder().key(k).value(v).build())
+                                .collect(),
+                        ))
                         .send(),
                     || format!("creating alarm {name}"),
                 )
@@ -258,8 +291,9 @@ impl ResourceOps<Ctx> for AlarmOps {
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
         let name = record.id()?;
-        let out = call(ctx.aws.cloudwatch.describe_alarms().alarm_names(name).send(), || format!("reading alarm {name}"))
-            .await?;
+        let out =
+            call(ctx.aws.cloudwatch.describe_alarms().alarm_names(name).send(), || format!("reading alarm {name}"))
+                .await?;
         Ok(match out.metric_alarms().first() {
             None => Live::Missing,
             Some(a) => Live::present(a.state_value().map(|s| s.as_str().to_lowercase()).unwrap_or_default(), vec![])
@@ -273,7 +307,8 @@ impl ResourceOps<Ctx> for AlarmOps {
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, _scope: &StepScope) -> anyhow::Result<()> {
         let name = record.id()?;
-        if_there(ctx.aws.cloudwatch.delete_alarms().alarm_names(name).send(), || format!("deleting alarm {name}")).await?;
+        if_there(ctx.aws.cloudwatch.delete_alarms().alarm_names(name).send(), || format!("deleting alarm {name}"))
+            .await?;
         Ok(())
     }
 }

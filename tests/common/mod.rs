@@ -597,7 +597,8 @@ async fn leftovers_of(c: &Clients, kind: Kind, stack: &str) -> Vec<String> {
                 let meta = c.kms.describe_key().key_id(id).send().await.unwrap();
                 let state = meta.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
                 let tags = c.kms.list_resource_tags().key_id(id).send().await.unwrap();
-                let ours = tags.tags().iter().any(|t| t.tag_key() == "gitlab-provision:stack" && t.tag_value() == stack);
+                let ours =
+                    tags.tags().iter().any(|t| t.tag_key() == "gitlab-provision:stack" && t.tag_value() == stack);
                 if ours && state.as_deref() != Some("PendingDeletion") {
                     left.push(format!("KMS key {id}"));
                 }
@@ -623,7 +624,10 @@ async fn leftovers_of(c: &Clients, kind: Kind, stack: &str) -> Vec<String> {
                 Kind::ScheduledAction => {
                     let out = c.scaling.describe_scheduled_actions().service_namespace(ServiceNamespace::Ecs);
                     let out = out.resource_id(&resource).send().await.unwrap();
-                    out.scheduled_actions().iter().map(|a| format!("scheduled action {}", a.scheduled_action_name())).collect()
+                    out.scheduled_actions()
+                        .iter()
+                        .map(|a| format!("scheduled action {}", a.scheduled_action_name()))
+                        .collect()
                 }
                 _ => {
                     let out = c.scaling.describe_scaling_policies().service_namespace(ServiceNamespace::Ecs);

@@ -445,19 +445,42 @@ class LoadBalancerRules(ModelTest):
         logs_on()
         self.assertEqual(self.fired("access-log-bucket-permission"), 3)
 
-    @covers("web-acl-associated")
+    @covers("web-acl-associated", "web-acl-provisioning-load-balancer")
     def test_a_web_acl_in_front_of_a_load_balancer_is_not_deleted(self):
         elb, waf = client("elbv2"), client("wafv2")
         _, subnets, group = self.network()
+        self.knobs(load_balancer_provisioning=FOREVER)
         lb = elb.create_load_balancer(Name=name("lb"), Subnets=subnets, SecurityGroups=[group])["LoadBalancers"][0]["LoadBalancerArn"]
         visibility = {"SampledRequestsEnabled": True, "CloudWatchMetricsEnabled": True, "MetricName": "m"}
         acl = waf.create_web_acl(Name=name("acl"), Scope="REGIONAL", DefaultAction={"Allow": {}}, Rules=[], VisibilityConfig=visibility)["Summary"]
-        waf.associate_web_acl(WebACLArn=acl["ARN"], ResourceArn=lb)
+        # Not while the load balancer provisions; once it is active.
+        associate = lambda: waf.associate_web_acl(WebACLArn=acl["ARN"], ResourceArn=lb)  # noqa: E731
+        self.assertEqual(code_of(associate), "WAFUnavailableEntityException")
+        self.assertEqual(self.fired("web-acl-provisioning-load-balancer"), 1)
+        self.knobs()
+        state = lambda: elb.describe_load_balancers(LoadBalancerArns=[lb])["LoadBalancers"][0]["State"]["Code"]  # noqa: E731
+        self.until("the load balancer active", lambda: state() == "active")
+        associate()
         delete = lambda: waf.delete_web_acl(Name=acl["Name"], Scope="REGIONAL", Id=acl["Id"], LockToken=acl["LockToken"])  # noqa: E731
         self.assertEqual(code_of(delete), "WAFAssociatedItemException")
         waf.disassociate_web_acl(ResourceArn=lb)
         delete()
         self.assertEqual(self.fired("web-acl-associated"), 1)
+
+    @covers("network-acl-entry-not-found")
+    def test_deleting_a_network_acl_rule_twice_says_not_found(self):
+        ec2 = client("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.61.0.0/16")["Vpc"]["VpcId"]
+        def default_acl():
+            try:  # a new VPC is not found for a moment (the model's EC2 read-after-create)
+                return ec2.describe_network_acls(Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default", "Values": ["true"]}])["NetworkAcls"][0]
+            except ClientError:
+                return None
+        acl = self.until("the default network ACL", default_acl)
+        delete = lambda: ec2.delete_network_acl_entry(NetworkAclId=acl["NetworkAclId"], RuleNumber=100, Egress=False)  # noqa: E731
+        delete()
+        self.assertEqual(code_of(delete), "InvalidNetworkAclEntry.NotFound")
+        self.assertEqual(self.fired("network-acl-entry-not-found"), 1)
 
     @covers("load-balancer-deletion-protection")
     def test_a_protected_load_balancer_is_not_deleted_until_its_protection_is_lifted(self):

@@ -29,6 +29,11 @@ impl WaitPolicy {
         WaitPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10), timeout }
     }
 
+    /// Polls at least this often (what a person waits for, where seconds matter).
+    pub const fn polling_at_most(self, every: Duration) -> Self {
+        WaitPolicy { max_delay: every, ..self }
+    }
+
     fn delay_after(&self, waited: Duration) -> Duration {
         (waited / 10).clamp(self.first_delay, self.max_delay)
     }
