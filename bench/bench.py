@@ -238,7 +238,7 @@ def main():
 
     from strict import RULES  # the model's own numbers, for the waiters' overshoot
 
-    modelled = {"nat-gateway": "nat-gateway-pending", "load-balancer": "load-balancer-provisioning", "mount-targets": "mount-target-creating"}
+    modelled = {"nat-gateway": "nat-gateway-pending", "nat-instance": "instance-pending", "mount-targets": "mount-target-creating"}  # the load balancer is not waited for
     results["waits"] = {
         step: {
             "modelled_s": round(RULES[rule][0] * args.scale, 3),

@@ -236,8 +236,8 @@ async fn colour_quiet_and_verbose_do_what_they_say() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_scheduling_and_says_where_things_stand_and_a_second_exits_at_once() {
     let emu = Emulator::start();
-    // A slow load balancer (1 hour at AWS's pace: 7 s here) so the run is mid-way when interrupted.
-    emu.set_control(json!({"load_balancer_provisioning": 3600}));
+    // Slow mount targets (1 hour at AWS's pace: 7 s here) so the run is mid-way when interrupted.
+    emu.set_control(json!({"mount_target_creating": 3600}));
     let tool = Tool::new(&emu.endpoint);
     let log = tool.dir.path().join("up.log");
     let mut child = tool
@@ -247,8 +247,8 @@ async fn ctrl_c_stops_scheduling_and_says_where_things_stand_and_a_second_exits_
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for load balancer") {
-        assert!(Instant::now() < deadline, "never got to the load balancer wait");
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for mount target") {
+        assert!(Instant::now() < deadline, "never got to the mount targets' wait");
         std::thread::sleep(Duration::from_millis(50));
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -257,7 +257,7 @@ async fn ctrl_c_stops_scheduling_and_says_where_things_stand_and_a_second_exits_
     assert_eq!(status.code(), Some(130), "{text}");
     assert!(text.contains("interrupted"), "{text}");
     assert!(text.contains("recorded: ") && text.contains("resources in state/int.json"), "{text}");
-    assert!(!text.contains("load-balancer            done"), "the wait did not stop at Ctrl-C:\n{text}");
+    assert!(!text.contains("mount-targets            done"), "the wait did not stop at Ctrl-C:\n{text}");
     assert!(text.contains("gitlab-provision up") && text.contains("gitlab-provision down"), "{text}");
     // Re-running resumes to a complete stack.
     emu.set_control(json!({}));
@@ -266,7 +266,7 @@ async fn ctrl_c_stops_scheduling_and_says_where_things_stand_and_a_second_exits_
     assert!(status["resources"].as_array().unwrap().iter().all(|r| r["live"] == "ok"), "{status:#}");
 
     // A second Ctrl-C exits at once, the state still consistent.
-    emu.set_control(json!({"load_balancer_provisioning": 3600}));
+    emu.set_control(json!({"mount_target_deleting": 3600}));
     let mut child = tool
         .command(&["down", "--stack", "int", "--yes"])
         .stdout(std::process::Stdio::null())

@@ -390,7 +390,9 @@ async fn created_but_unrecorded_resources_are_adopted_not_duplicated() {
     // AWS creates them, but the answers are lost: the tool only knows it tried.
     emu.set_faults(json!([
         {"action": "CreateVpc", "status": 403, "code": "UnauthorizedOperation", "times": 1, "when": "after"},
-        {"action": "AllocateAddress", "status": 403, "code": "UnauthorizedOperation", "times": 1, "when": "after"}
+        {"action": "AllocateAddress", "status": 403, "code": "UnauthorizedOperation", "times": 1, "when": "after"},
+        // KMS has no idempotency token: the key is found again by its tags.
+        {"action": "CreateKey", "status": 400, "code": "AccessDeniedException", "times": 1, "when": "after"}
     ]));
     tool.run(&args(&["up", "--stack", "adopt", "--egress", "nat-gateway"], CIDRS)).fails_with(1);
     let state = tool.state("adopt").unwrap();
@@ -406,6 +408,9 @@ async fn created_but_unrecorded_resources_are_adopted_not_duplicated() {
     let counts = count_tagged(&ec2, "adopt").await;
     assert_eq!(counts.get("vpc"), Some(&1), "{counts:?}");
     assert_eq!(counts.get("eip"), Some(&1), "{counts:?}");
+    let left = stack_leftovers(&emu.clients(), "adopt").await;
+    let keys: Vec<&String> = left.iter().filter(|l| l.starts_with("KMS ")).collect();
+    assert_eq!(keys.len(), 2, "one key and its alias: {keys:?}");
     tool.run(&["down", "--stack", "adopt", "--yes"]).ok();
     assert_eq!(stack_leftovers(&emu.clients(), "adopt").await, Vec::<String>::new());
 }

@@ -67,6 +67,54 @@ async fn alias_target(ctx: &Ctx, alias: &str) -> anyhow::Result<Option<String>> 
     }
 }
 
+/// Points the alias at the key: created, or moved from a key it named before.
+async fn name_key(ctx: &Ctx, alias: &str, id: &str) -> anyhow::Result<()> {
+    let kms = &ctx.aws.kms;
+    match alias_target(ctx, alias).await? {
+        Some(target) if target == id => {}
+        Some(_) => {
+            call(kms.update_alias().alias_name(alias).target_key_id(id).send(), || format!("naming key {id} {alias}"))
+                .await?;
+        }
+        None => {
+            call(kms.create_alias().alias_name(alias).target_key_id(id).send(), || format!("naming key {id} {alias}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The stack's key by its tags, for a run killed between CreateKey and naming it (KMS has no
+/// idempotency token): every key of the account is listed, once, only on that path.
+async fn tagged_key(ctx: &Ctx) -> anyhow::Result<Option<String>> {
+    let mut marker = None;
+    loop {
+        let out = call(ctx.aws.kms.list_keys().set_marker(marker.clone()).send(), || "listing KMS keys".into()).await?;
+        for key in out.keys() {
+            let Some(id) = key.key_id() else { continue };
+            let tags = if_there(ctx.aws.kms.list_resource_tags().key_id(id).send(), || {
+                format!("reading the tags of key {id}")
+            })
+            .await?;
+            let tags = tags.map(|t| t.tags).unwrap_or_default().unwrap_or_default();
+            let tagged = |k: &str, v: &str| tags.iter().any(|t| t.tag_key() == k && t.tag_value() == v);
+            if tagged(crate::aws::tags::STACK_TAG, &ctx.tags.stack) && tagged(crate::aws::tags::RESOURCE_TAG, keys::KEY)
+            {
+                let meta =
+                    if_there(ctx.aws.kms.describe_key().key_id(id).send(), || format!("reading key {id}")).await?;
+                let state = meta.and_then(|m| m.key_metadata).and_then(|m| m.key_state().cloned());
+                if !matches!(state, Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) | None) {
+                    return Ok(Some(id.to_string()));
+                }
+            }
+        }
+        match out.next_marker {
+            Some(next) if out.truncated => marker = Some(next),
+            _ => return Ok(None),
+        }
+    }
+}
+
 async fn key_owner(ctx: &Ctx, key: &str) -> anyhow::Result<Owner> {
     let out =
         call(ctx.aws.kms.list_resource_tags().key_id(key).send(), || format!("reading the tags of key {key}")).await?;
@@ -114,13 +162,11 @@ impl StepAction<Ctx> for KeyStep {
                             .map(|m| m.key_id().to_string())
                             .context("CreateKey returned no key")?;
                         scope.created(keys::KEY, &id)?;
-                        call(kms.create_alias().alias_name(alias).target_key_id(&id).send(), || {
-                            format!("naming key {id} {alias}")
-                        })
-                        .await?;
                         id
                     }
                 };
+                // Also for a key a killed run created but did not name yet.
+                name_key(ctx, alias, &id).await?;
                 call(kms.enable_key_rotation().key_id(&id).send(), || format!("turning on the rotation of key {id}"))
                     .await?;
                 let arn = call(kms.describe_key().key_id(&id).send(), || format!("reading key {id}"))
@@ -172,7 +218,7 @@ impl ResourceOps<Ctx> for KeyOps {
 
     async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
         let Some(alias) = lost.record.attr("alias") else { return Ok(None) };
-        let Some(id) = alias_target(ctx, alias).await? else { return Ok(None) };
+        let Some(id) = alias_target(ctx, alias).await? else { return tagged_key(ctx).await };
         Ok((key_owner(ctx, &id).await? == Owner::Ours).then_some(id))
     }
 
