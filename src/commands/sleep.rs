@@ -4,16 +4,12 @@ use std::sync::Arc;
 
 use crate::cli::{GlobalArgs, SleepArgs, WakeArgs};
 use crate::exit::{CliResult, ExitStatus};
-use crate::ops::stack::{locate, open, recorded_config, recorded_stack};
+use crate::ops::stack::{located, open, recorded_config};
 use crate::printer::Printer;
 
 pub async fn sleep(global: &GlobalArgs, args: SleepArgs) -> CliResult {
     let printer = Arc::new(Printer::new(global, false));
-    let (stack, recorded) = locate(global)?;
-    let recorded = match recorded {
-        Some(recorded) => recorded,
-        None => recorded_stack(global, &stack)?,
-    };
+    let (_, recorded) = located(global)?;
     let cfg = recorded_config(global, &recorded)?;
     let opened = open(global, &printer, "sleep").await?;
     let asleep = crate::ops::sleep::sleep(&opened, &cfg, &printer, args.through_schedule).await?;
@@ -28,11 +24,7 @@ pub async fn sleep(global: &GlobalArgs, args: SleepArgs) -> CliResult {
 
 pub async fn wake(global: &GlobalArgs, args: WakeArgs) -> CliResult {
     let printer = Arc::new(Printer::new(global, false));
-    let (stack, recorded) = locate(global)?;
-    let recorded = match recorded {
-        Some(recorded) => recorded,
-        None => recorded_stack(global, &stack)?,
-    };
+    let (_, recorded) = located(global)?;
     let cfg = recorded_config(global, &recorded)?;
     let opened = open(global, &printer, "wake").await?;
     crate::ops::sleep::wake(&opened, &cfg, &printer).await?;

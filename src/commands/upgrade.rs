@@ -11,7 +11,7 @@ use crate::gitlab_version::{UpgradePath, Version};
 use crate::ops::backup::BackupOptions;
 use crate::ops::confirm;
 use crate::ops::plan::running_version;
-use crate::ops::stack::{locate, open, recorded_config};
+use crate::ops::stack::{located, open, recorded_config};
 use crate::ops::upgrade::{Hops, hops, upgrade};
 use crate::printer::{Printer, Tone};
 
@@ -32,11 +32,7 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
             .with_help("write a duration like 15m or 1h")
     })?;
     let printer = Arc::new(Printer::new(global, args.json));
-    let (stack, recorded) = locate(global)?;
-    let recorded = match recorded {
-        Some(recorded) => recorded,
-        None => crate::ops::stack::recorded_stack(global, &stack)?,
-    };
+    let (_, recorded) = located(global)?;
     let Some(running) = running_version(&recorded.resources) else {
         return Err(Diagnostic::new("the stack records no running GitLab version (no task definition)")
             .with_help("run `gitlab-provision up` first")

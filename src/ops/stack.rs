@@ -191,13 +191,19 @@ pub struct Reached {
     pub ctx: Arc<Ctx>,
 }
 
-/// Reaches a recorded stack (refused when nothing is recorded).
-pub async fn reach(global: &GlobalArgs, printer: &Printer) -> Result<Reached, CliError> {
+/// The stack the flags and config name, and its state: refused when nothing is recorded.
+pub fn located(global: &GlobalArgs) -> Result<(String, State), CliError> {
     let (stack, recorded) = locate(global)?;
     let recorded = match recorded {
         Some(state) => state,
         None => recorded_stack(global, &stack)?,
     };
+    Ok((stack, recorded))
+}
+
+/// Reaches a recorded stack (refused when nothing is recorded).
+pub async fn reach(global: &GlobalArgs, printer: &Printer) -> Result<Reached, CliError> {
+    let (stack, recorded) = located(global)?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), printer).await?;
     Ok(Reached { stack, recorded, ctx })
 }
