@@ -210,6 +210,15 @@ mod tests {
     use super::*;
     use crate::engine::record::attrs;
 
+    #[test]
+    fn a_long_value_is_said_to_have_changed_a_short_one_is_shown() {
+        let short = Change::Setting { setting: "cpu".into(), from: "2048".into(), to: "4096".into() };
+        assert_eq!(short.to_string(), "cpu 2048 -> 4096");
+        let policy = format!("{{\"Statement\":[{}]}}", "x".repeat(LONG_VALUE));
+        let long = Change::Setting { setting: "policy".into(), from: policy.clone(), to: policy + " " };
+        assert_eq!(long.to_string(), "policy changed");
+    }
+
     fn record(status: RecordStatus, cidr: &str) -> ResourceRecord {
         ResourceRecord {
             kind: "ec2:subnet".into(),
