@@ -74,19 +74,39 @@ API_LATENCY = 0.05
 RPC_V2 = re.compile(r"^/service/([A-Za-z0-9_]+)/operation/([A-Za-z0-9_]+)")
 
 
-def cbor_timestamps(value, key=""):
-    """JSON's epoch-second timestamps (fields named ...Timestamp, ...Timestamps) as datetimes."""
+# CloudWatch's shapes declared as Double: JSON writes 1.0 as 1, but the SDK's CBOR decoder
+# refuses an integer where the model says double ("expected f64"), so these are always floats.
+CBOR_DOUBLES = {"Threshold", "Values", "Value", "Sum", "Average", "Minimum", "Maximum", "SampleCount"}
+
+
+def is_timestamp_field(key):
+    return key.endswith(("Timestamp", "Timestamps"))
+
+
+def cbor_document(value, key=""):
+    """A JSON answer's document in the types Smithy's CBOR protocol expects: timestamps (epoch
+    seconds in JSON, or ISO strings from moto) as tag 1 over a double, never an integer, since
+    the SDK decodes tag 1 as f64 and a whole-second timestamp would otherwise fail it; doubles
+    as doubles."""
     if isinstance(value, dict):
-        return {k: cbor_timestamps(v, k) for k, v in value.items()}
+        return {k: cbor_document(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [cbor_timestamps(v, key) for v in value]
-    if key.endswith(("Timestamp", "Timestamps")) and isinstance(value, (int, float)):
-        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
-    if key.endswith(("Timestamp", "Timestamps")) and isinstance(value, str):
+        return [cbor_document(v, key) for v in value]
+    if isinstance(value, bool):
+        return value
+    if is_timestamp_field(key) and isinstance(value, (int, float)):
+        return cbor2.CBORTag(1, float(value))
+    if is_timestamp_field(key) and isinstance(value, str):
         try:
-            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return cbor2.CBORTag(1, float(moment.timestamp()))
+    if key in CBOR_DOUBLES and isinstance(value, int):
+        return float(value)
+    return value
     return value
 
 
@@ -327,12 +347,12 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
             return data
 
         def to_cbor(self, data):
-            """A JSON answer as CBOR: its timestamps (epoch seconds in JSON) as CBOR's tag 1."""
+            """A JSON answer as CBOR, typed as the SDK decodes it (cbor_document)."""
             try:
                 document = json.loads(data) if data else {}
             except ValueError:
                 return data
-            return cbor2.dumps(cbor_timestamps(document), datetime_as_timestamp=True)
+            return cbor2.dumps(cbor_document(document))
 
         def send_answer(self, status, content_type, data, extra=None):
             if self.cbor:

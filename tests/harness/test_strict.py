@@ -1397,5 +1397,24 @@ class Proxy(ModelTest):
         self.assertEqual(error["Code"], "InvalidParameterValueException")
 
 
+    def test_cloudwatch_answers_in_cbor_carry_the_types_the_sdk_decodes(self):
+        # CI failed once on a whole-second timestamp: cbor2 wrote it as an integer under tag 1,
+        # and the SDK (which decodes tag 1 as f64) refused DescribeAlarms ("expected f64").
+        answer = {"MetricAlarms": [{"AlarmName": "idle", "Threshold": 1, "EvaluationPeriods": 6,
+                                    "StateUpdatedTimestamp": 1796440237, "Dimensions": [{"Name": "A", "Value": "b"}],
+                                    "AlarmConfigurationUpdatedTimestamp": "2026-12-05T03:10:37Z"}]}
+        decoded = emulator.cbor2.loads(emulator.cbor2.dumps(emulator.cbor_document(answer)))
+        alarm = decoded["MetricAlarms"][0]
+        for field in ("StateUpdatedTimestamp", "AlarmConfigurationUpdatedTimestamp"):
+            with self.subTest(field):
+                self.assertIsInstance(alarm[field], emulator.datetime.datetime)
+        encoded = emulator.cbor2.dumps(emulator.cbor_document({"StateUpdatedTimestamp": 1796440237}))
+        self.assertIn(b"\xc1\xfb", encoded, "tag 1 followed by a double")
+        self.assertEqual(alarm["StateUpdatedTimestamp"].timestamp(), 1796440237)
+        self.assertIsInstance(alarm["Threshold"], float)
+        self.assertIsInstance(alarm["EvaluationPeriods"], int)
+        self.assertEqual(alarm["Dimensions"], [{"Name": "A", "Value": "b"}])
+
+
 if __name__ == "__main__":
     unittest.main()
