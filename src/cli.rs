@@ -102,12 +102,26 @@ Examples:
 const INIT_EXAMPLES: &str = "\
 Examples:
   gitlab-provision init                                  asks who may reach GitLab, HTTPS, NAT
-  gitlab-provision init --allowed-cidr 203.0.113.0/24    without questions (scripts)";
+  gitlab-provision init --allowed-cidr 203.0.113.0/24    without questions (scripts)
+  gitlab-provision init --shared-state acme-gitlab-state/prod
+                                                         a bucket for the team's state (then state = ... in the config)";
 
 const LIST_EXAMPLES: &str = "\
 Examples:
   gitlab-provision list                      the stacks in ./state
-  gitlab-provision list --state-dir ~/stacks --json";
+  gitlab-provision list --state-dir ~/stacks --json
+  gitlab-provision list --state-url s3://acme-gitlab-state/prod   the stacks of a shared bucket, and who holds them";
+
+const STATE_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision state push --state-url s3://acme-gitlab-state/prod    move ./state/gitlab.json to the bucket
+  gitlab-provision state pull > gitlab.json      the shared state, for inspection
+  gitlab-provision state history                 every saved version, newest first
+  gitlab-provision state restore 3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY   bring an earlier version back";
+
+const UNLOCK_EXAMPLES: &str = "\
+Examples:
+  gitlab-provision unlock 5f0c2a9d1e3b7c44 --stack prod    after checking that its holder's run is dead";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
@@ -144,9 +158,12 @@ pub struct GlobalArgs {
     /// Stack name: 1-32 of a-z, 0-9, '-' [default: config key `stack`, else gitlab]
     #[arg(long, global = true, value_name = "NAME", help_heading = "Global")]
     pub stack: Option<String>,
-    /// Where state files live
+    /// Where state files live (when no shared state is named)
     #[arg(long, global = true, value_name = "DIR", default_value = "state", help_heading = "Global")]
     pub state_dir: PathBuf,
+    /// The team's shared state: s3://BUCKET/PREFIX [default: config key `state`, else --state-dir]
+    #[arg(long, global = true, value_name = "URL", env = "GITLAB_PROVISION_STATE", help_heading = "Global")]
+    pub state_url: Option<String>,
     /// AWS region [default: config key `region`, else the SDK's chain: AWS_REGION, profile]
     #[arg(long, global = true, value_name = "REGION", help_heading = "Global")]
     pub region: Option<String>,
@@ -211,9 +228,15 @@ pub enum Command {
     /// Write a commented gitlab-provision.toml
     #[command(after_help = INIT_EXAMPLES)]
     Init(InitArgs),
-    /// List the stacks of the state directory
+    /// List the stacks of the state directory or the shared state bucket
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
+    /// Move a stack's state to the shared bucket, copy it down, list or restore its versions
+    #[command(after_help = STATE_EXAMPLES)]
+    State(StateArgs),
+    /// Remove a shared state's lock left by a run that died
+    #[command(after_help = UNLOCK_EXAMPLES)]
+    Unlock(UnlockArgs),
     /// Print shell completions
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -426,6 +449,52 @@ pub struct InitArgs {
     /// Write hardening = "strict" (asked on a terminal when --allowed-cidr is not given)
     #[arg(long)]
     pub strict: bool,
+    /// Create (or adopt, after checking it) the S3 bucket a team keeps its states in, instead of
+    /// writing a config file: BUCKET or BUCKET/PREFIX
+    #[arg(long, value_name = "BUCKET[/PREFIX]", conflicts_with_all = ["force", "allowed_cidrs", "strict"])]
+    pub shared_state: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    #[command(subcommand)]
+    pub command: StateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Move the local state (--state-dir) into the shared bucket (refused if the bucket has one)
+    Push,
+    /// Print the shared state (or write it to --out), for inspection
+    Pull {
+        /// Write it to this file instead of stdout
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// List the saved versions of the shared state, newest first
+    History {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version the current state (taking the stack's lock)
+    Restore {
+        /// The version, as `state history` lists it
+        #[arg(value_name = "VERSION")]
+        version_id: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// The lock's id, as the refused run printed it
+    pub lock_id: String,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,11 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Where the team keeps the stack's state: s3://BUCKET/PREFIX (global flag --state-url,
+    /// environment GITLAB_PROVISION_STATE) [default: the local --state-dir]
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// IPv4 CIDR allowed to reach GitLab; repeat for several (config: allowed_cidrs)
     #[arg(long = "allowed-cidr", value_name = "CIDR", help_heading = "Network")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -121,7 +121,8 @@ impl From<StateError> for CliError {
     /// or a stack another run holds, is a refusal: nothing was done, exit 2. An I/O error is not.
     fn from(error: StateError) -> Self {
         match error {
-            StateError::Io { .. } => CliError::failure(error),
+            // A run stopped by a conflicting write did work: a failure, not a refusal.
+            StateError::Io { .. } | StateError::Store { .. } | StateError::Conflict { .. } => CliError::failure(error),
             _ => CliError::usage(error),
         }
     }

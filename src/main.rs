@@ -12,6 +12,7 @@ mod requirements;
 mod schedule;
 #[cfg(test)]
 mod schemas;
+mod state_bucket;
 mod steps;
 
 // The ground floor, a crate of its own (no AWS SDK): reached as crate::engine, crate::keys and

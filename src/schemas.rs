@@ -29,7 +29,11 @@ pub fn documents() -> Vec<(&'static str, Value)> {
             "status",
             "`status --json`: the verdict, every resource, GitLab's service",
         ),
-        doc::<crate::commands::list::Listing>("list", "`list --json`: the stacks of a state directory"),
+        doc::<crate::commands::list::Listing>(
+            "list",
+            "`list --json`: the stacks of a state directory or shared bucket, and who holds them",
+        ),
+        doc::<crate::state_bucket::History>("state-history", "`state history --json`: a shared state's saved versions"),
         doc::<crate::commands::backup::Points>(
             "backups",
             "`backup list --json`: the recovery points of the stack's file systems",

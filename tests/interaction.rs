@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::validate_json as validate;
 use common::{CIDRS, Emulator, Run, Tool, python, up};
 use serde_json::json;
 
@@ -48,25 +49,6 @@ macro_rules! snapshot {
             insta::assert_snapshot!($name, $text);
         })
     };
-}
-
-/// Validates JSON output against schemas/<schema>.schema.json (one document, or one per line).
-fn validate(schema: &str, output: &str, lines: bool) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), output).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/validate_json.py");
-    let mut command = Command::new(python());
-    command.arg(script).arg(schema).arg(file.path());
-    if lines {
-        command.arg("--lines");
-    }
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{schema}: {}{}\n{output}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -143,12 +143,33 @@ fn kill_after(emu: &Emulator, tool: &Tool, args: &[&str], calls: usize) -> bool 
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killing_up_or_down_anywhere_loses_nothing_and_duplicates_nothing() {
+/// A run killed with the state in S3 leaves its lock: the next run is refused, naming the lock,
+/// until `unlock` removes it, as a team member would after checking the holder is dead.
+fn unlock_after_a_kill(tool: &Tool, stack: &str) {
+    if tool.state_url.is_none() {
+        return;
+    }
+    // A request the killed run had sent still lands (the harness delays each call by 10 ms):
+    // its lock may appear just after the kill, as it would on AWS.
+    std::thread::sleep(Duration::from_millis(300));
+    let listing = tool.run(&["list", "--json"]).ok().json();
+    let held = listing["stacks"].as_array().into_iter().flatten().find(|s| s["stack"] == stack);
+    let Some(id) = held.and_then(|s| s["locked_by"]["id"].as_str()) else { return };
+    let refused = tool.run(&with_stack(UP, stack)).fails_with(2);
+    assert!(refused.stderr.contains(&format!("gitlab-provision unlock {id} --stack {stack}")), "{}", refused.stderr);
+    tool.run(&["unlock", id, "--stack", stack, "--yes"]).ok();
+}
+
+async fn kill_anywhere(shared: bool) {
     // AWS's durations x 1/2000: this test is about crash safety at any call, not about waits.
     let emu = Emulator::start_with(&["--time-scale", "0.0005"]);
     let c = emu.clients();
-    let tool = Tool::new(&emu.endpoint);
+    let tool = if shared {
+        Tool::new(&emu.endpoint).run(&["init", "--shared-state", "kill-states/team"]).ok();
+        Tool::sharing(&emu.endpoint, "s3://kill-states/team")
+    } else {
+        Tool::new(&emu.endpoint)
+    };
     // A little latency per call spreads the kill points over the whole run.
     emu.set_faults(json!([{"action": "*", "delay": 0.01}]));
     emu.clear_calls();
@@ -157,15 +178,18 @@ async fn killing_up_or_down_anywhere_loses_nothing_and_duplicates_nothing() {
     emu.clear_calls();
     tool.run(&["down", "--stack", "web", "--yes"]).ok();
     let calls_per_down = emu.calls().len();
+    // The shared run repeats the local one's proof at fewer points: what it adds is the lock.
+    let (up_points, down_points) = if shared { (6, 3) } else { (12, 6) };
 
     let mut tried = 0;
     let mut clean = 0;
-    for point in (3..calls_per_up).step_by((calls_per_up / 12).max(1)) {
+    for point in (3..calls_per_up).step_by((calls_per_up / up_points).max(1)) {
         let stack = format!("k{point}");
         if !kill_after(&emu, &tool, &with_stack(UP, &stack), point) {
             continue;
         }
         tried += 1;
+        unlock_after_a_kill(&tool, &stack);
         tool.run(&with_stack(UP, &stack)).ok();
         let found = without_revisions(inventory(&c, &stack).await, &stack);
         assert_eq!(found, expected_inventory(), "twins or gaps after killing up at call {point}");
@@ -177,13 +201,14 @@ async fn killing_up_or_down_anywhere_loses_nothing_and_duplicates_nothing() {
         );
         clean += 1;
     }
-    for point in (2..calls_per_down).step_by((calls_per_down / 6).max(1)) {
+    for point in (2..calls_per_down).step_by((calls_per_down / down_points).max(1)) {
         let stack = format!("d{point}");
         tool.run(&with_stack(UP, &stack)).ok();
         if !kill_after(&emu, &tool, &["down", "--stack", &stack, "--yes"], point) {
             continue;
         }
         tried += 1;
+        unlock_after_a_kill(&tool, &stack);
         let status = tool.run(&["status", "--stack", &stack, "--json"]).ok().json();
         assert!(status["resources"].as_array().is_some(), "the state stays readable after a kill");
         tool.run(&["down", "--stack", &stack, "--yes"]).ok();
@@ -195,10 +220,21 @@ async fn killing_up_or_down_anywhere_loses_nothing_and_duplicates_nothing() {
         clean += 1;
     }
     eprintln!(
-        "kill points: {tried} tried ({calls_per_up} calls per up, {calls_per_down} per down), {clean} ended clean"
+        "kill points ({}): {tried} tried ({calls_per_up} calls per up, {calls_per_down} per down), {clean} ended clean",
+        if shared { "state in S3" } else { "local state" }
     );
-    assert!(tried >= 12, "only {tried} kill points were reached");
+    assert!(tried >= up_points + down_points / 2, "only {tried} kill points were reached");
     assert_eq!(tried, clean);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_up_or_down_anywhere_loses_nothing_and_duplicates_nothing() {
+    kill_anywhere(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_up_or_down_anywhere_with_the_state_in_s3_loses_nothing() {
+    kill_anywhere(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

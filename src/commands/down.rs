@@ -14,7 +14,7 @@ use crate::keys::Kind;
 use crate::ops::check_writable;
 use crate::ops::stack::{bind_account, connect, locate, stack_name};
 use crate::printer::{Printer, Tone, minute_utc, short_id};
-use crate::state::{self, LockedState, RecordStatus, ResourceRecord, StateHandle};
+use crate::state::{LockedState, RecordStatus, ResourceRecord, StateHandle};
 use crate::steps::backup;
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -38,7 +38,7 @@ pub struct LeftAlone {
 
 pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> CliResult {
     check_writable(args.timings.as_deref())?;
-    let (stack, recorded) = locate(global)?;
+    let (stack, recorded) = locate(global).await?;
     let region_flag = stack_name(global)?.1;
     let printer = Arc::new(Printer::new(global, args.json));
     let has_records = recorded.as_ref().is_some_and(|s| !s.resources.is_empty());
@@ -47,7 +47,13 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     }
     let region = recorded.as_ref().filter(|_| has_records).map(|s| s.region.clone()).or(region_flag);
     // Locked before deciding anything: an `up` in progress may be about to record its first resource.
-    let locked = LockedState::open(&global.state_dir, &stack, region.as_deref().unwrap_or_default(), "down")?;
+    let locked = LockedState::open(
+        crate::ops::stack::store(global).await?,
+        &stack,
+        region.as_deref().unwrap_or_default(),
+        "down",
+    )
+    .await?;
     if let Some(note) = &locked.taken_over {
         printer.note(note);
     }
@@ -60,7 +66,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
     let region = ctx.region().to_string();
     if !records.is_empty() {
-        bind_account(&state, &ctx)?;
+        bind_account(&state, &ctx).await?;
     }
     let (orphans, conflicts) =
         if args.discover { engine::discover(ctx.clone(), Arc::new(Kinds), &records).await? } else { (vec![], vec![]) };
@@ -83,7 +89,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         confirm(&stack, &printer, records.len() + orphans.len() - keep.len(), args.keep_data)?;
     }
     // Recorded first, so a crash from here on leaves them in the state for the next `down`.
-    engine::adopt_orphans(&state, &Kinds, &orphans)?;
+    engine::adopt_orphans(&state, &Kinds, &orphans).await?;
     printer.heading(&format!(
         "deleting stack {stack}: {}",
         crate::engine::counted(records.len() + orphans.len() - keep.len(), "resource")
@@ -106,13 +112,13 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
             return Err(CliError::failure(e)
                 .with_context(format!(
                     "{left} resources are still recorded in {}",
-                    state::state_path(&global.state_dir, &stack).display()
+                    crate::ops::stack::state_location(global, &stack)
                 ))
                 .with_help("fix the cause and run `gitlab-provision down` again"));
         }
     };
     if state.is_empty() {
-        state.remove_file()?;
+        state.retire().await?;
     }
     if let Some(path) = &args.timings {
         crate::ops::write_timings(path, &outcome.report)?;

@@ -7,6 +7,7 @@ use crate::cli::{GlobalArgs, InitArgs};
 use crate::config::{self, DEFAULT_CONFIG_FILE, DEFAULT_GITLAB_IMAGE_TAG};
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::printer::Printer;
+use crate::state_bucket::{self, StateUrl};
 
 /// What the file is written from.
 struct Answers {
@@ -146,7 +147,34 @@ fn ask_answers(printer: &Printer) -> Result<Answers, CliError> {
     Ok(Answers { allowed_cidrs, domain, nat_instance, strict })
 }
 
-pub fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
+/// `init --shared-state BUCKET[/PREFIX]`: the team's state bucket, created with every setting
+/// it needs or adopted after checking them; then the line the config needs.
+async fn shared_state(global: &GlobalArgs, target: &str) -> CliResult {
+    let printer = Printer::new(global, false);
+    let url = StateUrl::parse(&format!("s3://{}", target.trim_start_matches("s3://")), "--shared-state")?;
+    let settings = crate::ops::stack::file_settings(global)?;
+    let region = url.region.clone().or_else(|| global.region.clone()).or(settings.region);
+    let clients = crate::aws::credentials::clients(region.as_deref(), global.profile.as_deref()).await?;
+    let outcome = state_bucket::ensure_bucket(&clients.s3, &clients.region, &url.bucket).await?;
+    let verb = match outcome {
+        state_bucket::BucketOutcome::Created => "created",
+        state_bucket::BucketOutcome::Adopted => "checked and adopted",
+    };
+    printer.out(&format!(
+        "{verb} bucket {} in {}: versioned, encrypted, public access blocked, TLS only",
+        url.bucket, clients.region
+    ));
+    printer.out(&format!(
+        "next: put `state = \"{url}\"` in {} (or export GITLAB_PROVISION_STATE={url}); `gitlab-provision state push` moves an existing local state there",
+        global.config.as_deref().unwrap_or(std::path::Path::new(DEFAULT_CONFIG_FILE)).display()
+    ));
+    Ok(ExitStatus::Success)
+}
+
+pub async fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
+    if let Some(target) = &args.shared_state {
+        return shared_state(global, target).await;
+    }
     let path = global.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     if path.exists() && !args.force {
         return Err(Diagnostic::new(format!("{} already exists; it was left as it is", path.display()))

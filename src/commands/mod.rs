@@ -10,6 +10,7 @@ pub mod password;
 pub mod plan;
 pub mod restore;
 pub mod sleep;
+pub mod state;
 pub mod status;
 pub mod up;
 pub mod upgrade;
@@ -20,7 +21,7 @@ use crate::exit::{CliResult, ExitStatus};
 
 pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
     let global = cli.global;
-    match cli.command {
+    let result = match cli.command {
         Command::Up(args) => up::run(&global, args, interrupt).await,
         Command::Down(args) => down::run(&global, args, interrupt).await,
         Command::Status(args) => status::run(&global, args).await,
@@ -34,8 +35,10 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
         Command::Logs(args) => logs::run(&global, args, interrupt).await,
         Command::Exec(args) => exec::run(&global, Some(args.command)).await,
         Command::Shell => exec::run(&global, None).await,
-        Command::Init(args) => init::run(&global, args),
-        Command::List(args) => list::run(&global, args),
+        Command::Init(args) => init::run(&global, args).await,
+        Command::List(args) => list::run(&global, args).await,
+        Command::State(args) => state::run(&global, args).await,
+        Command::Unlock(args) => state::unlock(&global, args).await,
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -43,5 +46,8 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> CliResult {
             crate::printer::write_stdout(&String::from_utf8_lossy(&script));
             Ok(ExitStatus::Success)
         }
-    }
+    };
+    // A shared state's lock dropped by a command that ended early is removed before the exit.
+    crate::state_bucket::finish_releases().await;
+    result
 }

@@ -115,7 +115,7 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
         stack_config(global, args.settings).map_err(|e| CliError::new(exit_on_error(ExitStatus::Usage), e))?;
     let printer = Printer::new(global, false);
     // A stack recorded in another region: one line, nothing listed under it.
-    let (_, recorded) = locate(global).map_err(refused)?;
+    let (_, recorded) = locate(global).await.map_err(refused)?;
     let (ctx, lives, region) = match &recorded {
         // A new stack is all "create"; with credentials, what `up` would find is looked for
         // first (a lost state file, names taken by another stack), as `up` does.

@@ -9,7 +9,7 @@ use crate::printer::Printer;
 
 pub async fn sleep(global: &GlobalArgs, args: SleepArgs) -> CliResult {
     let printer = Arc::new(Printer::new(global, false));
-    let (_, recorded) = located(global)?;
+    let (_, recorded) = located(global).await?;
     let cfg = recorded_config(global, &recorded)?;
     let opened = open(global, &printer, "sleep").await?;
     let asleep = crate::ops::sleep::sleep(&opened, &cfg, &printer, args.through_schedule).await?;
@@ -24,7 +24,7 @@ pub async fn sleep(global: &GlobalArgs, args: SleepArgs) -> CliResult {
 
 pub async fn wake(global: &GlobalArgs, args: WakeArgs) -> CliResult {
     let printer = Arc::new(Printer::new(global, false));
-    let (_, recorded) = located(global)?;
+    let (_, recorded) = located(global).await?;
     let cfg = recorded_config(global, &recorded)?;
     let opened = open(global, &printer, "wake").await?;
     crate::ops::sleep::wake(&opened, &cfg, &printer).await?;

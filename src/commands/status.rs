@@ -8,7 +8,6 @@ use crate::exit::{CliResult, ExitStatus};
 use crate::ops::stack::{connect, locate};
 use crate::ops::status::{self, LiveState, StatusReport, since, verdict};
 use crate::printer::{Printer, Tone, short_id, table};
-use crate::state;
 use crate::steps::service::describe_stop;
 
 impl StatusReport {
@@ -126,9 +125,9 @@ impl StatusReport {
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
-    let (stack, recorded) = locate(global)?;
+    let (stack, recorded) = locate(global).await?;
     let printer = Printer::new(global, false);
-    let state_file = state::state_path(&global.state_dir, &stack).display().to_string();
+    let state_file = crate::ops::stack::state_location(global, &stack);
     // `--check` is a health check: only a healthy GitLab says OK.
     let not_ok = if args.check { ExitStatus::Degraded } else { ExitStatus::Success };
     if recorded.is_none() && !args.discover {

@@ -60,7 +60,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> Cli
     let converged = converge(&ctx, &state, cfg.clone(), &printer, &options).await?;
     // The first boot (migrations, seeding) is the long one; a restart is minutes.
     let first_boot = !had_gitlab && converged.changed;
-    record_settings(&state, &applied)?;
+    record_settings(&state, &applied).await?;
     if args.wait {
         wait_healthy(&ctx, &state, &printer).await?;
     }
@@ -112,7 +112,7 @@ fn report_up(
     first_boot: bool,
 ) -> Result<(), CliError> {
     let snapshot = state.snapshot();
-    let state_file = state::state_path(&global.state_dir, &cfg.stack).display().to_string();
+    let state_file = crate::ops::stack::state_location(global, &cfg.stack);
     let url = gitlab_url(&snapshot.resources);
     let ssh = ssh_endpoint(&snapshot.resources).map(|(host, port)| clone_url(&host, port));
     let result = UpResult {

@@ -32,7 +32,7 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
             .with_help("write a duration like 15m or 1h")
     })?;
     let printer = Arc::new(Printer::new(global, args.json));
-    let (_, recorded) = located(global)?;
+    let (_, recorded) = located(global).await?;
     let Some(running) = running_version(&recorded.resources) else {
         return Err(Diagnostic::new("the stack records no running GitLab version (no task definition)")
             .with_help("run `gitlab-provision up` first")

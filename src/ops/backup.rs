@@ -190,7 +190,7 @@ impl From<CliError> for Stop {
 }
 
 async fn save(state: &StateHandle, journal: &BackupJournal) -> Result<(), Stop> {
-    Journal::write(state, Some(&Journal::Backup(journal.clone())))?;
+    Journal::write(state, Some(&Journal::Backup(journal.clone()))).await?;
     Ok(())
 }
 
@@ -291,12 +291,13 @@ async fn run(
             taken_at: journal.started_at.clone(),
             consistent: journal.consistent,
         },
-    )?;
+    )
+    .await?;
     let downtime = stopped_at.map(|at| at.elapsed().unwrap_or_default());
     if journal.stopped_gitlab && !journal.for_upgrade {
         start_gitlab(ctx, state, printer, targets, journal.desired_before).await.map_err(Stop::Failed)?;
     }
-    Journal::write(state, None)?;
+    Journal::write(state, None).await?;
     Ok(Taken {
         recovery_point: point,
         bytes,
@@ -394,7 +395,7 @@ async fn roll_back(
     } else {
         false
     };
-    if let Err(e) = Journal::write(state, None) {
+    if let Err(e) = Journal::write(state, None).await {
         return e;
     }
     let mut error = CliError::new(status, why);
@@ -439,7 +440,8 @@ pub async fn settle_dead(
                     taken_at: journal.started_at.clone(),
                     consistent: journal.consistent,
                 },
-            )?;
+            )
+            .await?;
             printer.note(&format!(
                 "the backup an interrupted run started has completed: {}",
                 now.made.as_deref().unwrap_or("?")
@@ -455,7 +457,7 @@ pub async fn settle_dead(
         restart_now(ctx, &targets, journal.desired_before).await?;
         printer.note("GitLab, stopped by the interrupted backup, is starting again");
     }
-    Journal::write(state, None)
+    Journal::write(state, None).await
 }
 
 /// Another day-two operation is half done: it must be finished first.

@@ -92,12 +92,12 @@ pub async fn converge(
         }
     }
     if has_records && !plan.changes_anything() {
-        note_running_version(state)?;
+        note_running_version(state).await?;
         printer.note(&format!("no changes: {} as configured", crate::engine::counted(plan.summary.keep, "resource")));
         return Ok(Converged { changed: false });
     }
     confirm_disruptions(&plan, printer, options.yes)?;
-    state.set_fixed(catalog::fixed_settings(&cfg, &region))?;
+    state.set_fixed(catalog::fixed_settings(&cfg, &region)).await?;
 
     let steps = catalog::build(&cfg);
     let owned = catalog::owned_keys(&steps);
@@ -141,15 +141,15 @@ pub async fn converge(
     if let Some(path) = &options.timings {
         super::write_timings(path, &report)?;
     }
-    note_running_version(state)?;
+    note_running_version(state).await?;
     Ok(Converged { changed: true })
 }
 
 /// Notes the GitLab version the stack runs (from now on), so a restore knows which version wrote
 /// the data of a backup that does not say.
-fn note_running_version(state: &StateHandle) -> Result<(), CliError> {
+async fn note_running_version(state: &StateHandle) -> Result<(), CliError> {
     match super::plan::running_version(&state.snapshot().resources) {
-        Some(version) => super::journal::note_version(state, &version.to_string()),
+        Some(version) => super::journal::note_version(state, &version.to_string()).await,
         None => Ok(()),
     }
 }
@@ -182,7 +182,7 @@ async fn settle_dead_operation(ctx: &Arc<Ctx>, state: &StateHandle, printer: &Pr
         Some(Journal::Restore(journal)) => super::restore::settle_dead(ctx, state, printer, &journal).await,
         Some(Journal::Upgrade(journal)) => {
             super::upgrade::settle_dead(printer, &journal)?;
-            Journal::write(state, None)
+            Journal::write(state, None).await
         }
     }
 }
@@ -217,7 +217,7 @@ fn run_failed(
     timings: Option<&std::path::Path>,
     was_new: bool,
 ) -> CliError {
-    let state_file = state::state_path(&global.state_dir, stack);
+    let state_file = super::stack::state_location(global, stack);
     let recorded = state.snapshot().resources;
     let pending: Vec<&String> =
         recorded.iter().filter(|(_, r)| r.status == state::RecordStatus::Pending).map(|(k, _)| k).collect();
@@ -250,7 +250,7 @@ fn run_failed(
             }
             let cli = cli.with_context(format!(
                 "everything created so far is recorded in {} ({})",
-                state_file.display(),
+                state_file,
                 crate::engine::counted(recorded.len(), "resource")
             ));
             // A running stack is never pointed at `down` after a failure: its data is there.
@@ -278,7 +278,7 @@ fn run_failed(
                 .with_context(format!(
                     "recorded: {} in {}",
                     crate::engine::counted(recorded.len(), "resource"),
-                    state_file.display()
+                    state_file
                 ));
             let (not_ready, unanswered): (Vec<&String>, Vec<&String>) =
                 pending.iter().partition(|k| recorded.get(k.as_str()).is_some_and(|r| r.id.is_some()));

@@ -125,9 +125,9 @@ impl Journal {
     }
 
     /// Saves it (`None`: the operation is over).
-    pub fn write(state: &StateHandle, journal: Option<&Journal>) -> Result<(), CliError> {
+    pub async fn write(state: &StateHandle, journal: Option<&Journal>) -> Result<(), CliError> {
         let value = journal.map(serde_json::to_value).transpose()?;
-        state.set_note(JOURNAL_NOTE, value)?;
+        state.set_note(JOURNAL_NOTE, value).await?;
         Ok(())
     }
 
@@ -220,21 +220,21 @@ pub fn backups_taken(state: &State) -> Vec<BackupTaken> {
 }
 
 /// Notes that GitLab `version` runs from now on (nothing when it already did).
-pub fn note_version(state: &StateHandle, version: &str) -> Result<(), CliError> {
+pub async fn note_version(state: &StateHandle, version: &str) -> Result<(), CliError> {
     let mut list = versions(&state.snapshot());
     if list.last().is_some_and(|v| v.version == version) {
         return Ok(());
     }
     list.push(VersionSince { version: version.to_string(), since: now_rfc3339() });
-    state.set_note(VERSIONS_NOTE, Some(serde_json::to_value(list)?))?;
+    state.set_note(VERSIONS_NOTE, Some(serde_json::to_value(list)?)).await?;
     Ok(())
 }
 
-pub fn note_backup(state: &StateHandle, backup: BackupTaken) -> Result<(), CliError> {
+pub async fn note_backup(state: &StateHandle, backup: BackupTaken) -> Result<(), CliError> {
     let mut list = backups_taken(&state.snapshot());
     list.retain(|b| b.recovery_point != backup.recovery_point);
     list.push(backup);
-    state.set_note(BACKUPS_NOTE, Some(serde_json::to_value(list)?))?;
+    state.set_note(BACKUPS_NOTE, Some(serde_json::to_value(list)?)).await?;
     Ok(())
 }
 

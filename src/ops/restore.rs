@@ -187,8 +187,8 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
                 .into());
         }
     };
-    let save = |journal: &RestoreJournal| Journal::write(state, Some(&Journal::Restore(journal.clone())));
-    save(&journal)?;
+    let save = async |journal: &RestoreJournal| Journal::write(state, Some(&Journal::Restore(journal.clone()))).await;
+    save(&journal).await?;
     let interrupt = Some(&request.interrupt);
 
     if journal.phase == RestorePhase::Restoring {
@@ -202,7 +202,7 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
                     ));
             }
             Err(e) => {
-                Journal::write(state, None)?;
+                Journal::write(state, None).await?;
                 return Err(CliError::failure(e)
                     .with_context("GitLab keeps running on its current data; nothing was switched")
                     .with_help("`gitlab-provision backup list` shows the points; try again, or another point"));
@@ -210,13 +210,13 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
         };
         journal.new_file_system = Some(new_fs);
         journal.phase = RestorePhase::Switching;
-        save(&journal)?;
+        save(&journal).await?;
     }
     let new_fs = journal.new_file_system.clone().unwrap_or_default();
     if journal.phase == RestorePhase::Switching {
         switch(ctx, state, printer, &journal, request.cfg.clone(), &request.interrupt, request.global).await?;
         journal.phase = RestorePhase::StartingGitLab;
-        save(&journal)?;
+        save(&journal).await?;
     }
     // Started again whatever converging changed (a configuration that did not change leaves the
     // service at the 0 tasks it was stopped to).
@@ -229,7 +229,7 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
         })
         .await?;
     }
-    Journal::write(state, None)?;
+    Journal::write(state, None).await?;
     wait_healthy(ctx, state, printer).await?;
     let kept = state
         .snapshot()
@@ -277,7 +277,7 @@ async fn restore_job(
             })
             .await?;
         journal.job = Some(job);
-        Journal::write(state, Some(&Journal::Restore(journal.clone()))).map_err(|e| e.error)?;
+        Journal::write(state, Some(&Journal::Restore(journal.clone()))).await.map_err(|e| e.error)?;
     }
     let job = journal.job.clone().unwrap_or_default();
     phase_with(printer, state, "restore-job", "restore the backup into a new file system", interrupt, |scope| {
@@ -364,15 +364,17 @@ async fn swap(ctx: &Ctx, state: &StateHandle, new_fs: &str) -> Result<(), CliErr
     let current =
         state.get(keys::FILE_SYSTEM).ok_or_else(|| CliError::failure(anyhow::anyhow!("no file system is recorded")))?;
     let slot = free_slot(&state.snapshot(), PREVIOUS);
-    state.put(
-        &slot,
-        ResourceRecord {
-            status: RecordStatus::Retained,
-            depends_on: vec![],
-            step: "restore".into(),
-            ..current.clone()
-        },
-    )?;
+    state
+        .put(
+            &slot,
+            ResourceRecord {
+                status: RecordStatus::Retained,
+                depends_on: vec![],
+                step: "restore".into(),
+                ..current.clone()
+            },
+        )
+        .await?;
     let fs = storage::describe_file_system(ctx, new_fs).await?;
     let arn = fs.as_ref().and_then(|f| f.file_system_arn()).unwrap_or_default().to_string();
     let restored = ResourceRecord {
@@ -391,7 +393,7 @@ async fn swap(ctx: &Ctx, state: &StateHandle, new_fs: &str) -> Result<(), CliErr
         generation: current.generation + 1,
         updated_at: String::new(),
     };
-    state.put(keys::FILE_SYSTEM, restored)?;
+    state.put(keys::FILE_SYSTEM, restored).await?;
     Ok(())
 }
 
@@ -417,19 +419,21 @@ pub async fn settle_dead(
         };
         if let Some(fs) = made {
             let slot = free_slot(&state.snapshot(), ABANDONED);
-            state.put(
-                &slot,
-                ResourceRecord {
-                    kind: Kind::FileSystem.to_string(),
-                    step: "restore".into(),
-                    status: RecordStatus::Retained,
-                    id: Some(fs.clone()),
-                    depends_on: vec![],
-                    attrs: Default::default(),
-                    generation: 0,
-                    updated_at: String::new(),
-                },
-            )?;
+            state
+                .put(
+                    &slot,
+                    ResourceRecord {
+                        kind: Kind::FileSystem.to_string(),
+                        step: "restore".into(),
+                        status: RecordStatus::Retained,
+                        id: Some(fs.clone()),
+                        depends_on: vec![],
+                        attrs: Default::default(),
+                        generation: 0,
+                        updated_at: String::new(),
+                    },
+                )
+                .await?;
             printer.warn(&format!(
                 "an interrupted restore of {} was abandoned; the file system it made, {fs}, is kept as {slot} (a plain `down` removes it)",
                 journal.point
@@ -446,5 +450,5 @@ pub async fn settle_dead(
             journal.new_file_system.as_deref().unwrap_or("?")
         ));
     }
-    Journal::write(state, None)
+    Journal::write(state, None).await
 }

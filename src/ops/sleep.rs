@@ -35,27 +35,31 @@ pub fn recorded_sleep(state: &State) -> Option<Sleep> {
     state.notes.get(SLEEP_NOTE).and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
-fn remember(state: &StateHandle, sleep: Option<&Sleep>) -> Result<(), CliError> {
-    state.update(
-        |s| match sleep {
-            Some(sleep) => drop(s.notes.insert(SLEEP_NOTE.into(), serde_json::json!(sleep))),
-            None => drop(s.notes.remove(SLEEP_NOTE)),
-        },
-        true,
-    )?;
+async fn remember(state: &StateHandle, sleep: Option<&Sleep>) -> Result<(), CliError> {
+    state
+        .update(
+            |s| match sleep {
+                Some(sleep) => drop(s.notes.insert(SLEEP_NOTE.into(), serde_json::json!(sleep))),
+                None => drop(s.notes.remove(SLEEP_NOTE)),
+            },
+            true,
+        )
+        .await?;
     Ok(())
 }
 
 /// The service's scaled mark on its record: a service whose count is not `up`'s is not drift.
-fn mark_scaled(state: &StateHandle, scaled: bool) -> Result<(), CliError> {
-    state.update(
-        |s| {
-            if let Some(record) = s.resources.get_mut(keys::SERVICE) {
-                record.attrs.insert("scaled".into(), serde_json::json!(scaled.to_string()));
-            }
-        },
-        true,
-    )?;
+async fn mark_scaled(state: &StateHandle, scaled: bool) -> Result<(), CliError> {
+    state
+        .update(
+            |s| {
+                if let Some(record) = s.resources.get_mut(keys::SERVICE) {
+                    record.attrs.insert("scaled".into(), serde_json::json!(scaled.to_string()));
+                }
+            },
+            true,
+        )
+        .await?;
     Ok(())
 }
 
@@ -99,8 +103,8 @@ pub async fn sleep(
     let until = if through_schedule { None } else { next_scheduled_wake(cfg) };
     let sleep = Sleep { since: crate::state::now_rfc3339(), until, through_schedule };
     // Remembered first: if the stop is interrupted, `up` still knows GitLab is meant to sleep.
-    remember(state, Some(&sleep))?;
-    mark_scaled(state, true)?;
+    remember(state, Some(&sleep)).await?;
+    mark_scaled(state, true).await?;
     let ctx = ctx.clone();
     phase(printer, state, "sleep", "stop GitLab's task", |scope| async move {
         match target {
@@ -132,8 +136,8 @@ pub async fn wake(opened: &Opened, cfg: &StackConfig, printer: &Arc<Printer>) ->
     })
     .await
     .map_err(CliError::failure)?;
-    remember(state, None)?;
-    mark_scaled(state, cfg.schedule.is_some() || cfg.idle_sleep_minutes.is_some())?;
+    remember(state, None).await?;
+    mark_scaled(state, cfg.schedule.is_some() || cfg.idle_sleep_minutes.is_some()).await?;
     Ok(())
 }
 
@@ -149,5 +153,5 @@ pub async fn end_for(opened: &Opened, printer: &Printer, operation: &str) -> Res
     if let Some(target) = snapshot.resources.get(keys::SCALABLE_TARGET).and_then(|r| r.id.clone()) {
         scaling::set_bounds(&opened.ctx, &target, 1, 1, false).await.map_err(CliError::failure)?;
     }
-    remember(&opened.state, None)
+    remember(&opened.state, None).await
 }

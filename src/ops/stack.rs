@@ -11,7 +11,8 @@ use crate::config::{self, ConfigError, Settings, StackConfig, TagSource};
 use crate::exit::{CliError, Diagnostic};
 use crate::keys;
 use crate::printer::Printer;
-use crate::state::{ResourceRecord, State};
+use crate::state::{ResourceRecord, State, StateStore};
+use crate::state_bucket::{self, S3Store, SharedStore, StateUrl};
 
 /// The config file, with the global flags on top.
 pub fn file_settings(global: &GlobalArgs) -> Result<Settings, ConfigError> {
@@ -51,10 +52,10 @@ pub fn recorded_config(global: &GlobalArgs, recorded: &State) -> Result<StackCon
 
 /// Remembers what `up` applied, for day-two commands (the image tag excepted: the running
 /// version is the task definition's).
-pub fn record_settings(state: &crate::state::StateHandle, applied: &Settings) -> Result<(), CliError> {
-    let settings = serde_json::to_value(Settings { gitlab_image_tag: None, ..applied.clone() })
+pub async fn record_settings(state: &crate::state::StateHandle, applied: &Settings) -> Result<(), CliError> {
+    let settings = serde_json::to_value(Settings { gitlab_image_tag: None, state: None, ..applied.clone() })
         .map_err(|e| CliError::failure(anyhow::Error::from(e)))?;
-    state.update(|s| s.settings = Some(settings), false)?;
+    state.update(|s| s.settings = Some(settings), false).await?;
     Ok(())
 }
 
@@ -65,12 +66,52 @@ pub fn stack_name(global: &GlobalArgs) -> Result<(String, Option<String>), Confi
     Ok((stack, settings.region))
 }
 
+/// Where the stack's state lives, when a team shares it: `--state-url` (or the environment's
+/// GITLAB_PROVISION_STATE), else the config's `state`. None: the local `--state-dir`. Checked
+/// before any AWS call.
+pub fn state_url(global: &GlobalArgs) -> Result<Option<StateUrl>, CliError> {
+    if let Some(text) = &global.state_url {
+        return Ok(Some(StateUrl::parse(text, "--state-url (or GITLAB_PROVISION_STATE)")?));
+    }
+    Ok(file_settings(global)?.state.map(|text| StateUrl::parse(&text, "state")).transpose()?)
+}
+
+/// Where the stack's state is, for messages: the shared object's URL or the local file's path.
+pub fn state_location(global: &GlobalArgs, stack: &str) -> String {
+    match state_url(global) {
+        Ok(Some(url)) => format!("s3://{}/{}", url.bucket, url.state_key(stack)),
+        _ => crate::state::state_path(&global.state_dir, stack).display().to_string(),
+    }
+}
+
+/// The run's state store, opened once: the shared bucket, or the state directory.
+pub async fn store(global: &GlobalArgs) -> Result<Arc<dyn StateStore>, CliError> {
+    static STORE: tokio::sync::OnceCell<Arc<dyn StateStore>> = tokio::sync::OnceCell::const_new();
+    let opened = STORE
+        .get_or_try_init(|| async {
+            let Some(url) = state_url(global)? else {
+                return Ok::<_, CliError>(crate::state::LocalStore::at(&global.state_dir));
+            };
+            Ok(Arc::new(shared_store(global, url).await?) as Arc<dyn StateStore>)
+        })
+        .await?;
+    Ok(opened.clone())
+}
+
+/// The shared store at `url`, reached with the run's credentials in the bucket's region.
+pub async fn shared_store(global: &GlobalArgs, url: StateUrl) -> Result<SharedStore, CliError> {
+    let region = global.region.clone().or(file_settings(global)?.region);
+    let s3 = state_bucket::client(&url, region.as_deref(), global.profile.as_deref()).await?;
+    Ok(SharedStore(Arc::new(S3Store::new(s3, url))))
+}
+
 /// The stack's recorded state, for commands that act on a stack `up` made.
-pub fn recorded_stack(global: &GlobalArgs, stack: &str) -> Result<State, CliError> {
-    match crate::state::read(&global.state_dir, stack)? {
+pub async fn recorded_stack(global: &GlobalArgs, stack: &str) -> Result<State, CliError> {
+    let store = store(global).await?;
+    match crate::state::load(store.as_ref(), stack).await? {
         Some(state) if !state.resources.is_empty() => Ok(state),
-        _ => Err(Diagnostic::new(format!("stack {stack} has nothing recorded in {}", global.state_dir.display()))
-            .with_help("run `gitlab-provision up` first (or pass --state-dir)")
+        _ => Err(Diagnostic::new(format!("stack {stack} has nothing recorded in {}", store.location(stack)))
+            .with_help("run `gitlab-provision up` first (or pass --state-dir, or --state-url for a shared state)")
             .into()),
     }
 }
@@ -115,15 +156,17 @@ pub fn short_arn(arn: &str) -> &str {
 }
 
 /// Records the account the stack lives in, the first time a run that may write sees it.
-pub fn bind_account(state: &crate::state::StateHandle, ctx: &Ctx) -> Result<(), CliError> {
+pub async fn bind_account(state: &crate::state::StateHandle, ctx: &Ctx) -> Result<(), CliError> {
     if let Some(identity) = &ctx.account {
-        state.update(
-            |s| {
-                s.account.get_or_insert_with(|| identity.account.clone());
-                s.partition.get_or_insert_with(|| identity.partition.clone());
-            },
-            false,
-        )?;
+        state
+            .update(
+                |s| {
+                    s.account.get_or_insert_with(|| identity.account.clone());
+                    s.partition.get_or_insert_with(|| identity.partition.clone());
+                },
+                false,
+            )
+            .await?;
     }
     Ok(())
 }
@@ -159,7 +202,9 @@ pub fn clone_url(host: &str, port: u16) -> String {
 /// The command to get the password, with the state directory when it is not the default.
 pub fn password_command(global: &GlobalArgs, stack: &str) -> String {
     let mut command = format!("gitlab-provision password --stack {stack}");
-    if global.state_dir != std::path::Path::new("state") {
+    if let Some(url) = &global.state_url {
+        let _ = write!(command, " --state-url {url}");
+    } else if global.state_dir != std::path::Path::new("state") {
         let _ = write!(command, " --state-dir {}", global.state_dir.display());
     }
     command
@@ -168,9 +213,10 @@ pub fn password_command(global: &GlobalArgs, stack: &str) -> String {
 /// The stack's name and what its state records, refusing a region (from `--region` or the
 /// config file) that contradicts where the state says it lives: every command works on the
 /// stack where it is, and says so in one line rather than reading an empty region.
-pub fn locate(global: &GlobalArgs) -> Result<(String, Option<State>), CliError> {
+pub async fn locate(global: &GlobalArgs) -> Result<(String, Option<State>), CliError> {
     let (stack, region) = stack_name(global)?;
-    let recorded = crate::state::read(&global.state_dir, &stack)?.filter(|s| !s.resources.is_empty());
+    let store = store(global).await?;
+    let recorded = crate::state::load(store.as_ref(), &stack).await?.filter(|s| !s.resources.is_empty());
     if let (Some(state), Some(region)) = (&recorded, &region)
         && state.region != *region
     {
@@ -192,18 +238,18 @@ pub struct Reached {
 }
 
 /// The stack the flags and config name, and its state: refused when nothing is recorded.
-pub fn located(global: &GlobalArgs) -> Result<(String, State), CliError> {
-    let (stack, recorded) = locate(global)?;
+pub async fn located(global: &GlobalArgs) -> Result<(String, State), CliError> {
+    let (stack, recorded) = locate(global).await?;
     let recorded = match recorded {
         Some(state) => state,
-        None => recorded_stack(global, &stack)?,
+        None => recorded_stack(global, &stack).await?,
     };
     Ok((stack, recorded))
 }
 
 /// Reaches a recorded stack (refused when nothing is recorded).
 pub async fn reach(global: &GlobalArgs, printer: &Printer) -> Result<Reached, CliError> {
-    let (stack, recorded) = located(global)?;
+    let (stack, recorded) = located(global).await?;
     let ctx = connect(global, &stack, Some(&recorded.region), Some(&recorded), printer).await?;
     Ok(Reached { stack, recorded, ctx })
 }
@@ -217,27 +263,27 @@ pub struct Opened {
 /// Reaches the stack, then locks it (a lock left by a run that died is taken over, saying so).
 pub async fn open(global: &GlobalArgs, printer: &Printer, operation: &str) -> Result<Opened, CliError> {
     let Reached { stack, ctx, .. } = reach(global, printer).await?;
-    let locked = crate::state::LockedState::open(&global.state_dir, &stack, ctx.region(), operation)?;
+    let locked = crate::state::LockedState::open(store(global).await?, &stack, ctx.region(), operation).await?;
     if let Some(note) = &locked.taken_over {
         printer.note(note);
     }
     let state = crate::state::StateHandle::new(locked);
-    bind_account(&state, &ctx)?;
+    bind_account(&state, &ctx).await?;
     Ok(Opened { ctx, state })
 }
 
 /// A stack `up` creates or converges: reached in the region the configuration names (an
 /// existing stack stays where it is) and locked. Nothing need be recorded yet.
 pub async fn open_to_converge(global: &GlobalArgs, cfg: &StackConfig, printer: &Printer) -> Result<Opened, CliError> {
-    let (_, recorded) = locate(global)?;
+    let (_, recorded) = locate(global).await?;
     let region = cfg.region.clone().or_else(|| recorded.as_ref().map(|s| s.region.clone()));
     let ctx = connect(global, &cfg.stack, region.as_deref(), recorded.as_ref(), printer).await?;
-    let locked = crate::state::LockedState::open(&global.state_dir, &cfg.stack, ctx.region(), "up")?;
+    let locked = crate::state::LockedState::open(store(global).await?, &cfg.stack, ctx.region(), "up").await?;
     if let Some(note) = &locked.taken_over {
         printer.note(note);
     }
     let state = crate::state::StateHandle::new(locked);
-    bind_account(&state, &ctx)?;
+    bind_account(&state, &ctx).await?;
     Ok(Opened { ctx, state })
 }
 
@@ -271,7 +317,7 @@ pub async fn operator(
             return Ok(None);
         };
         // Saved with the stack's first resource (a run that creates nothing writes no state).
-        state.update(|s| drop(s.notes.insert(OPERATOR_NOTE.to_string(), serde_json::json!(me))), false)?;
+        state.update(|s| drop(s.notes.insert(OPERATOR_NOTE.to_string(), serde_json::json!(me))), false).await?;
         return Ok(Some(me));
     };
     if let Some(me) = me.filter(|me| *me != operator && !admins.contains(me)) {

@@ -371,7 +371,7 @@ pub async fn look_for_unrecorded(
 
 /// Says what a look for an unrecorded stack found (`status` and `down` without a state file).
 fn say_unrecorded(global: &GlobalArgs, stack: &str, found: &Unrecorded, printer: &Printer, next: &str) {
-    let dir = global.state_dir.display();
+    let dir = super::stack::state_location(global, stack);
     match found {
         Unrecorded::CouldNotLook(why) => {
             printer.out(&format!("stack {stack}: nothing recorded in {dir}"));

@@ -85,7 +85,7 @@ pub async fn upgrade(opened: &Opened, printer: &Arc<Printer>, plan: Hops<'_>) ->
     let mut taken = None;
     if plan.backup.is_some() && journal.backup.is_none() {
         // The backup keeps its own journal while it runs.
-        Journal::write(state, None)?;
+        Journal::write(state, None).await?;
     }
     if let Some(options) = plan.backup.as_ref().filter(|_| journal.backup.is_none()) {
         // A consistent backup: GitLab stays stopped, and the first hop starts the new version.
@@ -98,7 +98,7 @@ pub async fn upgrade(opened: &Opened, printer: &Arc<Printer>, plan: Hops<'_>) ->
         journal.backup = Some(made.recovery_point.clone());
         taken = Some(made);
     }
-    Journal::write(state, Some(&Journal::Upgrade(journal.clone())))?;
+    Journal::write(state, Some(&Journal::Upgrade(journal.clone()))).await?;
     // After the backup (a sleeping GitLab's is consistent without a stop): an upgrade is waited
     // for until healthy, so it wakes GitLab.
     super::sleep::end_for(opened, printer, "the upgrade").await?;
@@ -122,15 +122,15 @@ pub async fn upgrade(opened: &Opened, printer: &Arc<Printer>, plan: Hops<'_>) ->
         printer.out(&format!("GitLab {hop} runs and is healthy"));
         deployed.push(hop.to_string());
         journal.done = i + 1;
-        Journal::write(state, Some(&Journal::Upgrade(journal.clone())))?;
+        Journal::write(state, Some(&Journal::Upgrade(journal.clone()))).await?;
         if let Some(rest) = all.get(i + 1..).filter(|r| !r.is_empty())
             && !(plan.go_on)(*hop, rest)?
         {
-            Journal::write(state, None)?;
+            Journal::write(state, None).await?;
             return Ok(Upgraded { deployed, backup: taken, stopped_at: Some(hop.to_string()) });
         }
     }
-    Journal::write(state, None)?;
+    Journal::write(state, None).await?;
     Ok(Upgraded { deployed, backup: taken, stopped_at: None })
 }
 

@@ -90,7 +90,7 @@ impl RunEfsInitializer {
         ] {
             if let Some(record) = scope.state.get(key) {
                 ops.delete(ctx, &record, scope).await?;
-                scope.state.remove(key)?;
+                scope.state.remove(key).await?;
             }
         }
         Ok(prepared)

@@ -161,7 +161,7 @@ impl StepAction<Ctx> for KeyStep {
                             .key_metadata()
                             .map(|m| m.key_id().to_string())
                             .context("CreateKey returned no key")?;
-                        scope.created(keys::KEY, &id)?;
+                        scope.created(keys::KEY, &id).await?;
                         id
                     }
                 };

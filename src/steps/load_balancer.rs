@@ -251,7 +251,7 @@ impl StepAction<Ctx> for LoadBalancerStep {
                     .context("CreateLoadBalancer returned no load balancer")?,
                 };
                 let arn = lb.load_balancer_arn().context("CreateLoadBalancer returned no ARN")?.to_string();
-                scope.created(key, &arn)?;
+                scope.created(key, &arn).await?;
                 let settings = flavour
                     .attributes()
                     .into_iter()

@@ -168,7 +168,7 @@ impl StepAction<Ctx> for NatGatewayStep {
                     .context("CreateNatGateway returned no id")?
                     .to_string(),
                 };
-                scope.created(keys::NAT_GATEWAY, &id)?;
+                scope.created(keys::NAT_GATEWAY, &id).await?;
                 wait_until(scope, &format!("NAT gateway {id} to become available"), NAT_WAIT, || async {
                     let gateway = NatGateways::describe(ctx, Query::Id(&id)).await?.into_iter().next();
                     Ok(match gateway.as_ref().map(|g| (nat_state(g), g.failure_message().unwrap_or_default())) {
@@ -311,7 +311,7 @@ impl StepAction<Ctx> for NatInstanceStep {
                     Some(existing) => existing.id,
                     None => launch_nat_instance(ctx, subnet_ref, group_ref, token).await?,
                 };
-                scope.created(keys::NAT_INSTANCE, &id)?;
+                scope.created(keys::NAT_INSTANCE, &id).await?;
                 let instance = wait_until(scope, &format!("NAT instance {id} to be running"), NAT_WAIT, || async {
                     let instance = Instances::describe(ctx, Query::Id(&id)).await?.into_iter().next();
                     Ok(match instance {

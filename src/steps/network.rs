@@ -828,14 +828,14 @@ impl StepAction<Ctx> for ImportVpc {
             generation: 0,
             updated_at: String::new(),
         };
-        scope.record(keys::VPC, imported(Kind::Vpc, vpc_id, attrs([("cidr", cidr.clone())])))?;
+        scope.record(keys::VPC, imported(Kind::Vpc, vpc_id, attrs([("cidr", cidr.clone())]))).await?;
         for (key, subnet) in keys::SUBNETS.iter().zip(public.iter().chain(private.iter())) {
             let a = attrs([
                 ("cidr", subnet.cidr.clone()),
                 ("az", subnet.az.clone()),
                 ("public", subnet.public.to_string()),
             ]);
-            scope.record(key, imported(Kind::Subnet, &subnet.id, a))?;
+            scope.record(key, imported(Kind::Subnet, &subnet.id, a)).await?;
         }
         Ok(Summary::new(
             format!(

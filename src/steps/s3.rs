@@ -100,9 +100,10 @@ async fn bucket_owner(ctx: &Ctx, bucket: &str) -> anyhow::Result<Owner> {
     Ok(ctx.tags.owner(tags.iter().map(|t| (t.key(), t.value()))))
 }
 
-/// The settings every bucket of the stack has, applied to a new bucket and again on update.
-async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &str) -> anyhow::Result<()> {
-    let s3 = &ctx.aws.s3;
+/// What every bucket the tool makes has (the stack's, and the shared state's): all four public
+/// access blocks, ACLs disabled, SSE-S3 by default, versioning, and `policy` (which denies
+/// requests without TLS).
+pub async fn private_encrypted_versioned(s3: &aws_sdk_s3::Client, bucket: &str, policy: &str) -> anyhow::Result<()> {
     let block = PublicAccessBlockConfiguration::builder()
         .block_public_acls(true)
         .ignore_public_acls(true)
@@ -133,6 +134,15 @@ async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &s
         format!("versioning {bucket}")
     })
     .await?;
+    call(s3.put_bucket_policy().bucket(bucket).policy(policy).send(), || format!("setting the policy of {bucket}"))
+        .await?;
+    Ok(())
+}
+
+/// The settings every bucket of the stack has, applied to a new bucket and again on update.
+async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &str) -> anyhow::Result<()> {
+    let s3 = &ctx.aws.s3;
+    private_encrypted_versioned(s3, bucket, policy).await?;
     let expire = LifecycleRule::builder()
         .id("expire")
         .status(ExpirationStatus::Enabled)
@@ -145,8 +155,6 @@ async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &s
         format!("setting how long {bucket} keeps objects")
     })
     .await?;
-    call(s3.put_bucket_policy().bucket(bucket).policy(policy).send(), || format!("setting the policy of {bucket}"))
-        .await?;
     let tags: Vec<aws_sdk_s3::types::Tag> = ctx.tags.list(key);
     call(
         s3.put_bucket_tagging().bucket(bucket).tagging(Tagging::builder().set_tag_set(Some(tags)).build()?).send(),
@@ -187,7 +195,7 @@ impl StepAction<Ctx> for LogBucketStep {
                         Err(e) if e.is_code(&["BucketAlreadyOwnedByYou"]) => {}
                         other => drop(other?),
                     }
-                    scope.created(keys::LOG_BUCKET, name)?;
+                    scope.created(keys::LOG_BUCKET, name).await?;
                 }
                 secure_bucket(ctx, name, keys::LOG_BUCKET, LOG_DAYS, policy).await?;
                 Ok(Applied::id(name).with("arn", format!("arn:{}:s3:::{name}", ctx.partition())))

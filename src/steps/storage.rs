@@ -138,7 +138,7 @@ async fn converge_file_system(
             .file_system_id
         }
     };
-    scope.created(keys::FILE_SYSTEM, &id)?;
+    scope.created(keys::FILE_SYSTEM, &id).await?;
     let fs = wait_until(scope, &format!("file system {id} to become available"), EFS_WAIT, || async {
         Ok(match describe_file_system(ctx, &id).await? {
             Some(fs) => life_cycle(Some(&fs.life_cycle_state().clone()), fs),
@@ -363,7 +363,7 @@ impl StepAction<Ctx> for MountTargetsStep {
                                 .mount_target_id
                             }
                         };
-                        scope.created(&key, &id)?;
+                        scope.created(&key, &id).await?;
                         wait_until(scope, &format!("mount target {id} to become available"), EFS_WAIT, || async {
                             Ok(match describe_mount_target(ctx, &id).await? {
                                 Some(mt) => life_cycle(Some(mt.life_cycle_state()), ()),

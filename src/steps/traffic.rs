@@ -264,7 +264,7 @@ impl StepAction<Ctx> for NetworkAclStep {
         let ensured = scope
             .ensure(ctx, &Ec2::<NetworkAcls>::OPS, want, |existing, _| async move {
                 let id = ensure_acl(ctx, vpc, key, existing).await?;
-                scope.created(key, &id)?;
+                scope.created(key, &id).await?;
                 set_rules(ctx, &id, wanted).await?;
                 for subnet in subnets {
                     associate(ctx, subnet, &id).await?;

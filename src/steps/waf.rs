@@ -123,7 +123,7 @@ impl StepAction<Ctx> for WebAclStep {
                         .await?;
                         let summary = created.summary.ok_or_else(|| anyhow::anyhow!("CreateWebACL returned no ACL"))?;
                         let arn = summary.arn.unwrap_or_default();
-                        scope.created(keys::WEB_ACL, &arn)?;
+                        scope.created(keys::WEB_ACL, &arn).await?;
                         arn
                     }
                 };

@@ -261,6 +261,8 @@ impl Drop for Emulator {
 pub struct Tool {
     pub dir: tempfile::TempDir,
     pub endpoint: String,
+    /// A shared state every run is given (GITLAB_PROVISION_STATE), as a team's would be.
+    pub state_url: Option<String>,
 }
 
 impl Tool {
@@ -268,7 +270,12 @@ impl Tool {
         let dir = tempfile::tempdir().expect("temp dir");
         // Empty AWS config files: tests must never pick up a developer's real profile.
         std::fs::write(dir.path().join("aws-config"), "").expect("aws config");
-        Tool { dir, endpoint: endpoint.to_string() }
+        Tool { dir, endpoint: endpoint.to_string(), state_url: None }
+    }
+
+    /// A tool whose runs keep the state at `url` (s3://BUCKET/PREFIX).
+    pub fn sharing(endpoint: &str, url: &str) -> Tool {
+        Tool { state_url: Some(url.to_string()), ..Tool::new(endpoint) }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -286,6 +293,9 @@ impl Tool {
             .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
             .stdin(Stdio::null());
+        if let Some(url) = &self.state_url {
+            cmd.env("GITLAB_PROVISION_STATE", url);
+        }
         cmd
     }
 
@@ -773,4 +783,23 @@ pub fn up<'a>(stack: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args.extend(CIDRS);
     args.extend(extra);
     args
+}
+
+/// Validates JSON output against schemas/<schema>.schema.json (one document, or one per line).
+pub fn validate_json(schema: &str, output: &str, lines: bool) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), output).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/validate_json.py");
+    let mut command = Command::new(python());
+    command.arg(script).arg(schema).arg(file.path());
+    if lines {
+        command.arg("--lines");
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{schema}: {}{}\n{output}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -302,6 +302,7 @@ def make_handler(moto_port, capture_path, faults, capture_lock, efs_root, strict
             conn.close()
             if rule and rule.get("status"):
                 return self.send_error_answer(int(rule["status"]), rule.get("code", "InternalError"), rule.get("message", "injected by the test harness"))
+            data = s3_root_as_aws(service, self.command, path, data)
             if strict:
                 try:
                     data = strict.after(request, resp.status, data)
@@ -408,6 +409,43 @@ PRELOADED = ("acm", "backup", "ec2", "ecs", "efs", "elbv2", "iam", "awslambda", 
              "service-quotas", "sts", "ssm")
 
 
+def s3_root_as_aws(service, method, path, data):
+    """moto 5.2.5 answers GetBucketVersioning under <GetBucketVersioningResponse>; S3's root is
+    <VersioningConfiguration> (S3 API reference, GetBucketVersioning), and the Rust SDK refuses
+    any other root ("expected VersioningConfiguration")."""
+    if service == "s3" and method == "GET" and re.search(r"[?&]versioning(=|&|$)", path):
+        return data.replace(b"GetBucketVersioningResponse", b"VersioningConfiguration")
+    return data
+
+
+def requests_arrive_over_tls():
+    """AWS's endpoints are HTTPS, the harness's plain HTTP. moto 5.2.5 evaluates a bucket policy's
+    conditions against an empty request context and treats a statement whose condition does not
+    hold as a denial, so a policy that denies requests "unless aws:SecureTransport" (the one S3's
+    guide and Prowler's s3_bucket_secure_transport_policy ask for) refuses every object call.
+    Through AWS's endpoints the SDK's requests have aws:SecureTransport = true, and such a
+    statement never applies (IAM User Guide, "AWS global condition context keys"): left out here."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.s3.models import FakeBucket
+
+    def denies_only_without_tls(statement):
+        return statement.get("Effect") == "Deny" and statement.get("Condition") in (
+            {"Bool": {"aws:SecureTransport": "false"}}, {"Bool": {"aws:SecureTransport": False}})
+
+    def get_permission(bucket, action, resource):
+        if bucket.policy is None:
+            return PermissionResult.NEUTRAL
+        policy = json.loads(bucket.policy.decode() if isinstance(bucket.policy, bytes) else bucket.policy)
+        statements = policy.get("Statement", [])
+        statements = statements if isinstance(statements, list) else [statements]
+        kept = [s for s in statements if not denies_only_without_tls(s)]
+        if not kept:
+            return PermissionResult.NEUTRAL
+        return IAMPolicy(json.dumps({**policy, "Statement": kept})).is_action_permitted(action, resource)
+
+    FakeBucket.get_permission = get_permission
+
+
 def start(capture, faults=None, control=None, efs_root=None, scale=0.002, lenient=False, api_latency=0.0):
     """Starts moto and the proxy (with the strict model unless `lenient`) on free ports of this
     process; returns a Harness. The command line below and the model's own tests use it."""
@@ -428,6 +466,7 @@ def start(capture, faults=None, control=None, efs_root=None, scale=0.002, lenien
             get_backend(service)["123456789012"]["us-east-1" if service != "route53" else "global"]
         except Exception:
             pass  # a moto without this service
+    requests_arrive_over_tls()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     _, moto_port = moto.get_host_and_port()

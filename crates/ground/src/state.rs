@@ -1,7 +1,9 @@
-//! The state file: `<state-dir>/<stack>.json`, versioned, saved atomically after every change,
-//! with the previous version kept as `<stack>.json.backup` and an exclusive per-stack lock.
-//! The directory is the user's alone (0700, files 0600), and nothing in it is opened through a
-//! symbolic link or as anything but a regular file.
+//! The state of a stack: versioned JSON, saved after every change, under an exclusive per-stack
+//! lock, in a [`StateStore`]. The default store is a directory: `<state-dir>/<stack>.json`,
+//! saved atomically with the previous version kept as `<stack>.json.backup`, the directory the
+//! user's alone (0700, files 0600), nothing opened through a symbolic link or as anything but a
+//! regular file. The layer above adds a store in S3 for a team (compare-and-swap writes, a lock
+//! object); this file knows only the contract.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -115,7 +117,15 @@ impl ResourceRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("stack {stack:?} is locked by {holder}")]
-    Locked { stack: String, holder: String },
+    Locked { stack: String, holder: String, unlock: Option<String> },
+    /// A compare-and-swap write found the stored state changed since this run read it.
+    #[error(
+        "the state of stack {stack:?} at {location} was changed by someone else while this run held it ({detail}); this run stopped{rescued}"
+    )]
+    Conflict { stack: String, location: String, detail: String, rescued: String },
+    /// The store could not be reached or refused a call (a remote store's service error).
+    #[error("{action} {location}: {detail}")]
+    Store { action: String, location: String, detail: String, help: Option<String> },
     #[error("state file {path} is not valid JSON for this tool ({reason}); it was left untouched")]
     Corrupt { path: PathBuf, reason: String },
     #[error("state file {path} has version {found}, this build knows version {STATE_VERSION}; it was left untouched")]
@@ -131,9 +141,14 @@ pub enum StateError {
 impl crate::Help for StateError {
     fn help(&self) -> Option<String> {
         Some(match self {
+            StateError::Locked { unlock: Some(unlock), .. } => format!(
+                "wait for that run to finish; if it died (killed, machine gone), ask its holder, then `{unlock}`"
+            ),
             StateError::Locked { .. } => {
                 "wait for that run to finish; another up/down on the same stack would race it".into()
             }
+            StateError::Conflict { .. } => "compare with `gitlab-provision state pull`, settle who changes the stack, then run the command again: it resumes from the stored state".into(),
+            StateError::Store { help, .. } => return help.clone(),
             StateError::Corrupt { path, .. } => {
                 format!("restore {}.backup or fix the file by hand; nothing was changed in AWS", path.display())
             }
@@ -194,13 +209,21 @@ fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("creating", dir))
 }
 
-/// Reads the state without locking (for `status` and `plan`): atomic renames mean a reader
+/// Reads the state file without locking (for `status` and `plan`): atomic renames mean a reader
 /// always sees a whole file.
 pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
     let path = state_path(dir, stack);
     let Some(bytes) = read_regular(&path)? else { return Ok(None) };
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    parse(&bytes, &path, stack).map(Some)
+}
+
+/// A stored state, checked and migrated to the current version: refused untouched when it is
+/// not this tool's, is of a future version, or belongs to another stack. `path` names where it
+/// came from in messages (a file, or a store's URL).
+pub fn parse(bytes: &[u8], path: &Path, stack: &str) -> Result<State, StateError> {
+    let path = path.to_path_buf();
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if READABLE_VERSIONS.contains(&v) => {}
         Some(found) => return Err(StateError::UnknownVersion { path, found }),
@@ -233,7 +256,7 @@ pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
     }
     // Migration 1 -> 2: the new fields default to unknown; the next save writes the current version.
     state.version = STATE_VERSION;
-    Ok(Some(state))
+    Ok(state)
 }
 
 /// Migration 2 -> 3 of one record: the lists version 2 kept joined in a string become lists, and
@@ -331,7 +354,7 @@ impl StackLock {
                     Ok(info) => format!("process {} ({} since {})", info.pid, info.operation, info.since),
                     Err(_) => "another process".to_string(),
                 };
-                return Err(StateError::Locked { stack: stack.to_string(), holder });
+                return Err(StateError::Locked { stack: stack.to_string(), holder, unlock: None });
             }
             Err(fs::TryLockError::Error(e)) => return Err(io("locking", &path)(e)),
         }
@@ -361,22 +384,237 @@ impl Drop for StackLock {
     }
 }
 
+/// A held lock on one stack. Released by [`HeldLock::release`] when the run ends; a store whose
+/// lock outlives the process (an object in S3) also releases it when dropped, as well as it can.
+#[async_trait::async_trait]
+pub trait HeldLock: Send + Sync {
+    async fn release(self: Box<Self>);
+}
+
+/// Where states live and how a stack is locked: a directory ([`LocalStore`], the default) or a
+/// bucket (the layer above). Writes are compare-and-swap: `expected` is the revision this run
+/// read (None: there was nothing), and a store that can be written by others refuses the write
+/// with [`StateError::Conflict`] when the stored state is no longer that revision.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    /// Where a stack's state is, for messages: a path or a URL.
+    fn location(&self, stack: &str) -> String;
+    /// The stored state's bytes and revision, or None when the stack has no state.
+    async fn load(&self, stack: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StateError>;
+    /// Writes the state when the stored revision is still `expected`; returns the new revision.
+    async fn save(&self, stack: &str, bytes: Vec<u8>, expected: Option<String>) -> Result<Option<String>, StateError>;
+    /// After a complete teardown: the next `up` starts a new lineage. What was there is kept
+    /// (a backup file, an object version).
+    async fn retire(&self, stack: &str, expected: Option<String>) -> Result<(), StateError>;
+    /// Locks the stack, or says who holds it. Also returns what is known of a previous holder
+    /// that ended without releasing it.
+    async fn lock(&self, stack: &str, operation: &str) -> Result<(Box<dyn HeldLock>, Option<String>), StateError>;
+    /// The stacks with a state (or, in a shared store, a lock) here, by name.
+    async fn stacks(&self) -> Result<Vec<String>, StateError>;
+}
+
+/// Reads a stack's state from a store without locking (for `status`, `plan`, `list`).
+pub async fn load(store: &dyn StateStore, stack: &str) -> Result<Option<State>, StateError> {
+    let Some((bytes, _)) = store.load(stack).await? else { return Ok(None) };
+    parse(&bytes, Path::new(&store.location(stack)), stack).map(Some)
+}
+
+/// The state directory: one file per stack, locks the OS drops with the process.
+pub struct LocalStore {
+    pub dir: PathBuf,
+}
+
+impl LocalStore {
+    pub fn at(dir: &Path) -> Arc<dyn StateStore> {
+        Arc::new(LocalStore { dir: dir.to_path_buf() })
+    }
+}
+
+#[async_trait::async_trait]
+impl HeldLock for StackLock {
+    async fn release(self: Box<Self>) {}
+}
+
+#[async_trait::async_trait]
+impl StateStore for LocalStore {
+    fn location(&self, stack: &str) -> String {
+        state_path(&self.dir, stack).display().to_string()
+    }
+
+    async fn load(&self, stack: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StateError> {
+        Ok(read_regular(&state_path(&self.dir, stack))?.map(|bytes| (bytes, None)))
+    }
+
+    /// Temp file in the same directory, fsync, previous version to `.backup`, rename over the
+    /// old file, fsync the directory. The OS lock makes the writer alone: no revision to compare.
+    async fn save(&self, stack: &str, bytes: Vec<u8>, _expected: Option<String>) -> Result<Option<String>, StateError> {
+        let path = state_path(&self.dir, stack);
+        if let Some(previous) = read_regular(&path)? {
+            write_atomic(&self.dir, &path.with_extension("json.backup"), &previous)?;
+        }
+        write_atomic(&self.dir, &path, &bytes)?;
+        Ok(None)
+    }
+
+    /// The file becomes the backup, a record of what was there.
+    async fn retire(&self, stack: &str, _expected: Option<String>) -> Result<(), StateError> {
+        let path = state_path(&self.dir, stack);
+        if path.exists() {
+            fs::rename(&path, path.with_extension("json.backup")).map_err(io("renaming", &path))?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    async fn lock(&self, stack: &str, operation: &str) -> Result<(Box<dyn HeldLock>, Option<String>), StateError> {
+        let (lock, taken_over) = StackLock::acquire(&self.dir, stack, operation)?;
+        Ok((Box::new(lock), taken_over))
+    }
+
+    async fn stacks(&self) -> Result<Vec<String>, StateError> {
+        stacks_in(&self.dir)
+    }
+}
+
 /// The state of one stack, locked for writing.
 pub struct LockedState {
-    dir: PathBuf,
-    path: PathBuf,
+    store: Arc<dyn StateStore>,
     state: State,
+    /// The stored revision this run last read or wrote (what the next write expects).
+    revision: Option<String>,
+    /// Set once a write was refused as a conflict: every later write is refused too, and what
+    /// this run knows is kept in the rescue file instead.
+    conflicted: Option<StateError>,
     /// Said when the lock was taken over from a run that died.
     pub taken_over: Option<String>,
-    _lock: StackLock,
+    lock: Option<Box<dyn HeldLock>>,
+    /// Where a conflict's rescue file goes: the working directory, where the user ran the command.
+    rescue_dir: PathBuf,
 }
 
 impl LockedState {
-    /// Locks the stack and reads its state; a stack without a file starts empty (nothing is
+    /// Locks the stack and reads its state; a stack without a state starts empty (nothing is
     /// written until the first change).
-    pub fn open(dir: &Path, stack: &str, region: &str, operation: &str) -> Result<LockedState, StateError> {
-        let (lock, taken_over) = StackLock::acquire(dir, stack, operation)?;
-        let state = read(dir, stack)?.unwrap_or_else(|| State {
+    pub async fn open(
+        store: Arc<dyn StateStore>,
+        stack: &str,
+        region: &str,
+        operation: &str,
+    ) -> Result<LockedState, StateError> {
+        let (lock, taken_over) = store.lock(stack, operation).await?;
+        let loaded = match store.load(stack).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                lock.release().await;
+                return Err(e);
+            }
+        };
+        let (state, revision) = match loaded {
+            Some((bytes, revision)) => match parse(&bytes, Path::new(&store.location(stack)), stack) {
+                Ok(state) => (state, revision),
+                Err(e) => {
+                    lock.release().await;
+                    return Err(e);
+                }
+            },
+            None => (State::new(stack, region), None),
+        };
+        Ok(LockedState {
+            store,
+            state,
+            revision,
+            conflicted: None,
+            taken_over,
+            lock: Some(lock),
+            rescue_dir: PathBuf::from("."),
+        })
+    }
+
+    /// Puts a conflict's rescue file in `dir` instead of the working directory.
+    pub fn rescuing_into(self, dir: &Path) -> LockedState {
+        LockedState { rescue_dir: dir.to_path_buf(), ..self }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// Writes the state to the store, expecting the revision this run last saw. A conflict
+    /// stops the run's writes; what it would have written goes to a rescue file so nothing it
+    /// created is lost.
+    pub async fn save(&mut self) -> Result<(), StateError> {
+        self.state.serial += 1;
+        let location = self.store.location(&self.state.stack);
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| StateError::Corrupt { path: PathBuf::from(&location), reason: e.to_string() })?;
+        if let Some(StateError::Conflict { stack, location, detail, .. }) = &self.conflicted {
+            let rescued = rescue(&self.rescue_dir, stack, &json);
+            return Err(StateError::Conflict {
+                stack: stack.clone(),
+                location: location.clone(),
+                detail: detail.clone(),
+                rescued,
+            });
+        }
+        match self.store.save(&self.state.stack, json.clone(), self.revision.clone()).await {
+            Ok(revision) => {
+                self.revision = revision;
+                Ok(())
+            }
+            Err(StateError::Conflict { stack, location, detail, .. }) => {
+                let rescued = rescue(&self.rescue_dir, &stack, &json);
+                self.conflicted = Some(StateError::Conflict {
+                    stack: stack.clone(),
+                    location: location.clone(),
+                    detail: detail.clone(),
+                    rescued: String::new(),
+                });
+                Err(StateError::Conflict { stack, location, detail, rescued })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a complete teardown: the next `up` starts a new lineage (and new idempotency
+    /// tokens). What was there stays as a record (a backup file, an object version).
+    pub async fn retire(&mut self) -> Result<(), StateError> {
+        self.store.retire(&self.state.stack, self.revision.clone()).await
+    }
+
+    /// Releases the lock (a run that ends without calling this leaves it to the store's drop).
+    pub async fn release(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
+    }
+}
+
+/// Keeps what a run could not save after a conflict in `<dir>/<stack>.unsaved.json` (the user's
+/// alone), and says where, or why it could not.
+fn rescue(dir: &Path, stack: &str, json: &[u8]) -> String {
+    let path = dir.join(format!("{stack}.unsaved.json"));
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|mut f| f.write_all(json).and_then(|_| f.sync_all()));
+    match written {
+        Ok(()) => format!("; what it recorded is kept in {}", path.display()),
+        Err(e) => format!("; what it recorded could not be kept in {}: {e}", path.display()),
+    }
+}
+
+impl State {
+    /// The state of a stack nothing is recorded for yet: a new lineage.
+    pub fn new(stack: &str, region: &str) -> State {
+        State {
             version: STATE_VERSION,
             lineage: format!("{:016x}", fastrand::u64(..)),
             serial: 0,
@@ -388,43 +626,12 @@ impl LockedState {
             resources: BTreeMap::new(),
             settings: None,
             notes: BTreeMap::new(),
-        });
-        Ok(LockedState { dir: dir.to_path_buf(), path: state_path(dir, stack), state, taken_over, _lock: lock })
-    }
-
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
-    pub fn state_mut(&mut self) -> &mut State {
-        &mut self.state
-    }
-
-    /// Writes the state: temp file in the same directory, fsync, previous version to
-    /// `.backup`, rename over the old file, fsync the directory.
-    pub fn save(&mut self) -> Result<(), StateError> {
-        self.state.serial += 1;
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| StateError::Corrupt { path: self.path.clone(), reason: e.to_string() })?;
-        if let Some(previous) = read_regular(&self.path)? {
-            write_atomic(&self.dir, &self.path.with_extension("json.backup"), &previous)?;
         }
-        write_atomic(&self.dir, &self.path, &json)
-    }
-
-    /// After a complete teardown: removes the state file so the next `up` starts a new lineage
-    /// (and new idempotency tokens). The backup stays as a record of what was there.
-    pub fn remove_file(&mut self) -> Result<(), StateError> {
-        if self.path.exists() {
-            let backup = self.path.with_extension("json.backup");
-            fs::rename(&self.path, &backup).map_err(io("renaming", &self.path))?;
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
     }
 }
 
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    ensure_dir(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".state-")
         .suffix(".tmp")
@@ -436,72 +643,98 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StateError>
     sync_dir(dir)
 }
 
+/// Writes a state file into a directory (its backup kept), unlocked: for copying a state
+/// between stores (`state pull`), never for a stack a run holds.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    write_atomic(dir, path, bytes)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
 }
 
 /// Shared, mutation-ordered access to a locked state for concurrently running steps.
-/// Every change is saved before the call returns.
+/// Every change is saved before the call returns. Reads never wait for a save: the state in
+/// memory is behind a short lock, and saves queue behind another that each writes the latest
+/// state, so the stored serial only grows.
 #[derive(Clone)]
-pub struct StateHandle(Arc<Mutex<LockedState>>);
+pub struct StateHandle {
+    memory: Arc<Mutex<State>>,
+    writer: Arc<tokio::sync::Mutex<LockedState>>,
+}
 
 impl StateHandle {
     pub fn new(locked: LockedState) -> Self {
-        StateHandle(Arc::new(Mutex::new(locked)))
+        StateHandle {
+            memory: Arc::new(Mutex::new(locked.state().clone())),
+            writer: Arc::new(tokio::sync::Mutex::new(locked)),
+        }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut LockedState) -> T) -> T {
-        // A panic while holding the lock cannot leave a half-written file (saves are atomic).
-        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic while holding the lock leaves the state in memory as it was; saves are whole.
+        let mut guard = self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     }
 
+    /// Saves what is in memory, unless the last save already holds it.
+    async fn persist(&self) -> Result<(), StateError> {
+        let mut writer = self.writer.lock().await;
+        let current = self.with(|s| s.clone());
+        if current == *writer.state() {
+            return Ok(());
+        }
+        *writer.state_mut() = current;
+        let saved = writer.save().await;
+        let serial = writer.state().serial;
+        self.with(|s| s.serial = serial);
+        saved
+    }
+
     pub fn snapshot(&self) -> State {
-        self.with(|s| s.state().clone())
+        self.with(|s| s.clone())
     }
 
     pub fn get(&self, key: &str) -> Option<ResourceRecord> {
-        self.with(|s| s.state().resources.get(key).cloned())
+        self.with(|s| s.resources.get(key).cloned())
     }
 
     pub fn lineage(&self) -> String {
-        self.with(|s| s.state().lineage.clone())
+        self.with(|s| s.lineage.clone())
     }
 
-    pub fn put(&self, key: &str, mut record: ResourceRecord) -> Result<(), StateError> {
+    pub async fn put(&self, key: &str, mut record: ResourceRecord) -> Result<(), StateError> {
         record.updated_at = now_rfc3339();
-        self.with(|s| {
-            s.state_mut().resources.insert(key.to_string(), record);
-            s.save()
-        })
+        self.with(|s| s.resources.insert(key.to_string(), record));
+        self.persist().await
     }
 
-    pub fn remove(&self, key: &str) -> Result<(), StateError> {
-        self.with(|s| if s.state_mut().resources.remove(key).is_some() { s.save() } else { Ok(()) })
+    pub async fn remove(&self, key: &str) -> Result<(), StateError> {
+        if self.with(|s| s.resources.remove(key)).is_some() { self.persist().await } else { Ok(()) }
     }
 
-    /// Saved with the first resource: a run that creates nothing writes no state file.
-    pub fn set_fixed(&self, fixed: BTreeMap<String, String>) -> Result<(), StateError> {
-        self.with(|s| {
-            if s.state().fixed == fixed {
-                return Ok(());
-            }
-            s.state_mut().fixed = fixed;
-            if s.state().resources.is_empty() { Ok(()) } else { s.save() }
-        })
+    /// Saved with the first resource: a run that creates nothing writes no state.
+    pub async fn set_fixed(&self, fixed: BTreeMap<String, String>) -> Result<(), StateError> {
+        let save = self.with(|s| {
+            let changed = s.fixed != fixed;
+            s.fixed = fixed;
+            changed && !s.resources.is_empty()
+        });
+        if save { self.persist().await } else { Ok(()) }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.with(|s| s.state().resources.is_empty())
+        self.with(|s| s.resources.is_empty())
     }
 
     /// A note kept beside the records (see [`State::notes`]).
     pub fn note(&self, name: &str) -> Option<serde_json::Value> {
-        self.with(|s| s.state().notes.get(name).cloned())
+        self.with(|s| s.notes.get(name).cloned())
     }
 
     /// Sets (or with `None` removes) a note and saves, even before the first resource.
-    pub fn set_note(&self, name: &str, value: Option<serde_json::Value>) -> Result<(), StateError> {
+    pub async fn set_note(&self, name: &str, value: Option<serde_json::Value>) -> Result<(), StateError> {
         self.update(
             |s| match value {
                 Some(value) => {
@@ -513,20 +746,28 @@ impl StateHandle {
             },
             true,
         )
+        .await
     }
 
-    /// Changes the stack-wide fields (account, operation) and saves, when there is a file to
+    /// Changes the stack-wide fields (account, operation) and saves, when there is a state to
     /// save to or `force`.
-    pub fn update(&self, change: impl FnOnce(&mut State), force: bool) -> Result<(), StateError> {
-        self.with(|s| {
-            let before = s.state().clone();
-            change(s.state_mut());
-            if *s.state() == before || (!force && s.state().resources.is_empty()) { Ok(()) } else { s.save() }
-        })
+    pub async fn update(&self, change: impl FnOnce(&mut State), force: bool) -> Result<(), StateError> {
+        let save = self.with(|s| {
+            let before = s.clone();
+            change(s);
+            *s != before && (force || !s.resources.is_empty())
+        });
+        if save { self.persist().await } else { Ok(()) }
     }
 
-    pub fn remove_file(&self) -> Result<(), StateError> {
-        self.with(|s| s.remove_file())
+    /// After a complete teardown (see [`LockedState::retire`]).
+    pub async fn retire(&self) -> Result<(), StateError> {
+        self.writer.lock().await.retire().await
+    }
+
+    /// Releases the stack's lock: the end of the run.
+    pub async fn release(&self) {
+        self.writer.lock().await.release().await
     }
 }
 
@@ -547,12 +788,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn save_is_readable_and_keeps_a_backup() {
+    #[tokio::test]
+    async fn save_is_readable_and_keeps_a_backup() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = StateHandle::new(LockedState::open(dir.path(), "s1", "us-east-1", "up").unwrap());
-        handle.put("vpc", record("ec2:vpc")).unwrap();
-        handle.put("igw", record("ec2:internet-gateway")).unwrap();
+        let handle =
+            StateHandle::new(LockedState::open(LocalStore::at(dir.path()), "s1", "us-east-1", "up").await.unwrap());
+        handle.put("vpc", record("ec2:vpc")).await.unwrap();
+        handle.put("igw", record("ec2:internet-gateway")).await.unwrap();
         let state = read(dir.path(), "s1").unwrap().unwrap();
         assert_eq!(state.resources.len(), 2);
         assert_eq!(state.serial, 2);
@@ -582,8 +824,8 @@ mod tests {
         assert!(taken_over.is_none(), "a lock released on drop is not a dead run's");
     }
 
-    #[test]
-    fn a_symlinked_lock_or_state_is_refused_and_its_target_untouched() {
+    #[tokio::test]
+    async fn a_symlinked_lock_or_state_is_refused_and_its_target_untouched() {
         use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("precious");
@@ -591,7 +833,7 @@ mod tests {
         let state_dir = dir.path().join("state");
         fs::create_dir(&state_dir).unwrap();
         symlink(&target, state_dir.join("s1.lock")).unwrap();
-        let err = LockedState::open(&state_dir, "s1", "us-east-1", "up").err().expect("refused");
+        let err = LockedState::open(LocalStore::at(&state_dir), "s1", "us-east-1", "up").await.err().expect("refused");
         assert!(matches!(err, StateError::NotRegular { what: "a symbolic link", .. }), "{err}");
         symlink(&target, state_dir.join("s2.json")).unwrap();
         let err = read(&state_dir, "s2").expect_err("refused");
@@ -609,14 +851,15 @@ mod tests {
         assert!(matches!(err, StateError::NotRegular { what: "a FIFO", .. }), "{err}");
     }
 
-    #[test]
-    fn the_directory_and_files_are_the_users_alone() {
+    #[tokio::test]
+    async fn the_directory_and_files_are_the_users_alone() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
-        let handle = StateHandle::new(LockedState::open(&state_dir, "s1", "us-east-1", "up").unwrap());
-        handle.put("vpc", record("ec2:vpc")).unwrap();
-        handle.put("igw", record("ec2:internet-gateway")).unwrap();
+        let handle =
+            StateHandle::new(LockedState::open(LocalStore::at(&state_dir), "s1", "us-east-1", "up").await.unwrap());
+        handle.put("vpc", record("ec2:vpc")).await.unwrap();
+        handle.put("igw", record("ec2:internet-gateway")).await.unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state_dir), 0o700);
         for name in ["s1.json", "s1.json.backup", "s1.lock"] {
@@ -624,8 +867,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_version_1_file_loads_and_is_saved_as_the_current_version() {
+    #[tokio::test]
+    async fn a_version_1_file_loads_and_is_saved_as_the_current_version() {
         let dir = tempfile::tempdir().unwrap();
         let v1 = r#"{"version": 1, "lineage": "abc", "serial": 3, "stack": "s1", "region": "us-east-1",
             "fixed": {"region": "us-east-1"}, "resources": {"vpc": {"kind": "ec2:vpc", "step": "vpc",
@@ -633,8 +876,9 @@ mod tests {
         fs::write(state_path(dir.path(), "s1"), v1).unwrap();
         let state = read(dir.path(), "s1").unwrap().unwrap();
         assert_eq!((state.account.clone(), state.resources.len()), (None, 1));
-        let handle = StateHandle::new(LockedState::open(dir.path(), "s1", "us-east-1", "up").unwrap());
-        handle.update(|s| s.account = Some("123456789012".into()), false).unwrap();
+        let handle =
+            StateHandle::new(LockedState::open(LocalStore::at(dir.path()), "s1", "us-east-1", "up").await.unwrap());
+        handle.update(|s| s.account = Some("123456789012".into()), false).await.unwrap();
         let saved: serde_json::Value =
             serde_json::from_slice(&fs::read(state_path(dir.path(), "s1")).unwrap()).unwrap();
         assert_eq!(
@@ -684,15 +928,115 @@ mod tests {
         assert_eq!(state.notes[JOURNAL_NOTE]["attrs"]["job"], "J1", "{:?}", state.notes);
     }
 
-    #[test]
-    fn corrupt_or_future_files_are_refused_untouched() {
+    #[tokio::test]
+    async fn corrupt_or_future_files_are_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = state_path(dir.path(), "s1");
         for (bytes, expect_version) in [(&b"{not json"[..], false), (&br#"{"version": 99, "stack": "s1"}"#[..], true)] {
             fs::write(&path, bytes).unwrap();
-            let err = LockedState::open(dir.path(), "s1", "us-east-1", "up").err().expect("refused");
+            let err =
+                LockedState::open(LocalStore::at(dir.path()), "s1", "us-east-1", "up").await.err().expect("refused");
             assert_eq!(matches!(err, StateError::UnknownVersion { .. }), expect_version, "{err}");
             assert_eq!(fs::read(&path).unwrap(), bytes);
         }
+    }
+
+    /// A store others write too: revisions are counters, a write with a stale one is refused.
+    #[derive(Default)]
+    struct SharedMemory {
+        object: Mutex<Option<(Vec<u8>, u64)>>,
+        writes: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl StateStore for SharedMemory {
+        fn location(&self, stack: &str) -> String {
+            format!("memory://{stack}")
+        }
+        async fn load(&self, _: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StateError> {
+            Ok(self.object.lock().unwrap().clone().map(|(b, r)| (b, Some(r.to_string()))))
+        }
+        async fn save(
+            &self,
+            stack: &str,
+            bytes: Vec<u8>,
+            expected: Option<String>,
+        ) -> Result<Option<String>, StateError> {
+            // A slow store: concurrent saves overlap here.
+            tokio::task::yield_now().await;
+            let mut object = self.object.lock().unwrap();
+            let current = object.as_ref().map(|(_, r)| r.to_string());
+            if current != expected {
+                return Err(StateError::Conflict {
+                    stack: stack.into(),
+                    location: self.location(stack),
+                    detail: "changed".into(),
+                    rescued: String::new(),
+                });
+            }
+            let revision = object.as_ref().map_or(1, |(_, r)| r + 1);
+            *object = Some((bytes, revision));
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(revision.to_string()))
+        }
+        async fn retire(&self, _: &str, _: Option<String>) -> Result<(), StateError> {
+            *self.object.lock().unwrap() = None;
+            Ok(())
+        }
+        async fn lock(&self, _: &str, _: &str) -> Result<(Box<dyn HeldLock>, Option<String>), StateError> {
+            struct Nothing;
+            #[async_trait::async_trait]
+            impl HeldLock for Nothing {
+                async fn release(self: Box<Self>) {}
+            }
+            Ok((Box::new(Nothing), None))
+        }
+        async fn stacks(&self) -> Result<Vec<String>, StateError> {
+            Ok(vec![])
+        }
+    }
+
+    fn stored(store: &SharedMemory) -> State {
+        serde_json::from_slice(&store.object.lock().unwrap().clone().unwrap().0).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_are_all_saved_and_the_serial_only_grows() {
+        let store = Arc::new(SharedMemory::default());
+        let locked = LockedState::open(store.clone(), "s1", "us-east-1", "up").await.unwrap();
+        let handle = StateHandle::new(locked);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.put(&format!("r{i}"), record("ec2:vpc")).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let saved = stored(&store);
+        assert_eq!(saved.resources.len(), 20, "the last save holds every change");
+        assert_eq!(saved.serial, store.writes.load(std::sync::atomic::Ordering::SeqCst) as u64);
+        assert_eq!(handle.snapshot().serial, saved.serial);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_stops_every_later_save_and_keeps_what_the_run_knew() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SharedMemory::default());
+        let locked = LockedState::open(store.clone(), "s1", "us-east-1", "up").await.unwrap().rescuing_into(dir.path());
+        let handle = StateHandle::new(locked);
+        handle.put("vpc", record("ec2:vpc")).await.unwrap();
+        // Someone else writes: the stored revision moves on.
+        let mut theirs = stored(&store);
+        theirs.serial = 100;
+        store.save("s1", serde_json::to_vec(&theirs).unwrap(), Some("1".into())).await.unwrap();
+        let err = handle.put("igw", record("ec2:internet-gateway")).await.expect_err("refused");
+        assert!(matches!(&err, StateError::Conflict { rescued, .. } if rescued.contains("s1.unsaved.json")), "{err}");
+        let err = handle.put("subnet", record("ec2:subnet")).await.expect_err("still refused");
+        assert!(matches!(err, StateError::Conflict { .. }), "{err}");
+        assert_eq!(stored(&store).serial, 100, "theirs stays");
+        let rescued: State = serde_json::from_slice(&fs::read(dir.path().join("s1.unsaved.json")).unwrap()).unwrap();
+        assert_eq!(rescued.resources.keys().collect::<Vec<_>>(), ["igw", "subnet", "vpc"]);
     }
 }

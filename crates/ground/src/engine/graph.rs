@@ -352,9 +352,11 @@ mod tests {
         }
     }
 
-    fn harness() -> (tempfile::TempDir, StateHandle, Arc<Recorder>) {
+    async fn harness() -> (tempfile::TempDir, StateHandle, Arc<Recorder>) {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateHandle::new(LockedState::open(dir.path(), "t", "us-east-1", "test").unwrap());
+        let state = StateHandle::new(
+            LockedState::open(crate::state::LocalStore::at(dir.path()), "t", "us-east-1", "test").await.unwrap(),
+        );
         (dir, state, Arc::new(Recorder(Mutex::new(vec![]))))
     }
 
@@ -364,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn independent_steps_overlap_and_deps_are_respected() {
-        let (_d, state, rec) = harness();
+        let (_d, state, rec) = harness().await;
         let steps = vec![step("a", &[], 200, false), step("b", &[], 200, false), step("c", &["a", "b"], 10, false)];
         let report = run(steps, Arc::new(()), state, rec.clone(), options()).await.unwrap();
         let t: BTreeMap<_, _> = report.timings.iter().map(|t| (t.step.clone(), t.clone())).collect();
@@ -374,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn failure_stops_scheduling_but_lets_running_steps_finish() {
-        let (_d, state, rec) = harness();
+        let (_d, state, rec) = harness().await;
         let steps = vec![
             step("fails", &[], 10, true),
             step("slow", &[], 150, false),
@@ -393,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_interrupt_lets_running_steps_finish_and_starts_nothing_new() {
-        let (_d, state, rec) = harness();
+        let (_d, state, rec) = harness().await;
         let interrupt = Interrupt::default();
         let steps = vec![
             step_with("first", &[], Sleep(50, false, Some(interrupt.clone()))),

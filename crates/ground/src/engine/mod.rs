@@ -159,8 +159,8 @@ impl StepScope {
 
     /// Records a resource the step did not create through `ensure` (an imported one), with the
     /// step's dependencies.
-    pub fn record(&self, key: &str, record: ResourceRecord) -> anyhow::Result<()> {
+    pub async fn record(&self, key: &str, record: ResourceRecord) -> anyhow::Result<()> {
         let depends_on = self.depends_on.iter().filter(|d| *d != key).cloned().collect();
-        Ok(self.state.put(key, ResourceRecord { depends_on, step: self.step.clone(), ..record })?)
+        Ok(self.state.put(key, ResourceRecord { depends_on, step: self.step.clone(), ..record }).await?)
     }
 }

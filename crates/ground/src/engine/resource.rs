@@ -188,9 +188,9 @@ impl StepScope {
     /// Saves the id a create call answered for `key`, before the step waits for the resource to
     /// be ready: a wait that Ctrl-C (or a crash) stops leaves a pending record with its id, and
     /// the next run waits for that resource instead of looking for it.
-    pub fn created(&self, key: &str, id: &str) -> anyhow::Result<()> {
+    pub async fn created(&self, key: &str, id: &str) -> anyhow::Result<()> {
         if let Some(record) = self.state.get(key).filter(|r| r.status == RecordStatus::Pending && r.id.is_none()) {
-            self.state.put(key, ResourceRecord { id: Some(id.to_string()), ..record })?;
+            self.state.put(key, ResourceRecord { id: Some(id.to_string()), ..record }).await?;
         }
         Ok(())
     }
@@ -235,7 +235,7 @@ impl StepScope {
             Action::Keep => {
                 let record = record.expect("kept resources are recorded");
                 if record.depends_on != depends_on {
-                    self.state.put(&key, ResourceRecord { depends_on, ..record.clone() })?;
+                    self.state.put(&key, ResourceRecord { depends_on, ..record.clone() }).await?;
                 }
                 return Ok(Ensured { record, outcome: Outcome::Kept });
             }
@@ -247,7 +247,7 @@ impl StepScope {
                 self.progress(format!("attaching the kept {} {}", ops.noun(), id()));
                 let attached =
                     ResourceRecord { status: RecordStatus::Created, depends_on, ..record.expect("recorded") };
-                self.state.put(&key, attached.clone())?;
+                self.state.put(&key, attached.clone()).await?;
                 return Ok(Ensured { record: attached, outcome: Outcome::Attached });
             }
             Action::Attach(changes) => {
@@ -322,14 +322,14 @@ impl StepScope {
         if existing.is_none() {
             // The intent is on disk before the call: a crash from here on leaves a record that
             // the next run resolves by finding the resource or creating it.
-            self.state.put(&key, record_now(RecordStatus::Pending, None, desired.attrs.clone()))?;
+            self.state.put(&key, record_now(RecordStatus::Pending, None, desired.attrs.clone())).await?;
         }
         let token = idempotency_token(&self.state.lineage(), &key, generation);
         let done = apply(existing, token).await?;
         let mut attrs = desired.attrs.clone();
         attrs.extend(done.attrs);
         let record = record_now(RecordStatus::Created, Some(done.id), attrs);
-        self.state.put(&key, record.clone())?;
+        self.state.put(&key, record.clone()).await?;
         Ok(Ensured { record, outcome })
     }
 }
@@ -537,7 +537,7 @@ async fn delete_one<C: Sync>(
         retain.filter(|_| record.status != RecordStatus::Pending && record.status != RecordStatus::Imported)
     {
         observer.event(Event::Started { step: key.to_string(), description: format!("keep {} {id}", ops.noun()) });
-        state.put(key, ResourceRecord { status: RecordStatus::Retained, ..record.clone() })?;
+        state.put(key, ResourceRecord { status: RecordStatus::Retained, ..record.clone() }).await?;
         finished(&format!("kept: {why}"));
         return Ok(Deleted::Kept);
     }
@@ -552,7 +552,7 @@ async fn delete_one<C: Sync>(
         RecordStatus::Created | RecordStatus::Retained => match ops.read_owned(ctx, record).await? {
             Live::Missing => summary = "already gone".into(),
             Live::Present { owner: Owner::Foreign(why), .. } => {
-                state.remove(key)?;
+                state.remove(key).await?;
                 finished(&format!("LEFT ALONE: not this stack's ({why}); no longer recorded"));
                 return Ok(Deleted::LeftAlone(why));
             }
@@ -571,7 +571,7 @@ async fn delete_one<C: Sync>(
             }
         }
     }
-    state.remove(key)?;
+    state.remove(key).await?;
     finished(&summary);
     Ok(Deleted::Removed)
 }
@@ -687,7 +687,11 @@ pub async fn discover<C: Send + Sync + 'static>(
 
 /// Records the orphans (so a crash during `down --discover` loses track of nothing) with
 /// dependencies from their deletion rank: everything of a lower rank goes before them.
-pub fn adopt_orphans<C: Sync>(state: &StateHandle, catalog: &dyn Catalog<C>, orphans: &[Orphan]) -> anyhow::Result<()> {
+pub async fn adopt_orphans<C: Sync>(
+    state: &StateHandle,
+    catalog: &dyn Catalog<C>,
+    orphans: &[Orphan],
+) -> anyhow::Result<()> {
     let mut all = state.snapshot().resources;
     for o in orphans {
         all.insert(
@@ -723,7 +727,7 @@ pub fn adopt_orphans<C: Sync>(state: &StateHandle, catalog: &dyn Catalog<C>, orp
                 record.depends_on.push(e);
             }
         }
-        state.put(&key, record)?;
+        state.put(&key, record).await?;
     }
     Ok(())
 }

@@ -161,15 +161,17 @@ mod tests {
         fn event(&self, _: Event) {}
     }
 
-    fn scope() -> (tempfile::TempDir, StepScope) {
+    async fn scope() -> (tempfile::TempDir, StepScope) {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateHandle::new(LockedState::open(dir.path(), "t", "us-east-1", "test").unwrap());
+        let state = StateHandle::new(
+            LockedState::open(crate::state::LocalStore::at(dir.path()), "t", "us-east-1", "test").await.unwrap(),
+        );
         (dir, StepScope::new("t", state, Arc::new(Quiet)))
     }
 
     #[tokio::test]
     async fn wait_returns_once_ready_and_times_out_with_the_last_state() {
-        let (_d, scope) = scope();
+        let (_d, scope) = scope().await;
         let calls = AtomicU32::new(0);
         let policy = WaitPolicy {
             first_delay: Duration::from_millis(1),
