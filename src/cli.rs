@@ -162,7 +162,14 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR", default_value = "state", help_heading = "Global")]
     pub state_dir: PathBuf,
     /// The team's shared state: s3://BUCKET/PREFIX [default: config key `state`, else --state-dir]
-    #[arg(long, global = true, value_name = "URL", env = "GITLAB_PROVISION_STATE", hide_env_values = true, help_heading = "Global")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "GITLAB_PROVISION_STATE",
+        hide_env_values = true,
+        help_heading = "Global"
+    )]
     pub state_url: Option<String>,
     /// AWS region [default: config key `region`, else the SDK's chain: AWS_REGION, profile]
     #[arg(long, global = true, value_name = "REGION", help_heading = "Global")]

@@ -107,22 +107,28 @@ pub struct S3Store {
     pub url: StateUrl,
 }
 
-/// What S3 answers when a conditional write lost: the precondition failed, or another
-/// conditional write to the same key was in flight.
+/// What S3 answers when a conditional write lost: the precondition failed (412), another
+/// conditional write to the same key was in flight (409), or `If-Match` named an object that is
+/// gone, e.g. retired by another run's `down` (404 NoSuchKey).
 fn lost_the_race(e: &AwsError) -> bool {
-    e.is_code(&["PreconditionFailed", "ConditionalRequestConflict"])
-        || e.message.contains("412")
+    e.is_code(&["PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"])
         || e.message.contains("At least one of the pre-conditions you specified did not hold")
 }
 
 fn store_error(location: &str, e: AwsError) -> StateError {
+    let bucket = location.strip_prefix("s3://").and_then(|rest| rest.split('/').next()).unwrap_or(location);
     let help = match e.code() {
+        // S3 answers 403 for a missing key too when the caller may not list the bucket.
         "AccessDenied" | "AccessDeniedException" | "Forbidden" => Some(format!(
-            "the credentials need s3:GetObject, s3:PutObject, s3:DeleteObject, s3:ListBucket and s3:ListBucketVersions on {location}'s bucket"
+            "the credentials need s3:GetObject, s3:GetObjectVersion, s3:PutObject, s3:DeleteObject, s3:ListBucket and s3:ListBucketVersions on bucket {bucket} (without s3:ListBucket, a state that does not exist yet also reads as 403)"
         )),
-        "NoSuchBucket" => {
-            Some("create it with `gitlab-provision init --shared-state BUCKET`, or correct `state`".into())
-        }
+        // HeadBucket's 404 carries no body: the SDK reads it as NotFound.
+        "NoSuchBucket" | "NotFound" => Some(format!(
+            "bucket {bucket} does not exist: create it with `gitlab-provision init --shared-state {bucket}`, or correct `state` (or --state-url)"
+        )),
+        "MethodNotAllowed" => Some(
+            "that version is a delete marker (a `down`): `gitlab-provision state history` lists the saved ones".into(),
+        ),
         _ => None,
     };
     StateError::Store { action: e.action.clone(), location: location.to_string(), detail: e.message.clone(), help }
@@ -158,26 +164,29 @@ impl S3Store {
     }
 
     /// Writes an object when the stored one is still `expected` (None: when there is none).
+    /// A refusal is checked against what is stored: the SDK retries a request whose answer was
+    /// lost, and the retry of a write S3 already made fails its own precondition; when the
+    /// stored bytes are these, the write happened.
     async fn put_if(&self, key: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<Option<String>, AwsError> {
         let mut request = self
             .s3
             .put_object()
             .bucket(&self.url.bucket)
             .key(key)
-            .body(ByteStream::from(bytes))
+            .body(ByteStream::from(bytes.clone()))
             .content_type("application/json");
         request = match expected {
             Some(etag) => request.if_match(etag),
             None => request.if_none_match("*"),
         };
-        let out = call(request.send(), || format!("writing {}", self.at(key))).await?;
-        Ok(out.e_tag().map(str::to_string))
-    }
-
-    /// The stored state's serial, for saying what a conflicting run wrote.
-    async fn stored_serial(&self, stack: &str) -> Option<u64> {
-        let (bytes, _) = self.get(&self.url.state_key(stack), None).await.ok()??;
-        serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("serial")?.as_u64()
+        match call(request.send(), || format!("writing {}", self.at(key))).await {
+            Ok(out) => Ok(out.e_tag().map(str::to_string)),
+            Err(e) if lost_the_race(&e) => match self.get(key, None).await {
+                Ok(Some((stored, etag))) if stored == bytes => Ok(etag),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The lock of a stack, as it is now (None: unlocked).
@@ -187,19 +196,20 @@ impl S3Store {
         Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| LockInfo::unreadable())))
     }
 
-    /// Removes a stack's lock, when it is still the one named `id`.
+    /// Removes a stack's lock, when it is still the one named `id`: deleted with `If-Match` on
+    /// the ETag read, so a lock taken by someone else in between is never removed.
     pub async fn remove_lock(&self, stack: &str, id: &str) -> Result<bool, StateError> {
-        match self.read_lock(stack).await? {
-            Some(info) if info.id == id => {}
-            _ => return Ok(false),
-        }
         let key = self.url.lock_key(stack);
-        call(self.s3.delete_object().bucket(&self.url.bucket).key(&key).send(), || {
-            format!("removing {}", self.at(&key))
-        })
-        .await
-        .map_err(|e| store_error(&self.at(&key), e))?;
-        Ok(true)
+        let Some((bytes, etag)) = self.get(&key, None).await? else { return Ok(false) };
+        if serde_json::from_slice::<LockInfo>(&bytes).map(|info| info.id).ok().as_deref() != Some(id) {
+            return Ok(false);
+        }
+        let request = self.s3.delete_object().bucket(&self.url.bucket).key(&key).set_if_match(etag);
+        match call(request.send(), || format!("removing {}", self.at(&key))).await {
+            Ok(_) => Ok(true),
+            Err(e) if lost_the_race(&e) => Ok(false),
+            Err(e) => Err(store_error(&self.at(&key), e)),
+        }
     }
 
     /// Every stored version of a stack's state, newest first (delete markers are `down`s).
@@ -380,7 +390,7 @@ struct S3Lock {
 async fn release_lock(store: Arc<S3Store>, stack: String, id: String) {
     if let Err(e) = store.remove_lock(&stack, &id).await {
         tracing::warn!(
-            "the lock of stack {stack} could not be removed ({e}); `gitlab-provision unlock {id}` removes it"
+            "the lock of stack {stack} could not be removed ({e}); `gitlab-provision unlock {id} --stack {stack}` removes it"
         );
     }
 }
@@ -423,10 +433,19 @@ impl StateStore for SharedStore {
         match self.0.put_if(&key, bytes, expected.as_deref()).await {
             Ok(etag) => Ok(etag),
             Err(e) if lost_the_race(&e) => {
-                let detail = match self.0.stored_serial(stack).await {
-                    Some(serial) => format!("the stored state is now serial {serial}, written by another run"),
-                    None if expected.is_some() => "the stored state was removed by another run".into(),
-                    None => "another run wrote a state first".into(),
+                let detail = match self.0.current(stack).await {
+                    Ok(Some((bytes, _))) => {
+                        match serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .ok()
+                            .and_then(|v| v["serial"].as_u64())
+                        {
+                            Some(serial) => format!("the stored state is now serial {serial}, written by another run"),
+                            None => "the stored object is no longer a state this tool wrote".into(),
+                        }
+                    }
+                    Ok(None) if expected.is_some() => "the stored state was retired (a `down`) by another run".into(),
+                    Ok(None) => "another run wrote a state first".into(),
+                    Err(e) => format!("and the stored state could not be read: {e}"),
                 };
                 Err(StateError::Conflict {
                     stack: stack.to_string(),
@@ -439,36 +458,53 @@ impl StateStore for SharedStore {
         }
     }
 
-    /// Deletes the object: versioning keeps it (a delete marker on top), `state history` shows it.
-    async fn retire(&self, stack: &str, _expected: Option<String>) -> Result<(), StateError> {
+    /// Deletes the object, compare-and-swap too (DeleteObject with `If-Match`): a state someone
+    /// wrote since is not retired. Versioning keeps it (a delete marker on top).
+    async fn retire(&self, stack: &str, expected: Option<String>) -> Result<(), StateError> {
         let key = self.0.url.state_key(stack);
-        call(self.0.s3.delete_object().bucket(&self.0.url.bucket).key(&key).send(), || {
-            format!("retiring {}", self.0.at(&key))
-        })
-        .await
-        .map_err(|e| store_error(&self.0.at(&key), e))?;
-        Ok(())
+        let request = self.0.s3.delete_object().bucket(&self.0.url.bucket).key(&key).set_if_match(expected);
+        match call(request.send(), || format!("retiring {}", self.0.at(&key))).await {
+            Ok(_) => Ok(()),
+            // The retry of a delete S3 already made fails its precondition too: gone is done.
+            Err(e) if lost_the_race(&e) && self.0.current(stack).await?.is_none() => Ok(()),
+            Err(e) if lost_the_race(&e) => Err(StateError::Conflict {
+                stack: stack.to_string(),
+                location: self.0.at(&key),
+                detail: "another run wrote it after this one's last save, so it was not retired".into(),
+                rescued: String::new(),
+            }),
+            Err(e) => Err(store_error(&self.0.at(&key), e)),
+        }
     }
 
     async fn lock(&self, stack: &str, operation: &str) -> Result<(Box<dyn HeldLock>, Option<String>), StateError> {
         let info = LockInfo::mine(operation);
         let key = self.0.url.lock_key(stack);
         let body = serde_json::to_vec(&info).unwrap_or_default();
-        match self.0.put_if(&key, body, None).await {
-            Ok(_) => {
-                let lock = S3Lock { store: self.0.clone(), stack: stack.to_string(), id: info.id, released: false };
-                Ok((Box::new(lock), None))
+        // Twice: a holder that released between our refused write and our read of its lock is
+        // gone, and the stack is free again.
+        for _ in 0..2 {
+            match self.0.put_if(&key, body.clone(), None).await {
+                Ok(_) => {
+                    let lock = S3Lock { store: self.0.clone(), stack: stack.to_string(), id: info.id, released: false };
+                    return Ok((Box::new(lock), None));
+                }
+                Err(e) if lost_the_race(&e) => {
+                    let Some(holder) = self.0.read_lock(stack).await? else { continue };
+                    return Err(StateError::Locked {
+                        stack: stack.to_string(),
+                        holder: format!("{} (lock {} in {})", holder.describe(), holder.id, self.0.at(&key)),
+                        unlock: Some(format!("gitlab-provision unlock {} --stack {stack}", holder.id)),
+                    });
+                }
+                Err(e) => return Err(store_error(&self.0.at(&key), e)),
             }
-            Err(e) if lost_the_race(&e) => {
-                let holder = self.0.read_lock(stack).await?.unwrap_or_else(LockInfo::unreadable);
-                Err(StateError::Locked {
-                    stack: stack.to_string(),
-                    holder: format!("{} (lock {} in {})", holder.describe(), holder.id, self.0.at(&key)),
-                    unlock: Some(format!("gitlab-provision unlock {} --stack {stack}", holder.id)),
-                })
-            }
-            Err(e) => Err(store_error(&self.0.at(&key), e)),
         }
+        Err(StateError::Locked {
+            stack: stack.to_string(),
+            holder: "runs that take and release it as fast as this one asks".into(),
+            unlock: None,
+        })
     }
 
     async fn stacks(&self) -> Result<Vec<String>, StateError> {
@@ -503,45 +539,58 @@ impl StateStore for SharedStore {
     }
 }
 
-/// An S3 client for the bucket, in the bucket's region: the URL's, else S3's answer to
-/// HeadBucket (`x-amz-bucket-region`, given even with a redirect), else the run's.
-pub async fn client(url: &StateUrl, region: Option<&str>, profile: Option<&str>) -> Result<Client, StateError> {
-    let region = url.region.as_deref().or(region);
-    let clients = crate::aws::credentials::clients(region, profile).await.map_err(|e| StateError::Store {
-        action: "connecting to".into(),
-        location: url.base(),
-        detail: e.to_string(),
-        help: None,
-    })?;
-    if url.region.is_some() {
-        return Ok(clients.s3);
-    }
+fn connect_error(url: &StateUrl, e: impl std::fmt::Display) -> StateError {
+    StateError::Store { action: "connecting to".into(), location: url.base(), detail: e.to_string(), help: None }
+}
+
+/// An S3 client in the bucket's region, or None when the bucket does not exist. The region is
+/// the URL's, else S3's answer to HeadBucket (`x-amz-bucket-region`, given with a redirect
+/// too), else the run's.
+pub async fn locate_bucket(
+    url: &StateUrl,
+    region: Option<&str>,
+    profile: Option<&str>,
+) -> Result<Option<Client>, StateError> {
+    let clients = crate::aws::credentials::clients(url.region.as_deref().or(region), profile)
+        .await
+        .map_err(|e| connect_error(url, e))?;
     let answered = match clients.s3.head_bucket().bucket(&url.bucket).send().await {
         Ok(out) => out.bucket_region().map(str::to_string),
         Err(e) => {
             let header = e.raw_response().and_then(|r| r.headers().get("x-amz-bucket-region")).map(str::to_string);
             if header.is_none() {
-                let error =
-                    crate::aws::AwsResultExt::or_aws(Err::<(), _>(e), || format!("reading bucket {}", url.bucket));
-                if let Err(error) = error {
-                    return Err(store_error(&url.base(), error));
+                let reading = || format!("reading bucket {}", url.bucket);
+                match crate::aws::AwsResultExt::or_aws(Err::<(), _>(e), reading) {
+                    Err(error) if error.is_not_found() => return Ok(None),
+                    Err(error) => return Err(store_error(&url.base(), error)),
+                    Ok(()) => {}
                 }
             }
             header
         }
     };
-    match answered.filter(|r| *r != clients.region) {
-        Some(bucket_region) => Ok(crate::aws::credentials::clients(Some(&bucket_region), profile)
-            .await
-            .map_err(|e| StateError::Store {
-                action: "connecting to".into(),
-                location: url.base(),
-                detail: e.to_string(),
-                help: None,
-            })?
-            .s3),
-        None => Ok(clients.s3),
+    match answered.filter(|r| *r != clients.region && url.region.is_none()) {
+        Some(bucket_region) => Ok(Some(
+            crate::aws::credentials::clients(Some(&bucket_region), profile)
+                .await
+                .map_err(|e| connect_error(url, e))?
+                .s3,
+        )),
+        None => Ok(Some(clients.s3)),
     }
+}
+
+/// An S3 client for the shared state's bucket, which must exist.
+pub async fn client(url: &StateUrl, region: Option<&str>, profile: Option<&str>) -> Result<Client, StateError> {
+    locate_bucket(url, region, profile).await?.ok_or_else(|| StateError::Store {
+        action: format!("reading bucket {}", url.bucket),
+        location: url.base(),
+        detail: "the bucket does not exist".into(),
+        help: Some(format!(
+            "create it with `gitlab-provision init --shared-state {}`, or correct `state` (or --state-url)",
+            url.bucket
+        )),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -574,17 +623,14 @@ pub async fn missing_settings(s3: &Client, bucket: &str) -> Result<Vec<String>, 
         missing
             .push("public access is not blocked (all four settings of the bucket's Block Public Access)".to_string());
     }
+    // Since January 2023 S3 encrypts every bucket by default (SSE-S3), and GetBucketEncryption
+    // answers with that rule; no rule (ServerSideEncryptionConfigurationNotFoundError) is refused.
     let encryption =
         if_there(s3.get_bucket_encryption().bucket(bucket).send(), || format!("reading the encryption of {bucket}"))
-            .await;
-    let encrypted = match encryption {
-        Ok(out) => {
-            out.and_then(|o| o.server_side_encryption_configuration().map(|c| !c.rules().is_empty())).unwrap_or(false)
-        }
-        // S3 encrypts every new object since January 2023; a bucket that answers nothing is still encrypted with SSE-S3.
-        Err(e) if e.is_code(&["ServerSideEncryptionConfigurationNotFoundError"]) => true,
-        Err(e) => return Err(e),
-    };
+            .await?;
+    let encrypted = encryption
+        .and_then(|o| o.server_side_encryption_configuration().map(|c| !c.rules().is_empty()))
+        .unwrap_or(false);
     if !encrypted {
         missing.push("default encryption is not configured".to_string());
     }
@@ -624,37 +670,64 @@ fn tls_only_policy(partition: &str, bucket: &str) -> String {
 pub enum BucketOutcome {
     Created,
     Adopted,
+    /// A bucket this tool made (its tag says so) that lacked these settings: set again.
+    Repaired(Vec<String>),
+}
+
+/// Whether the bucket carries the tag this tool gives a state bucket as it creates it.
+async fn is_ours(s3: &Client, bucket: &str) -> Result<bool, AwsError> {
+    let tags =
+        if_there(s3.get_bucket_tagging().bucket(bucket).send(), || format!("reading the tags of {bucket}")).await;
+    Ok(match tags {
+        Ok(out) => out.is_some_and(|o| o.tag_set().iter().any(|t| (t.key(), t.value()) == PURPOSE_TAG)),
+        // A bucket without tags answers NoSuchTagSet.
+        Err(e) if e.is_code(&["NoSuchTagSet"]) => false,
+        Err(e) => return Err(e),
+    })
 }
 
 /// Creates the bucket with every setting a state bucket needs, or adopts an existing one after
-/// checking them (refused, naming each missing setting, when one is missing).
-pub async fn ensure_bucket(s3: &Client, region: &str, bucket: &str) -> Result<BucketOutcome, crate::exit::CliError> {
-    let exists =
-        if_there(s3.head_bucket().bucket(bucket).send(), || format!("reading bucket {bucket}")).await?.is_some();
-    if exists {
-        let missing = missing_settings(s3, bucket).await?;
-        if !missing.is_empty() {
-            return Err(Diagnostic::new(format!(
-                "bucket {bucket} exists but cannot hold shared states: {}; nothing was changed",
-                missing.join("; ")
-            ))
-            .with_help(format!(
-                "fix those settings of {bucket} (its owner decides them), or name a new bucket: `gitlab-provision init --shared-state NEW-BUCKET` creates it with all of them"
-            ))
-            .into());
+/// checking them (refused, naming each missing setting, when one is missing). A bucket this tool
+/// made (tagged first, so one a stopped run began is found too) gets missing settings again:
+/// they only ever close it.
+pub async fn ensure_bucket(
+    url: &StateUrl,
+    region: Option<&str>,
+    profile: Option<&str>,
+) -> Result<(BucketOutcome, String), crate::exit::CliError> {
+    let bucket = url.bucket.as_str();
+    if let Some(s3) = locate_bucket(url, region, profile).await? {
+        let region = s3.config().region().map(|r| r.to_string()).unwrap_or_default();
+        let missing = missing_settings(&s3, bucket).await?;
+        if missing.is_empty() {
+            return Ok((BucketOutcome::Adopted, region));
         }
-        return Ok(BucketOutcome::Adopted);
+        if is_ours(&s3, bucket).await? {
+            secure(&s3, &region, bucket).await?;
+            return Ok((BucketOutcome::Repaired(missing), region));
+        }
+        return Err(Diagnostic::new(format!(
+            "bucket {bucket} exists but cannot hold shared states: {}; nothing was changed",
+            missing.join("; ")
+        ))
+        .with_help(format!(
+            "fix those settings of {bucket} (its owner decides them), or name a new bucket: `gitlab-provision init --shared-state NEW-BUCKET` creates it with all of them"
+        ))
+        .into());
     }
+    let clients = crate::aws::credentials::clients(url.region.as_deref().or(region), profile).await?;
+    let (s3, region) = (clients.s3, clients.region);
     let mut create = s3.create_bucket().bucket(bucket);
     // us-east-1 takes no location constraint (S3 API reference, CreateBucket).
     if region != "us-east-1" {
         create = create.create_bucket_configuration(
-            CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region)).build(),
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                .build(),
         );
     }
     call(create.send(), || format!("creating bucket {bucket}")).await?;
-    let policy = tls_only_policy(crate::aws::partition_of(region), bucket);
-    crate::steps::s3::private_encrypted_versioned(s3, bucket, &policy).await?;
+    // Tagged first: a run stopped half-way finds its own bucket next time and finishes it.
     let tag = aws_sdk_s3::types::Tag::builder()
         .key(PURPOSE_TAG.0)
         .value(PURPOSE_TAG.1)
@@ -662,7 +735,13 @@ pub async fn ensure_bucket(s3: &Client, region: &str, bucket: &str) -> Result<Bu
         .map_err(anyhow::Error::from)?;
     let tagging = Tagging::builder().tag_set(tag).build().map_err(anyhow::Error::from)?;
     call(s3.put_bucket_tagging().bucket(bucket).tagging(tagging).send(), || format!("tagging {bucket}")).await?;
-    Ok(BucketOutcome::Created)
+    secure(&s3, &region, bucket).await?;
+    Ok((BucketOutcome::Created, region))
+}
+
+async fn secure(s3: &Client, region: &str, bucket: &str) -> anyhow::Result<()> {
+    let policy = tls_only_policy(crate::aws::partition_of(region), bucket);
+    crate::steps::s3::private_encrypted_versioned(s3, bucket, &policy).await
 }
 
 #[cfg(test)]

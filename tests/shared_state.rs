@@ -79,17 +79,42 @@ async fn init_makes_a_bucket_fit_for_states_and_refuses_one_that_is_not() {
     assert!(refused.stderr.contains("help:"), "{}", refused.stderr);
     let versioning = s3.get_bucket_versioning().bucket("plain-bucket").send().await.unwrap();
     assert_eq!(versioning.status(), None, "a refused bucket is left as it was");
-    tool.run(&["init", "--shared-state", "open-bucket"]).ok();
+    // A bucket of someone else's with everything but the public access block: refused for that.
+    s3.create_bucket().bucket("open-bucket").send().await.unwrap();
+    let versioning =
+        aws_sdk_s3::types::VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+    s3.put_bucket_versioning().bucket("open-bucket").versioning_configuration(versioning).send().await.unwrap();
+    let tls_only = policy.to_string().replace("acme-states", "open-bucket");
+    s3.put_bucket_policy().bucket("open-bucket").policy(tls_only).send().await.unwrap();
+    let by_default = aws_sdk_s3::types::ServerSideEncryptionByDefault::builder()
+        .sse_algorithm(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+        .build()
+        .unwrap();
+    let rule = aws_sdk_s3::types::ServerSideEncryptionRule::builder()
+        .apply_server_side_encryption_by_default(by_default)
+        .build();
+    let encryption = aws_sdk_s3::types::ServerSideEncryptionConfiguration::builder().rules(rule).build().unwrap();
+    s3.put_bucket_encryption()
+        .bucket("open-bucket")
+        .server_side_encryption_configuration(encryption)
+        .send()
+        .await
+        .unwrap();
+    let refused = tool.run(&["init", "--shared-state", "open-bucket"]).fails_with(2);
+    assert!(refused.stderr.contains("public access is not blocked"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("versioning"), "only what is missing is named: {}", refused.stderr);
+    // Its own bucket, opened by someone since: closed again, and said so.
     let open = PublicAccessBlockConfiguration::builder()
         .block_public_acls(false)
         .ignore_public_acls(false)
         .block_public_policy(false)
         .restrict_public_buckets(false)
         .build();
-    s3.put_public_access_block().bucket("open-bucket").public_access_block_configuration(open).send().await.unwrap();
-    let refused = tool.run(&["init", "--shared-state", "open-bucket"]).fails_with(2);
-    assert!(refused.stderr.contains("public access is not blocked"), "{}", refused.stderr);
-    assert!(!refused.stderr.contains("versioning"), "only what is missing is named: {}", refused.stderr);
+    s3.put_public_access_block().bucket("acme-states").public_access_block_configuration(open).send().await.unwrap();
+    let repaired = tool.run(&["init", "--shared-state", "acme-states"]).ok();
+    assert!(repaired.stdout.contains("repaired (public access is not blocked"), "{}", repaired.stdout);
+    let block = s3.get_public_access_block().bucket("acme-states").send().await.unwrap();
+    assert_eq!(block.public_access_block_configuration().and_then(|c| c.restrict_public_buckets()), Some(true));
 
     // The bucket in another region than the stack: found by S3's answer, the stack stays in its own.
     tool.run(&["init", "--shared-state", "eu-states", "--region", "eu-west-1"]).ok();
@@ -239,7 +264,10 @@ async fn push_pull_history_restore_and_list_move_a_local_state_into_the_bucket()
     assert!(local.state("moved").is_none(), "the local file is moved aside");
     assert!(local.dir.path().join("state/moved.json.pushed").exists());
     // A second push finds the bucket's: refused, nothing written.
-    std::fs::copy(local.dir.path().join("state/moved.json.pushed"), local.state_path("moved")).unwrap();
+    // (Another version of it: the very same bytes would be a push that already happened.)
+    let mut other = before.clone();
+    other["serial"] = json!(before["serial"].as_u64().unwrap() + 1);
+    std::fs::write(local.state_path("moved"), serde_json::to_vec_pretty(&other).unwrap()).unwrap();
     let again = local.run(&[&["state", "push", "--stack", "moved"][..], &url[..]].concat()).fails_with(2);
     assert!(again.stderr.contains("already holds a state for stack moved"), "{}", again.stderr);
     assert!(local.state("moved").is_some(), "the refused push leaves the local file");
@@ -319,4 +347,33 @@ async fn a_wrong_state_url_is_refused_before_any_call() {
     let refused = tool.run(&["status"]).fails_with(2);
     assert!(refused.stderr.contains("state = "), "{}", refused.stderr);
     assert_eq!(emu.calls().len(), 0, "{:?}", emu.calls());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_answer_was_lost_is_recognised_as_made() {
+    let emu = Emulator::start();
+    let s3 = emu.aws_clients().s3;
+    Tool::new(&emu.endpoint).run(&["init", "--shared-state", "team-states"]).ok();
+    let tool = Tool::sharing(&emu.endpoint, "s3://team-states");
+    // S3 makes the write, the answer is lost, the SDK sends it again: the retry fails its own
+    // precondition (the lock's If-None-Match, the state's If-Match) as it would on AWS.
+    emu.set_faults(json!([{"service": "s3", "action": "*", "status": 500, "code": "InternalError",
+                           "when": "after", "probability": 0.3}]));
+    tool.run(&up("lossy", &[])).ok();
+    let lost = emu.calls().iter().filter(|c| c.service == "s3" && c.action.starts_with("PUT ") && c.fault).count();
+    assert!(lost >= 3, "only {lost} answers were lost");
+    emu.set_faults(json!([]));
+    let state = stored(&s3, "team-states", "lossy.json").await.unwrap();
+    assert_eq!(
+        vpcs(&emu.clients().ec2, "lossy").await,
+        vec![state["resources"]["vpc"]["id"].as_str().unwrap().to_string()]
+    );
+    assert!(!exists(&s3, "team-states", "lossy.lock").await, "its own lock, made on a retry, is released");
+    assert!(!tool.dir.path().join("lossy.unsaved.json").exists(), "no conflict was seen");
+    // down's retirement too: the delete made, its answer lost, the retry's If-Match refused.
+    emu.set_faults(json!([{"service": "s3", "action": "*", "status": 500, "code": "InternalError",
+                           "when": "after", "probability": 0.3}]));
+    tool.run(&["down", "--yes", "--stack", "lossy"]).ok();
+    emu.set_faults(json!([]));
+    assert!(!exists(&s3, "team-states", "lossy.json").await);
 }

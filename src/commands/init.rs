@@ -153,16 +153,16 @@ async fn shared_state(global: &GlobalArgs, target: &str) -> CliResult {
     let printer = Printer::new(global, false);
     let url = StateUrl::parse(&format!("s3://{}", target.trim_start_matches("s3://")), "--shared-state")?;
     let settings = crate::ops::stack::file_settings(global)?;
-    let region = url.region.clone().or_else(|| global.region.clone()).or(settings.region);
-    let clients = crate::aws::credentials::clients(region.as_deref(), global.profile.as_deref()).await?;
-    let outcome = state_bucket::ensure_bucket(&clients.s3, &clients.region, &url.bucket).await?;
+    let region = global.region.clone().or(settings.region);
+    let (outcome, region) = state_bucket::ensure_bucket(&url, region.as_deref(), global.profile.as_deref()).await?;
     let verb = match outcome {
-        state_bucket::BucketOutcome::Created => "created",
-        state_bucket::BucketOutcome::Adopted => "checked and adopted",
+        state_bucket::BucketOutcome::Created => "created".to_string(),
+        state_bucket::BucketOutcome::Adopted => "checked and adopted".to_string(),
+        state_bucket::BucketOutcome::Repaired(missing) => format!("repaired ({})", missing.join("; ")),
     };
     printer.out(&format!(
         "{verb} bucket {} in {}: versioned, encrypted, public access blocked, TLS only",
-        url.bucket, clients.region
+        url.bucket, region
     ));
     printer.out(&format!(
         "next: put `state = \"{url}\"` in {} (or export GITLAB_PROVISION_STATE={url}); `gitlab-provision state push` moves an existing local state there",

@@ -81,14 +81,14 @@ fn nothing_shared(stack: &str, store: &SharedStore) -> CliError {
 async fn push(global: &GlobalArgs, printer: &Printer) -> CliResult {
     let (stack, store) = shared(global, "state push").await?;
     let local = LocalStore::at(&global.state_dir);
+    // The local lock first: no run may be writing the file while it is read and moved.
+    let (local_lock, _) = local.lock(&stack, "state push").await?;
     let Some((bytes, _)) = local.load(&stack).await? else {
         return Err(Diagnostic::new(format!("stack {stack} has no local state at {}", local.location(&stack)))
             .with_help("pass --state-dir DIR where the state file is, and --stack NAME")
             .into());
     };
     let recorded = state::parse(&bytes, std::path::Path::new(&local.location(&stack)), &stack)?;
-    // The local lock too: no run may be writing the file while it moves.
-    let (local_lock, _) = local.lock(&stack, "state push").await?;
     let (shared_lock, _) = store.lock(&stack, "state push").await?;
     let written = store.save(&stack, bytes, None).await;
     shared_lock.release().await;

@@ -575,6 +575,12 @@ impl LockedState {
                 });
                 Err(StateError::Conflict { stack, location, detail, rescued })
             }
+            // The store could not be written (after the SDK's retries): what the run knows is
+            // kept beside it too, and the next save tries the store again.
+            Err(StateError::Store { action, location, detail, help }) => {
+                let rescued = rescue(&self.rescue_dir, &self.state.stack, &json);
+                Err(StateError::Store { action, location, detail: format!("{detail}{rescued}"), help })
+            }
             Err(e) => Err(e),
         }
     }
@@ -678,18 +684,26 @@ impl StateHandle {
         f(&mut guard)
     }
 
-    /// Saves what is in memory, unless the last save already holds it.
+    /// Saves what is in memory, unless the last save already holds it. A failed save leaves the
+    /// writer with what was last saved, so a change that rode on it is not taken as saved.
     async fn persist(&self) -> Result<(), StateError> {
         let mut writer = self.writer.lock().await;
         let current = self.with(|s| s.clone());
         if current == *writer.state() {
             return Ok(());
         }
-        *writer.state_mut() = current;
-        let saved = writer.save().await;
-        let serial = writer.state().serial;
-        self.with(|s| s.serial = serial);
-        saved
+        let last_saved = std::mem::replace(writer.state_mut(), current);
+        match writer.save().await {
+            Ok(()) => {
+                let serial = writer.state().serial;
+                self.with(|s| s.serial = serial);
+                Ok(())
+            }
+            Err(e) => {
+                *writer.state_mut() = last_saved;
+                Err(e)
+            }
+        }
     }
 
     pub fn snapshot(&self) -> State {
