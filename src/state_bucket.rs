@@ -345,11 +345,12 @@ impl LockInfo {
             .unwrap_or_else(|| "an unknown time".into())
     }
 
-    /// "alice on laptop (process 4242), running up for 12m (since ...)".
+    /// "alice on laptop (process 4242), up taken 12m ago (2026-...)": when it was taken, not
+    /// whether that run still lives (another machine's process cannot be seen from here).
     pub fn describe(&self) -> String {
         let job = self.job.as_ref().map(|j| format!(", job {j}")).unwrap_or_default();
         format!(
-            "{} on {} (process {}{job}), running {} for {} (since {})",
+            "{} on {} (process {}{job}), {} taken {} ago ({})",
             self.who,
             self.host,
             self.pid,
@@ -540,7 +541,12 @@ impl StateStore for SharedStore {
 }
 
 fn connect_error(url: &StateUrl, e: impl std::fmt::Display) -> StateError {
-    StateError::Store { action: "connecting to".into(), location: url.base(), detail: e.to_string(), help: None }
+    StateError::Store {
+        action: format!("connecting to {}", url.base()),
+        location: url.base(),
+        detail: e.to_string(),
+        help: None,
+    }
 }
 
 /// An S3 client in the bucket's region, or None when the bucket does not exist. The region is
@@ -583,9 +589,9 @@ pub async fn locate_bucket(
 /// An S3 client for the shared state's bucket, which must exist.
 pub async fn client(url: &StateUrl, region: Option<&str>, profile: Option<&str>) -> Result<Client, StateError> {
     locate_bucket(url, region, profile).await?.ok_or_else(|| StateError::Store {
-        action: format!("reading bucket {}", url.bucket),
+        action: format!("reading {}", url.base()),
         location: url.base(),
-        detail: "the bucket does not exist".into(),
+        detail: format!("bucket {} does not exist", url.bucket),
         help: Some(format!(
             "create it with `gitlab-provision init --shared-state {}`, or correct `state` (or --state-url)",
             url.bucket

@@ -163,6 +163,8 @@ fn discoverability_help_completions_init_and_did_you_mean() {
     );
     tool.run(&["init", "--allowed-cidr", "198.51.100.0/24"]).fails_with(2);
     assert!(written.contains("hardening = \"default\""), "{written}");
+    // The egress written is the default one (a first trial found a NAT gateway written instead).
+    assert!(written.contains("egress = \"nat-instance\""), "{written}");
     tool.run(&["plan"]).ok();
     // --strict writes the audited profile, which plan prices.
     tool.run(&["init", "--allowed-cidr", "198.51.100.0/24", "--strict", "--force"]).ok();

@@ -224,11 +224,7 @@ async fn a_killed_runs_lock_shows_who_and_how_old_until_unlock_removes_it() {
     assert_eq!((held["pid"].as_u64(), held["operation"].as_str()), (Some(u64::from(pid)), Some("up")));
     let id = held["id"].as_str().unwrap().to_string();
     let table = tool.run(&["list"]).ok();
-    assert!(
-        table.stdout.contains(&format!("lock {id}")) && table.stdout.contains("running up for"),
-        "{}",
-        table.stdout
-    );
+    assert!(table.stdout.contains(&format!("lock {id}")) && table.stdout.contains("up taken"), "{}", table.stdout);
     let refused = tool.run(&up("killed", &[])).fails_with(2);
     assert!(refused.stderr.contains(&format!("gitlab-provision unlock {id} --stack killed")), "{}", refused.stderr);
     // Status reads without the lock.
@@ -263,6 +259,9 @@ async fn push_pull_history_restore_and_list_move_a_local_state_into_the_bucket()
     assert_eq!(stored(&s3, "team-states", "gl/moved.json").await.unwrap(), before);
     assert!(local.state("moved").is_none(), "the local file is moved aside");
     assert!(local.dir.path().join("state/moved.json.pushed").exists());
+    // Without the bucket named, that directory is sent to the bucket, never back to the file.
+    let lost = local.run(&up("moved", &[])).fails_with(2);
+    assert!(lost.stderr.contains("moved.json.pushed says this stack's state was pushed"), "{}", lost.stderr);
     // A second push finds the bucket's: refused, nothing written.
     // (Another version of it: the very same bytes would be a push that already happened.)
     let mut other = before.clone();
@@ -327,7 +326,22 @@ async fn push_pull_history_restore_and_list_move_a_local_state_into_the_bucket()
         .send()
         .await
         .unwrap();
+    // Restoring what is current changes nothing.
+    let history = team.run(&["state", "history", "--json"]).ok().json();
+    let current = history["versions"][0]["version"].as_str().unwrap().to_string();
+    let same = team.run(&["state", "restore", &current, "--yes"]).ok();
+    assert!(same.stdout.contains("nothing to do"), "{}", same.stdout);
     team.run(&["down", "--yes"]).ok();
+
+    // After `down`, the first directory's old copy cannot come back: the bucket held later.
+    std::fs::remove_file(local.state_path("moved")).unwrap();
+    let pushed_again = local.run(&[&["state", "push", "--stack", "moved"][..], &url[..]].concat()).fails_with(2);
+    assert!(pushed_again.stderr.contains("was already pushed"), "{}", pushed_again.stderr);
+    std::fs::copy(local.dir.path().join("state/moved.json.pushed"), local.state_path("moved")).unwrap();
+    let stale = local.run(&[&["state", "push", "--stack", "moved"][..], &url[..]].concat()).fails_with(2);
+    assert!(stale.stderr.contains("held a later state of this very stack"), "{}", stale.stderr);
+    assert!(stale.stderr.contains("retired by `down`"), "{}", stale.stderr);
+    assert!(!exists(&s3, "team-states", "gl/moved.json").await, "nothing was written");
 }
 
 #[tokio::test(flavor = "multi_thread")]

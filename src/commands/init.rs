@@ -46,8 +46,9 @@ allowed_cidrs = [{cidrs}]
 # HTTPS with a certificate from ACM, validated in a public Route 53 zone. Without it GitLab is
 # served over plain HTTP, and the root password travels in clear text.
 {domain}
-# A t4g.nano NAT instance instead of a NAT gateway: about $30/month less, one instance.
-use_nat_instance = {nat}
+# How GitLab reaches the internet: nat-instance (a t4g.nano, about $4/month), nat-gateway
+# (managed by AWS, about $33/month plus data), or public-ip (no NAT at all).
+egress = "{egress}"
 # vpc_cidr = "10.0.0.0/16"              # or, to use a VPC you have: vpc_id = "vpc-..."
 # availability_zones = ["eu-west-1a", "eu-west-1b"]
 
@@ -72,7 +73,7 @@ hardening = "{hardening}"
 # admin_principals = ["arn:aws:iam::123456789012:role/GitLabAdmins"]
 "#,
         cidrs = quoted(&a.allowed_cidrs),
-        nat = a.nat_instance,
+        egress = if a.nat_instance { "nat-instance" } else { "nat-gateway" },
         tag = DEFAULT_GITLAB_IMAGE_TAG,
         hardening = if a.strict { "strict" } else { "default" },
     )
@@ -140,7 +141,9 @@ fn ask_answers(printer: &Printer) -> Result<Answers, CliError> {
         &["domain_name", "sub_domain", "hosted_zone_id"],
     )?;
     let yes = |answer: String| matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes");
-    let nat_instance = yes(printer.ask("Use a NAT instance (cheaper) instead of a NAT gateway? [y/N]")?);
+    // The default answer is the default egress, the NAT instance.
+    let nat_instance =
+        !yes(printer.ask("Use a NAT gateway (managed by AWS, about $30/month more) instead of a NAT instance? [y/N]")?);
     let strict = yes(printer.ask(
         "Will the account be audited? Strict hardening adds flow and access logs, a KMS key, network ACLs, a WAF (about $10/month) [y/N]",
     )?);
@@ -183,7 +186,7 @@ pub async fn run(global: &GlobalArgs, args: InitArgs) -> CliResult {
     }
     let printer = Printer::new(global, false);
     let answers = if !args.allowed_cidrs.is_empty() {
-        Answers { allowed_cidrs: args.allowed_cidrs, domain: None, nat_instance: false, strict: args.strict }
+        Answers { allowed_cidrs: args.allowed_cidrs, domain: None, nat_instance: true, strict: args.strict }
     } else if printer.can_ask() {
         ask_answers(&printer)?
     } else {

@@ -136,7 +136,7 @@ pub async fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
             };
             let ctx = match reached {
                 Ok(ctx) => {
-                    refuse_lost_state(&ctx, &cfg.stack).await.map_err(refused)?;
+                    refuse_lost_state(&ctx, &cfg.stack, global).await.map_err(refused)?;
                     ctx
                 }
                 Err(e) => {

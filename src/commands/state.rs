@@ -11,14 +11,25 @@ use crate::state::{self, LocalStore, StateStore};
 use crate::state_bucket::{History, SharedStore};
 
 /// The stack and the shared store the flags and config name; refused without a shared state.
-async fn shared(global: &GlobalArgs, command: &str) -> Result<(String, SharedStore), CliError> {
+/// Says first which bucket, account and principal it works with, as every command that talks
+/// to AWS does.
+async fn shared(global: &GlobalArgs, printer: &Printer, command: &str) -> Result<(String, SharedStore), CliError> {
     let (stack, _) = stack_name(global)?;
     let Some(url) = stack::state_url(global)? else {
         return Err(Diagnostic::new(format!("`{command}` works on a shared state, and none is named"))
             .with_help("pass --state-url s3://BUCKET/PREFIX (or set GITLAB_PROVISION_STATE, or `state` in the config); `gitlab-provision init --shared-state BUCKET` creates the bucket")
             .into());
     };
-    Ok((stack, shared_store(global, url).await?))
+    let store = shared_store(global, url).await?;
+    let region = global.region.clone().or(stack::file_settings(global)?.region);
+    let (_, identity) = crate::aws::credentials::connect(region.as_deref(), global.profile.as_deref()).await?;
+    printer.heading(&format!(
+        "stack {stack} · {} · account {} as {}",
+        store.0.url,
+        identity.account,
+        stack::short_arn(&identity.arn)
+    ));
+    Ok((stack, store))
 }
 
 pub async fn run(global: &GlobalArgs, args: StateArgs) -> CliResult {
@@ -26,7 +37,7 @@ pub async fn run(global: &GlobalArgs, args: StateArgs) -> CliResult {
     match args.command {
         StateCommand::Push => push(global, &printer).await,
         StateCommand::Pull { out } => {
-            let (stack, store) = shared(global, "state pull").await?;
+            let (stack, store) = shared(global, &printer, "state pull").await?;
             let Some((bytes, _)) = store.0.current(&stack).await? else {
                 return Err(nothing_shared(&stack, &store));
             };
@@ -42,7 +53,7 @@ pub async fn run(global: &GlobalArgs, args: StateArgs) -> CliResult {
             Ok(ExitStatus::Success)
         }
         StateCommand::History { json } => {
-            let (stack, store) = shared(global, "state history").await?;
+            let (stack, store) = shared(global, &printer, "state history").await?;
             let versions = store.0.history(&stack).await?;
             if json {
                 let history = History { location: store.location(&stack), stack, versions };
@@ -79,16 +90,27 @@ fn nothing_shared(stack: &str, store: &SharedStore) -> CliError {
 /// Moves `--state-dir`'s state into the bucket: written only where the bucket has none, then
 /// the local file is renamed `.pushed` so no run works from it by mistake.
 async fn push(global: &GlobalArgs, printer: &Printer) -> CliResult {
-    let (stack, store) = shared(global, "state push").await?;
+    let (stack, store) = shared(global, printer, "state push").await?;
     let local = LocalStore::at(&global.state_dir);
     // The local lock first: no run may be writing the file while it is read and moved.
     let (local_lock, _) = local.lock(&stack, "state push").await?;
     let Some((bytes, _)) = local.load(&stack).await? else {
+        let pushed = state::state_path(&global.state_dir, &stack).with_extension("json.pushed");
+        if pushed.exists() {
+            return Err(Diagnostic::new(format!(
+                "stack {stack} was already pushed ({} is what was moved); its state is in {}",
+                pushed.display(),
+                store.location(&stack)
+            ))
+            .with_help("nothing to do: every run works on the shared state now")
+            .into());
+        }
         return Err(Diagnostic::new(format!("stack {stack} has no local state at {}", local.location(&stack)))
             .with_help("pass --state-dir DIR where the state file is, and --stack NAME")
             .into());
     };
     let recorded = state::parse(&bytes, std::path::Path::new(&local.location(&stack)), &stack)?;
+    refuse_an_older_copy(&store, &stack, &recorded).await?;
     let (shared_lock, _) = store.lock(&stack, "state push").await?;
     let written = store.save(&stack, bytes, None).await;
     shared_lock.release().await;
@@ -120,16 +142,43 @@ async fn push(global: &GlobalArgs, printer: &Printer) -> CliResult {
     Ok(ExitStatus::Success)
 }
 
+/// A local copy of a state the bucket held since (same lineage, a serial not above the
+/// bucket's latest) is older than what the team worked from: pushing it would bring back
+/// resources a later run deleted, or forget ones it made.
+async fn refuse_an_older_copy(store: &SharedStore, stack: &str, local: &state::State) -> Result<(), CliError> {
+    let history = store.0.history(stack).await?;
+    let Some(latest) = history.iter().find(|v| !v.deleted) else { return Ok(()) };
+    let Some(bytes) = store.0.version(stack, &latest.version).await? else { return Ok(()) };
+    let Ok(theirs) = state::parse(&bytes, std::path::Path::new(&store.location(stack)), stack) else { return Ok(()) };
+    if theirs.lineage != local.lineage || theirs.serial < local.serial {
+        return Ok(());
+    }
+    let retired = if history.first().is_some_and(|v| v.deleted) { ", since retired by `down`" } else { "" };
+    Err(Diagnostic::new(format!(
+        "{} held a later state of this very stack (serial {}, saved {}{retired}) than this copy (serial {}); nothing was written",
+        store.location(stack),
+        theirs.serial,
+        latest.saved_at,
+        local.serial
+    ))
+    .with_help("work from the shared state (`gitlab-provision state history`, `state restore VERSION`); an old local copy would bring back what a later run changed")
+    .into())
+}
+
 /// Brings an earlier version back as the current state, under the stack's lock, with a serial
 /// above the current one (a saved plan of the replaced state is then refused).
 async fn restore(global: &GlobalArgs, printer: &Printer, version: &str, yes: bool) -> CliResult {
-    let (stack, store) = shared(global, "state restore").await?;
+    let (stack, store) = shared(global, printer, "state restore").await?;
     let Some(bytes) = store.0.version(&stack, version).await? else {
         return Err(Diagnostic::new(format!("{} has no version {version:?}", store.location(&stack)))
             .with_help("`gitlab-provision state history` lists the versions")
             .into());
     };
     let mut earlier = state::parse(&bytes, std::path::Path::new(&store.location(&stack)), &stack)?;
+    if store.0.current(&stack).await?.is_some_and(|(current, _)| current == bytes) {
+        printer.out(&format!("version {version} is stack {stack}'s current state; nothing to do"));
+        return Ok(ExitStatus::Success);
+    }
     if !yes {
         if !printer.can_ask() {
             return Err(Diagnostic::new("refusing to replace the shared state without confirmation: there is no terminal to ask on; nothing was changed")
@@ -177,7 +226,7 @@ async fn restore(global: &GlobalArgs, printer: &Printer, version: &str, yes: boo
 /// Removes a lock a dead run left, after showing its holder and asking.
 pub async fn unlock(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
     let printer = Printer::new(global, false);
-    let (stack, store) = shared(global, "unlock").await?;
+    let (stack, store) = shared(global, &printer, "unlock").await?;
     let Some(holder) = store.0.read_lock(&stack).await? else {
         printer.out(&format!("stack {stack} is not locked; nothing to do"));
         return Ok(ExitStatus::Success);

@@ -60,7 +60,7 @@ pub async fn converge(
     let snapshot = state.snapshot();
     super::plan::keep_what_runs(&mut cfg, &snapshot.resources);
     if snapshot.resources.is_empty() {
-        refuse_lost_state(ctx, &cfg.stack).await?;
+        refuse_lost_state(ctx, &cfg.stack, global).await?;
     }
     let lives =
         engine::observe(ctx.clone(), Arc::new(Kinds), snapshot.resources.clone(), usize::from(global.parallel), true)
@@ -244,6 +244,19 @@ fn run_failed(
                     .with_context(if was_new { "nothing was created" } else { "nothing was changed" })
                     .with_help(then("run `gitlab-provision up` again"));
             }
+            // The state itself could not be saved (changed by someone else, or the store out of
+            // reach): nothing is "recorded" to point at, and what the run made is found again.
+            let unsaved = failure.chain().any(|e| {
+                matches!(
+                    e.downcast_ref::<state::StateError>(),
+                    Some(state::StateError::Conflict { .. } | state::StateError::Store { .. })
+                )
+            });
+            if unsaved {
+                return CliError::failure(failure).with_help(format!(
+                    "settle who changes stack {stack} (`gitlab-provision state pull` shows the stored state), then run `gitlab-provision up` again: it finds what this run created by its tags and records it"
+                ));
+            }
             let mut cli = CliError::failure(failure);
             if !not_started.is_empty() {
                 cli = cli.with_context(format!("{} did not run", crate::engine::counted(not_started.len(), "step")));
@@ -309,7 +322,7 @@ fn run_failed(
 
 /// A new stack whose resources already exist means a lost state file: creating them again
 /// would make twins. Something with the stack's names that is not its own is a conflict.
-pub async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliError> {
+pub async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str, global: &GlobalArgs) -> Result<(), CliError> {
     let (orphans, conflicts) = engine::discover(ctx.clone(), Arc::new(Kinds), &Default::default()).await?;
     if !conflicts.is_empty() {
         let listed: Vec<String> = conflicts.iter().map(|c| format!("  - {} {}: {}", c.kind, c.id, c.why)).collect();
@@ -333,10 +346,29 @@ pub async fn refuse_lost_state(ctx: &Arc<Ctx>, stack: &str) -> Result<(), CliErr
         listed.join("\n"),
         if orphans.len() > 8 { "\n  ..." } else { "" }
     ))
-    .with_help(format!(
-        "restore state/{stack}.json (or its .backup) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`"
-    ))
+    .with_help(lost_state_help(global, stack))
     .into())
+}
+
+/// Where the state of a stack whose resources exist may be. A state `state push` moved to a
+/// bucket is never to be brought back locally: two states of one stack would drift apart.
+fn lost_state_help(global: &GlobalArgs, stack: &str) -> String {
+    let pushed = crate::state::state_path(&global.state_dir, stack).with_extension("json.pushed");
+    if pushed.exists() && global.state_url.is_none() {
+        return format!(
+            "{} says this stack's state was pushed to a shared bucket: name it (`state = \"s3://BUCKET/PREFIX\"` in the config, or --state-url); do not restore the pushed file",
+            pushed.display()
+        );
+    }
+    let location = super::stack::state_location(global, stack);
+    let backup = if global.state_url.is_some() {
+        "an earlier version (`gitlab-provision state history`)"
+    } else {
+        "its .backup"
+    };
+    format!(
+        "restore {location} (or {backup}) to continue with them, or remove them with `gitlab-provision down --discover --stack {stack}`"
+    )
 }
 
 /// `up --wait` and the upgrade's hops: until GitLab is healthy, or why it will not be.

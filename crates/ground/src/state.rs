@@ -124,7 +124,8 @@ pub enum StateError {
     )]
     Conflict { stack: String, location: String, detail: String, rescued: String },
     /// The store could not be reached or refused a call (a remote store's service error).
-    #[error("{action} {location}: {detail}")]
+    /// `action` names what was read or written ("reading s3://bucket/key").
+    #[error("{action}: {detail}")]
     Store { action: String, location: String, detail: String, help: Option<String> },
     #[error("state file {path} is not valid JSON for this tool ({reason}); it was left untouched")]
     Corrupt { path: PathBuf, reason: String },
