@@ -192,6 +192,12 @@ async fn a_second_run_is_refused_with_the_holder_and_a_state_changed_underneath_
     assert!(theirs["resources"].as_object().unwrap().keys().all(|k| rescued_keys.contains_key(k)), "{rescued_keys:?}");
     assert_ne!(rescued["resources"], theirs["resources"], "the refused write's change is in the rescue file");
     assert!(!exists(&s3, "team-states", "prod/other.lock").await, "the stopped run still releases its lock");
+    // Settled: the next run adopts what the stopped one made, by its tags; nothing twice.
+    emu.set_faults(json!([]));
+    alice.run(&up("other", &[])).ok();
+    assert_eq!(vpcs(&ec2, "other").await, vpc);
+    let settled = stored(&s3, "team-states", "prod/other.json").await.unwrap();
+    assert!(rescued_keys.keys().all(|k| settled["resources"].get(k).is_some()), "{settled}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
