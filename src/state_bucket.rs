@@ -682,14 +682,8 @@ pub enum BucketOutcome {
 
 /// Whether the bucket carries the tag this tool gives a state bucket as it creates it.
 async fn is_ours(s3: &Client, bucket: &str) -> Result<bool, AwsError> {
-    let tags =
-        if_there(s3.get_bucket_tagging().bucket(bucket).send(), || format!("reading the tags of {bucket}")).await;
-    Ok(match tags {
-        Ok(out) => out.is_some_and(|o| o.tag_set().iter().any(|t| (t.key(), t.value()) == PURPOSE_TAG)),
-        // A bucket without tags answers NoSuchTagSet.
-        Err(e) if e.is_code(&["NoSuchTagSet"]) => false,
-        Err(e) => return Err(e),
-    })
+    let tags = crate::steps::s3::bucket_tags(s3, bucket).await?;
+    Ok(tags.iter().any(|t| (t.key(), t.value()) == PURPOSE_TAG))
 }
 
 /// Creates the bucket with every setting a state bucket needs, or adopts an existing one after

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::cli::{GlobalArgs, StateArgs, StateCommand, UnlockArgs};
 use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
+use crate::ops::confirm;
 use crate::ops::stack::{self, shared_store, stack_name};
 use crate::printer::{Printer, table};
 use crate::state::{self, LocalStore, StateStore};
@@ -179,21 +180,17 @@ async fn restore(global: &GlobalArgs, printer: &Printer, version: &str, yes: boo
         printer.out(&format!("version {version} is stack {stack}'s current state; nothing to do"));
         return Ok(ExitStatus::Success);
     }
-    if !yes {
-        if !printer.can_ask() {
-            return Err(Diagnostic::new("refusing to replace the shared state without confirmation: there is no terminal to ask on; nothing was changed")
-                .with_help("pass --yes to confirm")
-                .into());
-        }
-        let answer = printer.ask(&format!(
-            "Make version {version} (serial {}, {} resources) the current state of stack {stack}? [y/N]",
+    confirm(
+        printer,
+        &format!(
+            "version {version} (serial {}, {} resources) replaces the current state of stack {stack}",
             earlier.serial,
             earlier.resources.len()
-        ))?;
-        if !matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
-            return Err(Diagnostic::new("not confirmed; nothing was changed").into());
-        }
-    }
+        ),
+        "Make it the current state?",
+        yes,
+        "pass --yes to confirm",
+    )?;
     let store: Arc<dyn StateStore> = Arc::new(store);
     let (lock, _) = store.lock(&stack, "state restore").await?;
     let current = store.load(&stack).await;
@@ -241,23 +238,16 @@ pub async fn unlock(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
         .with_help("copy the id from the refused run's message, or from `gitlab-provision list`")
         .into());
     }
-    if !args.yes {
-        if !printer.can_ask() {
-            return Err(Diagnostic::new(format!(
-                "refusing to remove the lock of {} without confirmation: there is no terminal to ask on",
-                holder.describe()
-            ))
-            .with_help("pass --yes once you know that run is dead")
-            .into());
-        }
-        let answer = printer.ask(&format!(
-            "Stack {stack} is locked by {}. Remove the lock only if that run is dead: a live run would race the next one. Remove it? [y/N]",
+    confirm(
+        &printer,
+        &format!(
+            "stack {stack} is locked by {}; remove the lock only if that run is dead: a live run would race the next one",
             holder.describe()
-        ))?;
-        if !matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
-            return Err(Diagnostic::new("not confirmed; the lock was left alone").into());
-        }
-    }
+        ),
+        "Remove the lock?",
+        args.yes,
+        "pass --yes once you know that run is dead",
+    )?;
     if store.0.remove_lock(&stack, &args.lock_id).await? {
         printer.out(&format!("removed the lock of stack {stack} ({})", holder.describe()));
     } else {

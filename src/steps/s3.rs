@@ -87,16 +87,17 @@ async fn bucket_exists(ctx: &Ctx, bucket: &str) -> anyhow::Result<bool> {
     Ok(out.is_some())
 }
 
+/// A bucket's tags: none for a bucket without any (S3 answers NoSuchTagSet).
+pub async fn bucket_tags(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<aws_sdk_s3::types::Tag>, AwsError> {
+    match call(s3.get_bucket_tagging().bucket(bucket).send(), || format!("reading the tags of {bucket}")).await {
+        Ok(out) => Ok(out.tag_set),
+        Err(e) if e.is_code(&["NoSuchTagSet"]) => Ok(vec![]),
+        Err(e) => Err(e),
+    }
+}
+
 async fn bucket_owner(ctx: &Ctx, bucket: &str) -> anyhow::Result<Owner> {
-    let tags = match ctx.aws.s3.get_bucket_tagging().bucket(bucket).send().await {
-        Ok(out) => out.tag_set,
-        // A bucket without tags answers NoSuchTagSet.
-        Err(e) if aws_sdk_s3::error::ProvideErrorMetadata::code(&e) == Some("NoSuchTagSet") => vec![],
-        Err(e) => {
-            let error = crate::aws::AwsResultExt::or_aws(Err::<(), _>(e), || format!("reading the tags of {bucket}"));
-            return Err(error.unwrap_err().into());
-        }
-    };
+    let tags = bucket_tags(&ctx.aws.s3, bucket).await?;
     Ok(ctx.tags.owner(tags.iter().map(|t| (t.key(), t.value()))))
 }
 

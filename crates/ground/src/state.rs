@@ -210,14 +210,6 @@ fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("creating", dir))
 }
 
-/// Reads the state file without locking (for `status` and `plan`): atomic renames mean a reader
-/// always sees a whole file.
-pub fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
-    let path = state_path(dir, stack);
-    let Some(bytes) = read_regular(&path)? else { return Ok(None) };
-    parse(&bytes, &path, stack).map(Some)
-}
-
 /// A stored state, checked and migrated to the current version: refused untouched when it is
 /// not this tool's, is of a future version, or belongs to another stack. `path` names where it
 /// came from in messages (a file, or a store's URL).
@@ -442,6 +434,8 @@ impl StateStore for LocalStore {
         state_path(&self.dir, stack).display().to_string()
     }
 
+    /// Without the lock (for `status` and `plan` too): atomic renames mean a reader always sees
+    /// a whole file.
     async fn load(&self, stack: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StateError> {
         Ok(read_regular(&state_path(&self.dir, stack))?.map(|bytes| (bytes, None)))
     }
@@ -485,7 +479,7 @@ pub struct LockedState {
     revision: Option<String>,
     /// Set once a write was refused as a conflict: every later write is refused too, and what
     /// this run knows is kept in the rescue file instead.
-    conflicted: Option<StateError>,
+    conflicted: Option<(String, String)>,
     /// Said when the lock was taken over from a run that died.
     pub taken_over: Option<String>,
     lock: Option<Box<dyn HeldLock>>,
@@ -552,28 +546,24 @@ impl LockedState {
         let location = self.store.location(&self.state.stack);
         let json = serde_json::to_vec_pretty(&self.state)
             .map_err(|e| StateError::Corrupt { path: PathBuf::from(&location), reason: e.to_string() })?;
-        if let Some(StateError::Conflict { stack, location, detail, .. }) = &self.conflicted {
-            let rescued = rescue(&self.rescue_dir, stack, &json);
-            return Err(StateError::Conflict {
-                stack: stack.clone(),
+        // After a conflict the store is not asked again: the stored state is someone else's.
+        let saved = match &self.conflicted {
+            Some((location, detail)) => Err(StateError::Conflict {
+                stack: self.state.stack.clone(),
                 location: location.clone(),
                 detail: detail.clone(),
-                rescued,
-            });
-        }
-        match self.store.save(&self.state.stack, json.clone(), self.revision.clone()).await {
+                rescued: String::new(),
+            }),
+            None => self.store.save(&self.state.stack, json.clone(), self.revision.clone()).await,
+        };
+        match saved {
             Ok(revision) => {
                 self.revision = revision;
                 Ok(())
             }
             Err(StateError::Conflict { stack, location, detail, .. }) => {
+                self.conflicted = Some((location.clone(), detail.clone()));
                 let rescued = rescue(&self.rescue_dir, &stack, &json);
-                self.conflicted = Some(StateError::Conflict {
-                    stack: stack.clone(),
-                    location: location.clone(),
-                    detail: detail.clone(),
-                    rescued: String::new(),
-                });
                 Err(StateError::Conflict { stack, location, detail, rescued })
             }
             // The store could not be written (after the SDK's retries): what the run knows is
@@ -789,6 +779,13 @@ impl StateHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The state file as a run would read it (the directory store's load, synchronously).
+    fn read(dir: &Path, stack: &str) -> Result<Option<State>, StateError> {
+        let path = state_path(dir, stack);
+        let Some(bytes) = read_regular(&path)? else { return Ok(None) };
+        parse(&bytes, &path, stack).map(Some)
+    }
 
     fn record(kind: &str) -> ResourceRecord {
         ResourceRecord {
