@@ -10,7 +10,7 @@ blocked went through.
 Part 2 (--usable-scale, round trips scaled too): `up --wait` from nothing to a GitLab the load
 balancer reports healthy, with the Fargate task's start, the image pull and GitLab's first boot
 on EFS modelled, converted back to AWS seconds and set against the reference CloudFormation
-deployment's 1,003.7 s.
+deployment's 1,003.7 s; then a wake, and a consistent backup's downtime (stop, job, start).
 Writes the figures to bench/results.json for run-to-run comparison.
 """
 
@@ -134,6 +134,15 @@ def usable_gitlab(args):
     healthy_at = first_healthy(capture, started_epoch)
     if woke.returncode != 0:
         sys.exit(f"wake --wait failed:\n{woke.stderr}")
+    # A consistent backup of the running GitLab: stopped, copied by an AWS Backup job, started
+    # and healthy again. Its phases come from the JSON events, the downtime from the result.
+    backup = tool("backup", "--yes", "--json")
+    if backup.returncode != 0:
+        sys.exit(f"backup failed:\n{backup.stderr}")
+    docs = [json.loads(line) for line in backup.stdout.splitlines() if line.startswith("{")]
+    phases = {d["step"]: d["seconds"] / args.usable_scale for d in docs
+              if d.get("event") == "finished" and d.get("seconds") is not None}
+    downtime = next((d.get("downtime_seconds") for d in docs if "recovery_point" in d), None)
     emulator.stdin.close()
     emulator.wait(timeout=10)
     # What AWS itself takes on the way, whatever the tool does: the network and the file system
@@ -156,7 +165,9 @@ def usable_gitlab(args):
             "wake_aws_equivalent_s": round(wake_wall / args.usable_scale, 1), "wake_restart_s": restart,
             "wake_over_restart_s": round(wake_wall / args.usable_scale - restart, 1),
             "wake_healthy_aws_s": round((healthy_at - started_epoch) / args.usable_scale, 1) if healthy_at else None,
-            "wake_noticed_after_healthy_real_s": round(started_epoch + wake_wall - healthy_at, 2) if healthy_at else None}
+            "wake_noticed_after_healthy_real_s": round(started_epoch + wake_wall - healthy_at, 2) if healthy_at else None,
+            "backup_downtime_aws_s": round(downtime / args.usable_scale, 1) if downtime is not None else None,
+            "backup_phases_aws_s": {step: round(seconds, 1) for step, seconds in phases.items()}}
 
 
 def main():
@@ -282,6 +293,9 @@ def main():
         print(f"  of which: healthy at the load balancer after {u['wake_healthy_aws_s']:.0f} s of AWS time "
               f"({u['wake_healthy_aws_s'] - u['wake_restart_s']:+.0f} s over the restart), noticed by the tool "
               f"{u['wake_noticed_after_healthy_real_s']:.2f} s of real time later (its polling, real seconds at any scale)")
+    if u["backup_downtime_aws_s"] is not None:
+        phases = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in u["backup_phases_aws_s"].items())
+        print(f"consistent backup of the running GitLab: down for {u['backup_downtime_aws_s']:.0f} s of AWS time ({phases})")
     out = os.path.join(ROOT, "bench", "results.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
