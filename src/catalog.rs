@@ -42,6 +42,12 @@ impl KindRow {
         self.policy.kept_while_holding = true;
         self
     }
+
+    /// Deleted by a plain `down` only when empty, or when told to delete what it holds.
+    fn refused_while_holding(mut self) -> Self {
+        self.policy.refused_while_holding = true;
+        self
+    }
 }
 
 /// What GitLab's task being replaced costs: the old task stops before the new one starts.
@@ -57,7 +63,14 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
     use Discovery::{ByTags, Never};
     let row = |ops: &'static dyn ResourceOps<Ctx>, discovery, rank, interrupts| KindRow {
         ops,
-        policy: KindPolicy { data: false, kept_while_holding: false, interrupts, discovery, rank },
+        policy: KindPolicy {
+            data: false,
+            kept_while_holding: false,
+            refused_while_holding: false,
+            interrupts,
+            discovery,
+            rank,
+        },
     };
     let nothing = Interrupts::NOTHING;
     let groups = &Ec2::<crate::steps::security_group::SecurityGroups>::OPS;
@@ -158,6 +171,10 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
         Kind::FlowLog => row(&Ec2::<traffic::FlowLogs>::OPS, ByTags, 2, nothing),
         // Its subnets go back to the VPC's default ACL first.
         Kind::NetworkAcl => row(&Ec2::<traffic::NetworkAcls>::OPS, ByTags, 6, nothing),
+        // GitLab's uploads, artifacts and packages: deleted only when empty or when asked.
+        Kind::Bucket if keys::is_object_bucket(key) => {
+            row(&s3::BucketOps, ByTags, 8, nothing).data().refused_while_holding()
+        }
         // The logs it holds are audit records: kept with --keep-data.
         Kind::Bucket => row(&s3::BucketOps, ByTags, 8, nothing).data(),
         // Deregistering the target takes its actions and policies with it; the alarm first.
@@ -524,6 +541,16 @@ fn declare_data(s: &mut Stack, cfg: &StackConfig) {
             ))
             .runs(s3::LogBucketStep);
     }
+    if cfg.object_storage {
+        for (key, object_type) in keys::OBJECT_BUCKETS {
+            s.step(key)
+                .creates(key, Kind::Bucket)
+                .describe(format!(
+                    "create the bucket for GitLab's {object_type} (private, TLS only, encrypted, versioned)"
+                ))
+                .runs(s3::ObjectBucketStep { key, object_type });
+        }
+    }
     s.step(keys::FILE_SYSTEM)
         .creates(keys::FILE_SYSTEM, Kind::FileSystem)
         .describe("create the EFS file system (encrypted, elastic throughput, backups on)")
@@ -633,22 +660,25 @@ fn declare_roles_and_initializer(s: &mut Stack, cfg: &Arc<StackConfig>) {
             policy: Box::new(move |ctx, env| iam::execution_policy(ctx, env, registry.as_deref(), ecr)),
         });
     let mut task_role_needs = vec![keys::FILE_SYSTEM];
+    let mut task_rights = vec!["mount the file system"];
     if cfg.exec {
         task_role_needs.push(keys::EXEC_LOG_GROUP);
+        task_rights.push("ECS Exec and its session log");
     }
+    if cfg.object_storage {
+        task_role_needs.extend(keys::OBJECT_BUCKETS.map(|(key, _)| key));
+        task_rights.push("read and write GitLab's buckets");
+    }
+    let (exec, objects) = (cfg.exec, cfg.object_storage);
     s.step(keys::TASK_ROLE)
         .needs(&task_role_needs)
         .creates(keys::TASK_ROLE, Kind::Role)
-        .describe(if cfg.exec {
-            "create the task role: mount the file system, ECS Exec and its session log"
-        } else {
-            "create the task role: mount the file system"
-        })
+        .describe(format!("create the task role: {}", task_rights.join(", ")))
         .runs(iam::RoleStep {
             key: keys::TASK_ROLE,
             service: "ecs-tasks.amazonaws.com",
             managed: &[],
-            policy: if cfg.exec { Box::new(iam::task_policy_with_exec) } else { Box::new(iam::task_policy) },
+            policy: Box::new(move |ctx, env| iam::task_policy(ctx, env, exec, objects)),
         });
     s.step(keys::INIT_ROLE)
         .creates(keys::INIT_ROLE, Kind::Role)
@@ -874,6 +904,9 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network, listener
         .runs(service::ClusterStep { exec_logged: cfg.exec, spot: cfg.capacity == crate::config::Capacity::Spot });
     let mut td_needs =
         vec![keys::VPC, keys::EXECUTION_ROLE, keys::TASK_ROLE, keys::FILE_SYSTEM, keys::ROOT_SECRET, keys::LOG_GROUP];
+    if cfg.object_storage {
+        td_needs.extend(keys::OBJECT_BUCKETS.map(|(key, _)| key));
+    }
     if !https {
         td_needs.push(keys::LOAD_BALANCER);
         if cfg.ssh_port.is_some() {
@@ -1076,6 +1109,13 @@ mod tests {
                 }),
             ),
             ("imported vpc", graph(|s| s.vpc_id = Some("vpc-0123456789abcdef0".into()))),
+            (
+                "object storage, no exec",
+                graph(|s| {
+                    s.object_storage = Some(true);
+                    s.exec = Some(false)
+                }),
+            ),
             ("https", graph(https)),
             (
                 "https + ssh",

@@ -281,6 +281,10 @@ pub struct DownArgs {
     /// Keep the file system (with its backups) and the root secret; a later `up` attaches them
     #[arg(long)]
     pub keep_data: bool,
+    /// Also delete the objects in GitLab's buckets (`object_storage`): without it, `down` refuses
+    /// while they hold any
+    #[arg(long, conflicts_with = "keep_data")]
+    pub delete_objects: bool,
     /// Also find and delete what carries the stack's tags but the state does not record
     /// (a lost state file, a crash)
     #[arg(long)]

@@ -154,6 +154,11 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "GitLab")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec: Option<bool>,
+    /// Keep GitLab's artifacts, LFS objects, uploads, packages and the other object types in S3
+    /// buckets of the stack's instead of on EFS [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "GitLab")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_storage: Option<bool>,
 }
 
 impl Settings {
@@ -385,6 +390,10 @@ pub struct StackConfig {
     pub ssh_port: Option<u16>,
     /// ECS Exec (`exec`, `shell`) on the service, its sessions logged.
     pub exec: bool,
+    /// GitLab's objects in the stack's S3 buckets (consolidated object storage).
+    pub object_storage: bool,
+    /// Whether the configuration named `object_storage` (else a stack that has it keeps it).
+    pub object_storage_chosen: bool,
     pub hardening: Hardening,
     /// Whether the configuration named the egress (else an existing stack keeps its own).
     pub egress_chosen: bool,
@@ -539,6 +548,8 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
             task_memory_mib,
             ssh_port,
             exec: s.exec.unwrap_or(true),
+            object_storage: s.object_storage.unwrap_or(false),
+            object_storage_chosen: s.object_storage.is_some(),
             hardening: s.hardening.unwrap_or_default(),
             egress_chosen: s.egress.is_some() || s.use_nat_instance.is_some(),
             cpu_architecture: s.cpu_architecture,

@@ -15,6 +15,13 @@ const REPOSITORY_GB: f64 = 20.0;
 const EFS_READ_GB: f64 = 50.0;
 const EFS_WRITE_GB: f64 = 10.0;
 const NAT_TRAFFIC_GB: f64 = 20.0;
+/// With `object_storage`: artifacts, LFS objects, packages and uploads a small team keeps, a
+/// tenth more in old versions (kept 30 days), and its requests in a month (CI writes artifacts,
+/// clones read LFS objects).
+const OBJECT_GB: f64 = 30.0;
+const OBJECT_OLD_VERSION_SHARE: f64 = 0.1;
+const OBJECT_WRITES_THOUSANDS: f64 = 100.0;
+const OBJECT_READS_THOUSANDS: f64 = 1000.0;
 /// GitLab's logs over a month of running around the clock.
 const LOG_GB: f64 = 2.0;
 const FLOW_LOG_GB: f64 = 5.0;
@@ -77,6 +84,8 @@ struct StoragePrices {
     efs_ia_read_gb: f64,
     backup_efs_warm_gb_month: f64,
     s3_standard_gb_month: f64,
+    s3_put_thousand: f64,
+    s3_get_thousand: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +155,7 @@ pub struct Inputs {
     /// Minutes without a request before it sleeps.
     pub idle_sleep_minutes: Option<u32>,
     pub efs_ia_days: Option<u32>,
+    pub object_storage: bool,
 }
 
 impl From<&StackConfig> for Inputs {
@@ -161,6 +171,7 @@ impl From<&StackConfig> for Inputs {
             scheduled_hours: cfg.schedule.as_ref().map(|s| s.running_hours_per_month()),
             idle_sleep_minutes: cfg.idle_sleep_minutes,
             efs_ia_days: cfg.efs_ia_days,
+            object_storage: cfg.object_storage,
         }
     }
 }
@@ -282,14 +293,33 @@ fn storage_lines(p: &Prices, i: &Inputs, hours: f64) -> Vec<CostLine> {
             )
         }
     };
-    vec![
+    let mut lines = vec![
         efs,
         line(
             "EFS backups",
             format!("{REPOSITORY_GB} GB x ${}", s.backup_efs_warm_gb_month),
             REPOSITORY_GB * s.backup_efs_warm_gb_month,
         ),
-    ]
+    ];
+    if i.object_storage {
+        let stored = OBJECT_GB * (1.0 + OBJECT_OLD_VERSION_SHARE);
+        lines.push(line(
+            "S3 object storage",
+            format!(
+                "{stored:.0} GB x ${} (old versions included); {:.1} M writes x ${}/1000, {:.0} M reads x ${}/1000; the same on EFS: ${:.2}",
+                s.s3_standard_gb_month,
+                OBJECT_WRITES_THOUSANDS / 1000.0,
+                s.s3_put_thousand,
+                OBJECT_READS_THOUSANDS / 1000.0,
+                s.s3_get_thousand,
+                OBJECT_GB * s.efs_standard_gb_month
+            ),
+            stored * s.s3_standard_gb_month
+                + OBJECT_WRITES_THOUSANDS * s.s3_put_thousand
+                + OBJECT_READS_THOUSANDS * s.s3_get_thousand,
+        ));
+    }
+    lines
 }
 
 fn service_lines(p: &Prices, i: &Inputs, hours: f64) -> Vec<CostLine> {
@@ -441,6 +471,11 @@ mod tests {
         let ia = estimate(&cfg(|s| s.efs_infrequent_access_after = Some("30d".into())));
         let efs = 8.0 * 0.30 + 12.0 * 0.016 + 5.0 * 0.01 + 50.0 * 0.03 + 10.0 * 0.06;
         assert!((item(&ia, "EFS storage") - efs).abs() < 0.01);
+        // Object storage: 33 GB (a tenth in old versions), 100,000 writes and a million reads.
+        let objects = estimate(&cfg(|s| s.object_storage = Some(true)));
+        let s3 = 33.0 * 0.023 + 100.0 * 0.005 + 1000.0 * 0.0004;
+        assert!((item(&objects, "S3 object storage") - s3).abs() < 0.01, "{objects:#?}");
+        assert_eq!(item(&estimate(&cfg(|_| {})), "S3"), 0.0);
     }
 
     #[test]

@@ -85,6 +85,11 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
     refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
     let keep = kept(&ctx, &records, args.keep_data).await?;
+    if !args.delete_objects {
+        let candidates = records.iter().map(|(k, r)| (k.clone(), r.clone()));
+        let candidates: Vec<_> = candidates.chain(orphans.iter().map(|o| (o.key.clone(), o.record()))).collect();
+        refuse_to_delete_contents(&ctx, &candidates, &keep).await?;
+    }
     if !args.yes {
         confirm(&stack, &printer, records.len() + orphans.len() - keep.len(), args.keep_data)?;
     }
@@ -173,6 +178,35 @@ async fn kept(
         }
     }
     Ok(keep)
+}
+
+/// Refuses, before anything is deleted, to delete what holds data only its users made (GitLab's
+/// buckets: uploads, artifacts, packages; no backup of the tool's has them) unless `down` was
+/// told to (`--delete-objects`), naming each with what it holds.
+async fn refuse_to_delete_contents(
+    ctx: &crate::aws::Ctx,
+    candidates: &[(String, ResourceRecord)],
+    keep: &BTreeMap<String, String>,
+) -> Result<(), CliError> {
+    let mut holding = vec![];
+    for (key, record) in candidates.iter().filter(|(key, _)| !keep.contains_key(key)) {
+        let Some(policy) = Kinds.policy(&record.kind, key) else { continue };
+        if policy.refused_while_holding
+            && let Some(ops) = Kinds.ops(&record.kind)
+            && let Some(held) = ops.holds(ctx, record).await?
+        {
+            holding.push(format!("  {key} {}: {held}", record.id.as_deref().unwrap_or("?")));
+        }
+    }
+    if holding.is_empty() {
+        return Ok(());
+    }
+    Err(Diagnostic::new(format!(
+        "GitLab's buckets hold its users' objects (uploads, artifacts, packages), which no backup of this tool has; nothing was deleted:\n{}",
+        holding.join("\n")
+    ))
+    .with_help("keep them (and the rest of the data) with `gitlab-provision down --keep-data`, which `up` attaches again; or delete them with the stack: `gitlab-provision down --delete-objects`")
+    .into())
 }
 
 fn report(printer: &Printer, result: &DownResult, keep_data: bool) {

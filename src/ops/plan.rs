@@ -280,6 +280,20 @@ pub fn refusals(cfg: &StackConfig, state: Option<&state::State>, region: &str, f
     {
         refused.push(Refusal { problem: e.to_string(), help: ground::Help::help(&e), reason: RefusalReason::Version });
     }
+    let buckets: Vec<&str> =
+        keys::OBJECT_BUCKETS.iter().map(|(key, _)| *key).filter(|key| state.resources.contains_key(*key)).collect();
+    if !cfg.object_storage && !buckets.is_empty() {
+        refused.push(Refusal {
+            problem: format!(
+                "object_storage = false, but GitLab keeps its uploads, artifacts and packages in the stack's buckets ({}): it would no longer find them",
+                buckets.join(", ")
+            ),
+            help: Some(
+                "keep object_storage = true (or leave it out: a stack that has it keeps it); moving the objects back to the file system is GitLab's own migration (e.g. `gitlab-rake gitlab:artifacts:migrate_to_local`), run through `gitlab-provision exec`, before the buckets can go".into(),
+            ),
+            reason: RefusalReason::FixedSetting,
+        });
+    }
     refused
 }
 
@@ -290,7 +304,7 @@ pub fn running_version(records: &BTreeMap<String, ResourceRecord>) -> Option<cra
 }
 
 /// Keeps what runs where the configuration does not say: the version when neither the file nor
-/// a flag names one, and the egress of a stack made before egress was a setting (or by its
+/// a flag names one, object storage once the stack has its buckets, and the egress of a stack made before egress was a setting (or by its
 /// default of then: a NAT gateway), so a new default never rebuilds a running stack's network.
 pub fn keep_what_runs(cfg: &mut StackConfig, records: &BTreeMap<String, ResourceRecord>) {
     if cfg.tag_source == crate::config::TagSource::Default
@@ -298,6 +312,9 @@ pub fn keep_what_runs(cfg: &mut StackConfig, records: &BTreeMap<String, Resource
     {
         cfg.gitlab_image_tag = running.to_string();
         cfg.tag_source = crate::config::TagSource::Running;
+    }
+    if !cfg.object_storage_chosen && keys::OBJECT_BUCKETS.iter().any(|(key, _)| records.contains_key(*key)) {
+        cfg.object_storage = true;
     }
     if let crate::config::NetworkConfig::Create { egress, .. } = &mut cfg.network
         && !cfg.egress_chosen

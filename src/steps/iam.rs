@@ -118,31 +118,37 @@ fn efs_rights(env: &Env) -> anyhow::Result<serde_json::Value> {
     )
 }
 
-/// Mount and write this file system as root (GitLab chowns its own trees).
-pub fn task_policy(_ctx: &Ctx, env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
-    Ok(Some(json!({"Version": "2012-10-17", "Statement": [efs_rights(env)?]})))
-}
-
-/// The task policy, with ECS Exec: its channels, and writing each session to the stack's exec
-/// log group (the ECS developer guide's "IAM permissions required for ECS Exec": DescribeLogGroups
-/// cannot be scoped to a group, the rest can).
-pub fn task_policy_with_exec(ctx: &Ctx, env: &Env) -> anyhow::Result<Option<serde_json::Value>> {
-    let group = format!(
-        "arn:{}:logs:{}:{}:log-group:{}:*",
-        ctx.partition(),
-        ctx.region(),
-        ctx.account_id(),
-        env.id(keys::EXEC_LOG_GROUP)?
-    );
-    Ok(Some(json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            efs_rights(env)?,
-            {"Effect": "Allow", "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], "Resource": "*"},
-            {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
-            {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"], "Resource": group},
-        ]
-    })))
+/// GitLab's task: mount and write this file system as root (GitLab chowns its own trees); with
+/// ECS Exec, its channels and writing each session to the stack's exec log group (the ECS
+/// developer guide's "IAM permissions required for ECS Exec": DescribeLogGroups cannot be scoped
+/// to a group, the rest can); with object storage, GitLab's buckets and nothing else (the
+/// permissions GitLab's object storage guide lists, per bucket and per object).
+pub fn task_policy(ctx: &Ctx, env: &Env, exec: bool, objects: bool) -> anyhow::Result<Option<serde_json::Value>> {
+    let mut statements = vec![efs_rights(env)?];
+    if exec {
+        let group = format!(
+            "arn:{}:logs:{}:{}:log-group:{}:*",
+            ctx.partition(),
+            ctx.region(),
+            ctx.account_id(),
+            env.id(keys::EXEC_LOG_GROUP)?
+        );
+        statements.extend([
+            json!({"Effect": "Allow", "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"], "Resource": "*"}),
+            json!({"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"}),
+            json!({"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"], "Resource": group}),
+        ]);
+    }
+    if objects {
+        let buckets =
+            keys::OBJECT_BUCKETS.iter().map(|(key, _)| env.attr(key, "arn")).collect::<anyhow::Result<Vec<_>>>()?;
+        let objects: Vec<String> = buckets.iter().map(|arn| format!("{arn}/*")).collect();
+        statements.extend([
+            json!({"Sid": "GitLabsBuckets", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"], "Resource": buckets}),
+            json!({"Sid": "GitLabsObjects", "Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"], "Resource": objects}),
+        ]);
+    }
+    Ok(Some(json!({"Version": "2012-10-17", "Statement": statements})))
 }
 
 /// The initializer's rights on this file system (held only while it runs).

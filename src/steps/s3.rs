@@ -1,17 +1,20 @@
 //! S3: the stack's buckets. Under `hardening = "strict"`, the log bucket receives the load
-//! balancer's access logs and the VPC's flow logs. Every bucket is private (all four public
-//! access blocks, ACLs disabled), TLS only, encrypted, versioned, and expires what it holds on a
-//! schedule. `down` empties and deletes it; `down --keep-data` keeps it.
+//! balancer's access logs and the VPC's flow logs; with `object_storage = true`, a bucket per
+//! object type holds what GitLab keeps in object storage. Every bucket is private (all four
+//! public access blocks, ACLs disabled), TLS only, encrypted, versioned; the log bucket expires
+//! what it holds on a schedule, GitLab's buckets keep it (old versions for 30 days). `down`
+//! empties and deletes the log bucket, and GitLab's buckets only when empty or told to
+//! (`--delete-objects`); `down --keep-data` keeps them all.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_s3::types::{
-    BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
-    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
-    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule, PublicAccessBlockConfiguration,
-    ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    Tagging, VersioningConfiguration,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus,
+    CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    NoncurrentVersionExpiration, ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tagging, VersioningConfiguration,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -140,18 +143,36 @@ pub async fn private_encrypted_versioned(s3: &aws_sdk_s3::Client, bucket: &str, 
     Ok(())
 }
 
-/// The settings every bucket of the stack has, applied to a new bucket and again on update.
-async fn secure_bucket(ctx: &Ctx, bucket: &str, key: &str, days: i32, policy: &str) -> anyhow::Result<()> {
+/// How long a replaced or deleted object's old version stays: a month to notice a mistake.
+pub const NONCURRENT_DAYS: i32 = 30;
+/// How long S3 keeps the parts of a multipart upload nobody finished (a push or a CI job that
+/// died): they are billed like objects until aborted.
+pub const INCOMPLETE_UPLOAD_DAYS: i32 = 7;
+
+/// The settings every bucket of the stack has, applied to a new bucket and again on update:
+/// private, TLS only, encrypted, versioned, old versions kept 30 days, unfinished uploads
+/// aborted after a week, and its objects expired after `expire_days` when given.
+async fn secure_bucket(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    expire_days: Option<i32>,
+    policy: &str,
+) -> anyhow::Result<()> {
     let s3 = &ctx.aws.s3;
     private_encrypted_versioned(s3, bucket, policy).await?;
-    let expire = LifecycleRule::builder()
-        .id("expire")
+    let mut rule = LifecycleRule::builder()
+        .id(if expire_days.is_some() { "expire" } else { "tidy" })
         .status(ExpirationStatus::Enabled)
         .filter(LifecycleRuleFilter::builder().prefix("").build())
-        .expiration(LifecycleExpiration::builder().days(days).build())
-        .noncurrent_version_expiration(NoncurrentVersionExpiration::builder().noncurrent_days(30).build())
-        .build()?;
-    let lifecycle = BucketLifecycleConfiguration::builder().rules(expire).build()?;
+        .noncurrent_version_expiration(NoncurrentVersionExpiration::builder().noncurrent_days(NONCURRENT_DAYS).build())
+        .abort_incomplete_multipart_upload(
+            AbortIncompleteMultipartUpload::builder().days_after_initiation(INCOMPLETE_UPLOAD_DAYS).build(),
+        );
+    if let Some(days) = expire_days {
+        rule = rule.expiration(LifecycleExpiration::builder().days(days).build());
+    }
+    let lifecycle = BucketLifecycleConfiguration::builder().rules(rule.build()?).build()?;
     call(s3.put_bucket_lifecycle_configuration().bucket(bucket).lifecycle_configuration(lifecycle).send(), || {
         format!("setting how long {bucket} keeps objects")
     })
@@ -178,35 +199,104 @@ impl StepAction<Ctx> for LogBucketStep {
 
     async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
         let want = scope.wanted_one(ctx, self)?;
-        let (name, policy) = (want.text("name").to_string(), want.text("policy").to_string());
-        let (name, policy) = (name.as_str(), policy.as_str());
-        let ensured = scope
-            .ensure(ctx, &BucketOps, want, |existing, _| async move {
-                if existing.is_none() {
-                    let mut create = ctx.aws.s3.create_bucket().bucket(name);
-                    // us-east-1 takes no location constraint; every other region needs its own.
-                    if ctx.region() != "us-east-1" {
-                        let location = BucketLocationConstraint::from(ctx.region());
-                        create = create.create_bucket_configuration(
-                            CreateBucketConfiguration::builder().location_constraint(location).build(),
-                        );
-                    }
-                    match call(create.send(), || format!("creating bucket {name}")).await {
-                        // A crash after the create: ours, finished below.
-                        Err(e) if e.is_code(&["BucketAlreadyOwnedByYou"]) => {}
-                        other => drop(other?),
-                    }
-                    scope.created(keys::LOG_BUCKET, name).await?;
-                }
-                secure_bucket(ctx, name, keys::LOG_BUCKET, LOG_DAYS, policy).await?;
-                Ok(Applied::id(name).with("arn", format!("arn:{}:s3:::{name}", ctx.partition())))
-            })
-            .await?;
+        let ensured = ensure_bucket(ctx, scope, keys::LOG_BUCKET, want, Some(LOG_DAYS)).await?;
         Ok(ensured.summary(&format!(" (private, TLS only, {LOG_DAYS} days)")))
     }
 }
 
+/// Creates the bucket `want` names (unless it exists) and gives it the stack's settings.
+async fn ensure_bucket(
+    ctx: &Ctx,
+    scope: &StepScope,
+    key: &'static str,
+    want: Desired,
+    expire_days: Option<i32>,
+) -> anyhow::Result<crate::engine::Ensured> {
+    let (name, policy) = (want.text("name").to_string(), want.text("policy").to_string());
+    let (name, policy) = (name.as_str(), policy.as_str());
+    scope
+        .ensure(ctx, &BucketOps, want, |existing, _| async move {
+            if existing.is_none() {
+                let mut create = ctx.aws.s3.create_bucket().bucket(name);
+                // us-east-1 takes no location constraint; every other region needs its own.
+                if ctx.region() != "us-east-1" {
+                    let location = BucketLocationConstraint::from(ctx.region());
+                    create = create.create_bucket_configuration(
+                        CreateBucketConfiguration::builder().location_constraint(location).build(),
+                    );
+                }
+                match call(create.send(), || format!("creating bucket {name}")).await {
+                    // A crash after the create: ours, finished below.
+                    Err(e) if e.is_code(&["BucketAlreadyOwnedByYou"]) => {}
+                    other => drop(other?),
+                }
+                scope.created(key, name).await?;
+            }
+            secure_bucket(ctx, name, key, expire_days, policy).await?;
+            Ok(Applied::id(name).with("arn", format!("arn:{}:s3:::{name}", ctx.partition())))
+        })
+        .await
+}
+
+/// Nobody without TLS; the rest is IAM's (GitLab's task role names the bucket).
+fn tls_only_policy(ctx: &Ctx, bucket: &str) -> String {
+    let arn = format!("arn:{}:s3:::{bucket}", ctx.partition());
+    json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn.clone(), format!("{arn}/*")],
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+    ]})
+    .to_string()
+}
+
+/// The name of the bucket for one of GitLab's object types (`lfs`, `ci_secure_files`).
+pub fn object_bucket_name(ctx: &Ctx, object_type: &str) -> String {
+    bucket_name(ctx, &object_type.replace('_', "-"))
+}
+
+/// One of GitLab's object buckets (`object_storage = true`).
+pub struct ObjectBucketStep {
+    pub key: &'static str,
+    pub object_type: &'static str,
+}
+
+#[async_trait]
+impl StepAction<Ctx> for ObjectBucketStep {
+    fn desired(&self, ctx: &Ctx, _env: &Env) -> anyhow::Result<Vec<Desired>> {
+        let name = object_bucket_name(ctx, self.object_type);
+        let wanted = attrs([("policy", tls_only_policy(ctx, &name)), ("name", name)]);
+        Ok(vec![Desired::new(self.key, Kind::Bucket, wanted).replaced_on(&["name"])])
+    }
+
+    async fn apply(&self, ctx: &Ctx, scope: &StepScope) -> anyhow::Result<Summary> {
+        let want = scope.wanted_one(ctx, self)?;
+        let ensured = ensure_bucket(ctx, scope, self.key, want, None).await?;
+        Ok(ensured.summary(&format!(" (GitLab's {}; private, TLS only, versioned)", self.object_type)))
+    }
+}
+
 pub struct BucketOps;
+
+/// How many objects (every version) a bucket holds, and their bytes.
+pub async fn contents(ctx: &Ctx, bucket: &str) -> anyhow::Result<(usize, i64)> {
+    let (mut count, mut bytes) = (0, 0);
+    let (mut key_marker, mut version_marker) = (None, None);
+    loop {
+        let request = ctx
+            .aws
+            .s3
+            .list_object_versions()
+            .bucket(bucket)
+            .set_key_marker(key_marker)
+            .set_version_id_marker(version_marker);
+        let page = call(request.send(), || format!("listing the objects of {bucket}")).await?;
+        count += page.versions().len();
+        bytes += page.versions().iter().filter_map(|v| v.size()).sum::<i64>();
+        if page.is_truncated() != Some(true) {
+            return Ok((count, bytes));
+        }
+        (key_marker, version_marker) = (page.next_key_marker, page.next_version_id_marker);
+    }
+}
 
 /// Deletes every version of every object in the bucket, a thousand per call.
 async fn empty(ctx: &Ctx, bucket: &str) -> anyhow::Result<usize> {
@@ -266,6 +356,21 @@ impl ResourceOps<Ctx> for BucketOps {
         self.read(ctx, record).await?.checked(bucket_owner(ctx, record.id()?)).await
     }
 
+    async fn holds(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Option<String>> {
+        let bucket = record.id()?;
+        if !bucket_exists(ctx, bucket).await? {
+            return Ok(None);
+        }
+        let (count, bytes) = contents(ctx, bucket).await?;
+        Ok((count > 0).then(|| {
+            format!(
+                "{} ({})",
+                crate::engine::counted(count, "object"),
+                indicatif::HumanBytes(bytes.max(0).unsigned_abs())
+            )
+        }))
+    }
+
     async fn find(&self, ctx: &Ctx, lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
         let Some(name) = lost.record.attr("name") else { return Ok(None) };
         if !bucket_exists(ctx, name).await? {
@@ -298,15 +403,17 @@ impl ResourceOps<Ctx> for BucketOps {
         .await
     }
 
+    /// The log bucket and GitLab's object buckets, by the names the stack gives them.
     async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
-        let name = bucket_name(ctx, "logs");
-        if !bucket_exists(ctx, &name).await? {
-            return Ok(Found::default());
+        let named = std::iter::once((keys::LOG_BUCKET, bucket_name(ctx, "logs")))
+            .chain(keys::OBJECT_BUCKETS.iter().map(|(key, object_type)| (*key, object_bucket_name(ctx, object_type))));
+        let mut found = vec![];
+        for (key, name) in named {
+            if bucket_exists(ctx, &name).await? && bucket_owner(ctx, &name).await? == Owner::Ours {
+                found.push(Discovered::new(key, name.clone()).with("name", name));
+            }
         }
-        Ok(match bucket_owner(ctx, &name).await? {
-            Owner::Ours => vec![Discovered::new(keys::LOG_BUCKET, name.clone()).with("name", name)].into(),
-            _ => Found::default(),
-        })
+        Ok(found.into())
     }
 }
 

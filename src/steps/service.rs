@@ -289,8 +289,42 @@ pub async fn tasks(ctx: &Ctx, cluster: &str, service: Option<&str>) -> anyhow::R
 // ---------------------------------------------------------------------------------------------
 // Task definition
 
+/// Where GitLab keeps its objects with `object_storage = true`: the region and each object
+/// type's bucket.
+pub struct ObjectStore {
+    pub region: String,
+    pub buckets: Vec<(&'static str, String)>,
+}
+
+impl ObjectStore {
+    /// GitLab's consolidated form (GitLab's "Object storage" guide, "Full example using the
+    /// consolidated form and Amazon S3"): one connection for every type, credentials from the
+    /// task role (`use_iam_profile`: no access key exists), a bucket per type; downloads go
+    /// straight from S3 to the client by presigned URL (`proxy_download = false`, GitLab's
+    /// default), so large artifacts do not pass through the task.
+    fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            "gitlab_rails['object_store']['enabled'] = true".to_string(),
+            "gitlab_rails['object_store']['proxy_download'] = false".to_string(),
+            format!(
+                "gitlab_rails['object_store']['connection'] = {{ 'provider' => 'AWS', 'region' => '{}', 'use_iam_profile' => true }}",
+                self.region
+            ),
+        ];
+        lines.extend(self.buckets.iter().map(|(object_type, bucket)| {
+            format!("gitlab_rails['object_store']['objects']['{object_type}']['bucket'] = '{bucket}'")
+        }));
+        lines
+    }
+}
+
 /// GitLab's omnibus settings, passed as GITLAB_OMNIBUS_CONFIG.
-pub fn omnibus_config(external_url: &str, vpc_cidr: &str, ssh: Option<(&str, u16)>) -> String {
+pub fn omnibus_config(
+    external_url: &str,
+    vpc_cidr: &str,
+    ssh: Option<(&str, u16)>,
+    object_store: Option<&ObjectStore>,
+) -> String {
     let mut lines = vec![
         format!("external_url '{external_url}'"),
         // Without the VPC in the whitelist /-/readiness answers 404 to the load balancer.
@@ -310,6 +344,9 @@ pub fn omnibus_config(external_url: &str, vpc_cidr: &str, ssh: Option<(&str, u16
         // What GitLab shows in clone URLs; its own sshd keeps listening on 22 in the task.
         lines.push(format!("gitlab_rails['gitlab_ssh_host'] = '{host}'"));
         lines.push(format!("gitlab_rails['gitlab_shell_ssh_port'] = {port}"));
+    }
+    if let Some(store) = object_store {
+        lines.extend(store.lines());
     }
     lines.join("\n")
 }
@@ -343,10 +380,20 @@ impl StepAction<Ctx> for TaskDefinitionStep {
     fn desired(&self, ctx: &Ctx, env: &Env) -> anyhow::Result<Vec<Desired>> {
         let cfg = &self.config;
         let ssh = self.ssh(env)?;
+        let object_store = if cfg.object_storage {
+            let buckets = keys::OBJECT_BUCKETS
+                .iter()
+                .map(|(key, object_type)| Ok((*object_type, env.id(key)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(ObjectStore { region: ctx.region().to_string(), buckets })
+        } else {
+            None
+        };
         let omnibus = omnibus_config(
             &self.external_url(env)?,
             &env.attr(keys::VPC, "cidr")?,
             ssh.as_ref().map(|(h, p)| (h.as_str(), *p)),
+            object_store.as_ref(),
         );
         let mut wanted = attrs([
             ("family", family(&ctx.tags.stack)),
@@ -1193,14 +1240,45 @@ mod tests {
 
     #[test]
     fn https_config_listens_on_80_without_tls_and_whitelists_the_vpc() {
-        let https = omnibus_config("https://git.example.com", "10.0.0.0/16", None);
+        let https = omnibus_config("https://git.example.com", "10.0.0.0/16", None, None);
         assert!(https.contains("external_url 'https://git.example.com'"));
         assert!(https.contains("nginx['listen_port'] = 80") && https.contains("nginx['listen_https'] = false"));
         assert!(https.contains("monitoring_whitelist'] = ['127.0.0.0/8', '10.0.0.0/16']"));
-        let http = omnibus_config("http://lb.example", "10.1.0.0/16", None);
+        let http = omnibus_config("http://lb.example", "10.1.0.0/16", None, None);
         assert!(!http.contains("listen_https") && !http.contains("ssh"));
-        let ssh = omnibus_config("https://git.example.com", "10.0.0.0/16", Some(("ssh.git.example.com", 2222)));
+        let ssh = omnibus_config("https://git.example.com", "10.0.0.0/16", Some(("ssh.git.example.com", 2222)), None);
         assert!(ssh.contains("gitlab_rails['gitlab_ssh_host'] = 'ssh.git.example.com'"));
         assert!(ssh.contains("gitlab_rails['gitlab_shell_ssh_port'] = 2222"));
+        assert!(!ssh.contains("object_store"));
+    }
+
+    #[test]
+    fn object_storage_is_the_consolidated_form_with_the_task_roles_credentials() {
+        let store = ObjectStore {
+            region: "eu-west-1".into(),
+            buckets: keys::OBJECT_BUCKETS.iter().map(|(_, t)| (*t, format!("team-{t}"))).collect(),
+        };
+        let text = omnibus_config("https://git.example.com", "10.0.0.0/16", None, Some(&store));
+        assert!(text.contains("gitlab_rails['object_store']['enabled'] = true"));
+        assert!(text.contains(
+            "gitlab_rails['object_store']['connection'] = { 'provider' => 'AWS', 'region' => 'eu-west-1', 'use_iam_profile' => true }"
+        ));
+        // Every type GitLab's consolidated form takes, each in its own bucket; no key anywhere.
+        for object_type in [
+            "artifacts",
+            "external_diffs",
+            "lfs",
+            "uploads",
+            "packages",
+            "dependency_proxy",
+            "terraform_state",
+            "ci_secure_files",
+            "pages",
+        ] {
+            let line =
+                format!("gitlab_rails['object_store']['objects']['{object_type}']['bucket'] = 'team-{object_type}'");
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("aws_access_key_id") && !text.contains("aws_secret_access_key"));
     }
 }

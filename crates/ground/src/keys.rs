@@ -135,6 +135,24 @@ pub const WAKE_ROLE: &str = "wake-role";
 pub const WAKE_LOG_GROUP: &str = "wake-log-group";
 pub const WAKE_FUNCTION: &str = "wake-function";
 pub const WAKE_TARGET_GROUP: &str = "wake-target-group";
+/// `object_storage = true`: a bucket per object type GitLab stores in the consolidated form
+/// (the record key, and the type's name in `gitlab.rb`).
+pub const OBJECT_BUCKETS: [(&str, &str); 9] = [
+    ("objects-artifacts", "artifacts"),
+    ("objects-external-diffs", "external_diffs"),
+    ("objects-lfs", "lfs"),
+    ("objects-uploads", "uploads"),
+    ("objects-packages", "packages"),
+    ("objects-dependency-proxy", "dependency_proxy"),
+    ("objects-terraform-state", "terraform_state"),
+    ("objects-ci-secure-files", "ci_secure_files"),
+    ("objects-pages", "pages"),
+];
+
+/// Whether a record key is one of GitLab's object buckets.
+pub fn is_object_bucket(key: &str) -> bool {
+    OBJECT_BUCKETS.iter().any(|(k, _)| *k == key)
+}
 /// Who may read the root secret: GitLab's execution role and the stack's admins only.
 pub const ROOT_SECRET_POLICY: &str = "root-secret-policy";
 /// TLS only, and only GitLab's task and the initializer mount the file system.

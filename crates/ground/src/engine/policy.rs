@@ -12,6 +12,10 @@ pub struct KindPolicy {
     /// Kept by a plain `down` while it holds something (a vault's backups, a bucket's objects):
     /// the tool never deletes what it cannot recreate. The kind's operations say what it holds.
     pub kept_while_holding: bool,
+    /// A plain `down` refuses to delete it while it holds something (a bucket of GitLab's
+    /// uploads and artifacts) unless told to delete what it holds too: that is data GitLab's
+    /// users made, and no backup of the tool's has it.
+    pub refused_while_holding: bool,
     /// What a change to it interrupts (the confirmation `up` asks for).
     pub interrupts: Interrupts,
     /// How a lost state finds it again.
@@ -105,6 +109,7 @@ mod tests {
     const GROUP: KindPolicy = KindPolicy {
         data: false,
         kept_while_holding: false,
+        refused_while_holding: false,
         interrupts: Interrupts { when: &[When::MembersRemoved], what: "{key} changes who may connect: {changes}" },
         discovery: Discovery::ByTags,
         rank: 1,

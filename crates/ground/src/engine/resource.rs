@@ -650,6 +650,22 @@ pub struct Orphan {
     pub found: Discovered,
 }
 
+impl Orphan {
+    /// The record it becomes once adopted.
+    pub fn record(&self) -> ResourceRecord {
+        ResourceRecord {
+            kind: self.kind.clone(),
+            step: "discovered".into(),
+            status: RecordStatus::Created,
+            id: Some(self.found.id.clone()),
+            depends_on: vec![],
+            attrs: self.found.attrs.clone(),
+            generation: 0,
+            updated_at: String::new(),
+        }
+    }
+}
+
 /// Asks every kind what exists of the stack, at once: what carries its tags and is not
 /// recorded (orphans), and what has its names but is not its own (conflicts).
 pub async fn discover<C: Send + Sync + 'static>(
@@ -694,19 +710,7 @@ pub async fn adopt_orphans<C: Sync>(
 ) -> anyhow::Result<()> {
     let mut all = state.snapshot().resources;
     for o in orphans {
-        all.insert(
-            o.key.clone(),
-            ResourceRecord {
-                kind: o.kind.clone(),
-                step: "discovered".into(),
-                status: RecordStatus::Created,
-                id: Some(o.found.id.clone()),
-                depends_on: vec![],
-                attrs: o.found.attrs.clone(),
-                generation: 0,
-                updated_at: String::new(),
-            },
-        );
+        all.insert(o.key.clone(), o.record());
     }
     let rank: BTreeMap<String, i8> = all.iter().map(|(k, r)| (k.clone(), catalog.teardown_rank(&r.kind, k))).collect();
     let orphan_keys: BTreeSet<&String> = orphans.iter().map(|o| &o.key).collect();
