@@ -94,13 +94,15 @@ async fn gitlabs_objects_go_to_private_buckets_only_its_task_reaches_and_down_ne
         assert!(encryption.server_side_encryption_configuration().is_some(), "{bucket}");
         let tags = c.s3.get_bucket_tagging().bucket(&bucket).send().await.unwrap();
         assert!(tags.tag_set().iter().any(|t| t.key() == "gitlab-provision:stack" && t.value() == "obj"), "{bucket}");
-        // Unfinished uploads aborted after a week, old versions gone after a month, nothing
-        // current ever expired.
+        // Unfinished uploads aborted after a week, old versions gone after a month, delete
+        // markers with nothing behind them removed, nothing current ever expired.
         let lifecycle = c.s3.get_bucket_lifecycle_configuration().bucket(&bucket).send().await.unwrap();
         let rule = &lifecycle.rules()[0];
         assert_eq!(rule.abort_incomplete_multipart_upload().and_then(|a| a.days_after_initiation()), Some(7));
         assert_eq!(rule.noncurrent_version_expiration().and_then(|n| n.noncurrent_days()), Some(30));
-        assert!(rule.expiration().is_none(), "{bucket}: GitLab's objects must not expire");
+        let expiration = rule.expiration().expect("delete markers are tidied");
+        assert_eq!(expiration.days(), None, "{bucket}: GitLab's objects must not expire");
+        assert_eq!(expiration.expired_object_delete_marker(), Some(true), "{bucket}");
         // TLS only.
         let bucket_policy = c.s3.get_bucket_policy().bucket(&bucket).send().await.unwrap();
         let bucket_policy = bucket_policy.policy().unwrap();
@@ -167,6 +169,35 @@ async fn gitlabs_objects_go_to_private_buckets_only_its_task_reaches_and_down_ne
     assert!(refused.stderr.contains("objects-artifacts"), "{}", refused.stderr);
     assert!(bucket_exists(&emu, &artifacts).await);
     std::fs::write(tool.state_path("obj"), saved).unwrap();
+
+    // An object that arrives after `down`'s first check (GitLab writes until its service is
+    // gone) stops that bucket's deletion at the moment it would be deleted. The buckets are
+    // emptied first, so the first check passes; the task definition's deregistration is slowed
+    // down to hold the window open after the service is gone.
+    let s3 = emu.aws_clients().s3;
+    let versions = s3.list_object_versions().bucket(&artifacts).send().await.unwrap();
+    for version in versions.versions() {
+        let request = s3.delete_object().bucket(&artifacts).key(version.key().unwrap());
+        request.set_version_id(version.version_id().map(str::to_string)).send().await.unwrap();
+    }
+    emu.set_faults(serde_json::json!([{"action": "DeregisterTaskDefinition", "delay": 3.0}]));
+    emu.clear_calls();
+    let down = tool.command(&["down", "--stack", "obj", "--yes"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The state drops the service's record once it is deleted.
+    while tool.state("obj").is_none_or(|state| state["resources"].get("service").is_some()) {
+        assert!(std::time::Instant::now() < deadline, "down never deleted the service");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let late = aws_sdk_s3::primitives::ByteStream::from(vec![1u8; 512]);
+    s3.put_object().bucket(&artifacts).key("job/2/artifacts.zip").body(late).send().await.unwrap();
+    let out = down.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("objects-artifacts") && stderr.contains("not deleted without being told to"), "{stderr}");
+    assert!(bucket_exists(&emu, &artifacts).await, "the late object's bucket was deleted");
+    assert!(tool.state("obj").unwrap()["resources"].get("objects-artifacts").is_some());
+    emu.set_faults(serde_json::json!([]));
 
     // Told to: every object and every bucket goes, with the rest of the stack.
     tool.run(&["down", "--stack", "obj", "--delete-objects", "--yes"]).ok();

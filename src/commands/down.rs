@@ -84,10 +84,11 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let lives =
         engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
     refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
-    let keep = kept(&ctx, &records, args.keep_data).await?;
+    // What was found by discovery is kept or refused like what is recorded.
+    let mut candidates = records.clone();
+    candidates.extend(orphans.iter().map(|o| (o.key.clone(), o.record())));
+    let keep = kept(&ctx, &candidates, args.keep_data).await?;
     if !args.delete_objects {
-        let candidates = records.iter().map(|(k, r)| (k.clone(), r.clone()));
-        let candidates: Vec<_> = candidates.chain(orphans.iter().map(|o| (o.key.clone(), o.record()))).collect();
         refuse_to_delete_contents(&ctx, &candidates, &keep).await?;
     }
     if !args.yes {
@@ -99,7 +100,13 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         "deleting stack {stack}: {}",
         crate::engine::counted(records.len() + orphans.len() - keep.len(), "resource")
     ));
-    let plan = Teardown { only: None, keep: keep.clone(), max_parallel: usize::from(global.parallel), interrupt };
+    let plan = Teardown {
+        only: None,
+        keep: keep.clone(),
+        delete_contents: args.delete_objects,
+        max_parallel: usize::from(global.parallel),
+        interrupt,
+    };
     let outcome = engine::teardown(ctx.clone(), state.clone(), Arc::new(Kinds), printer.clone(), plan).await;
     printer.tally();
     let outcome = match outcome {
@@ -185,11 +192,13 @@ async fn kept(
 /// told to (`--delete-objects`), naming each with what it holds.
 async fn refuse_to_delete_contents(
     ctx: &crate::aws::Ctx,
-    candidates: &[(String, ResourceRecord)],
+    candidates: &BTreeMap<String, ResourceRecord>,
     keep: &BTreeMap<String, String>,
 ) -> Result<(), CliError> {
     let mut holding = vec![];
-    for (key, record) in candidates.iter().filter(|(key, _)| !keep.contains_key(key)) {
+    // A record a crash left without an id has nothing of its own to hold yet.
+    let deleted = candidates.iter().filter(|(key, record)| !keep.contains_key(*key) && record.id.is_some());
+    for (key, record) in deleted {
         let Some(policy) = Kinds.policy(&record.kind, key) else { continue };
         if policy.refused_while_holding
             && let Some(ops) = Kinds.ops(&record.kind)

@@ -51,12 +51,14 @@ pub async fn run(global: &GlobalArgs, args: UpArgs, interrupt: Interrupt) -> Cli
         force_version: args.force_version,
         timings: args.timings.clone(),
         interrupt,
-        during_operation: false,
         // The saved plan was the review: what it decides needs no second yes.
         expected: saved.clone(),
     };
     let options = Converge { yes: options.yes || saved.is_some(), ..options };
     let had_gitlab = state.get(crate::keys::SERVICE).is_some_and(|r| r.status == state::RecordStatus::Created);
+    // A backup, restore or upgrade whose run died is finished or rolled back first: `up` is never
+    // blocked by one.
+    crate::ops::settle::settle_dead_operation(&ctx, &state, &printer).await?;
     let converged = converge(&ctx, &state, cfg.clone(), &printer, &options).await?;
     // The first boot (migrations, seeding) is the long one; a restart is minutes.
     let first_boot = !had_gitlab && converged.changed;
@@ -126,7 +128,7 @@ fn report_up(
         ssh: ssh.clone(),
         user: "root",
         password_command: password_command(global, &cfg.stack),
-        gitlab_version: crate::ops::plan::running_version(&snapshot.resources).map(|v| v.to_string()),
+        gitlab_version: crate::ops::versions::running_version(&snapshot.resources).map(|v| v.to_string()),
     };
     printer.json_if_events("up", &result)?;
     printer.out(&format!(

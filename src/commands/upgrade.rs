@@ -10,9 +10,9 @@ use crate::exit::{CliError, CliResult, Diagnostic, ExitStatus};
 use crate::gitlab_version::{UpgradePath, Version};
 use crate::ops::backup::BackupOptions;
 use crate::ops::confirm;
-use crate::ops::plan::running_version;
 use crate::ops::stack::{located, open, recorded_config};
 use crate::ops::upgrade::{Hops, hops, upgrade};
+use crate::ops::versions::running_version;
 use crate::printer::{Printer, Tone};
 
 fn parse(flag: &str, tag: &str) -> Result<Version, CliError> {

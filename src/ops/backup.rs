@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::journal::{self, BackupJournal, BackupPhase, BackupTaken, Journal};
+use super::phase::{phase, phase_with};
 use super::stack::Opened;
 use crate::aws::Ctx;
-use crate::engine::{Event, Interrupt, Observer as _, Poll, StepScope, WaitError, WaitPolicy, wait_until};
+use crate::engine::{Interrupt, Poll, StepScope, WaitError, WaitPolicy, wait_until};
 use crate::exit::{CliError, Diagnostic, ExitStatus};
 use crate::keys;
 use crate::printer::Printer;
@@ -71,57 +72,6 @@ pub fn targets(state: &State) -> Result<Targets, CliError> {
     })
 }
 
-/// One phase of a long operation, shown as a step (started, its waits, finished or failed).
-pub async fn phase<T, F, Fut>(
-    printer: &Arc<Printer>,
-    state: &StateHandle,
-    name: &str,
-    what: &str,
-    work: F,
-) -> anyhow::Result<T>
-where
-    F: FnOnce(StepScope) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    phase_with(printer, state, name, what, None, work).await
-}
-
-/// [`phase`], with waits an interrupt stops.
-pub async fn phase_with<T, F, Fut>(
-    printer: &Arc<Printer>,
-    state: &StateHandle,
-    name: &str,
-    what: &str,
-    interrupt: Option<&Interrupt>,
-    work: F,
-) -> anyhow::Result<T>
-where
-    F: FnOnce(StepScope) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut scope = StepScope::new(name, state.clone(), printer.clone());
-    if let Some(interrupt) = interrupt {
-        scope = scope.with_interrupt(interrupt.clone());
-    }
-    printer.event(Event::Started { step: name.to_string(), description: what.to_string() });
-    let result = work(scope.clone()).await;
-    match &result {
-        Ok(_) => printer.event(Event::Finished {
-            step: name.to_string(),
-            elapsed: scope.elapsed(),
-            summary: what.to_string(),
-            changed: true,
-        }),
-        Err(e) if WaitError::is_interrupted(e) => {
-            printer.event(Event::Skipped { step: name.to_string(), reason: crate::engine::SkipReason::Interrupted })
-        }
-        Err(e) => {
-            printer.event(Event::Failed { step: name.to_string(), elapsed: scope.elapsed(), error: format!("{e:#}") })
-        }
-    }
-    result
-}
-
 /// The tasks the service asks for now (0 when GitLab sleeps or is stopped).
 async fn desired_tasks(ctx: &Ctx, cluster: Option<&str>) -> anyhow::Result<i32> {
     let Some(cluster) = cluster else { return Ok(0) };
@@ -149,7 +99,7 @@ pub async fn take(opened: &Opened, printer: &Arc<Printer>, options: &BackupOptio
                 stopped_gitlab: false,
                 token: journal::attempt_token(&snapshot.lineage, "backup"),
                 job: None,
-                version: super::plan::running_version(&snapshot.resources).map(|v| v.to_string()),
+                version: super::versions::running_version(&snapshot.resources).map(|v| v.to_string()),
                 for_upgrade: options.for_upgrade,
             }
         }

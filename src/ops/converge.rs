@@ -23,16 +23,14 @@ pub struct Converge<'a> {
     pub force_version: bool,
     pub timings: Option<PathBuf>,
     pub interrupt: Interrupt,
-    /// Run even though a backup or restore is recorded as in progress (they call this).
-    pub during_operation: bool,
     /// A plan saved by `plan --out`: applied only if it still holds, exactly as decided.
     pub expected: Option<super::plan::SavedPlan>,
 }
 
 impl<'a> Converge<'a> {
     /// A converge a day-two command runs after it has asked (or been told `--yes`) itself.
-    pub fn confirmed(global: &'a GlobalArgs, interrupt: Interrupt, during_operation: bool) -> Self {
-        Converge { global, yes: true, force_version: false, timings: None, interrupt, during_operation, expected: None }
+    pub fn confirmed(global: &'a GlobalArgs, interrupt: Interrupt) -> Self {
+        Converge { global, yes: true, force_version: false, timings: None, interrupt, expected: None }
     }
 }
 
@@ -51,9 +49,6 @@ pub async fn converge(
     options: &Converge<'_>,
 ) -> Result<Converged, CliError> {
     let global = options.global;
-    if !options.during_operation {
-        settle_dead_operation(ctx, state, printer).await?;
-    }
     cfg.operator = super::stack::operator(ctx, state, &cfg.admin_principals).await?;
     // A GitLab put to sleep stays asleep through `up`.
     cfg.asleep = super::sleep::recorded_sleep(&state.snapshot()).is_some();
@@ -131,6 +126,7 @@ pub async fn converge(
         let plan = Teardown {
             only: Some(stale),
             keep: Default::default(),
+            delete_contents: false,
             max_parallel: usize::from(global.parallel),
             interrupt: options.interrupt.clone(),
         };
@@ -148,7 +144,7 @@ pub async fn converge(
 /// Notes the GitLab version the stack runs (from now on), so a restore knows which version wrote
 /// the data of a backup that does not say.
 async fn note_running_version(state: &StateHandle) -> Result<(), CliError> {
-    match super::plan::running_version(&state.snapshot().resources) {
+    match super::versions::running_version(&state.snapshot().resources) {
         Some(version) => super::journal::note_version(state, &version.to_string()).await,
         None => Ok(()),
     }
@@ -168,23 +164,6 @@ fn refused(stack: &str, refusals: &[super::plan::Refusal]) -> Diagnostic {
         "keep the recorded value, or use another --stack name (or `gitlab-provision down` first, which deletes the stack)".to_string()
     };
     Diagnostic::new(format!("stack {stack} cannot take this change:\n  - {}", problems.join("\n  - "))).with_help(help)
-}
-
-/// A day-two operation the state records as in progress, when `up` runs, is one whose run died
-/// (it held the stack's lock, which `up` now has): `up` is never blocked by it. It rolls back what
-/// cannot be finished here (a backup's job stopped, a restore that had not switched abandoned) and
-/// starts GitLab again if the operation stopped it; the converge that follows finishes the rest.
-async fn settle_dead_operation(ctx: &Arc<Ctx>, state: &StateHandle, printer: &Printer) -> Result<(), CliError> {
-    use super::journal::Journal;
-    match Journal::current(state)? {
-        None => Ok(()),
-        Some(Journal::Backup(journal)) => super::backup::settle_dead(ctx, state, printer, &journal).await,
-        Some(Journal::Restore(journal)) => super::restore::settle_dead(ctx, state, printer, &journal).await,
-        Some(Journal::Upgrade(journal)) => {
-            super::upgrade::settle_dead(printer, &journal)?;
-            Journal::write(state, None).await
-        }
-    }
 }
 
 /// Changes that replace or interrupt something are shown, with what they cost, and need a yes.

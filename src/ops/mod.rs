@@ -5,12 +5,15 @@
 pub mod backup;
 pub mod converge;
 pub mod journal;
+pub mod phase;
 pub mod plan;
 pub mod restore;
+pub mod settle;
 pub mod sleep;
 pub mod stack;
 pub mod status;
 pub mod upgrade;
+pub mod versions;
 
 use anyhow::Context as _;
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::versions::running_version;
 use crate::aws::Ctx;
 use crate::catalog::{self, Kinds};
 use crate::config::StackConfig;
@@ -31,7 +32,7 @@ pub struct PlanReport {
     /// The estimate's change against what the stack runs now (for an existing stack).
     pub monthly_cost_change: Option<f64>,
     /// The GitLab version the state records, and what `up` would deploy.
-    pub gitlab_version: super::status::GitLabVersion,
+    pub gitlab_version: super::versions::GitLabVersion,
     #[serde(skip)]
     pub show_all: bool,
 }
@@ -297,12 +298,6 @@ pub fn refusals(cfg: &StackConfig, state: Option<&state::State>, region: &str, f
     refused
 }
 
-/// The GitLab version the stack runs, from its task definition's record.
-pub fn running_version(records: &BTreeMap<String, ResourceRecord>) -> Option<crate::gitlab_version::Version> {
-    let image = records.get(keys::TASK_DEFINITION).filter(|r| r.status == RecordStatus::Created)?.attr("image")?;
-    crate::gitlab_version::Version::parse(image.rsplit(':').next()?)
-}
-
 /// Keeps what runs where the configuration does not say: the version when neither the file nor
 /// a flag names one, object storage once the stack has its buckets, and the egress of a stack made before egress was a setting (or by its
 /// default of then: a NAT gateway), so a new default never rebuilds a running stack's network.
@@ -386,7 +381,7 @@ pub fn report(
         removals,
         monthly_cost,
         monthly_cost_change,
-        gitlab_version: super::status::GitLabVersion {
+        gitlab_version: super::versions::GitLabVersion {
             recorded: running_version(records).map(|v| v.to_string()),
             running: None,
             wanted: Some(cfg.gitlab_image_tag.clone()),

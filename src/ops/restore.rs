@@ -8,9 +8,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::backup::{phase, phase_with, targets};
+use super::backup::targets;
 use super::converge::{Converge, converge, wait_healthy};
 use super::journal::{self, Journal, RestoreJournal, RestorePhase};
+use super::phase::{phase, phase_with};
 use super::stack::Opened;
 use crate::aws::{Ctx, call};
 use crate::config::{StackConfig, TagSource};
@@ -59,7 +60,7 @@ pub async fn choose(
         ))
         .into());
     }
-    let running = super::plan::running_version(&state.resources);
+    let running = super::versions::running_version(&state.resources);
     let recorded = point.version.as_deref().and_then(Version::parse);
     let version = match (version_flag, recorded, running) {
         (Some(flag), _, _) => flag,
@@ -346,7 +347,7 @@ async fn switch(
         cfg.tag_source = TagSource::Flag;
     }
     phase(printer, state, "switch", "switch GitLab to the restored file system", |_| async { Ok(()) }).await?;
-    let mut options = Converge::confirmed(global, interrupt.clone(), true);
+    let mut options = Converge::confirmed(global, interrupt.clone());
     // The data's own version: going back to it is the point of the restore.
     options.force_version = true;
     converge(ctx, state, cfg, printer, &options).await.map_err(|e| {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::backup::phase;
+use super::phase::phase;
 use super::stack::Opened;
 use crate::config::StackConfig;
 use crate::exit::{CliError, Diagnostic};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::versions::GitLabVersion;
 use crate::aws::Ctx;
 use crate::catalog::Kinds;
 use crate::cli::GlobalArgs;
@@ -45,22 +46,14 @@ pub fn recorded_hardening(
     }
 }
 
-/// GitLab's version: what the state records (its task definition), what runs (the live task's
-/// image), and for a plan, what `up` would deploy. `null` where there is none.
-#[derive(Debug, Default, Clone, Serialize, schemars::JsonSchema)]
-pub struct GitLabVersion {
-    pub recorded: Option<String>,
-    pub running: Option<String>,
-    pub wanted: Option<String>,
-}
-
+/// What the state records and what the live task runs (a plan adds what it would deploy).
 impl GitLabVersion {
     pub fn of(
         records: &std::collections::BTreeMap<String, crate::state::ResourceRecord>,
         health: Option<&Health>,
     ) -> Self {
         GitLabVersion {
-            recorded: super::plan::running_version(records).map(|v| v.to_string()),
+            recorded: super::versions::running_version(records).map(|v| v.to_string()),
             running: health
                 .and_then(|h| h.task_image.as_deref())
                 .and_then(|image| image.rsplit(':').next())

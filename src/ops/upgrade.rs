@@ -102,7 +102,7 @@ pub async fn upgrade(opened: &Opened, printer: &Arc<Printer>, plan: Hops<'_>) ->
     // After the backup (a sleeping GitLab's is consistent without a stop): an upgrade is waited
     // for until healthy, so it wakes GitLab.
     super::sleep::end_for(opened, printer, "the upgrade").await?;
-    let options = Converge::confirmed(plan.global, plan.interrupt.clone(), true);
+    let options = Converge::confirmed(plan.global, plan.interrupt.clone());
     let all: Vec<Version> = journal.hops.iter().filter_map(|h| Version::parse(h)).collect();
     let mut deployed = Vec::new();
     for (i, hop) in all.iter().enumerate().skip(journal.done) {

@@ -122,7 +122,9 @@ fn efs_rights(env: &Env) -> anyhow::Result<serde_json::Value> {
 /// ECS Exec, its channels and writing each session to the stack's exec log group (the ECS
 /// developer guide's "IAM permissions required for ECS Exec": DescribeLogGroups cannot be scoped
 /// to a group, the rest can); with object storage, GitLab's buckets and nothing else (the
-/// permissions GitLab's object storage guide lists, per bucket and per object).
+/// permissions GitLab's object storage guide lists, per bucket and per object; PutObjectAcl
+/// because GitLab's uploader sends `x-amz-acl: private` on copies, which the bucket, its ACLs
+/// disabled, accepts and ignores).
 pub fn task_policy(ctx: &Ctx, env: &Env, exec: bool, objects: bool) -> anyhow::Result<Option<serde_json::Value>> {
     let mut statements = vec![efs_rights(env)?];
     if exec {
@@ -145,7 +147,7 @@ pub fn task_policy(ctx: &Ctx, env: &Env, exec: bool, objects: bool) -> anyhow::R
         let objects: Vec<String> = buckets.iter().map(|arn| format!("{arn}/*")).collect();
         statements.extend([
             json!({"Sid": "GitLabsBuckets", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"], "Resource": buckets}),
-            json!({"Sid": "GitLabsObjects", "Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"], "Resource": objects}),
+            json!({"Sid": "GitLabsObjects", "Effect": "Allow", "Action": ["s3:PutObject", "s3:PutObjectAcl", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"], "Resource": objects}),
         ]);
     }
     Ok(Some(json!({"Version": "2012-10-17", "Statement": statements})))

@@ -169,9 +169,12 @@ async fn secure_bucket(
         .abort_incomplete_multipart_upload(
             AbortIncompleteMultipartUpload::builder().days_after_initiation(INCOMPLETE_UPLOAD_DAYS).build(),
         );
-    if let Some(days) = expire_days {
-        rule = rule.expiration(LifecycleExpiration::builder().days(days).build());
-    }
+    rule = rule.expiration(match expire_days {
+        Some(days) => LifecycleExpiration::builder().days(days).build(),
+        // Nothing current expires; a delete marker left alone once its old versions have gone is
+        // removed (S3 lists every one of them otherwise, for ever).
+        None => LifecycleExpiration::builder().expired_object_delete_marker(true).build(),
+    });
     let lifecycle = BucketLifecycleConfiguration::builder().rules(rule.build()?).build()?;
     call(s3.put_bucket_lifecycle_configuration().bucket(bucket).lifecycle_configuration(lifecycle).send(), || {
         format!("setting how long {bucket} keeps objects")
@@ -276,11 +279,15 @@ impl StepAction<Ctx> for ObjectBucketStep {
 
 pub struct BucketOps;
 
-/// How many objects (every version) a bucket holds, and their bytes.
-pub async fn contents(ctx: &Ctx, bucket: &str) -> anyhow::Result<(usize, i64)> {
+/// How many pages of a bucket's listing `contents` reads before it says "at least".
+const CONTENTS_PAGES: usize = 10;
+
+/// How many objects (every version) a bucket holds, and their bytes; `true` when there are
+/// more than it counted (a bucket too large to count in a few seconds).
+pub async fn contents(ctx: &Ctx, bucket: &str) -> anyhow::Result<(usize, i64, bool)> {
     let (mut count, mut bytes) = (0, 0);
     let (mut key_marker, mut version_marker) = (None, None);
-    loop {
+    for _ in 0..CONTENTS_PAGES {
         let request = ctx
             .aws
             .s3
@@ -292,10 +299,11 @@ pub async fn contents(ctx: &Ctx, bucket: &str) -> anyhow::Result<(usize, i64)> {
         count += page.versions().len();
         bytes += page.versions().iter().filter_map(|v| v.size()).sum::<i64>();
         if page.is_truncated() != Some(true) {
-            return Ok((count, bytes));
+            return Ok((count, bytes, false));
         }
         (key_marker, version_marker) = (page.next_key_marker, page.next_version_id_marker);
     }
+    Ok((count, bytes, true))
 }
 
 /// Deletes every version of every object in the bucket, a thousand per call.
@@ -361,13 +369,11 @@ impl ResourceOps<Ctx> for BucketOps {
         if !bucket_exists(ctx, bucket).await? {
             return Ok(None);
         }
-        let (count, bytes) = contents(ctx, bucket).await?;
+        let (count, bytes, more) = contents(ctx, bucket).await?;
+        let size = indicatif::HumanBytes(bytes.max(0).unsigned_abs());
         Ok((count > 0).then(|| {
-            format!(
-                "{} ({})",
-                crate::engine::counted(count, "object"),
-                indicatif::HumanBytes(bytes.max(0).unsigned_abs())
-            )
+            let at_least = if more { "at least " } else { "" };
+            format!("{at_least}{} ({at_least}{size})", crate::engine::counted(count, "object"))
         }))
     }
 

@@ -301,9 +301,22 @@ impl ObjectStore {
     /// consolidated form and Amazon S3"): one connection for every type, credentials from the
     /// task role (`use_iam_profile`: no access key exists), a bucket per type; downloads go
     /// straight from S3 to the client by presigned URL (`proxy_download = false`, GitLab's
-    /// default), so large artifacts do not pass through the task.
+    /// default), so large artifacts do not pass through the task. Merge request diffs go to
+    /// their bucket too (`external_diffs_enabled`; else they stay in the database).
+    ///
+    /// The task role's credentials reach a process through the variable ECS sets,
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (fog-aws and Workhorse's AWS SDK both read it),
+    /// but the image starts GitLab's services under runit with an emptied environment
+    /// (`runsvdir-start`: `env - PATH=$PATH`), and Fargate has no instance metadata to fall back
+    /// on: the variable is handed to Rails, Sidekiq and Workhorse through their `env`, which
+    /// `gitlab-ctl reconfigure` writes from the container's environment at every start.
     fn lines(&self) -> Vec<String> {
+        let credentials =
+            "{ 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI' => ENV['AWS_CONTAINER_CREDENTIALS_RELATIVE_URI'] }";
         let mut lines = vec![
+            format!("gitlab_rails['env'] = {credentials}"),
+            format!("gitlab_workhorse['env'] = {credentials}"),
+            "gitlab_rails['external_diffs_enabled'] = true".to_string(),
             "gitlab_rails['object_store']['enabled'] = true".to_string(),
             "gitlab_rails['object_store']['proxy_download'] = false".to_string(),
             format!(
@@ -1280,5 +1293,12 @@ mod tests {
             assert!(text.contains(&line), "{line} missing from\n{text}");
         }
         assert!(!text.contains("aws_access_key_id") && !text.contains("aws_secret_access_key"));
+        // The services see the task role's credentials although runit empties their environment.
+        for service in ["gitlab_rails", "gitlab_workhorse"] {
+            assert!(text.contains(&format!(
+                "{service}['env'] = {{ 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI' => ENV['AWS_CONTAINER_CREDENTIALS_RELATIVE_URI'] }}"
+            )));
+        }
+        assert!(text.contains("gitlab_rails['external_diffs_enabled'] = true"));
     }
 }

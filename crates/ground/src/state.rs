@@ -89,6 +89,24 @@ pub struct ResourceRecord {
     pub updated_at: String,
 }
 
+/// A value as people read it: text as it is, a list as its items, anything else as JSON.
+pub fn shown(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(", "),
+        serde_json::Value::Null => "unset".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The members of a list value (a set's members); nothing for anything else.
+pub fn members(value: Option<&serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::Array(items)) => items.iter().map(shown).collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl ResourceRecord {
     /// A text attribute.
     pub fn attr(&self, name: &str) -> Option<&str> {
@@ -97,7 +115,7 @@ impl ResourceRecord {
 
     /// A list attribute's items (none when it is not a list).
     pub fn list(&self, name: &str) -> Vec<String> {
-        crate::engine::members(self.attrs.get(name))
+        members(self.attrs.get(name))
     }
 
     /// Whether the record was written less than `window` ago (false when its time is unreadable).

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 
 use crate::state::{RecordStatus, ResourceRecord};
+pub use crate::state::{members, shown};
 
 /// Shown by `plan` for a value that exists only once `up` has created what it comes from.
 pub const KNOWN_AFTER: &str = "(known after up)";
@@ -17,24 +18,6 @@ pub type Attrs = BTreeMap<String, serde_json::Value>;
 /// Builds a record's attributes from pairs of text settings.
 pub fn attrs<const N: usize>(pairs: [(&str, String); N]) -> Attrs {
     pairs.into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect()
-}
-
-/// A value as people read it: text as it is, a list as its items, anything else as JSON.
-pub fn shown(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(text) => text.clone(),
-        serde_json::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(", "),
-        serde_json::Value::Null => "unset".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// The members of a list value (a set's members); nothing for anything else.
-pub fn members(value: Option<&serde_json::Value>) -> Vec<String> {
-    match value {
-        Some(serde_json::Value::Array(items)) => items.iter().map(shown).collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// What a step wants to exist under a key.

@@ -374,6 +374,9 @@ pub struct Teardown {
     pub only: Option<BTreeSet<String>>,
     /// Mark these as retained instead of deleting them, each with why (shown as it is kept).
     pub keep: BTreeMap<String, String>,
+    /// Delete what kinds refused while holding something hold (`down --delete-objects`); without
+    /// it such a resource that still holds something is not deleted, and says what it holds.
+    pub delete_contents: bool,
     pub max_parallel: usize,
     pub interrupt: Interrupt,
 }
@@ -403,7 +406,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
     observer: Arc<dyn Observer>,
     plan: Teardown,
 ) -> Result<TeardownOutcome, TeardownError> {
-    let Teardown { only, keep, max_parallel, interrupt } = plan;
+    let Teardown { only, keep, delete_contents, max_parallel, interrupt } = plan;
     let teardown_start = Instant::now();
     let mut outcome = TeardownOutcome::default();
     let records: BTreeMap<String, ResourceRecord> =
@@ -447,7 +450,7 @@ pub async fn teardown<C: Send + Sync + 'static>(
             let scope = StepScope::new(&key, state.clone(), observer.clone()).with_interrupt(interrupt.clone());
             running.spawn(async move {
                 let started = Instant::now();
-                let result = delete_one(&*ctx, &*catalog, &scope, &record, retain).await;
+                let result = delete_one(&*ctx, &*catalog, &scope, &record, retain, delete_contents).await;
                 (key, started, result)
             });
         }
@@ -519,6 +522,7 @@ async fn delete_one<C: Sync>(
     scope: &StepScope,
     record: &ResourceRecord,
     retain: Option<String>,
+    delete_contents: bool,
 ) -> anyhow::Result<Deleted> {
     let ops = catalog
         .ops(&record.kind)
@@ -556,7 +560,16 @@ async fn delete_one<C: Sync>(
                 finished(&format!("LEFT ALONE: not this stack's ({why}); no longer recorded"));
                 return Ok(Deleted::LeftAlone(why));
             }
-            Live::Present { .. } => ops.delete(ctx, record, scope).await?,
+            Live::Present { .. } => {
+                // Checked again at the moment of deletion, after what writes into it is gone.
+                if !delete_contents
+                    && catalog.policy(&record.kind, key).is_some_and(|p| p.refused_while_holding)
+                    && let Some(held) = ops.holds(ctx, record).await?
+                {
+                    anyhow::bail!("{} {id} holds {held}: not deleted without being told to", ops.noun());
+                }
+                ops.delete(ctx, record, scope).await?
+            }
         },
         RecordStatus::Pending => {
             // The create call may have gone through before the crash that left this intent;
