@@ -195,6 +195,7 @@ async fn gitlabs_objects_go_to_private_buckets_only_its_task_reaches_and_down_ne
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("objects-artifacts") && stderr.contains("not deleted without being told to"), "{stderr}");
+    assert!(stderr.contains("down --delete-objects"), "{stderr}");
     assert!(bucket_exists(&emu, &artifacts).await, "the late object's bucket was deleted");
     assert!(tool.state("obj").unwrap()["resources"].get("objects-artifacts").is_some());
     emu.set_faults(serde_json::json!([]));

@@ -121,12 +121,17 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         }
         Err(e) => {
             let left = state.snapshot().resources.len();
+            let held = e.failures.iter().any(|(_, error)| error.downcast_ref::<engine::HoldsContents>().is_some());
             return Err(CliError::failure(e)
                 .with_context(format!(
                     "{left} resources are still recorded in {}",
                     crate::ops::stack::state_location(global, &stack)
                 ))
-                .with_help("fix the cause and run `gitlab-provision down` again"));
+                .with_help(if held {
+                    "something was written into it while `down` ran: `gitlab-provision down --delete-objects` deletes it with what it holds, `down --keep-data` keeps it"
+                } else {
+                    "fix the cause and run `gitlab-provision down` again"
+                }));
         }
     };
     if state.is_empty() {

@@ -345,6 +345,15 @@ pub fn idempotency_token(lineage: &str, key: &str, generation: u32) -> String {
     token
 }
 
+/// A resource whose kind is refused while it holds something still held something at the moment
+/// of its deletion, and the teardown was not told to delete what it holds.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} holds {held}: not deleted without being told to")]
+pub struct HoldsContents {
+    pub what: String,
+    pub held: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{}", describe(.failures, .blocked))]
 pub struct TeardownError {
@@ -566,7 +575,7 @@ async fn delete_one<C: Sync>(
                     && catalog.policy(&record.kind, key).is_some_and(|p| p.refused_while_holding)
                     && let Some(held) = ops.holds(ctx, record).await?
                 {
-                    anyhow::bail!("{} {id} holds {held}: not deleted without being told to", ops.noun());
+                    return Err(HoldsContents { what: format!("{} {id}", ops.noun()), held }.into());
                 }
                 ops.delete(ctx, record, scope).await?
             }
