@@ -413,12 +413,14 @@ impl ResourceOps<Ctx> for BucketOps {
     async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
         let named = std::iter::once((keys::LOG_BUCKET, bucket_name(ctx, "logs")))
             .chain(keys::OBJECT_BUCKETS.iter().map(|(key, object_type)| (*key, object_bucket_name(ctx, object_type))));
-        let mut found = vec![];
-        for (key, name) in named {
-            if bucket_exists(ctx, &name).await? && bucket_owner(ctx, &name).await? == Owner::Ours {
-                found.push(Discovered::new(key, name.clone()).with("name", name));
-            }
-        }
+        // Asked at once: a new stack's `up` waits for discovery before it creates anything.
+        let looked = futures_util::future::join_all(named.map(|(key, name)| async move {
+            let ours = bucket_exists(ctx, &name).await? && bucket_owner(ctx, &name).await? == Owner::Ours;
+            anyhow::Ok(ours.then(|| Discovered::new(key, name.clone()).with("name", name)))
+        }))
+        .await;
+        let found: Vec<Discovered> =
+            looked.into_iter().collect::<anyhow::Result<Vec<_>>>()?.into_iter().flatten().collect();
         Ok(found.into())
     }
 }
