@@ -140,9 +140,15 @@ def usable_gitlab(args):
         sys.exit(f"wake --wait failed:\n{woke.stderr}")
     # A consistent backup of the running GitLab: stopped, copied by an AWS Backup job, started
     # and healthy again. Its phases come from the JSON events, the downtime from the result.
+    backup_epoch = time.time()
     backup = tool("backup", "--yes", "--json")
     if backup.returncode != 0:
         sys.exit(f"backup failed:\n{backup.stderr}")
+    # `backup` starts GitLab again and returns; users are back once it is healthy.
+    back = tool("wake", "--wait")
+    if back.returncode != 0:
+        sys.exit(f"wake --wait after the backup failed:\n{back.stderr}")
+    back_at = first_healthy(capture, backup_epoch)
     docs = [json.loads(line) for line in backup.stdout.splitlines() if line.startswith("{")]
     phases = {d["step"]: d["seconds"] / args.usable_scale for d in docs
               if d.get("event") == "finished" and d.get("seconds") is not None}
@@ -171,6 +177,7 @@ def usable_gitlab(args):
             "wake_healthy_aws_s": round((healthy_at - started_epoch) / args.usable_scale, 1) if healthy_at else None,
             "wake_noticed_after_healthy_real_s": round(started_epoch + wake_wall - healthy_at, 2) if healthy_at else None,
             "backup_downtime_aws_s": round(downtime / args.usable_scale, 1) if downtime is not None else None,
+            "backup_unavailable_aws_s": round((back_at - backup_epoch) / args.usable_scale, 1) if back_at else None,
             "backup_phases_aws_s": {step: round(seconds, 1) for step, seconds in phases.items()}}
 
 
@@ -299,7 +306,10 @@ def main():
               f"{u['wake_noticed_after_healthy_real_s']:.2f} s of real time later (its polling, real seconds at any scale)")
     if u["backup_downtime_aws_s"] is not None:
         phases = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in u["backup_phases_aws_s"].items())
-        print(f"consistent backup of the running GitLab: down for {u['backup_downtime_aws_s']:.0f} s of AWS time ({phases})")
+        print(f"consistent backup of the running GitLab: stopped for {u['backup_downtime_aws_s']:.0f} s of AWS time ({phases})")
+    if u.get("backup_unavailable_aws_s") is not None:
+        print(f"  unavailable from the backup's start until healthy again: {u['backup_unavailable_aws_s']:.0f} s of AWS time "
+              "(the task's stop, the job, GitLab's restart)")
     out = os.path.join(ROOT, "bench", "results.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
