@@ -162,12 +162,23 @@ async fn gitlabs_objects_go_to_private_buckets_only_its_task_reaches_and_down_ne
     }
     assert!(omnibus(&emu).contains(&artifacts));
 
-    // A lost state: `down --discover` finds the buckets by their names and tags, and refuses too.
+    // A lost state: `down --discover` finds the buckets by their names and tags, and refuses too
+    // (nothing is written).
     let saved = std::fs::read(tool.state_path("obj")).unwrap();
     std::fs::remove_file(tool.state_path("obj")).unwrap();
     let refused = tool.run(&["down", "--stack", "obj", "--discover", "--yes"]).fails_with(2);
     assert!(refused.stderr.contains("objects-artifacts"), "{}", refused.stderr);
     assert!(bucket_exists(&emu, &artifacts).await);
+    // ... and with --keep-data refuses too: it keeps what the state records, and deleting what it
+    // found is what it was asked not to do.
+    let fs = id(&state, "file-system");
+    let refused = tool.run(&["down", "--stack", "obj", "--discover", "--keep-data", "--yes"]).fails_with(2);
+    assert!(refused.stderr.contains("file-system") && refused.stderr.contains(&fs), "{}", refused.stderr);
+    assert!(bucket_exists(&emu, &artifacts).await);
+    assert!(
+        c.efs.describe_file_systems().file_system_id(&fs).send().await.is_ok(),
+        "the found file system was deleted"
+    );
     std::fs::write(tool.state_path("obj"), saved).unwrap();
 
     // An object that arrives after `down`'s first check (GitLab writes until its service is

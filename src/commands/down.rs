@@ -84,10 +84,13 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let lives =
         engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
     refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
-    // What was found by discovery is kept or refused like what is recorded.
+    let keep = kept(&ctx, &records, args.keep_data).await?;
+    if args.keep_data {
+        refuse_to_keep_what_was_found(&orphans)?;
+    }
+    // What discovery found holds data like what is recorded.
     let mut candidates = records.clone();
     candidates.extend(orphans.iter().map(|o| (o.key.clone(), o.record())));
-    let keep = kept(&ctx, &candidates, args.keep_data).await?;
     if !args.delete_objects {
         refuse_to_delete_contents(&ctx, &candidates, &keep).await?;
     }
@@ -190,6 +193,27 @@ async fn kept(
         }
     }
     Ok(keep)
+}
+
+/// `--keep-data` keeps what the state records. Data that only discovery found (a lost state) is
+/// refused instead of kept or deleted: keeping a found file system would leave the mount targets
+/// discovery does not find, holding the network `down` must delete, and deleting it is what
+/// `--keep-data` was asked not to do.
+fn refuse_to_keep_what_was_found(orphans: &[engine::Orphan]) -> Result<(), CliError> {
+    let found: Vec<String> = orphans
+        .iter()
+        .filter(|o| Kinds.policy(&o.kind, &o.key).is_some_and(|p| p.data))
+        .map(|o| format!("  {} {}", o.key, o.found.id))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Diagnostic::new(format!(
+        "--keep-data keeps what the state records, and these were found without a record; nothing was deleted:\n{}",
+        found.join("\n")
+    ))
+    .with_help("bring the state back first (`state/<stack>.json.backup`, or `gitlab-provision state history` with a shared state), then `down --keep-data`; or `down --discover` without --keep-data deletes them too")
+    .into())
 }
 
 /// Refuses, before anything is deleted, to delete what holds data only its users made (GitLab's
