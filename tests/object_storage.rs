@@ -6,7 +6,7 @@
 mod common;
 
 use common::policy::{Decision, Request, decide};
-use common::{Emulator, Tool, id, stack_leftovers, up};
+use common::{Emulator, Tool, id, last_registered, omnibus, stack_leftovers, up};
 use serde_json::Value;
 
 /// The record keys of GitLab's buckets, and the object type each holds.
@@ -21,17 +21,6 @@ const BUCKETS: [(&str, &str); 9] = [
     ("objects-ci-secure-files", "ci_secure_files"),
     ("objects-pages", "pages"),
 ];
-
-fn omnibus(emu: &Emulator) -> String {
-    let td = emu.bodies("RegisterTaskDefinition").pop().expect("a task definition was registered");
-    td["containerDefinitions"][0]["environment"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "GITLAB_OMNIBUS_CONFIG")
-        .map(|e| e["value"].as_str().unwrap().to_string())
-        .unwrap_or_default()
-}
 
 async fn bucket_exists(emu: &Emulator, bucket: &str) -> bool {
     emu.clients().s3.head_bucket().bucket(bucket).send().await.is_ok()
@@ -64,7 +53,7 @@ async fn gitlabs_objects_go_to_private_buckets_only_its_task_reaches_and_down_ne
     let state = tool.state("obj").unwrap();
     let role = id(&state, "task-role");
     let policy = task_role_policy(&emu, &state).await;
-    let config = omnibus(&emu);
+    let config = omnibus(&last_registered(&emu));
     assert!(config.contains("gitlab_rails['object_store']['enabled'] = true"), "{config}");
     assert!(config.contains("'provider' => 'AWS', 'region' => 'us-east-1', 'use_iam_profile' => true"), "{config}");
     assert!(!config.contains("aws_access_key_id") && !config.contains("aws_secret_access_key"));
@@ -160,7 +149,7 @@ async fn gitlabs_objects_go_to_private_buckets_only_its_task_reaches_and_down_ne
     for (key, _) in BUCKETS {
         assert_eq!(id(&attached, key), id(&state, key), "{key} attached again");
     }
-    assert!(omnibus(&emu).contains(&artifacts));
+    assert!(omnibus(&last_registered(&emu)).contains(&artifacts));
 
     // A lost state: `down --discover` finds the buckets by their names and tags, and refuses too
     // (nothing is written).

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Emulator, Tool, existing_vpc, id, stack_leftovers};
+use common::{Emulator, Tool, existing_vpc, id, last_registered, omnibus, stack_leftovers};
 use serde_json::Value;
 
 async fn hosted_zone(c: &common::Clients, name: &str) -> String {
@@ -26,21 +26,6 @@ async fn ingress(c: &common::Clients, group: &str) -> BTreeSet<(i32, String)> {
         }
     }
     rules
-}
-
-/// The last task definition the tool registered, as it sent it.
-fn last_registered(emu: &Emulator) -> Value {
-    emu.bodies("RegisterTaskDefinition").pop().expect("a task definition was registered")
-}
-
-fn omnibus(td: &Value) -> String {
-    td["containerDefinitions"][0]["environment"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "GITLAB_OMNIBUS_CONFIG")
-        .map(|e| e["value"].as_str().unwrap().to_string())
-        .unwrap_or_default()
 }
 
 fn host_key(emu: &Emulator, state: &Value) -> String {

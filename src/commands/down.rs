@@ -81,28 +81,14 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         printer.note(&format!("found {} {} ({}), not in the state", orphan.kind, orphan.found.id, orphan.key));
     }
 
-    let lives =
-        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
-    refuse_to_forget(&records, &lives, &printer, args.forget_missing)?;
-    let keep = kept(&ctx, &records, args.keep_data).await?;
-    if args.keep_data {
-        refuse_to_keep_what_was_found(&orphans)?;
-    }
-    // What discovery found holds data like what is recorded.
-    let mut candidates = records.clone();
-    candidates.extend(orphans.iter().map(|o| (o.key.clone(), o.record())));
-    if !args.delete_objects {
-        refuse_to_delete_contents(&ctx, &candidates, &keep).await?;
-    }
+    let keep = what_stays(&ctx, global, &args, &printer, &records, &orphans).await?;
+    let deleted = records.len() + orphans.len() - keep.len();
     if !args.yes {
-        confirm(&stack, &printer, records.len() + orphans.len() - keep.len(), args.keep_data)?;
+        confirm(&stack, &printer, deleted, args.keep_data)?;
     }
     // Recorded first, so a crash from here on leaves them in the state for the next `down`.
     engine::adopt_orphans(&state, &Kinds, &orphans).await?;
-    printer.heading(&format!(
-        "deleting stack {stack}: {}",
-        crate::engine::counted(records.len() + orphans.len() - keep.len(), "resource")
-    ));
+    printer.heading(&format!("deleting stack {stack}: {}", crate::engine::counted(deleted, "resource")));
     let plan = Teardown {
         only: None,
         keep: keep.clone(),
@@ -122,20 +108,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
             )
             .with_help("run `gitlab-provision down` again to finish"));
         }
-        Err(e) => {
-            let left = state.snapshot().resources.len();
-            let held = e.failures.iter().any(|(_, error)| error.downcast_ref::<engine::HoldsContents>().is_some());
-            return Err(CliError::failure(e)
-                .with_context(format!(
-                    "{left} resources are still recorded in {}",
-                    crate::ops::stack::state_location(global, &stack)
-                ))
-                .with_help(if held {
-                    "something was written into it while `down` ran: `gitlab-provision down --delete-objects` deletes it with what it holds, `down --keep-data` keeps it"
-                } else {
-                    "fix the cause and run `gitlab-provision down` again"
-                }));
-        }
+        Err(e) => return Err(teardown_failed(e, &state, global, &stack)),
     };
     if state.is_empty() {
         state.retire().await?;
@@ -171,6 +144,46 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     printer.json_if_events("down", &result)?;
     report(&printer, &result, args.keep_data);
     Ok(ExitStatus::Success)
+}
+
+/// Everything decided before anything is deleted: nothing missing is forgotten unasked, and
+/// what `down` keeps (each with why), after refusing what it must not delete or keep unasked.
+async fn what_stays(
+    ctx: &Arc<crate::aws::Ctx>,
+    global: &GlobalArgs,
+    args: &DownArgs,
+    printer: &Printer,
+    records: &BTreeMap<String, ResourceRecord>,
+    orphans: &[engine::Orphan],
+) -> Result<BTreeMap<String, String>, CliError> {
+    let lives =
+        engine::observe(ctx.clone(), Arc::new(Kinds), records.clone(), usize::from(global.parallel), false).await;
+    refuse_to_forget(records, &lives, printer, args.forget_missing)?;
+    let keep = kept(ctx, records, args.keep_data).await?;
+    if args.keep_data {
+        refuse_to_keep_what_was_found(orphans)?;
+    }
+    // What discovery found holds data like what is recorded.
+    let mut candidates = records.clone();
+    candidates.extend(orphans.iter().map(|o| (o.key.clone(), o.record())));
+    if !args.delete_objects {
+        refuse_to_delete_contents(ctx, &candidates, &keep).await?;
+    }
+    Ok(keep)
+}
+
+/// A teardown that stopped on failures: what is still recorded, and the way on (a bucket that
+/// received something while `down` ran is told apart).
+fn teardown_failed(error: engine::TeardownError, state: &StateHandle, global: &GlobalArgs, stack: &str) -> CliError {
+    let left = state.snapshot().resources.len();
+    let held = error.failures.iter().any(|(_, e)| e.downcast_ref::<engine::HoldsContents>().is_some());
+    CliError::failure(error)
+        .with_context(format!("{left} resources are still recorded in {}", crate::ops::stack::state_location(global, stack)))
+        .with_help(if held {
+            "something was written into it while `down` ran: `gitlab-provision down --delete-objects` deletes it with what it holds, `down --keep-data` keeps it"
+        } else {
+            "fix the cause and run `gitlab-provision down` again"
+        })
 }
 
 /// What `down` keeps, each with why: the data with `--keep-data`, and whatever holds something

@@ -774,6 +774,22 @@ pub async fn existing_vpc(ec2: &aws_sdk_ec2::Client, with_nat: bool) -> (String,
     (vpc, subnets)
 }
 
+/// The last task definition the tool registered, as it sent it.
+pub fn last_registered(emu: &Emulator) -> Value {
+    emu.bodies("RegisterTaskDefinition").pop().expect("a task definition was registered")
+}
+
+/// GitLab's omnibus configuration (GITLAB_OMNIBUS_CONFIG) in a registered task definition.
+pub fn omnibus(td: &Value) -> String {
+    td["containerDefinitions"][0]["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "GITLAB_OMNIBUS_CONFIG")
+        .map(|e| e["value"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
 /// The one allowed network every test stack uses.
 pub const CIDRS: [&str; 2] = ["--allowed-cidr", "203.0.113.0/24"];
 

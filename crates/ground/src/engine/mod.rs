@@ -19,7 +19,7 @@ pub use policy::{Discovery, Interrupts, KindPolicy, When};
 pub use record::{Attrs, Conflict, Desired, Discovered, Env, Found, KNOWN_AFTER, attrs, exactly, members, shown};
 pub use resource::{
     Applied, Catalog, Ensured, Existing, HoldsContents, Lives, Lost, NotOurs, Orphan, ResourceOps, Teardown,
-    adopt_orphans, discover, observe, teardown,
+    TeardownError, adopt_orphans, discover, observe, teardown,
 };
 pub use wait::{Poll, RetryPolicy, WaitError, WaitPolicy, retry_while, wait_until};
 
