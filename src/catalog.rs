@@ -17,8 +17,8 @@ use crate::steps::load_balancer::{Flavour, ListenerAction, ListenerStep, LoadBal
 use crate::steps::network::{RouteTableStep, RouteTarget, SubnetPlan, SubnetsStep};
 use crate::steps::security_group::{IngressRule, SecurityGroupStep, Source};
 use crate::steps::{
-    backup, certificate, dns, efs_init, iam, kms, logs, nat, network, s3, scaling, secret, service, storage, traffic,
-    waf, wake,
+    backup, certificate, database, dns, efs_init, iam, kms, logs, nat, network, s3, scaling, secret, service, storage,
+    traffic, waf, wake,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -40,6 +40,12 @@ impl KindRow {
     /// Kept by a plain `down` while it holds something.
     fn kept_while_holding(mut self) -> Self {
         self.policy.kept_while_holding = true;
+        self
+    }
+
+    /// Kept, it keeps the records it needs (see [`KindPolicy::keeps_its_needs`]).
+    fn keeps_its_needs(mut self) -> Self {
+        self.policy.keeps_its_needs = true;
         self
     }
 
@@ -67,6 +73,7 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
             data: false,
             kept_while_holding: false,
             refused_while_holding: false,
+            keeps_its_needs: false,
             interrupts,
             discovery,
             rank,
@@ -77,6 +84,20 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
     let who_may_connect =
         Interrupts { when: &[When::MembersRemoved], what: "{key} changes who may connect: {changes}" };
     match kind {
+        // GitLab's database: never replaced (a new one is empty), kept with its network by
+        // --keep-data, deleted with a final snapshot.
+        Kind::DbInstance => row(
+            &database::DbInstanceOps,
+            ByTags,
+            3,
+            Interrupts {
+                when: &[When::Updated],
+                what: "{key} is modified at once ({changes}): a new class or Multi-AZ setting restarts PostgreSQL, and GitLab cannot reach its database for minutes",
+            },
+        )
+        .data()
+        .keeps_its_needs(),
+        Kind::DbSubnetGroup => row(&database::DbSubnetGroupOps, ByTags, 4, nothing).keeps_its_needs(),
         Kind::Service => row(
             &service::ServiceOps,
             ByTags,
@@ -185,14 +206,16 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
         // After everything it encrypts; kept with the data it encrypts.
         Kind::Key => row(&kms::KeyOps, ByTags, 8, nothing).data(),
         // Groups that admit other groups go before those groups.
-        Kind::SecurityGroup if key == keys::EFS_SECURITY_GROUP => row(groups, ByTags, 4, who_may_connect),
-        Kind::SecurityGroup if key == keys::SERVICE_SECURITY_GROUP || key == keys::NAT_SECURITY_GROUP => {
-            row(groups, ByTags, 5, who_may_connect)
+        Kind::SecurityGroup if key == keys::EFS_SECURITY_GROUP || key == keys::DB_SECURITY_GROUP => {
+            row(groups, ByTags, 4, who_may_connect).keeps_its_needs()
         }
-        Kind::SecurityGroup => row(groups, ByTags, 6, who_may_connect),
+        Kind::SecurityGroup if key == keys::SERVICE_SECURITY_GROUP || key == keys::NAT_SECURITY_GROUP => {
+            row(groups, ByTags, 5, who_may_connect).keeps_its_needs()
+        }
+        Kind::SecurityGroup => row(groups, ByTags, 6, who_may_connect).keeps_its_needs(),
         Kind::LogGroup => row(&logs::LogGroupOps, ByTags, 7, nothing),
         Kind::ElasticIp => row(&Ec2::<nat::Addresses>::OPS, ByTags, 7, nothing),
-        Kind::Subnet => row(&Ec2::<network::Subnets>::OPS, ByTags, 7, nothing),
+        Kind::Subnet => row(&Ec2::<network::Subnets>::OPS, ByTags, 7, nothing).keeps_its_needs(),
         Kind::InternetGateway => row(&Ec2::<network::InternetGateways>::OPS, ByTags, 7, nothing),
         Kind::Vpc => row(&Ec2::<network::Vpcs>::OPS, ByTags, 8, nothing),
     }
@@ -328,6 +351,7 @@ pub fn build(cfg: &StackConfig) -> Vec<Step<Ctx>> {
     let network = declare_network(&mut s, &cfg);
     declare_data(&mut s, &cfg);
     declare_security_groups(&mut s, &cfg);
+    declare_database(&mut s, &cfg);
     declare_roles_and_initializer(&mut s, &cfg);
     let mut listeners = declare_web_entrance(&mut s, &cfg, &network);
     listeners.extend(declare_ssh(&mut s, &cfg, &network));
@@ -644,11 +668,50 @@ fn declare_security_groups(s: &mut Stack, cfg: &StackConfig) {
         .runs(storage::MountTargetsStep);
 }
 
+/// With `database = "rds"`: GitLab's PostgreSQL on RDS in the private subnets, reached by
+/// GitLab's tasks only.
+fn declare_database(s: &mut Stack, cfg: &Arc<StackConfig>) {
+    let Some(settings) = &cfg.database else { return };
+    s.step(keys::DB_SECURITY_GROUP)
+        .needs(&[keys::VPC, keys::SERVICE_SECURITY_GROUP])
+        .creates(keys::DB_SECURITY_GROUP, Kind::SecurityGroup)
+        .describe("create the database's security group: PostgreSQL from GitLab's tasks only")
+        .runs(SecurityGroupStep {
+            key: keys::DB_SECURITY_GROUP,
+            description: "gitlab-provision database".into(),
+            rules: vec![IngressRule::tcp(
+                database::DB_PORT,
+                Source::Group(keys::SERVICE_SECURITY_GROUP),
+                "PostgreSQL from GitLab",
+            )],
+        });
+    s.step(keys::DB_SUBNET_GROUP)
+        .needs(&keys::PRIVATE_SUBNETS)
+        .creates(keys::DB_SUBNET_GROUP, Kind::DbSubnetGroup)
+        .describe("create the DB subnet group: the private subnets of both zones")
+        .runs(database::DbSubnetGroupStep);
+    s.step(keys::DB_INSTANCE)
+        .needs(&[keys::DB_SUBNET_GROUP, keys::DB_SECURITY_GROUP, keys::KEY])
+        .creates(keys::DB_INSTANCE, Kind::DbInstance)
+        .describe(format!(
+            "create GitLab's PostgreSQL on RDS ({}, {} GiB{}, encrypted with the stack's key, private, deletion protection, backups {} days, password managed by RDS); takes minutes",
+            settings.instance_class,
+            settings.storage_gb,
+            if settings.multi_az { ", Multi-AZ" } else { "" },
+            settings.backup_retention_days
+        ))
+        .runs(database::DbInstanceStep { config: cfg.clone(), settings: settings.clone() });
+}
+
 /// The roles, and the initializer that prepares the file system once.
 fn declare_roles_and_initializer(s: &mut Stack, cfg: &Arc<StackConfig>) {
     let registry = cfg.gitlab_image_credentials.clone();
     let ecr = cfg.image_in_ecr();
-    let execution_needs = vec![keys::ROOT_SECRET, keys::LOG_GROUP, keys::KEY];
+    let mut execution_needs = vec![keys::ROOT_SECRET, keys::LOG_GROUP, keys::KEY];
+    let database = cfg.database.is_some();
+    if database {
+        execution_needs.push(keys::DB_INSTANCE);
+    }
     s.step(keys::EXECUTION_ROLE)
         .needs(&execution_needs)
         .creates(keys::EXECUTION_ROLE, Kind::Role)
@@ -657,7 +720,7 @@ fn declare_roles_and_initializer(s: &mut Stack, cfg: &Arc<StackConfig>) {
             key: keys::EXECUTION_ROLE,
             service: "ecs-tasks.amazonaws.com",
             managed: &[],
-            policy: Box::new(move |ctx, env| iam::execution_policy(ctx, env, registry.as_deref(), ecr)),
+            policy: Box::new(move |ctx, env| iam::execution_policy(ctx, env, registry.as_deref(), ecr, database)),
         });
     let mut task_role_needs = vec![keys::FILE_SYSTEM];
     let mut task_rights = vec!["mount the file system"];
@@ -907,6 +970,9 @@ fn declare_gitlab(s: &mut Stack, cfg: &Arc<StackConfig>, net: &Network, listener
     if cfg.object_storage {
         td_needs.extend(keys::OBJECT_BUCKETS.map(|(key, _)| key));
     }
+    if cfg.database.is_some() {
+        td_needs.push(keys::DB_INSTANCE);
+    }
     if !https {
         td_needs.push(keys::LOAD_BALANCER);
         if cfg.ssh_port.is_some() {
@@ -1110,9 +1176,10 @@ mod tests {
             ),
             ("imported vpc", graph(|s| s.vpc_id = Some("vpc-0123456789abcdef0".into()))),
             (
-                "object storage, no exec",
+                "object storage, rds, no exec",
                 graph(|s| {
                     s.object_storage = Some(true);
+                    s.database = Some(crate::config::Database::Rds);
                     s.exec = Some(false)
                 }),
             ),

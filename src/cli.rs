@@ -278,13 +278,18 @@ pub struct DownArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal)
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Keep the file system (with its backups) and the root secret; a later `up` attaches them
+    /// Keep the data (the file system with its backups, the root secret, GitLab's buckets, and the
+    /// RDS database with the network it sits in); a later `up` attaches them
     #[arg(long)]
     pub keep_data: bool,
     /// Also delete the objects in GitLab's buckets (`object_storage`): without it, `down` refuses
     /// while they hold any
     #[arg(long, conflicts_with = "keep_data")]
     pub delete_objects: bool,
+    /// Delete the RDS database (`database = "rds"`) without the final snapshot `down` otherwise
+    /// takes of it: its data is then gone, but for a backup of the stack's
+    #[arg(long, conflicts_with = "keep_data")]
+    pub no_final_snapshot: bool,
     /// Also find and delete what carries the stack's tags but the state does not record
     /// (a lost state file, a crash)
     #[arg(long)]

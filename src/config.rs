@@ -159,6 +159,27 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "GitLab")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_storage: Option<bool>,
+    /// Where GitLab's PostgreSQL runs: bundled (in GitLab's container, its files on EFS) or rds
+    /// (an RDS instance of the stack's) [default: bundled]
+    #[arg(long, value_name = "WHERE", help_heading = "Database")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<Database>,
+    /// The RDS instance class [default: db.t4g.medium]
+    #[arg(long, value_name = "CLASS", help_heading = "Database")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_instance_class: Option<String>,
+    /// The RDS instance's storage in GiB, gp3 (20 to 65536; it only grows) [default: 20]
+    #[arg(long, value_name = "GIB", help_heading = "Database")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_storage_gb: Option<u32>,
+    /// A standby in a second zone (twice the instance's price) [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Database")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_multi_az: Option<bool>,
+    /// Days RDS keeps its automated backups (1 to 35) [default: 7]
+    #[arg(long, value_name = "DAYS", help_heading = "Database")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_backup_retention_days: Option<u32>,
 }
 
 impl Settings {
@@ -281,6 +302,37 @@ pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
+/// Where GitLab's PostgreSQL runs.
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Database {
+    /// GitLab's own PostgreSQL in its container, its files on EFS: the cheapest.
+    #[default]
+    Bundled,
+    /// An RDS PostgreSQL instance of the stack's: what GitLab's documentation recommends.
+    Rds,
+}
+
+/// The settings of `database = "rds"`, from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSettings {
+    pub instance_class: String,
+    pub storage_gb: u32,
+    pub multi_az: bool,
+    pub backup_retention_days: u32,
+}
+
+/// The RDS class when the configuration names none: 2 vCPUs and 4 GiB, Graviton, burstable.
+/// GitLab's 20 RPS / 1,000-user reference architecture runs its whole application (PostgreSQL
+/// included) on 8 vCPUs and 16 GB; its smallest one with a separate PostgreSQL (40 RPS / 2,000
+/// users) gives PostgreSQL 2 vCPUs and 8 GB. A small team is a fraction of either: 4 GiB holds
+/// its database's working set, and `db_instance_class` grows it in place.
+pub const DEFAULT_DB_INSTANCE_CLASS: &str = "db.t4g.medium";
+pub const DEFAULT_DB_STORAGE_GB: u32 = 20;
+pub const DEFAULT_DB_BACKUP_RETENTION_DAYS: u32 = 7;
+
 /// How far the stack goes beyond the defaults for a security audit.
 #[derive(
     Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema, clap::ValueEnum,
@@ -394,6 +446,10 @@ pub struct StackConfig {
     pub object_storage: bool,
     /// Whether the configuration named `object_storage` (else a stack that has it keeps it).
     pub object_storage_chosen: bool,
+    /// GitLab's PostgreSQL on RDS, with these settings (`None`: the bundled one).
+    pub database: Option<DatabaseSettings>,
+    /// Whether the configuration named `database` (else a stack on RDS stays on it).
+    pub database_chosen: bool,
     pub hardening: Hardening,
     /// Whether the configuration named the egress (else an existing stack keeps its own).
     pub egress_chosen: bool,
@@ -532,6 +588,7 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
         problems.add("ssh_port", "0 is not a port".into(), "use 22, or a port such as 2222");
     }
     let (schedule, idle_sleep_minutes, efs_ia_days) = validate_running(s, &mut problems);
+    let database = validate_database(s, &mut problems);
     if problems.0.is_empty() {
         Ok(StackConfig {
             stack,
@@ -550,6 +607,8 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
             exec: s.exec.unwrap_or(true),
             object_storage: s.object_storage.unwrap_or(false),
             object_storage_chosen: s.object_storage.is_some(),
+            database,
+            database_chosen: s.database.is_some(),
             hardening: s.hardening.unwrap_or_default(),
             egress_chosen: s.egress.is_some() || s.use_nat_instance.is_some(),
             cpu_architecture: s.cpu_architecture,
@@ -564,6 +623,56 @@ pub fn validate(s: &Settings) -> Result<StackConfig, ConfigError> {
     } else {
         Err(ConfigError::Invalid(problems.0))
     }
+}
+
+/// The RDS settings with `database = "rds"`; the `db_*` keys without it are a mistake.
+fn validate_database(s: &Settings, problems: &mut Problems) -> Option<DatabaseSettings> {
+    let given = [
+        ("db_instance_class", s.db_instance_class.is_some()),
+        ("db_storage_gb", s.db_storage_gb.is_some()),
+        ("db_multi_az", s.db_multi_az.is_some()),
+        ("db_backup_retention_days", s.db_backup_retention_days.is_some()),
+    ];
+    if s.database != Some(Database::Rds) {
+        for (key, _) in given.iter().filter(|(_, set)| *set) {
+            problems.add(
+                key,
+                "set, but database is not \"rds\" (GitLab's PostgreSQL is bundled in its container)".to_string(),
+                "add database = \"rds\" (or --database rds), or remove it",
+            );
+        }
+        return None;
+    }
+    let instance_class = s.db_instance_class.clone().unwrap_or_else(|| DEFAULT_DB_INSTANCE_CLASS.to_string());
+    if !instance_class.starts_with("db.") || instance_class.split('.').count() != 3 {
+        problems.add(
+            "db_instance_class",
+            format!("{instance_class:?} is not an RDS instance class"),
+            format!("write it like {DEFAULT_DB_INSTANCE_CLASS} or db.m7g.large"),
+        );
+    }
+    let storage_gb = s.db_storage_gb.unwrap_or(DEFAULT_DB_STORAGE_GB);
+    if !(20..=65536).contains(&storage_gb) {
+        problems.add(
+            "db_storage_gb",
+            format!("{storage_gb} is outside RDS's 20-65536 GiB for gp3"),
+            "use 20 or more; it can grow later, never shrink",
+        );
+    }
+    let backup_retention_days = s.db_backup_retention_days.unwrap_or(DEFAULT_DB_BACKUP_RETENTION_DAYS);
+    if !(1..=35).contains(&backup_retention_days) {
+        problems.add(
+            "db_backup_retention_days",
+            format!("{backup_retention_days} is outside RDS's 1-35 days (0 would turn automated backups off)"),
+            "use 7, or up to 35",
+        );
+    }
+    Some(DatabaseSettings {
+        instance_class,
+        storage_gb,
+        multi_az: s.db_multi_az.unwrap_or(false),
+        backup_retention_days,
+    })
 }
 
 /// The stack's name and region: what every command checks, `up` or not.

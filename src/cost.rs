@@ -50,6 +50,14 @@ struct Prices {
     network: NetworkPrices,
     storage: StoragePrices,
     services: ServicePrices,
+    database: DatabasePrices,
+}
+
+#[derive(Debug, Deserialize)]
+struct DatabasePrices {
+    gp3_gb_month: f64,
+    backup_gb_month: f64,
+    instance_hour: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +164,8 @@ pub struct Inputs {
     pub idle_sleep_minutes: Option<u32>,
     pub efs_ia_days: Option<u32>,
     pub object_storage: bool,
+    /// GitLab's PostgreSQL on RDS (`None`: bundled, on EFS).
+    pub database: Option<crate::config::DatabaseSettings>,
 }
 
 impl From<&StackConfig> for Inputs {
@@ -172,6 +182,7 @@ impl From<&StackConfig> for Inputs {
             idle_sleep_minutes: cfg.idle_sleep_minutes,
             efs_ia_days: cfg.efs_ia_days,
             object_storage: cfg.object_storage,
+            database: cfg.database.clone(),
         }
     }
 }
@@ -369,6 +380,7 @@ pub fn estimate_of(i: &Inputs) -> Estimate {
     lines.extend(network_lines(&p, i, hours));
     lines.extend(storage_lines(&p, i, hours));
     lines.extend(service_lines(&p, i, hours));
+    lines.extend(database_lines(&p, i));
     let total = round(lines.iter().map(|l| l.usd_per_month).sum::<f64>());
     let spot = if i.capacity == Capacity::Spot {
         format!("; Spot's discount as of {}", p.fargate.spot_as_of)
@@ -385,6 +397,48 @@ pub fn estimate_of(i: &Inputs) -> Estimate {
         running_hours_per_month: round(hours),
         cheaper: None,
     }
+}
+
+/// The RDS instance around the clock (it does not sleep with GitLab), its storage, and its
+/// automated backups (free up to the provisioned storage: a small database's week of backups
+/// fits); Multi-AZ doubles the instance and the storage. Its password is a second secret.
+fn database_lines(p: &Prices, i: &Inputs) -> Vec<CostLine> {
+    let Some(db) = &i.database else { return vec![] };
+    let d = &p.database;
+    let copies = if db.multi_az { 2.0 } else { 1.0 };
+    let az = if db.multi_az { " x 2 (Multi-AZ)" } else { "" };
+    let instance = match d.instance_hour.get(&db.instance_class) {
+        Some(hourly) => line(
+            "RDS PostgreSQL instance",
+            format!("{}: 730 h x ${hourly}{az} (runs while GitLab sleeps)", db.instance_class),
+            HOURS * hourly * copies,
+        ),
+        None => line(
+            "RDS PostgreSQL instance",
+            format!(
+                "{}: not in data/prices.toml, counted as $0: see aws.amazon.com/rds/postgresql/pricing",
+                db.instance_class
+            ),
+            0.0,
+        ),
+    };
+    vec![
+        instance,
+        line(
+            "RDS storage",
+            format!("{} GB gp3 x ${}{az}", db.storage_gb, d.gp3_gb_month),
+            f64::from(db.storage_gb) * d.gp3_gb_month * copies,
+        ),
+        line(
+            "RDS backups",
+            format!(
+                "{} days of automated backups: free up to {} GB (the provisioned storage), then ${}/GB-month",
+                db.backup_retention_days, db.storage_gb, d.backup_gb_month
+            ),
+            0.0,
+        ),
+        line("Secrets Manager (the database's password)", "1 secret, RDS's".into(), p.services.secret_month),
+    ]
 }
 
 /// The cheapest configuration with the same data safety: no NAT (the task gets a public

@@ -1,6 +1,7 @@
 //! What GitLab's releases require of the platform (data/gitlab-requirements.toml, dated and
 //! sourced): from which version its official image runs on arm64. (The file also lists the
-//! PostgreSQL each GitLab major supports, read for the external database still to come.)
+//! PostgreSQL each GitLab major supports: the one `database = "rds"` creates, and the oldest an
+//! upgrade accepts.)
 
 use serde::Deserialize;
 
@@ -12,6 +13,35 @@ const FILE: &str = include_str!("../data/gitlab-requirements.toml");
 struct Requirements {
     as_of: String,
     arm64: Arm64,
+    postgresql: Vec<Postgresql>,
+}
+
+/// The PostgreSQL a GitLab major supports with an external database.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Postgresql {
+    pub gitlab: u32,
+    /// The oldest it runs on ("16.5").
+    pub minimum: String,
+    /// The newest major it supports: what the tool creates.
+    pub newest: String,
+}
+
+/// The PostgreSQL GitLab `version` needs, or why it is not known.
+pub fn postgresql(version: Version) -> anyhow::Result<Postgresql> {
+    let Requirements { as_of, postgresql, .. } = shipped();
+    postgresql.into_iter().find(|p| p.gitlab == version.major).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the PostgreSQL GitLab {} needs is not known here (data/gitlab-requirements.toml, read {as_of}, lists GitLab {} and later)",
+            version.major,
+            17
+        )
+    })
+}
+
+/// Whether a PostgreSQL version ("16.4", "17.2") is at least `minimum` ("16.5", "17").
+pub fn at_least(version: &str, minimum: &str) -> bool {
+    let parts = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
+    parts(version) >= parts(minimum)
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,7 +58,7 @@ fn shipped() -> Requirements {
 /// Whether `image` at `version` has an official arm64 build: `Ok(true)` from the first release
 /// that has one, `Err(why not)` otherwise (another image's platforms are not known here).
 pub fn arm64(image: &str, version: Version) -> Result<(), String> {
-    let Requirements { as_of, arm64 } = shipped();
+    let Requirements { as_of, arm64, .. } = shipped();
     if image != arm64.image {
         return Err(format!("{image} is not {}, whose arm64 builds are known; its platforms are not", arm64.image));
     }
@@ -55,5 +85,14 @@ mod tests {
         assert!(arm64("gitlab/gitlab-ce", v("18.2.0-ce.0")).is_ok());
         assert!(arm64("gitlab/gitlab-ce", v("18.1.6-ce.0")).is_err());
         assert!(arm64("123456789012.dkr.ecr.eu-west-1.amazonaws.com/gitlab-ce", v("19.4.1-ce.0")).is_err());
+        let pg18 = postgresql(v("18.6.1-ce.0")).unwrap();
+        assert_eq!((pg18.minimum.as_str(), pg18.newest.as_str()), ("16.5", "17"));
+        assert!(postgresql(v("16.11.0-ce.0")).is_err(), "GitLab 16 is not listed");
+    }
+
+    #[test]
+    fn postgres_versions_compare_by_number() {
+        assert!(at_least("16.5", "16.5") && at_least("16.10", "16.5") && at_least("17.2", "16.5"));
+        assert!(!at_least("16.4", "16.5") && !at_least("16.9", "17"));
     }
 }

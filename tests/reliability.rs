@@ -31,6 +31,18 @@ async fn inventory(c: &Clients, stack: &str) -> BTreeMap<String, usize> {
     counts
 }
 
+/// `up` with GitLab's database on RDS (the local-state kill test runs it).
+const UP_RDS: &[&str] = &["up", "--allowed-cidr", "203.0.113.0/24", "--egress", "nat-gateway", "--database", "rds"];
+
+/// The inventory of a stack on RDS: its instance, subnet group and security group besides.
+fn expected_rds_inventory() -> BTreeMap<String, usize> {
+    let mut expected = expected_inventory();
+    expected.insert("sg".into(), 5);
+    expected.insert("database instance".into(), 1);
+    expected.insert("DB subnet".into(), 1);
+    expected
+}
+
 fn expected_inventory() -> BTreeMap<String, usize> {
     [
         ("vpc", 1),
@@ -160,7 +172,11 @@ fn unlock_after_a_kill(tool: &Tool, stack: &str) {
     tool.run(&["unlock", id, "--stack", stack, "--yes"]).ok();
 }
 
+/// Kills `up` and `down` at calls spread over their whole run, then runs them again: nothing
+/// is lost or created twice. The local-state run has GitLab's database on RDS (an instance that
+/// takes minutes to create and to delete, and holds its network meanwhile).
 async fn kill_anywhere(shared: bool) {
+    let (up_args, expected) = if shared { (UP, expected_inventory()) } else { (UP_RDS, expected_rds_inventory()) };
     // AWS's durations x 1/2000: this test is about crash safety at any call, not about waits.
     let emu = Emulator::start_with(&["--time-scale", "0.0005"]);
     let c = emu.clients();
@@ -173,7 +189,7 @@ async fn kill_anywhere(shared: bool) {
     // A little latency per call spreads the kill points over the whole run.
     emu.set_faults(json!([{"action": "*", "delay": 0.01}]));
     emu.clear_calls();
-    tool.run(&with_stack(UP, "web")).ok();
+    tool.run(&with_stack(up_args, "web")).ok();
     let calls_per_up = emu.calls().len();
     emu.clear_calls();
     tool.run(&["down", "--stack", "web", "--yes"]).ok();
@@ -185,14 +201,14 @@ async fn kill_anywhere(shared: bool) {
     let mut clean = 0;
     for point in (3..calls_per_up).step_by((calls_per_up / up_points).max(1)) {
         let stack = format!("k{point}");
-        if !kill_after(&emu, &tool, &with_stack(UP, &stack), point) {
+        if !kill_after(&emu, &tool, &with_stack(up_args, &stack), point) {
             continue;
         }
         tried += 1;
         unlock_after_a_kill(&tool, &stack);
-        tool.run(&with_stack(UP, &stack)).ok();
+        tool.run(&with_stack(up_args, &stack)).ok();
         let found = without_revisions(inventory(&c, &stack).await, &stack);
-        assert_eq!(found, expected_inventory(), "twins or gaps after killing up at call {point}");
+        assert_eq!(found, expected, "twins or gaps after killing up at call {point}");
         tool.run(&["down", "--stack", &stack, "--yes"]).ok();
         assert_eq!(
             stack_leftovers(&c, &stack).await,
@@ -203,7 +219,7 @@ async fn kill_anywhere(shared: bool) {
     }
     for point in (2..calls_per_down).step_by((calls_per_down / down_points).max(1)) {
         let stack = format!("d{point}");
-        tool.run(&with_stack(UP, &stack)).ok();
+        tool.run(&with_stack(up_args, &stack)).ok();
         if !kill_after(&emu, &tool, &["down", "--stack", &stack, "--yes"], point) {
             continue;
         }

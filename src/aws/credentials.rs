@@ -162,6 +162,7 @@ pub fn offline_context(stack: &str, region: &str) -> super::Ctx {
         aws: clients_from(&sdk, region.to_string(), None),
         tags: super::Tags { stack: stack.to_string(), region: region.to_string() },
         account: None,
+        final_snapshot: true,
     }
 }
 
@@ -187,6 +188,7 @@ fn clients_from(sdk: &SdkConfig, region: String, profile: Option<&str>) -> Clien
         kms: client!(aws_sdk_kms),
         lambda: client!(aws_sdk_lambda),
         logs: client!(aws_sdk_cloudwatchlogs),
+        rds: client!(aws_sdk_rds),
         route53: client!(aws_sdk_route53),
         s3: client!(aws_sdk_s3),
         secrets: client!(aws_sdk_secretsmanager),

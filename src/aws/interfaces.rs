@@ -35,6 +35,8 @@ fn label(eni: &NetworkInterface) -> &'static str {
         "network load balancer"
     } else if description.starts_with("Interface for NAT Gateway") || kind == "nat_gateway" {
         "NAT gateway"
+    } else if description.starts_with("RDSNetworkInterface") {
+        "RDS instance"
     } else if description.starts_with("EFS mount target") {
         "EFS mount target"
     } else if description.contains(":attachment/") {

@@ -19,6 +19,7 @@ pub use tags::Tags;
 
 use crate::engine::{Poll, RetryPolicy, StepScope, WaitPolicy, retry_while, wait_until};
 
+#[derive(Clone)]
 pub struct Clients {
     pub region: String,
     /// The profile the user named, for the Session Manager plugin (`exec`, `shell`).
@@ -36,6 +37,7 @@ pub struct Clients {
     pub kms: aws_sdk_kms::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub rds: aws_sdk_rds::Client,
     pub route53: aws_sdk_route53::Client,
     pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
@@ -47,10 +49,14 @@ pub struct Clients {
 
 /// What every step and resource operation may use: the clients, the stack's tags and names, and
 /// the account the run is bound to (unknown only for `plan` of a new stack, which calls nothing).
+#[derive(Clone)]
 pub struct Ctx {
     pub aws: Clients,
     pub tags: Tags,
     pub account: Option<Identity>,
+    /// Whether deleting the database takes a final snapshot first (`down --no-final-snapshot`
+    /// turns it off; everything else keeps it).
+    pub final_snapshot: bool,
 }
 
 impl Ctx {

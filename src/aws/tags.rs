@@ -54,6 +54,8 @@ sdk_tags! {
         |t| (t.key().unwrap_or_default(), t.value().unwrap_or_default());
     aws_sdk_ecs::types::Tag => |k, v| Self::builder().key(k).value(v).build(),
         |t| (t.key().unwrap_or_default(), t.value().unwrap_or_default());
+    aws_sdk_rds::types::Tag => |k, v| Self::builder().key(k).value(v).build(),
+        |t| (t.key().unwrap_or_default(), t.value().unwrap_or_default());
     aws_sdk_secretsmanager::types::Tag => |k, v| Self::builder().key(k).value(v).build(),
         |t| (t.key().unwrap_or_default(), t.value().unwrap_or_default());
     // These builders report a missing key or value; both are always set here.

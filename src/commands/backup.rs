@@ -27,7 +27,9 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
     let printer = Arc::new(Printer::new(global, args.json));
     let opened = open(global, &printer, "backup").await?;
     let resuming = Journal::current(&opened.state)?.is_some();
-    if !args.online && !resuming {
+    // With the database on RDS nothing needs GitLab stopped: the backup is online and consistent.
+    let on_rds = opened.state.get(crate::keys::DB_INSTANCE).is_some();
+    if !args.online && !resuming && !on_rds {
         confirm(
             &printer,
             "a consistent backup stops GitLab until the copy is made (minutes for a small team's data)",
@@ -36,7 +38,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
             "pass --yes to stop GitLab for it, or --online to back up while it runs (crash-consistent)",
         )?;
     }
-    if args.online {
+    if args.online && !on_rds {
         printer.warn("an online backup copies PostgreSQL's files while it runs: the copy is only crash-consistent (PostgreSQL recovers it as after a power loss)");
     }
     let started = Instant::now();
@@ -48,10 +50,11 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
         taken.recovery_point,
         human_bytes(taken.bytes),
         started.elapsed().as_secs_f64(),
-        match taken.downtime_seconds {
-            Some(down) => format!(", GitLab stopped for {down:.0}s"),
-            None if taken.consistent => ", GitLab was not running".to_string(),
-            None => ", online".to_string(),
+        match (&taken.database_snapshot, taken.downtime_seconds) {
+            (Some(snapshot), _) => format!(", GitLab kept running; the database's snapshot {snapshot} goes with it"),
+            (None, Some(down)) => format!(", GitLab stopped for {down:.0}s"),
+            (None, None) if taken.consistent => ", GitLab was not running".to_string(),
+            (None, None) => ", online".to_string(),
         },
         taken.version.as_deref().map(|v| format!(", GitLab {v}")).unwrap_or_default()
     ));
@@ -102,7 +105,16 @@ async fn list(global: &GlobalArgs, json: bool) -> CliResult {
             ]
         })
         .collect();
-    printer.out(&table(&["ID", "CREATED", "GITLAB", "SIZE", "BY", "STATUS", "OF", "VAULT"], &rows));
+    // With the database on RDS, the snapshot that goes with each point.
+    let mut headers = vec!["ID", "CREATED", "GITLAB", "SIZE", "BY", "STATUS", "OF", "VAULT"];
+    let mut rows = rows;
+    if points.iter().any(|p| p.database_snapshot.is_some()) {
+        headers.push("DATABASE");
+        for (row, point) in rows.iter_mut().zip(&points) {
+            row.push(point.database_snapshot.clone().unwrap_or_else(|| "-".into()));
+        }
+    }
+    printer.out(&table(&headers, &rows));
     printer.note("`gitlab-provision restore ID` brings one back, with the GitLab version that wrote it");
     Ok(ExitStatus::Success)
 }

@@ -28,6 +28,8 @@ pub struct DownResult {
     kept: Vec<String>,
     /// Backups of the file system that remain in AWS Backup.
     recovery_points: Vec<backup::RecoveryPoint>,
+    /// The final snapshot of the RDS database (`database = "rds"`), when `down` took one.
+    final_snapshot: Option<String>,
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -64,6 +66,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
         return Ok(ExitStatus::Success);
     }
     let ctx = connect(global, &stack, region.as_deref(), recorded.as_ref(), &printer).await?;
+    let ctx = Arc::new(crate::aws::Ctx { final_snapshot: !args.no_final_snapshot, ..(*ctx).clone() });
     let region = ctx.region().to_string();
     if !records.is_empty() {
         bind_account(&state, &ctx).await?;
@@ -122,6 +125,16 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     } else {
         backup::stack_recovery_points(&ctx, &records).await.unwrap_or_default()
     };
+    let final_snapshot = match records.get(crate::keys::DB_INSTANCE).and_then(|r| r.id.as_deref()) {
+        Some(id) if ctx.final_snapshot && !keep.contains_key(crate::keys::DB_INSTANCE) => {
+            crate::steps::database::final_snapshots(&ctx, id)
+                .await
+                .unwrap_or_default()
+                .first()
+                .and_then(|s| s.db_snapshot_identifier().map(str::to_string))
+        }
+        _ => None,
+    };
     let kept: Vec<String> = state
         .snapshot()
         .resources
@@ -140,6 +153,7 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
             .collect(),
         kept,
         recovery_points,
+        final_snapshot,
     };
     printer.json_if_events("down", &result)?;
     report(&printer, &result, args.keep_data);
@@ -205,7 +219,26 @@ async fn kept(
             keep.insert(key.clone(), format!("it holds {held}"));
         }
     }
+    keep_what_the_kept_need(records, &mut keep);
     Ok(keep)
+}
+
+/// What a kept record cannot outlive stays with it, as its kind's row says (an RDS instance its
+/// subnets and security group, a group the group that it admits), each with why.
+fn keep_what_the_kept_need(records: &BTreeMap<String, ResourceRecord>, keep: &mut BTreeMap<String, String>) {
+    let mut to_visit: Vec<String> = keep.keys().cloned().collect();
+    while let Some(key) = to_visit.pop() {
+        let Some(record) = records.get(&key) else { continue };
+        if !Kinds.policy(&record.kind, &key).is_some_and(|p| p.keeps_its_needs) {
+            continue;
+        }
+        for need in &record.depends_on {
+            if records.contains_key(need) && !keep.contains_key(need) {
+                keep.insert(need.clone(), format!("{key} needs it, and {key} is kept (`down` deletes it with {key})"));
+                to_visit.push(need.clone());
+            }
+        }
+    }
 }
 
 /// `--keep-data` keeps what the state records. Data that only discovery found (a lost state) is
@@ -275,6 +308,11 @@ fn report(printer: &Printer, result: &DownResult, keep_data: bool) {
         printer.out(
             "`gitlab-provision up` attaches them again (same repositories, same root password); `gitlab-provision down` deletes them",
         );
+    }
+    if let Some(snapshot) = &result.final_snapshot {
+        printer.note(&format!(
+            "the database's final snapshot {snapshot} stays in RDS (billed per GB-month until you delete it): restore it with `aws rds restore-db-instance-from-db-snapshot --db-snapshot-identifier {snapshot} ...`, delete it with `aws rds delete-db-snapshot --db-snapshot-identifier {snapshot}`"
+        ));
     }
     if !result.recovery_points.is_empty() {
         let mut lines = vec![format!(

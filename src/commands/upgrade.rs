@@ -59,7 +59,7 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
         ));
     }
     if args.plan {
-        printer.out(&upgrade_plan(&hops, args.no_backup));
+        printer.out(&upgrade_plan(&hops, args.no_backup, recorded.resources.contains_key(crate::keys::DB_INSTANCE)));
         return Ok(ExitStatus::Success);
     }
     let cfg = recorded_config(global, &recorded)?;
@@ -122,9 +122,11 @@ fn go_on(printer: &Printer, args: &UpgradeArgs, to: Version, hop: Version, rest:
 }
 
 /// What `upgrade` would do, step by step, for `--plan`.
-fn upgrade_plan(hops: &[Version], no_backup: bool) -> String {
+fn upgrade_plan(hops: &[Version], no_backup: bool, on_rds: bool) -> String {
     let mut lines = vec!["the upgrade would:".to_string()];
-    if !no_backup {
+    if !no_backup && on_rds {
+        lines.push("  - take an online backup while GitLab runs: an RDS snapshot of the database and an AWS Backup job of the file system, one backup".into());
+    } else if !no_backup {
         lines.push("  - stop GitLab and take a consistent backup (AWS Backup, into the stack's vault)".into());
     }
     for (i, hop) in hops.iter().enumerate() {

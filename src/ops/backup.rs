@@ -3,6 +3,10 @@
 //! that fails, expires or is aborted, that does not start running within a bound, or a Ctrl-C,
 //! ends the same way: the job stopped, GitLab started again on the data it had, the journal
 //! closed, and what AWS said. A run that died is resumed by `backup` or rolled back by `up`.
+//!
+//! With the database on RDS nothing of PostgreSQL is on the file system: the backup is an RDS
+//! snapshot of the database and the file system's job, taken while GitLab runs, recorded as one
+//! backup (the point is tagged with the snapshot's name).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -43,6 +47,9 @@ pub struct Taken {
     pub consistent: bool,
     /// How long GitLab was stopped for it (seconds), when it was.
     pub downtime_seconds: Option<f64>,
+    /// With the database on RDS: the snapshot of the database taken with the file system's copy
+    /// (GitLab kept running).
+    pub database_snapshot: Option<String>,
 }
 
 /// What a backup needs from the state.
@@ -51,6 +58,8 @@ pub struct Targets {
     pub file_system_arn: String,
     pub vault: String,
     pub role_arn: String,
+    /// The RDS instance, with the database on RDS.
+    pub database: Option<String>,
 }
 
 pub fn targets(state: &State) -> Result<Targets, CliError> {
@@ -69,6 +78,7 @@ pub fn targets(state: &State) -> Result<Targets, CliError> {
             .ok_or_else(|| missing("file system"))?,
         vault: record(keys::BACKUP_VAULT).and_then(|r| r.id.clone()).ok_or_else(|| missing("backup vault"))?,
         role_arn: record(keys::BACKUP_ROLE).and_then(|r| r.id.clone()).ok_or_else(|| missing("backup role"))?,
+        database: record(keys::DB_INSTANCE).and_then(|r| r.id.clone()),
     })
 }
 
@@ -91,8 +101,13 @@ pub async fn take(opened: &Opened, printer: &Arc<Printer>, options: &BackupOptio
         Some(other) => return Err(other_operation(&other)),
         None => {
             let desired_before = desired_tasks(ctx, targets.cluster.as_deref()).await?;
+            let started_at = now_rfc3339();
             BackupJournal {
-                started_at: now_rfc3339(),
+                database_snapshot: targets
+                    .database
+                    .as_deref()
+                    .map(|id| crate::steps::database::backup_snapshot_name(id, &started_at)),
+                started_at,
                 phase: BackupPhase::StoppingGitLab,
                 consistent: options.consistent,
                 desired_before,
@@ -157,7 +172,9 @@ async fn run(
     if journal.phase == BackupPhase::StoppingGitLab {
         save(state, journal).await?;
         // A sleeping GitLab (no task) is consistent as it is: nothing to stop, nothing to start.
+        // On RDS, the database's snapshot is consistent by itself: GitLab keeps running.
         if journal.consistent
+            && journal.database_snapshot.is_none()
             && journal.desired_before > 0
             && let Some(cluster) = targets.cluster.clone()
         {
@@ -184,8 +201,15 @@ async fn run(
     if journal.phase == BackupPhase::StartingJob {
         let (vault, fs, role, token, version) =
             (&targets.vault, &targets.file_system_arn, &targets.role_arn, &journal.token, journal.version.as_deref());
+        let snapshot = journal.database_snapshot.as_deref();
+        if let (Some(name), Some(database)) = (snapshot, targets.database.as_deref()) {
+            phase(printer, state, "snapshot-database", &format!("ask RDS for snapshot {name} of the database"), |_| {
+                crate::steps::database::take_snapshot(ctx, database, name, version)
+            })
+            .await?;
+        }
         let job = phase(printer, state, "start-backup", "ask AWS Backup for an on-demand job", |_| async move {
-            backup::start_backup(ctx, vault, fs, role, token, version).await
+            backup::start_backup(ctx, vault, fs, role, token, version, snapshot).await
         })
         .await?;
         journal.job = Some(job);
@@ -222,6 +246,20 @@ async fn run(
                 ));
             }
         }
+        if let Some(name) = journal.database_snapshot.clone() {
+            phase_with(
+                printer,
+                state,
+                "database-snapshot",
+                &format!("snapshot {name} of the database"),
+                interrupt,
+                |scope| {
+                    let ctx = ctx.clone();
+                    async move { crate::steps::database::wait_snapshot(&ctx, &scope, &name).await.map(|_| ()) }
+                },
+            )
+            .await?;
+        }
         journal.phase = BackupPhase::StartingGitLab;
         save(state, journal).await?;
     }
@@ -240,6 +278,7 @@ async fn run(
             version: journal.version.clone(),
             taken_at: journal.started_at.clone(),
             consistent: journal.consistent,
+            database_snapshot: journal.database_snapshot.clone(),
         },
     )
     .await?;
@@ -254,6 +293,7 @@ async fn run(
         version: journal.version.clone(),
         consistent: journal.consistent,
         downtime_seconds: downtime.map(|d| d.as_secs_f64()),
+        database_snapshot: journal.database_snapshot.clone(),
     })
 }
 
@@ -389,6 +429,7 @@ pub async fn settle_dead(
                     version: journal.version.clone(),
                     taken_at: journal.started_at.clone(),
                     consistent: journal.consistent,
+                    database_snapshot: journal.database_snapshot.clone(),
                 },
             )
             .await?;
@@ -427,14 +468,15 @@ pub async fn points(ctx: &Ctx, state: &State) -> Result<Vec<backup::RecoveryPoin
     let mut points = backup::stack_recovery_points(ctx, &state.resources).await?;
     let (taken, versions) = (journal::backups_taken(state), journal::versions(state));
     for point in &mut points {
-        point.version = match backup::point_version(ctx, &point.arn).await? {
+        let mut tags = backup::point_tags(ctx, &point.arn).await?;
+        let noted = taken.iter().find(|b| b.recovery_point == point.arn);
+        point.version = match tags.remove(backup::VERSION_TAG) {
             Some(version) => Some(version),
-            None => taken
-                .iter()
-                .find(|b| b.recovery_point == point.arn)
-                .and_then(|b| b.version.clone())
-                .or_else(|| journal::version_at(&versions, &point.created)),
+            None => noted.and_then(|b| b.version.clone()).or_else(|| journal::version_at(&versions, &point.created)),
         };
+        point.database_snapshot = tags
+            .remove(crate::steps::database::SNAPSHOT_TAG)
+            .or_else(|| noted.and_then(|b| b.database_snapshot.clone()));
     }
     Ok(points)
 }

@@ -28,6 +28,10 @@ pub struct BackupJournal {
     /// Started by an upgrade: GitLab stays stopped after the copy, the next version starts it.
     #[serde(default)]
     pub for_upgrade: bool,
+    /// With the database on RDS: the snapshot of it taken with the file system's copy (named
+    /// before it is asked for, so a resumed run finds it).
+    #[serde(default)]
+    pub database_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +63,12 @@ pub struct RestoreJournal {
     pub version: Option<String>,
     /// The tasks the service ran before (started again whatever converging changes).
     pub desired_before: i32,
+    /// With the database on RDS: the snapshot restored with the file system, and the new
+    /// instance it is restored into (named before it is asked for).
+    #[serde(default)]
+    pub database_snapshot: Option<String>,
+    #[serde(default)]
+    pub new_database: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +170,7 @@ fn legacy(value: &serde_json::Value) -> Option<Journal> {
             job: attr("job"),
             version: None,
             for_upgrade: false,
+            database_snapshot: None,
         })),
         "restore" => Some(Journal::Restore(RestoreJournal {
             started_at,
@@ -170,6 +181,8 @@ fn legacy(value: &serde_json::Value) -> Option<Journal> {
             new_file_system: attr("new_file_system"),
             version: None,
             desired_before: 1,
+            database_snapshot: None,
+            new_database: None,
         })),
         _ => None,
     }
@@ -205,6 +218,9 @@ pub struct BackupTaken {
     pub version: Option<String>,
     pub taken_at: String,
     pub consistent: bool,
+    /// The RDS snapshot of the database that goes with the file system's point.
+    #[serde(default)]
+    pub database_snapshot: Option<String>,
 }
 
 fn read_list<T: serde::de::DeserializeOwned>(state: &State, name: &str) -> Vec<T> {

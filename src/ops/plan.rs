@@ -295,6 +295,49 @@ pub fn refusals(cfg: &StackConfig, state: Option<&state::State>, region: &str, f
             reason: RefusalReason::FixedSetting,
         });
     }
+    refused.extend(database_refusals(cfg, &state.resources));
+    refused
+}
+
+/// Where GitLab's PostgreSQL runs cannot change by a setting: its data would stay behind. And
+/// a GitLab version that needs a newer PostgreSQL than the RDS instance runs is refused.
+fn database_refusals(cfg: &StackConfig, records: &BTreeMap<String, ResourceRecord>) -> Vec<Refusal> {
+    let mut refused = vec![];
+    let on_rds = records.get(keys::DB_INSTANCE);
+    // A task definition without the database's secret ran GitLab on its bundled PostgreSQL.
+    let bundled_ran = records.get(keys::TASK_DEFINITION).is_some_and(|td| !td.attrs.contains_key("database_secret"));
+    match (&cfg.database, on_rds) {
+        (None, Some(_)) => refused.push(Refusal {
+            problem: "database = \"bundled\", but GitLab's data is in the stack's RDS database: the bundled PostgreSQL would start empty".into(),
+            help: Some("keep database = \"rds\" (or leave it out: a stack on RDS stays on it); moving back is a GitLab backup and restore (README, \"Moving to RDS\"), not a setting".into()),
+            reason: RefusalReason::FixedSetting,
+        }),
+        (Some(_), None) if bundled_ran => refused.push(Refusal {
+            problem: "database = \"rds\" on a stack whose GitLab runs on its bundled PostgreSQL (its data on EFS): switching would start GitLab on an empty database".into(),
+            help: Some("moving an existing GitLab's database is a dump and restore this tool does not run yet: follow README, \"Moving to RDS\" (gitlab-backup of the database through `gitlab-provision exec`, a new stack with database = \"rds\", gitlab-backup restore); or remove database = \"rds\" to keep the bundled one".into()),
+            reason: RefusalReason::FixedSetting,
+        }),
+        _ => {}
+    }
+    if let Some(record) = on_rds
+        && let Some(running) = record.attr("engine_version")
+        && let Some(wanted) = crate::gitlab_version::Version::parse(&cfg.gitlab_image_tag)
+        && let Ok(needs) = crate::requirements::postgresql(wanted)
+        && !crate::requirements::at_least(running, &needs.minimum)
+    {
+        refused.push(Refusal {
+            problem: format!(
+                "GitLab {wanted} needs PostgreSQL {} or later; the stack's RDS database runs {running}",
+                needs.minimum
+            ),
+            help: Some(format!(
+                "take a backup (`gitlab-provision backup`), upgrade the database's major version first (`aws rds modify-db-instance --db-instance-identifier {} --engine-version {} --allow-major-version-upgrade --apply-immediately`), then run this again",
+                record.id.as_deref().unwrap_or("?"),
+                needs.newest
+            )),
+            reason: RefusalReason::Version,
+        });
+    }
     refused
 }
 
@@ -310,6 +353,20 @@ pub fn keep_what_runs(cfg: &mut StackConfig, records: &BTreeMap<String, Resource
     }
     if !cfg.object_storage_chosen && keys::OBJECT_BUCKETS.iter().any(|(key, _)| records.contains_key(*key)) {
         cfg.object_storage = true;
+    }
+    // A stack on RDS stays on it, with the settings it has.
+    if !cfg.database_chosen
+        && let Some(db) = records.get(keys::DB_INSTANCE)
+    {
+        let recorded = |name: &str| db.attr(name).unwrap_or_default().to_string();
+        cfg.database = Some(crate::config::DatabaseSettings {
+            instance_class: recorded("instance_class"),
+            storage_gb: recorded("storage_gb").parse().unwrap_or(crate::config::DEFAULT_DB_STORAGE_GB),
+            multi_az: recorded("multi_az") == "true",
+            backup_retention_days: recorded("backup_retention_days")
+                .parse()
+                .unwrap_or(crate::config::DEFAULT_DB_BACKUP_RETENTION_DAYS),
+        });
     }
     if let crate::config::NetworkConfig::Create { egress, .. } = &mut cfg.network
         && !cfg.egress_chosen

@@ -21,12 +21,15 @@ use crate::gitlab_version::Version;
 use crate::keys::{self, Kind};
 use crate::printer::Printer;
 use crate::state::{self, RecordStatus, ResourceRecord, StateHandle};
-use crate::steps::{backup, service, storage};
+use crate::steps::{backup, database, service, storage};
 
 /// Where the file system a restore replaced is kept.
 const PREVIOUS: &str = "file-system-previous";
 /// A file system a restore that was abandoned made (kept, for the user to look at or remove).
 const ABANDONED: &str = "file-system-restored";
+/// The same for the RDS database, with the database on RDS.
+const PREVIOUS_DATABASE: &str = "database-previous";
+const ABANDONED_DATABASE: &str = "database-restored";
 /// A restore of a small team's data takes minutes; a large one, hours.
 const RESTORE_WAIT: WaitPolicy = WaitPolicy::up_to(std::time::Duration::from_secs(6 * 3600));
 
@@ -38,6 +41,8 @@ pub struct Chosen {
     pub version: Version,
     /// The version running now (what the data's version replaces).
     pub running: Option<Version>,
+    /// With the database on RDS: the snapshot of it taken with the point.
+    pub database_snapshot: Option<String>,
 }
 
 /// Picks the point and the version to deploy with it: the version the data was written by. A
@@ -60,6 +65,15 @@ pub async fn choose(
         ))
         .into());
     }
+    let on_rds = state.resources.contains_key(keys::DB_INSTANCE);
+    if on_rds && point.database_snapshot.is_none() {
+        return Err(Diagnostic::new(format!(
+            "recovery point {} has no database snapshot with it (the daily plan's, or taken before the database was on RDS): its repositories alone would not match the database GitLab runs on",
+            point.id
+        ))
+        .with_help("restore a point `gitlab-provision backup list` shows with a DATABASE snapshot (taken by `gitlab-provision backup`)")
+        .into());
+    }
     let running = super::versions::running_version(&state.resources);
     let recorded = point.version.as_deref().and_then(Version::parse);
     let version = match (version_flag, recorded, running) {
@@ -79,7 +93,8 @@ pub async fn choose(
             .into());
         }
     };
-    Ok(Chosen { point, version, running })
+    let database_snapshot = if on_rds { point.database_snapshot.clone() } else { None };
+    Ok(Chosen { point, version, running, database_snapshot })
 }
 
 /// What `restore --plan` says.
@@ -100,6 +115,10 @@ pub fn plan_text(state: &state::State, chosen: &Chosen) -> String {
             crate::printer::human_bytes(point.bytes)
         ),
         "  - restore it into a new file system (a new AWS Backup restore job; GitLab keeps running meanwhile)".into(),
+        match &chosen.database_snapshot {
+            Some(snapshot) => format!("  - restore the database's snapshot {snapshot} into a new RDS instance (meanwhile too)"),
+            None => "  - (the database is in the file system: it comes back with it)".into(),
+        },
         "  - stop GitLab (downtime starts)".into(),
         format!(
             "  - switch the stack to the new file system and deploy {version}: mount targets in it, the initializer moving the restored data into place, a task definition revision mounting it"
@@ -135,6 +154,10 @@ pub struct Restored {
     pub version: String,
     /// The file systems GitLab ran on before, kept (retained) until removed.
     pub kept: Vec<KeptFileSystem>,
+    /// With the database on RDS: the instance restored from the backup's snapshot.
+    pub database: Option<String>,
+    /// The RDS instances GitLab ran on before, kept (retained, deletion protection on) until removed.
+    pub kept_databases: Vec<String>,
     pub seconds: f64,
 }
 
@@ -180,6 +203,8 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
                 version: Some(chosen.version.to_string()),
                 // A restore wakes a sleeping GitLab: it is there to be used.
                 desired_before: desired.max(1),
+                database_snapshot: chosen.database_snapshot.clone(),
+                new_database: chosen.database_snapshot.as_ref().map(|_| restored_database_name(&snapshot)),
             }
         }
         (None, None) => {
@@ -193,7 +218,7 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
     let interrupt = Some(&request.interrupt);
 
     if journal.phase == RestorePhase::Restoring {
-        let new_fs = match restore_job(ctx, state, printer, &mut journal, interrupt).await {
+        let new_fs = match restore_both(ctx, state, printer, &mut journal, interrupt).await {
             Ok(fs) => fs,
             Err(e) if WaitError::is_interrupted(&e) => {
                 return Err(CliError::new(ExitStatus::Interrupted, e)
@@ -232,19 +257,94 @@ pub async fn restore(opened: &Opened, printer: &Arc<Printer>, request: Request<'
     }
     Journal::write(state, None).await?;
     wait_healthy(ctx, state, printer).await?;
-    let kept = state
-        .snapshot()
+    let now = state.snapshot();
+    let kept = now
         .resources
         .iter()
         .filter(|(k, _)| k.starts_with(PREVIOUS))
         .map(|(k, r)| KeptFileSystem { key: k.clone(), file_system: r.id.clone().unwrap_or_default() })
+        .collect();
+    let kept_databases = now
+        .resources
+        .iter()
+        .filter(|(k, _)| k.starts_with(PREVIOUS_DATABASE))
+        .filter_map(|(_, r)| r.id.clone())
         .collect();
     Ok(Restored {
         recovery_point: journal.point.clone(),
         file_system: new_fs,
         version: journal.version.clone().unwrap_or_default(),
         kept,
+        database: journal.new_database.clone(),
+        kept_databases,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The name of the instance a restore makes: the stack's database's, marked with the time.
+fn restored_database_name(state: &state::State) -> String {
+    let stamp: String = state::now_rfc3339().chars().filter(char::is_ascii_digit).take(14).collect();
+    format!("{}-r{stamp}", keys::names::database(&state.stack))
+}
+
+/// With the database on RDS, restores its snapshot alongside the file system: RDS is asked
+/// first, so both restores run at once, then the file system's job and the instance are waited
+/// for. Without, the file system alone.
+async fn restore_both(
+    ctx: &Arc<Ctx>,
+    state: &StateHandle,
+    printer: &Arc<Printer>,
+    journal: &mut RestoreJournal,
+    interrupt: Option<&Interrupt>,
+) -> anyhow::Result<String> {
+    let database = match (&journal.database_snapshot, &journal.new_database) {
+        (Some(snapshot), Some(name)) => Some((snapshot.clone(), name.clone(), placement(&state.snapshot())?)),
+        _ => None,
+    };
+    if let Some((snapshot, name, placement)) = &database
+        && database::describe_instance(ctx, name).await?.is_none()
+    {
+        phase(printer, state, "start-database-restore", &format!("ask RDS to restore {snapshot} into {name}"), |_| {
+            let ctx = ctx.clone();
+            async move { database::ask_restore(&ctx, snapshot, name, placement).await }
+        })
+        .await?;
+    }
+    let fs = restore_job(ctx, state, printer, journal, interrupt).await?;
+    if let Some((snapshot, name, placement)) = &database {
+        phase_with(
+            printer,
+            state,
+            "restore-database",
+            &format!("restore {snapshot} into {name}"),
+            interrupt,
+            |scope| {
+                let ctx = ctx.clone();
+                async move { database::restore_snapshot(&ctx, &scope, snapshot, name, placement).await.map(|_| ()) }
+            },
+        )
+        .await?;
+    }
+    Ok(fs)
+}
+
+/// Where the stack's database sits, for the instance a restore makes.
+fn placement(state: &state::State) -> anyhow::Result<database::Placement> {
+    let record = |key: &str| state.resources.get(key).ok_or_else(|| anyhow::anyhow!("no {key} is recorded"));
+    let db = record(keys::DB_INSTANCE)?;
+    let attr = |name: &str| db.attr(name).unwrap_or_default().to_string();
+    Ok(database::Placement {
+        subnet_group: record(keys::DB_SUBNET_GROUP)?.id()?.to_string(),
+        security_group: record(keys::DB_SECURITY_GROUP)?.id()?.to_string(),
+        key: record(keys::KEY)?.attr("arn").unwrap_or_default().to_string(),
+        settings: crate::config::DatabaseSettings {
+            instance_class: attr("instance_class"),
+            storage_gb: attr("storage_gb").parse().unwrap_or(crate::config::DEFAULT_DB_STORAGE_GB),
+            multi_az: attr("multi_az") == "true",
+            backup_retention_days: attr("backup_retention_days")
+                .parse()
+                .unwrap_or(crate::config::DEFAULT_DB_BACKUP_RETENTION_DAYS),
+        },
     })
 }
 
@@ -324,6 +424,7 @@ async fn switch(
     let new_fs = journal.new_file_system.clone().unwrap_or_default();
     let swapped = state.get(keys::FILE_SYSTEM).and_then(|r| r.id) == Some(new_fs.clone());
     if !swapped {
+        // (the database is swapped with the file system, in the same step)
         if let Some(cluster) = targets(&state.snapshot())?.cluster {
             let stopped =
                 phase_with(printer, state, "stop-gitlab", "stop GitLab (downtime starts)", Some(interrupt), |scope| {
@@ -339,6 +440,9 @@ async fn switch(
                     .with_context("GitLab was started again on its current data; the restored file system is ready")
                     .with_help("run `gitlab-provision restore` to switch to it"));
             }
+        }
+        if let Some(new_database) = &journal.new_database {
+            swap_database(ctx, state, new_database).await?;
         }
         swap(ctx, state, &new_fs).await?;
     }
@@ -398,6 +502,44 @@ async fn swap(ctx: &Ctx, state: &StateHandle, new_fs: &str) -> Result<(), CliErr
     Ok(())
 }
 
+/// The restored instance becomes the stack's database; the one it replaces is kept, retained
+/// (deletion protection on), under a key of its own. Done before the file system's swap, which
+/// is what marks the switch as made: a run that dies between the two does this again.
+async fn swap_database(ctx: &Ctx, state: &StateHandle, new_database: &str) -> Result<(), CliError> {
+    let current =
+        state.get(keys::DB_INSTANCE).ok_or_else(|| CliError::failure(anyhow::anyhow!("no database is recorded")))?;
+    if current.id.as_deref() == Some(new_database) {
+        return Ok(());
+    }
+    let instance = database::describe_instance(ctx, new_database)
+        .await?
+        .ok_or_else(|| CliError::failure(anyhow::anyhow!("the restored database {new_database} is gone")))?;
+    let outputs = database::outputs(ctx, &instance).await?;
+    let slot = free_slot(&state.snapshot(), PREVIOUS_DATABASE);
+    state
+        .put(
+            &slot,
+            ResourceRecord {
+                status: RecordStatus::Retained,
+                depends_on: vec![],
+                step: "restore".into(),
+                ..current.clone()
+            },
+        )
+        .await?;
+    let mut attrs = current.attrs.clone();
+    attrs.extend(outputs.attrs);
+    let restored = ResourceRecord {
+        id: Some(new_database.to_string()),
+        status: RecordStatus::Created,
+        attrs,
+        generation: current.generation + 1,
+        ..current
+    };
+    state.put(keys::DB_INSTANCE, restored).await?;
+    Ok(())
+}
+
 /// For `up`, a restore whose run died: before the switch it is abandoned (GitLab keeps its data;
 /// a file system the job already made is kept, retained, for the user to remove); after it, `up`
 /// finishes converging onto the restored data, and GitLab is started again.
@@ -441,6 +583,30 @@ pub async fn settle_dead(
             ));
         } else {
             printer.warn(&format!("an interrupted restore of {} was abandoned", journal.point));
+        }
+        if let Some(name) = &journal.new_database
+            && state.get(keys::DB_INSTANCE).and_then(|r| r.id).as_deref() != Some(name)
+            && database::describe_instance(ctx, name).await?.is_some()
+        {
+            let slot = free_slot(&state.snapshot(), ABANDONED_DATABASE);
+            state
+                .put(
+                    &slot,
+                    ResourceRecord {
+                        kind: Kind::DbInstance.to_string(),
+                        step: "restore".into(),
+                        status: RecordStatus::Retained,
+                        id: Some(name.clone()),
+                        depends_on: vec![],
+                        attrs: Default::default(),
+                        generation: 0,
+                        updated_at: String::new(),
+                    },
+                )
+                .await?;
+            printer.warn(&format!(
+                "the database the abandoned restore made, {name}, is kept as {slot} (a plain `down` removes it, with a final snapshot)"
+            ));
         }
         if let Some(cluster) = targets(&state.snapshot())?.cluster {
             service::set_desired(ctx, &cluster, journal.desired_before).await?;

@@ -147,7 +147,7 @@ pub async fn connect(
         short_arn(&identity.arn)
     ));
     let tags = Tags { stack: stack.to_string(), region: clients.region.clone() };
-    Ok(Arc::new(Ctx { aws: clients, tags, account: Some(identity) }))
+    Ok(Arc::new(Ctx { aws: clients, tags, account: Some(identity), final_snapshot: true }))
 }
 
 /// "assumed-role/Admin/alice" rather than the whole ARN.

@@ -312,6 +312,9 @@ pub async fn read(
         });
     }
     let gitlab = gitlab?;
+    if let (Some(state), Some(health)) = (recorded, gitlab.as_ref()) {
+        stale_database_password(ctx, state, health, &mut resources).await;
+    }
     Ok(StatusReport {
         stack: ctx.tags.stack.clone(),
         region: ctx.region().to_string(),
@@ -325,6 +328,30 @@ pub async fn read(
         conflicts,
         gitlab,
     })
+}
+
+/// RDS rotates the database's password on its schedule (yearly, as the tool sets it); GitLab
+/// read it when its task started. A rotation since then cuts GitLab off from its database until
+/// it restarts: the database's line says so, with the way out.
+async fn stale_database_password(ctx: &Ctx, state: &State, health: &Health, resources: &mut [ResourceStatus]) {
+    let Some(secret) = state.resources.get(crate::keys::DB_INSTANCE).and_then(|r| r.attr("secret_arn")) else { return };
+    let Some(started) = health.task_started_at.as_deref().and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else {
+        return;
+    };
+    let Ok(described) = ctx.aws.secrets.describe_secret().secret_id(secret).send().await else { return };
+    let Some(rotated) = described.last_rotated_date().and_then(|d| std::time::SystemTime::try_from(*d).ok()) else {
+        return;
+    };
+    if rotated <= started {
+        return;
+    }
+    if let Some(line) = resources.iter_mut().find(|r| r.key == crate::keys::DB_INSTANCE) {
+        line.live = LiveState::Changed;
+        line.detail = format!(
+            "RDS rotated the database password {} ago, after GitLab's task started: GitLab cannot open new connections until it restarts (`gitlab-provision sleep`, then `gitlab-provision wake --wait`)",
+            since(&humantime::format_rfc3339_seconds(rotated).to_string())
+        );
+    }
 }
 
 /// What a look for the stack's tagged resources found when no state records it.

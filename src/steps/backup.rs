@@ -157,6 +157,8 @@ pub struct RecoveryPoint {
     pub status: String,
     /// Made by this tool's `backup` (else by the daily automatic backup plan).
     pub on_demand: bool,
+    /// With the database on RDS: the database's snapshot taken with it (restored with it).
+    pub database_snapshot: Option<String>,
 }
 
 fn rfc3339(time: Option<&aws_smithy_types::DateTime>) -> String {
@@ -179,6 +181,7 @@ async fn recovery_points(ctx: &Ctx, file_system_arn: &str) -> anyhow::Result<Vec
                 arn,
                 file_system: file_system_arn.to_string(),
                 on_demand: vault == vault_name(&ctx.tags.stack),
+                database_snapshot: None,
                 vault,
                 created: rfc3339(point.creation_date()),
                 bytes: point.backup_size_bytes().unwrap_or(0),
@@ -241,10 +244,15 @@ pub async fn start_backup(
     role_arn: &str,
     token: &str,
     version: Option<&str>,
+    database_snapshot: Option<&str>,
 ) -> anyhow::Result<String> {
     let mut tags = ctx.tags.map(keys::FILE_SYSTEM);
     if let Some(version) = version {
         tags.insert(VERSION_TAG.to_string(), version.to_string());
+    }
+    // The database's snapshot taken with it: one backup, restored together.
+    if let Some(snapshot) = database_snapshot {
+        tags.insert(super::database::SNAPSHOT_TAG.to_string(), snapshot.to_string());
     }
     let out = call(
         ctx.aws
@@ -326,12 +334,12 @@ pub async fn stop_backup_job(ctx: &Ctx, job: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The GitLab version a recovery point's tags name, if any.
-pub async fn point_version(ctx: &Ctx, point: &str) -> anyhow::Result<Option<String>> {
+/// A recovery point's tags (the GitLab version of its data, the database snapshot taken with it).
+pub async fn point_tags(ctx: &Ctx, point: &str) -> anyhow::Result<std::collections::HashMap<String, String>> {
     let out =
         if_there(ctx.aws.backup.list_tags().resource_arn(point).send(), || format!("reading the tags of {point}"))
             .await?;
-    Ok(out.and_then(|o| o.tags.unwrap_or_default().remove(VERSION_TAG)))
+    Ok(out.and_then(|o| o.tags).unwrap_or_default())
 }
 
 /// What AWS Backup says a restore of the point needs (for EFS: the file system it copies, its

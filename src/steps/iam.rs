@@ -82,6 +82,7 @@ pub fn execution_policy(
     env: &Env,
     registry_secret: Option<&str>,
     ecr: bool,
+    database: bool,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let log_group = format!(
         "arn:{}:logs:{}:{}:log-group:{}:*",
@@ -92,6 +93,10 @@ pub fn execution_policy(
     );
     let mut secrets = vec![arn_of(env, keys::ROOT_SECRET)?];
     secrets.extend(registry_secret.map(str::to_string));
+    if database {
+        // RDS's own secret of the database's master password, encrypted with the stack's key.
+        secrets.push(env.attr(keys::DB_INSTANCE, "secret_arn")?);
+    }
     let mut statements = vec![
         json!({"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": log_group}),
         json!({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secrets}),

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod certificate;
 pub mod cloudtrail;
+pub mod database;
 pub mod dns;
 pub mod efs_init;
 pub mod iam;

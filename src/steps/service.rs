@@ -331,12 +331,46 @@ impl ObjectStore {
     }
 }
 
+/// The environment variable the task receives the database's password in, from RDS's secret
+/// through ECS `secrets` (never in the task definition's environment).
+pub const DATABASE_PASSWORD_VARIABLE: &str = "GITLAB_DATABASE_PASSWORD";
+
+/// GitLab's PostgreSQL on RDS (`database = "rds"`): where it is.
+pub struct ExternalDatabase {
+    pub host: String,
+}
+
+impl ExternalDatabase {
+    /// GitLab's "Configure GitLab using an external PostgreSQL service" (Linux package docs):
+    /// the bundled PostgreSQL off, `gitlab_rails['db_*']` pointing at the instance. The password
+    /// is read from the task's environment when `gitlab-ctl reconfigure` evaluates this at every
+    /// start, so it is in no task definition; TLS is required (`sslmode = require`: RDS for
+    /// PostgreSQL 15 and later also forces it with `rds.force_ssl`). The server's certificate is
+    /// not verified: GitLab's image does not carry RDS's CA bundle, and the instance is reached
+    /// inside the VPC, through a security group that admits GitLab's tasks only.
+    fn lines(&self) -> Vec<String> {
+        use super::database::{DB_NAME, DB_PORT, DB_USER};
+        vec![
+            "postgresql['enable'] = false".to_string(),
+            "gitlab_rails['db_adapter'] = 'postgresql'".to_string(),
+            "gitlab_rails['db_encoding'] = 'unicode'".to_string(),
+            format!("gitlab_rails['db_host'] = '{}'", self.host),
+            format!("gitlab_rails['db_port'] = {DB_PORT}"),
+            format!("gitlab_rails['db_database'] = '{DB_NAME}'"),
+            format!("gitlab_rails['db_username'] = '{DB_USER}'"),
+            format!("gitlab_rails['db_password'] = ENV['{DATABASE_PASSWORD_VARIABLE}']"),
+            "gitlab_rails['db_sslmode'] = 'require'".to_string(),
+        ]
+    }
+}
+
 /// GitLab's omnibus settings, passed as GITLAB_OMNIBUS_CONFIG.
 pub fn omnibus_config(
     external_url: &str,
     vpc_cidr: &str,
     ssh: Option<(&str, u16)>,
     object_store: Option<&ObjectStore>,
+    database: Option<&ExternalDatabase>,
 ) -> String {
     let mut lines = vec![
         format!("external_url '{external_url}'"),
@@ -360,6 +394,9 @@ pub fn omnibus_config(
     }
     if let Some(store) = object_store {
         lines.extend(store.lines());
+    }
+    if let Some(database) = database {
+        lines.extend(database.lines());
     }
     lines.join("\n")
 }
@@ -402,11 +439,16 @@ impl StepAction<Ctx> for TaskDefinitionStep {
         } else {
             None
         };
+        let database = match cfg.database {
+            Some(_) => Some(ExternalDatabase { host: env.attr(keys::DB_INSTANCE, "endpoint")? }),
+            None => None,
+        };
         let omnibus = omnibus_config(
             &self.external_url(env)?,
             &env.attr(keys::VPC, "cidr")?,
             ssh.as_ref().map(|(h, p)| (h.as_str(), *p)),
             object_store.as_ref(),
+            database.as_ref(),
         );
         let mut wanted = attrs([
             ("family", family(&ctx.tags.stack)),
@@ -422,6 +464,9 @@ impl StepAction<Ctx> for TaskDefinitionStep {
         ]);
         if let Some(credentials) = &cfg.gitlab_image_credentials {
             wanted.insert("registry_credentials".into(), credentials.clone().into());
+        }
+        if database.is_some() {
+            wanted.insert("database_secret".into(), env.attr(keys::DB_INSTANCE, "secret_arn")?.into());
         }
         // Task definitions registered before the architecture was a setting are x86_64.
         let desired =
@@ -484,6 +529,14 @@ async fn register(ctx: &Ctx, cfg: &StackConfig, settings: Desired) -> anyhow::Re
     for port in settings.list("ports").iter().filter_map(|p| p.parse::<i32>().ok()).filter(|p| *p != 80) {
         container = container
             .port_mappings(PortMapping::builder().container_port(port).protocol(TransportProtocol::Tcp).build());
+    }
+    if let Some(database_secret) = settings.attrs.get("database_secret").and_then(|v| v.as_str()) {
+        container = container.secrets(
+            Secret::builder()
+                .name(DATABASE_PASSWORD_VARIABLE)
+                .value_from(format!("{database_secret}:password::"))
+                .build()?,
+        );
     }
     if let Some(credentials) = settings.attrs.get("registry_credentials").and_then(|v| v.as_str()) {
         container = container
@@ -1253,13 +1306,14 @@ mod tests {
 
     #[test]
     fn https_config_listens_on_80_without_tls_and_whitelists_the_vpc() {
-        let https = omnibus_config("https://git.example.com", "10.0.0.0/16", None, None);
+        let https = omnibus_config("https://git.example.com", "10.0.0.0/16", None, None, None);
         assert!(https.contains("external_url 'https://git.example.com'"));
         assert!(https.contains("nginx['listen_port'] = 80") && https.contains("nginx['listen_https'] = false"));
         assert!(https.contains("monitoring_whitelist'] = ['127.0.0.0/8', '10.0.0.0/16']"));
-        let http = omnibus_config("http://lb.example", "10.1.0.0/16", None, None);
+        let http = omnibus_config("http://lb.example", "10.1.0.0/16", None, None, None);
         assert!(!http.contains("listen_https") && !http.contains("ssh"));
-        let ssh = omnibus_config("https://git.example.com", "10.0.0.0/16", Some(("ssh.git.example.com", 2222)), None);
+        let ssh =
+            omnibus_config("https://git.example.com", "10.0.0.0/16", Some(("ssh.git.example.com", 2222)), None, None);
         assert!(ssh.contains("gitlab_rails['gitlab_ssh_host'] = 'ssh.git.example.com'"));
         assert!(ssh.contains("gitlab_rails['gitlab_shell_ssh_port'] = 2222"));
         assert!(!ssh.contains("object_store"));
@@ -1271,7 +1325,7 @@ mod tests {
             region: "eu-west-1".into(),
             buckets: keys::OBJECT_BUCKETS.iter().map(|(_, t)| (*t, format!("team-{t}"))).collect(),
         };
-        let text = omnibus_config("https://git.example.com", "10.0.0.0/16", None, Some(&store));
+        let text = omnibus_config("https://git.example.com", "10.0.0.0/16", None, Some(&store), None);
         assert!(text.contains("gitlab_rails['object_store']['enabled'] = true"));
         assert!(text.contains(
             "gitlab_rails['object_store']['connection'] = { 'provider' => 'AWS', 'region' => 'eu-west-1', 'use_iam_profile' => true }"
@@ -1300,5 +1354,27 @@ mod tests {
             )));
         }
         assert!(text.contains("gitlab_rails['external_diffs_enabled'] = true"));
+    }
+
+    #[test]
+    fn an_external_database_is_the_documented_form_with_the_password_from_the_environment() {
+        let database = ExternalDatabase { host: "team-gitlab.abc.us-east-1.rds.amazonaws.com".into() };
+        let text = omnibus_config("https://git.example.com", "10.0.0.0/16", None, None, Some(&database));
+        // GitLab's "Using a non-packaged PostgreSQL database management server".
+        for line in [
+            "postgresql['enable'] = false",
+            "gitlab_rails['db_adapter'] = 'postgresql'",
+            "gitlab_rails['db_encoding'] = 'unicode'",
+            "gitlab_rails['db_host'] = 'team-gitlab.abc.us-east-1.rds.amazonaws.com'",
+            "gitlab_rails['db_port'] = 5432",
+            "gitlab_rails['db_database'] = 'gitlabhq_production'",
+            "gitlab_rails['db_username'] = 'gitlab'",
+            "gitlab_rails['db_password'] = ENV['GITLAB_DATABASE_PASSWORD']",
+            "gitlab_rails['db_sslmode'] = 'require'",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+        let bundled = omnibus_config("https://git.example.com", "10.0.0.0/16", None, None, None);
+        assert!(!bundled.contains("postgresql['enable']") && !bundled.contains("db_host"));
     }
 }

@@ -203,6 +203,7 @@ impl Emulator {
             kms: client!(aws_sdk_kms),
             lambda: client!(aws_sdk_lambda),
             logs: client!(aws_sdk_cloudwatchlogs),
+            rds: client!(aws_sdk_rds),
             route53: client!(aws_sdk_route53),
             s3: client!(aws_sdk_s3),
             secrets: client!(aws_sdk_secretsmanager),
@@ -242,6 +243,7 @@ pub struct Clients {
     pub kms: aws_sdk_kms::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub rds: aws_sdk_rds::Client,
     pub route53: aws_sdk_route53::Client,
     pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
@@ -651,6 +653,21 @@ async fn leftovers_of(c: &Clients, kind: Kind, stack: &str) -> Vec<String> {
             let out = c.cloudwatch.describe_alarms().alarm_name_prefix(format!("{stack}-")).send().await.unwrap();
             for alarm in out.metric_alarms() {
                 left.push(format!("alarm {}", alarm.alarm_name().unwrap_or_default()));
+            }
+        }
+        // RDS: the instance by its tags, the subnet group by the name the tool gives it.
+        Kind::DbInstance => {
+            for db in c.rds.describe_db_instances().send().await.unwrap().db_instances() {
+                if db.tag_list().iter().any(|t| t.key() == Some("gitlab-provision:stack") && t.value() == Some(stack)) {
+                    left.push(format!("database instance {}", db.db_instance_identifier().unwrap_or_default()));
+                }
+            }
+        }
+        Kind::DbSubnetGroup => {
+            for group in c.rds.describe_db_subnet_groups().send().await.unwrap().db_subnet_groups() {
+                if group.db_subnet_group_name() == Some(format!("{stack}-gitlab").as_str()) {
+                    left.push(format!("DB subnet group {}", group.db_subnet_group_name().unwrap_or_default()));
+                }
             }
         }
         Kind::WebAcl => {

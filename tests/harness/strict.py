@@ -38,7 +38,10 @@ What it models:
   logs_empty_pages);
 - Service Quotas: GetServiceQuota (NoSuchResourceException unless the knob quotas sets an applied
   value) and GetAWSDefaultServiceQuota for the Fargate vCPU, Elastic IP and load balancer quotas;
-- NLB listeners: tcp.idle_timeout.seconds outside 60-6000 refused (ValidationError).
+- NLB listeners: tcp.idle_timeout.seconds outside 60-6000 refused (ValidationError);
+- RDS: an instance creating for minutes (changes and deletes refused meanwhile), deleting for
+  minutes after DeleteDBInstance, its RDSNetworkInterface holding its subnet and security groups
+  until it is gone, its subnet group refused deletion while it is used, snapshots creating.
 
 Knobs (the --control JSON file, re-read on every use): a rule's name with '-' -> '_' overrides
 its AWS seconds (e.g. {"gitlab_first_boot": 4000}); besides: pull_error, init_error,
@@ -243,7 +246,7 @@ RULES = {
     "backup-job-stop": Rule(10, "StopBackupJob: 'Attempts to cancel a job to create a one-time backup of a resource' (EFS supported): ABORTING -> ABORTED; InvalidRequestException on a job that has ended (AWS Backup API reference; notes day-two-facts §3)",
                             ["src/steps/backup.rs:stop_backup_job", "src/ops/backup.rs:roll_back"]),
     "recovery-point-tags": Rule(None, "StartBackupJob RecoveryPointTags: 'The tags to assign to the resources'; ListTags: 'Valid targets for ListTags are recovery points, backup plans, and backup vaults' (AWS Backup API reference; notes day-two-facts §4)",
-                                ["src/steps/backup.rs:start_backup", "src/steps/backup.rs:point_version"]),
+                                ["src/steps/backup.rs:start_backup", "src/steps/backup.rs:point_tags"]),
     "restore-job": Rule(300, "AWS Backup restore job PENDING -> RUNNING -> COMPLETED into a new file system, data under aws-backup-restore_<date>/ (AWS Backup 'Restore an Amazon EFS file system')",
                         ["src/ops/restore.rs:restore", "src/ops/restore.rs:restore_job", "src/steps/backup.rs:start_restore", "src/steps/backup.rs:restore_job"]),
     "restore-job-outcome": Rule(None, "RestoreJobStatus ABORTED or FAILED with a StatusMessage, no resource created (AWS Backup API reference); knob restore_job_outcome",
@@ -260,6 +263,15 @@ RULES = {
     # Service Quotas (moto knows the vpc service code only).
     "service-quotas": Rule(None, "GetServiceQuota 'Retrieves the applied quota value ... If the applied quota value is not available for a quota, the quota is not retrieved' (NoSuchResourceException, aws/aws-cli#6629); GetAWSDefaultServiceQuota the default; fargate L-3032A538 / L-36FBB829, ec2 L-0263D0A3, elasticloadbalancing L-53DA6B97 / L-69A177A2 (notes day-two-facts §8); knob quotas",
                            ["src/steps/quotas.rs:check_quotas", "src/steps/quotas.rs:value"]),
+    # RDS (moto creates, deletes and snapshots at once).
+    "db-instance-creating": Rule(480, "RDS CreateDBInstance and RestoreDBInstanceFromDBSnapshot: DBInstanceStatus creating, then backing-up, then available; 5-15 min observed for a small single-AZ instance (RDS User Guide, 'Viewing Amazon RDS DB instance status'); ModifyDBInstance and DeleteDBInstance meanwhile: InvalidDBInstanceState 'Instance ... is not in available state.' (RDS API reference); its interface (description 'RDSNetworkInterface', requester-managed) sits in a subnet of its subnet group with its security groups from the start",
+                                 ["src/steps/database.rs:wait_available", "src/steps/database.rs:DbInstanceOps::delete"]),
+    "db-instance-deleting": Rule(360, "RDS DeleteDBInstance: 'deleting' for minutes (the final snapshot is taken first), then DBInstanceNotFound; its interface holds its subnet and security groups until then (RDS User Guide, 'Deleting a DB instance'; hashicorp/terraform-provider-aws waits up to 60 min for deleted)",
+                                 ["src/steps/database.rs:DbInstanceOps::delete", "src/aws/interfaces.rs:holders"]),
+    "db-snapshot-creating": Rule(180, "RDS snapshots (CreateDBSnapshot, a final snapshot): Status creating, then available; minutes for a small database (RDS User Guide, 'Creating a DB snapshot')",
+                                 ["src/commands/down.rs:run"]),
+    "db-subnet-group-in-use": Rule(None, "DeleteDBSubnetGroup while an instance (one being deleted, too) uses it: InvalidDBSubnetGroupStateFault 'Cannot delete the subnet group ... because at least one database instance: ... is still using it.' (RDS API reference)",
+                                   ["src/steps/database.rs:DbSubnetGroupOps::delete"]),
     # Network Load Balancer.
     "listener-idle-timeout-range": Rule(None, "Listener attribute tcp.idle_timeout.seconds: 'The valid range is 60-6000 seconds. The default is 350 seconds.' ModifyListenerAttributes outside it: ValidationError (elbv2 API reference ListenerAttribute.Key)",
                                         ["src/steps/load_balancer.rs:ListenerStep::apply"]),
@@ -465,6 +477,7 @@ class Strict:
         self.fired = []  # (rule, detail) for the capture
         self.accounts = {}  # credentials -> account
         self.function_mounts = {}  # function name -> file system id
+        self.db_instances = {}  # (account, region, identifier) -> {"eni", "who", "subnet_group", "deleting": answer XML or None}
         self.log_queries = {}  # the model's FilterLogEvents token -> {"params", "left": empty pages still to give}
         self.session = boto3.session.Session()
         self.clients = {}  # (service, who) -> boto3 client to moto
@@ -883,6 +896,100 @@ class Strict:
         body = (
             f'<?xml version="1.0" encoding="UTF-8"?><{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
             f"<requestId>{uuid.uuid4()}</requestId>{inner}</{action}Response>"
+        ).encode()
+        return Answer(200, body, "text/xml", rule=rule)
+
+    # =========================================================================================
+    # RDS
+
+    def db_key(self, req, ident):
+        return (self.account_of(req.who), req.region, ident)
+
+    def before_rds(self, req):
+        action, ident = req.action, req.form.get("DBInstanceIdentifier")
+        if action in ("ModifyDBInstance", "DeleteDBInstance", "CreateDBSnapshot") and ident and self.young("db-instance-creating", ident):
+            self.refuse(400, "InvalidDBInstanceState", f"Instance {ident} is not in available state.", "db-instance-creating")
+        with self.lock:
+            deleting = self.db_instances.get(self.db_key(req, ident), {}).get("deleting") if ident else None
+        if deleting is not None:
+            if action == "DescribeDBInstances":
+                return self.rds_answer("DescribeDBInstances", f"<DBInstances>{deleting}</DBInstances>", rule="db-instance-deleting")
+            if action in ("ModifyDBInstance", "DeleteDBInstance"):
+                self.refuse(400, "InvalidDBInstanceState", f"Instance {ident} is already being deleted.", "db-instance-deleting")
+        if action == "DeleteDBSubnetGroup":
+            group = req.form.get("DBSubnetGroupName", "").lower()
+            account = self.account_of(req.who)
+            with self.lock:
+                users = [k[2] for k, v in self.db_instances.items() if k[0] == account and k[1] == req.region and v["subnet_group"] == group]
+            if users:
+                self.refuse(400, "InvalidDBSubnetGroupStateFault",
+                            f"Cannot delete the subnet group '{group}' because at least one database instance: {users[0]} is still using it.",
+                            "db-subnet-group-in-use")
+        return None
+
+    def after_rds(self, req, data):
+        action, ident = req.action, req.form.get("DBInstanceIdentifier")
+        if action in ("CreateDBInstance", "RestoreDBInstanceFromDBSnapshot") and ident:
+            self.note_born("db-instance-creating", ident)
+            rds = self.client("rds", req.who)
+            group = req.form.get("DBSubnetGroupName", "").lower()
+            subnets = [s["SubnetIdentifier"] for s in rds.describe_db_subnet_groups(DBSubnetGroupName=group)["DBSubnetGroups"][0]["Subnets"]]
+            groups = [v for k, v in req.form.items() if k.startswith("VpcSecurityGroupIds.")]
+            eni, _ = self.new_interface(req.who, sorted(subnets)[0], groups, "RDSNetworkInterface", interface_type="interface")
+            with self.lock:
+                self.db_instances[self.db_key(req, ident)] = {"eni": eni, "who": req.who, "subnet_group": group, "deleting": None}
+            return data
+        if action == "DeleteDBInstance" and ident:
+            key = self.db_key(req, ident)
+            root = ET.fromstring(data)
+            instance = next((el for el in root.iter() if local(el.tag) == "DBInstance"), None)
+            for el in (instance.iter() if instance is not None else []):
+                if local(el.tag) == "DBInstanceStatus":
+                    el.text = "deleting"
+            answer = ET.tostring(instance, encoding="unicode") if instance is not None else ""
+            answer = re.sub(r' xmlns(:\w+)?="[^"]*"', "", answer).replace("ns0:", "")
+            snapshot = req.form.get("FinalDBSnapshotIdentifier")
+            if snapshot and req.form.get("SkipFinalSnapshot", "false").lower() != "true":
+                self.note_born("db-snapshot-creating", snapshot)
+            with self.lock:
+                known = self.db_instances.setdefault(key, {"eni": None, "who": req.who, "subnet_group": "", "deleting": None})
+                known["deleting"] = answer
+
+            def gone():
+                with self.lock:
+                    model = self.db_instances.pop(key, None)
+                if model and model.get("eni"):
+                    self.remove_interface(model["who"], model["eni"])
+
+            self.at(self.duration("db-instance-deleting"), f"database instance {ident} deleted", gone)
+            return data
+        if action == "CreateDBSnapshot":
+            self.note_born("db-snapshot-creating", req.form.get("DBSnapshotIdentifier"))
+            return data
+        if action == "DescribeDBInstances":
+            return self.rewrite_xml_states(data, "DBInstanceIdentifier", "DBInstanceStatus", "db-instance-creating")
+        if action == "DescribeDBSnapshots":
+            return self.rewrite_xml_states(data, "DBSnapshotIdentifier", "Status", "db-snapshot-creating")
+        return data
+
+    def rewrite_xml_states(self, data, id_tag, state_tag, rule):
+        """Query-protocol answers (RDS): what `rule` still holds in its pending state reads
+        'creating' (noted as the rule applying)."""
+        root = ET.fromstring(data)
+        changed = False
+        for el in root.iter():
+            ident, state = child(el, id_tag), child(el, state_tag)
+            if ident is None or state is None or not self.young(rule, ident.text):
+                continue
+            state.text = "creating"
+            self.fired.append((rule, ident.text))
+            changed = True
+        return xml_bytes(root) if changed else data
+
+    def rds_answer(self, action, inner, rule=None):
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><{action}Response xmlns="http://rds.amazonaws.com/doc/2014-10-31/">'
+            f"<{action}Result>{inner}</{action}Result><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata></{action}Response>"
         ).encode()
         return Answer(200, body, "text/xml", rule=rule)
 

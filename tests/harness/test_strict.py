@@ -1348,6 +1348,69 @@ def missing_handler(reference):
     return None
 
 
+# =============================================================================================
+# RDS
+
+
+class RdsRules(ModelTest):
+    def instance(self, ident):
+        """An instance in a subnet group of two subnets, behind one security group."""
+        vpc = self.vpc()
+        subnets = [self.subnet(vpc, "10.0.1.0/24", "us-east-1a"), self.subnet(vpc, "10.0.2.0/24", "us-east-1b")]
+        group = self.group(vpc)
+        rds = client("rds")
+        subnet_group = name("dbsubnets")
+        rds.create_db_subnet_group(DBSubnetGroupName=subnet_group, DBSubnetGroupDescription="test", SubnetIds=subnets)
+        rds.create_db_instance(
+            DBInstanceIdentifier=ident, DBInstanceClass="db.t4g.medium", Engine="postgres", AllocatedStorage=20,
+            MasterUsername="gitlab", MasterUserPassword="not-a-real-one-1", DBSubnetGroupName=subnet_group,
+            VpcSecurityGroupIds=[group],
+        )
+        return rds, subnet_group, subnets, group
+
+    def status(self, rds, ident):
+        return rds.describe_db_instances(DBInstanceIdentifier=ident)["DBInstances"][0]["DBInstanceStatus"]
+
+    @covers("db-instance-creating")
+    def test_a_new_instance_is_creating_refuses_changes_and_its_interface_holds_its_network(self):
+        self.knobs(db_instance_creating=FOREVER)
+        ident = name("db")
+        rds, _, subnets, group = self.instance(ident)
+        self.assertEqual(self.status(rds, ident), "creating")
+        self.assertEqual(code_of(rds.delete_db_instance, DBInstanceIdentifier=ident, SkipFinalSnapshot=True), "InvalidDBInstanceState")
+        self.assertEqual(code_of(rds.modify_db_instance, DBInstanceIdentifier=ident, DeletionProtection=True, ApplyImmediately=True), "InvalidDBInstanceState")
+        held = [e for s in subnets for e in self.interfaces_in(s)]
+        self.assertEqual([e["Description"] for e in held], ["RDSNetworkInterface"])
+        self.assertTrue(held[0]["RequesterManaged"])
+        self.assertEqual(code_of(self.ec2.delete_subnet, SubnetId=held[0]["SubnetId"]), "DependencyViolation")
+        self.assertEqual(code_of(self.ec2.delete_security_group, GroupId=group), "DependencyViolation")
+        self.knobs()
+        self.until("available", lambda: self.status(rds, ident) == "available")
+
+    @covers("db-instance-deleting", "db-subnet-group-in-use", "db-snapshot-creating")
+    def test_a_deleted_instance_goes_over_minutes_holding_its_subnet_group_and_network(self):
+        self.knobs(db_instance_creating=0, db_instance_deleting=2000, db_snapshot_creating=FOREVER)
+        ident = name("db")
+        rds, subnet_group, subnets, group = self.instance(ident)
+        rds.delete_db_instance(DBInstanceIdentifier=ident, FinalDBSnapshotIdentifier=f"{ident}-final")
+        self.assertEqual(self.status(rds, ident), "deleting")
+        snapshot = rds.describe_db_snapshots(DBSnapshotIdentifier=f"{ident}-final")["DBSnapshots"][0]
+        self.assertEqual(snapshot["Status"], "creating")
+        error = error_of(rds.delete_db_subnet_group, DBSubnetGroupName=subnet_group)
+        self.assertEqual(error["Code"], "InvalidDBSubnetGroupStateFault")
+        self.assertIn(ident, error["Message"])
+        held = [e for s in subnets for e in self.interfaces_in(s)]
+        self.assertEqual(code_of(self.ec2.delete_subnet, SubnetId=held[0]["SubnetId"]), "DependencyViolation")
+        # Gone after its time: not found, its interface released, its subnet group free.
+        self.until("gone", lambda: code_of(rds.describe_db_instances, DBInstanceIdentifier=ident) == "DBInstanceNotFound")
+        self.until("released", lambda: not [e for s in subnets for e in self.interfaces_in(s)])
+        rds.delete_db_subnet_group(DBSubnetGroupName=subnet_group)
+        self.ec2.delete_security_group(GroupId=group)
+        self.knobs()
+        snapshot = rds.describe_db_snapshots(DBSnapshotIdentifier=f"{ident}-final")["DBSnapshots"][0]
+        self.assertEqual(snapshot["Status"], "available")
+
+
 class Registry(unittest.TestCase):
     def test_every_rule_has_its_seconds_source_and_handlers(self):
         for rule, entry in RULES.items():

@@ -68,6 +68,8 @@ kinds! {
     ScheduledAction => "application-autoscaling:scheduled-action", "scheduled action";
     ScalingPolicy => "application-autoscaling:scaling-policy", "scaling policy";
     Alarm => "cloudwatch:alarm", "alarm";
+    DbSubnetGroup => "rds:db-subnet-group", "DB subnet group";
+    DbInstance => "rds:db-instance", "database instance";
 }
 
 impl std::fmt::Display for Kind {
@@ -153,6 +155,11 @@ pub const OBJECT_BUCKETS: [(&str, &str); 9] = [
 pub fn is_object_bucket(key: &str) -> bool {
     OBJECT_BUCKETS.iter().any(|(k, _)| *k == key)
 }
+/// `database = "rds"`: GitLab's PostgreSQL on RDS, the subnet group that places it in the
+/// private subnets, and the security group that admits GitLab's tasks only.
+pub const DB_INSTANCE: &str = "database";
+pub const DB_SUBNET_GROUP: &str = "db-subnet-group";
+pub const DB_SECURITY_GROUP: &str = "db-security-group";
 /// Who may read the root secret: GitLab's execution role and the stack's admins only.
 pub const ROOT_SECRET_POLICY: &str = "root-secret-policy";
 /// TLS only, and only GitLab's task and the initializer mount the file system.
@@ -210,6 +217,12 @@ pub mod names {
     /// The ECS cluster.
     pub fn cluster(stack: &str) -> String {
         stack.to_string()
+    }
+
+    /// GitLab's RDS instance and its subnet group (RDS identifiers: letters, digits and
+    /// single hyphens, which the stack's name already is).
+    pub fn database(stack: &str) -> String {
+        format!("{stack}-gitlab")
     }
 
     /// The function that wakes a sleeping GitLab.

@@ -16,6 +16,9 @@ pub struct KindPolicy {
     /// uploads and artifacts) unless told to delete what it holds too: that is data GitLab's
     /// users made, and no backup of the tool's has it.
     pub refused_while_holding: bool,
+    /// Kept, it keeps what it needs: it cannot outlive them (a database instance sits in its
+    /// subnets and security group; a security group admitting another holds that one).
+    pub keeps_its_needs: bool,
     /// What a change to it interrupts (the confirmation `up` asks for).
     pub interrupts: Interrupts,
     /// How a lost state finds it again.
@@ -110,6 +113,7 @@ mod tests {
         data: false,
         kept_while_holding: false,
         refused_while_holding: false,
+        keeps_its_needs: true,
         interrupts: Interrupts { when: &[When::MembersRemoved], what: "{key} changes who may connect: {changes}" },
         discovery: Discovery::ByTags,
         rank: 1,
