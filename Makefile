@@ -25,7 +25,13 @@ test: $(VENV)/.installed
 	cd lambda-efs-init && ../$(VENV)/bin/python -m unittest -v test_handler 2>&1
 	cd lambda-wake && ../$(VENV)/bin/python -m unittest -v test_handler 2>&1
 	$(VENV)/bin/python -m unittest tests/harness/test_strict.py 2>&1
-	$(CARGO) test --workspace --no-fail-fast
+	@# cargo-nextest runs the test binaries side by side (cargo test runs them one after another,
+	@# and the end-to-end tests mostly wait on the model's clock); cargo test where it is missing.
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast && $(CARGO) test --workspace --doc; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
 
 # The full life of a stack against a local emulator: up -> status -> up (converged) -> down.
 demo: $(VENV)/.installed build

@@ -11,6 +11,8 @@ Part 2 (--usable-scale, round trips scaled too): `up --wait` from nothing to a G
 balancer reports healthy, with the Fargate task's start, the image pull and GitLab's first boot
 on EFS modelled, converted back to AWS seconds and set against the reference CloudFormation
 deployment's 1,003.7 s; then a wake, and a consistent backup's downtime (stop, job, start).
+Part 3 (the same scale): the same `up --wait` with `database = "rds"`: time to healthy, the
+critical path through the RDS instance, what it adds; then a backup on RDS (no downtime).
 Writes the figures to bench/results.json for run-to-run comparison.
 """
 
@@ -181,6 +183,53 @@ def usable_gitlab(args):
             "backup_phases_aws_s": {step: round(seconds, 1) for step, seconds in phases.items()}}
 
 
+def usable_on_rds(args):
+    """`up --wait` of a stack with its database on RDS, its critical path, and a backup of it."""
+    from strict import RULES
+
+    work = tempfile.mkdtemp(prefix="gp-bench-rds-")
+    emulator, capture, env = start_emulator(work, args.usable_scale, 0.05 * args.usable_scale)
+    subprocess.run([args.binary, "status", "--stack", "warm-up"], cwd=work, env=env, capture_output=True, text=True)
+    timings = os.path.join(work, "timings.json")
+    started, up_epoch = time.monotonic(), time.time()
+    proc = subprocess.run([args.binary, "up", "--wait", "--stack", "pg", "--allowed-cidr", "203.0.113.0/24",
+                           "--database", "rds", "--timings", timings], cwd=work, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(f"up --wait --database rds failed:\n{proc.stderr}")
+    healthy_at = first_healthy(capture, up_epoch)
+    with open(timings) as f:
+        steps = json.load(f)["timings"]
+    by_step = {t["step"]: t for t in steps}
+    chain, step = [], max(by_step, key=lambda k: by_step[k]["finish"])
+    # The chain that ended last, each step after the one of its `after` that finished last.
+    while step:
+        chain.append(step)
+        before = [d for d in by_step[step]["after"] if d in by_step]
+        step = max(before, key=lambda d: by_step[d]["finish"]) if before else None
+    backup_started = time.monotonic()
+    backup = subprocess.run([args.binary, "backup", "--stack", "pg", "--json"], cwd=work, env=env, capture_output=True, text=True)
+    backup_wall = time.monotonic() - backup_started
+    if backup.returncode != 0:
+        sys.exit(f"backup on RDS failed:\n{backup.stderr}")
+    docs = [json.loads(line) for line in backup.stdout.splitlines() if line.startswith("{")]
+    taken = next((d for d in docs if "recovery_point" in d), {})
+    emulator.stdin.close()
+    emulator.wait(timeout=10)
+    seconds = {rule: RULES[rule][0] for rule in RULES if RULES[rule][0]}
+    checks = (HEALTHY_THRESHOLD - 0.5) * HEALTH_CHECK_INTERVAL
+    start = seconds["task-provisioning"] + seconds["image-pull"]
+    network = max(seconds["instance-pending"], seconds["mount-target-creating"] + seconds["function-pending"])
+    floor = max(network, seconds["db-instance-creating"]) + start + seconds["gitlab-first-boot"] + checks
+    return {"scale": args.usable_scale, "wall_s": round(wall, 2), "aws_equivalent_s": round(wall / args.usable_scale, 1),
+            "healthy_aws_s": round((healthy_at - up_epoch) / args.usable_scale, 1) if healthy_at else None,
+            "modelled_floor_s": floor, "rds_adds_to_floor_s": max(0, seconds["db-instance-creating"] - network),
+            "database_step_aws_s": round((by_step["database"]["finish"] - by_step["database"]["start"]) / args.usable_scale, 1),
+            "critical_chain": list(reversed(chain)),
+            "backup_aws_s": round(backup_wall / args.usable_scale, 1),
+            "backup_downtime_s": taken.get("downtime_seconds"), "backup_database_snapshot": taken.get("database_snapshot")}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=0.05, help="model time factor (0.05 = 1/20 of AWS's durations)")
@@ -271,6 +320,7 @@ def main():
         if step in results["up"]["steps"]
     }
     results["usable"] = usable_gitlab(args)
+    results["usable_rds"] = usable_on_rds(args)
 
     print(f"strict model: AWS durations x {args.scale}, {0.05 * 1000:.0f} ms per call (see tests/harness/strict.py)")
     def num(value, fmt="{:.2f}"):
@@ -310,6 +360,13 @@ def main():
     if u.get("backup_unavailable_aws_s") is not None:
         print(f"  unavailable from the backup's start until healthy again: {u['backup_unavailable_aws_s']:.0f} s of AWS time "
               "(the task's stop, the job, GitLab's restart)")
+    r = results["usable_rds"]
+    print(f"up --wait with database = \"rds\": {r['aws_equivalent_s']:.0f} s of AWS time, healthy after "
+          f"{r['healthy_aws_s']} s (modelled floor {r['modelled_floor_s']:.0f} s; the instance's creation adds "
+          f"{r['rds_adds_to_floor_s']:.0f} s to it; the database step took {r['database_step_aws_s']:.0f} s)")
+    print(f"  critical chain: {' -> '.join(r['critical_chain'])}")
+    print(f"backup on RDS: {r['backup_aws_s']:.0f} s of AWS time, GitLab stopped for "
+          f"{r['backup_downtime_s'] if r['backup_downtime_s'] is not None else 'nothing'}; snapshot {r['backup_database_snapshot']}")
     out = os.path.join(ROOT, "bench", "results.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

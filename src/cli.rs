@@ -385,9 +385,14 @@ pub struct WakeArgs {
 pub struct BackupArgs {
     #[command(subcommand)]
     pub action: Option<BackupAction>,
-    /// Back up while GitLab runs (no downtime; PostgreSQL's copy is only crash-consistent)
-    #[arg(long)]
+    /// Back up while GitLab runs (no downtime; PostgreSQL's copy is only crash-consistent). With
+    /// the database on RDS, the default
+    #[arg(long, conflicts_with = "stop")]
     pub online: bool,
+    /// With the database on RDS: stop GitLab for the copy too, so the repositories match the
+    /// database exactly (without RDS, what `backup` does by default)
+    #[arg(long)]
+    pub stop: bool,
     /// Stop GitLab for the backup without asking
     #[arg(long, short = 'y')]
     pub yes: bool,

@@ -643,6 +643,13 @@ fn validate_database(s: &Settings, problems: &mut Problems) -> Option<DatabaseSe
         }
         return None;
     }
+    if s.stack.as_deref().is_some_and(|stack| stack.contains("--")) {
+        problems.add(
+            "stack",
+            "has two hyphens in a row, which RDS refuses in the database's name (<stack>-gitlab)".into(),
+            "use single hyphens, e.g. team-gitlab",
+        );
+    }
     let instance_class = s.db_instance_class.clone().unwrap_or_else(|| DEFAULT_DB_INSTANCE_CLASS.to_string());
     if !instance_class.starts_with("db.") || instance_class.split('.').count() != 3 {
         problems.add(

@@ -496,6 +496,37 @@ mod tests {
     }
 
     #[test]
+    fn the_database_on_rds_is_priced_around_the_clock_and_multi_az_doubles_it() {
+        let bundled = estimate(&cfg(|_| {}));
+        let rds = estimate(&cfg(|s| s.database = Some(crate::config::Database::Rds)));
+        assert!((item(&rds, "RDS PostgreSQL instance") - 730.0 * 0.065).abs() < 0.01, "{rds:#?}");
+        assert!((item(&rds, "RDS storage") - 20.0 * 0.115).abs() < 0.01);
+        let added = rds.total_usd_per_month - bundled.total_usd_per_month;
+        assert!((added - (730.0 * 0.065 + 20.0 * 0.115 + 0.40)).abs() < 0.05, "{added}");
+        // It does not sleep with GitLab.
+        let office = estimate(&cfg(|s| {
+            s.database = Some(crate::config::Database::Rds);
+            s.schedule = Some(crate::schedule::parse_flag("Mon-Fri 07:30-19:30 Europe/Berlin").unwrap())
+        }));
+        assert!((item(&office, "RDS PostgreSQL instance") - 730.0 * 0.065).abs() < 0.01);
+        let multi = estimate(&cfg(|s| {
+            s.database = Some(crate::config::Database::Rds);
+            s.db_multi_az = Some(true);
+            s.db_storage_gb = Some(100)
+        }));
+        assert!((item(&multi, "RDS PostgreSQL instance") - 2.0 * 730.0 * 0.065).abs() < 0.01);
+        assert!((item(&multi, "RDS storage") - 2.0 * 100.0 * 0.115).abs() < 0.01);
+        // A class the price list lacks is counted as nothing and says so.
+        let unknown = estimate(&cfg(|s| {
+            s.database = Some(crate::config::Database::Rds);
+            s.db_instance_class = Some("db.x2g.16xlarge".into())
+        }));
+        let line = unknown.lines.iter().find(|l| l.item == "RDS PostgreSQL instance").unwrap();
+        assert!(line.usd_per_month == 0.0 && line.assumption.contains("not in data/prices.toml"), "{line:?}");
+        eprintln!("rds total {} multi-az {}", rds.total_usd_per_month, multi.total_usd_per_month);
+    }
+
+    #[test]
     fn each_option_is_priced_as_computed_by_hand() {
         let x86_gateway = estimate(&cfg(|s| {
             s.cpu_architecture = Some(Architecture::X86_64);

@@ -57,8 +57,9 @@ async fn gitlab_on_rds_is_private_encrypted_protected_and_down_keeps_a_final_sna
     // Its password is RDS's secret, rotated yearly (GitLab reads it at start), encrypted with
     // the stack's key, handed to the task through `secrets` only.
     let secret = db.master_user_secret().and_then(|s| s.secret_arn()).expect("RDS manages the password").to_string();
-    let described = c.secrets.describe_secret().secret_id(&secret).send().await.unwrap();
-    assert_eq!(described.rotation_rules().and_then(|r| r.automatically_after_days()), Some(365));
+    // (through the harness: moto drops the schedule)
+    let described = emu.aws_clients().secrets.describe_secret().secret_id(&secret).send().await.unwrap();
+    assert_eq!(described.rotation_rules().and_then(|r| r.schedule_expression()), Some("cron(0 4 1 1 ? *)"));
     let td = last_registered(&emu);
     let container = &td["containerDefinitions"][0];
     let from = container["secrets"]
@@ -158,6 +159,9 @@ async fn a_running_bundled_gitlab_is_not_switched_to_an_empty_rds_and_no_final_s
     );
     assert!(c.rds.describe_db_instances().send().await.unwrap().db_instances().is_empty(), "nothing was created");
 
+    // A stack name RDS would refuse in the instance's name is refused before any call.
+    let hyphens = tool.run(&up("a--b", &["--database", "rds"])).fails_with(2);
+    assert!(hyphens.stderr.contains("stack") && hyphens.stderr.contains("two hyphens"), "{}", hyphens.stderr);
     // A setting of the database without database = "rds" names the key, before any call.
     let wrong = tool.run(&up("mv", &["--db-instance-class", "db.t4g.large"])).fails_with(2);
     assert!(
@@ -178,7 +182,7 @@ async fn a_running_bundled_gitlab_is_not_switched_to_an_empty_rds_and_no_final_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn on_rds_a_backup_never_stops_gitlab_and_a_restore_brings_back_database_and_files_together() {
+async fn on_rds_a_backup_keeps_gitlab_running_unless_told_and_a_restore_brings_back_database_and_files_together() {
     let emu = Emulator::start();
     let c = emu.clients();
     let tool = Tool::new(&emu.endpoint);
@@ -189,7 +193,8 @@ async fn on_rds_a_backup_never_stops_gitlab_and_a_restore_brings_back_database_a
     std::fs::create_dir_all(repo(&old_fs)).unwrap();
     std::fs::write(repo(&old_fs).join("HEAD"), "v1").unwrap();
 
-    // No question, no stop: the database's snapshot and the file system's job, one backup.
+    // No question, no stop: the database's snapshot and the file system's job, one backup,
+    // recorded as taken while GitLab ran (the repositories' copy is not a point in time).
     emu.clear_calls();
     let run = tool.run(&["backup", "--stack", "rb", "--json"]).ok();
     assert!(emu.bodies("UpdateService").is_empty(), "a backup on RDS stopped GitLab");
@@ -201,6 +206,7 @@ async fn on_rds_a_backup_never_stops_gitlab_and_a_restore_brings_back_database_a
         .expect("the backup's document");
     let snapshot = taken["database_snapshot"].as_str().expect("a database snapshot").to_string();
     assert!(taken["downtime_seconds"].is_null(), "{taken:#}");
+    assert_eq!(taken["consistent"], false, "{taken:#}");
     let point = taken["recovery_point"].as_str().unwrap().to_string();
     let found = c.rds.describe_db_snapshots().db_snapshot_identifier(&snapshot).send().await.unwrap();
     let found = &found.db_snapshots()[0];
@@ -214,6 +220,17 @@ async fn on_rds_a_backup_never_stops_gitlab_and_a_restore_brings_back_database_a
     assert_eq!(listed["database_snapshot"], snapshot.as_str());
     let table = tool.run(&["backup", "list", "--stack", "rb"]).ok();
     assert!(table.stdout.contains("DATABASE") && table.stdout.contains(&snapshot), "{}", table.stdout);
+    // --stop: GitLab stopped for both copies, then started; the snapshot goes with it too.
+    emu.clear_calls();
+    let stopped = tool.run(&["backup", "--stack", "rb", "--stop", "--yes"]).ok();
+    let scaled: Vec<serde_json::Value> =
+        emu.bodies("UpdateService").into_iter().map(|b| b["desiredCount"].clone()).collect();
+    assert_eq!(scaled, [serde_json::json!(0), serde_json::json!(1)]);
+    assert!(
+        stopped.stdout.contains("GitLab stopped for") && stopped.stdout.contains("rb-gitlab-backup-"),
+        "{}",
+        stopped.stdout
+    );
 
     // Work after the backup, then the restore: a new instance from the snapshot, a new file
     // system from the point, GitLab switched to both; what it ran on is kept.

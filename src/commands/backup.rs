@@ -27,9 +27,11 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
     let printer = Arc::new(Printer::new(global, args.json));
     let opened = open(global, &printer, "backup").await?;
     let resuming = Journal::current(&opened.state)?.is_some();
-    // With the database on RDS nothing needs GitLab stopped: the backup is online and consistent.
+    // With the database on RDS, GitLab keeps running unless asked to stop: the database's
+    // snapshot is consistent by itself.
     let on_rds = opened.state.get(crate::keys::DB_INSTANCE).is_some();
-    if !args.online && !resuming && !on_rds {
+    let consistent = if on_rds { args.stop } else { !args.online };
+    if consistent && !resuming {
         confirm(
             &printer,
             "a consistent backup stops GitLab until the copy is made (minutes for a small team's data)",
@@ -38,11 +40,13 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
             "pass --yes to stop GitLab for it, or --online to back up while it runs (crash-consistent)",
         )?;
     }
-    if args.online && !on_rds {
+    if !consistent && on_rds {
+        printer.note("GitLab keeps running: the database's snapshot is consistent; its repositories are copied while they may be written (AWS: an EFS backup of changing files may be skewed), so a push during the copy may be partly in it. `backup --stop` stops GitLab for an exact copy");
+    } else if !consistent {
         printer.warn("an online backup copies PostgreSQL's files while it runs: the copy is only crash-consistent (PostgreSQL recovers it as after a power loss)");
     }
     let started = Instant::now();
-    let options = BackupOptions { consistent: !args.online, start_within, for_upgrade: false, interrupt };
+    let options = BackupOptions { consistent, start_within, for_upgrade: false, interrupt };
     let taken = take(&opened, &printer, &options).await?;
     printer.json_if_events("backup", &taken)?;
     printer.out(&format!(
@@ -51,7 +55,9 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs, interrupt: Interrupt) ->
         human_bytes(taken.bytes),
         started.elapsed().as_secs_f64(),
         match (&taken.database_snapshot, taken.downtime_seconds) {
-            (Some(snapshot), _) => format!(", GitLab kept running; the database's snapshot {snapshot} goes with it"),
+            (Some(snapshot), Some(down)) =>
+                format!(", GitLab stopped for {down:.0}s; the database's snapshot {snapshot} goes with it"),
+            (Some(snapshot), None) => format!(", GitLab kept running; the database's snapshot {snapshot} goes with it"),
             (None, Some(down)) => format!(", GitLab stopped for {down:.0}s"),
             (None, None) if taken.consistent => ", GitLab was not running".to_string(),
             (None, None) => ", online".to_string(),

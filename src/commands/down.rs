@@ -87,7 +87,8 @@ pub async fn run(global: &GlobalArgs, args: DownArgs, interrupt: Interrupt) -> C
     let keep = what_stays(&ctx, global, &args, &printer, &records, &orphans).await?;
     let deleted = records.len() + orphans.len() - keep.len();
     if !args.yes {
-        confirm(&stack, &printer, deleted, args.keep_data)?;
+        let database = records.contains_key(crate::keys::DB_INSTANCE).then_some(!args.no_final_snapshot);
+        confirm(&stack, &printer, deleted, args.keep_data, database)?;
     }
     // Recorded first, so a crash from here on leaves them in the state for the next `down`.
     engine::adopt_orphans(&state, &Kinds, &orphans).await?;
@@ -383,14 +384,23 @@ fn no_terminal(stack: &str) -> CliError {
     .into()
 }
 
-fn confirm(stack: &str, printer: &Printer, count: usize, keeping_data: bool) -> Result<(), CliError> {
+fn confirm(
+    stack: &str,
+    printer: &Printer,
+    count: usize,
+    keeping_data: bool,
+    database: Option<bool>,
+) -> Result<(), CliError> {
     if !printer.can_ask() {
         return Err(no_terminal(stack));
     }
-    let data = if keeping_data {
-        "keeping the file system and the root secret"
-    } else {
-        "with the Git repositories and all other data"
+    let data = match (keeping_data, database) {
+        (true, _) => "keeping its data (the file system, the root secret, the buckets, the database)",
+        (false, Some(true)) => "with the Git repositories and all other data; the RDS database after a final snapshot",
+        (false, Some(false)) => {
+            "with the Git repositories and all other data, the RDS database without a final snapshot"
+        }
+        (false, None) => "with the Git repositories and all other data",
     };
     let answer = printer
         .ask(&format!("This deletes {count} resources of stack {stack}, {data}. Type the stack name to confirm:"))?;

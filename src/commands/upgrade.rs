@@ -66,8 +66,11 @@ pub async fn run(global: &GlobalArgs, args: UpgradeArgs, interrupt: Interrupt) -
     let opened = open(global, &printer, "upgrade").await?;
     confirm_upgrade(&printer, hops.len(), args.no_backup, args.yes)?;
     let go_on = |hop: Version, rest: &[Version]| go_on(&printer, &args, to, hop, rest);
+    // On RDS the backup is taken while GitLab runs (the database's snapshot is consistent by
+    // itself); the upgrade's own restart is the only downtime.
+    let on_rds = recorded.resources.contains_key(crate::keys::DB_INSTANCE);
     let backup = (!args.no_backup).then(|| BackupOptions {
-        consistent: true,
+        consistent: !on_rds,
         start_within,
         for_upgrade: true,
         interrupt: interrupt.clone(),

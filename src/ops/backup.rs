@@ -4,9 +4,9 @@
 //! ends the same way: the job stopped, GitLab started again on the data it had, the journal
 //! closed, and what AWS said. A run that died is resumed by `backup` or rolled back by `up`.
 //!
-//! With the database on RDS nothing of PostgreSQL is on the file system: the backup is an RDS
-//! snapshot of the database and the file system's job, taken while GitLab runs, recorded as one
-//! backup (the point is tagged with the snapshot's name).
+//! With the database on RDS the backup is an RDS snapshot of the database and the file system's
+//! job, recorded as one backup (the point is tagged with the snapshot's name); `backup` takes it
+//! while GitLab runs unless told to stop it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -172,9 +172,7 @@ async fn run(
     if journal.phase == BackupPhase::StoppingGitLab {
         save(state, journal).await?;
         // A sleeping GitLab (no task) is consistent as it is: nothing to stop, nothing to start.
-        // On RDS, the database's snapshot is consistent by itself: GitLab keeps running.
         if journal.consistent
-            && journal.database_snapshot.is_none()
             && journal.desired_before > 0
             && let Some(cluster) = targets.cluster.clone()
         {

@@ -24,12 +24,24 @@ pub const DB_NAME: &str = "gitlabhq_production";
 pub const DB_USER: &str = "gitlab";
 pub const DB_PORT: i32 = 5432;
 /// RDS rotates a managed master password every 7 days by default; GitLab reads it when its task
-/// starts, so each rotation would cut it off until a restart. The tool sets a yearly rotation
-/// (`status` marks the database changed when a rotation happened after GitLab started).
-pub const ROTATION_DAYS: i64 = 365;
+/// starts, so each rotation would cut it off until a restart. The tool sets a yearly rotation,
+/// on 1 January at 04:00 UTC: a `cron()` schedule, since with `AutomaticallyAfterDays` (or
+/// `rate()`) "the previously scheduled rotation might still occur" (Secrets Manager's
+/// RotationRules). `status` marks the database changed when a rotation happened after GitLab
+/// started.
+pub const ROTATION_SCHEDULE: &str = "cron(0 4 1 1 ? *)";
 /// Creating an instance takes 5-15 minutes, a Multi-AZ one and a final snapshot longer; AWS
 /// gives no bound. Deleting one takes minutes more.
 const RDS_WAIT: WaitPolicy = WaitPolicy::up_to(Duration::from_secs(90 * 60));
+/// The states an instance does not leave by itself.
+const FAILED: &[&str] = &[
+    "failed",
+    "incompatible-parameters",
+    "incompatible-restore",
+    "storage-full",
+    "inaccessible-encryption-credentials",
+    "incompatible-network",
+];
 /// What RDS answers while an instance cannot take a change or a delete yet.
 const BUSY: &[&str] = &["InvalidDBInstanceState", "InvalidDBInstanceStateFault"];
 
@@ -406,20 +418,37 @@ pub async fn restore_snapshot(
     let s = &placement.settings;
     ask_restore(ctx, snapshot, id, placement).await?;
     let instance = wait_available(ctx, scope, id).await?;
-    if instance.backup_retention_period() != Some(s.backup_retention_days as i32) {
-        // A restored instance takes the snapshot's settings but for what is named here.
-        call(
-            ctx.aws
-                .rds
-                .modify_db_instance()
-                .db_instance_identifier(id)
-                .backup_retention_period(s.backup_retention_days as i32)
-                .apply_immediately(true)
-                .send(),
-            || format!("setting the automated backups of {id}"),
-        )
-        .await?;
+    // A restore cannot ask for a managed password ("Applies to RDS for Oracle only"): the
+    // restored instance has the snapshot's. RDS makes it a new one of its own, in a new secret
+    // encrypted with the stack's key; and the retention named here, not the snapshot's.
+    let managed = instance.master_user_secret().is_some();
+    if !managed || instance.backup_retention_period() != Some(s.backup_retention_days as i32) {
+        let mut modify = ctx
+            .aws
+            .rds
+            .modify_db_instance()
+            .db_instance_identifier(id)
+            .backup_retention_period(s.backup_retention_days as i32)
+            .apply_immediately(true);
+        if !managed {
+            modify = modify.manage_master_user_password(true).master_user_secret_kms_key_id(&placement.key);
+        }
+        call(modify.send(), || format!("giving {id} a password of RDS's own and its automated backups")).await?;
     }
+    let instance = wait_until(scope, &format!("database instance {id}'s new password"), RDS_WAIT, || async {
+        Ok(match describe_instance(ctx, id).await? {
+            Some(db) => {
+                let secret = db.master_user_secret().and_then(|m| m.secret_status()).unwrap_or("not yet");
+                if secret == "active" && db.db_instance_status() == Some("available") {
+                    Poll::Ready(db)
+                } else {
+                    Poll::Pending(format!("{}, its secret {secret}", db.db_instance_status().unwrap_or("?")))
+                }
+            }
+            None => Poll::Failed(format!("database instance {id} is gone")),
+        })
+    })
+    .await?;
     outputs(ctx, &instance).await
 }
 
@@ -439,8 +468,6 @@ pub async fn ask_restore(ctx: &Ctx, snapshot: &str, id: &str, placement: &Placem
             .publicly_accessible(false)
             .deletion_protection(true)
             .copy_tags_to_snapshot(true)
-            .manage_master_user_password(true)
-            .master_user_secret_kms_key_id(&placement.key)
             .set_tags(Some(ctx.tags.list(keys::DB_INSTANCE)))
             .send(),
         || format!("restoring snapshot {snapshot} into database instance {id}"),
@@ -481,20 +508,20 @@ async fn tagged_instances(ctx: &Ctx) -> anyhow::Result<Vec<(String, String)>> {
     Ok(found)
 }
 
-/// Sets the managed secret's rotation to yearly (see [`ROTATION_DAYS`]).
+/// Sets the managed secret's rotation to yearly (see [`ROTATION_SCHEDULE`]).
 async fn yearly_rotation(ctx: &Ctx, secret: &str) -> anyhow::Result<()> {
     let described = call(ctx.aws.secrets.describe_secret().secret_id(secret).send(), || {
         format!("reading the rotation of the database's secret {secret}")
     })
     .await?;
-    if described.rotation_rules().and_then(|r| r.automatically_after_days()) == Some(ROTATION_DAYS) {
+    if described.rotation_rules().and_then(|r| r.schedule_expression()) == Some(ROTATION_SCHEDULE) {
         return Ok(());
     }
     let rules =
-        aws_sdk_secretsmanager::types::RotationRulesType::builder().automatically_after_days(ROTATION_DAYS).build();
+        aws_sdk_secretsmanager::types::RotationRulesType::builder().schedule_expression(ROTATION_SCHEDULE).build();
     call(
         ctx.aws.secrets.rotate_secret().secret_id(secret).rotation_rules(rules).rotate_immediately(false).send(),
-        || format!("setting the database secret's rotation to every {ROTATION_DAYS} days"),
+        || format!("setting the database secret's rotation to {ROTATION_SCHEDULE} (yearly)"),
     )
     .await?;
     Ok(())
@@ -595,8 +622,12 @@ impl ResourceOps<Ctx> for DbInstanceOps {
         if let Some(db) = describe_instance(ctx, id).await?
             && db.db_instance_status() != Some("deleting")
         {
+            // RDS deletes an instance in one of these states only without a final snapshot.
+            let broken = db.db_instance_status().is_some_and(|s| FAILED.contains(&s));
             if db.deletion_protection() == Some(true) {
-                wait_available(ctx, scope, id).await?;
+                if !broken {
+                    wait_available(ctx, scope, id).await?;
+                }
                 call(
                     rds.modify_db_instance()
                         .db_instance_identifier(id)
@@ -607,7 +638,13 @@ impl ResourceOps<Ctx> for DbInstanceOps {
                 )
                 .await?;
             }
-            let snapshot = ctx.final_snapshot.then(|| final_snapshot_name(id));
+            let snapshot = (ctx.final_snapshot && !broken).then(|| final_snapshot_name(id));
+            if broken && ctx.final_snapshot {
+                scope.progress(format!(
+                    "{id} is {}: RDS deletes it only without a final snapshot",
+                    db.db_instance_status().unwrap_or("?")
+                ));
+            }
             wait_until(scope, &format!("database instance {id} to accept its deletion"), RDS_WAIT, || async {
                 let mut request = rds.delete_db_instance().db_instance_identifier(id).delete_automated_backups(true);
                 request = match &snapshot {

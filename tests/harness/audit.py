@@ -1,6 +1,7 @@
 """`make audit`: Prowler against the stack gitlab-provision builds, on the emulator.
 
-For each hardening profile (the default, and `--hardening strict`):
+For each profile (the default, `--hardening strict`, and `rds-s3`: the database on RDS and the
+objects in S3, with the default hardening):
 
 1. start the emulator (moto behind the harness's proxy, `emulator.py`, from the emulator's own
    virtualenv) and create in it a public hosted zone for example.com and an IAM user whose keys
@@ -25,7 +26,7 @@ for by name (`--profile strict`), which makes it an error.
 Standard library only, plus boto3 from Prowler's virtualenv (for the hosted zone and to list the
 VPC's default resources).
 
-    .venv-audit/bin/python tests/harness/audit.py [--profile default|strict ...]
+    .venv-audit/bin/python tests/harness/audit.py [--profile default|strict|rds-s3 ...]
 """
 
 import argparse
@@ -48,13 +49,18 @@ ACCOUNT = "123456789012"  # moto's
 DOMAIN, SUB_DOMAIN, ALLOWED_CIDR = "example.com", "gitlab", "203.0.113.0/24"
 
 # The profiles: extra arguments to `up`.
-PROFILES = {"default": [], "strict": ["--hardening", "strict"]}
+PROFILES = {
+    "default": [],
+    "strict": ["--hardening", "strict"],
+    # The roads grown-up teams take: PostgreSQL on RDS, objects in S3 (the default hardening).
+    "rds-s3": ["--database", "rds", "--object-storage"],
+}
 
 # What Prowler scans: the services the stack uses, and the account-wide ones (CloudTrail, KMS,
 # WAF, S3) its findings can depend on. ("lambda" is "awslambda" to Prowler; CloudWatch Logs
 # checks are under "cloudwatch".)
 SERVICES = ["ec2", "vpc", "efs", "elbv2", "ecs", "secretsmanager", "backup", "cloudwatch", "iam", "awslambda", "kms",
-            "wafv2", "cloudtrail", "s3", "acm"]
+            "wafv2", "cloudtrail", "s3", "acm", "rds"]
 
 SEVERITIES = ["critical", "high", "medium", "low", "informational"]
 GATING = {"critical", "high"}  # a FAIL of these fails the audit unless accepted in the README

@@ -270,6 +270,10 @@ RULES = {
                                  ["src/steps/database.rs:DbInstanceOps::delete", "src/aws/interfaces.rs:holders"]),
     "db-snapshot-creating": Rule(180, "RDS snapshots (CreateDBSnapshot, a final snapshot): Status creating, then available; minutes for a small database (RDS User Guide, 'Creating a DB snapshot')",
                                  ["src/commands/down.rs:run"]),
+    "db-restore-managed-password": Rule(None, "RestoreDBInstanceFromDBSnapshot's ManageMasterUserPassword and MasterUserSecretKmsKeyId: 'Constraints: Applies to RDS for Oracle only' (RDS API reference; hashicorp/terraform-provider-aws#31509): a restored PostgreSQL instance has the snapshot's master password and no managed secret until ModifyDBInstance gives it one (moto copies the source's)",
+                                        ["src/steps/database.rs:restore_snapshot", "src/steps/database.rs:ask_restore"]),
+    "secret-rotation-schedule": Rule(None, "RotateSecret's RotationRules.ScheduleExpression (cron() or rate()), answered in DescribeSecret's RotationRules (Secrets Manager API reference); moto keeps AutomaticallyAfterDays only",
+                                     ["src/steps/database.rs:yearly_rotation"]),
     "db-subnet-group-in-use": Rule(None, "DeleteDBSubnetGroup while an instance (one being deleted, too) uses it: InvalidDBSubnetGroupStateFault 'Cannot delete the subnet group ... because at least one database instance: ... is still using it.' (RDS API reference)",
                                    ["src/steps/database.rs:DbSubnetGroupOps::delete"]),
     # Network Load Balancer.
@@ -477,6 +481,7 @@ class Strict:
         self.fired = []  # (rule, detail) for the capture
         self.accounts = {}  # credentials -> account
         self.function_mounts = {}  # function name -> file system id
+        self.secret_schedules = {}  # secret ARN -> RotationRules.ScheduleExpression (moto drops it)
         self.db_instances = {}  # (account, region, identifier) -> {"eni", "who", "subnet_group", "deleting": answer XML or None}
         self.log_queries = {}  # the model's FilterLogEvents token -> {"params", "left": empty pages still to give}
         self.session = boto3.session.Session()
@@ -907,6 +912,12 @@ class Strict:
 
     def before_rds(self, req):
         action, ident = req.action, req.form.get("DBInstanceIdentifier")
+        if action == "RestoreDBInstanceFromDBSnapshot" and (
+            req.form.get("ManageMasterUserPassword", "").lower() == "true" or req.form.get("MasterUserSecretKmsKeyId")
+        ) and not (req.form.get("Engine") or "").startswith("oracle"):
+            self.refuse(400, "InvalidParameterCombination",
+                        "ManageMasterUserPassword is only supported for RDS for Oracle when restoring from a DB snapshot.",
+                        "db-restore-managed-password")
         if action in ("ModifyDBInstance", "DeleteDBInstance", "CreateDBSnapshot") and ident and self.young("db-instance-creating", ident):
             self.refuse(400, "InvalidDBInstanceState", f"Instance {ident} is not in available state.", "db-instance-creating")
         with self.lock:
@@ -938,6 +949,10 @@ class Strict:
             eni, _ = self.new_interface(req.who, sorted(subnets)[0], groups, "RDSNetworkInterface", interface_type="interface")
             with self.lock:
                 self.db_instances[self.db_key(req, ident)] = {"eni": eni, "who": req.who, "subnet_group": group, "deleting": None}
+            if action == "RestoreDBInstanceFromDBSnapshot":
+                # The snapshot's password, no managed secret (moto copies the source's setting).
+                rds.modify_db_instance(DBInstanceIdentifier=ident, ManageMasterUserPassword=False, ApplyImmediately=True)
+                self.fired.append(("db-restore-managed-password", ident))
             return data
         if action == "DeleteDBInstance" and ident:
             key = self.db_key(req, ident)
@@ -1183,6 +1198,18 @@ class Strict:
 
     def after_secretsmanager(self, req, data):
         body = req.json or {}
+        if req.action == "RotateSecret" and (body.get("RotationRules") or {}).get("ScheduleExpression"):
+            with self.lock:
+                self.secret_schedules[json.loads(data)["ARN"]] = body["RotationRules"]["ScheduleExpression"]
+            self.fired.append(("secret-rotation-schedule", body["RotationRules"]["ScheduleExpression"]))
+        if req.action == "DescribeSecret":
+            described = json.loads(data)
+            with self.lock:
+                schedule = self.secret_schedules.get(described.get("ARN"))
+            if schedule:
+                described.setdefault("RotationRules", {})["ScheduleExpression"] = schedule
+                described["RotationEnabled"] = True
+                return json.dumps(described).encode()
         if req.action == "DeleteSecret" and body.get("ForceDeleteWithoutRecovery"):
             name = json.loads(data).get("Name") or body.get("SecretId")
             with self.lock:

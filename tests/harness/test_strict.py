@@ -1389,7 +1389,7 @@ class RdsRules(ModelTest):
 
     @covers("db-instance-deleting", "db-subnet-group-in-use", "db-snapshot-creating")
     def test_a_deleted_instance_goes_over_minutes_holding_its_subnet_group_and_network(self):
-        self.knobs(db_instance_creating=0, db_instance_deleting=2000, db_snapshot_creating=FOREVER)
+        self.knobs(db_instance_creating=0, db_instance_deleting=20000, db_snapshot_creating=FOREVER)
         ident = name("db")
         rds, subnet_group, subnets, group = self.instance(ident)
         rds.delete_db_instance(DBInstanceIdentifier=ident, FinalDBSnapshotIdentifier=f"{ident}-final")
@@ -1409,6 +1409,34 @@ class RdsRules(ModelTest):
         self.knobs()
         snapshot = rds.describe_db_snapshots(DBSnapshotIdentifier=f"{ident}-final")["DBSnapshots"][0]
         self.assertEqual(snapshot["Status"], "available")
+
+    @covers("db-restore-managed-password")
+    def test_a_restore_asks_no_managed_password_and_has_none_until_modified(self):
+        self.knobs(db_instance_creating=0)
+        ident = name("db")
+        rds, subnet_group, _, group = self.instance(ident)
+        rds.modify_db_instance(DBInstanceIdentifier=ident, ManageMasterUserPassword=True, ApplyImmediately=True)
+        rds.create_db_snapshot(DBInstanceIdentifier=ident, DBSnapshotIdentifier=f"{ident}-s")
+        asked = dict(DBInstanceIdentifier=f"{ident}-r", DBSnapshotIdentifier=f"{ident}-s", DBSubnetGroupName=subnet_group,
+                     VpcSecurityGroupIds=[group])
+        self.assertEqual(code_of(rds.restore_db_instance_from_db_snapshot, ManageMasterUserPassword=True, **asked),
+                         "InvalidParameterCombination")
+        rds.restore_db_instance_from_db_snapshot(**asked)
+        restored = rds.describe_db_instances(DBInstanceIdentifier=f"{ident}-r")["DBInstances"][0]
+        self.assertNotIn("MasterUserSecret", restored)
+        rds.modify_db_instance(DBInstanceIdentifier=f"{ident}-r", ManageMasterUserPassword=True, ApplyImmediately=True)
+        restored = rds.describe_db_instances(DBInstanceIdentifier=f"{ident}-r")["DBInstances"][0]
+        self.assertIn("SecretArn", restored["MasterUserSecret"])
+
+
+class SecretRules(ModelTest):
+    @covers("secret-rotation-schedule")
+    def test_a_rotation_schedule_is_answered_back(self):
+        sm = client("secretsmanager")
+        arn = sm.create_secret(Name=name("s"), SecretString='{"password": "x"}')["ARN"]
+        sm.rotate_secret(SecretId=arn, RotationRules={"ScheduleExpression": "cron(0 4 1 1 ? *)"}, RotateImmediately=False)
+        rules = sm.describe_secret(SecretId=arn)["RotationRules"]
+        self.assertEqual(rules["ScheduleExpression"], "cron(0 4 1 1 ? *)")
 
 
 class Registry(unittest.TestCase):
