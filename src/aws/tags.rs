@@ -13,6 +13,10 @@ pub const STACK_TAG: &str = "gitlab-provision:stack";
 pub const RESOURCE_TAG: &str = "gitlab-provision:resource";
 /// The region the stack lives in: account-wide resources (IAM roles) are told apart by it.
 pub const REGION_TAG: &str = "gitlab-provision:region";
+/// On a backup (a recovery point, a database snapshot): the GitLab version of its data.
+pub const VERSION_TAG: &str = "gitlab-provision:gitlab-version";
+/// On a file system's recovery point: the database snapshot taken with it (one backup).
+pub const SNAPSHOT_TAG: &str = "gitlab-provision:database-snapshot";
 
 /// The tags every resource of a stack carries.
 #[derive(Debug, Clone)]

@@ -468,13 +468,12 @@ pub async fn points(ctx: &Ctx, state: &State) -> Result<Vec<backup::RecoveryPoin
     for point in &mut points {
         let mut tags = backup::point_tags(ctx, &point.arn).await?;
         let noted = taken.iter().find(|b| b.recovery_point == point.arn);
-        point.version = match tags.remove(backup::VERSION_TAG) {
+        point.version = match tags.remove(crate::aws::tags::VERSION_TAG) {
             Some(version) => Some(version),
             None => noted.and_then(|b| b.version.clone()).or_else(|| journal::version_at(&versions, &point.created)),
         };
-        point.database_snapshot = tags
-            .remove(crate::steps::database::SNAPSHOT_TAG)
-            .or_else(|| noted.and_then(|b| b.database_snapshot.clone()));
+        point.database_snapshot =
+            tags.remove(crate::aws::tags::SNAPSHOT_TAG).or_else(|| noted.and_then(|b| b.database_snapshot.clone()));
     }
     Ok(points)
 }

@@ -226,9 +226,6 @@ pub async fn stack_recovery_points(
     Ok(points)
 }
 
-/// The tag a recovery point carries with the GitLab version of its data.
-pub const VERSION_TAG: &str = "gitlab-provision:gitlab-version";
-
 /// How long AWS Backup may take to start the job before it expires it on its own: its minimum
 /// (StartBackupJob: "must be at least 60 minutes"), so a job whose run died never copies hours
 /// later, with GitLab running again.
@@ -248,11 +245,11 @@ pub async fn start_backup(
 ) -> anyhow::Result<String> {
     let mut tags = ctx.tags.map(keys::FILE_SYSTEM);
     if let Some(version) = version {
-        tags.insert(VERSION_TAG.to_string(), version.to_string());
+        tags.insert(crate::aws::tags::VERSION_TAG.to_string(), version.to_string());
     }
     // The database's snapshot taken with it: one backup, restored together.
     if let Some(snapshot) = database_snapshot {
-        tags.insert(super::database::SNAPSHOT_TAG.to_string(), snapshot.to_string());
+        tags.insert(crate::aws::tags::SNAPSHOT_TAG.to_string(), snapshot.to_string());
     }
     let out = call(
         ctx.aws

@@ -339,9 +339,6 @@ pub async fn outputs(ctx: &Ctx, instance: &DbInstance) -> anyhow::Result<Applied
 // ---------------------------------------------------------------------------------------------
 // Snapshots for `backup`, instances restored from them for `restore`
 
-/// The tag that names, on a file system's recovery point, the database snapshot taken with it.
-pub const SNAPSHOT_TAG: &str = "gitlab-provision:database-snapshot";
-
 /// The name of the snapshot a backup started at `started_at` (RFC 3339) takes: fixed before it
 /// is asked for, so a resumed backup finds it.
 pub fn backup_snapshot_name(id: &str, started_at: &str) -> String {
@@ -354,7 +351,7 @@ pub fn backup_snapshot_name(id: &str, started_at: &str) -> String {
 pub async fn take_snapshot(ctx: &Ctx, id: &str, name: &str, version: Option<&str>) -> anyhow::Result<()> {
     let mut tags: Vec<aws_sdk_rds::types::Tag> = ctx.tags.list(keys::DB_INSTANCE);
     if let Some(version) = version {
-        tags.push(aws_sdk_rds::types::Tag::builder().key(super::backup::VERSION_TAG).value(version).build());
+        tags.push(aws_sdk_rds::types::Tag::builder().key(crate::aws::tags::VERSION_TAG).value(version).build());
     }
     match call(
         ctx.aws
