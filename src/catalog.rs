@@ -91,8 +91,8 @@ pub fn kind_row(kind: Kind, key: &str) -> KindRow {
             ByTags,
             3,
             Interrupts {
-                when: &[When::Updated],
-                what: "{key} is modified at once ({changes}): a new class or Multi-AZ setting restarts PostgreSQL, and GitLab cannot reach its database for minutes",
+                when: &[When::Updated, When::Replaced],
+                what: "{key} is modified at once or re-created ({changes}): a new class or Multi-AZ setting restarts PostgreSQL, GitLab cannot reach its database for minutes; an instance deleted outside gitlab-provision comes back empty (`gitlab-provision restore` brings back a backup instead)",
             },
         )
         .data()

@@ -35,7 +35,8 @@ Every flag is also a key of gitlab-provision.toml (flags win).";
 const DOWN_EXAMPLES: &str = "\
 Examples:
   gitlab-provision down                      asks you to type the stack name, then deletes it
-  gitlab-provision down --keep-data --yes    keep the file system and root secret for a later `up`
+  gitlab-provision down --keep-data --yes    keep the data (file system, secret, buckets, database) for a later `up`
+  gitlab-provision down --no-final-snapshot  on RDS: delete the database without its final snapshot
   gitlab-provision down --discover --yes     also remove what carries the stack's tags (a lost state)";
 
 const STATUS_EXAMPLES: &str = "\
@@ -74,6 +75,8 @@ const BACKUP_EXAMPLES: &str = "\
 Examples:
   gitlab-provision backup --yes              stop GitLab, copy, start it again (consistent)
   gitlab-provision backup --online           no downtime; PostgreSQL's copy is crash-consistent
+  gitlab-provision backup                    on RDS: a database snapshot and the file system, no downtime
+  gitlab-provision backup --stop --yes       on RDS: GitLab stopped for an exact copy of both
   gitlab-provision backup list               recovery points with their GitLab versions";
 
 const RESTORE_EXAMPLES: &str = "\
@@ -217,10 +220,11 @@ pub enum Command {
     /// Start a sleeping GitLab (until its next scheduled sleep)
     #[command(after_help = WAKE_EXAMPLES)]
     Wake(WakeArgs),
-    /// Back up the file system with AWS Backup (GitLab stopped for a consistent copy), or list backups
+    /// Back up the file system with AWS Backup (GitLab stopped for a consistent copy; on RDS, a
+    /// database snapshot too, GitLab running), or list backups
     #[command(after_help = BACKUP_EXAMPLES)]
     Backup(BackupArgs),
-    /// Restore a backup into a new file system and switch GitLab to it
+    /// Restore a backup into a new file system (and a new RDS database) and switch GitLab to it
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
     /// Show GitLab's container logs
