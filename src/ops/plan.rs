@@ -358,15 +358,7 @@ pub fn keep_what_runs(cfg: &mut StackConfig, records: &BTreeMap<String, Resource
     if !cfg.database_chosen
         && let Some(db) = records.get(keys::DB_INSTANCE)
     {
-        let recorded = |name: &str| db.attr(name).unwrap_or_default().to_string();
-        cfg.database = Some(crate::config::DatabaseSettings {
-            instance_class: recorded("instance_class"),
-            storage_gb: recorded("storage_gb").parse().unwrap_or(crate::config::DEFAULT_DB_STORAGE_GB),
-            multi_az: recorded("multi_az") == "true",
-            backup_retention_days: recorded("backup_retention_days")
-                .parse()
-                .unwrap_or(crate::config::DEFAULT_DB_BACKUP_RETENTION_DAYS),
-        });
+        cfg.database = Some(crate::steps::database::recorded_settings(db));
     }
     if let crate::config::NetworkConfig::Create { egress, .. } = &mut cfg.network
         && !cfg.egress_chosen

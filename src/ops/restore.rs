@@ -138,6 +138,29 @@ fn free_slot(state: &state::State, prefix: &str) -> String {
     (1..).map(|n| format!("{prefix}-{n}")).find(|k| !taken.contains(k)).unwrap_or_default()
 }
 
+/// Records `record` as retained under the next free `<prefix>-N` key (nothing creates it, and a
+/// retained record is never removed by `up`; `down` deletes it); returns the key.
+async fn keep_retained(state: &StateHandle, prefix: &str, record: ResourceRecord) -> Result<String, CliError> {
+    let slot = free_slot(&state.snapshot(), prefix);
+    let kept = ResourceRecord { status: RecordStatus::Retained, depends_on: vec![], step: "restore".into(), ..record };
+    state.put(&slot, kept).await?;
+    Ok(slot)
+}
+
+/// What an abandoned restore made: a resource of `kind` known by its id alone.
+fn made_by_restore(kind: Kind, id: &str) -> ResourceRecord {
+    ResourceRecord {
+        kind: kind.to_string(),
+        step: "restore".into(),
+        status: RecordStatus::Retained,
+        id: Some(id.to_string()),
+        depends_on: vec![],
+        attrs: Default::default(),
+        generation: 0,
+        updated_at: String::new(),
+    }
+}
+
 /// A restore to start: the point and version chosen, the configuration to converge with.
 pub struct Request<'a> {
     pub chosen: Option<Chosen>,
@@ -331,20 +354,11 @@ async fn restore_both(
 /// Where the stack's database sits, for the instance a restore makes.
 fn placement(state: &state::State) -> anyhow::Result<database::Placement> {
     let record = |key: &str| state.resources.get(key).ok_or_else(|| anyhow::anyhow!("no {key} is recorded"));
-    let db = record(keys::DB_INSTANCE)?;
-    let attr = |name: &str| db.attr(name).unwrap_or_default().to_string();
     Ok(database::Placement {
         subnet_group: record(keys::DB_SUBNET_GROUP)?.id()?.to_string(),
         security_group: record(keys::DB_SECURITY_GROUP)?.id()?.to_string(),
         key: record(keys::KEY)?.attr("arn").unwrap_or_default().to_string(),
-        settings: crate::config::DatabaseSettings {
-            instance_class: attr("instance_class"),
-            storage_gb: attr("storage_gb").parse().unwrap_or(crate::config::DEFAULT_DB_STORAGE_GB),
-            multi_az: attr("multi_az") == "true",
-            backup_retention_days: attr("backup_retention_days")
-                .parse()
-                .unwrap_or(crate::config::DEFAULT_DB_BACKUP_RETENTION_DAYS),
-        },
+        settings: database::recorded_settings(record(keys::DB_INSTANCE)?),
     })
 }
 
@@ -468,18 +482,7 @@ async fn switch(
 async fn swap(ctx: &Ctx, state: &StateHandle, new_fs: &str) -> Result<(), CliError> {
     let current =
         state.get(keys::FILE_SYSTEM).ok_or_else(|| CliError::failure(anyhow::anyhow!("no file system is recorded")))?;
-    let slot = free_slot(&state.snapshot(), PREVIOUS);
-    state
-        .put(
-            &slot,
-            ResourceRecord {
-                status: RecordStatus::Retained,
-                depends_on: vec![],
-                step: "restore".into(),
-                ..current.clone()
-            },
-        )
-        .await?;
+    keep_retained(state, PREVIOUS, current.clone()).await?;
     let fs = storage::describe_file_system(ctx, new_fs).await?;
     let arn = fs.as_ref().and_then(|f| f.file_system_arn()).unwrap_or_default().to_string();
     let restored = ResourceRecord {
@@ -515,18 +518,7 @@ async fn swap_database(ctx: &Ctx, state: &StateHandle, new_database: &str) -> Re
         .await?
         .ok_or_else(|| CliError::failure(anyhow::anyhow!("the restored database {new_database} is gone")))?;
     let outputs = database::outputs(ctx, &instance).await?;
-    let slot = free_slot(&state.snapshot(), PREVIOUS_DATABASE);
-    state
-        .put(
-            &slot,
-            ResourceRecord {
-                status: RecordStatus::Retained,
-                depends_on: vec![],
-                step: "restore".into(),
-                ..current.clone()
-            },
-        )
-        .await?;
+    keep_retained(state, PREVIOUS_DATABASE, current.clone()).await?;
     let mut attrs = current.attrs.clone();
     attrs.extend(outputs.attrs);
     let restored = ResourceRecord {
@@ -561,22 +553,7 @@ pub async fn settle_dead(
             (None, None) => None,
         };
         if let Some(fs) = made {
-            let slot = free_slot(&state.snapshot(), ABANDONED);
-            state
-                .put(
-                    &slot,
-                    ResourceRecord {
-                        kind: Kind::FileSystem.to_string(),
-                        step: "restore".into(),
-                        status: RecordStatus::Retained,
-                        id: Some(fs.clone()),
-                        depends_on: vec![],
-                        attrs: Default::default(),
-                        generation: 0,
-                        updated_at: String::new(),
-                    },
-                )
-                .await?;
+            let slot = keep_retained(state, ABANDONED, made_by_restore(Kind::FileSystem, &fs)).await?;
             printer.warn(&format!(
                 "an interrupted restore of {} was abandoned; the file system it made, {fs}, is kept as {slot} (a plain `down` removes it)",
                 journal.point
@@ -588,22 +565,7 @@ pub async fn settle_dead(
             && state.get(keys::DB_INSTANCE).and_then(|r| r.id).as_deref() != Some(name)
             && database::describe_instance(ctx, name).await?.is_some()
         {
-            let slot = free_slot(&state.snapshot(), ABANDONED_DATABASE);
-            state
-                .put(
-                    &slot,
-                    ResourceRecord {
-                        kind: Kind::DbInstance.to_string(),
-                        step: "restore".into(),
-                        status: RecordStatus::Retained,
-                        id: Some(name.clone()),
-                        depends_on: vec![],
-                        attrs: Default::default(),
-                        generation: 0,
-                        updated_at: String::new(),
-                    },
-                )
-                .await?;
+            let slot = keep_retained(state, ABANDONED_DATABASE, made_by_restore(Kind::DbInstance, name)).await?;
             printer.warn(&format!(
                 "the database the abandoned restore made, {name}, is kept as {slot} (a plain `down` removes it, with a final snapshot)"
             ));

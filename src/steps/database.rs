@@ -63,6 +63,20 @@ async fn rds_owner(ctx: &Ctx, arn: &str) -> anyhow::Result<Owner> {
     Ok(ctx.tags.owner_of(out.tag_list()))
 }
 
+/// A subnet group as `status` shows it: its subnets.
+fn subnet_group_live(group: &DbSubnetGroup) -> Live {
+    let subnets: Vec<&str> = group.subnets().iter().filter_map(|s| s.subnet_identifier()).collect();
+    Live::present(subnets.join(", "), vec![])
+}
+
+/// The subnet group under the name the stack gives it, when its tags say it is the stack's.
+async fn our_subnet_group(ctx: &Ctx) -> anyhow::Result<Option<String>> {
+    let name = keys::names::database(&ctx.tags.stack);
+    let Some(group) = describe_subnet_group(ctx, &name).await? else { return Ok(None) };
+    let owner = rds_owner(ctx, group.db_subnet_group_arn().unwrap_or_default()).await?;
+    Ok((owner == Owner::Ours).then_some(name))
+}
+
 /// The subnet group that places the instance in the private subnets (two zones, as RDS requires).
 pub struct DbSubnetGroupStep;
 
@@ -120,26 +134,17 @@ impl ResourceOps<Ctx> for DbSubnetGroupOps {
     }
 
     async fn read(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
-        Ok(match describe_subnet_group(ctx, record.id()?).await? {
-            Some(group) => {
-                let subnets: Vec<&str> = group.subnets().iter().filter_map(|s| s.subnet_identifier()).collect();
-                Live::present(subnets.join(", "), vec![])
-            }
-            None => Live::Missing,
-        })
+        Ok(describe_subnet_group(ctx, record.id()?).await?.as_ref().map_or(Live::Missing, subnet_group_live))
     }
 
     async fn read_owned(&self, ctx: &Ctx, record: &ResourceRecord) -> anyhow::Result<Live> {
         let Some(group) = describe_subnet_group(ctx, record.id()?).await? else { return Ok(Live::Missing) };
         let owner = rds_owner(ctx, group.db_subnet_group_arn().unwrap_or_default()).await?;
-        Ok(self.read(ctx, record).await?.owned_by(owner))
+        Ok(subnet_group_live(&group).owned_by(owner))
     }
 
     async fn find(&self, ctx: &Ctx, _lost: &Lost<'_>) -> anyhow::Result<Option<String>> {
-        let name = keys::names::database(&ctx.tags.stack);
-        let Some(group) = describe_subnet_group(ctx, &name).await? else { return Ok(None) };
-        let owner = rds_owner(ctx, group.db_subnet_group_arn().unwrap_or_default()).await?;
-        Ok((owner == Owner::Ours).then_some(name))
+        our_subnet_group(ctx).await
     }
 
     async fn delete(&self, ctx: &Ctx, record: &ResourceRecord, scope: &StepScope) -> anyhow::Result<()> {
@@ -155,11 +160,9 @@ impl ResourceOps<Ctx> for DbSubnetGroupOps {
     }
 
     async fn discover(&self, ctx: &Ctx) -> anyhow::Result<Found> {
-        let name = keys::names::database(&ctx.tags.stack);
-        let Some(group) = describe_subnet_group(ctx, &name).await? else { return Ok(Found::default()) };
-        Ok(match rds_owner(ctx, group.db_subnet_group_arn().unwrap_or_default()).await? {
-            Owner::Ours => vec![Discovered::new(keys::DB_SUBNET_GROUP, name)].into(),
-            _ => Found::default(),
+        Ok(match our_subnet_group(ctx).await? {
+            Some(name) => vec![Discovered::new(keys::DB_SUBNET_GROUP, name)].into(),
+            None => Found::default(),
         })
     }
 }
@@ -186,6 +189,20 @@ fn engine_major(cfg: &StackConfig) -> anyhow::Result<String> {
     })?;
     let postgres = crate::requirements::postgresql(version)?;
     Ok(postgres.newest)
+}
+
+/// The settings an instance's record holds (what [`DbInstanceStep`] wrote into it): a stack on
+/// RDS keeps them where the configuration does not say, and a restore places its instance so.
+pub fn recorded_settings(record: &ResourceRecord) -> DatabaseSettings {
+    let recorded = |name: &str| record.attr(name).unwrap_or_default().to_string();
+    DatabaseSettings {
+        instance_class: recorded("instance_class"),
+        storage_gb: recorded("storage_gb").parse().unwrap_or(crate::config::DEFAULT_DB_STORAGE_GB),
+        multi_az: recorded("multi_az") == "true",
+        backup_retention_days: recorded("backup_retention_days")
+            .parse()
+            .unwrap_or(crate::config::DEFAULT_DB_BACKUP_RETENTION_DAYS),
+    }
 }
 
 /// GitLab's PostgreSQL instance.
